@@ -1,0 +1,31 @@
+"""pytest-latentaudit: semantic unit tests for neural networks.
+
+Names are loaded lazily so that importing the package (and loading the pytest plugin)
+does not import torch.
+"""
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "verify_box": "api", "audit": "api", "BoxResult": "api", "AuditResult": "api", "Counterexample": "api",
+    "LatentSpace": "latent", "Direction": "latent", "LatentAuditError": "latent",
+    "Accuracy": "specs", "Invariance": "specs", "Prediction": "specs", "PredictionNotIn": "specs",
+    "OutputRange": "specs", "Linear": "specs", "Spec": "specs",
+    "SpecSheet": "specsheet",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'pytest_latentaudit' has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

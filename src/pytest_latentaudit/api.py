@@ -1,0 +1,354 @@
+"""Public entry points usable without pytest: ``verify_box`` and ``audit``."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from .engines.graph import get_graph
+from .engines.ladder import ENGINES, FALSIFIED, UNKNOWN, VERIFIED, Ladder
+from .engines.ops import UnsupportedLayer
+from .engines.problem import Problem
+from .latent import Direction, LatentAuditError, LatentSpace
+from .specs import Accuracy, Invariance, Prediction, Spec, as_spec
+
+PROVED, VIOLATED, UNPROVEN = "proved", "violated", "unproven"
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class BoxResult:
+    """Per-box outcome of ``verify_box``."""
+
+    status: List[str]
+    counterexamples: List[Optional[torch.Tensor]]
+    rung: List[str]
+    bound: torch.Tensor  # proven upper bound of the worst spec row per box (< 0 means proved)
+    seconds: float
+    engine: str
+    notes: List[str] = field(default_factory=list)
+
+    def counts(self) -> Dict[str, int]:
+        return {s: self.status.count(s) for s in (VERIFIED, FALSIFIED, UNKNOWN)}
+
+
+@dataclass
+class Counterexample:
+    seed_index: int
+    offset: List[float]  # t, in latent units along the direction's basis
+    offset_eps: List[float]  # t / eps
+    predicted: Optional[int]
+    expected: Optional[int]
+    margin: float
+    z: Optional[torch.Tensor] = None  # the counterexample latent code
+    z0: Optional[torch.Tensor] = None  # its seed
+
+    def to_json(self) -> dict:
+        return {"seed_index": self.seed_index, "offset": self.offset, "offset_eps": self.offset_eps,
+                "predicted": self.predicted, "expected": self.expected, "margin": self.margin}
+
+
+@dataclass
+class AuditResult:
+    verdict: str
+    status: List[str]
+    rung: List[str]
+    n: int
+    at_least: float
+    seconds: float
+    engine: str
+    direction: str
+    eps: float
+    spec: str
+    counterexamples: List[Counterexample]
+    bound: List[float]
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def counts(self) -> Dict[str, int]:
+        return {s: self.status.count(s) for s in (VERIFIED, FALSIFIED, UNKNOWN)}
+
+    @property
+    def verified_fraction(self) -> float:
+        return self.counts[VERIFIED] / self.n if self.n else 1.0
+
+    @property
+    def worst(self) -> Optional[Counterexample]:
+        return max(self.counterexamples, key=lambda c: c.margin) if self.counterexamples else None
+
+    def rungs(self) -> Dict[str, int]:
+        out: Dict[str, int] = {}
+        for s, r in zip(self.status, self.rung):
+            if s != UNKNOWN:
+                out[r] = out.get(r, 0) + 1
+        return out
+
+    def failing_bound(self) -> Optional[float]:
+        """The largest proven bound among seeds not verified (> 0: the proof fell short)."""
+        vals = [b for b, s in zip(self.bound, self.status) if s != VERIFIED and math.isfinite(b)]
+        return max(vals) if vals else None
+
+
+# --------------------------------------------------------------------------- helpers
+def resolve_device(device: Any = "auto") -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LatentAuditError("device 'cuda' was requested but CUDA is not available on this machine "
+                               "(use --latent-device auto or cpu)")
+    if dev.type not in ("cpu", "cuda"):
+        raise LatentAuditError(f"unsupported device {device!r}; use auto, cpu or cuda")
+    return dev
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Run the model in eval mode (bounds assume BatchNorm statistics and no dropout) and
+    restore each module's flag afterwards."""
+    if not isinstance(model, torch.nn.Module):
+        yield model
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, f in flags:
+            m.training = f
+
+
+def _on_device(model, device: torch.device):
+    """The model on ``device`` without moving the user's copy."""
+    if not isinstance(model, torch.nn.Module):
+        return model
+    p = next(iter(list(model.parameters()) + list(model.buffers())), None)
+    if p is None or p.device == device:
+        return model
+    return copy.deepcopy(model).to(device)
+
+
+def _check_finite(name, t):
+    if not torch.isfinite(t).all():
+        raise LatentAuditError(f"{name} contains NaN or inf")
+
+
+def _check_model(model):
+    if isinstance(model, torch.nn.Module):
+        for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+            if p.is_floating_point() and not torch.isfinite(p).all():
+                raise LatentAuditError(f"model parameter {name!r} contains NaN or inf")
+    elif not callable(model):
+        raise LatentAuditError(f"model must be an nn.Module or a callable, got {type(model).__name__}")
+
+
+def _graph_or_note(model, input_shape, device, notes):
+    try:
+        return get_graph(model, input_shape, device=device)
+    except UnsupportedLayer as exc:
+        notes.append(f"{exc}; falling back to falsification only (no proof possible)")
+        return None
+
+
+def _generator(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(seed) & 0xFFFF_FFFF_FFFF)
+    return g
+
+
+def _split_spec(spec: Spec, n: int, device):
+    """Per-box labels out of a spec so sub-boxes can index them."""
+    if isinstance(spec, (Accuracy, Invariance)):
+        raise LatentAuditError(f"{spec.describe()} is a test-level spec; use it with audit() or the "
+                               f"latent marker. For boxes use Prediction(labels).")
+    if isinstance(spec, Prediction):
+        from .specs import _as_labels
+
+        if spec.label is None:
+            raise LatentAuditError("Prediction() needs a label (an int or one per box)")
+        return Prediction(), _as_labels(spec.label, n, device)
+    return spec, None
+
+
+def _run_ladder(model, problem, input_shape, device, engine, budget_s, seed, precision, notes):
+    deadline = time.perf_counter() + (budget_s if budget_s is not None else float("inf"))
+    bound_fn, graph = None, None
+    name = engine
+    if engine.startswith("auto_lirpa"):
+        from .engines.lirpa_engine import make_bound_fn
+
+        bound_fn = make_bound_fn(model, problem, engine, notes)
+        name = engine if bound_fn is not None else "falsify"
+    elif engine != "falsify":
+        graph = _graph_or_note(model, input_shape, device, notes)
+    if engine not in ENGINES and not engine.startswith("auto_lirpa"):
+        raise LatentAuditError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)} "
+                               f"or auto_lirpa:<ibp|crown|crown-ibp|alpha-crown>")
+    ladder = Ladder(problem, graph, engine=engine if bound_fn is None else name, deadline=deadline,
+                    generator=_generator(seed), precision=precision, bound_fn=bound_fn)
+    return ladder.run(), name
+
+
+# ------------------------------------------------------------------------ verify_box
+def verify_box(model, lower, upper, spec, *, engine: str = "auto", device="auto", budget_s: Optional[float] = None,
+               seed: int = 0, precision: str = "float32") -> BoxResult:
+    """Decide ``spec`` on each box ``[lower[i], upper[i]]`` (shapes ``[N, *input_shape]``).
+
+    Only the coordinates that vary in some box become bound-propagation coordinates, so a
+    box that moves 2 of 128 latent dims costs a few forward passes per bound.
+    """
+    t0 = time.perf_counter()
+    spec = as_spec(spec)
+    dev = resolve_device(device)
+    lower = torch.as_tensor(lower, dtype=torch.float32).to(dev)
+    upper = torch.as_tensor(upper, dtype=torch.float32).to(dev)
+    if lower.shape != upper.shape or lower.dim() < 2:
+        raise LatentAuditError(f"lower and upper must both be [N, *input_shape]; got {tuple(lower.shape)} "
+                               f"and {tuple(upper.shape)}")
+    _check_finite("lower", lower)
+    _check_finite("upper", upper)
+    if (lower > upper).any():
+        raise LatentAuditError("lower > upper in some box")
+    _check_model(model)
+    n, shape = lower.shape[0], tuple(lower.shape[1:])
+    box_spec, labels = _split_spec(spec, n, dev)
+    flat_w = (upper - lower).reshape(n, -1)
+    dims = torch.nonzero((flat_w > 0).any(0)).reshape(-1)
+    if dims.numel() == 0:
+        dims = torch.zeros(1, dtype=torch.long, device=dev)  # point boxes: one zero-width coordinate
+    k, D = dims.numel(), flat_w.shape[1]
+    V = torch.zeros(1, k, D, device=dev)
+    V[0, torch.arange(k), dims] = 1.0
+    half = flat_w[:, dims] / 2
+    x0 = (lower + upper) / 2
+    notes: List[str] = []
+    with _eval_mode(model):
+        m = _on_device(model, dev)
+        problem = Problem(m, x0, V.reshape(1, k, *shape), -half, half, box_spec, labels,
+                          clamp_lower=lower, clamp_upper=upper)
+        out, name = _run_ladder(m, problem, shape, dev, engine, budget_s, seed, precision, notes)
+    return BoxResult(out.status, out.cex_x, out.rung, out.bound.cpu(), time.perf_counter() - t0, name,
+                     notes + out.notes)
+
+
+# ----------------------------------------------------------------------------- audit
+def _as_seeds(seeds, labels):
+    if isinstance(seeds, tuple) and len(seeds) == 2:  # the documented (z, labels) pair
+        seeds, pair_labels = seeds
+        labels = labels if labels is not None else pair_labels
+    z = torch.as_tensor(seeds)
+    if not z.is_floating_point():
+        z = z.float()
+    if z.dim() < 2:
+        raise LatentAuditError(f"seeds must be latent codes shaped [N, latent_dim]; got shape {tuple(z.shape)}")
+    if labels is not None:
+        labels = torch.as_tensor(labels).long().reshape(-1)
+        if labels.numel() != z.shape[0]:
+            raise LatentAuditError(f"got {z.shape[0]} seeds but {labels.numel()} labels")
+    return z, labels
+
+
+def _direction_basis(direction, latent_space: Optional[LatentSpace], dim: int, dev):
+    if isinstance(direction, str):
+        if latent_space is None:
+            raise LatentAuditError(f"direction {direction!r} is a name; pass latent_space= to resolve it")
+        d = latent_space.direction(direction)
+        return d.basis(dim, device=dev), direction
+    if isinstance(direction, Direction):
+        return direction.basis(dim, device=dev), direction.name or direction.kind
+    if direction is None:
+        raise LatentAuditError("audit needs a direction")
+    V = torch.as_tensor(direction, dtype=torch.float32)
+    return Direction.subspace(V if V.dim() == 2 else V.reshape(-1, 1)).basis(dim, device=dev), "custom"
+
+
+def check_eps(eps) -> float:
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        raise LatentAuditError(f"eps must be a number, got {eps!r}") from None
+    if math.isnan(e) or math.isinf(e) or e < 0:
+        raise LatentAuditError(f"eps must be a finite number >= 0, got {eps!r}")
+    return e
+
+
+def decide_verdict(n: int, verified: int, falsified: int, at_least: float) -> str:
+    """proved if the verified fraction reaches ``at_least``; violated if even with every
+    unknown seed fine the falsified ones push the fraction below it; else unproven."""
+    if n == 0:
+        return PROVED
+    if verified / n >= at_least - 1e-12:
+        return PROVED
+    if (n - falsified) / n < at_least - 1e-12:
+        return VIOLATED
+    return UNPROVEN
+
+
+def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spec = None, *,
+          latent_space: Optional[LatentSpace] = None, engine: str = "auto", device="auto",
+          budget_s: Optional[float] = None, seed: int = 0, precision: str = "float32") -> AuditResult:
+    """Run a semantic unit test: every seed ``z0`` moved by ``V t``, ``t in [-eps, eps]^k``.
+
+    ``seeds`` is ``[N, latent_dim]`` (or a ``(z, labels)`` pair); ``direction`` a
+    ``Direction``, a name declared by ``latent_space`` or a ``[d]``/``[d, k]`` tensor.
+    """
+    t0 = time.perf_counter()
+    spec = as_spec(spec if spec is not None else Invariance())
+    eps = check_eps(eps)
+    dev = resolve_device(device)
+    z, labels = _as_seeds(seeds, labels)
+    _check_finite("seeds", z)
+    _check_model(model)
+    if spec.needs_labels and labels is None:
+        raise LatentAuditError(f"{spec.describe()} needs labels: pass seeds as (z, labels)")
+    z = z.to(dev)
+    labels = None if labels is None else labels.to(dev)
+    n, dim = z.shape[0], int(z[0].numel())
+    V, dname = _direction_basis(direction, latent_space, dim, dev)
+    k = V.shape[1]
+    notes: List[str] = []
+    with _eval_mode(model):
+        m = _on_device(model, dev)
+        with torch.no_grad():
+            try:
+                y0 = m(z)
+            except Exception as exc:  # the user's model rejects these seeds: say so clearly
+                raise LatentAuditError(f"the model failed on the seeds (shape {tuple(z.shape)}): {exc}") from exc
+        if isinstance(y0, (tuple, list)):
+            y0 = y0[0]
+        y0 = y0.reshape(n, -1)
+        nominal = y0.argmax(1)
+        if labels is not None and spec.needs_labels and int(labels.max()) >= y0.shape[1]:
+            raise LatentAuditError(f"label {int(labels.max())} is out of range for a model with {y0.shape[1]} outputs")
+        seed_spec = spec.seed_spec(labels, nominal)
+        box_spec, box_labels = (Prediction(), seed_spec.label) if isinstance(seed_spec, Prediction) else (seed_spec, None)
+        if box_labels is not None:
+            box_labels = torch.as_tensor(box_labels, device=dev).long().reshape(-1)
+        tl = torch.full((n, k), -eps, device=dev)
+        Vt = V.T.reshape(1, k, *z.shape[1:])
+        problem = Problem(m, z, Vt, tl, -tl, box_spec, box_labels)
+        out, name = _run_ladder(m, problem, tuple(z.shape[1:]), dev, engine, budget_s, seed, precision, notes)
+
+    cexs: List[Counterexample] = []
+    for i, s in enumerate(out.status):
+        if s != FALSIFIED:
+            continue
+        x = out.cex_x[i]
+        with torch.no_grad(), _eval_mode(model):
+            y = problem.model_forward(x[None])
+        t = out.cex_t[i].tolist()
+        cexs.append(Counterexample(
+            seed_index=i, offset=t, offset_eps=[v / eps if eps else 0.0 for v in t],
+            predicted=int(y.argmax(1)), expected=None if box_labels is None else int(box_labels[i]),
+            margin=float(out.cex_margin[i]), z=x.detach().cpu(), z0=z[i].detach().cpu()))
+    counts = {s: out.status.count(s) for s in (VERIFIED, FALSIFIED)}
+    verdict = decide_verdict(n, counts[VERIFIED], counts[FALSIFIED], spec.at_least)
+    return AuditResult(verdict=verdict, status=out.status, rung=out.rung, n=n, at_least=spec.at_least,
+                       seconds=time.perf_counter() - t0, engine=name, direction=dname, eps=eps,
+                       spec=spec.describe(), counterexamples=cexs, bound=out.bound.cpu().tolist(),
+                       notes=notes + out.notes)

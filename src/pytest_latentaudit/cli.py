@@ -1,0 +1,83 @@
+"""``latentaudit``: read spec sheets without running tests.
+
+    latentaudit show SHEET            per-test table and per-direction proved range
+    latentaudit diff OLD NEW [--fail] regressions between two runs (exit 1 with --fail)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from .report import summary_table
+from .specsheet import SpecSheet
+
+_RANK = {"proved": 2, "unproven": 1, "violated": 0}
+
+
+def cmd_show(args) -> int:
+    sheet = SpecSheet.load(args.sheet)
+    d = sheet.data
+    commit = d.get("commit") or {}
+    print(f"spec sheet {args.sheet}: {d['tool']['name']} {d['tool']['version']}, created {d.get('created', '?')}"
+          + (f", commit {commit.get('id', '')[:10]}{' (dirty)' if commit.get('dirty') else ''}" if commit else ""))
+    for line in summary_table(sheet.tests):
+        print(line)
+    print()
+    print("per direction (largest eps with a proved test):")
+    for name, info in sorted(sheet.directions().items()):
+        proved = "none" if info["proved_eps"] is None else f"{info['proved_eps']:g}"
+        verdicts = ", ".join(f"{k} {v}" for k, v in sorted(info["verdicts"].items()))
+        print(f"  {name}: proved up to eps={proved} ({verdicts})")
+    return 0
+
+
+def diff_sheets(old: SpecSheet, new: SpecSheet) -> List[str]:
+    """Regressions: a test whose verdict got worse or whose verified fraction dropped."""
+    before = {t["nodeid"]: t for t in old.tests}
+    out = []
+    for t in new.tests:
+        o = before.get(t["nodeid"])
+        if o is None:
+            continue
+        if _RANK.get(t["verdict"], 0) < _RANK.get(o["verdict"], 0):
+            out.append(f"{t['nodeid']}: verdict {o['verdict']} -> {t['verdict']}")
+        elif t["verified_fraction"] + 1e-12 < o["verified_fraction"]:
+            out.append(f"{t['nodeid']}: verified fraction {o['verified_fraction']:.3f} -> {t['verified_fraction']:.3f}")
+    gone = sorted(set(before) - {t["nodeid"] for t in new.tests})
+    out += [f"{n}: test missing from the new sheet" for n in gone]
+    return out
+
+
+def cmd_diff(args) -> int:
+    regressions = diff_sheets(SpecSheet.load(args.old), SpecSheet.load(args.new))
+    if not regressions:
+        print("no regressions")
+        return 0
+    print(f"{len(regressions)} regression(s):")
+    for r in regressions:
+        print(f"  {r}")
+    return 1 if args.fail else 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="latentaudit", description="Read pytest-latentaudit spec sheets.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("show", help="print a spec sheet as a table")
+    p.add_argument("sheet")
+    p.set_defaults(fn=cmd_show)
+    p = sub.add_parser("diff", help="list regressions from OLD to NEW")
+    p.add_argument("old")
+    p.add_argument("new")
+    p.add_argument("--fail", action="store_true", help="exit 1 when there are regressions")
+    p.set_defaults(fn=cmd_diff)
+    args = ap.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (OSError, ValueError) as exc:
+        print(f"latentaudit: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

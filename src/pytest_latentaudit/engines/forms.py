@@ -1,0 +1,76 @@
+"""Bound representations shared by the native engines.
+
+A box is parametrised by its centre and ``k`` generators: ``x = c + sum_j s_j G_j`` with
+``s in [-1, 1]^k``. For a latent direction ``V`` and ``t in [tl, tu]``,
+``c = z0 + V (tl + tu) / 2`` and ``G_j = V_j (tu_j - tl_j) / 2``. Semantic tests have
+k = 1..4, so carrying ``k`` coefficients per neuron costs a handful of forward passes.
+
+``LinForm`` holds sound affine lower/upper bounds of a tensor ``[N, *S]`` over ``s``:
+``lw . s + lb <= x <= uw . s + ub`` with ``lw, uw`` shaped ``[N, k, *S]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LinForm:
+    lw: torch.Tensor
+    lb: torch.Tensor
+    uw: torch.Tensor
+    ub: torch.Tensor
+    #: lower and upper forms are the same object (no relaxation applied yet)
+    exact: bool = False
+
+    @classmethod
+    def input(cls, center: torch.Tensor, gens: torch.Tensor) -> "LinForm":
+        return cls(gens, center, gens, center, exact=True)
+
+    @property
+    def k(self) -> int:
+        return self.lw.shape[1]
+
+    def concretize(self):
+        lo = self.lb - self.lw.abs().sum(1)
+        hi = self.ub + self.uw.abs().sum(1)
+        return lo, hi
+
+    def map_positive(self, fn) -> "LinForm":
+        """Apply an elementwise-monotone linear map (reshape, pooling, upsampling)."""
+        lw = _over_gens(fn, self.lw)
+        lb = fn(self.lb)
+        if self.exact:
+            return LinForm(lw, lb, lw, lb, exact=True)
+        return LinForm(lw, lb, _over_gens(fn, self.uw), fn(self.ub))
+
+
+def _over_gens(fn, w: torch.Tensor) -> torch.Tensor:
+    """Apply a per-sample map to ``[N, k, *S]`` by folding k into the batch."""
+    n, k = w.shape[:2]
+    out = fn(w.reshape(n * k, *w.shape[2:]))
+    return out.reshape(n, k, *out.shape[1:])
+
+
+over_gens = _over_gens
+
+
+def widen(lo: torch.Tensor, hi: torch.Tensor, rel: float, abs_: float):
+    """Pad concrete bounds by a float-error margin so rounding never makes them unsound."""
+    if rel == 0 and abs_ == 0:
+        return lo, hi
+    pad_lo = lo.abs() * rel + abs_
+    pad_hi = hi.abs() * rel + abs_
+    return lo - pad_lo, hi + pad_hi
+
+
+def tolerance(dtype: torch.dtype):
+    """(relative, absolute) float-error margin used for bounds in ``dtype``.
+
+    float32 has ~6e-8 unit round-off; a network of depth L and width n can accumulate
+    about L * sqrt(n) of it. 1e-5 relative covers deep/wide heads with a wide margin.
+    """
+    if dtype == torch.float64:
+        return 1e-12, 1e-12
+    return 1e-5, 1e-6

@@ -1,0 +1,228 @@
+"""The proof ladder: decide each box as cheaply as possible, stopping per box once decided.
+
+concrete check and quick attack -> interval bounds (IBP) -> linear bounds -> branch and
+bound over the latent box (with attacks at the leaves) -> a longer attack on what is left.
+
+Soundness rules kept here:
+* a box is ``verified`` only when a sound upper bound of every spec row is below
+  ``-tol``; in branch and bound only when *every* sub-box is (sub-boxes are removed only
+  when verified, or when their seed is falsified);
+* a box is ``falsified`` only by a point confirmed with a plain forward pass (falsify.py).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+
+from . import falsify
+from .bounds import spec_upper_bound
+from .forms import tolerance
+from .graph import BoundGraph
+from .problem import Problem
+
+VERIFIED, FALSIFIED, UNKNOWN = "verified", "falsified", "unknown"
+
+ENGINES = ("auto", "ibp", "linear", "bab", "falsify")
+
+
+@dataclass
+class Outcome:
+    """Per-box results of one ladder run (engine-level; see api.BoxResult for users)."""
+
+    status: List[str]
+    rung: List[str]
+    bound: torch.Tensor  # best proven upper bound of max_row(C y + d) at the root box (inf if none)
+    cex_t: torch.Tensor  # offsets of counterexamples (nan where none)
+    cex_x: List[Optional[torch.Tensor]]
+    cex_margin: torch.Tensor
+    bab_boxes: int = 0
+    notes: List[str] = field(default_factory=list)
+
+
+def _oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class Ladder:
+    def __init__(self, problem: Problem, graph: Optional[BoundGraph], *, engine: str = "auto",
+                 deadline: float = float("inf"), generator: Optional[torch.Generator] = None,
+                 precision: str = "float32", batch_size: int = 4096, max_boxes: int = 2_000_000,
+                 bound_fn=None):
+        if engine not in ENGINES and bound_fn is None:
+            raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        self.p = problem
+        self.graph = graph
+        self.engine = engine
+        self.deadline = deadline
+        self.gen = generator
+        self.dtype = torch.float64 if precision == "float64" else torch.float32
+        if graph is not None and self.dtype == torch.float64:
+            graph.to(dtype=torch.float64)
+        self.batch_size = batch_size
+        self.max_boxes = max_boxes
+        self.bound_fn = bound_fn  # external engine (auto_LiRPA): (idx, tl, tu, C, d) -> upper [n, m]
+        n = problem.n
+        dev, dt = problem.tl.device, problem.tl.dtype
+        self.status = [UNKNOWN] * n
+        self.rung = [""] * n
+        self.bound = torch.full((n,), torch.inf, dtype=dt, device=dev)
+        self.cex_t = torch.full((n, problem.k), torch.nan, dtype=dt, device=dev)
+        self.cex_x: List[Optional[torch.Tensor]] = [None] * n
+        self.cex_margin = torch.full((n,), torch.nan, dtype=dt, device=dev)
+        self.notes: List[str] = []
+        self.bab_boxes = 0
+
+    # ----------------------------------------------------------------------- helpers
+    def out_of_time(self) -> bool:
+        return time.perf_counter() > self.deadline
+
+    def undecided(self) -> torch.Tensor:
+        return torch.tensor([i for i, s in enumerate(self.status) if s == UNKNOWN], dtype=torch.long,
+                            device=self.p.tl.device)
+
+    def _mark_falsified(self, idx, found: falsify.Found, rung: str):
+        for j in torch.nonzero(found.mask).reshape(-1).tolist():
+            i = int(idx[j])
+            if self.status[i] != UNKNOWN:
+                continue
+            self.status[i], self.rung[i] = FALSIFIED, rung
+            self.cex_t[i] = found.t[j]
+            self.cex_x[i] = found.x[j].detach()
+            self.cex_margin[i] = found.margin[j]
+
+    def upper(self, idx, tl, tu, method):
+        """Proven upper bound of ``max_row(C y + d)`` and the tolerance to beat, per box."""
+        p = self.p
+        c, G = p.center_gens(idx, tl, tu)
+        rel, abs_ = tolerance(self.dtype)
+        with torch.no_grad():
+            y_c = p.model_forward(c)
+            tol = rel * 10 * (1 + y_c.abs().amax(1)) + abs_
+            C, d = p.rows(y_c, idx)
+            if self.bound_fn is not None:
+                ub = self.bound_fn(idx, tl, tu, C, d)
+            else:
+                ub = spec_upper_bound(self.graph, c.to(self.dtype), G.to(self.dtype), C.to(self.dtype),
+                                      d.to(self.dtype), method=method, threshold=-tol.to(self.dtype)).to(tl.dtype)
+        return ub.amax(1), tol, y_c
+
+    def chunked_upper(self, idx, tl, tu, method):
+        """``upper`` over chunks; on out-of-memory halve the chunk and go on."""
+        outs, tols = [], []
+        start, size = 0, self.batch_size
+        while start < idx.numel():
+            sl = slice(start, start + size)
+            try:
+                u, t, _ = self.upper(idx[sl], tl[sl], tu[sl], method)
+            except RuntimeError as exc:
+                if not _oom(exc) or size == 1:
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                size = max(1, size // 2)
+                self.batch_size = size
+                continue
+            outs.append(u)
+            tols.append(t)
+            start += size
+        return torch.cat(outs), torch.cat(tols)
+
+    # ------------------------------------------------------------------------ rungs
+    def run_attack(self, steps=20, restarts=4, rung="attack"):
+        idx = self.undecided()
+        if idx.numel() == 0:
+            return
+        found = falsify.attack(self.p, idx, self.p.tl[idx], self.p.tu[idx], steps=steps, restarts=restarts,
+                               deadline=self.deadline, generator=self.gen)
+        self._mark_falsified(idx, found, rung)
+
+    def run_bound(self, method, rung):
+        idx = self.undecided()
+        if idx.numel() == 0 or self.out_of_time():
+            return
+        ub, tol = self.chunked_upper(idx, self.p.tl[idx], self.p.tu[idx], method)
+        self.bound[idx] = torch.minimum(self.bound[idx], ub)
+        for j, i in enumerate(idx.tolist()):
+            if bool(ub[j] < -tol[j]):
+                self.status[i], self.rung[i] = VERIFIED, rung
+
+    def run_bab(self, method="linear"):
+        """Branch and bound over the latent box. Boxes leave the queue only when verified
+        or when their seed is falsified, so a seed with any box left stays unknown."""
+        p = self.p
+        idx = self.undecided()
+        if idx.numel() == 0:
+            return
+        q_idx, q_tl, q_tu = idx, p.tl[idx].clone(), p.tu[idx].clone()
+        it = 0
+        while q_idx.numel() and not self.out_of_time():
+            it += 1
+            # split every queued box along its widest coordinate (relative to the seed's box)
+            width = (q_tu - q_tl) / (p.tu[q_idx] - p.tl[q_idx]).clamp(min=1e-30)
+            dim = width.argmax(1)
+            mid = ((q_tl + q_tu) / 2).gather(1, dim[:, None])[:, 0]
+            left_tu, right_tl = q_tu.clone(), q_tl.clone()
+            ar = torch.arange(q_idx.numel(), device=q_idx.device)
+            left_tu[ar, dim] = mid
+            right_tl[ar, dim] = mid
+            c_idx = torch.cat([q_idx, q_idx])
+            c_tl, c_tu = torch.cat([q_tl, right_tl]), torch.cat([left_tu, q_tu])
+            self.bab_boxes += c_idx.numel()
+
+            ub, tol = self.chunked_upper(c_idx, c_tl, c_tu, method)
+            open_ = ~(ub < -tol)
+            c_idx, c_tl, c_tu, ub = c_idx[open_], c_tl[open_], c_tu[open_], ub[open_]
+            if c_idx.numel() == 0:
+                q_idx = c_idx
+                break
+            # attack at the leaves: the worst open sub-box of each seed, a few steps
+            order = torch.argsort(ub, descending=True)
+            seen, worst = set(), []
+            for j in order.tolist():
+                s = int(c_idx[j])
+                if s not in seen:
+                    seen.add(s)
+                    worst.append(j)
+            w = torch.tensor(worst, dtype=torch.long, device=c_idx.device)
+            found = falsify.attack(p, c_idx[w], c_tl[w], c_tu[w], steps=5 if it % 4 else 15, restarts=1,
+                                   deadline=self.deadline, generator=self.gen)
+            self._mark_falsified(c_idx[w], found, "bab-attack")
+            alive = torch.tensor([self.status[int(s)] == UNKNOWN for s in c_idx.tolist()], dtype=torch.bool,
+                                 device=c_idx.device)
+            q_idx, q_tl, q_tu = c_idx[alive], c_tl[alive], c_tu[alive]
+            if q_idx.numel() > self.max_boxes:
+                self.notes.append(f"branch and bound stopped at {self.max_boxes} open sub-boxes")
+                break
+        remaining = set(q_idx.tolist())
+        for i in idx.tolist():
+            if self.status[i] == UNKNOWN and i not in remaining:
+                self.status[i], self.rung[i] = VERIFIED, "bab"
+
+    def run_sampling(self, n_samples=256):
+        idx = self.undecided()
+        if idx.numel() == 0:
+            return
+        found = falsify.sample(self.p, idx, self.p.tl[idx], self.p.tu[idx], n_samples, generator=self.gen)
+        self._mark_falsified(idx, found, "sampling")
+
+    # -------------------------------------------------------------------------- run
+    def run(self) -> Outcome:
+        e = self.engine
+        self.run_attack(steps=10, restarts=2, rung="attack")
+        if self.bound_fn is not None:
+            self.run_bound(None, e)
+        elif self.graph is not None and e != "falsify":
+            self.run_bound("ibp", "ibp")
+            if e in ("auto", "linear", "bab"):
+                self.run_bound("linear", "linear")
+            if e in ("auto", "bab"):
+                self.run_bab()
+        if not self.out_of_time():
+            self.run_attack(steps=50, restarts=8, rung="attack")
+        if not self.out_of_time():
+            self.run_sampling()
+        return Outcome(self.status, self.rung, self.bound, self.cex_t, self.cex_x, self.cex_margin,
+                       self.bab_boxes, self.notes)

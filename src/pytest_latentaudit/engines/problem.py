@@ -1,0 +1,69 @@
+"""A batch of verification queries: one box per seed, ``x = x0 + sum_j t_j V_j`` with
+``t in [tl, tu]``, and the per-box spec."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+
+class Problem:
+    def __init__(self, model: Callable, x0: torch.Tensor, V: torch.Tensor, tl: torch.Tensor, tu: torch.Tensor,
+                 spec, labels: Optional[torch.Tensor] = None, clamp_lower: Optional[torch.Tensor] = None,
+                 clamp_upper: Optional[torch.Tensor] = None):
+        """``x0`` ``[N, *S]``; ``V`` ``[N or 1, k, *S]``; ``tl, tu`` ``[N, k]``. ``clamp_*``
+        (for ``verify_box``) keep rounding from pushing points outside the user's box."""
+        self.model = model
+        self.x0, self.V, self.tl, self.tu = x0, V, tl, tu
+        self.spec, self.labels = spec, labels
+        self.clamp_lower, self.clamp_upper = clamp_lower, clamp_upper
+        self.n, self.k = tl.shape
+
+    @property
+    def input_shape(self):
+        return tuple(self.x0.shape[1:])
+
+    def _V(self, idx):
+        return self.V if self.V.shape[0] == 1 else self.V[idx]
+
+    def point(self, idx: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        V = self._V(idx)
+        if V.shape[0] == 1:
+            x = self.x0[idx] + torch.einsum("nk,kd->nd", t, V[0].reshape(self.k, -1)).reshape(-1, *self.input_shape)
+        else:
+            x = self.x0[idx] + torch.einsum("nk,nkd->nd", t, V.reshape(V.shape[0], self.k, -1)).reshape(
+                -1, *self.input_shape)
+        if self.clamp_lower is not None:
+            x = torch.maximum(torch.minimum(x, self.clamp_upper[idx]), self.clamp_lower[idx])
+        return x
+
+    def center_gens(self, idx: torch.Tensor, tl: torch.Tensor, tu: torch.Tensor):
+        """Centre and generators of sub-boxes ``[tl, tu]`` of seeds ``idx`` (bound engines).
+        Unclamped: the box is exactly ``x0 + V t``."""
+        n = idx.numel()
+        V = self._expand_V(idx)
+        c = self.x0[idx].reshape(n, -1) + torch.einsum("nk,nkd->nd", (tl + tu) / 2, V)
+        G = V * ((tu - tl) / 2)[:, :, None]
+        return c.reshape(n, *self.input_shape), G.reshape(n, self.k, *self.input_shape)
+
+    def _expand_V(self, idx):
+        V = self._V(idx).reshape(-1, self.k, int(self.x0[0].numel()))
+        return V.expand(idx.numel(), -1, -1)
+
+    def model_forward(self, x):
+        y = self.model(x)
+        if isinstance(y, (tuple, list)):
+            y = y[0]
+        return y.reshape(y.shape[0], -1)
+
+    def _labels(self, idx):
+        return None if self.labels is None else self.labels[idx]
+
+    def margin(self, y, idx):
+        return self.spec.margin(y, self._labels(idx))
+
+    def holds(self, y, idx):
+        return self.spec.holds(y, self._labels(idx))
+
+    def rows(self, y_center, idx):
+        return self.spec.rows(y_center, self._labels(idx))

@@ -1,0 +1,150 @@
+"""Settings: CLI flags and ini keys, normalised once in ``pytest_configure``.
+
+Precedence: marker kwargs > CLI > ini > default. No torch here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+ENGINE_CHOICES = ("auto", "ibp", "linear", "bab", "falsify")
+LIRPA_METHODS = ("ibp", "crown", "crown-ibp", "alpha-crown")
+DEVICES = ("auto", "cpu", "cuda")
+UNPROVEN_ACTIONS = ("fail", "xfail", "skip")
+
+# name: (ini help, default)
+OPTIONS = {
+    "engine": ("proof engine: auto, ibp, linear, bab, falsify or auto_lirpa:<method>", "auto"),
+    "device": ("device for bounds and attacks: auto (CUDA when present), cpu or cuda", "auto"),
+    "budget": ("time budget per latent test, in seconds", "60"),
+    "spec_sheet": ("write the spec sheet JSON to this path", ""),
+    "unproven": ("what an unproven verdict does: fail, xfail or skip", "fail"),
+    "seed": ("random seed for attacks and sampling (per test: derived from this and the node id)", "0"),
+    "artifacts": ("directory for counterexample images (default: next to the spec sheet)", ""),
+    "precision": ("bound arithmetic: float32 (with a safety margin) or float64", "float32"),
+}
+
+
+class UsageError(ValueError):
+    pass
+
+
+def valid_engine(value: str) -> str:
+    v = str(value).strip().lower()
+    if v in ENGINE_CHOICES:
+        return v
+    if v.startswith("auto_lirpa"):
+        method = v.partition(":")[2] or "crown"
+        if method not in LIRPA_METHODS:
+            raise UsageError(f"unknown auto_LiRPA method {method!r}; choose one of {', '.join(LIRPA_METHODS)}")
+        return f"auto_lirpa:{method}"
+    raise UsageError(f"unknown engine {value!r}; choose one of {', '.join(ENGINE_CHOICES)} "
+                     f"or auto_lirpa:<{'|'.join(LIRPA_METHODS)}>")
+
+
+def valid_device(value: str) -> str:
+    v = str(value).strip().lower()
+    if v not in DEVICES and not v.startswith("cuda:"):
+        raise UsageError(f"unknown device {value!r}; choose auto, cpu or cuda")
+    return v
+
+
+def valid_budget(value) -> Optional[float]:
+    if value in (None, "", "none", "inf"):
+        return None
+    try:
+        b = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"budget must be a number of seconds, got {value!r}") from None
+    if math.isnan(b) or b <= 0:
+        raise UsageError(f"budget must be a positive number of seconds, got {value!r}")
+    return b
+
+
+def valid_unproven(value: str) -> str:
+    v = str(value).strip().lower()
+    if v not in UNPROVEN_ACTIONS:
+        raise UsageError(f"unknown action for unproven verdicts {value!r}; choose fail, xfail or skip")
+    return v
+
+
+def valid_seed(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"seed must be an integer, got {value!r}") from None
+
+
+def valid_precision(value) -> str:
+    v = str(value).strip().lower()
+    if v not in ("float32", "float64"):
+        raise UsageError(f"precision must be float32 or float64, got {value!r}")
+    return v
+
+
+VALIDATORS = {"engine": valid_engine, "device": valid_device, "budget": valid_budget,
+              "unproven": valid_unproven, "seed": valid_seed, "precision": valid_precision}
+
+
+@dataclass(frozen=True)
+class Settings:
+    engine: str = "auto"
+    device: str = "auto"
+    budget: Optional[float] = 60.0
+    spec_sheet: Optional[Path] = None
+    unproven: str = "fail"
+    seed: int = 0
+    artifacts: Optional[Path] = None
+    precision: str = "float32"
+    junit_properties: bool = False
+    latent_space_fixture: str = "latent_space"
+
+    def header(self) -> str:
+        budget = "none" if self.budget is None else f"{self.budget:g}s"
+        parts = [f"engine={self.engine}", f"device={self.device}", f"budget={budget}",
+                 f"unproven={self.unproven}", f"seed={self.seed}", f"precision={self.precision}"]
+        if self.spec_sheet:
+            parts.append(f"spec-sheet={self.spec_sheet}")
+        return "latentaudit: " + " ".join(parts)
+
+    def artifact_dir(self) -> Optional[Path]:
+        if self.artifacts:
+            return self.artifacts
+        if self.spec_sheet:
+            return self.spec_sheet.parent / (self.spec_sheet.stem + "-counterexamples")
+        return None
+
+    def override(self, marker_kwargs: Dict[str, Any]) -> "Settings":
+        """Apply a marker's engine/budget/device/unproven/precision keyword arguments."""
+        changes = {}
+        for key in ("engine", "device", "budget", "unproven", "precision"):
+            if key in marker_kwargs and marker_kwargs[key] is not None:
+                changes[key] = VALIDATORS[key](marker_kwargs[key])
+        return replace(self, **changes) if changes else self
+
+
+def from_config(config) -> Settings:
+    """Read flags and ini keys; raise UsageError with a clear message on bad values."""
+
+    def get(name):
+        cli = config.getoption(f"latent_{name}", None)
+        if cli not in (None, ""):
+            return cli
+        ini = config.getini(f"latent_{name}")
+        return ini if ini not in (None, "") else OPTIONS[name][1]
+
+    values = {}
+    for name in OPTIONS:
+        raw = get(name)
+        if name in VALIDATORS:
+            values[name] = VALIDATORS[name](raw)
+        else:
+            values[name] = Path(raw) if raw else None
+    for key in ("spec_sheet", "artifacts"):
+        if values[key] is not None and not values[key].is_absolute():
+            # CLI paths are relative to the invocation directory, as with --junitxml
+            values[key] = Path(config.invocation_params.dir) / values[key]
+    return Settings(junit_properties=bool(config.getoption("latent_junit_properties", False)),
+                    latent_space_fixture=config.getini("latent_space_fixture") or "latent_space", **values)

@@ -1,0 +1,131 @@
+"""The session object kept on ``config``: runs audits for the fixture, turns results into
+records, collects records from reports (so xdist workers need no extra channel) and
+writes the spec sheet at the end."""
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from . import __version__
+from .options import Settings
+from .specsheet import SpecSheet
+
+MAX_COUNTEREXAMPLES = 20
+
+
+def derive_seed(global_seed: int, nodeid: str) -> int:
+    """Per-test seed: stable across runs and workers, different per test."""
+    return (int(global_seed) * 1_000_003 + zlib.crc32(nodeid.encode())) & 0x7FFF_FFFF
+
+
+def model_fingerprint(model) -> Optional[str]:
+    """sha256 over parameter names, shapes and bytes (None for plain callables)."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return None
+    h = hashlib.sha256()
+    for name, t in list(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else
+                 t.detach().float().cpu().numpy().tobytes())
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:120]
+
+
+class LatentSession:
+    def __init__(self, settings: Settings, rootdir: Path):
+        self.settings = settings
+        self.rootdir = rootdir
+        self.records: List[dict] = []
+        self.written: Optional[Path] = None
+
+    # ------------------------------------------------------------------ fixture side
+    def run(self, nodeid: str, marker: Dict[str, Any], latent_space, model, seeds, labels=None,
+            overrides: Optional[Dict[str, Any]] = None) -> tuple:
+        """Run the audit of one test; returns ``(AuditResult, record)``."""
+        from .api import audit
+        from .latent import LatentAuditError
+        from .specs import as_spec
+
+        kw = dict(marker)
+        kw.update(overrides or {})
+        missing = [k for k in ("direction", "eps", "spec") if kw.get(k) is None]
+        if missing:
+            raise LatentAuditError(f"@pytest.mark.latent needs {', '.join(missing)} "
+                                   f"(e.g. @pytest.mark.latent(direction='pose', eps=0.1, spec=Accuracy(0.95)))")
+        settings = self.settings.override(kw)
+        spec = as_spec(kw["spec"])
+        seed = derive_seed(settings.seed, nodeid)
+        result = audit(model, seeds, labels, direction=kw["direction"], eps=kw["eps"], spec=spec,
+                       latent_space=latent_space, engine=settings.engine, device=settings.device,
+                       budget_s=settings.budget, seed=seed, precision=settings.precision)
+        record = self.make_record(nodeid, result, spec, settings, seed, model, latent_space, kw["direction"])
+        return result, record, settings
+
+    def make_record(self, nodeid, result, spec, settings: Settings, seed, model, latent_space, direction) -> dict:
+        cexs = sorted(result.counterexamples, key=lambda c: -c.margin)[:MAX_COUNTEREXAMPLES]
+        cex_json = [c.to_json() for c in cexs]
+        img_dir = settings.artifact_dir()
+        if img_dir is not None and latent_space is not None and getattr(latent_space, "decoder", None) and cexs:
+            for c, cj in zip(cexs[:5], cex_json):
+                cj["image"] = str(self._save_image(img_dir, nodeid, c, latent_space))
+        dinfo = None
+        if latent_space is not None and isinstance(direction, str) and direction in latent_space.directions:
+            dinfo = latent_space.directions[direction].to_json()
+        return {
+            "nodeid": nodeid,
+            "direction": result.direction,
+            "direction_info": dinfo,
+            "eps": result.eps,
+            "spec": spec.to_json(),
+            "spec_text": result.spec,
+            "verdict": result.verdict,
+            "n_seeds": result.n,
+            "counts": result.counts,
+            "verified_fraction": result.verified_fraction,
+            "at_least": result.at_least,
+            "engine": result.engine,
+            "rungs": result.rungs(),
+            "seconds": round(result.seconds, 4),
+            "budget": settings.budget,
+            "device": settings.device,
+            "precision": settings.precision,
+            "seed": seed,
+            "model_fingerprint": model_fingerprint(model),
+            "failing_bound": result.failing_bound(),
+            "counterexamples": cex_json,
+            "notes": result.notes,
+            "spec_sheet": str(settings.spec_sheet) if settings.spec_sheet else None,
+        }
+
+    def _save_image(self, img_dir: Path, nodeid: str, cex, latent_space) -> Path:
+        import torch
+
+        from .images import save_strip
+
+        with torch.no_grad():
+            imgs = latent_space.decode(torch.stack([cex.z0, cex.z]))
+        imgs = imgs.detach().float().cpu().numpy()
+        path = img_dir / f"{_safe(nodeid)}-seed{cex.seed_index}.png"
+        return save_strip(path, [imgs[0], imgs[1]])
+
+    # ----------------------------------------------------------------- controller side
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+
+    def write_sheet(self) -> Optional[Path]:
+        if self.settings.spec_sheet is None:
+            return None
+        s = self.settings
+        sheet = SpecSheet.build(self.records, tool_version=__version__, rootdir=self.rootdir,
+                                settings={"engine": s.engine, "device": s.device, "budget": s.budget,
+                                          "seed": s.seed, "unproven": s.unproven, "precision": s.precision})
+        return sheet.save(s.spec_sheet)

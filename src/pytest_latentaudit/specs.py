@@ -1,0 +1,316 @@
+"""Specs: what must hold on every point of a latent box.
+
+Each spec answers three questions about a batch of model outputs ``y`` ``[N, n_out]``:
+
+* ``holds(y, labels)`` -- the plain check used to re-evaluate counterexamples;
+* ``margin(y, labels)`` -- a differentiable violation score (``> 0`` where violated,
+  ``holds`` is ``margin <= 0`` up to ties) that attacks maximise;
+* ``rows(y_center, labels)`` -- a matrix ``C`` ``[N, m, n_out]`` and offset ``d``
+  ``[N, m]`` such that ``C y + d <= 0`` for every row implies the spec holds. Bound
+  engines prove ``max(C y + d) < 0`` over the box, so the spec is folded into the last
+  layer and per-box labels cost nothing.
+
+``Accuracy`` and ``Invariance`` are *test-level* specs: per seed they are ``Prediction`` of
+the seed's label (or of its nominal prediction) and the test verdict compares the verified
+fraction with ``at_least``.
+
+This module imports torch lazily so that test files can import the specs while the plugin
+stays light.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _check_fraction(name: str, q: float) -> float:
+    q = float(q)
+    if not (0.0 <= q <= 1.0) or math.isnan(q):
+        raise ValueError(f"{name}: at_least must be a fraction in [0, 1], got {q!r}")
+    return q
+
+
+class Spec:
+    """Base class. Subclasses set ``kind`` and implement the three methods."""
+
+    kind = "spec"
+    #: test-level threshold on the fraction of seeds that must hold
+    at_least: float = 1.0
+    #: whether per-seed labels are required
+    needs_labels = False
+
+    def describe(self) -> str:
+        return self.kind
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "at_least": self.at_least}
+
+    # -- per-seed semantics -------------------------------------------------------
+    def seed_spec(self, labels, nominal_predictions) -> "Spec":
+        """The per-box spec used for each seed of an audit."""
+        return self
+
+    def holds(self, y, labels=None):
+        return self.margin(y, labels) <= 0
+
+    def margin(self, y, labels=None):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def rows(self, y_center, labels=None):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+
+def _as_labels(labels, n: int, device):
+    torch = _torch()
+    if labels is None:
+        raise ValueError("this spec needs one label per box")
+    t = torch.as_tensor(labels, device=device).long().reshape(-1)
+    if t.numel() == 1 and n != 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise ValueError(f"got {t.numel()} labels for {n} boxes")
+    return t
+
+
+class Prediction(Spec):
+    """The predicted class (argmax) is ``label`` everywhere in the box.
+
+    ``label`` may be an int or a tensor with one label per box. The prediction counts as
+    kept only when the label's logit is *strictly* larger than every other logit, so a tie
+    is a violation (argmax tie-breaking must not decide a proof).
+    """
+
+    kind = "prediction"
+
+    def __init__(self, label=None):
+        self.label = label
+
+    def _labels(self, y, labels):
+        return _as_labels(self.label if labels is None else labels, y.shape[0], y.device)
+
+    def describe(self) -> str:
+        if self.label is None:
+            return "Prediction(label per seed)"
+        try:
+            return f"Prediction({int(self.label)})"
+        except (TypeError, ValueError):
+            return "Prediction(labels per box)"
+
+    def to_json(self) -> dict:
+        d = {"kind": self.kind}
+        try:
+            d["label"] = int(self.label)
+        except (TypeError, ValueError):
+            d["label"] = "per-box"
+        return d
+
+    def margin(self, y, labels=None):
+        torch = _torch()
+        lab = self._labels(y, labels)
+        true = y.gather(1, lab[:, None])[:, 0]
+        other = y.clone()
+        other.scatter_(1, lab[:, None], -torch.inf)
+        return other.max(dim=1).values - true
+
+    def rows(self, y_center, labels=None):
+        torch = _torch()
+        n, k = y_center.shape
+        lab = self._labels(y_center, labels)
+        eye = torch.eye(k, dtype=y_center.dtype, device=y_center.device)
+        C = eye[None].expand(n, k, k) - eye[lab][:, None, :]  # row j: y_j - y_label
+        keep = torch.ones(n, k, dtype=torch.bool, device=y_center.device)
+        keep[torch.arange(n), lab] = False
+        C = C[keep].reshape(n, k - 1, k)
+        return C, torch.zeros(n, k - 1, dtype=y_center.dtype, device=y_center.device)
+
+
+class PredictionNotIn(Spec):
+    """The predicted class is never one of ``classes`` (e.g. never "speed limit")."""
+
+    kind = "prediction_not_in"
+
+    def __init__(self, classes: Sequence[int]):
+        self.classes = [int(c) for c in classes]
+        if not self.classes:
+            raise ValueError("PredictionNotIn needs at least one class")
+
+    def describe(self) -> str:
+        return f"PredictionNotIn({self.classes})"
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "classes": self.classes}
+
+    def _split(self, y):
+        torch = _torch()
+        banned = torch.zeros(y.shape[1], dtype=torch.bool, device=y.device)
+        banned[self.classes] = True
+        if bool(banned.all()):
+            raise ValueError("PredictionNotIn bans every class")
+        return banned
+
+    def margin(self, y, labels=None):
+        banned = self._split(y)
+        return y[:, banned].max(dim=1).values - y[:, ~banned].max(dim=1).values
+
+    def rows(self, y_center, labels=None):
+        # Sufficient condition: the best allowed class at the box centre beats every
+        # banned class on the whole box. Branch and bound re-picks it per sub-box.
+        torch = _torch()
+        banned = self._split(y_center)
+        allowed_scores = y_center.masked_fill(banned[None], -torch.inf)
+        j0 = allowed_scores.argmax(dim=1)
+        n, k = y_center.shape
+        eye = torch.eye(k, dtype=y_center.dtype, device=y_center.device)
+        b_idx = torch.nonzero(banned).reshape(-1)
+        C = eye[b_idx][None].expand(n, -1, -1) - eye[j0][:, None, :]
+        return C, torch.zeros(n, b_idx.numel(), dtype=y_center.dtype, device=y_center.device)
+
+
+class Linear(Spec):
+    """Every row of ``C y + d <= 0`` (AuditAI's general form ``F(x, y) <= 0``)."""
+
+    kind = "linear"
+
+    def __init__(self, C, d=None):
+        torch = _torch()
+        C = torch.as_tensor(C, dtype=torch.float32)
+        if C.dim() == 1:
+            C = C[None]
+        if C.dim() != 2:
+            raise ValueError(f"Linear spec: C must be [m, n_out], got shape {tuple(C.shape)}")
+        d = torch.zeros(C.shape[0]) if d is None else torch.as_tensor(d, dtype=torch.float32).reshape(-1)
+        if d.numel() != C.shape[0]:
+            raise ValueError(f"Linear spec: d has {d.numel()} entries for {C.shape[0]} rows of C")
+        if not (torch.isfinite(C).all() and torch.isfinite(d).all()):
+            raise ValueError("Linear spec: C and d must be finite")
+        self.C, self.d = C, d
+
+    def describe(self) -> str:
+        return f"Linear(C[{self.C.shape[0]}x{self.C.shape[1]}], d)"
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "C": self.C.tolist(), "d": self.d.tolist()}
+
+    def _check(self, y):
+        if y.shape[1] != self.C.shape[1]:
+            raise ValueError(
+                f"Linear spec: C has {self.C.shape[1]} columns but the model has {y.shape[1]} outputs")
+
+    def margin(self, y, labels=None):
+        self._check(y)
+        C, d = self.C.to(y), self.d.to(y)
+        return (y @ C.T + d).max(dim=1).values
+
+    def rows(self, y_center, labels=None):
+        self._check(y_center)
+        n = y_center.shape[0]
+        C, d = self.C.to(y_center), self.d.to(y_center)
+        return C[None].expand(n, -1, -1), d[None].expand(n, -1)
+
+
+class OutputRange(Linear):
+    """Every output stays within ``[lower, upper]`` (scalars or one value per output)."""
+
+    kind = "output_range"
+
+    def __init__(self, lower=None, upper=None):
+        if lower is None and upper is None:
+            raise ValueError("OutputRange needs lower and/or upper")
+        self.lower, self.upper = lower, upper
+        self._built_for: Optional[int] = None
+
+    def describe(self) -> str:
+        return f"OutputRange({self.lower}, {self.upper})"
+
+    def to_json(self) -> dict:
+        torch = _torch()
+        conv = lambda v: None if v is None else torch.as_tensor(v).tolist()  # noqa: E731
+        return {"kind": self.kind, "lower": conv(self.lower), "upper": conv(self.upper)}
+
+    def _check(self, y):
+        # Build C for the model's output width on first use.
+        n_out = y.shape[1]
+        if self._built_for == n_out:
+            return
+        torch = _torch()
+        eye = torch.eye(n_out)
+        Cs, ds = [], []
+        if self.upper is not None:
+            u = torch.as_tensor(self.upper, dtype=torch.float32).reshape(-1).expand(n_out)
+            Cs.append(eye), ds.append(-u)
+        if self.lower is not None:
+            lo = torch.as_tensor(self.lower, dtype=torch.float32).reshape(-1).expand(n_out)
+            Cs.append(-eye), ds.append(lo)
+        self.C, self.d = torch.cat(Cs), torch.cat(ds)
+        self._built_for = n_out
+
+
+@dataclass(repr=False)
+class Accuracy(Spec):
+    """At least a fraction ``at_least`` of the seeds keep their label on the whole box."""
+
+    at_least: float = 1.0
+    kind = "accuracy"
+    needs_labels = True
+
+    def __post_init__(self):
+        self.at_least = _check_fraction("Accuracy", self.at_least)
+
+    def describe(self) -> str:
+        return f"Accuracy(at_least={self.at_least:g})"
+
+    def seed_spec(self, labels, nominal_predictions):
+        return Prediction(labels)
+
+
+@dataclass(repr=False)
+class Invariance(Spec):
+    """The prediction stays the seed's nominal prediction (no labels needed)."""
+
+    at_least: float = 1.0
+    kind = "invariance"
+
+    def __post_init__(self):
+        self.at_least = _check_fraction("Invariance", self.at_least)
+
+    def describe(self) -> str:
+        return f"Invariance(at_least={self.at_least:g})"
+
+    def seed_spec(self, labels, nominal_predictions):
+        return Prediction(nominal_predictions)
+
+
+def spec_from_json(d: dict) -> Spec:
+    """Rebuild a spec from ``to_json`` output (used by spec-sheet tooling)."""
+    kind = d.get("kind")
+    if kind == "accuracy":
+        return Accuracy(d.get("at_least", 1.0))
+    if kind == "invariance":
+        return Invariance(d.get("at_least", 1.0))
+    if kind == "prediction_not_in":
+        return PredictionNotIn(d["classes"])
+    if kind == "output_range":
+        return OutputRange(d.get("lower"), d.get("upper"))
+    if kind == "linear":
+        return Linear(d["C"], d["d"])
+    if kind == "prediction":
+        return Prediction(d.get("label") if d.get("label") != "per-box" else None)
+    raise ValueError(f"unknown spec kind {kind!r}")
+
+
+def as_spec(spec: Any) -> Spec:
+    if isinstance(spec, Spec):
+        return spec
+    raise TypeError(
+        f"spec must be one of Accuracy, Invariance, Prediction, PredictionNotIn, OutputRange, "
+        f"Linear; got {type(spec).__name__}")
