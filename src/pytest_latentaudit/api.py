@@ -68,6 +68,10 @@ class AuditResult:
     counterexamples: List[Counterexample]
     bound: List[float]
     notes: List[str] = field(default_factory=list)
+    #: exact engine: per seed, the fraction of the segment where the spec holds, and
+    #: the failing sub-intervals of t (None where the exact engine did not run)
+    segment_fraction: Optional[List[Optional[float]]] = None
+    bad_intervals: Optional[List[list]] = None
 
     @property
     def counts(self) -> Dict[str, int]:
@@ -351,4 +355,11 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
     return AuditResult(verdict=verdict, status=out.status, rung=out.rung, n=n, at_least=spec.at_least,
                        seconds=time.perf_counter() - t0, engine=name, direction=dname, eps=eps,
                        spec=spec.describe(), counterexamples=cexs, bound=out.bound.cpu().tolist(),
-                       notes=notes + out.notes)
+                       notes=notes + out.notes, **_segment_fields(out))
+
+
+def _segment_fields(out) -> dict:
+    if out.fraction is None or bool(torch.isnan(out.fraction).all()):
+        return {}
+    frac = [None if math.isnan(f) else f for f in out.fraction.tolist()]
+    return {"segment_fraction": frac, "bad_intervals": out.bad_intervals}

@@ -36,6 +36,15 @@ def model_fingerprint(model) -> Optional[str]:
     return "sha256:" + h.hexdigest()[:32]
 
 
+def _segment_summary(result) -> Optional[dict]:
+    """Quantitative certification from the exact engine: fraction of each segment that holds."""
+    fr = [f for f in (result.segment_fraction or []) if f is not None]
+    if not fr:
+        return None
+    return {"seeds": len(fr), "mean_fraction": sum(fr) / len(fr), "min_fraction": min(fr),
+            "exact": True}
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:120]
 
@@ -103,6 +112,7 @@ class LatentSession:
             "failing_bound": result.failing_bound(),
             "counterexamples": cex_json,
             "notes": result.notes,
+            "segment": _segment_summary(result),
             "spec_sheet": str(settings.spec_sheet) if settings.spec_sheet else None,
         }
 

@@ -51,6 +51,18 @@ class BoundGraph:
             node.op.to(dtype=dtype, device=device)
         return self
 
+    def as_dtype(self, dtype) -> "BoundGraph":
+        """A copy in ``dtype`` (cached on this graph); the original is left as it is."""
+        cache = self.__dict__.setdefault("_dtype_copies", {})
+        if dtype not in cache:
+            import copy
+
+            g = copy.copy(self)
+            g.nodes = [Node(copy.deepcopy(n.op), n.inputs, n.shape) for n in self.nodes]
+            g.__dict__["_dtype_copies"] = {}
+            cache[dtype] = g.to(dtype=dtype)
+        return cache[dtype]
+
     def consumers(self) -> List[List[int]]:
         out: List[List[int]] = [[] for _ in self.nodes]
         for j, node in enumerate(self.nodes):

@@ -25,7 +25,7 @@ from .problem import Problem
 
 VERIFIED, FALSIFIED, UNKNOWN = "verified", "falsified", "unknown"
 
-ENGINES = ("auto", "ibp", "linear", "bab", "falsify")
+ENGINES = ("auto", "ibp", "linear", "bab", "exact", "falsify")
 
 
 @dataclass
@@ -38,6 +38,9 @@ class Outcome:
     cex_t: torch.Tensor  # offsets of counterexamples (nan where none)
     cex_x: List[Optional[torch.Tensor]]
     cex_margin: torch.Tensor
+    #: exact fraction of the segment where the spec holds (exact engine; nan elsewhere)
+    fraction: Optional[torch.Tensor] = None
+    bad_intervals: Optional[List[list]] = None
     bab_boxes: int = 0
     notes: List[str] = field(default_factory=list)
 
@@ -60,7 +63,7 @@ class Ladder:
         self.gen = generator
         self.dtype = torch.float64 if precision == "float64" else torch.float32
         if graph is not None and self.dtype == torch.float64:
-            graph.to(dtype=torch.float64)
+            self.graph = graph = graph.as_dtype(torch.float64)
         self.batch_size = batch_size
         self.max_boxes = max_boxes
         self.bound_fn = bound_fn  # external engine (auto_LiRPA): (idx, tl, tu, C, d) -> upper [n, m]
@@ -74,6 +77,8 @@ class Ladder:
         self.cex_margin = torch.full((n,), torch.nan, dtype=dt, device=dev)
         self.notes: List[str] = []
         self.bab_boxes = 0
+        self.fraction = torch.full((n,), torch.nan, dtype=torch.float64)
+        self.bad_intervals: List[list] = [[] for _ in range(n)]
 
     # ----------------------------------------------------------------------- helpers
     def out_of_time(self) -> bool:
@@ -201,6 +206,55 @@ class Ladder:
             if self.status[i] == UNKNOWN and i not in remaining:
                 self.status[i], self.rung[i] = VERIFIED, "bab"
 
+    def can_run_exact(self) -> bool:
+        from .segment import NotPiecewiseLinear, check_piecewise_linear
+
+        if self.graph is None or self.p.k != 1:
+            return False
+        try:
+            check_piecewise_linear(self.graph)
+        except NotPiecewiseLinear as exc:
+            if self.engine == "exact":
+                self.notes.append(f"exact segments need a piecewise-linear network: {exc}")
+            return False
+        return True
+
+    def run_exact(self):
+        """Exact 1-D certification: decides every seed of a piecewise-linear network."""
+        from .segment import NotPiecewiseLinear, certify
+
+        p = self.p
+        if self.undecided().numel() == 0:
+            return
+        # all seeds, decided ones too: the exact fraction per seed goes into the spec sheet
+        idx = torch.arange(p.n, device=p.tl.device)
+        V = p.V if p.V.shape[0] == 1 else p.V[idx]
+        v = V[:, 0].expand(idx.numel(), *p.input_shape)
+        labels = None if p.labels is None else p.labels[idx]
+        try:
+            res = certify(self.graph, p.x0[idx], v, p.tl[idx, 0], p.tu[idx, 0], p.spec, labels)
+        except NotPiecewiseLinear as exc:
+            self.notes.append(str(exc))
+            return
+        with torch.no_grad():
+            c, _ = p.center_gens(idx, p.tl[idx], p.tu[idx])
+            y_c = p.model_forward(c)
+        rel, abs_ = tolerance(torch.float32)
+        tol = (rel * 10 * (1 + y_c.abs().amax(1)) + abs_).cpu().double()
+        cand_t = res.worst_t.clone()
+        for j, iv in enumerate(res.bad_intervals):
+            if iv:  # the middle of the longest failing sub-interval is a robust candidate
+                lo, hi = max(iv, key=lambda ab: ab[1] - ab[0])
+                cand_t[j] = (lo + hi) / 2
+        ok, x, margin, t = falsify.confirm(p, idx, cand_t.to(p.tl)[:, None], p.tl[idx], p.tu[idx])
+        self._mark_falsified(idx, falsify.Found(ok, t, x, margin), "exact")
+        for j, i in enumerate(idx.tolist()):
+            self.fraction[i] = float(res.fraction[j])
+            self.bad_intervals[i] = res.bad_intervals[j]
+            if self.status[i] == UNKNOWN and bool(res.max_margin[j] < -tol[j]):
+                self.status[i], self.rung[i] = VERIFIED, "exact"
+                self.bound[i] = min(float(self.bound[i]), float(res.max_margin[j]))
+
     def run_sampling(self, n_samples=256):
         idx = self.undecided()
         if idx.numel() == 0:
@@ -211,18 +265,21 @@ class Ladder:
     # -------------------------------------------------------------------------- run
     def run(self) -> Outcome:
         e = self.engine
-        self.run_attack(steps=10, restarts=2, rung="attack")
+        self.run_attack(steps=4, restarts=1, rung="attack")  # quick: catches the easy violations
         if self.bound_fn is not None:
             self.run_bound(None, e)
         elif self.graph is not None and e != "falsify":
-            self.run_bound("ibp", "ibp")
+            if e != "exact":
+                self.run_bound("ibp", "ibp")
             if e in ("auto", "linear", "bab"):
                 self.run_bound("linear", "linear")
-            if e in ("auto", "bab"):
+            if e in ("auto", "exact") and self.can_run_exact():
+                self.run_exact()
+            elif e in ("auto", "bab"):
                 self.run_bab()
         if not self.out_of_time():
             self.run_attack(steps=50, restarts=8, rung="attack")
         if not self.out_of_time():
             self.run_sampling()
         return Outcome(self.status, self.rung, self.bound, self.cex_t, self.cex_x, self.cex_margin,
-                       self.bab_boxes, self.notes)
+                       self.fraction, self.bad_intervals, self.bab_boxes, self.notes)

@@ -1,0 +1,464 @@
+"""auto_LiRPA backend: sound bounds on linear specifications ``C @ model(x)`` over boxes.
+
+Entry point: :func:`lirpa_spec_bounds`. auto_LiRPA itself is imported lazily through
+:mod:`.lirpa_compat`; torch is imported lazily too, so importing this module is free.
+
+The user's model is never handed to auto_LiRPA. 0.3's BoundedModule moves the model
+between devices, toggles its train/eval mode, shares its Parameter objects and flips
+their ``requires_grad``, and alpha-CROWN casts the whole graph to float64 and back.
+So a private deep copy is bounded instead, cached per model (weakly: the cache never
+keeps a model alive) and rebuilt when the model's weights change.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import threading
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from .lirpa_compat import auto_lirpa_version, import_auto_lirpa
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+__all__ = ["LIRPA_METHODS", "LirpaUnsupported", "lirpa_spec_bounds", "clear_cache"]
+
+#: Methods accepted by :func:`lirpa_spec_bounds`, loosest and cheapest first.
+LIRPA_METHODS: Tuple[str, ...] = ("ibp", "crown-ibp", "crown", "alpha-crown")
+
+# Our names -> compute_bounds(method=...) names. These spellings are accepted by
+# auto_LiRPA 0.3 and by later releases alike.
+_LIRPA_NAMES = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "crown": "CROWN", "alpha-crown": "CROWN-Optimized"}
+
+
+class LirpaUnsupported(Exception):
+    """auto_LiRPA cannot bound this model (an unsupported layer or op, or a failure
+    inside auto_LiRPA). Callers may fall back to another engine."""
+
+
+# --------------------------------------------------------------------------------------
+# Public entry point
+
+
+def lirpa_spec_bounds(
+    model: "nn.Module",
+    lower: "torch.Tensor",
+    upper: "torch.Tensor",
+    C: "torch.Tensor",
+    method: str = "crown",
+    *,
+    conv_mode: Optional[str] = None,
+    alpha_iters: int = 20,
+) -> Tuple["torch.Tensor", "torch.Tensor"]:
+    """Lower and upper bounds ``[N, m]`` of ``C @ model(x)``, valid for every ``x`` in
+    the box ``lower[i] <= x <= upper[i]`` of each row ``i``.
+
+    Args:
+        model: an ``nn.Module`` in eval mode mapping ``[N, *input_shape]`` to outputs
+            with ``n_out`` elements per row (non-flat outputs are flattened).
+        lower, upper: ``[N, *input_shape]`` box corners. Computation happens on
+            ``lower.device``, in the model's floating dtype.
+        C: ``[N, m, n_out]`` specification matrices.
+        method: one of :data:`LIRPA_METHODS`. The CROWN family's results are
+            intersected with IBP's: both are sound, so is their intersection, and
+            CROWN alone is not always tighter than IBP (its adaptive lower ReLU slope
+            can lose to plain intervals on wide boxes).
+        conv_mode: auto_LiRPA's ``conv_mode``; default ``"matrix"`` when the model
+            has a ``ConvTranspose2d`` (0.3 supports it only there), else ``"patches"``.
+        alpha_iters: optimisation steps for ``"alpha-crown"``.
+
+    Returns ``(lb, ub)``, detached, on ``lower.device``. Raises :class:`LirpaUnsupported`
+    when auto_LiRPA cannot handle the model, ValueError on malformed arguments.
+    """
+    import torch
+
+    if method not in LIRPA_METHODS:
+        raise ValueError(f"method must be one of {LIRPA_METHODS}, got {method!r}")
+    if conv_mode not in (None, "patches", "matrix"):
+        raise ValueError(f"conv_mode must be None, 'patches' or 'matrix', got {conv_mode!r}")
+    _check_eval_mode(model)
+
+    device = lower.device
+    dtype = _floating_dtype(model) or (lower.dtype if lower.is_floating_point() else torch.get_default_dtype())
+    lower = lower.detach().to(device=device, dtype=dtype)
+    upper = upper.detach().to(device=device, dtype=dtype)
+    C = C.detach().to(device=device, dtype=dtype)
+    _check_shapes(lower, upper, C)
+    if conv_mode is None:
+        conv_mode = "matrix" if any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules()) else "patches"
+
+    with _LOCK, _recursion_headroom(), _quiet_internal_warnings():
+        for attempt in (1, 2):
+            entry, fresh = _bounded_for(model, lower, upper, conv_mode)
+            if C.shape[2] != entry.n_out:
+                raise ValueError(f"C has {C.shape[2]} output columns; the model has {entry.n_out} outputs per row")
+            try:
+                return _compute(entry, lower, upper, C, method, alpha_iters)
+            except Exception as exc:
+                # A failed run can leave auto_LiRPA's graph half-updated (e.g. alpha
+                # tensors sized for the failed call): never reuse it.
+                _evict(model, entry)
+                if _is_oom(exc):
+                    raise
+                if fresh or attempt == 2:
+                    raise LirpaUnsupported(_describe_failure(entry, exc, f"computing {method} bounds")) from exc
+                # A cached graph (built for another batch size, or left in a bad state
+                # by an earlier call) gets one retry on a fresh build.
+    raise AssertionError("unreachable")
+
+
+def clear_cache() -> None:
+    """Drop every cached BoundedModule (e.g. to free memory between test modules)."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+# --------------------------------------------------------------------------------------
+# Bound computation
+
+
+def _compute(entry: "_Entry", lower, upper, C, method: str, alpha_iters: int):
+    import torch
+
+    al = import_auto_lirpa()
+    bounded = entry.bounded
+    ptb = al.PerturbationLpNorm(norm=float("inf"), x_L=lower, x_U=upper)
+    x = al.BoundedTensor((lower + upper) / 2, ptb)
+
+    with torch.no_grad():
+        ibp_lb, ibp_ub = bounded.compute_bounds(x=(x,), C=C, method="IBP")
+        if method == "ibp":
+            return ibp_lb.detach(), ibp_ub.detach()
+        if method in ("crown", "crown-ibp"):
+            lb, ub = bounded.compute_bounds(x=(x,), C=C, method=_LIRPA_NAMES[method])
+    if method == "alpha-crown":
+        # 0.3's sparse intermediate bounds break alpha-CROWN on width-1 layers and on
+        # Sigmoid/Tanh (alpha and A sized differently); dense bounds are as tight.
+        bounded.set_bound_opts({"sparse_intermediate_bounds": False,
+                                "optimize_bound_args": {"iteration": int(alpha_iters)}})
+        try:
+            with torch.enable_grad():  # alpha is optimised by gradient descent
+                lb, ub = bounded.compute_bounds(x=(x,), C=C, method=_LIRPA_NAMES[method])
+        finally:
+            bounded.set_bound_opts({"sparse_intermediate_bounds": entry.sparse_default})
+    return torch.max(lb.detach(), ibp_lb.detach()), torch.min(ub.detach(), ibp_ub.detach())
+
+
+# --------------------------------------------------------------------------------------
+# BoundedModule cache
+
+
+@dataclass
+class _Entry:
+    bounded: Any  # auto_LiRPA.BoundedModule wrapping a private copy of the model
+    work: Any  # that copy (after the rewrites below)
+    labels: Dict[int, str]  # id(module in work) -> qualified name in the user's model
+    example: Any  # the input it was built with
+    fingerprint: Tuple
+    n_out: int
+    sparse_default: bool
+    key: Tuple
+
+
+_LOCK = threading.RLock()  # BoundedModules are stateful: one computation at a time
+# model -> {(input shape, device, dtype, conv_mode): _Entry}; weak keys, so a model
+# that is garbage-collected takes its copies with it.
+_CACHE: "weakref.WeakKeyDictionary[Any, Dict[Tuple, _Entry]]" = weakref.WeakKeyDictionary()
+
+
+def _bounded_for(model, lower, upper, conv_mode: str) -> Tuple[_Entry, bool]:
+    """The cached entry for this model and input layout, or a fresh one (then True).
+    The batch size is not part of the key: 0.3's graphs accept any batch size."""
+    key = (tuple(lower.shape[1:]), str(lower.device), lower.dtype, conv_mode)
+    fingerprint = _fingerprint(model)
+    per_model = _CACHE.setdefault(model, {})
+    entry = per_model.get(key)
+    if entry is not None and entry.fingerprint == fingerprint:
+        return entry, False
+    entry = _build(model, lower, upper, conv_mode, key, fingerprint)
+    per_model[key] = entry
+    return entry, True
+
+
+def _evict(model, entry: _Entry) -> None:
+    per_model = _CACHE.get(model)
+    if per_model is not None and per_model.get(entry.key) is entry:
+        del per_model[entry.key]
+
+
+def _fingerprint(model) -> Tuple:
+    # Changes whenever weights are edited in place (optimizer steps, load_state_dict
+    # bump `_version`), replaced, moved, or modules are swapped.
+    tensors = tuple(
+        (name, id(t), t.data_ptr(), t._version, tuple(t.shape), t.dtype, str(t.device))
+        for name, t in list(model.named_parameters()) + list(model.named_buffers())
+    )
+    return tensors, tuple(id(m) for m in model.modules())
+
+
+def _build(model, lower, upper, conv_mode: str, key: Tuple, fingerprint: Tuple) -> _Entry:
+    import torch
+
+    al = import_auto_lirpa()
+    work, labels = _private_copy(model, lower.device, lower.dtype)
+    center = (lower + upper) / 2
+    with torch.no_grad():
+        out = work(center)
+    if out.dim() != 2:  # C indexes flat outputs
+        work = torch.nn.Sequential(work, torch.nn.Flatten())
+        labels[id(work)] = "<flattened output>"
+        out = out.flatten(1)
+    n_out = out.shape[1]
+
+    with _capture_lirpa_log() as records:
+        try:
+            bounded = al.BoundedModule(work, center, bound_opts={"conv_mode": conv_mode}, device=lower.device)
+        except Exception as exc:
+            if _is_oom(exc):
+                raise
+            partial = _Entry(None, work, labels, center, fingerprint, n_out, True, key)
+            raise LirpaUnsupported(_describe_failure(partial, exc, "building the bound graph", records)) from exc
+    sparse_default = bool(bounded.bound_opts.get("sparse_intermediate_bounds", True))
+    return _Entry(bounded, work, labels, center, fingerprint, n_out, sparse_default, key)
+
+
+def _private_copy(model, device, dtype):
+    """Deep copy of ``model`` prepared for tracing, with its modules' user-facing names."""
+    import torch
+
+    try:
+        work = copy.deepcopy(model)
+    except Exception as exc:
+        raise LirpaUnsupported(
+            f"cannot deep-copy {type(model).__name__} ({exc}); the auto_LiRPA backend bounds "
+            "a private copy so that it never mutates the model"
+        ) from exc
+    labels = {id(w): name for (name, _), (_, w) in zip(model.named_modules(), work.named_modules())}
+    _rewrite_for_tracing(work, labels)
+    work.eval()
+    work.requires_grad_(False)
+    work.to(device=device, dtype=dtype)
+    return work, labels
+
+
+def _rewrite_for_tracing(work, labels: Dict[int, str]) -> None:
+    # Semantics-preserving swaps (the model is in eval mode) for modules that trace
+    # to ops auto_LiRPA 0.3 lacks:
+    #   nn.Unflatten -> aten::unflatten (an ATen fallback op)  => reshape
+    #   nn.Dropout*  -> 0.3 refuses to parse Dropout in eval mode => Identity
+    import torch
+
+    dropouts = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,
+                torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
+    for parent in list(work.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Unflatten):
+                replacement = _make_unflatten(child.dim, tuple(child.unflattened_size))
+            elif isinstance(child, dropouts):
+                replacement = torch.nn.Identity()
+            else:
+                continue
+            labels[id(replacement)] = labels.get(id(child), child_name)
+            setattr(parent, child_name, replacement)
+
+
+def _make_unflatten(dim: int, sizes: Tuple[int, ...]):
+    import torch
+
+    class _Unflatten(torch.nn.Module):
+        """nn.Unflatten as a reshape; -1 for the batch keeps it batch-size agnostic."""
+
+        def forward(self, x):
+            d = dim % x.dim()
+            if d == 0:
+                raise ValueError("Unflatten over the batch dimension is not supported")
+            return x.reshape((-1, *x.shape[1:d], *sizes, *x.shape[d + 1:]))
+
+    return _Unflatten()
+
+
+# --------------------------------------------------------------------------------------
+# Error reporting
+
+
+@dataclass
+class _Culprit:
+    what: str  # op or bound class, e.g. "onnx::Erf" or "BoundSoftplus"
+    node: Optional[str]  # auto_LiRPA node name, e.g. "/17"
+
+
+def _describe_failure(entry: _Entry, exc: BaseException, doing: str, records: Optional[List] = None) -> str:
+    version = auto_lirpa_version() or "?"
+    detail = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+    unsupported = _unsupported_from_log(records or [])
+    if unsupported:
+        where = _locate(entry, unsupported)
+        ops = "; ".join(f"{c.what}{where.get(c.node, '')}" for c in unsupported)
+        return f"auto_LiRPA {version} does not support {ops} ({doing})"
+    # Otherwise the best lead is the bound node that raised (a heuristic: the real
+    # culprit can be upstream of it).
+    culprits = _culprit_from_traceback(exc)
+    where = _locate(entry, culprits)
+    at = "".join(f" at {c.what}{where.get(c.node, '')}" for c in culprits)
+    msg = f"auto_LiRPA {version} failed {doing}{at}: {detail}"
+    if entry.key[3] == "patches" and any("Conv" in c.what for c in culprits):
+        msg += "; try conv_mode='matrix'"
+    return msg
+
+
+def _unsupported_from_log(records: List) -> List[_Culprit]:
+    # 0.3 logs every unsupported node (logger.error(..., node)) before raising a bare
+    # NotImplementedError('There are unsupported operations').
+    culprits = []
+    for record in records:
+        node = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        op = getattr(node, "op", None)
+        if not op or "unsupported operation" not in str(record.msg):
+            continue
+        attr = getattr(node, "attr", None) or {}
+        if op == "aten::ATen" and isinstance(attr, dict) and "operator" in attr:
+            op = f"aten::{attr['operator']}"  # ATen fallback: name the real op
+        culprits.append(_Culprit(op, getattr(node, "name", None)))
+    return culprits
+
+
+def _culprit_from_traceback(exc: BaseException) -> List[_Culprit]:
+    # The innermost frame running a method of an auto_LiRPA bound node names the op.
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if type(owner).__module__.startswith("auto_LiRPA.operators"):
+            found = owner
+        tb = tb.tb_next
+    if found is None:
+        return []
+    return [_Culprit(type(found).__name__, getattr(found, "name", None))]
+
+
+def _locate(entry: _Entry, culprits: List[_Culprit]) -> Dict[Optional[str], str]:
+    """Node name -> " in `module.path` (Type)". Tracing records module scopes only when
+    torch.jit._trace._trace_module_map is set (as torch.onnx.export does), so trace the
+    copy again with it set; debug names match the unscoped build's."""
+    wanted = {c.node for c in culprits if c.node}
+    if not wanted:
+        return {}
+    try:
+        import torch
+
+        from auto_LiRPA.parse_graph import parse_module
+
+        by_scope = {f"m{i}": m for i, m in enumerate(entry.work.modules())}
+        previous = torch.jit._trace._trace_module_map
+        torch.jit._trace._trace_module_map = {m: label for label, m in by_scope.items()}
+        try:
+            # parse_module moves nothing: 0.3's BoundedModule traces on CPU the same way.
+            nodes_op, _, _, _ = parse_module(entry.work.cpu(), (entry.example.detach().cpu(),))
+        finally:
+            torch.jit._trace._trace_module_map = previous
+            entry.work.to(entry.example.device)
+        found = {}
+        for node in nodes_op:
+            scope, _, debug = node.name.rpartition("/")  # "m0/m3/m7" + "/" + "17"
+            module = by_scope.get(scope.rpartition("/")[2])
+            if f"/{debug}" in wanted and module is not None:
+                name = entry.labels.get(id(module), "?") or "<model>"
+                found[f"/{debug}"] = f" in `{name}` ({type(module).__name__})"
+        return found
+    except Exception:  # diagnostics must never mask the real error
+        return {}
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+class _capture_lirpa_log:
+    """Collect auto_LiRPA's error log records while building (they name unsupported
+    ops) instead of printing them: they become the LirpaUnsupported message."""
+
+    def __enter__(self) -> List[logging.LogRecord]:
+        self.logger = logging.getLogger("auto_LiRPA")
+        self.handler = _ListHandler()
+        self.propagate = self.logger.propagate
+        self.logger.addHandler(self.handler)
+        self.logger.propagate = False
+        return self.handler.records
+
+    def __exit__(self, *exc_info) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.propagate = self.propagate
+
+
+# --------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _is_oom(exc: BaseException) -> bool:
+    # Out of memory is a resource problem, not an unsupported model: let it through.
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError  # torch < 2.5
+    return isinstance(exc, oom)
+
+
+def _check_eval_mode(model) -> None:
+    training = [name or "<model>" for name, m in model.named_modules() if m.training]
+    if training:
+        shown = ", ".join(training[:3]) + (" ..." if len(training) > 3 else "")
+        raise ValueError(
+            f"model must be in eval mode (bounds are for inference behaviour); in training mode: {shown}"
+        )
+
+
+def _floating_dtype(model):
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def _check_shapes(lower, upper, C) -> None:
+    if lower.shape != upper.shape:
+        raise ValueError(f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} differ in shape")
+    if lower.dim() < 2:
+        raise ValueError(f"lower/upper must be [N, *input_shape], got {tuple(lower.shape)}")
+    if C.dim() != 3 or C.shape[0] != lower.shape[0]:
+        raise ValueError(f"C must be [N={lower.shape[0]}, m, n_out], got {tuple(C.shape)}")
+    if bool((lower > upper).any()):
+        raise ValueError("lower > upper somewhere: empty box")
+
+
+class _quiet_internal_warnings(warnings.catch_warnings):
+    """Silence warnings raised inside auto_LiRPA (e.g. "Creating an identity matrix
+    ... please submit a bug report") and torch's ONNX exporter while tracing: they
+    concern internals the user cannot act on. Warnings attributed to user code
+    (e.g. TracerWarning about data-dependent control flow) still show."""
+
+    def __enter__(self):
+        result = super().__enter__()
+        warnings.filterwarnings("ignore", module=r"auto_LiRPA(\.|$)")
+        warnings.filterwarnings("ignore", module=r"torch\.onnx(\.|$)")
+        return result
+
+
+class _recursion_headroom:
+    # auto_LiRPA walks the graph recursively (3 frames per node or so); deep
+    # generators can exceed Python's default limit. Raised only for the call.
+    def __enter__(self) -> None:
+        self.previous = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(self.previous, 10_000))
+
+    def __exit__(self, *exc_info) -> None:
+        sys.setrecursionlimit(self.previous)

@@ -1,0 +1,47 @@
+"""The auto_LiRPA backend behind the ladder's engine interface (``auto_lirpa:<method>``).
+
+Each box ``x0 + V t`` is handed to auto_LiRPA as the input-space box ``c +- sum_j |G_j|``:
+exact for axis-aligned directions (``Direction.axis``, ``verify_box``), the sound bounding
+box of the segment/parallelotope otherwise.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+
+def make_bound_fn(model, problem, engine: str, notes: List[str]):
+    """Return ``(idx, tl, tu, C, d) -> upper [n, m]``, or None (with a note) when
+    auto_LiRPA is missing or cannot handle the model: the ladder then only falsifies."""
+    method = engine.partition(":")[2] or "crown"
+    try:
+        from .lirpa import LirpaUnsupported, lirpa_spec_bounds
+        from .lirpa_compat import import_auto_lirpa
+
+        import_auto_lirpa()
+    except ImportError as exc:
+        notes.append(f"auto_LiRPA unavailable ({exc}); falling back to falsification only")
+        return None
+    if not isinstance(model, torch.nn.Module):
+        notes.append("auto_LiRPA needs an nn.Module; falling back to falsification only")
+        return None
+    V = problem.V.reshape(problem.V.shape[0], problem.k, -1)
+    if not bool(((V != 0).sum(-1) <= 1).all()):
+        notes.append("auto_LiRPA bounds the input-space bounding box of a non-axis direction (looser)")
+    state = {"failed": False}
+
+    def bound_fn(idx, tl, tu, C, d):
+        c, G = problem.center_gens(idx, tl, tu)
+        rad = G.abs().sum(1)
+        if state["failed"]:
+            return torch.full(C.shape[:2], torch.inf, dtype=c.dtype, device=c.device)
+        try:
+            _, ub = lirpa_spec_bounds(model, c - rad, c + rad, C, method=method)
+        except LirpaUnsupported as exc:
+            notes.append(f"auto_LiRPA: {exc}; falling back to falsification only")
+            state["failed"] = True
+            return torch.full(C.shape[:2], torch.inf, dtype=c.dtype, device=c.device)
+        return ub.to(c.dtype) + d
+
+    return bound_fn

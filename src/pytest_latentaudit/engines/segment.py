@@ -1,0 +1,190 @@
+"""Exact certification along 1-D latent segments (ExactLine / GCert style).
+
+On a segment ``x(t) = x0 + t v``, ``t in [tl, tu]``, a network made of affine layers and
+ReLU/LeakyReLU is piecewise linear in ``t``. We walk the graph on a growing set of points
+per seed: affine layers map points exactly, and at each ReLU we insert the points where a
+pre-activation crosses zero between two neighbours (it is affine there), interpolating
+every live tensor at the new points. At the output, each spec row is affine on each piece,
+so the set where the spec fails is computed exactly: a union of sub-intervals.
+
+A seed is ``verified`` when every breakpoint's spec margin is below ``-tol`` (the max of
+affine rows over a piece is reached at an end), and ``falsified`` by the worst point of a
+failing sub-interval, confirmed by a plain forward pass like any counterexample.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from . import ops
+from .graph import BoundGraph
+
+#: operators that keep the network piecewise linear with breakpoints found here
+_AFFINE = (ops.AffineOp, ops.PositiveLinearOp, ops.AddConstOp, ops.AddOp, ops.CatOp)
+_KINKED = (ops.ReLUOp,)  # LeakyReLUOp subclasses ReLUOp
+
+
+class NotPiecewiseLinear(Exception):
+    pass
+
+
+def check_piecewise_linear(graph: BoundGraph) -> None:
+    for node in graph.nodes[1:]:
+        if not isinstance(node.op, _AFFINE + _KINKED):
+            raise NotPiecewiseLinear(f"layer {node.op.name!r} ({type(node.op).__name__}) is not piecewise linear")
+
+
+@dataclass
+class SegmentResult:
+    """Per seed: breakpoints ``t`` and outputs there, the exact fraction of the segment
+    where the spec holds, and the failing sub-intervals."""
+
+    fraction: torch.Tensor  # [N]
+    bad_intervals: List[List[Tuple[float, float]]]
+    max_margin: torch.Tensor  # [N] max spec margin over breakpoints
+    worst_t: torch.Tensor  # [N] t where the margin is largest
+    n_pieces: torch.Tensor  # [N]
+
+
+def _refine(seed: torch.Tensor, t: torch.Tensor, vals: Dict[int, torch.Tensor], pre: torch.Tensor):
+    """Insert zero crossings of ``pre`` ([P, *S]) between neighbouring points of a seed."""
+    P = t.shape[0]
+    if P < 2:
+        return seed, t, vals
+    a, b = pre[:-1].reshape(P - 1, -1), pre[1:].reshape(P - 1, -1)
+    same = (seed[:-1] == seed[1:])[:, None]
+    cross = same & (((a < 0) & (b > 0)) | ((a > 0) & (b < 0)))
+    if not bool(cross.any()):
+        return seed, t, vals
+    rows, cols = torch.nonzero(cross, as_tuple=True)
+    frac = a[rows, cols] / (a[rows, cols] - b[rows, cols])
+    t_new = t[rows] + frac * (t[rows + 1] - t[rows])
+    # dedupe crossings at the same place (many neurons can flip together)
+    key = torch.stack([rows.to(t.dtype), t_new])
+    uniq = torch.unique(key, dim=1)
+    rows_u, t_u = uniq[0].long(), uniq[1]
+    lam = ((t_u - t[rows_u]) / (t[rows_u + 1] - t[rows_u]).clamp(min=1e-300)).clamp(0, 1)
+    new_vals = {}
+    for j, v in vals.items():
+        shape = [-1] + [1] * (v.dim() - 1)
+        ins = v[rows_u] + lam.view(shape) * (v[rows_u + 1] - v[rows_u])
+        new_vals[j] = torch.cat([v, ins])
+    seed = torch.cat([seed, seed[rows_u]])
+    t = torch.cat([t, t_u])
+    order = torch.argsort(t, stable=True)  # then a stable sort by seed: (seed, t) order
+    order = order[torch.argsort(seed[order], stable=True)]
+    return seed[order], t[order], {j: v[order] for j, v in new_vals.items()}
+
+
+def walk(graph: BoundGraph, x0: torch.Tensor, v: torch.Tensor, tl: torch.Tensor, tu: torch.Tensor):
+    """Breakpoints and outputs along each seed's segment. ``x0`` ``[N, *S]``, ``v`` ``[N, *S]``."""
+    check_piecewise_linear(graph)
+    n = x0.shape[0]
+    dt = torch.float64  # breakpoints are solved in double precision
+    graph = graph.as_dtype(dt)
+    seed = torch.arange(n, device=x0.device).repeat_interleave(2)
+    t = torch.stack([tl, tu], 1).reshape(-1).to(dt)
+    x0d, vd = x0.to(dt), v.to(dt)
+    consumers = graph.consumers()
+    remaining = [len(c) for c in consumers]
+    vals: Dict[int, torch.Tensor] = {0: x0d[seed] + t.view([-1] + [1] * (x0.dim() - 1)) * vd[seed]}
+    for j, node in enumerate(graph.nodes):
+        if j == 0:
+            continue
+        ins = [vals[i] for i in node.inputs]
+        if isinstance(node.op, _KINKED):
+            seed, t, vals = _refine(seed, t, vals, ins[0])
+            ins = [vals[i] for i in node.inputs]
+        vals[j] = node.op.forward(*ins)
+        for i in node.inputs:  # free tensors nobody needs any more
+            remaining[i] -= 1
+            if remaining[i] == 0 and i != 0:
+                vals.pop(i, None)
+    return seed, t, vals[len(graph.nodes) - 1]
+
+
+def _row_groups(spec, labels, n_out: int, n: int, device, dtype):
+    """Violation = OR over groups of AND over the group's rows (``row >= 0``); rows are
+    ``[N, G, R, n_out]`` coefficient tensors with offsets ``[N, G, R]``."""
+    from ..specs import Linear, Prediction, PredictionNotIn
+
+    eye = torch.eye(n_out, dtype=dtype, device=device)
+    if isinstance(spec, Prediction):
+        lab = labels
+        C = eye[None] - eye[lab][:, None, :]  # [N, n_out, n_out]; the label's own row is 0
+        C = C.unsqueeze(2)  # one row per group
+        d = torch.zeros(n, n_out, 1, dtype=dtype, device=device)
+        d[torch.arange(n), lab] = -1.0  # disable the label's own (zero) row: 0 - 1 < 0
+        return C, d
+    if isinstance(spec, PredictionNotIn):
+        banned = torch.tensor(spec.classes, device=device)
+        allowed = torch.tensor([c for c in range(n_out) if c not in spec.classes], device=device)
+        C = eye[banned][:, None, :] - eye[allowed][None, :, :]  # [B, A, n_out]
+        return C[None].expand(n, -1, -1, -1), torch.zeros(n, *C.shape[:2], dtype=dtype, device=device)
+    if isinstance(spec, Linear):  # includes OutputRange
+        spec._check(torch.zeros(1, n_out))
+        C = spec.C.to(device=device, dtype=dtype)[:, None, :]
+        d = spec.d.to(device=device, dtype=dtype)[:, None]
+        return C[None].expand(n, -1, -1, -1), d[None].expand(n, -1, -1)
+    raise NotPiecewiseLinear(f"the exact segment engine does not handle {spec.describe()}")
+
+
+def certify(graph: BoundGraph, x0, v, tl, tu, spec, labels=None) -> SegmentResult:
+    seed, t, y = walk(graph, x0, v, tl, tu)
+    n = x0.shape[0]
+    y = y.reshape(y.shape[0], -1)
+    C, d = _row_groups(spec, labels, y.shape[1], n, y.device, y.dtype)
+    vals = torch.einsum("pgro,po->pgr", C[seed], y) + d[seed]  # [P, G, R]
+    margin = vals.min(2).values.max(1).values  # violated where > 0 (>= 0 for ties)
+    fraction = torch.zeros(n, dtype=torch.float64)
+    bad: List[List[Tuple[float, float]]] = [[] for _ in range(n)]
+    max_m = torch.full((n,), -torch.inf, dtype=torch.float64)
+    worst_t = torch.zeros(n, dtype=torch.float64)
+    pieces = torch.zeros(n, dtype=torch.long)
+    seed_c, t_c, vals_c, m_c = seed.cpu(), t.cpu(), vals.cpu(), margin.cpu()
+    bounds = torch.searchsorted(seed_c, torch.arange(n + 1))
+    for i in range(n):
+        s, e = int(bounds[i]), int(bounds[i + 1])
+        ts, vs, ms = t_c[s:e], vals_c[s:e], m_c[s:e]
+        j = int(ms.argmax())
+        max_m[i], worst_t[i] = ms[j], ts[j]
+        pieces[i] = max(e - s - 1, 0)
+        length = float(ts[-1] - ts[0])
+        if length <= 0:
+            fraction[i] = float(ms.max() < 0)
+            continue
+        intervals = []
+        a_t, b_t = ts[:-1], ts[1:]
+        va, vb = vs[:-1], vs[1:]  # [Q, G, R]
+        # per row, the sub-interval of each piece where the row is >= 0 (affine in t)
+        lam_lo = torch.zeros_like(va)
+        lam_hi = torch.ones_like(va)
+        slope = vb - va
+        root = torch.where(slope != 0, -va / torch.where(slope != 0, slope, torch.ones_like(slope)),
+                           torch.zeros_like(va))
+        inc, dec, flat = slope > 0, slope < 0, slope == 0
+        lam_lo = torch.where(inc, root.clamp(0, 1), lam_lo)
+        lam_hi = torch.where(dec, root.clamp(0, 1), lam_hi)
+        empty_flat = flat & (va < 0)
+        lam_lo = torch.where(empty_flat, torch.ones_like(lam_lo), lam_lo)
+        lam_hi = torch.where(empty_flat, torch.zeros_like(lam_hi), lam_hi)
+        # AND over a group's rows: intersect; OR over groups: union (per piece)
+        g_lo, g_hi = lam_lo.max(2).values, lam_hi.min(2).values  # [Q, G]
+        for q in range(a_t.shape[0]):
+            lo_q, hi_q = g_lo[q], g_hi[q]
+            ok = hi_q > lo_q
+            if not bool(ok.any()):
+                continue
+            width = float(b_t[q] - a_t[q])
+            segs = sorted(zip((a_t[q] + lo_q[ok] * width).tolist(), (a_t[q] + hi_q[ok] * width).tolist()))
+            for lo_, hi_ in segs:
+                if intervals and lo_ <= intervals[-1][1]:
+                    intervals[-1] = (intervals[-1][0], max(intervals[-1][1], hi_))
+                else:
+                    intervals.append((lo_, hi_))
+        bad_len = sum(h - l for l, h in intervals)
+        fraction[i] = 1.0 - bad_len / length
+        bad[i] = intervals
+    return SegmentResult(fraction, bad, max_m, worst_t, pieces)
