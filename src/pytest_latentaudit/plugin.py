@@ -83,7 +83,7 @@ class LatentAudit:
         try:
             result, record, settings = session.run(request.node.nodeid, kwargs, space, model, seeds, labels,
                                                    overrides)
-        except (LatentAuditError, UsageError, TypeError) as exc:
+        except (LatentAuditError, UsageError, TypeError, ValueError) as exc:
             pytest.fail(f"latent_audit: {exc}", pytrace=False)
         request.node.stash[RECORD_KEY] = record
         if session.settings.junit_properties:

@@ -265,7 +265,8 @@ class Ladder:
     # -------------------------------------------------------------------------- run
     def run(self) -> Outcome:
         e = self.engine
-        self.run_attack(steps=4, restarts=1, rung="attack")  # quick: catches the easy violations
+        # concrete check of the seed and the box corners: free compared with any bound
+        self.run_attack(steps=0, restarts=1, rung="attack")
         if self.bound_fn is not None:
             self.run_bound(None, e)
         elif self.graph is not None and e != "falsify":
@@ -273,12 +274,14 @@ class Ladder:
                 self.run_bound("ibp", "ibp")
             if e in ("auto", "linear", "bab"):
                 self.run_bound("linear", "linear")
+            # what the cheap bounds left: attack before spending the budget on splitting
+            self.run_attack(steps=10, restarts=2, rung="attack")
             if e in ("auto", "exact") and self.can_run_exact():
                 self.run_exact()
             elif e in ("auto", "bab"):
                 self.run_bab()
         if not self.out_of_time():
-            self.run_attack(steps=50, restarts=8, rung="attack")
+            self.run_attack(steps=30, restarts=4, rung="attack")
         if not self.out_of_time():
             self.run_sampling()
         return Outcome(self.status, self.rung, self.bound, self.cex_t, self.cex_x, self.cex_margin,

@@ -70,7 +70,8 @@ def lirpa_spec_bounds(
             CROWN alone is not always tighter than IBP (its adaptive lower ReLU slope
             can lose to plain intervals on wide boxes).
         conv_mode: auto_LiRPA's ``conv_mode``; default ``"matrix"`` when the model
-            has a ``ConvTranspose2d`` (0.3 supports it only there), else ``"patches"``.
+            has a ``ConvTranspose2d`` (0.3's patches mode rejects padded ones), else
+            auto_LiRPA's default ``"patches"``.
         alpha_iters: optimisation steps for ``"alpha-crown"``.
 
     Returns ``(lb, ub)``, detached, on ``lower.device``. Raises :class:`LirpaUnsupported`
@@ -86,8 +87,8 @@ def lirpa_spec_bounds(
 
     device = lower.device
     dtype = _floating_dtype(model) or (lower.dtype if lower.is_floating_point() else torch.get_default_dtype())
-    lower = lower.detach().to(device=device, dtype=dtype)
-    upper = upper.detach().to(device=device, dtype=dtype)
+    lower = _cast_outward(lower.detach(), dtype, -1.0)
+    upper = _cast_outward(upper.detach().to(device), dtype, +1.0)
     C = C.detach().to(device=device, dtype=dtype)
     _check_shapes(lower, upper, C)
     if conv_mode is None:
@@ -158,7 +159,7 @@ def _compute(entry: "_Entry", lower, upper, C, method: str, alpha_iters: int):
 class _Entry:
     bounded: Any  # auto_LiRPA.BoundedModule wrapping a private copy of the model
     work: Any  # that copy (after the rewrites below)
-    labels: Dict[int, str]  # id(module in work) -> qualified name in the user's model
+    labels: Dict[Any, str]  # module in `work` -> its qualified name in the user's model
     example: Any  # the input it was built with
     fingerprint: Tuple
     n_out: int
@@ -212,7 +213,7 @@ def _build(model, lower, upper, conv_mode: str, key: Tuple, fingerprint: Tuple) 
         out = work(center)
     if out.dim() != 2:  # C indexes flat outputs
         work = torch.nn.Sequential(work, torch.nn.Flatten())
-        labels[id(work)] = "<flattened output>"
+        labels[work] = "<flattened output>"
         out = out.flatten(1)
     n_out = out.shape[1]
 
@@ -239,7 +240,8 @@ def _private_copy(model, device, dtype):
             f"cannot deep-copy {type(model).__name__} ({exc}); the auto_LiRPA backend bounds "
             "a private copy so that it never mutates the model"
         ) from exc
-    labels = {id(w): name for (name, _), (_, w) in zip(model.named_modules(), work.named_modules())}
+    # deepcopy preserves module order, so names pair up (modules hash by identity)
+    labels = {w: name for (name, _), (_, w) in zip(model.named_modules(), work.named_modules())}
     _rewrite_for_tracing(work, labels)
     work.eval()
     work.requires_grad_(False)
@@ -247,7 +249,7 @@ def _private_copy(model, device, dtype):
     return work, labels
 
 
-def _rewrite_for_tracing(work, labels: Dict[int, str]) -> None:
+def _rewrite_for_tracing(work, labels: Dict[Any, str]) -> None:
     # Semantics-preserving swaps (the model is in eval mode) for modules that trace
     # to ops auto_LiRPA 0.3 lacks:
     #   nn.Unflatten -> aten::unflatten (an ATen fallback op)  => reshape
@@ -264,7 +266,7 @@ def _rewrite_for_tracing(work, labels: Dict[int, str]) -> None:
                 replacement = torch.nn.Identity()
             else:
                 continue
-            labels[id(replacement)] = labels.get(id(child), child_name)
+            labels[replacement] = labels.pop(child, child_name)
             setattr(parent, child_name, replacement)
 
 
@@ -358,17 +360,15 @@ def _locate(entry: _Entry, culprits: List[_Culprit]) -> Dict[Optional[str], str]
         previous = torch.jit._trace._trace_module_map
         torch.jit._trace._trace_module_map = {m: label for label, m in by_scope.items()}
         try:
-            # parse_module moves nothing: 0.3's BoundedModule traces on CPU the same way.
-            nodes_op, _, _, _ = parse_module(entry.work.cpu(), (entry.example.detach().cpu(),))
+            nodes_op, _, _, _ = parse_module(entry.work, (entry.example,))
         finally:
             torch.jit._trace._trace_module_map = previous
-            entry.work.to(entry.example.device)
         found = {}
         for node in nodes_op:
             scope, _, debug = node.name.rpartition("/")  # "m0/m3/m7" + "/" + "17"
             module = by_scope.get(scope.rpartition("/")[2])
             if f"/{debug}" in wanted and module is not None:
-                name = entry.labels.get(id(module), "?") or "<model>"
+                name = entry.labels.get(module, "?") or "<model>"
                 found[f"/{debug}"] = f" in `{name}` ({type(module).__name__})"
         return found
     except Exception:  # diagnostics must never mask the real error
@@ -427,6 +427,19 @@ def _floating_dtype(model):
         if t.is_floating_point():
             return t.dtype
     return None
+
+
+def _cast_outward(t, dtype, direction: float):
+    """``t.to(dtype)``, rounded away from the box (direction -1: down, +1: up) so that a
+    narrowing cast (float64 box, float32 model) never shrinks the box."""
+    import torch
+
+    out = t.to(dtype)
+    if t.dtype == dtype or not t.is_floating_point():
+        return out
+    back = out.to(t.dtype)
+    inward = back > t if direction < 0 else back < t
+    return torch.where(inward, torch.nextafter(out, torch.full_like(out, direction * float("inf"))), out)
 
 
 def _check_shapes(lower, upper, C) -> None:

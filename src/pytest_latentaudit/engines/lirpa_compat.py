@@ -89,10 +89,9 @@ def _import_uncached() -> types.ModuleType:
     # feature detection; every patch is a no-op where the feature already exists.
     legacy = version is None or _version_tuple(version) < _FIRST_CLEAN_VERSION
 
-    if "auto_LiRPA" in sys.modules:  # the user imported it already: take it as it is
-        mod = sys.modules["auto_LiRPA"]
-    else:
-        if importlib.util.find_spec("auto_LiRPA") is None:
+    mod = sys.modules.get("auto_LiRPA")
+    if mod is None:  # not imported yet (or blocked with sys.modules[...] = None)
+        if "auto_LiRPA" in sys.modules or importlib.util.find_spec("auto_LiRPA") is None:
             raise ImportError(INSTALL_HINT)
         # torch first, outside the snapshot: its own import-time warning filters stay.
         import torch

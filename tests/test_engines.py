@@ -1,0 +1,151 @@
+"""Engine-level checks that need no pytester: exact segments against dense sampling,
+native bounds against auto_LiRPA on the same queries, and the ladder's rungs."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from pytest_latentaudit import Accuracy, Direction, Prediction, audit, verify_box
+from pytest_latentaudit.engines.bounds import output_bounds, spec_upper_bound
+from pytest_latentaudit.engines.graph import trace
+from pytest_latentaudit.engines.segment import NotPiecewiseLinear, certify
+
+
+def _mlp(seed, d_in=6, width=24, depth=3, n_out=4, act=nn.ReLU):
+    torch.manual_seed(seed)
+    layers, i = [], d_in
+    for _ in range(depth - 1):
+        layers += [nn.Linear(i, width), act()]
+        i = width
+    layers.append(nn.Linear(i, n_out))
+    return nn.Sequential(*layers).eval()
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), span=st.floats(0.05, 3.0), leaky=st.booleans())
+def test_exact_segment_fraction_matches_dense_sampling(seed, span, leaky):
+    net = _mlp(seed, act=(lambda: nn.LeakyReLU(0.2)) if leaky else nn.ReLU)
+    g = trace(net, (6,))
+    torch.manual_seed(seed + 1)
+    z, v = torch.randn(5, 6), torch.randn(5, 6)
+    with torch.no_grad():
+        labels = net(z).argmax(1)
+    tl, tu = torch.full((5,), -span), torch.full((5,), span)
+    res = certify(g, z, v, tl, tu, Prediction(), labels)
+    ts = torch.linspace(-span, span, 40001, dtype=torch.float64)
+    with torch.no_grad():
+        y = net((z[:, None].double() + ts[None, :, None] * v[:, None].double()).float())
+    holds = (y.gather(2, labels[:, None, None].expand(-1, ts.numel(), 1))[..., 0] >
+             y.scatter(2, labels[:, None, None].expand(-1, ts.numel(), 1), -math.inf).amax(2))
+    dense = holds.double().mean(1)
+    # a grid of step 2*span/40000 can misjudge at most about one grid cell per breakpoint
+    slack = (res.n_pieces.double() + 2) * 2.0 / 40000
+    assert torch.all((dense - res.fraction).abs() <= slack + 1e-6), (dense, res.fraction)
+    for i, ivs in enumerate(res.bad_intervals):  # failing sub-intervals really fail
+        for lo, hi in ivs:
+            if hi - lo > 1e-6:
+                mid = torch.tensor([(lo + hi) / 2])
+                with torch.no_grad():
+                    out = net((z[i] + mid[:, None] * v[i]).float())
+                assert int(out.argmax()) != int(labels[i]) or out[0, labels[i]] <= out[0].max()
+
+
+def test_exact_engine_rejects_non_piecewise_linear():
+    g = trace(_mlp(0, act=nn.Tanh), (6,))
+    with pytest.raises(NotPiecewiseLinear, match="not piecewise linear"):
+        certify(g, torch.zeros(1, 6), torch.ones(1, 6), torch.tensor([-1.0]), torch.tensor([1.0]), Prediction(),
+                torch.tensor([0]))
+
+
+def test_exact_engine_in_audit_decides_every_seed_and_reports_fractions():
+    net = _mlp(3)
+    torch.manual_seed(4)
+    z = torch.randn(16, 6)
+    with torch.no_grad():
+        labels = net(z).argmax(1)
+    res = audit(net, (z, labels), direction=Direction.axis(1), eps=1.5, spec=Accuracy(0.5), engine="exact")
+    assert res.counts["unknown"] == 0
+    assert res.segment_fraction is not None and len(res.segment_fraction) == 16
+    for i, s in enumerate(res.status):
+        f = res.segment_fraction[i]
+        assert (f == 1.0) if s == "verified" else (f < 1.0)
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+def test_native_and_auto_lirpa_agree_on_the_same_queries(method):
+    """Both engines are sound: every sample lies in both boxes, so they must overlap;
+    the native linear engine should not be much looser than auto_LiRPA CROWN."""
+    from pytest_latentaudit.engines.lirpa import lirpa_spec_bounds  # must run in CI: no skip
+
+    net = _mlp(7, d_in=8, width=32, depth=4)
+    g = trace(net, (8,))
+    torch.manual_seed(8)
+    c = torch.randn(6, 8)
+    G = torch.zeros(6, 2, 8)
+    G[:, 0, 0], G[:, 1, 3] = 0.1, 0.1
+    eye = torch.eye(4)
+    C = torch.cat([eye, -eye])[None].expand(6, -1, -1)
+    lo_n, hi_n = output_bounds(g, c, G, method="ibp" if method == "ibp" else "linear")
+    rad = G.abs().sum(1)
+    lb, ub = lirpa_spec_bounds(net, c - rad, c + rad, C[:, :4], method=method)
+    s = torch.rand(4000, 6, 2) * 2 - 1
+    with torch.no_grad():
+        y = net((c[None] + torch.einsum("snk,nkd->snd", s, G)).reshape(-1, 8)).reshape(4000, 6, 4)
+    for lo, hi in ((lo_n, hi_n), (lb, ub)):
+        assert torch.all(y >= lo - 1e-5) and torch.all(y <= hi + 1e-5)
+    assert torch.all(lo_n <= ub + 1e-5) and torch.all(lb <= hi_n + 1e-5)
+    if method == "crown":
+        assert float((hi_n - lo_n).mean()) <= 1.5 * float((ub - lb).mean()) + 1e-6
+
+
+def test_auto_lirpa_engine_runs_through_verify_box():
+    net = _mlp(11)
+    torch.manual_seed(12)
+    z = torch.randn(8, 6)
+    with torch.no_grad():
+        labels = net(z).argmax(1)
+    lower, upper = z - 1e-3, z + 1e-3
+    r = verify_box(net, lower, upper, Prediction(labels), engine="auto_lirpa:crown")
+    native = verify_box(net, lower, upper, Prediction(labels), engine="linear")
+    assert r.engine == "auto_lirpa:crown"
+    assert r.counts()["unknown"] == 0 and r.counts()["verified"] >= 6
+    assert r.status == native.status  # both decide every box here, so they must agree
+    for s, rung in zip(r.status, r.rung):
+        assert rung == ("auto_lirpa:crown" if s == "verified" else "attack")
+
+
+def test_ladder_reports_the_rung_that_decided_each_seed():
+    net = _mlp(5, d_in=16, width=64, depth=4)
+    torch.manual_seed(6)
+    z = torch.randn(64, 16)
+    with torch.no_grad():
+        labels = net(z).argmax(1)
+    res = audit(net, (z, labels), direction=Direction.subspace(torch.eye(16)[:, :2]), eps=0.3,
+                spec=Accuracy(0.5), budget_s=30)
+    rungs = res.rungs()
+    assert sum(rungs.values()) == res.counts["verified"] + res.counts["falsified"]
+    assert set(rungs) <= {"attack", "ibp", "linear", "bab", "bab-attack", "sampling", "exact"}
+    for s, r in zip(res.status, res.rung):
+        assert (r == "") == (s == "unknown")
+
+
+def test_branch_and_bound_never_verifies_a_box_with_a_narrow_violation():
+    """A 1-D net whose label flips only on a sliver of the box: BaB must not verify it."""
+    net = nn.Sequential(nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 2)).eval()
+    with torch.no_grad():
+        # y1 - y0 = relu(x - 0.501) + relu(0.499 - x) - 0.0015: negative only on (0.4975, 0.5025)
+        net[0].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        net[0].bias.copy_(torch.tensor([-0.501, 0.499]))
+        net[2].weight.copy_(torch.tensor([[-1.0, -1.0], [0.0, 0.0]]))
+        net[2].bias.copy_(torch.tensor([0.0015, 0.0]))
+    lower, upper = torch.tensor([[0.0]]), torch.tensor([[1.0]])
+    for engine in ("bab", "auto", "linear", "ibp"):
+        r = verify_box(net, lower, upper, Prediction(torch.tensor([1])), engine=engine, budget_s=5)
+        assert r.status[0] != "verified", engine
+    r = verify_box(net, lower, upper, Prediction(torch.tensor([1])), engine="bab", budget_s=5)
+    assert r.status[0] == "falsified"
+    x = r.counterexamples[0]
+    assert 0.0 <= float(x) <= 1.0
+    assert int(net(x[None]).argmax()) == 0
