@@ -11,7 +11,7 @@ _EXPORTS = {
     "verify_box": "api", "audit": "api", "BoxResult": "api", "AuditResult": "api", "Counterexample": "api",
     "LatentSpace": "latent", "Direction": "latent", "LatentAuditError": "latent",
     "Accuracy": "specs", "Invariance": "specs", "Prediction": "specs", "PredictionNotIn": "specs",
-    "OutputRange": "specs", "Linear": "specs", "Spec": "specs",
+    "OutputRange": "specs", "Linear": "specs", "Spec": "specs", "ConfidentTargeted": "specs",
     "SpecSheet": "specsheet",
 }
 

@@ -179,7 +179,8 @@ def _split_spec(spec: Spec, n: int, device):
     return spec, None
 
 
-def _run_ladder(model, problem, input_shape, device, engine, budget_s, seed, precision, notes):
+def _run_ladder(model, problem, input_shape, device, engine, budget_s, seed, precision, notes, replay=None,
+                attack="sign"):
     deadline = time.perf_counter() + (budget_s if budget_s is not None else float("inf"))
     bound_fn, graph = None, None
     name = engine
@@ -194,7 +195,8 @@ def _run_ladder(model, problem, input_shape, device, engine, budget_s, seed, pre
         raise LatentAuditError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)} "
                                f"or auto_lirpa:<ibp|crown|crown-ibp|alpha-crown>")
     ladder = Ladder(problem, graph, engine=engine if bound_fn is None else name, deadline=deadline,
-                    generator=_generator(seed), precision=precision, bound_fn=bound_fn)
+                    generator=_generator(seed), precision=precision, bound_fn=bound_fn, replay=replay,
+                    attack_method=attack)
     return ladder.run(), name
 
 
@@ -295,11 +297,14 @@ def decide_verdict(n: int, verified: int, falsified: int, at_least: float) -> st
 
 def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spec = None, *,
           latent_space: Optional[LatentSpace] = None, engine: str = "auto", device="auto",
-          budget_s: Optional[float] = None, seed: int = 0, precision: str = "float32") -> AuditResult:
+          budget_s: Optional[float] = None, seed: int = 0, precision: str = "float32",
+          replay: Optional[Sequence] = None, attack: str = "sign") -> AuditResult:
     """Run a semantic unit test: every seed ``z0`` moved by ``V t``, ``t in [-eps, eps]^k``.
 
     ``seeds`` is ``[N, latent_dim]`` (or a ``(z, labels)`` pair); ``direction`` a
     ``Direction``, a name declared by ``latent_space`` or a ``[d]``/``[d, k]`` tensor.
+    ``replay``: ``[(seed_index, t)]`` counterexamples of an earlier run, re-checked first.
+    ``attack``: ``"sign"`` (PGD) or ``"adam"``.
     """
     t0 = time.perf_counter()
     spec = as_spec(spec if spec is not None else Invariance())
@@ -336,7 +341,8 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
         tl = torch.full((n, k), -eps, device=dev)
         Vt = V.T.reshape(1, k, *z.shape[1:])
         problem = Problem(m, z, Vt, tl, -tl, box_spec, box_labels)
-        out, name = _run_ladder(m, problem, tuple(z.shape[1:]), dev, engine, budget_s, seed, precision, notes)
+        out, name = _run_ladder(m, problem, tuple(z.shape[1:]), dev, engine, budget_s, seed, precision, notes,
+                                replay=replay, attack=attack)
 
     cexs: List[Counterexample] = []
     for i, s in enumerate(out.status):

@@ -29,10 +29,11 @@ def _to_hwc(img) -> np.ndarray:
     return a
 
 
-def strip(images, pad: int = 2, scale: int = 4) -> np.ndarray:
-    """Images side by side with a gap, upscaled (nearest) for readability; uint8 HWC."""
+def strip(images, pad: int = 2, scale: int = 0) -> np.ndarray:
+    """Images side by side with a gap, upscaled (nearest) to about 96 px high; uint8 HWC."""
     tiles = [_to_hwc(im) for im in images]
     h = max(t.shape[0] for t in tiles)
+    scale = scale or max(1, 96 // h)
     c = max(t.shape[2] for t in tiles)
     tiles = [np.repeat(t, c, axis=2) if t.shape[2] != c else t for t in tiles]
     gap = np.ones((h, pad, c))

@@ -12,7 +12,8 @@ from .options import OPTIONS, Settings, UsageError, from_config
 SESSION_KEY = pytest.StashKey["LatentSession"]()
 RECORD_KEY = pytest.StashKey[dict]()
 
-MARKER_DOC = ("latent(direction, eps, spec, engine=None, budget=None, device=None, unproven=None, precision=None): "
+MARKER_DOC = ("latent(direction, eps, spec, engine=None, budget=None, device=None, unproven=None, precision=None, "
+              "attack='sign'|'adam'): "
               "a semantic unit test run by the latent_audit fixture: the spec must hold for every variation of at "
               "most eps along the named direction of the latent space. Keyword arguments override the "
               "--latent-* options for this test.")
@@ -82,7 +83,7 @@ class LatentAudit:
             pytest.fail(f"fixture {name!r} returned {type(space).__name__}, not a LatentSpace", pytrace=False)
         try:
             result, record, settings = session.run(request.node.nodeid, kwargs, space, model, seeds, labels,
-                                                   overrides)
+                                                   overrides, cache=getattr(request.config, "cache", None))
         except (LatentAuditError, UsageError, TypeError, ValueError) as exc:
             pytest.fail(f"latent_audit: {exc}", pytrace=False)
         request.node.stash[RECORD_KEY] = record

@@ -45,6 +45,11 @@ def _segment_summary(result) -> Optional[dict]:
             "exact": True}
 
 
+def _params(module):
+    """Parameters of a decoder if it is a module (to decode on its device)."""
+    return iter(module.parameters()) if hasattr(module, "parameters") else iter(())
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:120]
 
@@ -58,7 +63,7 @@ class LatentSession:
 
     # ------------------------------------------------------------------ fixture side
     def run(self, nodeid: str, marker: Dict[str, Any], latent_space, model, seeds, labels=None,
-            overrides: Optional[Dict[str, Any]] = None) -> tuple:
+            overrides: Optional[Dict[str, Any]] = None, cache=None) -> tuple:
         """Run the audit of one test; returns ``(AuditResult, record)``."""
         from .api import audit
         from .latent import LatentAuditError
@@ -73,9 +78,15 @@ class LatentSession:
         settings = self.settings.override(kw)
         spec = as_spec(kw["spec"])
         seed = derive_seed(settings.seed, nodeid)
+        key = f"latentaudit/counterexamples/{nodeid}"
+        stored = cache.get(key, []) if cache is not None else []
+        replay = [(c["seed_index"], c["offset"]) for c in stored if isinstance(c, dict) and "offset" in c]
         result = audit(model, seeds, labels, direction=kw["direction"], eps=kw["eps"], spec=spec,
                        latent_space=latent_space, engine=settings.engine, device=settings.device,
-                       budget_s=settings.budget, seed=seed, precision=settings.precision)
+                       budget_s=settings.budget, seed=seed, precision=settings.precision, replay=replay,
+                       attack=kw.get("attack") or "sign")
+        if cache is not None:
+            cache.set(key, [{"seed_index": c.seed_index, "offset": c.offset} for c in result.counterexamples])
         record = self.make_record(nodeid, result, spec, settings, seed, model, latent_space, kw["direction"])
         return result, record, settings
 
@@ -116,16 +127,19 @@ class LatentSession:
             "spec_sheet": str(settings.spec_sheet) if settings.spec_sheet else None,
         }
 
-    def _save_image(self, img_dir: Path, nodeid: str, cex, latent_space) -> Path:
+    def _save_image(self, img_dir: Path, nodeid: str, cex, latent_space, frames: int = 6) -> Path:
+        """A strip along the direction: the nominal decoding first, the counterexample last."""
         import torch
 
         from .images import save_strip
 
+        alphas = torch.linspace(0, 1, frames)[:, None]
+        path_z = cex.z0[None] + alphas * (cex.z - cex.z0)[None]
         with torch.no_grad():
-            imgs = latent_space.decode(torch.stack([cex.z0, cex.z]))
+            imgs = latent_space.decode(path_z.to(next(_params(latent_space.decoder), cex.z).device))
         imgs = imgs.detach().float().cpu().numpy()
         path = img_dir / f"{_safe(nodeid)}-seed{cex.seed_index}.png"
-        return save_strip(path, [imgs[0], imgs[1]])
+        return save_strip(path, list(imgs))
 
     # ----------------------------------------------------------------- controller side
     def add(self, record: dict) -> None:

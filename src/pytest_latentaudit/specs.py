@@ -114,6 +114,9 @@ class Prediction(Spec):
             d["label"] = "per-box"
         return d
 
+    def holds(self, y, labels=None):
+        return self.margin(y, labels) < 0  # a tie is a violation
+
     def margin(self, y, labels=None):
         torch = _torch()
         lab = self._labels(y, labels)
@@ -158,6 +161,9 @@ class PredictionNotIn(Spec):
             raise ValueError("PredictionNotIn bans every class")
         return banned
 
+    def holds(self, y, labels=None):
+        return self.margin(y, labels) < 0  # a tie may be broken towards a banned class
+
     def margin(self, y, labels=None):
         banned = self._split(y)
         return y[:, banned].max(dim=1).values - y[:, ~banned].max(dim=1).values
@@ -174,6 +180,54 @@ class PredictionNotIn(Spec):
         b_idx = torch.nonzero(banned).reshape(-1)
         C = eye[b_idx][None].expand(n, -1, -1) - eye[j0][:, None, :]
         return C, torch.zeros(n, b_idx.numel(), dtype=y_center.dtype, device=y_center.device)
+
+
+class ConfidentTargeted(Spec):
+    """The model never predicts ``target`` with a lead of more than ``margin`` over every
+    other class (Dunn et al.'s *confident targeted* failing tests: a counterexample is a
+    point with ``f_t(x) - max_{y != t} f_y(x) > margin``). For "never confuses stop sign
+    with speed limit", audit stop-sign seeds with ``target=speed_limit``."""
+
+    kind = "confident_targeted"
+
+    def __init__(self, target: int, margin: float = 0.0):
+        self.target = int(target)
+        self.margin_c = float(margin)
+        if math.isnan(self.margin_c):
+            raise ValueError("ConfidentTargeted: margin must be a number")
+
+    def describe(self) -> str:
+        return f"ConfidentTargeted(target={self.target}, margin={self.margin_c:g})"
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "target": self.target, "margin": self.margin_c}
+
+    def _check(self, y):
+        if not 0 <= self.target < y.shape[1]:
+            raise ValueError(f"ConfidentTargeted: target {self.target} is out of range for {y.shape[1]} outputs")
+
+    def margin(self, y, labels=None):
+        torch = _torch()
+        self._check(y)
+        others = y.clone()
+        others[:, self.target] = -torch.inf
+        return y[:, self.target] - others.max(dim=1).values - self.margin_c
+
+    def holds(self, y, labels=None):
+        return self.margin(y, labels) <= 0
+
+    def rows(self, y_center, labels=None):
+        # Sufficient: the best other class at the box centre stays within `margin` of the
+        # target on the whole box (branch and bound re-picks it per sub-box).
+        torch = _torch()
+        self._check(y_center)
+        n, k = y_center.shape
+        others = y_center.clone()
+        others[:, self.target] = -torch.inf
+        j0 = others.argmax(dim=1)
+        eye = torch.eye(k, dtype=y_center.dtype, device=y_center.device)
+        C = (eye[self.target][None] - eye[j0])[:, None, :]
+        return C, torch.full((n, 1), -self.margin_c, dtype=y_center.dtype, device=y_center.device)
 
 
 class Linear(Spec):
@@ -297,6 +351,8 @@ def spec_from_json(d: dict) -> Spec:
         return Accuracy(d.get("at_least", 1.0))
     if kind == "invariance":
         return Invariance(d.get("at_least", 1.0))
+    if kind == "confident_targeted":
+        return ConfidentTargeted(d["target"], d.get("margin", 0.0))
     if kind == "prediction_not_in":
         return PredictionNotIn(d["classes"])
     if kind == "output_range":
@@ -312,5 +368,5 @@ def as_spec(spec: Any) -> Spec:
     if isinstance(spec, Spec):
         return spec
     raise TypeError(
-        f"spec must be one of Accuracy, Invariance, Prediction, PredictionNotIn, OutputRange, "
-        f"Linear; got {type(spec).__name__}")
+        f"spec must be one of Accuracy, Invariance, Prediction, PredictionNotIn, ConfidentTargeted, "
+        f"OutputRange, Linear; got {type(spec).__name__}")

@@ -38,13 +38,16 @@ def confirm(problem: Problem, idx: torch.Tensor, t: torch.Tensor, tl: torch.Tens
 
 
 def attack(problem: Problem, idx: torch.Tensor, tl: torch.Tensor, tu: torch.Tensor, *, steps: int = 20, restarts: int = 4,
-           deadline: Optional[float] = None, generator: Optional[torch.Generator] = None) -> Found:
+           deadline: Optional[float] = None, generator: Optional[torch.Generator] = None,
+           method: str = "sign") -> Found:
     """Search for counterexamples in the boxes ``[tl, tu]`` of seeds ``idx``.
 
-    Starts: the box centre (the seed itself for a fresh box), the corners of the nearest
-    faces (for k <= 3 all corners), and random points; then signed-gradient ascent on the
-    margin with step size shrinking from a quarter of the box width.
+    Starts: the box centre (the seed itself for a fresh box), all corners (k <= 3) and
+    random points; then gradient ascent on the margin in box-normalised coordinates:
+    ``method="sign"`` (PGD with signed steps shrinking from half the box) or ``"adam"``.
     """
+    if method not in ("sign", "adam"):
+        raise ValueError(f"unknown attack method {method!r}; use 'sign' or 'adam'")
     n = idx.numel()
     k = problem.k
     dev, dt = tl.device, tl.dtype
@@ -80,6 +83,8 @@ def attack(problem: Problem, idx: torch.Tensor, tl: torch.Tensor, tu: torch.Tens
         best_t = torch.where(better[:, None], t_.detach().reshape(R, n, k)[r_best, torch.arange(n)], best_t)
 
     step = 0.5
+    m1 = torch.zeros_like(u)
+    m2 = torch.zeros_like(u)
     for it in range(steps + 1):
         u.requires_grad_(True)
         with torch.enable_grad():
@@ -93,7 +98,13 @@ def attack(problem: Problem, idx: torch.Tensor, tl: torch.Tensor, tu: torch.Tens
         if grad is None:  # the model is not differentiable: fall back to random moves
             grad = torch.randn(u.shape, generator=generator, dtype=dt).to(dev)
         with torch.no_grad():
-            u = (u + step * grad.sign()).clamp(-1.0, 1.0)
+            if method == "adam":
+                m1 = 0.9 * m1 + 0.1 * grad
+                m2 = 0.999 * m2 + 0.001 * grad * grad
+                upd = (m1 / (1 - 0.9 ** (it + 1))) / ((m2 / (1 - 0.999 ** (it + 1))).sqrt() + 1e-12)
+                u = (u + 0.2 * upd).clamp(-1.0, 1.0)
+            else:
+                u = (u + step * grad.sign()).clamp(-1.0, 1.0)
         step = max(step * 0.85, 0.02)
     u = u.detach()
 

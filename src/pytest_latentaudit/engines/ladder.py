@@ -53,7 +53,7 @@ class Ladder:
     def __init__(self, problem: Problem, graph: Optional[BoundGraph], *, engine: str = "auto",
                  deadline: float = float("inf"), generator: Optional[torch.Generator] = None,
                  precision: str = "float32", batch_size: int = 4096, max_boxes: int = 2_000_000,
-                 bound_fn=None):
+                 bound_fn=None, replay=None, attack_method: str = "sign"):
         if engine not in ENGINES and bound_fn is None:
             raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.p = problem
@@ -67,6 +67,8 @@ class Ladder:
         self.batch_size = batch_size
         self.max_boxes = max_boxes
         self.bound_fn = bound_fn  # external engine (auto_LiRPA): (idx, tl, tu, C, d) -> upper [n, m]
+        self.replay = replay or []  # [(seed index, t)] counterexamples of an earlier run, tried first
+        self.attack_method = attack_method
         n = problem.n
         dev, dt = problem.tl.device, problem.tl.dtype
         self.status = [UNKNOWN] * n
@@ -136,12 +138,24 @@ class Ladder:
         return torch.cat(outs), torch.cat(tols)
 
     # ------------------------------------------------------------------------ rungs
+    def run_replay(self):
+        """Try stored counterexamples first (like hypothesis's example database): a
+        regression is caught at once; points that no longer fail cost one forward pass."""
+        pts = [(int(i), t) for i, t in self.replay if 0 <= int(i) < self.p.n and len(t) == self.p.k]
+        if not pts:
+            return
+        p = self.p
+        idx = torch.tensor([i for i, _ in pts], dtype=torch.long, device=p.tl.device)
+        t = torch.tensor([list(map(float, t)) for _, t in pts], dtype=p.tl.dtype, device=p.tl.device)
+        ok, x, margin, t = falsify.confirm(p, idx, t, p.tl[idx], p.tu[idx])
+        self._mark_falsified(idx, falsify.Found(ok, t, x, margin), "replay")
+
     def run_attack(self, steps=20, restarts=4, rung="attack"):
         idx = self.undecided()
         if idx.numel() == 0:
             return
         found = falsify.attack(self.p, idx, self.p.tl[idx], self.p.tu[idx], steps=steps, restarts=restarts,
-                               deadline=self.deadline, generator=self.gen)
+                               deadline=self.deadline, generator=self.gen, method=self.attack_method)
         self._mark_falsified(idx, found, rung)
 
     def run_bound(self, method, rung):
@@ -265,6 +279,7 @@ class Ladder:
     # -------------------------------------------------------------------------- run
     def run(self) -> Outcome:
         e = self.engine
+        self.run_replay()
         # concrete check of the seed and the box corners: free compared with any bound
         self.run_attack(steps=0, restarts=1, rung="attack")
         if self.bound_fn is not None:

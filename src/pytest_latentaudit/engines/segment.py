@@ -108,7 +108,7 @@ def walk(graph: BoundGraph, x0: torch.Tensor, v: torch.Tensor, tl: torch.Tensor,
 def _row_groups(spec, labels, n_out: int, n: int, device, dtype):
     """Violation = OR over groups of AND over the group's rows (``row >= 0``); rows are
     ``[N, G, R, n_out]`` coefficient tensors with offsets ``[N, G, R]``."""
-    from ..specs import Linear, Prediction, PredictionNotIn
+    from ..specs import ConfidentTargeted, Linear, Prediction, PredictionNotIn
 
     eye = torch.eye(n_out, dtype=dtype, device=device)
     if isinstance(spec, Prediction):
@@ -123,6 +123,11 @@ def _row_groups(spec, labels, n_out: int, n: int, device, dtype):
         allowed = torch.tensor([c for c in range(n_out) if c not in spec.classes], device=device)
         C = eye[banned][:, None, :] - eye[allowed][None, :, :]  # [B, A, n_out]
         return C[None].expand(n, -1, -1, -1), torch.zeros(n, *C.shape[:2], dtype=dtype, device=device)
+    if isinstance(spec, ConfidentTargeted):  # violated iff f_t - f_j - c >= 0 for every j != t
+        others = torch.tensor([c for c in range(n_out) if c != spec.target], device=device)
+        C = (eye[spec.target][None] - eye[others])[None]  # one group, all rows
+        d = torch.full((1, 1, others.numel()), -spec.margin_c, dtype=dtype, device=device)
+        return C[None].expand(n, -1, -1, -1), d.expand(n, -1, -1)
     if isinstance(spec, Linear):  # includes OutputRange
         spec._check(torch.zeros(1, n_out))
         C = spec.C.to(device=device, dtype=dtype)[:, None, :]
