@@ -295,6 +295,100 @@ def decide_verdict(n: int, verified: int, falsified: int, at_least: float) -> st
     return UNPROVEN
 
 
+@dataclass
+class _Prepared:
+    model: Any
+    z: torch.Tensor
+    Vt: torch.Tensor
+    box_spec: Spec
+    box_labels: Optional[torch.Tensor]
+    dname: str
+    dev: torch.device
+
+    @property
+    def n(self) -> int:
+        return self.z.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.Vt.shape[1]
+
+    @property
+    def input_shape(self):
+        return tuple(self.z.shape[1:])
+
+
+def _prepare(model, seeds, labels, direction, spec: Spec, latent_space, device) -> _Prepared:
+    """Validate an audit's inputs and build the per-seed box spec (labels resolved)."""
+    dev = resolve_device(device)
+    z, labels = _as_seeds(seeds, labels)
+    _check_finite("seeds", z)
+    _check_model(model)
+    if spec.needs_labels and labels is None:
+        raise LatentAuditError(f"{spec.describe()} needs labels: pass seeds as (z, labels)")
+    z = z.to(dev)
+    labels = None if labels is None else labels.to(dev)
+    n, dim = z.shape[0], int(z[0].numel())
+    V, dname = _direction_basis(direction, latent_space, dim, dev)
+    with _eval_mode(model):
+        m = _on_device(model, dev)
+        with torch.no_grad():
+            try:
+                y0 = m(z)
+            except Exception as exc:  # the user's model rejects these seeds: say so clearly
+                raise LatentAuditError(f"the model failed on the seeds (shape {tuple(z.shape)}): {exc}") from exc
+    if isinstance(y0, (tuple, list)):
+        y0 = y0[0]
+    y0 = y0.reshape(n, -1)
+    if labels is not None and spec.needs_labels and n and (int(labels.max()) >= y0.shape[1] or int(labels.min()) < 0):
+        raise LatentAuditError(f"labels must lie in [0, {y0.shape[1] - 1}] for a model with {y0.shape[1]} outputs")
+    seed_spec = spec.seed_spec(labels, y0.argmax(1))
+    if isinstance(seed_spec, Prediction):
+        box_spec = Prediction()
+        box_labels = torch.as_tensor(seed_spec.label, device=dev).long().reshape(-1)
+    else:
+        box_spec, box_labels = seed_spec, None
+    return _Prepared(m, z, V.T.reshape(1, V.shape[1], *z.shape[1:]), box_spec, box_labels, dname, dev)
+
+
+def certified_radius(model, seeds, labels=None, direction=None, spec: Spec = None, *, eps_max: float,
+                     iters: int = 10, latent_space: Optional[LatentSpace] = None, device="auto",
+                     engine: str = "linear", precision: str = "float32",
+                     budget_s: Optional[float] = None) -> torch.Tensor:
+    """Per seed, the largest radius (within ``eps_max / 2**iters``) whose box a sound bound
+    verifies; 0 where not even the smallest box is proved. AuditAI's iterative search for the
+    largest verified set, by bisection on all seeds at once. Bounds only: no attacks."""
+    spec = as_spec(spec if spec is not None else Invariance())
+    eps_max = check_eps(eps_max)
+    if engine not in ("ibp", "linear"):
+        raise LatentAuditError("certified_radius uses engine 'ibp' or 'linear'")
+    prep = _prepare(model, seeds, labels, direction, spec, latent_space, device)
+    deadline = time.perf_counter() + (budget_s if budget_s is not None else float("inf"))
+    graph = get_graph(prep.model, prep.input_shape, device=prep.dev)
+    lo = torch.zeros(prep.n, device=prep.dev)
+    hi = torch.full((prep.n,), eps_max, device=prep.dev)
+
+    def verified_at(r):
+        tl = -r[:, None].expand(-1, prep.k).contiguous()
+        problem = Problem(prep.model, prep.z, prep.Vt, tl, -tl, prep.box_spec, prep.box_labels)
+        ladder = Ladder(problem, graph, engine=engine, precision=precision)
+        ladder.run_bound("ibp", "ibp")
+        if engine == "linear":
+            ladder.run_bound("linear", "linear")
+        return torch.tensor([s == VERIFIED for s in ladder.status], device=prep.dev)
+
+    with _eval_mode(model):
+        top = verified_at(hi)
+        lo = torch.where(top, hi, lo)
+        for _ in range(iters):
+            if bool(top.all()) or time.perf_counter() > deadline:
+                break
+            mid = (lo + hi) / 2
+            ok = verified_at(mid) | top
+            lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+    return lo.cpu()
+
+
 def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spec = None, *,
           latent_space: Optional[LatentSpace] = None, engine: str = "auto", device="auto",
           budget_s: Optional[float] = None, seed: int = 0, precision: str = "float32",
@@ -309,40 +403,14 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
     t0 = time.perf_counter()
     spec = as_spec(spec if spec is not None else Invariance())
     eps = check_eps(eps)
-    dev = resolve_device(device)
-    z, labels = _as_seeds(seeds, labels)
-    _check_finite("seeds", z)
-    _check_model(model)
-    if spec.needs_labels and labels is None:
-        raise LatentAuditError(f"{spec.describe()} needs labels: pass seeds as (z, labels)")
-    z = z.to(dev)
-    labels = None if labels is None else labels.to(dev)
-    n, dim = z.shape[0], int(z[0].numel())
-    V, dname = _direction_basis(direction, latent_space, dim, dev)
-    k = V.shape[1]
+    prep = _prepare(model, seeds, labels, direction, spec, latent_space, device)
     notes: List[str] = []
     with _eval_mode(model):
-        m = _on_device(model, dev)
-        with torch.no_grad():
-            try:
-                y0 = m(z)
-            except Exception as exc:  # the user's model rejects these seeds: say so clearly
-                raise LatentAuditError(f"the model failed on the seeds (shape {tuple(z.shape)}): {exc}") from exc
-        if isinstance(y0, (tuple, list)):
-            y0 = y0[0]
-        y0 = y0.reshape(n, -1)
-        nominal = y0.argmax(1)
-        if labels is not None and spec.needs_labels and int(labels.max()) >= y0.shape[1]:
-            raise LatentAuditError(f"label {int(labels.max())} is out of range for a model with {y0.shape[1]} outputs")
-        seed_spec = spec.seed_spec(labels, nominal)
-        box_spec, box_labels = (Prediction(), seed_spec.label) if isinstance(seed_spec, Prediction) else (seed_spec, None)
-        if box_labels is not None:
-            box_labels = torch.as_tensor(box_labels, device=dev).long().reshape(-1)
-        tl = torch.full((n, k), -eps, device=dev)
-        Vt = V.T.reshape(1, k, *z.shape[1:])
-        problem = Problem(m, z, Vt, tl, -tl, box_spec, box_labels)
-        out, name = _run_ladder(m, problem, tuple(z.shape[1:]), dev, engine, budget_s, seed, precision, notes,
-                                replay=replay, attack=attack)
+        tl = torch.full((prep.n, prep.k), -eps, device=prep.dev)
+        problem = Problem(prep.model, prep.z, prep.Vt, tl, -tl, prep.box_spec, prep.box_labels)
+        out, name = _run_ladder(prep.model, problem, prep.input_shape, prep.dev, engine, budget_s, seed, precision,
+                                notes, replay=replay, attack=attack)
+    z, n, box_labels, dname = prep.z, prep.n, prep.box_labels, prep.dname
 
     cexs: List[Counterexample] = []
     for i, s in enumerate(out.status):

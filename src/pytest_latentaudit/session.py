@@ -45,6 +45,31 @@ def _segment_summary(result) -> Optional[dict]:
             "exact": True}
 
 
+def evidence(result) -> str:
+    """How strong the test's evidence is: exact (every seed decided by exact segments),
+    proved, violated, or unproven."""
+    if result.verdict == "proved" and result.segment_fraction is not None and result.counts["unknown"] == 0:
+        return "exact"
+    return result.verdict
+
+
+def radius_summary(radii: List[float], eps_max: float, bins: int = 10) -> dict:
+    srt = sorted(radii)
+    n = len(srt)
+
+    def q(p):
+        return srt[min(n - 1, int(round(p * (n - 1))))] if n else 0.0
+
+    edges = [eps_max * i / bins for i in range(bins + 1)]
+    counts = [0] * bins
+    for r in srt:
+        counts[min(bins - 1, int(r / eps_max * bins)) if eps_max > 0 else 0] += 1
+    return {"eps_max": eps_max, "mean": sum(srt) / n if n else 0.0,
+            "quantiles": {"min": q(0), "p10": q(0.1), "p25": q(0.25), "median": q(0.5), "p75": q(0.75),
+                          "p90": q(0.9), "max": q(1.0)},
+            "histogram": {"edges": edges, "counts": counts}}
+
+
 def _params(module):
     """Parameters of a decoder if it is a module (to decode on its device)."""
     return iter(module.parameters()) if hasattr(module, "parameters") else iter(())
@@ -88,7 +113,42 @@ class LatentSession:
         if cache is not None:
             cache.set(key, [{"seed_index": c.seed_index, "offset": c.offset} for c in result.counterexamples])
         record = self.make_record(nodeid, result, spec, settings, seed, model, latent_space, kw["direction"])
+        extra_budget = None if settings.budget is None else settings.budget * 0.5
+        sweep = kw.get("sweep")
+        if sweep:
+            record["sweep"] = self._sweep(sweep, model, seeds, labels, kw, spec, latent_space, settings, seed,
+                                          extra_budget)
+        if kw.get("radius", True) and result.eps > 0:
+            eps_max = max([2 * result.eps] + [float(r) for r in (sweep or [])])
+            record["certified_radius"] = self._radius(model, seeds, labels, kw, spec, latent_space, settings,
+                                                      eps_max, extra_budget)
         return result, record, settings
+
+    def _sweep(self, radii, model, seeds, labels, kw, spec, latent_space, settings, seed, budget):
+        """Extra radii recorded for the verified-fraction curve; they never change pass/fail."""
+        from .api import audit, check_eps
+
+        radii = sorted({check_eps(r) for r in radii})
+        out = []
+        for r in radii:
+            res = audit(model, seeds, labels, direction=kw["direction"], eps=r, spec=spec,
+                        latent_space=latent_space, engine=settings.engine, device=settings.device,
+                        budget_s=None if budget is None else budget / len(radii), seed=seed,
+                        precision=settings.precision)
+            out.append({"eps": r, "verdict": res.verdict, "evidence": evidence(res), "counts": res.counts,
+                        "verified_fraction": res.verified_fraction, "seconds": round(res.seconds, 4)})
+        return out
+
+    def _radius(self, model, seeds, labels, kw, spec, latent_space, settings, eps_max, budget):
+        """Distribution of the largest certified radius per seed (bisection, linear bounds)."""
+        from .api import certified_radius
+
+        if settings.engine.startswith("auto_lirpa") or settings.engine == "falsify":
+            return None
+        r = certified_radius(model, seeds, labels, direction=kw["direction"], spec=spec, eps_max=eps_max,
+                             latent_space=latent_space, device=settings.device, precision=settings.precision,
+                             budget_s=None if budget is None else budget * 0.5)
+        return radius_summary(r.tolist(), eps_max)
 
     def make_record(self, nodeid, result, spec, settings: Settings, seed, model, latent_space, direction) -> dict:
         cexs = sorted(result.counterexamples, key=lambda c: -c.margin)[:MAX_COUNTEREXAMPLES]
@@ -108,6 +168,7 @@ class LatentSession:
             "spec": spec.to_json(),
             "spec_text": result.spec,
             "verdict": result.verdict,
+            "evidence": evidence(result),
             "n_seeds": result.n,
             "counts": result.counts,
             "verified_fraction": result.verified_fraction,

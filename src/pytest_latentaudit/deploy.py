@@ -1,0 +1,325 @@
+"""The deployment guard: the runtime companion of the latent tests.
+
+A latent test proves a spec for seeds moved by at most ``eps`` along a direction. At
+deployment AuditAI (Bharadhwaj et al., ICLR 2022, section 2.4) turns the per-seed boxes into
+one *global latent range* per direction,
+
+    [mean(c) - eps - std(c),  mean(c) + eps + std(c)]
+
+where ``c`` are the seeds' coordinates along the direction (for an axis: coordinate ``i``;
+for a vector or a subspace with orthonormal basis ``V``: the projection coefficients
+``V^T z``, one range per basis vector) and ``std`` is the population standard deviation.
+An input is *in spec* for a direction when its latent code's coordinates lie in that range.
+
+    ranges = latent_ranges(z_seeds, eps=0.5, V=Direction.axis(3))    # at test time
+    ok = in_spec(sheet, encoder(x_batch))                            # at deployment
+    ok["pose"], ok["all"]                                            # bool arrays [N]
+
+Only numpy is needed: torch tensors are accepted (and answered with torch tensors) but torch
+is never imported here, so a serving process that only has numpy can use the guard.
+
+The range is a heuristic about where the *data* lies, not a proof: the proof covers each
+seed's box. Codes outside the range are where the model's verified behaviour says nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["latent_ranges", "in_spec", "project", "basis_json", "directions_section", "data_fingerprint",
+           "certified_radius_summary", "DeployError"]
+
+
+class DeployError(ValueError):
+    """The sheet or the input cannot answer the in-spec question; the message says why."""
+
+
+# ------------------------------------------------------------------------ arrays
+def _is_torch(x) -> bool:
+    return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach")
+
+
+def _to_numpy(x) -> np.ndarray:
+    """numpy view of a numpy array, list or torch tensor (torch is not imported)."""
+    if _is_torch(x):
+        t = x.detach().cpu()
+        if "bfloat16" in str(t.dtype) or "float16" in str(t.dtype):
+            t = t.float()
+        return t.numpy()
+    return np.asarray(x)
+
+
+def _as_codes(z) -> Tuple[np.ndarray, bool]:
+    """``[N, d]`` float64 codes (``[N, *shape]`` is flattened) and whether ``z`` was one code."""
+    a = _to_numpy(z)
+    if a.dtype == object or not np.issubdtype(a.dtype, np.number):
+        raise DeployError(f"latent codes must be numeric, got dtype {a.dtype}")
+    a = a.astype(np.float64, copy=False)
+    if a.ndim == 0:
+        raise DeployError("latent codes must be shaped [N, latent_dim] (or [latent_dim] for one code)")
+    single = a.ndim == 1
+    a = a.reshape(1, -1) if single else a.reshape(a.shape[0], -1)
+    return a, single
+
+
+# ------------------------------------------------------------------------ bases
+def _direction_parts(V) -> Tuple[str, Any]:
+    """``("axis", i)`` or ``("vector"|"subspace", array)`` from an int, a Direction or an array."""
+    kind = getattr(V, "kind", None)
+    if kind in ("axis", "vector", "subspace") and hasattr(V, "data"):  # a latent.Direction
+        return kind, V.data
+    if isinstance(V, (int, np.integer)) and not isinstance(V, bool):
+        return "axis", int(V)
+    a = _to_numpy(V)
+    if a.ndim == 0 and np.issubdtype(a.dtype, np.integer):
+        return "axis", int(a)
+    if a.ndim == 1:
+        return "vector", a
+    if a.ndim == 2:
+        return "subspace", a
+    raise DeployError(f"a direction is an axis index, a [d] vector or a [d, k] basis; got shape {a.shape}")
+
+
+def _orthonormal(kind: str, data, dim: int) -> np.ndarray:
+    """The ``[dim, k]`` orthonormal basis, oriented like ``latent.Direction.basis``."""
+    a = _to_numpy(data).astype(np.float64)
+    if kind == "vector":
+        a = a.reshape(-1, 1)
+    if a.ndim != 2 or a.shape[0] != dim:
+        raise DeployError(f"direction basis has shape {a.shape}; expected [{dim}] or [{dim}, k] "
+                          f"for {dim}-d latent codes")
+    if not np.isfinite(a).all():
+        raise DeployError("direction basis contains NaN or inf")
+    if a.shape[1] == 0 or a.shape[1] > dim:
+        raise DeployError(f"direction basis needs 1..{dim} columns, got {a.shape[1]}")
+    Q, R = np.linalg.qr(a)
+    d = np.diagonal(R)
+    if (np.abs(d) < 1e-8 * max(1.0, float(np.abs(R).max()))).any():
+        raise DeployError("direction basis vectors are linearly dependent (or zero)")
+    return Q * np.sign(d)[None]
+
+
+def _basis(V, dim: int) -> Tuple[str, Optional[int], Optional[np.ndarray]]:
+    kind, data = _direction_parts(V)
+    if kind == "axis":
+        if not 0 <= data < dim:
+            raise DeployError(f"axis {data} is out of range for {dim}-d latent codes")
+        return kind, int(data), None
+    return kind, None, _orthonormal(kind, data, dim)
+
+
+def project(z, V) -> np.ndarray:
+    """Coordinates of codes ``z`` ``[N, d]`` along direction ``V``: ``[N, k]`` (numpy float64).
+
+    ``V``: an axis index, a ``Direction``, a ``[d]`` vector or a ``[d, k]`` basis (orthonormalised
+    the way ``Direction.basis`` does, so a vector is normalised and keeps its orientation)."""
+    a, _ = _as_codes(z)
+    kind, axis, B = _basis(V, a.shape[1])
+    return a[:, [axis]] if kind == "axis" else a @ B
+
+
+def basis_json(V, dim: int) -> dict:
+    """What the sheet stores so that it alone can project codes: ``{"kind", "k", "axis"}`` or
+    ``{"kind", "k", "basis": [[...] * k] * d]}``."""
+    kind, axis, B = _basis(V, dim)
+    if kind == "axis":
+        return {"kind": kind, "k": 1, "axis": axis}
+    return {"kind": kind, "k": int(B.shape[1]), "basis": B.tolist()}
+
+
+# ------------------------------------------------------------------------ ranges
+def _floats(a) -> List[float]:
+    return [float(v) for v in np.asarray(a, dtype=np.float64).reshape(-1)]
+
+
+def latent_ranges(z_seeds, eps: float, V, *, with_basis: bool = False) -> dict:
+    """AuditAI's global latent range along direction ``V`` for seeds ``z_seeds`` ``[N, d]``.
+
+    Returns ``{"lower": [k], "upper": [k], "mean": [k], "std": [k], "eps", "n_seeds"}`` with
+    ``lower = mean - eps - std`` and ``upper = mean + eps + std`` per basis coordinate (``std``
+    with ``ddof=0``). ``with_basis=True`` adds ``kind``/``k`` and ``axis`` or ``basis`` (what
+    ``in_spec`` needs to project deployment codes without the LatentSpace)."""
+    e = float(eps)
+    if math.isnan(e) or math.isinf(e) or e < 0:
+        raise DeployError(f"eps must be a finite number >= 0, got {eps!r}")
+    a, _ = _as_codes(z_seeds)
+    if a.shape[0] == 0:
+        raise DeployError("latent_ranges needs at least one seed")
+    c = project(a, V)
+    mean, std = c.mean(axis=0), c.std(axis=0)
+    out = {"lower": _floats(mean - e - std), "upper": _floats(mean + e + std), "mean": _floats(mean),
+           "std": _floats(std), "eps": e, "n_seeds": int(a.shape[0])}
+    if with_basis:
+        out.update(basis_json(V, a.shape[1]))
+    return out
+
+
+def directions_section(records: Iterable[Mapping], declared: Optional[Iterable[str]] = None) -> Dict[str, dict]:
+    """The sheet's top-level ``directions`` section from test records.
+
+    Per direction: ``kind``, ``k``, ``axis`` or ``basis`` (from the records' ``latent_range`` or
+    ``direction_info``), ``proved_eps`` (largest eps of a proved test), ``ranges`` (every test's
+    range, with its ``eps``, ``nodeid`` and ``verdict``) and ``latent_range``: the range of the
+    proved test with the largest eps, i.e. the verified operating range a deployer checks
+    inputs against (``None`` when nothing along the direction is proved). ``declared`` names
+    without tests get an entry with ``proved_eps`` and ``latent_range`` ``None``."""
+    out: Dict[str, dict] = {}
+    for name in declared or ():
+        out.setdefault(str(name), {"proved_eps": None, "latent_range": None, "ranges": []})
+    for r in records:
+        name = str(r.get("direction"))
+        entry = out.setdefault(name, {"proved_eps": None, "latent_range": None, "ranges": []})
+        info = dict(r.get("direction_info") or {})
+        rng = r.get("latent_range")
+        for src in (info, rng or {}):
+            for key in ("kind", "k", "axis", "basis"):
+                if key in src and key not in entry:
+                    entry[key] = src[key]
+        if r.get("verdict") == "proved" and (entry["proved_eps"] is None or r["eps"] > entry["proved_eps"]):
+            entry["proved_eps"] = float(r["eps"])
+        if rng:
+            item = {k: rng[k] for k in ("lower", "upper", "mean", "std", "eps", "n_seeds") if k in rng}
+            item.setdefault("eps", float(r.get("eps", 0.0)))
+            item["nodeid"] = str(r.get("nodeid", ""))
+            item["verdict"] = r.get("verdict", "unproven")
+            entry["ranges"].append(item)
+    for entry in out.values():
+        entry["ranges"].sort(key=lambda g: (g["eps"], g["nodeid"]))
+        proved = [g for g in entry["ranges"] if g["verdict"] == "proved"]
+        entry["latent_range"] = max(proved, key=lambda g: g["eps"]) if proved else None
+    return dict(sorted(out.items()))
+
+
+# ------------------------------------------------------------------------ the guard
+def _sheet_data(sheet) -> dict:
+    if isinstance(sheet, (str, Path)):
+        with open(sheet, encoding="utf-8") as f:
+            sheet = json.load(f)
+    data = getattr(sheet, "data", sheet)
+    if not isinstance(data, Mapping):
+        raise DeployError(f"expected a spec sheet (dict, SpecSheet or path), got {type(sheet).__name__}")
+    return data  # type: ignore[return-value]
+
+
+def _sheet_directions(data: Mapping) -> Dict[str, dict]:
+    dirs = data.get("directions")
+    if dirs:
+        return dict(dirs)
+    return directions_section(data.get("tests") or [])
+
+
+def _pick_range(name: str, entry: Mapping, eps: Optional[float]) -> Mapping:
+    if eps is None:
+        rng = entry.get("latent_range")
+        if not rng:
+            raise DeployError(f"direction {name!r} has no proved test with a recorded latent range, so no "
+                              f"verified operating range to check against")
+        return rng
+    matches = [g for g in entry.get("ranges") or [] if abs(float(g.get("eps", -1)) - float(eps)) <= 1e-12]
+    if not matches:
+        have = sorted({float(g.get("eps", 0)) for g in entry.get("ranges") or []})
+        raise DeployError(f"direction {name!r} has no latent range recorded at eps={eps:g} "
+                          f"(recorded: {', '.join(f'{e:g}' for e in have) or 'none'})")
+    proved = [g for g in matches if g.get("verdict") == "proved"]
+    return (proved or matches)[0]
+
+
+def in_spec(sheet, z, directions: Optional[Sequence[str]] = None, *, bases: Optional[Mapping[str, Any]] = None,
+            eps: Optional[float] = None) -> Dict[str, Any]:
+    """Which latent codes lie in the spec sheet's verified operating range.
+
+    ``sheet``: a spec-sheet dict, a ``SpecSheet`` or a path. ``z``: codes ``[N, d]`` (numpy or
+    torch; ``[d]`` for one code). ``directions``: names to check (default: every direction with
+    a recorded range). ``bases``: ``{name: axis | vector | [d, k] | Direction}`` overriding or
+    supplying the basis (sheets without a stored basis for a vector/subspace direction).
+    ``eps``: check against the range recorded at this radius instead of the largest proved one.
+
+    Returns ``{name: bool array [N], ..., "all": bool array [N]}``; numpy arrays for numpy input,
+    torch bool tensors (same device) for torch input; scalars for a single code.
+    """
+    data = _sheet_data(sheet)
+    dirs = _sheet_directions(data)
+    if directions is None:
+        names = [n for n, e in dirs.items() if (e.get("ranges") if eps is not None else e.get("latent_range"))]
+        if not names:
+            raise DeployError("the spec sheet records no verified latent range for any direction "
+                              "(no proved test with a latent_range)")
+    else:
+        names = list(directions)
+        unknown = [n for n in names if n not in dirs]
+        if unknown:
+            raise DeployError(f"direction(s) {', '.join(map(repr, unknown))} not in the spec sheet "
+                              f"(it has: {', '.join(dirs) or 'none'})")
+    a, single = _as_codes(z)
+    bases = dict(bases or {})
+    out: Dict[str, Any] = {}
+    for name in names:
+        entry = dirs[name]
+        rng = _pick_range(name, entry, eps)
+        if name in bases:
+            V = bases[name]
+        elif "axis" in entry or "axis" in rng:
+            V = int(entry.get("axis", rng.get("axis")))
+        elif "basis" in entry or "basis" in rng:
+            V = np.asarray(entry.get("basis", rng.get("basis")), dtype=np.float64)
+        else:
+            raise DeployError(f"direction {name!r} ({entry.get('kind', 'unknown kind')}) has no stored basis "
+                              f"in the spec sheet: pass bases={{{name!r}: V}} (or use LatentSpace.in_spec)")
+        c = project(a, V)
+        lo = np.asarray(rng["lower"], dtype=np.float64)
+        hi = np.asarray(rng["upper"], dtype=np.float64)
+        if lo.shape != (c.shape[1],) or hi.shape != (c.shape[1],):
+            raise DeployError(f"direction {name!r}: the range has {lo.size} coordinate(s) but the basis gives "
+                              f"{c.shape[1]}")
+        out[name] = ((c >= lo) & (c <= hi)).all(axis=1)
+    out["all"] = np.logical_and.reduce([out[n] for n in names]) if names else np.ones(a.shape[0], bool)
+    return {k: _like(v, z, single) for k, v in out.items()}
+
+
+def _like(mask: np.ndarray, z, single: bool):
+    if single:
+        mask = mask[0]
+    if _is_torch(z):
+        import sys
+
+        torch = sys.modules["torch"]
+        return torch.as_tensor(np.asarray(mask), dtype=torch.bool, device=z.device)
+    return mask
+
+
+# ------------------------------------------------------------------------ helpers for the sheet
+def data_fingerprint(z, labels=None) -> str:
+    """``sha256:...`` over the seeds' shape and float32 bytes (and the labels'), to tell
+    whether two sheets were computed on the same seeds."""
+    h = hashlib.sha256()
+    a = np.ascontiguousarray(_to_numpy(z), dtype=np.float32)
+    h.update(str(a.shape).encode())
+    h.update(a.tobytes())
+    if labels is not None:
+        b = np.ascontiguousarray(_to_numpy(labels), dtype=np.int64)
+        h.update(b"labels" + str(b.shape).encode())
+        h.update(b.tobytes())
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def certified_radius_summary(radii, *, bins: int = 10,
+                             quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95)) -> dict:
+    """Statistics of per-seed certified radii (latent units) for the ``directions`` section:
+    ``{"n", "mean", "min", "max", "quantiles": {"p5": ..}, "histogram": {"edges", "counts"}}``.
+    Non-finite radii (inf: certified on the whole tested box) are clipped to the largest finite one."""
+    r = _to_numpy(radii).astype(np.float64).reshape(-1)
+    r = r[~np.isnan(r)]
+    if r.size == 0:
+        return {"n": 0, "mean": None, "min": None, "max": None, "quantiles": {}, "histogram": {"edges": [], "counts": []}}
+    finite = r[np.isfinite(r)]
+    top = float(finite.max()) if finite.size else 0.0
+    r = np.minimum(r, top) if finite.size else np.zeros_like(r)
+    counts, edges = np.histogram(r, bins=max(1, int(bins)))
+    qs = {f"p{round(q * 100):g}": float(np.quantile(r, q)) for q in quantiles}
+    return {"n": int(r.size), "mean": float(r.mean()), "min": float(r.min()), "max": float(r.max()),
+            "quantiles": qs, "histogram": {"edges": _floats(edges), "counts": [int(c) for c in counts]}}

@@ -1,0 +1,303 @@
+"""Export a spec sheet to model-card formats.
+
+* ``to_model_card(sheet)``: a Model Card Toolkit (MCT) card, schema v0.0.2
+  (``schema/model_card.v0.0.2.schema.json``, vendored): one
+  ``quantitative_analysis.performance_metrics`` entry per test and radius, with
+  ``type`` (``"verified accuracy"``, ``"verified invariance"``, ``"verified fraction (<spec>)"``),
+  ``value``, ``slice`` = ``"<direction>@<eps>"`` and ``confidence_interval``. MCT v0.0.2 types
+  ``value`` and the bounds as *strings*, so they are written as decimal strings.
+  The interval is the certified bracket ``[verified/n, (n - falsified)/n]`` of the fraction
+  of seeds on which the spec holds (sound, not statistical), or the sampling estimate's
+  confidence interval for ``estimated`` results. Violated and unproven tests become
+  ``considerations.limitations``; the verified latent ranges become ``considerations.use_cases``.
+* ``to_model_index(sheet, ...)``: Hugging Face model-card metadata (the README's YAML front
+  matter) ``{"model-index": [{"name", "results": [{"task", "dataset", "metrics"}]}]}`` with
+  one result per direction; ``verified: false`` on every metric (on the Hub, ``verified``
+  means "evaluated by Hugging Face"). ``model_index_yaml`` renders it as YAML (PyYAML when
+  installed, a small built-in emitter otherwise).
+
+No torch, no network.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+from .images import write_atomic
+
+__all__ = ["to_model_card", "to_model_index", "to_yaml", "model_index_yaml", "write_model_card",
+           "write_model_index", "metric_type", "MCT_SCHEMA_VERSION"]
+
+MCT_SCHEMA_VERSION = "0.0.2"
+
+
+def _data(sheet) -> dict:
+    if isinstance(sheet, (str, Path)):
+        with open(sheet, encoding="utf-8") as f:
+            sheet = json.load(f)
+    data = getattr(sheet, "data", sheet)
+    if not isinstance(data, Mapping):
+        raise TypeError(f"expected a spec sheet (dict, SpecSheet or path), got {type(sheet).__name__}")
+    return dict(data)
+
+
+def _spec_kind(rec: Mapping) -> str:
+    spec = rec.get("spec")
+    return str(spec.get("kind")) if isinstance(spec, Mapping) and spec.get("kind") else "spec"
+
+
+def metric_type(rec: Mapping) -> str:
+    """Human metric name of a record's verified fraction."""
+    kind = _spec_kind(rec)
+    if kind == "accuracy":
+        return "verified accuracy"
+    if kind == "invariance":
+        return "verified invariance"
+    return f"verified fraction ({kind})"
+
+
+def _num(x: float) -> str:
+    return f"{float(x):.6g}"
+
+
+def _points(rec: Mapping) -> List[dict]:
+    """The record's point, then its sweep's other radii."""
+    own = dict(rec)
+    pts = [own]
+    for p in rec.get("sweep") or []:
+        if abs(float(p["eps"]) - float(rec["eps"])) > 1e-12:
+            q = dict(p)
+            q.setdefault("n_seeds", rec.get("n_seeds"))
+            pts.append(q)
+    return sorted(pts, key=lambda p: float(p["eps"]))
+
+
+def _interval(p: Mapping):
+    """(value, lower, upper) for a point: the estimate when it is the evidence, else the
+    certified bracket from the seed counts."""
+    est = p.get("estimate")
+    if est and (p.get("verdict") == "estimated" or p.get("evidence") == "estimated"):
+        return float(est["fraction"]), float(est["lower"]), float(est["upper"])
+    c = p.get("counts") or {}
+    n = p.get("n_seeds")
+    if n is None:
+        n = sum(int(c.get(k, 0)) for k in ("verified", "falsified", "unknown"))
+    vf = float(p.get("verified_fraction", (c.get("verified", 0) / n) if n else 1.0))
+    upper = (n - int(c.get("falsified", 0))) / n if n else 1.0
+    return vf, vf, upper
+
+
+def _slice(direction: str, eps: float) -> str:
+    return f"{direction}@{float(eps):g}"
+
+
+def _model_name(data: Mapping, name: Optional[str]) -> str:
+    if name:
+        return name
+    models = data.get("models") or []
+    return f"model {models[0]}" if len(models) == 1 else "model under latent audit"
+
+
+# ------------------------------------------------------------------------ Model Card Toolkit
+def to_model_card(sheet, *, name: Optional[str] = None, overview: Optional[str] = None,
+                  version: Optional[str] = None) -> dict:
+    """The sheet as a Model Card Toolkit card (dict) valid against MCT schema v0.0.2."""
+    data = _data(sheet)
+    tests = sorted(data.get("tests") or [], key=lambda r: (str(r["direction"]), float(r["eps"]), r["nodeid"]))
+    metrics: List[dict] = []
+    limitations: List[dict] = []
+    for r in tests:
+        for p in _points(r):
+            value, lo, hi = _interval(p)
+            metrics.append({"type": metric_type(r), "value": _num(value), "slice": _slice(r["direction"], p["eps"]),
+                            "confidence_interval": {"lower_bound": _num(lo), "upper_bound": _num(hi)}})
+        if r["verdict"] in ("violated", "unproven"):
+            c = r.get("counts") or {}
+            limitations.append({"description": (
+                f"{r.get('spec_text', _spec_kind(r))} along {r['direction']!r} at eps={float(r['eps']):g} is "
+                f"{r['verdict']}: {c.get('verified', 0)}/{r.get('n_seeds', '?')} seeds verified, "
+                f"{c.get('falsified', 0)} falsified, {c.get('unknown', 0)} undecided ({r['nodeid']}).")})
+    use_cases = []
+    for dname, entry in sorted((data.get("directions") or {}).items()):
+        rng = (entry or {}).get("latent_range")
+        if not rng:
+            continue
+        coords = ", ".join(f"[{lo:.4g}, {hi:.4g}]" for lo, hi in zip(rng["lower"], rng["upper"]))
+        use_cases.append({"description": (
+            f"Inputs whose latent coordinate(s) along {dname!r} lie in {coords} (the verified operating "
+            f"range: mean of the seeds +/- (eps + std), eps={float(rng.get('eps', 0)):g}); check with "
+            f"pytest_latentaudit.deploy.in_spec.")})
+    tool = data.get("tool") or {}
+    commit = data.get("commit") or {}
+    summary = data.get("summary") or {}
+    verdicts = summary.get("verdicts") or {}
+    default_overview = (f"Semantic unit tests along latent directions: {summary.get('tests', len(tests))} test(s), "
+                        + ", ".join(f"{v} {k}" for k, v in sorted(verdicts.items())) + ".")
+    details: Dict[str, Any] = {
+        "name": _model_name(data, name),
+        "overview": overview or default_overview,
+        "documentation": (f"Generated from a {tool.get('name', 'pytest-latentaudit')} "
+                          f"{tool.get('version', '')} spec sheet created {data.get('created', '')}. Each metric "
+                          "is the fraction of seeds on which the spec is proved to hold for every variation of at "
+                          "most eps along the named latent direction (slice 'direction@eps'); the interval "
+                          "brackets the true fraction between proved and not-falsified seeds."),
+    }
+    ver = version or commit.get("id") or ((data.get("models") or [None])[0])
+    if ver:
+        details["version"] = {"name": str(ver)}
+        if commit.get("dirty"):
+            details["version"]["diff"] = "uncommitted changes in the working tree"
+    card: Dict[str, Any] = {
+        "schema_version": MCT_SCHEMA_VERSION,
+        "model_details": details,
+        "quantitative_analysis": {"performance_metrics": metrics},
+    }
+    considerations = {}
+    if limitations:
+        considerations["limitations"] = limitations
+    if use_cases:
+        considerations["use_cases"] = use_cases
+    if considerations:
+        card["considerations"] = considerations
+    return card
+
+
+# ------------------------------------------------------------------------ Hugging Face model-index
+def _metric_id(rec: Mapping) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", metric_type(rec).lower()).strip("_")
+
+
+def to_model_index(sheet, model_name: Optional[str] = None, *, task_type: str = "image-classification",
+                   task_name: Optional[str] = None, dataset_name: str = "latent audit seeds",
+                   dataset_type: str = "latentaudit") -> dict:
+    """Hugging Face ``model-index`` metadata: ``{"model-index": [{"name", "results": [...]}]}``.
+
+    One result per direction (``dataset.name`` = ``"<dataset_name> (direction: <d>)"``), one
+    metric per test and radius: ``{"type": "verified_accuracy", "value", "name", "verified":
+    false, "args": {"direction", "eps", "spec", "verdict"}}``."""
+    data = _data(sheet)
+    by_dir: Dict[str, List[dict]] = {}
+    for r in sorted(data.get("tests") or [], key=lambda r: (str(r["direction"]), float(r["eps"]), r["nodeid"])):
+        for p in _points(r):
+            value, _, _ = _interval(p)
+            by_dir.setdefault(str(r["direction"]), []).append({
+                "type": _metric_id(r),
+                "value": round(value, 6),
+                "name": f"{metric_type(r)} along {r['direction']} at eps={float(p['eps']):g}",
+                "verified": False,
+                "args": {"direction": str(r["direction"]), "eps": float(p["eps"]),
+                         "spec": str(r.get("spec_text") or _spec_kind(r)), "verdict": str(p["verdict"])},
+            })
+    task = {"type": task_type}
+    if task_name:
+        task["name"] = task_name
+    results = [{"task": dict(task), "dataset": {"name": f"{dataset_name} (direction: {d})", "type": dataset_type},
+                "metrics": ms} for d, ms in sorted(by_dir.items())]
+    return {"model-index": [{"name": _model_name(data, model_name), "results": results}]}
+
+
+# ------------------------------------------------------------------------ YAML
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_RESERVED = {"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"}
+
+
+def _scalar(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return ".nan"
+        if math.isinf(v):
+            return ".inf" if v > 0 else "-.inf"
+        s = repr(v)
+        if "e" in s and "." not in s:  # YAML 1.1 floats need a dot: 1e-05 -> 1.0e-05
+            mant, _, exp = s.partition("e")
+            s = f"{mant}.0e{exp if exp[0] in '+-' else '+' + exp}"
+        return s
+    return json.dumps(str(v))  # a JSON string is a valid YAML double-quoted scalar
+
+
+def _key(k) -> str:
+    k = str(k)
+    return k if _PLAIN_KEY.match(k) and k.lower() not in _RESERVED else json.dumps(k)
+
+
+def _emit(obj, indent: int) -> List[str]:
+    pad = " " * indent
+    lines: List[str] = []
+    if isinstance(obj, Mapping):
+        if not obj:
+            return [pad + "{}"]
+        for k, v in obj.items():
+            if isinstance(v, Mapping) and v:
+                lines.append(f"{pad}{_key(k)}:")
+                lines += _emit(v, indent + 2)
+            elif isinstance(v, (list, tuple)) and v:
+                lines.append(f"{pad}{_key(k)}:")
+                lines += _emit(v, indent)
+            else:
+                lines.append(f"{pad}{_key(k)}: {_inline(v)}")
+        return lines
+    if isinstance(obj, (list, tuple)):
+        if not obj:
+            return [pad + "[]"]
+        for item in obj:
+            if isinstance(item, (Mapping, list, tuple)) and item:
+                sub = _emit(item, indent + 2)
+                sub[0] = pad + "- " + sub[0][indent + 2:]
+                lines += sub
+            else:
+                lines.append(f"{pad}- {_inline(item)}")
+        return lines
+    return [pad + _scalar(obj)]
+
+
+def _inline(v) -> str:
+    if isinstance(v, Mapping):
+        return "{}"
+    if isinstance(v, (list, tuple)):
+        return "[]"
+    return _scalar(v)
+
+
+def to_yaml(obj, *, use_pyyaml: bool = True) -> str:
+    """Block-style YAML for plain data (PyYAML's ``safe_dump`` when installed)."""
+    if use_pyyaml:
+        try:
+            import yaml
+        except ImportError:
+            pass
+        else:
+            return yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return "\n".join(_emit(obj, 0)) + "\n"
+
+
+def model_index_yaml(sheet, model_name: Optional[str] = None, *, front_matter: bool = True,
+                     use_pyyaml: bool = True, **kw) -> str:
+    """``to_model_index`` as YAML; with ``front_matter`` fenced by ``---`` lines, ready to be the
+    top of a Hugging Face README.md."""
+    text = to_yaml(to_model_index(sheet, model_name, **kw), use_pyyaml=use_pyyaml)
+    return f"---\n{text}---\n" if front_matter else text
+
+
+# ------------------------------------------------------------------------ files
+def write_model_card(sheet, path, **kw) -> Path:
+    """Write ``to_model_card`` as JSON (atomically)."""
+    path = Path(path)
+    write_atomic(path, (json.dumps(to_model_card(sheet, **kw), indent=2) + "\n").encode())
+    return path
+
+
+def write_model_index(sheet, path, model_name: Optional[str] = None, **kw) -> Path:
+    """Write the model-index YAML: bare for ``.yaml``/``.yml``, as ``---`` front matter otherwise."""
+    path = Path(path)
+    bare = path.suffix.lower() in (".yaml", ".yml")
+    write_atomic(path, model_index_yaml(sheet, model_name, front_matter=not bare, **kw).encode())
+    return path
