@@ -213,9 +213,9 @@ def verify_box(model, lower, upper, spec, *, engine: str = "auto", device="auto"
     dev = resolve_device(device)
     lower = torch.as_tensor(lower, dtype=torch.float32).to(dev)
     upper = torch.as_tensor(upper, dtype=torch.float32).to(dev)
-    if lower.shape != upper.shape or lower.dim() < 2:
-        raise LatentAuditError(f"lower and upper must both be [N, *input_shape]; got {tuple(lower.shape)} "
-                               f"and {tuple(upper.shape)}")
+    if lower.shape != upper.shape or lower.dim() < 2 or lower.shape[0] == 0:
+        raise LatentAuditError(f"lower and upper must both be [N, *input_shape] with N >= 1; got "
+                               f"{tuple(lower.shape)} and {tuple(upper.shape)}")
     _check_finite("lower", lower)
     _check_finite("upper", upper)
     if (lower > upper).any():
@@ -252,6 +252,8 @@ def _as_seeds(seeds, labels):
         z = z.float()
     if z.dim() < 2:
         raise LatentAuditError(f"seeds must be latent codes shaped [N, latent_dim]; got shape {tuple(z.shape)}")
+    if z.shape[0] == 0:
+        raise LatentAuditError("no seeds: a semantic test needs at least one latent code")
     if labels is not None:
         labels = torch.as_tensor(labels).long().reshape(-1)
         if labels.numel() != z.shape[0]:

@@ -75,7 +75,8 @@ class SpecSheet:
 
     def save(self, path) -> Path:
         path = Path(path)
-        write_atomic(path, (json.dumps(self.data, indent=2, sort_keys=False) + "\n").encode())
+        text = json.dumps(_finite(self.data), indent=2, sort_keys=False, allow_nan=False)
+        write_atomic(path, (text + "\n").encode())
         return path
 
     @classmethod
@@ -99,6 +100,17 @@ class SpecSheet:
             if t["verdict"] == "proved" and (d["proved_eps"] is None or t["eps"] > d["proved_eps"]):
                 d["proved_eps"] = t["eps"]
         return out
+
+
+def _finite(obj):
+    """Strict JSON: non-finite floats (an infinite bound, say) become null."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def summarize(records: List[dict]) -> dict:

@@ -127,28 +127,77 @@ def clear_cache() -> None:
 def _compute(entry: "_Entry", lower, upper, C, method: str, alpha_iters: int):
     import torch
 
+    with torch.no_grad():
+        ibp_lb, ibp_ub = _bounds(entry.bounded, lower, upper, C, "ibp")
+        if method == "ibp":
+            return ibp_lb, ibp_ub
+        if method in ("crown", "crown-ibp"):
+            lb, ub = _bounds(entry.bounded, lower, upper, C, method)
+    if method == "alpha-crown":
+        lb, ub = _alpha_crown(entry, lower, upper, C, alpha_iters)
+    return torch.max(lb, ibp_lb), torch.min(ub, ibp_ub)
+
+
+def _bounds(bounded, lower, upper, C, method: str):
     al = import_auto_lirpa()
-    bounded = entry.bounded
     ptb = al.PerturbationLpNorm(norm=float("inf"), x_L=lower, x_U=upper)
     x = al.BoundedTensor((lower + upper) / 2, ptb)
+    lb, ub = bounded.compute_bounds(x=(x,), C=C, method=_LIRPA_NAMES[method])
+    return lb.detach(), ub.detach()
 
-    with torch.no_grad():
-        ibp_lb, ibp_ub = bounded.compute_bounds(x=(x,), C=C, method="IBP")
-        if method == "ibp":
-            return ibp_lb.detach(), ibp_ub.detach()
-        if method in ("crown", "crown-ibp"):
-            lb, ub = bounded.compute_bounds(x=(x,), C=C, method=_LIRPA_NAMES[method])
-    if method == "alpha-crown":
-        # 0.3's sparse intermediate bounds break alpha-CROWN on width-1 layers and on
-        # Sigmoid/Tanh (alpha and A sized differently); dense bounds are as tight.
-        bounded.set_bound_opts({"sparse_intermediate_bounds": False,
-                                "optimize_bound_args": {"iteration": int(alpha_iters)}})
+
+# alpha-CROWN keeps, per row, a slope for every (activation neuron, start neuron) pair,
+# plus its gradient, Adam moments and best-so-far copies: rows are processed in chunks
+# that keep this under the budget (e.g. 5x512 ReLU MLP: ~90 MB per row).
+_ALPHA_MEMORY_BUDGET = 2 * 1024**3
+
+
+def _alpha_crown(entry: "_Entry", lower, upper, C, alpha_iters: int):
+    import torch
+
+    rows = _alpha_rows_per_call(entry.bounded, C.shape[1])
+    parts = []
+    for start in range(0, lower.shape[0], rows):
+        chunk = slice(start, start + rows)
         try:
-            with torch.enable_grad():  # alpha is optimised by gradient descent
-                lb, ub = bounded.compute_bounds(x=(x,), C=C, method=_LIRPA_NAMES[method])
-        finally:
-            bounded.set_bound_opts({"sparse_intermediate_bounds": entry.sparse_default})
-    return torch.max(lb.detach(), ibp_lb.detach()), torch.min(ub.detach(), ibp_ub.detach())
+            parts.append(_alpha_chunk(entry, lower[chunk], upper[chunk], C[chunk], alpha_iters))
+        except Exception:
+            if entry.dense_alpha:
+                raise
+            # 0.3's sparse intermediate bounds break alpha-CROWN on width-1 layers and
+            # on Sigmoid/Tanh (alpha and A sized differently); dense ones are as tight
+            # but ~5x slower, so they are the fallback. A failed graph is unusable:
+            # rebuild it from the private copy.
+            entry.bounded = _new_bounded(entry.work, entry.example, entry.key[3])
+            entry.dense_alpha = True
+            parts.append(_alpha_chunk(entry, lower[chunk], upper[chunk], C[chunk], alpha_iters))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _alpha_chunk(entry: "_Entry", lower, upper, C, alpha_iters: int):
+    import torch
+
+    bounded = entry.bounded
+    sparse = bounded.bound_opts.get("sparse_intermediate_bounds")
+    bounded.set_bound_opts({"optimize_bound_args": {"iteration": int(alpha_iters)}})
+    if entry.dense_alpha:
+        bounded.set_bound_opts({"sparse_intermediate_bounds": False})
+    try:
+        with torch.enable_grad():  # the slopes are optimised by gradient descent
+            return _bounds(bounded, lower, upper, C, "alpha-crown")
+    finally:
+        bounded.set_bound_opts({"sparse_intermediate_bounds": sparse})  # CROWN stays sparse
+
+
+def _alpha_rows_per_call(bounded, m: int) -> int:
+    from math import prod
+
+    try:
+        neurons = sum(int(prod(n.output_shape[1:])) for n in bounded.optimizable_activations)
+    except (AttributeError, TypeError):  # other auto_LiRPA internals: no chunking
+        return 1 << 30
+    per_row = 2 * neurons * (neurons + m) * 4 * 8  # float32; x8 for grads, moments, copies
+    return max(1, _ALPHA_MEMORY_BUDGET // max(per_row, 1))
 
 
 # --------------------------------------------------------------------------------------
@@ -163,8 +212,8 @@ class _Entry:
     example: Any  # the input it was built with
     fingerprint: Tuple
     n_out: int
-    sparse_default: bool
-    key: Tuple
+    key: Tuple  # (input shape without batch, device, dtype, conv_mode)
+    dense_alpha: bool = False  # alpha-CROWN needed dense intermediate bounds (see above)
 
 
 _LOCK = threading.RLock()  # BoundedModules are stateful: one computation at a time
@@ -206,7 +255,6 @@ def _fingerprint(model) -> Tuple:
 def _build(model, lower, upper, conv_mode: str, key: Tuple, fingerprint: Tuple) -> _Entry:
     import torch
 
-    al = import_auto_lirpa()
     work, labels = _private_copy(model, lower.device, lower.dtype)
     center = (lower + upper) / 2
     with torch.no_grad():
@@ -217,16 +265,20 @@ def _build(model, lower, upper, conv_mode: str, key: Tuple, fingerprint: Tuple) 
         out = out.flatten(1)
     n_out = out.shape[1]
 
+    entry = _Entry(None, work, labels, center, fingerprint, n_out, key)
     with _capture_lirpa_log() as records:
         try:
-            bounded = al.BoundedModule(work, center, bound_opts={"conv_mode": conv_mode}, device=lower.device)
+            entry.bounded = _new_bounded(work, center, conv_mode)
         except Exception as exc:
             if _is_oom(exc):
                 raise
-            partial = _Entry(None, work, labels, center, fingerprint, n_out, True, key)
-            raise LirpaUnsupported(_describe_failure(partial, exc, "building the bound graph", records)) from exc
-    sparse_default = bool(bounded.bound_opts.get("sparse_intermediate_bounds", True))
-    return _Entry(bounded, work, labels, center, fingerprint, n_out, sparse_default, key)
+            raise LirpaUnsupported(_describe_failure(entry, exc, "building the bound graph", records)) from exc
+    return entry
+
+
+def _new_bounded(work, example, conv_mode: str):
+    al = import_auto_lirpa()
+    return al.BoundedModule(work, example, bound_opts={"conv_mode": conv_mode}, device=example.device)
 
 
 def _private_copy(model, device, dtype):
