@@ -60,6 +60,43 @@ def cmd_diff(args) -> int:
     return 1 if args.fail else 0
 
 
+def cmd_html(args) -> int:
+    from pathlib import Path
+
+    from .html_report import render_html
+
+    sheet = SpecSheet.load(args.sheet)
+    kw = {"title": args.title} if args.title else {}
+    out = render_html(sheet.data, args.out, images=not args.no_images, base_dir=Path(args.sheet).parent, **kw)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from . import exports
+
+    sheet = SpecSheet.load(args.sheet)
+    if args.format == "mct":
+        out = exports.write_model_card(sheet.data, args.out, name=args.name)
+    else:
+        out = exports.write_model_index(sheet.data, args.out, args.name)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_coverage(args) -> int:
+    from .coverage import coverage_gate, coverage_summary
+
+    declared = args.declared.split(",") if args.declared else None
+    cov = coverage_summary(SpecSheet.load(args.sheet).data, declared)
+    ok, msg = coverage_gate(cov, args.fail_under or 0.0)
+    print(msg)
+    for name, d in cov["per_direction"].items():
+        proved = "-" if d["proved_eps"] is None else f"{d['proved_eps']:g}"
+        print(f"  {name}: {d['status']} ({d['tests']} tests, proved up to eps={proved})")
+    return 0 if ok else 1
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="latentaudit", description="Read pytest-latentaudit spec sheets.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -71,6 +108,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("new")
     p.add_argument("--fail", action="store_true", help="exit 1 when there are regressions")
     p.set_defaults(fn=cmd_diff)
+    p = sub.add_parser("html", help="render a spec sheet as one static HTML page")
+    p.add_argument("sheet")
+    p.add_argument("out")
+    p.add_argument("--no-images", action="store_true", help="no charts or counterexample pictures")
+    p.add_argument("--title")
+    p.set_defaults(fn=cmd_html)
+    p = sub.add_parser("export", help="export a spec sheet as a model card")
+    p.add_argument("sheet")
+    p.add_argument("out")
+    p.add_argument("--format", choices=("mct", "hf"), default="mct",
+                   help="mct: Model Card Toolkit JSON; hf: Hugging Face model-index YAML")
+    p.add_argument("--name", help="model name")
+    p.set_defaults(fn=cmd_export)
+    p = sub.add_parser("coverage", help="semantic coverage of a spec sheet")
+    p.add_argument("sheet")
+    p.add_argument("--fail-under", type=float, metavar="PCT", help="exit 1 below this percentage proved")
+    p.add_argument("--declared", help="comma-separated declared directions (default: from the sheet)")
+    p.set_defaults(fn=cmd_coverage)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

@@ -191,11 +191,31 @@ def _radius_stat(cr: Optional[Mapping]) -> Tuple[Optional[str], Optional[float]]
     if not cr:
         return None, None
     q = cr.get("quantiles") or {}
-    if q.get("p50") is not None:
-        return "median", float(q["p50"])
+    for key in ("median", "p50"):
+        if q.get(key) is not None:
+            return "median", float(q[key])
     if cr.get("mean") is not None:
         return "mean", float(cr["mean"])
     return None, None
+
+
+def _radius_regression(old_cr, new_cr, radius_tol, *, label, direction, nodeid=None, eps=None) -> Optional[dict]:
+    """A shrunk median (else mean) certified radius; only comparable when both searched the
+    same range (``eps_max``), since the search caps every radius."""
+    stat, before = _radius_stat(old_cr)
+    if before is None:
+        return None
+    stat2, after = _radius_stat(new_cr)
+    if after is None:
+        return _reg("certified_radius", f"{label}: certified radius no longer recorded ({stat} was {before:.4g})",
+                    direction=direction, nodeid=nodeid, eps=eps, old=before, new=None)
+    o_max, n_max = (old_cr or {}).get("eps_max"), (new_cr or {}).get("eps_max")
+    if o_max is not None and n_max is not None and abs(float(o_max) - float(n_max)) > 1e-12:
+        return None
+    if stat2 == stat and after + radius_tol < before:
+        return _reg("certified_radius", f"{label}: {stat} certified radius {before:.4g} -> {after:.4g}",
+                    direction=direction, nodeid=nodeid, eps=eps, old=before, new=after)
+    return None
 
 
 def compare_sheets(old, new, *, tol: float = 1e-12, radius_tol: float = 1e-9) -> List[dict]:
@@ -203,7 +223,8 @@ def compare_sheets(old, new, *, tol: float = 1e-12, radius_tol: float = 1e-9) ->
 
     Each regression is ``{"kind", "direction", "spec", "nodeid", "eps", "old", "new", "message"}``
     with ``kind`` one of ``verdict``, ``verified_fraction``, ``missing_test``, ``sweep_verdict``,
-    ``sweep_verified_fraction``, ``proved_eps``, ``certified_radius``."""
+    ``sweep_verified_fraction``, ``proved_eps``, ``certified_radius`` (per test, and per direction
+    from the ``directions`` section; compared when both runs searched the same ``eps_max``)."""
     od, nd = _data(old), _data(new)
     o_tests = {r["nodeid"]: r for r in od.get("tests") or []}
     n_tests = {r["nodeid"]: r for r in nd.get("tests") or []}
@@ -250,18 +271,20 @@ def compare_sheets(old, new, *, tol: float = 1e-12, radius_tol: float = 1e-9) ->
             now = "nothing proved" if after is None else f"eps={after:g}"
             out.append(_reg("proved_eps", f"direction {d!r} ({kind}): proved up to eps={before:g} -> {now}",
                             direction=d, spec=kind, eps=before, old=before, new=after))
+    for nodeid, t in sorted(n_tests.items()):
+        o = o_tests.get(nodeid)
+        if o is not None and o.get("certified_radius"):
+            reg = _radius_regression(o["certified_radius"], t.get("certified_radius"), radius_tol, label=nodeid,
+                                     direction=str(t["direction"]), nodeid=nodeid, eps=float(t["eps"]))
+            if reg:
+                out.append(reg)
     o_dirs, n_dirs = od.get("directions") or {}, nd.get("directions") or {}
-    for d in sorted(set(o_dirs) & set(n_dirs)):
-        stat, before = _radius_stat((o_dirs[d] or {}).get("certified_radius"))
-        stat2, after = _radius_stat((n_dirs[d] or {}).get("certified_radius"))
-        if before is None:
-            continue
-        if after is None:
-            out.append(_reg("certified_radius", f"direction {d!r}: certified radius no longer recorded "
-                            f"({stat} was {before:.4g})", direction=d, old=before, new=None))
-        elif stat2 == stat and after + radius_tol < before:
-            out.append(_reg("certified_radius", f"direction {d!r}: {stat} certified radius {before:.4g} -> "
-                            f"{after:.4g}", direction=d, old=before, new=after))
+    tested_now = {str(t["direction"]) for t in n_tests.values()}
+    for d in sorted(set(o_dirs) & set(n_dirs) & tested_now):  # untested now: reported as missing tests
+        reg = _radius_regression((o_dirs[d] or {}).get("certified_radius"), (n_dirs[d] or {}).get("certified_radius"),
+                                 radius_tol, label=f"direction {d!r}", direction=d)
+        if reg:
+            out.append(reg)
     order = ["verdict", "missing_test", "proved_eps", "sweep_verdict", "certified_radius", "verified_fraction",
              "sweep_verified_fraction"]
     return sorted(out, key=lambda r: order.index(r["kind"]))

@@ -63,7 +63,7 @@ def _as_codes(z) -> Tuple[np.ndarray, bool]:
     if a.ndim == 0:
         raise DeployError("latent codes must be shaped [N, latent_dim] (or [latent_dim] for one code)")
     single = a.ndim == 1
-    a = a.reshape(1, -1) if single else a.reshape(a.shape[0], -1)
+    a = a.reshape(1, -1) if single else a.reshape(a.shape[0], int(np.prod(a.shape[1:])))
     return a, single
 
 
@@ -163,15 +163,17 @@ def directions_section(records: Iterable[Mapping], declared: Optional[Iterable[s
     """The sheet's top-level ``directions`` section from test records.
 
     Per direction: ``kind``, ``k``, ``axis`` or ``basis`` (from the records' ``latent_range`` or
-    ``direction_info``), ``proved_eps`` (largest eps of a proved test), ``ranges`` (every test's
-    range, with its ``eps``, ``nodeid`` and ``verdict``) and ``latent_range``: the range of the
-    proved test with the largest eps, i.e. the verified operating range a deployer checks
+    ``direction_info``), ``proved_eps`` (largest eps proved by a test or a sweep point), ``certified_radius`` (the
+    summary of the test that searched the widest radius, with its ``nodeid``), ``ranges`` (every test's
+    range and the range at each of its sweep radii, with ``eps``, ``nodeid`` and ``verdict``) and
+    ``latent_range``: the proved range with the largest eps, i.e. the verified operating range a deployer checks
     inputs against (``None`` when nothing along the direction is proved). ``declared`` names
     without tests get an entry with ``proved_eps`` and ``latent_range`` ``None``."""
     out: Dict[str, dict] = {}
     for name in declared or ():
         out.setdefault(str(name), {"proved_eps": None, "latent_range": None, "ranges": []})
-    for r in records:
+    best_radius: Dict[str, tuple] = {}
+    for r in sorted(records, key=lambda r: str(r.get("nodeid", ""))):
         name = str(r.get("direction"))
         entry = out.setdefault(name, {"proved_eps": None, "latent_range": None, "ranges": []})
         info = dict(r.get("direction_info") or {})
@@ -180,14 +182,31 @@ def directions_section(records: Iterable[Mapping], declared: Optional[Iterable[s
             for key in ("kind", "k", "axis", "basis"):
                 if key in src and key not in entry:
                     entry[key] = src[key]
-        if r.get("verdict") == "proved" and (entry["proved_eps"] is None or r["eps"] > entry["proved_eps"]):
-            entry["proved_eps"] = float(r["eps"])
+        cr = r.get("certified_radius")
+        if cr:  # the widest search (largest eps_max) represents the direction; then proved; then node id
+            key = (float(cr.get("eps_max") or 0.0), r.get("verdict") == "proved")
+            if name not in best_radius or key > best_radius[name]:
+                best_radius[name] = key
+                entry["certified_radius"] = dict(cr, nodeid=str(r.get("nodeid", "")))
+        points = [(float(r["eps"]), r.get("verdict", "unproven"), False)]
+        points += [(float(p["eps"]), p.get("verdict", "unproven"), True) for p in r.get("sweep") or []
+                   if abs(float(p["eps"]) - float(r["eps"])) > 1e-12]
+        for eps, verdict, from_sweep in points:
+            if verdict == "proved" and (entry["proved_eps"] is None or eps > entry["proved_eps"]):
+                entry["proved_eps"] = eps
         if rng:
             item = {k: rng[k] for k in ("lower", "upper", "mean", "std", "eps", "n_seeds") if k in rng}
             item.setdefault("eps", float(r.get("eps", 0.0)))
             item["nodeid"] = str(r.get("nodeid", ""))
             item["verdict"] = r.get("verdict", "unproven")
             entry["ranges"].append(item)
+            if "mean" in rng and "std" in rng:  # the range at a sweep radius: mean -+ (eps + std)
+                for eps, verdict, from_sweep in points[1:]:
+                    entry["ranges"].append({
+                        "lower": [m - eps - sd for m, sd in zip(rng["mean"], rng["std"])],
+                        "upper": [m + eps + sd for m, sd in zip(rng["mean"], rng["std"])],
+                        "mean": rng["mean"], "std": rng["std"], "eps": eps, "n_seeds": rng.get("n_seeds", 0),
+                        "nodeid": item["nodeid"], "verdict": verdict})
     for entry in out.values():
         entry["ranges"].sort(key=lambda g: (g["eps"], g["nodeid"]))
         proved = [g for g in entry["ranges"] if g["verdict"] == "proved"]
@@ -307,19 +326,23 @@ def data_fingerprint(z, labels=None) -> str:
     return "sha256:" + h.hexdigest()[:32]
 
 
-def certified_radius_summary(radii, *, bins: int = 10,
-                             quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95)) -> dict:
-    """Statistics of per-seed certified radii (latent units) for the ``directions`` section:
-    ``{"n", "mean", "min", "max", "quantiles": {"p5": ..}, "histogram": {"edges", "counts"}}``.
-    Non-finite radii (inf: certified on the whole tested box) are clipped to the largest finite one."""
+def certified_radius_summary(radii, eps_max: Optional[float] = None, *, bins: int = 10) -> dict:
+    """Statistics of per-seed certified radii (latent units), in the shape the plugin records per
+    test: ``{"n", "eps_max", "mean", "quantiles": {"min", "p10", "p25", "median", "p75", "p90",
+    "max"}, "histogram": {"edges", "counts"}}``. The histogram spans ``[0, eps_max]`` (default:
+    the largest radius); radii beyond it (inf: certified on the whole searched range) count in
+    the last bin and are clipped to ``eps_max`` for the statistics; NaN radii are dropped."""
     r = _to_numpy(radii).astype(np.float64).reshape(-1)
     r = r[~np.isnan(r)]
-    if r.size == 0:
-        return {"n": 0, "mean": None, "min": None, "max": None, "quantiles": {}, "histogram": {"edges": [], "counts": []}}
     finite = r[np.isfinite(r)]
-    top = float(finite.max()) if finite.size else 0.0
-    r = np.minimum(r, top) if finite.size else np.zeros_like(r)
-    counts, edges = np.histogram(r, bins=max(1, int(bins)))
-    qs = {f"p{round(q * 100):g}": float(np.quantile(r, q)) for q in quantiles}
-    return {"n": int(r.size), "mean": float(r.mean()), "min": float(r.min()), "max": float(r.max()),
-            "quantiles": qs, "histogram": {"edges": _floats(edges), "counts": [int(c) for c in counts]}}
+    top = float(eps_max) if eps_max is not None else (float(finite.max()) if finite.size else 0.0)
+    r = np.clip(r, 0.0, top) if top > 0 else np.zeros_like(r)
+    bins = max(1, int(bins))
+    edges = [top * i / bins for i in range(bins + 1)]
+    counts = [0] * bins
+    for v in r:
+        counts[min(bins - 1, int(v / top * bins)) if top > 0 else 0] += 1
+    names = (("min", 0.0), ("p10", 0.1), ("p25", 0.25), ("median", 0.5), ("p75", 0.75), ("p90", 0.9), ("max", 1.0))
+    qs = {k: (float(np.quantile(r, q)) if r.size else None) for k, q in names}
+    return {"n": int(r.size), "eps_max": top, "mean": float(r.mean()) if r.size else None, "quantiles": qs,
+            "histogram": {"edges": edges, "counts": counts}}

@@ -94,12 +94,13 @@ class LinearProbe:
 
 
 def fit_probe(z, values, *, method: str = "linear", groups=None, alpha: float = 1e-3,
-              name: Optional[str] = None, max_iter: int = 200) -> LinearProbe:
+              name: Optional[str] = None, max_iter: int = 50) -> LinearProbe:
     """Fit ``values ~ w . z + b`` on latent codes ``z`` ``[N, d]``.
 
     ``method="linear"``: ridge regression (``alpha`` times the mean squared latent norm as
     the ridge, so it is scale free) for continuous attributes. ``method="logistic"``:
-    L2-regularised logistic regression for binary labels (0/1 or bool; InterFaceGAN uses a
+    L2-regularised logistic regression (Newton's method; ``alpha`` per sample on the
+    standardised coefficients) for binary labels (0/1 or bool; InterFaceGAN uses a
     linear SVM, whose normal is close). ``groups``: fit within groups (each group's mean of
     ``z`` and ``values`` removed; for ``"logistic"`` the group means of ``z`` are removed)
     so the probe ignores between-group differences, e.g. the digit identity.
@@ -127,24 +128,33 @@ def fit_probe(z, values, *, method: str = "linear", groups=None, alpha: float = 
             raise LatentAuditError("method='logistic' needs binary labels (0/1) with both values present")
         zc = z - z.mean(0) if groups is None else _group_center(z, y, groups)[0]
         mu, sd = zc.mean(0), zc.std(0).clamp(min=1e-12)
-        x = (zc - mu) / sd
-        w = torch.zeros(d, dtype=z.dtype, requires_grad=True)
-        b = torch.zeros((), dtype=z.dtype, requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+        x = torch.cat([(zc - mu) / sd, torch.ones(n, 1, dtype=z.dtype)], 1)
+        theta = torch.zeros(d + 1, dtype=z.dtype)
+        reg = torch.full((d + 1,), 2.0 * alpha * n, dtype=z.dtype)
+        reg[-1] = 0.0  # no penalty on the bias
+        def objective(th):
+            return float(torch.nn.functional.binary_cross_entropy_with_logits(x @ th, y, reduction="sum")
+                         + 0.5 * (reg * th * th).sum())
 
-        def closure():
-            opt.zero_grad()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y) + alpha * (w ** 2).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            w_raw = w / sd  # back to (centred) latent coordinates
-            b_raw = float(b - (mu / sd) @ w)
-            # the probe acts on raw z: score = w_raw . (z - mean) + b_raw
-            bias = b_raw - float(z.mean(0) @ w_raw) if groups is None else b_raw
-            acc = float((((zc @ w_raw + b_raw) > 0).double() == y).double().mean())
+        f = objective(theta)
+        for _ in range(max_iter):  # damped Newton's method on the penalised log-likelihood
+            p = torch.sigmoid(x @ theta)
+            grad = x.T @ (p - y) + reg * theta
+            hess = (x * (p * (1 - p))[:, None]).T @ x + torch.diag(reg) + 1e-9 * torch.eye(d + 1, dtype=z.dtype)
+            step = torch.linalg.solve(hess, grad)
+            lr = 1.0
+            while lr > 1e-4 and objective(theta - lr * step) > f:
+                lr /= 2
+            theta = theta - lr * step
+            f = objective(theta)
+            if float((lr * step).abs().max()) < 1e-10:
+                break
+        w, b = theta[:d], theta[d]
+        w_raw = w / sd  # back to (centred) latent coordinates
+        b_raw = float(b - (mu / sd) @ w)
+        # the probe acts on raw z: score = w_raw . (z - mean) + b_raw
+        bias = b_raw - float(z.mean(0) @ w_raw) if groups is None else b_raw
+        acc = float((((zc @ w_raw + b_raw) > 0).double() == y).double().mean())
         if float(w_raw.norm()) == 0:
             raise LatentAuditError("the labels are not linearly predictable from the latent code (zero probe)")
         return LinearProbe(w_raw.float().detach(), bias, "logistic", acc, name,

@@ -8,8 +8,9 @@
   ``value`` and the bounds as *strings*, so they are written as decimal strings.
   The interval is the certified bracket ``[verified/n, (n - falsified)/n]`` of the fraction
   of seeds on which the spec holds (sound, not statistical), or the sampling estimate's
-  confidence interval for ``estimated`` results. Violated and unproven tests become
-  ``considerations.limitations``; the verified latent ranges become ``considerations.use_cases``.
+  confidence interval for ``estimated`` results. Per direction with a certified-radius summary,
+  a ``"median certified radius"`` metric (slice: the direction). Violated and unproven tests
+  become ``considerations.limitations``; the verified latent ranges ``considerations.use_cases``.
 * ``to_model_index(sheet, ...)``: Hugging Face model-card metadata (the README's YAML front
   matter) ``{"model-index": [{"name", "results": [{"task", "dataset", "metrics"}]}]}`` with
   one result per direction; ``verified: false`` on every metric (on the Hub, ``verified``
@@ -24,7 +25,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from .images import write_atomic
 
@@ -90,6 +91,24 @@ def _interval(p: Mapping):
     return vf, vf, upper
 
 
+def _directions(data: Mapping) -> Dict[str, dict]:
+    if data.get("directions"):
+        return dict(data["directions"])
+    from .deploy import directions_section
+
+    return directions_section(data.get("tests") or [])
+
+
+def _radii(directions: Mapping[str, Mapping]):
+    """``(direction, median certified radius, summary)`` for directions that record one."""
+    for name, entry in sorted(directions.items()):
+        cr = (entry or {}).get("certified_radius") or {}
+        q = cr.get("quantiles") or {}
+        med = q.get("median", q.get("p50"))
+        if med is not None:
+            yield name, float(med), cr
+
+
 def _slice(direction: str, eps: float) -> str:
     return f"{direction}@{float(eps):g}"
 
@@ -120,8 +139,11 @@ def to_model_card(sheet, *, name: Optional[str] = None, overview: Optional[str] 
                 f"{r.get('spec_text', _spec_kind(r))} along {r['direction']!r} at eps={float(r['eps']):g} is "
                 f"{r['verdict']}: {c.get('verified', 0)}/{r.get('n_seeds', '?')} seeds verified, "
                 f"{c.get('falsified', 0)} falsified, {c.get('unknown', 0)} undecided ({r['nodeid']}).")})
+    directions = _directions(data)
+    for dname, med, cr in _radii(directions):
+        metrics.append({"type": "median certified radius", "value": _num(med), "slice": dname})
     use_cases = []
-    for dname, entry in sorted((data.get("directions") or {}).items()):
+    for dname, entry in sorted(directions.items()):
         rng = (entry or {}).get("latent_range")
         if not rng:
             continue
@@ -177,7 +199,8 @@ def to_model_index(sheet, model_name: Optional[str] = None, *, task_type: str = 
 
     One result per direction (``dataset.name`` = ``"<dataset_name> (direction: <d>)"``), one
     metric per test and radius: ``{"type": "verified_accuracy", "value", "name", "verified":
-    false, "args": {"direction", "eps", "spec", "verdict"}}``."""
+    false, "args": {"direction", "eps", "spec", "verdict"}}``, and ``median_certified_radius``
+    where the sheet records certified radii."""
     data = _data(sheet)
     by_dir: Dict[str, List[dict]] = {}
     for r in sorted(data.get("tests") or [], key=lambda r: (str(r["direction"]), float(r["eps"]), r["nodeid"])):
@@ -191,6 +214,11 @@ def to_model_index(sheet, model_name: Optional[str] = None, *, task_type: str = 
                 "args": {"direction": str(r["direction"]), "eps": float(p["eps"]),
                          "spec": str(r.get("spec_text") or _spec_kind(r)), "verdict": str(p["verdict"])},
             })
+    for dname, med, cr in _radii(_directions(data)):
+        by_dir.setdefault(dname, []).append({
+            "type": "median_certified_radius", "value": round(med, 6),
+            "name": f"median certified radius along {dname} (latent units)", "verified": False,
+            "args": {"direction": dname, "eps_max": cr.get("eps_max"), "test": str(cr.get("nodeid", ""))}})
     task = {"type": task_type}
     if task_name:
         task["name"] = task_name

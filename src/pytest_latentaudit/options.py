@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-ENGINE_CHOICES = ("auto", "ibp", "linear", "bab", "falsify")
+ENGINE_CHOICES = ("auto", "ibp", "linear", "bab", "exact", "falsify")
 LIRPA_METHODS = ("ibp", "crown", "crown-ibp", "alpha-crown")
 DEVICES = ("auto", "cpu", "cuda")
 UNPROVEN_ACTIONS = ("fail", "xfail", "skip")
@@ -24,6 +24,9 @@ OPTIONS = {
     "seed": ("random seed for attacks and sampling (per test: derived from this and the node id)", "0"),
     "artifacts": ("directory for counterexample images (default: next to the spec sheet)", ""),
     "precision": ("bound arithmetic: float32 (with a safety margin) or float64", "float32"),
+    "report": ("write a static HTML report of the spec sheet to this path", ""),
+    "coverage_fail_under": ("fail the run when less than this percentage of the latent directions is proved", ""),
+    "compare": ("compare the run with this earlier spec sheet and fail on regressions", ""),
 }
 
 
@@ -84,8 +87,21 @@ def valid_precision(value) -> str:
     return v
 
 
+def valid_percent(value) -> Optional[float]:
+    if value in (None, ""):
+        return None
+    try:
+        p = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"coverage threshold must be a percentage, got {value!r}") from None
+    if math.isnan(p) or not 0 <= p <= 100:
+        raise UsageError(f"coverage threshold must be between 0 and 100, got {value!r}")
+    return p
+
+
 VALIDATORS = {"engine": valid_engine, "device": valid_device, "budget": valid_budget,
-              "unproven": valid_unproven, "seed": valid_seed, "precision": valid_precision}
+              "unproven": valid_unproven, "seed": valid_seed, "precision": valid_precision,
+              "coverage_fail_under": valid_percent}
 
 
 @dataclass(frozen=True)
@@ -98,6 +114,9 @@ class Settings:
     seed: int = 0
     artifacts: Optional[Path] = None
     precision: str = "float32"
+    report: Optional[Path] = None
+    coverage_fail_under: Optional[float] = None
+    compare: Optional[Path] = None
     junit_properties: bool = False
     latent_space_fixture: str = "latent_space"
 
@@ -142,7 +161,7 @@ def from_config(config) -> Settings:
             values[name] = VALIDATORS[name](raw)
         else:
             values[name] = Path(raw) if raw else None
-    for key in ("spec_sheet", "artifacts"):
+    for key in ("spec_sheet", "artifacts", "report", "compare"):
         if values[key] is not None and not values[key].is_absolute():
             # CLI paths are relative to the invocation directory, as with --junitxml
             values[key] = Path(config.invocation_params.dir) / values[key]

@@ -27,6 +27,8 @@ def pytest_addoption(parser):
         "budget": dict(metavar="SECONDS"), "spec_sheet": dict(metavar="PATH"),
         "unproven": dict(metavar="fail|xfail|skip"), "seed": dict(metavar="INT"),
         "artifacts": dict(metavar="DIR"), "precision": dict(metavar="float32|float64"),
+        "report": dict(metavar="PATH"), "coverage_fail_under": dict(metavar="PCT"),
+        "compare": dict(metavar="OLD_SHEET"),
     }
     for name, (help_, default) in OPTIONS.items():
         flag = "--latent-" + name.replace("_", "-")
@@ -150,18 +152,23 @@ class _SessionHooks:
             return  # xdist worker: records travel with the reports; the controller writes
         _junit_suite_properties(self.config, self.ls.records)
         self.ls.written = self.ls.write_sheet()
+        if self.ls.finish() and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
-        if not self.ls.records or hasattr(config, "workerinput"):
+        if hasattr(config, "workerinput") or not (self.ls.records or self.ls.messages):
             return
         from .report import summary_table
 
         tr = terminalreporter
         tr.section("latent audit summary")
-        for line in summary_table(sorted(self.ls.records, key=lambda r: r["nodeid"])):
-            tr.write_line(line)
+        if self.ls.records:
+            for line in summary_table(sorted(self.ls.records, key=lambda r: r["nodeid"])):
+                tr.write_line(line)
         if self.ls.written:
             tr.write_line(f"spec sheet: {self.ls.written}")
+        for line, failed in self.ls.messages:
+            tr.write_line(line, red=failed, bold=failed)
 
 
 def _junit_suite_properties(config, records):

@@ -79,12 +79,31 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:120]
 
 
+def _deployment_fields(seeds, labels, direction, latent_space, eps) -> dict:
+    """AuditAI's latent range of this test's seeds along its direction, and their fingerprint."""
+    from .deploy import DeployError, data_fingerprint, latent_ranges
+
+    if isinstance(seeds, tuple) and len(seeds) == 2:
+        seeds, pair_labels = seeds
+        labels = labels if labels is not None else pair_labels
+    if isinstance(direction, str) and latent_space is not None:
+        direction = latent_space.directions.get(direction, direction)
+    try:
+        return {"latent_range": latent_ranges(seeds, eps, direction, with_basis=True),
+                "data_fingerprint": data_fingerprint(seeds, labels)}
+    except (DeployError, TypeError, ValueError):
+        return {}
+
+
 class LatentSession:
     def __init__(self, settings: Settings, rootdir: Path):
         self.settings = settings
         self.rootdir = rootdir
         self.records: List[dict] = []
         self.written: Optional[Path] = None
+        self.sheet: Optional[SpecSheet] = None
+        self.messages: List[tuple] = []  # (line, is_failure) for the terminal summary
+        self._baseline: Optional[dict] = None
 
     # ------------------------------------------------------------------ fixture side
     def run(self, nodeid: str, marker: Dict[str, Any], latent_space, model, seeds, labels=None,
@@ -113,6 +132,7 @@ class LatentSession:
         if cache is not None:
             cache.set(key, [{"seed_index": c.seed_index, "offset": c.offset} for c in result.counterexamples])
         record = self.make_record(nodeid, result, spec, settings, seed, model, latent_space, kw["direction"])
+        record.update(_deployment_fields(seeds, labels, kw["direction"], latent_space, result.eps))
         extra_budget = None if settings.budget is None else settings.budget * 0.5
         sweep = kw.get("sweep")
         if sweep:
@@ -186,6 +206,7 @@ class LatentSession:
             "notes": result.notes,
             "segment": _segment_summary(result),
             "spec_sheet": str(settings.spec_sheet) if settings.spec_sheet else None,
+            "declared_directions": sorted(latent_space.directions) if latent_space is not None else [],
         }
 
     def _save_image(self, img_dir: Path, nodeid: str, cex, latent_space, frames: int = 6) -> Path:
@@ -207,10 +228,38 @@ class LatentSession:
         self.records.append(record)
 
     def write_sheet(self) -> Optional[Path]:
-        if self.settings.spec_sheet is None:
-            return None
         s = self.settings
-        sheet = SpecSheet.build(self.records, tool_version=__version__, rootdir=self.rootdir,
-                                settings={"engine": s.engine, "device": s.device, "budget": s.budget,
-                                          "seed": s.seed, "unproven": s.unproven, "precision": s.precision})
-        return sheet.save(s.spec_sheet)
+        if s.compare is not None:  # read the baseline first: it may be the file about to be overwritten
+            try:
+                self._baseline = SpecSheet.load(s.compare).data
+            except (OSError, ValueError) as exc:
+                self.messages.append((f"latent compare: no baseline ({exc}); nothing compared", False))
+        self.sheet = SpecSheet.build(self.records, tool_version=__version__, rootdir=self.rootdir,
+                                     settings={"engine": s.engine, "device": s.device, "budget": s.budget,
+                                               "seed": s.seed, "unproven": s.unproven, "precision": s.precision})
+        if s.spec_sheet is None:
+            return None
+        return self.sheet.save(s.spec_sheet)
+
+    def finish(self) -> bool:
+        """HTML report, coverage gate, comparison with the baseline; True when the run must fail."""
+        s, failed = self.settings, False
+        data = self.sheet.data if self.sheet is not None else {"tests": self.records}
+        if s.report is not None:
+            from .html_report import render_html
+
+            base = s.spec_sheet.parent if s.spec_sheet else None
+            self.messages.append((f"latent report: {render_html(data, s.report, base_dir=base)}", False))
+        if s.coverage_fail_under is not None:
+            from .coverage import coverage_gate, coverage_summary
+
+            ok, msg = coverage_gate(data.get("coverage") or coverage_summary(data), s.coverage_fail_under)
+            self.messages.append((msg, not ok))
+            failed = failed or not ok
+        if self._baseline is not None:
+            from .coverage import compare_sheets, regressions_gate
+
+            ok, lines = regressions_gate(compare_sheets(self._baseline, data))
+            self.messages += [(line, not ok) for line in lines]
+            failed = failed or not ok
+        return failed

@@ -67,7 +67,20 @@ class SpecSheet:
             "summary": summarize(records),
             "tests": records,
         }
+        from .coverage import coverage_summary
+        from .deploy import directions_section
+
+        declared = sorted({d for r in records for d in r.get("declared_directions") or []})
+        data["directions"] = directions_section(records, declared=declared)
+        data["coverage"] = coverage_summary(data)
         return cls(data)
+
+    def in_spec(self, z, directions=None, **kw):
+        """Deployment guard: which latent codes ``z`` lie in the verified operating range
+        (``pytest_latentaudit.deploy.in_spec``): ``{direction: bool [N], ..., "all": bool [N]}``."""
+        from .deploy import in_spec
+
+        return in_spec(self.data, z, directions, **kw)
 
     @property
     def tests(self) -> List[dict]:

@@ -125,15 +125,18 @@ def _basis(space: Optional[LatentSpace], direction, dim: int, dtype):
     return direction.basis(dim, dtype=dtype)
 
 
-def latent_points(space: Optional[LatentSpace], direction, eps: float, seeds):
+def latent_points(space: Optional[LatentSpace], direction, eps: float, seeds, *, resolution: int = 2 ** 24):
     """Strategy of :class:`LatentPoint` in a test's input set.
 
     ``space``: a :class:`LatentSpace` (needed when ``direction`` is a name) or ``None``;
     ``direction``: a :class:`Direction`, a name, or a ``[d]``/``[d, k]`` tensor;
     ``eps``: the radius; ``seeds``: ``[N, d]`` latent codes or a ``(z, labels)`` pair.
 
-    The seed index is drawn first, then ``u in [-1, 1]^k`` and ``t = eps * u`` (so
-    ``|t_j| <= eps`` holds exactly in floating point); both shrink towards 0.
+    The seed index is drawn first, then integers ``i_j in [-resolution, resolution]`` and
+    ``t_j = eps * (i_j / resolution)`` (rounding is monotone, so ``|t_j| <= eps`` holds
+    exactly in floating point). Integers shrink towards 0 by magnitude, so a failing
+    example shrinks towards the seed and stops at the smallest failing offset it finds
+    (hypothesis's float strategy would shrink to "simple" values such as the corners).
     """
     import torch
     from hypothesis import strategies as st
@@ -146,11 +149,14 @@ def latent_points(space: Optional[LatentSpace], direction, eps: float, seeds):
     shape = tuple(z.shape[1:])
     V = _basis(space, direction, int(z[0].numel()), z.dtype)  # [d, k]
     k = V.shape[1]
-    unit = st.floats(-1.0, 1.0, allow_nan=False, allow_infinity=False)
+    R = int(resolution)
+    if R < 1:
+        raise LatentAuditError(f"resolution must be >= 1, got {resolution!r}")
+    unit = st.integers(-R, R)
 
     def build(args):
         i, u = args
-        t = tuple(float(eps * v) for v in u)
+        t = tuple(float(eps * (v / R)) for v in u)
         tt = torch.tensor(t, dtype=V.dtype)
         zi = z[i] + (V @ tt).reshape(shape)
         return LatentPoint(seed_index=i, t=t, z=zi, label=None if labels is None else int(labels[i]), z0=z[i])
@@ -165,7 +171,7 @@ def latent_boxes(dim: int, k: int = 1, max_eps: float = 1.0, *, min_eps: float =
     ``z0`` has coordinates in ``[-scale, scale]``; ``eps`` in ``[min_eps, max_eps]``; the
     basis is either ``k`` distinct coordinate axes or (unless ``axes_only``) ``k``
     orthonormalised random vectors. Everything shrinks towards ``z0 = 0``, the first axes
-    and ``eps = min_eps``.
+    and ``eps = min_eps`` (``eps`` is drawn on a grid of ``2^24`` steps for that reason).
     """
     import torch
     from hypothesis import strategies as st
@@ -176,7 +182,8 @@ def latent_boxes(dim: int, k: int = 1, max_eps: float = 1.0, *, min_eps: float =
         raise LatentAuditError(f"latent_boxes needs 0 <= min_eps <= max_eps, got {min_eps}, {max_eps}")
     coord = st.floats(-scale, scale, allow_nan=False, allow_infinity=False)
     z0s = st.lists(coord, min_size=dim, max_size=dim)
-    epss = st.floats(min_eps, max_eps, allow_nan=False, allow_infinity=False)
+    R = 2 ** 24
+    epss = st.integers(0, R).map(lambda i: min(max_eps, min_eps + (max_eps - min_eps) * (i / R)))
     axes = st.lists(st.integers(0, dim - 1), min_size=k, max_size=k, unique=True).map(tuple)
 
     def from_axes(a):

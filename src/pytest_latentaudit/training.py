@@ -568,7 +568,7 @@ def certified_loss(head: nn.Module, z: torch.Tensor, labels: torch.Tensor, V, ep
     bases = _bases(V, z.shape[1], dtype, device)
     eps_l = _eps_list(eps, [n for n, _ in bases])
     if all(e == 0 for e in eps_l):
-        parts = {"task": float(task), "spec": float("nan"), "verified": float("nan")}
+        parts = {"task": float(task.detach()), "spec": float("nan"), "verified": float("nan")}
         return (task, parts) if return_parts else task
     spec, bounds = spec_loss(head, z, labels, {n: b for n, b in bases}, dict(zip([n for n, _ in bases], eps_l)),
                              method, form=form, beta=beta, return_bounds=True)
@@ -580,7 +580,7 @@ def certified_loss(head: nn.Module, z: torch.Tensor, labels: torch.Tensor, V, ep
         ok &= logits.argmax(1) == labels
         for ub in bounds.values():
             ok &= (ub < 0).all(1)
-    return loss, {"task": float(task), "spec": float(spec), "verified": float(ok.float().mean())}
+    return loss, {"task": float(task.detach()), "spec": float(spec.detach()), "verified": float(ok.float().mean())}
 
 
 @torch.no_grad()
@@ -596,7 +596,7 @@ def verified_fraction(head: nn.Module, z: torch.Tensor, labels: torch.Tensor, V,
         z2, _, device = _prepare(head, z)
         lab = torch.as_tensor(labels, device=device).long().reshape(-1)
         ok = (ub < 0).all(1) & (head(z2).argmax(1) == lab)
-        return float(ok.float().mean())
+        return int(ok.sum()) / max(1, ok.numel())
     finally:
         head.train(was)
 

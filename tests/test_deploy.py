@@ -1,0 +1,228 @@
+"""The deployment guard: AuditAI's latent ranges and the vectorised in-spec check."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pytest_latentaudit import deploy
+from pytest_latentaudit.deploy import DeployError, certified_radius_summary, directions_section, in_spec, latent_ranges
+from pytest_latentaudit.latent import Direction
+
+
+# ------------------------------------------------------------------------ latent_ranges
+def test_axis_range_by_hand():
+    # coordinate 1 of the seeds is 0, 2, 4, 6: mean 3, population std sqrt(5)
+    z = np.array([[9.0, 0.0], [9.0, 2.0], [9.0, 4.0], [9.0, 6.0]])
+    r = latent_ranges(z, eps=1.0, V=1)
+    s5 = math.sqrt(5.0)
+    assert r["mean"] == [3.0] and r["std"] == pytest.approx([s5])
+    assert r["lower"] == pytest.approx([3.0 - 1.0 - s5])
+    assert r["upper"] == pytest.approx([3.0 + 1.0 + s5])
+    assert r["eps"] == 1.0 and r["n_seeds"] == 4
+    assert "axis" not in r and "basis" not in r
+    rb = latent_ranges(z, 1.0, Direction.axis(1), with_basis=True)
+    assert rb["kind"] == "axis" and rb["axis"] == 1 and rb["k"] == 1 and rb["lower"] == r["lower"]
+
+
+def test_vector_range_uses_the_normalised_direction():
+    # v = (3, 4, 0) / 5: projections 0.6 and 0.8 -> mean 0.7, std 0.1
+    z = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    r = latent_ranges(z, eps=0.2, V=[3.0, 4.0, 0.0], with_basis=True)
+    assert r["mean"] == pytest.approx([0.7]) and r["std"] == pytest.approx([0.1])
+    assert r["lower"] == pytest.approx([0.4]) and r["upper"] == pytest.approx([1.0])
+    assert r["kind"] == "vector" and np.allclose(np.asarray(r["basis"]).ravel(), [0.6, 0.8, 0.0])
+    # the orientation is the user's: -v flips the projections
+    r2 = latent_ranges(z, eps=0.2, V=[-3.0, -4.0, 0.0])
+    assert r2["mean"] == pytest.approx([-0.7])
+
+
+def test_subspace_range_per_coordinate():
+    V = [[2.0, 0.0], [0.0, 0.0], [0.0, 3.0]]  # spans e0, e2 (positive orientation kept)
+    z = np.array([[1.0, 5.0, 10.0], [3.0, -5.0, 20.0]])
+    r = latent_ranges(z, eps=0.5, V=V, with_basis=True)
+    assert r["kind"] == "subspace" and r["k"] == 2
+    assert r["mean"] == pytest.approx([2.0, 15.0]) and r["std"] == pytest.approx([1.0, 5.0])
+    assert r["lower"] == pytest.approx([0.5, 9.5]) and r["upper"] == pytest.approx([3.5, 20.5])
+
+
+def test_eps_zero_and_single_seed():
+    r = latent_ranges([[2.0, 1.0]], eps=0.0, V=0)
+    assert r["lower"] == [2.0] and r["upper"] == [2.0] and r["std"] == [0.0]
+
+
+@pytest.mark.parametrize("bad", [
+    dict(z=[[1.0, 2.0]], eps=-1.0, V=0),
+    dict(z=[[1.0, 2.0]], eps=float("nan"), V=0),
+    dict(z=[[1.0, 2.0]], eps=0.1, V=5),
+    dict(z=[[1.0, 2.0]], eps=0.1, V=[1.0, 0.0, 0.0]),
+    dict(z=[[1.0, 2.0]], eps=0.1, V=[[1.0, 2.0], [2.0, 4.0]]),
+    dict(z=np.zeros((0, 2)), eps=0.1, V=0),
+])
+def test_bad_inputs_are_clear_errors(bad):
+    with pytest.raises(DeployError):
+        latent_ranges(bad["z"], bad["eps"], bad["V"])
+
+
+def test_projection_matches_direction_basis():
+    torch = pytest.importorskip("torch")
+    g = np.random.default_rng(0)
+    z = g.normal(size=(7, 5))
+    for d in (Direction.axis(3), Direction.vector(g.normal(size=5)), Direction.subspace(g.normal(size=(5, 3)))):
+        B = d.basis(5, dtype=torch.float64).numpy()
+        assert np.allclose(deploy.project(z, d), z @ B)
+
+
+# ------------------------------------------------------------------------ in_spec
+def _record(name, eps, verdict, z, V):
+    return {"nodeid": f"test_x.py::test_{name}_{eps}", "direction": name, "eps": eps, "verdict": verdict,
+            "latent_range": latent_ranges(z, eps, V, with_basis=True)}
+
+
+@pytest.fixture
+def sheet():
+    seeds = np.array([[0.0, 1.0, 0.0], [2.0, 0.0, 1.0]])  # axis 0: mean 1, std 1
+    records = [
+        _record("pose", 0.5, "proved", seeds, 0),            # range [-0.5, 2.5]
+        _record("pose", 1.5, "violated", seeds, 0),          # range [-1.5, 3.5], not proved
+        _record("light", 0.25, "proved", seeds, [0.0, 1.0, 1.0]),
+        _record("style", 0.0, "proved", seeds, [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]),
+        _record("hue", 1.0, "violated", seeds, 2),           # nothing proved along hue
+    ]
+    return {"schema_version": 1, "tests": records, "directions": directions_section(records)}
+
+
+def test_directions_section(sheet):
+    d = sheet["directions"]
+    assert d["pose"]["proved_eps"] == 0.5 and d["pose"]["latent_range"]["eps"] == 0.5
+    assert d["pose"]["latent_range"]["lower"] == [-0.5] and d["pose"]["latent_range"]["upper"] == [2.5]
+    assert [g["eps"] for g in d["pose"]["ranges"]] == [0.5, 1.5]
+    assert d["pose"]["axis"] == 0 and d["light"]["kind"] == "vector" and len(d["light"]["basis"]) == 3
+    assert d["hue"]["latent_range"] is None and d["hue"]["proved_eps"] is None
+    assert directions_section([], declared=["tilt"]) == {"tilt": {"proved_eps": None, "latent_range": None,
+                                                                  "ranges": []}}
+
+
+def test_in_spec_axis_boundaries(sheet):
+    z = np.array([[-0.5, 0.0, 0.0], [2.5, 0.0, 0.0], [-0.5000001, 0.0, 0.0], [2.5000001, 0, 0], [np.nan, 0, 0]])
+    out = in_spec(sheet, z, directions=["pose"])
+    assert out["pose"].tolist() == [True, True, False, False, False]
+    assert out["all"].tolist() == out["pose"].tolist()
+    assert set(out) == {"pose", "all"}
+
+
+def test_in_spec_every_recorded_direction(sheet):
+    z = np.array([[1.0, 0.5, 0.5], [1.0, 50.0, 0.5]])
+    out = in_spec(sheet, z)
+    assert set(out) == {"pose", "light", "style", "all"}  # hue has no proved range
+    assert out["pose"].tolist() == [True, True]
+    assert out["light"].tolist() == [True, False]
+    assert out["style"].tolist() == [True, False]
+    assert out["all"].tolist() == [True, False]
+    assert out["all"].dtype == bool
+
+
+def test_in_spec_at_a_recorded_eps(sheet):
+    z = np.array([[3.0, 0.0, 0.0]])
+    assert in_spec(sheet, z, ["pose"])["pose"].tolist() == [False]
+    assert in_spec(sheet, z, ["pose"], eps=1.5)["pose"].tolist() == [True]
+    with pytest.raises(DeployError, match="eps=0.7"):
+        in_spec(sheet, z, ["pose"], eps=0.7)
+
+
+def test_in_spec_single_code_and_sources(sheet, tmp_path):
+    from pytest_latentaudit.specsheet import SpecSheet
+
+    path = tmp_path / "sheet.json"
+    path.write_text(json.dumps(sheet))
+    for source in (sheet, str(path), path, SpecSheet(sheet)):
+        out = in_spec(source, [1.0, 0.0, 0.0], ["pose"])
+        assert out["pose"].shape == () and bool(out["pose"]) and bool(out["all"])
+    # a sheet without the directions section: rebuilt from the test records
+    bare = {"tests": sheet["tests"]}
+    assert in_spec(bare, [[1.0, 0.0, 0.0]], ["pose"])["pose"].tolist() == [True]
+
+
+def test_in_spec_errors(sheet):
+    with pytest.raises(DeployError, match="not in the spec sheet"):
+        in_spec(sheet, np.zeros((1, 3)), ["nope"])
+    with pytest.raises(DeployError, match="no proved test"):
+        in_spec(sheet, np.zeros((1, 3)), ["hue"])
+    with pytest.raises(DeployError, match="no verified latent range"):
+        in_spec({"tests": []}, np.zeros((1, 3)))
+    no_basis = json.loads(json.dumps(sheet))
+    for key in ("basis",):
+        no_basis["directions"]["light"].pop(key)
+        no_basis["directions"]["light"]["latent_range"].pop(key, None)
+    with pytest.raises(DeployError, match="bases="):
+        in_spec(no_basis, np.zeros((1, 3)), ["light"])
+    # ... which the caller can supply (e.g. from the LatentSpace)
+    ok = in_spec(no_basis, np.array([[0.0, 0.5, 0.5]]), ["light"], bases={"light": Direction.vector([0, 1.0, 1.0])})
+    assert ok["light"].tolist() == [True]
+    with pytest.raises(DeployError, match="numeric"):
+        in_spec(sheet, np.array([["a", "b", "c"]]), ["pose"])
+
+
+def test_in_spec_torch_in_torch_out(sheet):
+    torch = pytest.importorskip("torch")
+    z = torch.tensor([[1.0, 0.5, 0.5], [9.0, 0.0, 0.0]])
+    out = in_spec(sheet, z)
+    assert isinstance(out["all"], torch.Tensor) and out["all"].dtype == torch.bool
+    assert out["all"].tolist() == [True, False]
+    assert in_spec(sheet, z.numpy())["all"].tolist() == [True, False]
+    # [N, *shape] codes are flattened like audit() does
+    assert in_spec(sheet, z.reshape(2, 3, 1))["all"].tolist() == [True, False]
+
+
+def test_numpy_path_does_not_import_torch():
+    code = ("import sys, numpy as np\n"
+            "from pytest_latentaudit import deploy\n"
+            "r = [{'nodeid': 'a', 'direction': 'p', 'eps': 0.1, 'verdict': 'proved',\n"
+            "      'latent_range': deploy.latent_ranges(np.eye(3), 0.1, [1.0, 1.0, 0.0], with_basis=True)}]\n"
+            "out = deploy.in_spec({'tests': r}, np.eye(3))\n"
+            "assert out['all'].tolist() == [True, True, False], out\n"
+            "assert 'torch' not in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------------------ helpers
+def test_data_fingerprint():
+    z = np.arange(6, dtype=np.float64).reshape(2, 3)
+    fp = deploy.data_fingerprint(z)
+    assert fp.startswith("sha256:") and fp == deploy.data_fingerprint(z.astype(np.float32))
+    assert fp != deploy.data_fingerprint(z, labels=[0, 1])
+    assert fp != deploy.data_fingerprint(z.reshape(3, 2))
+    torch = pytest.importorskip("torch")
+    assert fp == deploy.data_fingerprint(torch.tensor(z))
+
+
+def test_certified_radius_summary():
+    s = certified_radius_summary([1.0, 2.0, 3.0, 4.0, float("inf"), float("nan")], bins=4)
+    assert s["n"] == 5 and s["eps_max"] == 4.0 and s["mean"] == pytest.approx(2.8)
+    assert s["quantiles"]["min"] == 1.0 and s["quantiles"]["median"] == 3.0 and s["quantiles"]["max"] == 4.0
+    assert s["histogram"] == {"edges": [0.0, 1.0, 2.0, 3.0, 4.0], "counts": [0, 1, 1, 3]}
+    capped = certified_radius_summary([1.0, 3.0], eps_max=2.0, bins=2)
+    assert capped["quantiles"]["max"] == 2.0 and capped["histogram"]["counts"] == [0, 2]
+    assert certified_radius_summary([])["n"] == 0
+
+
+def test_directions_section_radius_and_sweep_ranges():
+    seeds = np.array([[0.0], [2.0]])  # mean 1, std 1
+    small = _record("pose", 0.5, "proved", seeds, 0)
+    small["sweep"] = [{"eps": 0.25, "verdict": "proved"}, {"eps": 0.75, "verdict": "proved"},
+                      {"eps": 2.0, "verdict": "violated"}]
+    small["certified_radius"] = certified_radius_summary([0.8, 0.9], eps_max=1.0)
+    big = _record("pose", 3.0, "violated", seeds, 0)
+    big["certified_radius"] = certified_radius_summary([0.8, 0.9], eps_max=6.0)
+    d = directions_section([big, small])["pose"]
+    assert d["proved_eps"] == 0.75
+    assert d["latent_range"]["eps"] == 0.75 and d["latent_range"]["lower"] == [-0.75]
+    assert d["latent_range"]["upper"] == [2.75]
+    assert [(g["eps"], g["verdict"]) for g in d["ranges"]] == [(0.25, "proved"), (0.5, "proved"), (0.75, "proved"),
+                                                             (2.0, "violated"), (3.0, "violated")]
+    assert d["certified_radius"]["eps_max"] == 6.0 and d["certified_radius"]["nodeid"] == big["nodeid"]
