@@ -366,7 +366,6 @@ def certified_radius(model, seeds, labels=None, direction=None, spec: Spec = Non
         raise LatentAuditError("certified_radius uses engine 'ibp' or 'linear'")
     prep = _prepare(model, seeds, labels, direction, spec, latent_space, device)
     deadline = time.perf_counter() + (budget_s if budget_s is not None else float("inf"))
-    graph = get_graph(prep.model, prep.input_shape, device=prep.dev)
     lo = torch.zeros(prep.n, device=prep.dev)
     hi = torch.full((prep.n,), eps_max, device=prep.dev)
 
@@ -380,6 +379,10 @@ def certified_radius(model, seeds, labels=None, direction=None, spec: Spec = Non
         return torch.tensor([s == VERIFIED for s in ladder.status], device=prep.dev)
 
     with _eval_mode(model):
+        try:
+            graph = get_graph(prep.model, prep.input_shape, device=prep.dev)
+        except UnsupportedLayer:
+            return lo.cpu()  # nothing can be certified without bounds
         top = verified_at(hi)
         lo = torch.where(top, hi, lo)
         for _ in range(iters):

@@ -60,6 +60,9 @@ def pytest_report_header(config):
     return session.settings.header() if session else None
 
 
+_MISSING = object()
+
+
 class LatentAudit:
     """What the ``latent_audit`` fixture returns: call it with the model and the seeds."""
 
@@ -78,17 +81,22 @@ class LatentAudit:
         try:
             space = request.getfixturevalue(name)
         except pytest.FixtureLookupError:
+            space = _MISSING
+        if space is _MISSING:  # failed outside the except block so the message shows once
             pytest.fail(f"latent_audit needs a fixture named {name!r} that returns a LatentSpace "
                         f"(define it in conftest.py, or set the ini option latent_space_fixture)", pytrace=False)
         from .latent import LatentAuditError, LatentSpace
 
         if not isinstance(space, LatentSpace):
             pytest.fail(f"fixture {name!r} returned {type(space).__name__}, not a LatentSpace", pytrace=False)
+        error = None
         try:
             result, record, settings = session.run(request.node.nodeid, kwargs, space, model, seeds, labels,
                                                    overrides, cache=getattr(request.config, "cache", None))
         except (LatentAuditError, UsageError, TypeError, ValueError) as exc:
-            pytest.fail(f"latent_audit: {exc}", pytrace=False)
+            error = f"latent_audit: {exc}"
+        if error is not None:
+            pytest.fail(error, pytrace=False)
         request.node.stash[RECORD_KEY] = record
         if session.settings.junit_properties:
             for key in ("verdict", "eps", "direction"):

@@ -365,9 +365,11 @@ def estimated_verdict(status: Sequence[str], holds: Sequence[Optional[int]], sam
     else:
         fraction = lower = upper = 1.0
     alpha = 1.0 - c
+    n_unknown = sum(1 for s in status if s == UNKNOWN)  # fixed before sampling: a valid union bound
     if clean and samples:
-        # P(some clean seed fails on >= delta of its box) <= clean * (1 - delta)^samples = alpha
-        violation_mass = 1.0 - (alpha / clean) ** (1.0 / samples)
+        # P(some unknown seed failing on >= delta of its box has no failing sample)
+        #   <= n_unknown * (1 - delta)^samples = alpha
+        violation_mass = 1.0 - (alpha / n_unknown) ** (1.0 / samples)
     else:
         violation_mass = 0.0
     verdict = _decide(n, verified, falsified, q)

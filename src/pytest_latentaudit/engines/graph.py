@@ -102,6 +102,8 @@ def trace(model: nn.Module, input_shape: Tuple[int, ...], dtype=torch.float32, d
     """
     if not isinstance(model, nn.Module):
         raise UnsupportedLayer(type(model).__name__, "not a torch.nn.Module; only falsification applies")
+    if type(model).__module__.startswith("torch.nn") and not isinstance(model, nn.Sequential):
+        model = nn.Sequential(model)  # a bare layer (nn.Linear): trace it as a leaf, not through F.linear
     try:
         fx_graph = _Tracer().trace(model)
     except Exception as exc:  # noqa: BLE001 - fx raises many types; we report and fall back
@@ -125,6 +127,7 @@ def trace(model: nn.Module, input_shape: Tuple[int, ...], dtype=torch.float32, d
         _Recorder(gm).run(example)
 
     depends: Dict[torch.fx.Node, bool] = {}
+    shape_nodes: set = set()
     index: Dict[torch.fx.Node, int] = {}
     nodes: List[Node] = []
     layer_types: List[str] = []
@@ -166,7 +169,11 @@ def trace(model: nn.Module, input_shape: Tuple[int, ...], dtype=torch.float32, d
             continue  # constants and size arithmetic: folded into the ops that use them
         val = values[n]
         if not torch.is_tensor(val):
-            continue  # e.g. x.size(0): only feeds reshape arguments
+            if _is_shape_arithmetic(n, shape_nodes):
+                shape_nodes.add(n)
+                continue  # e.g. x.size(0): only feeds reshape arguments, recorded as shapes
+            # .item(), .tolist(), torch.sort's tuple...: freezing their trace value would be unsound
+            raise UnsupportedLayer(n.name, f"data-dependent Python value from {_target_name(n)}")
         data_args = [a for a in n.all_input_nodes if is_data(a) and torch.is_tensor(values[a])]
         name = str(n.target) if n.op == "call_module" else n.name
         op = _make_op(n, name, modules, data_args, args, const, values)
@@ -175,6 +182,29 @@ def trace(model: nn.Module, input_shape: Tuple[int, ...], dtype=torch.float32, d
 
     out_shape = nodes[-1].shape
     return BoundGraph(nodes, tuple(input_shape), out_shape, layer_types)
+
+
+_SHAPE_METHODS = {"size", "dim", "numel"}
+_SHAPE_ATTRS = {"shape", "ndim"}
+
+
+def _target_name(n) -> str:
+    t = n.target
+    return f".{t}()" if n.op == "call_method" else getattr(t, "__name__", str(t))
+
+
+def _is_shape_arithmetic(n, shape_nodes) -> bool:
+    """Whether a non-tensor value only describes shapes: x.size(), x.shape, x.dim() and
+    indexing or integer arithmetic on those (all fixed for a fixed per-sample shape)."""
+    if n.op == "call_method" and n.target in _SHAPE_METHODS:
+        return True
+    if n.op == "call_function" and n.target is getattr and len(n.args) > 1 and n.args[1] in _SHAPE_ATTRS:
+        return True
+    data_in = [a for a in n.all_input_nodes]
+    return (n.op == "call_function" and n.target in (operator.getitem, operator.mul, operator.add, operator.sub,
+                                                        operator.floordiv, operator.truediv)
+            and bool(data_in) and all(a in shape_nodes or a.op == "get_attr" for a in data_in
+                                      if a.op != "placeholder") and not any(a.op == "placeholder" for a in data_in))
 
 
 def op_inputs(op, data_args):

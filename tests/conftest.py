@@ -1,0 +1,122 @@
+"""Shared helpers for the pytest-latentaudit test suite.
+
+* ``PROJECT_CONFTEST`` / ``write_project``: a small pytester project whose conftest.py
+  defines a ``latent_space`` fixture (tiny decoder Linear -> Sigmoid -> Unflatten to
+  1x4x4 and four named directions), a tiny ReLU ``head`` whose class depends only on
+  latent coordinate 0, and a ``seeds`` fixture.
+* ``run_pytest``: run pytest in a subprocess on a directory and return a
+  ``pytest.RunResult`` (used by module-scoped fixtures that share one expensive run
+  between many assertions; pytester itself is function-scoped).
+* ``MODES`` / ``mode_args``: every integration test runs without xdist and with ``-n 2``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+JUNIT_XSD = HERE / "data" / "junit-10.xsd"
+
+MODES = ["serial", "xdist"]
+
+
+def mode_args(mode: str):
+    return ["-n", "2"] if mode == "xdist" else []
+
+
+# The head: logits y0 = z0 + 0.1(relu(z1) + relu(-z1)), y1 = -z0 + 0.1(...), so the
+# predicted class is 0 iff z0 > 0 and nothing but z0 matters. Seeds have |z0| >= 1, so a
+# test along an axis other than 0 holds for every eps, and along axis 0 it holds exactly
+# for eps < min |z0| = 1 and is violated for every seed once eps > max |z0| = 2.
+PROJECT_CONFTEST = textwrap.dedent('''
+    import pytest
+    import torch
+    from torch import nn
+
+    from pytest_latentaudit import Direction, LatentSpace
+
+    LATENT_DIM = 3
+
+
+    def make_head():
+        lin1, lin2 = nn.Linear(3, 4), nn.Linear(4, 2)
+        with torch.no_grad():
+            lin1.weight.copy_(torch.tensor([[1.0, 0, 0], [-1.0, 0, 0], [0, 1.0, 0], [0, -1.0, 0]]))
+            lin1.bias.zero_()
+            lin2.weight.copy_(torch.tensor([[1.0, -1.0, 0.1, 0.1], [-1.0, 1.0, 0.1, 0.1]]))
+            lin2.bias.zero_()
+        return nn.Sequential(lin1, nn.ReLU(), lin2)
+
+
+    def make_decoder():
+        g = torch.Generator().manual_seed(0)
+        lin = nn.Linear(LATENT_DIM, 16)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(16, LATENT_DIM, generator=g))
+            lin.bias.copy_(torch.randn(16, generator=g))
+        return nn.Sequential(lin, nn.Sigmoid(), nn.Unflatten(1, (1, 4, 4))).eval()
+
+
+    @pytest.fixture(scope="session")
+    def latent_space():
+        return LatentSpace(decoder=make_decoder(), directions={
+            "pose": Direction.axis(0),
+            "light": Direction.vector([0.0, 1.0, 1.0]),
+            "tilt": Direction.vector([1.0, 1.0, 0.0]),
+            "style": Direction.subspace([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]),
+        })
+
+
+    @pytest.fixture
+    def head():
+        return make_head()
+
+
+    @pytest.fixture
+    def seeds():
+        z = torch.tensor([[1.0, 0.5, 0.0], [-1.0, 0.0, 0.3], [1.5, -0.2, 0.1], [-2.0, 0.1, 0.1]])
+        return z, torch.tensor([0, 1, 0, 1])
+''')
+
+
+def write_project(root: Path, files: dict, conftest: str = PROJECT_CONFTEST) -> Path:
+    """Write ``conftest.py`` and ``files`` (name -> dedented source) under ``root``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if conftest is not None:
+        (root / "conftest.py").write_text(conftest)
+    for name, src in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(textwrap.dedent(src))
+    return root
+
+
+def run_pytest(cwd: Path, *args: str, env: dict | None = None, timeout: float = 240) -> pytest.RunResult:
+    """``python -m pytest *args`` in ``cwd`` (a subprocess), as a ``RunResult``."""
+    full_env = dict(os.environ)
+    full_env.pop("PYTEST_ADDOPTS", None)
+    full_env.pop("PYTEST_XDIST_WORKER", None)
+    full_env.update(env or {})
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *map(str, args)],
+                          cwd=str(cwd), capture_output=True, text=True, env=full_env, timeout=timeout)
+    return pytest.RunResult(proc.returncode, proc.stdout.splitlines(), proc.stderr.splitlines(),
+                            time.perf_counter() - t0)
+
+
+def load_sheet(path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def records_by_test(sheet: dict) -> dict:
+    """Spec-sheet records keyed by the test function name (last part of the node id)."""
+    return {r["nodeid"].split("::")[-1]: r for r in sheet["tests"]}

@@ -1,0 +1,386 @@
+"""Soundness of the native engines, checked against sampling on random small networks.
+
+A verifier's one job is never to claim a false proof: every sampled point of a box must
+lie inside its bounds, a verified box may hold no sampled violation, a counterexample must
+lie in its box and really violate the spec, and branch and bound may drop no sub-box.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from pytest_latentaudit import Direction, Invariance, OutputRange, Prediction, audit, verify_box
+from pytest_latentaudit.api import decide_verdict
+from pytest_latentaudit.engines.bounds import output_bounds
+from pytest_latentaudit.engines.graph import get_graph
+
+FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SLOW = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# ---------------------------------------------------------------------- random nets
+class Residual(nn.Module):
+    """``x + act(W x + b)`` (or ``x - ...``): exercises AddOp with a shared input."""
+
+    def __init__(self, d, act, sign):
+        super().__init__()
+        self.lin = nn.Linear(d, d)
+        self.act = act
+        self.sign = sign
+
+    def forward(self, x):
+        h = self.act(self.lin(x))
+        return x + h if self.sign > 0 else x - h
+
+
+def _act(kind):
+    return {"relu": nn.ReLU(), "leaky": nn.LeakyReLU(0.1), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid()}[kind]
+
+
+@st.composite
+def nets(draw, max_in=4):
+    in_dim = draw(st.integers(1, max_in))
+    n_out = draw(st.integers(2, 4))
+    seed = draw(st.integers(0, 2 ** 31 - 1))
+    blocks = draw(st.lists(st.tuples(st.sampled_from(["linear", "residual", "batchnorm"]),
+                                     st.sampled_from(["relu", "leaky", "tanh", "sigmoid"]),
+                                     st.integers(2, 6)), min_size=1, max_size=3))
+    g = torch.Generator().manual_seed(seed)
+    layers, d = [], in_dim
+    for kind, act, width in blocks:
+        if kind == "linear":
+            layers += [nn.Linear(d, width), _act(act)]
+            d = width
+        elif kind == "residual":
+            layers.append(Residual(d, _act(act), sign=1 if width % 2 else -1))
+        else:
+            bn = nn.BatchNorm1d(d)
+            with torch.no_grad():
+                bn.running_mean.copy_(torch.randn(d, generator=g))
+                bn.running_var.copy_(torch.rand(d, generator=g) * 2 + 0.1)
+                bn.weight.copy_(torch.randn(d, generator=g))
+                bn.bias.copy_(torch.randn(d, generator=g))
+            layers += [bn, _act(act)]
+    layers.append(nn.Linear(d, n_out))
+    model = nn.Sequential(*layers)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / max(1, m.in_features) ** 0.5 * 1.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
+    return model.eval(), in_dim, n_out, seed
+
+
+@st.composite
+def boxes(draw, in_dim, n=2):
+    """Centre ``[n, in_dim]`` and ``k`` random generators ``[n, k, in_dim]`` scaled by eps."""
+    k = draw(st.integers(1, 3))
+    eps = draw(st.floats(0.0, 2.0))
+    seed = draw(st.integers(0, 2 ** 31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    center = torch.randn(n, in_dim, generator=g)
+    gens = torch.randn(n, k, in_dim, generator=g) * eps / k
+    return center, gens
+
+
+def sample_box(center, gens, n_samples=256, seed=0):
+    """Random points and all corners of each zonotope box ``c + sum_j s_j G_j``."""
+    g = torch.Generator().manual_seed(seed)
+    n, k = gens.shape[:2]
+    s = torch.rand(n_samples, n, k, generator=g) * 2 - 1
+    corners = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0])] * k).reshape(-1, 1, k).expand(-1, n, k)
+    s = torch.cat([s, corners, torch.zeros(1, n, k)])
+    x = center[None] + torch.einsum("rnk,nkd->rnd", s, gens.reshape(n, k, -1)).reshape(s.shape[0], *center.shape)
+    return x  # [R, n, *S]
+
+
+def forward_all(model, x):
+    R, n = x.shape[:2]
+    with torch.no_grad():
+        y = model(x.reshape(R * n, *x.shape[2:]))
+    return y.reshape(R, n, *y.shape[1:])
+
+
+def assert_inside(y, lo, hi, rtol=1e-5):
+    tol = rtol * (1 + y.abs())
+    below = y < lo[None] - tol
+    above = y > hi[None] + tol
+    assert not bool(below.any()), f"sample below lower bound by {float((lo[None] - y).max()):.3g}"
+    assert not bool(above.any()), f"sample above upper bound by {float((y - hi[None]).max()):.3g}"
+
+
+# ------------------------------------------------------------- (a) and (b): bounds
+@FAST
+@given(data=st.data(), net=nets())
+def test_output_bounds_contain_samples_and_linear_is_tighter(data, net):
+    model, in_dim, n_out, _ = net
+    center, gens = data.draw(boxes(in_dim))
+    graph = get_graph(model, (in_dim,))
+    lo_i, hi_i = output_bounds(graph, center, gens, method="ibp")
+    lo_l, hi_l = output_bounds(graph, center, gens, method="linear")
+    assert lo_i.shape == lo_l.shape == (2, n_out)
+    y = forward_all(model, sample_box(center, gens))
+    assert_inside(y, lo_i, hi_i)
+    assert_inside(y, lo_l, hi_l)
+    tol = 1e-5 * (1 + torch.maximum(lo_i.abs(), hi_i.abs()))
+    assert bool((lo_l >= lo_i - tol).all()), "linear lower bound looser than IBP"
+    assert bool((hi_l <= hi_i + tol).all()), "linear upper bound looser than IBP"
+
+
+def test_bounds_are_tight_on_a_point():
+    """A zero-width box: bounds collapse to the model output (they are not trivially wide)."""
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).eval()
+    c = torch.randn(2, 3)
+    gens = torch.zeros(2, 1, 3)
+    graph = get_graph(model, (3,))
+    with torch.no_grad():
+        y = model(c)
+    for method in ("ibp", "linear"):
+        lo, hi = output_bounds(graph, c, gens, method=method)
+        assert torch.allclose(lo, y, atol=1e-4) and torch.allclose(hi, y, atol=1e-4)
+
+
+# ---------------------------------------------------------------- (c) verify_box
+@FAST
+@given(data=st.data(), net=nets(max_in=3), engine=st.sampled_from(["ibp", "linear", "bab", "auto"]))
+def test_verify_box_sound(data, net, engine):
+    model, in_dim, n_out, seed = net
+    g = torch.Generator().manual_seed(seed + 1)
+    n = 3
+    lower = torch.randn(n, in_dim, generator=g)
+    width = torch.rand(n, in_dim, generator=g) * data.draw(st.floats(0.0, 1.5))
+    width[:, data.draw(st.integers(0, in_dim - 1))] = 0.0  # one fixed coordinate
+    upper = lower + width
+    with torch.no_grad():
+        centre_pred = model((lower + upper) / 2).argmax(1)
+    labels = torch.where(torch.rand(n, generator=g) < 0.8, centre_pred, torch.randint(0, n_out, (n,), generator=g))
+    spec = Prediction(labels)
+    res = verify_box(model, lower, upper, spec, engine=engine, budget_s=0.25, seed=seed)
+    assert len(res.status) == n and set(res.status) <= {"verified", "falsified", "unknown"}
+
+    u = torch.rand(512, n, in_dim, generator=g)
+    x = lower[None] + u * (upper - lower)[None]
+    x = torch.cat([x, lower[None], upper[None]])
+    y = forward_all(model, x)
+    R = y.shape[0]
+    margin = spec.margin(y.reshape(R * n, -1), labels.repeat(R)).reshape(R, n)
+    # the reported bound is a proven upper bound of the spec margin over the whole box
+    worst = margin.amax(0)
+    finite = torch.isfinite(res.bound)
+    assert bool((worst[finite] <= res.bound[finite] + 1e-5 * (1 + res.bound[finite].abs())).all()), \
+        "a sampled margin exceeds the proven bound"
+    for i, s in enumerate(res.status):
+        if s == "verified":
+            assert float(margin[:, i].max()) < 0, f"box {i} verified but a sampled point violates"
+        if s == "falsified":
+            cex = res.counterexamples[i]
+            assert cex is not None
+            assert bool((cex >= lower[i]).all() and (cex <= upper[i]).all()), "counterexample outside its box"
+            with torch.no_grad():
+                yc = model(cex[None])
+            assert not bool(spec.holds(yc, labels[i:i + 1])[0]), "counterexample does not violate the spec"
+
+
+@FAST
+@given(data=st.data(), net=nets(max_in=4), spec_kind=st.sampled_from(["invariance", "accuracy"]),
+       engine=st.sampled_from(["linear", "bab", "auto", "falsify"]))
+def test_audit_sound(data, net, spec_kind, engine):
+    model, dim, n_out, seed = net
+    g = torch.Generator().manual_seed(seed + 2)
+    n = 3
+    z = torch.randn(n, dim, generator=g)
+    k = data.draw(st.integers(1, min(3, dim)))
+    direction = Direction.axis(data.draw(st.integers(0, dim - 1))) if k == 1 and data.draw(st.booleans()) \
+        else Direction.subspace(torch.randn(dim, k, generator=g))
+    eps = data.draw(st.floats(0.0, 1.0))
+    labels = torch.randint(0, n_out, (n,), generator=g)
+    from pytest_latentaudit import Accuracy
+
+    spec = Invariance() if spec_kind == "invariance" else Accuracy()
+    r = audit(model, z, labels, direction=direction, eps=eps, spec=spec, engine=engine, budget_s=0.5, seed=seed)
+    with torch.no_grad():
+        nominal = model(z).argmax(1)
+    expected = nominal if spec_kind == "invariance" else labels
+    V = direction.basis(dim)
+    k = V.shape[1]
+
+    t = (torch.rand(512, n, k, generator=g) * 2 - 1) * eps
+    corners = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0])] * k).reshape(-1, 1, k).expand(-1, n, k) * eps
+    t = torch.cat([t, corners])
+    x = z[None] + torch.einsum("rnk,dk->rnd", t, V)
+    y = forward_all(model, x)
+    R = y.shape[0]
+    worst = Prediction(expected.repeat(R)).margin(y.reshape(R * n, -1)).reshape(R, n).amax(0)
+    for i, b in enumerate(r.bound):
+        if b != float("inf"):
+            assert float(worst[i]) <= b + 1e-5 * (1 + abs(b)), "a sampled margin exceeds the proven bound"
+    for i, s in enumerate(r.status):
+        if s == "verified":
+            yi = y[:, i]
+            others = yi.clone()
+            others[:, expected[i]] = -torch.inf
+            assert bool((yi[:, expected[i]] > others.amax(1)).all()), f"seed {i} verified but a sample violates"
+    falsified = [i for i, s in enumerate(r.status) if s == "falsified"]
+    assert sorted(c.seed_index for c in r.counterexamples) == falsified
+    for c in r.counterexamples:
+        assert all(abs(v) <= eps * (1 + 1e-6) + 1e-7 for v in c.offset), "offset outside [-eps, eps]"
+        assert torch.allclose(c.z, z[c.seed_index] + V @ torch.tensor(c.offset), atol=1e-5)
+        with torch.no_grad():
+            yc = model(c.z[None])[0]
+        others = yc.clone()
+        others[expected[c.seed_index]] = -torch.inf
+        assert float(others.max()) >= float(yc[expected[c.seed_index]]), "counterexample keeps the label"
+        assert c.expected is None or c.expected == int(expected[c.seed_index])
+    assert r.verdict == decide_verdict(n, r.counts["verified"], r.counts["falsified"], spec.at_least)
+
+
+# ------------------------------------------------------- (d) branch and bound
+def hat_model(a, w, n_in=1):
+    """Two logits: y0 = w / 4 and y1 = a hat of height w / 2 on [a, a + w] (along x0).
+    Label 0 is violated exactly on (a + w / 4, a + 3 w / 4)."""
+    l1, l2 = nn.Linear(n_in, 3), nn.Linear(3, 2)
+    with torch.no_grad():
+        l1.weight.zero_()
+        l1.weight[:, 0] = 1.0
+        l1.bias.copy_(torch.tensor([-a, -a - w / 2, -a - w]))
+        l2.weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [1.0, -2.0, 1.0]]))
+        l2.bias.copy_(torch.tensor([w / 4, 0.0]))
+    return nn.Sequential(l1, nn.ReLU(), l2).eval()
+
+
+@SLOW
+@given(a=st.floats(0.05, 0.9), w=st.floats(1e-3, 2e-2), engine=st.sampled_from(["bab", "auto", "linear", "ibp"]))
+def test_narrow_violation_never_verified(a, w, engine):
+    model = hat_model(a, w)
+    with torch.no_grad():
+        assert int(model(torch.tensor([[a + w / 2]])).argmax()) == 1  # the violation is real
+    lower, upper = torch.tensor([[0.0]]), torch.tensor([[1.0]])
+    res = verify_box(model, lower, upper, Prediction(0), engine=engine, budget_s=1.0)
+    assert res.status[0] != "verified"
+    if res.status[0] == "falsified":
+        x = float(res.counterexamples[0][0])
+        assert a + w / 4 - 1e-6 <= x <= a + 3 * w / 4 + 1e-6
+
+
+def test_bab_proves_what_intervals_cannot_and_keeps_the_hole():
+    """2-D: the violation sits in a tiny region; all other sub-boxes verify. Branch and bound
+    must end at falsified (or unknown), never at verified, while the same box without the
+    hole is proved by splitting."""
+    a, w = 0.61, 2e-3
+    model = hat_model(a, w, n_in=2)
+    lower, upper = torch.tensor([[0.0, -1.0]]), torch.tensor([[1.0, 1.0]])
+    res = verify_box(model, lower, upper, Prediction(0), engine="bab", budget_s=3.0)
+    assert res.status[0] in ("falsified", "unknown")
+    # the region left of the hole is provable, but not by one interval pass over [0, a]
+    left = torch.tensor([[a - 0.3, 1.0]])
+    res_ibp = verify_box(model, lower, left, Prediction(0), engine="ibp", budget_s=3.0)
+    res_bab = verify_box(model, lower, left, Prediction(0), engine="bab", budget_s=3.0)
+    assert res_bab.status[0] == "verified"
+    assert res_ibp.status[0] in ("verified", "unknown")
+
+
+def test_data_dependent_python_scalar_is_not_frozen():
+    a, w = 0.5123, 1e-3
+
+    class ScaledHat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(1, 3), nn.Linear(3, 1)
+            with torch.no_grad():
+                self.l1.weight.fill_(1.0)
+                self.l1.bias.copy_(torch.tensor([-a, -a - w / 2, -a - w]))
+                self.l2.weight.copy_(torch.tensor([[1.0, -2.0, 1.0]]) * (2 / w))
+                self.l2.bias.zero_()
+
+        def forward(self, x):
+            s = x.tolist()[0][0]  # a data-dependent Python float
+            return self.l2(torch.relu(self.l1(x))) * s * 2
+
+    model = ScaledHat()
+    peak = torch.tensor([[a + w / 2]])
+    with torch.no_grad():
+        assert float(model(peak)) > 0.5  # a point of the box outside the range
+    res = verify_box(model, torch.tensor([[0.0]]), torch.tensor([[1.0]]), OutputRange(-0.5, 0.5), engine="linear")
+    assert res.status[0] != "verified"
+
+
+# ----------------------------------------------------------- (e) decoder graphs
+def decoder_classifier(seed):
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(
+        nn.Linear(3, 2 * 4 * 4), nn.Unflatten(1, (2, 4, 4)),
+        nn.ConvTranspose2d(2, 3, 4, stride=2, padding=1),  # 3 x 8 x 8
+        nn.BatchNorm2d(3), nn.ReLU(),
+        nn.Conv2d(3, 4, 3, padding=1), nn.Sigmoid(),
+        nn.AvgPool2d(2),  # 4 x 4 x 4
+        nn.Upsample(scale_factor=2, mode="nearest"),  # 4 x 8 x 8
+        nn.Conv2d(4, 2, 3, stride=2, padding=1), nn.Tanh(),  # 2 x 4 x 4
+        nn.Flatten(), nn.Linear(32, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        bn = model[3]
+        bn.running_mean.copy_(torch.randn(3, generator=g))
+        bn.running_var.copy_(torch.rand(3, generator=g) + 0.2)
+    return model.eval()
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2 ** 31 - 1), data=st.data())
+def test_decoder_graph_bounds_sound(seed, data):
+    model = decoder_classifier(seed)
+    center, gens = data.draw(boxes(3))
+    graph = get_graph(model, (3,))
+    y = forward_all(model, sample_box(center, gens, n_samples=64))
+    lo_i, hi_i = output_bounds(graph, center, gens, method="ibp")
+    lo_l, hi_l = output_bounds(graph, center, gens, method="linear")
+    assert_inside(y, lo_i, hi_i)
+    assert_inside(y, lo_l, hi_l)
+    tol = 1e-5 * (1 + torch.maximum(lo_i.abs(), hi_i.abs()))
+    assert bool((lo_l >= lo_i - tol).all()) and bool((hi_l <= hi_i + tol).all())
+
+
+def test_decoder_graph_audit_sound():
+    model = decoder_classifier(3)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 3, generator=g)
+    direction = Direction.subspace(torch.randn(3, 2, generator=g))
+    r = audit(model, z, direction=direction, eps=0.05, spec=Invariance(), engine="bab", budget_s=2.0)
+    assert r.notes == [], r.notes  # every layer of this graph has a bound operator
+    assert r.counts["verified"] >= 1  # small eps: the bounds must prove something
+    V = direction.basis(3)
+    with torch.no_grad():
+        nominal = model(z).argmax(1)
+        for i, s in enumerate(r.status):
+            if s == "verified":
+                t = (torch.rand(256, 2, generator=g) * 2 - 1) * 0.05
+                assert bool((model(z[i] + t @ V.T).argmax(1) == nominal[i]).all())
+
+
+# ------------------------------------------------------ unsupported layers: no proof
+class SoftmaxHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 3))
+        self.out = nn.Softmax(dim=1)
+
+    def forward(self, x):
+        return self.out(self.body(x))
+
+
+@pytest.mark.parametrize("engine", ["auto", "ibp", "linear", "bab"])
+def test_unsupported_layer_never_proves(engine):
+    """Softmax keeps the argmax, so the spec holds, but no bound operator exists: the
+    engines must fall back to falsification (a note names the layer), never prove."""
+    torch.manual_seed(0)
+    model = SoftmaxHead().eval()
+    z = torch.randn(3, 2)
+    r = audit(model, z, direction=Direction.axis(0), eps=1e-4, spec=Invariance(), engine=engine, budget_s=2.0)
+    assert r.counts["verified"] == 0 and r.verdict != "proved"
+    assert any("Softmax" in n or "'out'" in n for n in r.notes), r.notes
+    res = verify_box(model, z - 1e-4, z + 1e-4, Prediction(model(z).argmax(1)), engine=engine, budget_s=2.0)
+    assert "verified" not in res.status
+    assert any("Softmax" in n or "'out'" in n for n in res.notes), res.notes
