@@ -126,7 +126,7 @@ def test_ladder_reports_the_rung_that_decided_each_seed():
                 spec=Accuracy(0.5), budget_s=30)
     rungs = res.rungs()
     assert sum(rungs.values()) == res.counts["verified"] + res.counts["falsified"]
-    assert set(rungs) <= {"attack", "ibp", "linear", "bab", "bab-attack", "sampling", "exact"}
+    assert set(rungs) <= {"attack", "ibp", "linear", "bab", "bab-attack", "sampling", "exact", "replay", "blackbox"}
     for s, r in zip(res.status, res.rung):
         assert (r == "") == (s == "unknown")
 

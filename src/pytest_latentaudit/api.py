@@ -17,7 +17,7 @@ from .engines.problem import Problem
 from .latent import Direction, LatentAuditError, LatentSpace
 from .specs import Accuracy, Invariance, Prediction, Spec, as_spec
 
-PROVED, VIOLATED, UNPROVEN = "proved", "violated", "unproven"
+PROVED, VIOLATED, UNPROVEN, ESTIMATED = "proved", "violated", "unproven", "estimated"
 
 
 # ----------------------------------------------------------------------------- results
@@ -72,6 +72,9 @@ class AuditResult:
     #: the failing sub-intervals of t (None where the exact engine did not run)
     segment_fraction: Optional[List[Optional[float]]] = None
     bad_intervals: Optional[List[list]] = None
+    #: sampling evidence (stats.estimated_verdict): fraction of the seeds' boxes where the
+    #: spec holds, with a Clopper-Pearson interval; drives the ``estimated`` verdict
+    estimate: Optional[dict] = None
 
     @property
     def counts(self) -> Dict[str, int]:
@@ -397,14 +400,17 @@ def certified_radius(model, seeds, labels=None, direction=None, spec: Spec = Non
 def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spec = None, *,
           latent_space: Optional[LatentSpace] = None, engine: str = "auto", device="auto",
           budget_s: Optional[float] = None, seed: int = 0, precision: str = "float32",
-          replay: Optional[Sequence] = None, attack: str = "sign") -> AuditResult:
+          replay: Optional[Sequence] = None, attack: str = "sign", confidence: float = 0.99) -> AuditResult:
     """Run a semantic unit test: every seed ``z0`` moved by ``V t``, ``t in [-eps, eps]^k``.
 
     ``seeds`` is ``[N, latent_dim]`` (or a ``(z, labels)`` pair); ``direction`` a
     ``Direction``, a name declared by ``latent_space`` or a ``[d]``/``[d, k]`` tensor.
     ``replay``: ``[(seed_index, t)]`` counterexamples of an earlier run, re-checked first.
-    ``attack``: ``"sign"`` (PGD) or ``"adam"``.
+    ``attack``: ``"sign"`` (PGD), ``"adam"`` or ``"blackbox"`` (gradient-free).
+    ``confidence``: of the sampling interval behind an ``estimated`` verdict.
     """
+    if attack not in ("sign", "adam", "blackbox"):
+        raise LatentAuditError(f"unknown attack {attack!r}; use sign, adam or blackbox")
     t0 = time.perf_counter()
     spec = as_spec(spec if spec is not None else Invariance())
     eps = check_eps(eps)
@@ -431,10 +437,17 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
             margin=float(out.cex_margin[i]), z=x.detach().cpu(), z0=z[i].detach().cpu()))
     counts = {s: out.status.count(s) for s in (VERIFIED, FALSIFIED)}
     verdict = decide_verdict(n, counts[VERIFIED], counts[FALSIFIED], spec.at_least)
+    estimate = None
+    if out.sample_holds is not None:
+        from .stats import estimated_verdict
+
+        estimate = estimated_verdict(out.status, out.sample_holds, out.sample_n, spec.at_least, confidence)
+        if verdict == UNPROVEN and estimate["verdict"] == ESTIMATED:
+            verdict = ESTIMATED
     return AuditResult(verdict=verdict, status=out.status, rung=out.rung, n=n, at_least=spec.at_least,
                        seconds=time.perf_counter() - t0, engine=name, direction=dname, eps=eps,
                        spec=spec.describe(), counterexamples=cexs, bound=out.bound.cpu().tolist(),
-                       notes=notes + out.notes, **_segment_fields(out))
+                       notes=notes + out.notes, estimate=estimate, **_segment_fields(out))
 
 
 def _segment_fields(out) -> dict:

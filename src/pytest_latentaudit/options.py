@@ -21,6 +21,8 @@ OPTIONS = {
     "budget": ("time budget per latent test, in seconds", "60"),
     "spec_sheet": ("write the spec sheet JSON to this path", ""),
     "unproven": ("what an unproven verdict does: fail, xfail or skip", "fail"),
+    "estimated": ("what an estimated verdict (sampling evidence only, with a confidence interval) does: "
+                  "pass, fail, xfail or skip", "fail"),
     "seed": ("random seed for attacks and sampling (per test: derived from this and the node id)", "0"),
     "artifacts": ("directory for counterexample images (default: next to the spec sheet)", ""),
     "precision": ("bound arithmetic: float32 (with a safety margin) or float64", "float32"),
@@ -73,6 +75,13 @@ def valid_unproven(value: str) -> str:
     return v
 
 
+def valid_estimated(value: str) -> str:
+    v = str(value).strip().lower()
+    if v not in ("pass",) + UNPROVEN_ACTIONS:
+        raise UsageError(f"unknown action for estimated verdicts {value!r}; choose pass, fail, xfail or skip")
+    return v
+
+
 def valid_seed(value) -> int:
     try:
         return int(value)
@@ -100,7 +109,7 @@ def valid_percent(value) -> Optional[float]:
 
 
 VALIDATORS = {"engine": valid_engine, "device": valid_device, "budget": valid_budget,
-              "unproven": valid_unproven, "seed": valid_seed, "precision": valid_precision,
+              "unproven": valid_unproven, "estimated": valid_estimated, "seed": valid_seed, "precision": valid_precision,
               "coverage_fail_under": valid_percent}
 
 
@@ -111,6 +120,7 @@ class Settings:
     budget: Optional[float] = 60.0
     spec_sheet: Optional[Path] = None
     unproven: str = "fail"
+    estimated: str = "fail"
     seed: int = 0
     artifacts: Optional[Path] = None
     precision: str = "float32"
@@ -123,7 +133,7 @@ class Settings:
     def header(self) -> str:
         budget = "none" if self.budget is None else f"{self.budget:g}s"
         parts = [f"engine={self.engine}", f"device={self.device}", f"budget={budget}",
-                 f"unproven={self.unproven}", f"seed={self.seed}", f"precision={self.precision}"]
+                 f"unproven={self.unproven}", f"estimated={self.estimated}", f"seed={self.seed}", f"precision={self.precision}"]
         if self.spec_sheet:
             parts.append(f"spec-sheet={self.spec_sheet}")
         return "latentaudit: " + " ".join(parts)
@@ -136,9 +146,9 @@ class Settings:
         return None
 
     def override(self, marker_kwargs: Dict[str, Any]) -> "Settings":
-        """Apply a marker's engine/budget/device/unproven/precision keyword arguments."""
+        """Apply a marker's engine/budget/device/unproven/estimated/precision keyword arguments."""
         changes = {}
-        for key in ("engine", "device", "budget", "unproven", "precision"):
+        for key in ("engine", "device", "budget", "unproven", "estimated", "precision"):
             if key in marker_kwargs and marker_kwargs[key] is not None:
                 changes[key] = VALIDATORS[key](marker_kwargs[key])
         return replace(self, **changes) if changes else self

@@ -12,8 +12,8 @@ from .options import OPTIONS, Settings, UsageError, from_config
 SESSION_KEY = pytest.StashKey["LatentSession"]()
 RECORD_KEY = pytest.StashKey[dict]()
 
-MARKER_DOC = ("latent(direction, eps, spec, engine=None, budget=None, device=None, unproven=None, precision=None, "
-              "attack='sign'|'adam', sweep=[eps, ...], radius=True): "
+MARKER_DOC = ("latent(direction, eps, spec, engine=None, budget=None, device=None, unproven=None, estimated=None, "
+              "precision=None, attack='sign'|'adam'|'blackbox', sweep=[eps, ...], radius=True): "
               "a semantic unit test run by the latent_audit fixture: the spec must hold for every variation of at "
               "most eps along the named direction of the latent space. sweep records extra radii for the "
               "spec sheet's curve without changing pass/fail; radius records each seed's largest certified "
@@ -25,7 +25,7 @@ def pytest_addoption(parser):
     flags = {
         "engine": dict(metavar="ENGINE"), "device": dict(metavar="auto|cpu|cuda"),
         "budget": dict(metavar="SECONDS"), "spec_sheet": dict(metavar="PATH"),
-        "unproven": dict(metavar="fail|xfail|skip"), "seed": dict(metavar="INT"),
+        "unproven": dict(metavar="fail|xfail|skip"), "estimated": dict(metavar="pass|fail|xfail|skip"), "seed": dict(metavar="INT"),
         "artifacts": dict(metavar="DIR"), "precision": dict(metavar="float32|float64"),
         "report": dict(metavar="PATH"), "coverage_fail_under": dict(metavar="PCT"),
         "compare": dict(metavar="OLD_SHEET"),
@@ -107,13 +107,15 @@ class LatentAudit:
 
         if record["verdict"] == "violated":
             pytest.fail(failure_message(record), pytrace=False)
-        if record["verdict"] == "unproven":
+        if record["verdict"] in ("unproven", "estimated"):
+            action = settings.unproven if record["verdict"] == "unproven" else settings.estimated
             msg = failure_message(record)
-            if settings.unproven == "xfail":
+            if action == "xfail":
                 pytest.xfail(msg)
-            elif settings.unproven == "skip":
+            elif action == "skip":
                 pytest.skip(msg)
-            pytest.fail(msg, pytrace=False)
+            elif action == "fail":
+                pytest.fail(msg, pytrace=False)
         return result
 
 
@@ -193,7 +195,7 @@ def _junit_suite_properties(config, records):
     for r in records:
         verdicts[r["verdict"]] = verdicts.get(r["verdict"], 0) + 1
     xml.add_global_property("latentaudit_tests", len(records))
-    for v in ("proved", "violated", "unproven"):
+    for v in ("proved", "violated", "unproven", "estimated"):
         xml.add_global_property(f"latentaudit_{v}", verdicts.get(v, 0))
     for r in sorted(records, key=lambda r: r["nodeid"]):
         c = r["counts"]

@@ -23,6 +23,11 @@ def failure_message(rec: dict) -> str:
         f"latent spec {rec['verdict'].upper()}: {rec['spec_text']} along {rec['direction']!r}, eps={rec['eps']:g}",
         f"  {counts_line(rec)}",
     ]
+    est = rec.get("estimate")
+    if est:
+        lines.append(f"  sampling evidence: {est['samples']} sampled variations; the spec holds on "
+                     f"{_pct(est['fraction'])} of them, [{_pct(est['lower'])}, {_pct(est['upper'])}] at "
+                     f"{_pct(est['confidence'])} confidence (estimated, not proved)")
     if rec.get("rungs"):
         lines.append("  decided by: " + ", ".join(f"{k} {v}" for k, v in sorted(rec["rungs"].items())))
     cexs = rec.get("counterexamples") or []

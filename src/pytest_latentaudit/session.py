@@ -45,6 +45,14 @@ def _segment_summary(result) -> Optional[dict]:
             "exact": True}
 
 
+def _estimate_json(est: Optional[dict]) -> Optional[dict]:
+    if not est:
+        return None
+    keys = ("verdict", "fraction", "lower", "upper", "confidence", "samples", "samples_per_seed",
+            "seed_lower", "violation_mass")
+    return {k: est[k] for k in keys if k in est}
+
+
 def evidence(result) -> str:
     """How strong the test's evidence is: exact (every seed decided by exact segments),
     proved, violated, or unproven."""
@@ -205,6 +213,7 @@ class LatentSession:
             "counterexamples": cex_json,
             "notes": result.notes,
             "segment": _segment_summary(result),
+            "estimate": _estimate_json(result.estimate),
             "spec_sheet": str(settings.spec_sheet) if settings.spec_sheet else None,
             "declared_directions": sorted(latent_space.directions) if latent_space is not None else [],
         }
@@ -236,7 +245,8 @@ class LatentSession:
                 self.messages.append((f"latent compare: no baseline ({exc}); nothing compared", False))
         self.sheet = SpecSheet.build(self.records, tool_version=__version__, rootdir=self.rootdir,
                                      settings={"engine": s.engine, "device": s.device, "budget": s.budget,
-                                               "seed": s.seed, "unproven": s.unproven, "precision": s.precision})
+                                               "seed": s.seed, "unproven": s.unproven, "estimated": s.estimated,
+                                          "precision": s.precision})
         if s.spec_sheet is None:
             return None
         return self.sheet.save(s.spec_sheet)

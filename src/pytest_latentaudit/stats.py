@@ -319,7 +319,8 @@ def estimated_verdict(status: Sequence[str], holds: Sequence[Optional[int]], sam
     (so ``A >= lower`` holds with probability >= ``confidence``); ``samples`` is the total
     number of sampled points. ``seed_lower`` and ``violation_mass``: with probability >=
     ``confidence``, every seed that is verified or had no sampled violation fails on less
-    than ``violation_mass`` of its box, and those seeds are a fraction ``seed_lower`` of all.
+    than ``violation_mass`` of its box (a union bound over the sampled seeds), and those
+    seeds are a fraction ``seed_lower`` of all.
     """
     c = _check_conf(confidence)
     q = float(at_least)
@@ -365,11 +366,11 @@ def estimated_verdict(status: Sequence[str], holds: Sequence[Optional[int]], sam
     else:
         fraction = lower = upper = 1.0
     alpha = 1.0 - c
-    n_unknown = sum(1 for s in status if s == UNKNOWN)  # fixed before sampling: a valid union bound
     if clean and samples:
-        # P(some unknown seed failing on >= delta of its box has no failing sample)
-        #   <= n_unknown * (1 - delta)^samples = alpha
-        violation_mass = 1.0 - (alpha / n_unknown) ** (1.0 / samples)
+        # union bound over every sampled seed (a set fixed before sampling, so the bound is
+        # valid whatever the statuses say afterwards): P(some sampled seed failing on >= delta
+        # of its box has no failing sample) <= n_sampled * (1 - delta)^samples = alpha
+        violation_mass = 1.0 - (alpha / n_sampled) ** (1.0 / samples)
     else:
         violation_mass = 0.0
     verdict = _decide(n, verified, falsified, q)

@@ -190,7 +190,7 @@ def check_independence(seeds, direction, eps: float, probes: Mapping[str, object
 
     Per probe: ``effect`` = mean over seeds of ``|p(z0 + eps v) - p(z0 - eps v)| / 2``
     divided by the probe's standard deviation over the seeds (attribute change in units of
-    its natural spread), and ``relative`` = that change over the target probe's change
+    its natural spread), and ``relative`` = that effect over the target probe's effect
     (when a target is given); for linear probes also ``cosine`` between the direction and
     the probe normal. A non-target probe is flagged when ``effect > max_effect`` (default
     0.5 std) or, with a target, ``relative > max_relative`` (default 0.5). For a subspace
@@ -218,10 +218,10 @@ def check_independence(seeds, direction, eps: float, probes: Mapping[str, object
         if normal is not None:
             r["cosine"] = _f(torch.linalg.vector_norm(V.T @ normal.to(V)))
         results[name] = r
-    if target is not None:
-        t_change = results[target]["change"]
+    if target is not None:  # in units of each attribute's spread, so units cancel
+        t_effect = results[target]["effect"]
         for name, r in results.items():
-            r["relative"] = _f(r["change"] / t_change) if t_change > 0 else float("inf")
+            r["relative"] = _f(r["effect"] / t_effect) if t_effect > 0 else float("inf")
     problems = []
     for name, r in results.items():
         if name == target:

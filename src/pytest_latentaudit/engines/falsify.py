@@ -65,53 +65,50 @@ def attack(problem: Problem, idx: torch.Tensor, tl: torch.Tensor, tu: torch.Tens
     R = U.shape[0]
     mid, half = (tl + tu) / 2, (tu - tl) / 2
 
-    rep_idx = idx.repeat(R)
-    u = U.repeat_interleave(n, 0).clone()  # [R * n, k]
-    mid_r, half_r = mid.repeat(R, 1), half.repeat(R, 1)
-
-    def evaluate(u_):
-        t_ = mid_r + half_r * u_
-        return t_, problem.margin(problem.model_forward(problem.point(rep_idx, t_)), rep_idx)
-
-    def record(t_, m_):
-        nonlocal best_t, best_m
-        m_ = m_.detach().reshape(R, n)
-        r_best = m_.argmax(0)
-        cand = m_.gather(0, r_best[None])[0]
-        better = cand > best_m
-        best_m = torch.where(better, cand, best_m)
-        best_t = torch.where(better[:, None], t_.detach().reshape(R, n, k)[r_best, torch.arange(n)], best_t)
-
+    # rows are (start r, box j); `box` maps each row to its box so found boxes leave the batch
+    box = torch.arange(n, device=dev).repeat(R)
+    u = U.repeat_interleave(n, 0).clone()
+    m1, m2 = torch.zeros_like(u), torch.zeros_like(u)
     step = 0.5
-    m1 = torch.zeros_like(u)
-    m2 = torch.zeros_like(u)
     for it in range(steps + 1):
-        u.requires_grad_(True)
         with torch.enable_grad():
-            t_, m = evaluate(u)
+            u.requires_grad_(True)
+            t_ = mid[box] + half[box] * u
+            m = problem.margin(problem.model_forward(problem.point(idx[box], t_)), idx[box])
             grad = None
             if it < steps and m.requires_grad:
                 (grad,) = torch.autograd.grad(m.sum(), u)
-        record(t_, m)
-        if bool((best_m > 0).all()) or it == steps or (deadline is not None and time.perf_counter() > deadline):
+        u = u.detach()
+        m = m.detach()
+        # best row per box (scatter-max over rows)
+        cur = torch.full((n,), -torch.inf, dtype=dt, device=dev).scatter_reduce(0, box, m, "amax")
+        better = cur > best_m
+        if bool(better.any()):
+            is_best = (m == cur[box]) & better[box]
+            rows = torch.nonzero(is_best).reshape(-1)
+            best_t[box[rows]] = t_.detach()[rows]
+            best_m = torch.where(better, cur, best_m)
+        open_ = ~(best_m >= 0)[box]  # a tie may already violate: confirm() decides
+        if it == steps or not bool(open_.any()) or (deadline is not None and time.perf_counter() > deadline):
             break
-        if grad is None:  # the model is not differentiable: fall back to random moves
-            grad = torch.randn(u.shape, generator=generator, dtype=dt).to(dev)
-        with torch.no_grad():
-            if method == "adam":
-                m1 = 0.9 * m1 + 0.1 * grad
-                m2 = 0.999 * m2 + 0.001 * grad * grad
-                upd = (m1 / (1 - 0.9 ** (it + 1))) / ((m2 / (1 - 0.999 ** (it + 1))).sqrt() + 1e-12)
-                u = (u + 0.2 * upd).clamp(-1.0, 1.0)
-            else:
-                u = (u + step * grad.sign()).clamp(-1.0, 1.0)
+        box, u, m1, m2 = box[open_], u[open_], m1[open_], m2[open_]
+        g = None if grad is None else grad[open_]
+        if g is None:
+            g = torch.randn(u.shape, generator=generator, dtype=dt).to(dev)  # not differentiable: random moves
+        flat = (g.abs().sum(1) == 0)[:, None]  # flat margin (dead ReLUs, rounding): move at random
+        if bool(flat.any()):
+            g = torch.where(flat, torch.randn(u.shape, generator=generator, dtype=dt).to(dev), g)
+        if method == "adam":
+            m1 = 0.9 * m1 + 0.1 * g
+            m2 = 0.999 * m2 + 0.001 * g * g
+            upd = (m1 / (1 - 0.9 ** (it + 1))) / ((m2 / (1 - 0.999 ** (it + 1))).sqrt() + 1e-12)
+            u = (u + 0.2 * upd).clamp(-1.0, 1.0)
+        else:
+            u = (u + step * g.sign()).clamp(-1.0, 1.0)
         step = max(step * 0.85, 0.02)
-    u = u.detach()
 
-    cand = best_m > 0
     ok, x, margin, t = confirm(problem, idx, best_t, tl, tu)
-    found = cand & ok
-    return Found(found, t, x, margin)
+    return Found((best_m >= 0) & ok, t, x, margin)
 
 
 def sample(problem: Problem, idx: torch.Tensor, tl: torch.Tensor, tu: torch.Tensor, n_samples: int,
@@ -136,4 +133,4 @@ def sample(problem: Problem, idx: torch.Tensor, tl: torch.Tensor, tu: torch.Tens
             best_t = torch.where(better[:, None], t[a, torch.arange(n)], best_t)
             done += r
     ok, x, margin, t = confirm(problem, idx, best_t, tl, tu)
-    return Found((best_m > 0) & ok, t, x, margin)
+    return Found((best_m >= 0) & ok, t, x, margin)

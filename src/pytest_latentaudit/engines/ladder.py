@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from . import falsify
+from . import blackbox, falsify
 from .bounds import spec_upper_bound
 from .forms import tolerance
 from .graph import BoundGraph
@@ -42,6 +42,9 @@ class Outcome:
     fraction: Optional[torch.Tensor] = None
     bad_intervals: Optional[List[list]] = None
     bab_boxes: int = 0
+    #: uniform samples per seed that satisfied the spec (None: seed verified, not sampled)
+    sample_holds: Optional[List[Optional[int]]] = None
+    sample_n: int = 0
     notes: List[str] = field(default_factory=list)
 
 
@@ -80,6 +83,8 @@ class Ladder:
         self.notes: List[str] = []
         self.bab_boxes = 0
         self.fraction = torch.full((n,), torch.nan, dtype=torch.float64)
+        self.sample_holds: Optional[List[Optional[int]]] = None
+        self.sample_n = 0
         self.bad_intervals: List[list] = [[] for _ in range(n)]
 
     # ----------------------------------------------------------------------- helpers
@@ -154,8 +159,9 @@ class Ladder:
         idx = self.undecided()
         if idx.numel() == 0:
             return
-        found = falsify.attack(self.p, idx, self.p.tl[idx], self.p.tu[idx], steps=steps, restarts=restarts,
-                               deadline=self.deadline, generator=self.gen, method=self.attack_method)
+        fn = blackbox.attack if self.attack_method == "blackbox" else falsify.attack
+        found = fn(self.p, idx, self.p.tl[idx], self.p.tu[idx], steps=steps, restarts=restarts,
+                   deadline=self.deadline, generator=self.gen, method=self.attack_method)
         self._mark_falsified(idx, found, rung)
 
     def run_bound(self, method, rung):
@@ -269,12 +275,23 @@ class Ladder:
                 self.status[i], self.rung[i] = VERIFIED, "exact"
                 self.bound[i] = min(float(self.bound[i]), float(res.max_margin[j]))
 
-    def run_sampling(self, n_samples=256):
-        idx = self.undecided()
+    def run_sampling(self, n_samples=256, confidence=0.99):
+        """Uniform samples of every seed not verified (falsified ones too, so the estimate
+        of the holding fraction is unbiased): finds counterexamples and gives the
+        statistical evidence behind an ``estimated`` verdict."""
+        from .. import stats
+
+        p = self.p
+        idx = torch.tensor([i for i, s in enumerate(self.status) if s != VERIFIED], dtype=torch.long,
+                           device=p.tl.device)
         if idx.numel() == 0:
             return
-        found = falsify.sample(self.p, idx, self.p.tl[idx], self.p.tu[idx], n_samples, generator=self.gen)
-        self._mark_falsified(idx, found, "sampling")
+        est = stats.estimate_box_fraction(p, idx, n_samples, confidence, self.gen)
+        v = torch.as_tensor(est.violated, device=idx.device)
+        if bool(v.any()):
+            ok, x, m, t = falsify.confirm(p, idx[v], est.cex_t[v], p.tl[idx[v]], p.tu[idx[v]])
+            self._mark_falsified(idx[v], falsify.Found(ok, t, x, m), "sampling")
+        self.sample_holds, self.sample_n = est.holds_by_seed(p.n), n_samples
 
     # -------------------------------------------------------------------------- run
     def run(self) -> Outcome:
@@ -297,7 +314,16 @@ class Ladder:
                 self.run_bab()
         if not self.out_of_time():
             self.run_attack(steps=30, restarts=4, rung="attack")
+        if self.graph is None and self.bound_fn is None and self.attack_method != "blackbox" \
+                and not self.out_of_time():
+            # no bounds and maybe no gradients (a wrapped callable): a gradient-free search too
+            idx = self.undecided()
+            if idx.numel():
+                found = blackbox.attack(self.p, idx, self.p.tl[idx], self.p.tu[idx], deadline=self.deadline,
+                                        generator=self.gen)
+                self._mark_falsified(idx, found, "blackbox")
         if not self.out_of_time():
             self.run_sampling()
         return Outcome(self.status, self.rung, self.bound, self.cex_t, self.cex_x, self.cex_margin,
-                       self.fraction, self.bad_intervals, self.bab_boxes, self.notes)
+                       fraction=self.fraction, bad_intervals=self.bad_intervals, bab_boxes=self.bab_boxes,
+                       sample_holds=self.sample_holds, sample_n=self.sample_n, notes=self.notes)
