@@ -47,7 +47,11 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=10.0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-lirpa", action="store_true")
+    ap.add_argument("--lirpa-methods", default="ibp,crown,alpha-crown")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
     model = head().to(dev)
     torch.manual_seed(1)
@@ -70,7 +74,7 @@ def main(argv=None):
                                         budget_s=args.budget), dev)
         rows.append((f"native {engine}", t, r.counts(), r))
     if not args.no_lirpa:
-        for method in ("ibp", "crown", "alpha-crown"):
+        for method in args.lirpa_methods.split(","):
             try:
                 r, t = timed(lambda: verify_box(model, lower, upper, spec, engine=f"auto_lirpa:{method}",
                                                 device=dev, budget_s=600), dev)

@@ -17,7 +17,7 @@ torch only (no scikit-learn needed).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional
 
 import torch
 
@@ -178,7 +178,7 @@ def _jacobians(decoder: Callable, z: torch.Tensor, chunk: int = 64) -> torch.Ten
 
     out = []
     try:
-        jac = torch.func.vmap(torch.func.jacfwd(f))
+        jac = torch.func.vmap(torch.func.jacrev(f))
         for i in range(0, z.shape[0], chunk):
             out.append(jac(z[i:i + chunk]))
         return torch.cat(out)

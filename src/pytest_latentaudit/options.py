@@ -16,7 +16,7 @@ UNPROVEN_ACTIONS = ("fail", "xfail", "skip")
 
 # name: (ini help, default)
 OPTIONS = {
-    "engine": ("proof engine: auto, ibp, linear, bab, falsify or auto_lirpa:<method>", "auto"),
+    "engine": ("proof engine: auto, ibp, linear, bab, exact, falsify or auto_lirpa:<method>", "auto"),
     "device": ("device for bounds and attacks: auto (CUDA when present), cpu or cuda", "auto"),
     "budget": ("time budget per latent test, in seconds", "60"),
     "spec_sheet": ("write the spec sheet JSON to this path", ""),

@@ -53,7 +53,7 @@ true class, upper bounds for the others), which is looser.
 from __future__ import annotations
 
 import math
-import operator
+import weakref
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -204,30 +204,45 @@ def layers_of(head: nn.Module) -> list:
 
 
 def _check_chain(layers, head, z):
-    """Reshape tricks in a custom forward would make the chain wrong: compare once."""
-    with torch.no_grad():
-        y = head(z[:2])
-        x = z[:2]
-        for layer in layers:
-            x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, _Linear) else layer.op.f(x)
+    """Reshape tricks in a custom forward would make the chain wrong: compare once (in eval
+    mode, as the bounds assume)."""
+    was = head.training
+    head.eval()
+    try:
+        with torch.no_grad():
+            y = head(z[:2])
+            x = z[:2]
+            for layer in layers:
+                x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, _Linear) else layer.op.f(x)
+    finally:
+        head.train(was)
     if y.shape != x.shape or not torch.allclose(y, x, rtol=1e-4, atol=1e-5):
         raise UnsupportedLayer(type(head).__name__, "its forward is not the chain of its layers")
 
 
-_CHAIN_CACHE: Dict[int, Tuple[object, list]] = {}
+# head -> (structure fingerprint, layers); weak, so a cached head can be garbage-collected
+_CHAIN_CACHE: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, list]]" = weakref.WeakKeyDictionary()
+
+
+def _structure(head: nn.Module) -> tuple:
+    return tuple(id(m) for m in head.modules())
 
 
 def _layers_checked(head, z):
-    key = id(head)
-    hit = _CHAIN_CACHE.get(key)
-    if hit is not None and hit[0] is head:
+    key = _structure(head)
+    try:
+        hit = _CHAIN_CACHE.get(head)
+    except TypeError:  # not weak-referenceable
+        hit = None
+    if hit is not None and hit[0] == key:
         return hit[1]
     layers = layers_of(head)
     if not isinstance(head, nn.Sequential):
         _check_chain(layers, head, z)
-    if len(_CHAIN_CACHE) > 64:
-        _CHAIN_CACHE.clear()
-    _CHAIN_CACHE[key] = (head, layers)
+    try:
+        _CHAIN_CACHE[head] = (key, layers)
+    except TypeError:
+        pass
     return layers
 
 
@@ -673,7 +688,10 @@ class _ShiftedHead(nn.Module):
         return self.head(self.shift(x))
 
 
-_LIRPA_CACHE: Dict[Tuple, Tuple[object, object]] = {}
+# (id(head), direction, dtype, device, structure) -> (head, BoundedModule). The BoundedModule
+# refers to the head, so weak keys would not help; the cache is kept small instead.
+_LIRPA_CACHE: Dict[Tuple, Tuple[nn.Module, object]] = {}
+_LIRPA_CACHE_SIZE = 8
 
 
 def _lirpa_spec_upper(head, center, gens, C, d, method):
@@ -691,16 +709,17 @@ def _lirpa_spec_upper(head, center, gens, C, d, method):
     if bool((scale == 0).any()):
         raise LatentAuditError("auto_LiRPA bounds need eps > 0")
     V = (G / scale[:, None]).T.detach()
-    key = (id(head), tuple(V.reshape(-1).tolist()), center.dtype, str(center.device))
+    key = (id(head), tuple(V.reshape(-1).tolist()), center.dtype, str(center.device), _structure(head))
     hit = _LIRPA_CACHE.get(key)
-    if hit is None or hit[0] is not head:
+    if hit is not None and hit[0] is head:
+        bounded = hit[1]
+    else:
         wrapper = _ShiftedHead(head, V)
         x0 = torch.cat([torch.zeros(n, k, dtype=center.dtype, device=center.device), center.detach()], 1)
         bounded = al.BoundedModule(wrapper, x0, device=center.device)
-        if len(_LIRPA_CACHE) > 8:
-            _LIRPA_CACHE.clear()
-        _LIRPA_CACHE[key] = hit = (head, bounded)
-    bounded = hit[1]
+        while len(_LIRPA_CACHE) >= _LIRPA_CACHE_SIZE:
+            _LIRPA_CACHE.pop(next(iter(_LIRPA_CACHE)))
+        _LIRPA_CACHE[key] = (head, bounded)
     zeros = torch.zeros(n, k, dtype=center.dtype, device=center.device)
     x = torch.cat([zeros, center], 1)
     x_L = torch.cat([-scale.expand(n, k), center], 1)

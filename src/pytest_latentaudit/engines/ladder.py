@@ -55,7 +55,7 @@ def _oom(exc: BaseException) -> bool:
 class Ladder:
     def __init__(self, problem: Problem, graph: Optional[BoundGraph], *, engine: str = "auto",
                  deadline: float = float("inf"), generator: Optional[torch.Generator] = None,
-                 precision: str = "float32", batch_size: int = 4096, max_boxes: int = 2_000_000,
+                 precision: str = "float32", batch_size: int = 1024, max_boxes: int = 2_000_000,
                  bound_fn=None, replay=None, attack_method: str = "sign"):
         if engine not in ENGINES and bound_fn is None:
             raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -126,6 +126,12 @@ class Ladder:
         outs, tols = [], []
         start, size = 0, self.batch_size
         while start < idx.numel():
+            if start and self.out_of_time():
+                # out of budget: the rest stays unbounded (+inf), i.e. open, never verified
+                rest = idx.numel() - start
+                outs.append(torch.full((rest,), torch.inf, dtype=tl.dtype, device=tl.device))
+                tols.append(torch.zeros(rest, dtype=tl.dtype, device=tl.device))
+                break
             sl = slice(start, start + size)
             try:
                 u, t, _ = self.upper(idx[sl], tl[sl], tu[sl], method)
