@@ -126,12 +126,12 @@ def test_loss_forms_and_eps_zero():
     assert float(margin) >= float(clean) - 1e-6
     assert float(logits) >= float(margin) - 1e-5  # AuditAI's worst-case logits are looser than margins
     total, parts = certified_loss(head, z, labels, d, 0.5, gamma=2.0, method="ibp", return_parts=True)
-    assert abs(float(total) - (parts["task"] + 2.0 * parts["spec"])) < 1e-4
+    assert abs(float(total.detach()) - (parts["task"] + 2.0 * parts["spec"])) < 1e-4
     mixed = certified_loss(head, z, labels, d, 0.5, kappa=0.25, method="ibp")
-    assert abs(float(mixed) - (0.25 * parts["task"] + 0.75 * parts["spec"])) < 1e-4
+    assert abs(float(mixed.detach()) - (0.25 * parts["task"] + 0.75 * parts["spec"])) < 1e-4
     # several directions, one eps each
     two = spec_loss(head, z, labels, {"a": d, "b": Direction.axis(2)}, {"a": 0.5, "b": 0.0}, "ibp")
-    assert abs(float(two) - (float(margin) + float(clean)) / 2) < 1e-5
+    assert abs(float(two.detach()) - (float(margin) + float(clean)) / 2) < 1e-5
     with pytest.raises(LatentAuditError, match="eps"):
         spec_loss(head, z, labels, {"a": d, "b": Direction.axis(2)}, {"a": 0.5}, "ibp")
     with pytest.raises(LatentAuditError, match="method"):
