@@ -182,6 +182,18 @@ def directions_section(records: Iterable[Mapping], declared: Optional[Iterable[s
             for key in ("kind", "k", "axis", "basis"):
                 if key in src and key not in entry:
                     entry[key] = src[key]
+        val = r.get("validity")
+        if isinstance(val, Mapping) and isinstance(val.get("realism"), Mapping):
+            real = val["realism"]
+            # the most conservative realism limit over the tests; a saturated search only
+            # says "at least eps_max", which bounds nothing
+            if not real.get("saturated") and real.get("eps") is not None:
+                cur = entry.get("realism_limit")
+                entry["realism_limit"] = float(real["eps"]) if cur is None else min(cur, float(real["eps"]))
+            entry["validity"] = {k: val.get(k) for k in ("ok", "eps") if k in val}
+            entry["validity"]["problems"] = [p for c in ("continuity", "independence", "realism")
+                                             if isinstance(val.get(c), Mapping)
+                                             for p in val[c].get("problems", [])]
         cr = r.get("certified_radius")
         if cr:  # the widest search (largest eps_max) represents the direction; then proved; then node id
             key = (float(cr.get("eps_max") or 0.0), r.get("verdict") == "proved")
@@ -209,7 +221,12 @@ def directions_section(records: Iterable[Mapping], declared: Optional[Iterable[s
                         "nodeid": item["nodeid"], "verdict": verdict})
     for entry in out.values():
         entry["ranges"].sort(key=lambda g: (g["eps"], g["nodeid"]))
-        proved = [g for g in entry["ranges"] if g["verdict"] == "proved"]
+        limit = entry.get("realism_limit")
+        for g in entry["ranges"]:
+            if limit is not None and g["eps"] > limit + 1e-12:
+                g["beyond_realism"] = True
+        # never offer a deployer a range that goes beyond where the generator stays realistic
+        proved = [g for g in entry["ranges"] if g["verdict"] == "proved" and not g.get("beyond_realism")]
         entry["latent_range"] = max(proved, key=lambda g: g["eps"]) if proved else None
     return dict(sorted(out.items()))
 

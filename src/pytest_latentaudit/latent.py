@@ -86,9 +86,13 @@ class LatentSpace:
     """An encoder ``e: X -> Z``, an optional decoder ``g: Z -> X`` and named directions."""
 
     def __init__(self, encoder: Optional[Callable] = None, decoder: Optional[Callable] = None,
-                 directions: Optional[Mapping[str, Direction]] = None, name: str = "latent"):
+                 directions: Optional[Mapping[str, Direction]] = None, name: str = "latent",
+                 data_latents=None):
+        """``data_latents``: encoded data ``[M, d]`` that calibrates the realism check of
+        each direction (without it, the test's seeds are used)."""
         self.encoder = encoder
         self.decoder = decoder
+        self.data_latents = data_latents
         self.name = name
         self.directions: Dict[str, Direction] = {}
         for key, d in (directions or {}).items():

@@ -13,11 +13,12 @@ SESSION_KEY = pytest.StashKey["LatentSession"]()
 RECORD_KEY = pytest.StashKey[dict]()
 
 MARKER_DOC = ("latent(direction, eps, spec, engine=None, budget=None, device=None, unproven=None, estimated=None, "
-              "precision=None, attack='sign'|'adam'|'blackbox', sweep=[eps, ...], radius=True): "
+              "precision=None, attack='sign'|'adam'|'blackbox', sweep=[eps, ...], radius=True, validity=True): "
               "a semantic unit test run by the latent_audit fixture: the spec must hold for every variation of at "
               "most eps along the named direction of the latent space. sweep records extra radii for the "
               "spec sheet's curve without changing pass/fail; radius records each seed's largest certified "
-              "radius (up to 2*eps). Keyword arguments override the --latent-* options for this test.")
+              "radius (up to 2*eps); validity records continuity and realism checks of the direction "
+              "(with a decoder) and warns on problems. Keyword arguments override the --latent-* options for this test.")
 
 
 def pytest_addoption(parser):

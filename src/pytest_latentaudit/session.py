@@ -109,6 +109,7 @@ class LatentSession:
         self.rootdir = rootdir
         self.records: List[dict] = []
         self.written: Optional[Path] = None
+        self._validity_cache: Dict[tuple, tuple] = {}
         self.sheet: Optional[SpecSheet] = None
         self.messages: List[tuple] = []  # (line, is_failure) for the terminal summary
         self._baseline: Optional[dict] = None
@@ -141,6 +142,9 @@ class LatentSession:
             cache.set(key, [{"seed_index": c.seed_index, "offset": c.offset} for c in result.counterexamples])
         record = self.make_record(nodeid, result, spec, settings, seed, model, latent_space, kw["direction"])
         record.update(_deployment_fields(seeds, labels, kw["direction"], latent_space, result.eps))
+        if kw.get("validity", True) and getattr(latent_space, "decoder", None) is not None \
+                and isinstance(kw["direction"], str) and result.eps > 0:
+            record["validity"] = self._validity(latent_space, kw["direction"], result.eps, seeds)
         extra_budget = None if settings.budget is None else settings.budget * 0.5
         sweep = kw.get("sweep")
         if sweep:
@@ -151,6 +155,28 @@ class LatentSession:
             record["certified_radius"] = self._radius(model, seeds, labels, kw, spec, latent_space, settings,
                                                       eps_max, extra_budget)
         return result, record, settings
+
+    def _validity(self, latent_space, direction: str, eps: float, seeds) -> Optional[dict]:
+        """Continuity and realism of the direction at this eps (once per session and
+        direction/eps); problems are also emitted as DirectionValidityWarning in the test."""
+        import warnings
+
+        from .validity import validity_report
+
+        key = (id(latent_space), direction, eps)
+        if key not in self._validity_cache:
+            data = getattr(latent_space, "data_latents", None)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    rep = validity_report(latent_space, direction, eps, seeds, data_latents=data, warn=True)
+                except Exception as exc:  # a check must never break the test it describes
+                    rep = {"direction": direction, "eps": eps, "ok": None, "error": str(exc)}
+            self._validity_cache[key] = (rep, [(w.message, w.category) for w in caught])
+        rep, warns = self._validity_cache[key]
+        for message, category in warns:  # re-emitted in every test that uses this direction
+            warnings.warn(message, category, stacklevel=3)
+        return rep
 
     def _sweep(self, radii, model, seeds, labels, kw, spec, latent_space, settings, seed, budget):
         """Extra radii recorded for the verified-fraction curve; they never change pass/fail."""

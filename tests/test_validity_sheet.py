@@ -1,0 +1,69 @@
+"""Direction validity in the spec sheet: continuity and realism are recorded per test,
+problems warn, and the deployable range never goes beyond the realism limit."""
+import json
+import textwrap
+
+import pytest
+
+from conftest import MODES, mode_args
+
+CONFTEST = textwrap.dedent('''
+    import pytest, torch
+    from torch import nn
+    from pytest_latentaudit import Direction, LatentSpace
+
+    @pytest.fixture(scope="session")
+    def latent_space():
+        torch.manual_seed(0)
+        dec = nn.Sequential(nn.Linear(2, 16), nn.Sigmoid(), nn.Unflatten(1, (1, 4, 4))).eval()
+        data = torch.randn(400, 2) * 0.3          # the data lives in a small blob
+        return LatentSpace(decoder=dec, directions={"a": Direction.axis(0)}, data_latents=data)
+
+    @pytest.fixture
+    def head():
+        lin = nn.Linear(2, 2)
+        with torch.no_grad():
+            lin.weight.copy_(torch.tensor([[0.0, 1.0], [0.0, -1.0]]))  # class = sign of z1 only
+            lin.bias.zero_()
+        return lin
+
+    @pytest.fixture
+    def seeds():
+        z = torch.tensor([[0.0, 0.3], [0.1, -0.3], [-0.1, 0.25], [0.05, -0.2]])
+        return z, (z[:, 1] < 0).long()
+''')
+
+TESTS = textwrap.dedent('''
+    import pytest
+    from pytest_latentaudit import Accuracy
+
+    @pytest.mark.latent(direction="a", eps=0.1, spec=Accuracy())
+    def test_small(latent_audit, head, seeds):
+        latent_audit(head, seeds)
+
+    @pytest.mark.latent(direction="a", eps=5.0, spec=Accuracy())
+    def test_unrealistic(latent_audit, head, seeds):
+        latent_audit(head, seeds)
+''')
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_validity_is_recorded_and_caps_the_deployable_range(pytester, mode):
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_v=TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--latent-spec-sheet", "sheet.json",
+                                           "-W", "always", *mode_args(mode))
+    result.assert_outcomes(passed=2)  # both proved: the head ignores direction "a"
+    out = result.stdout.str()
+    assert "DirectionValidityWarning" in out and "beyond its realism limit" in out
+    sheet = json.loads((pytester.path / "sheet.json").read_text())
+    recs = {r["nodeid"].split("::")[-1]: r for r in sheet["tests"]}
+    assert recs["test_small"]["validity"]["ok"] is True
+    assert recs["test_unrealistic"]["validity"]["ok"] is False
+    real = recs["test_unrealistic"]["validity"]["realism"]
+    assert 0.1 <= real["eps"] < 5.0
+    d = sheet["directions"]["a"]
+    assert d["realism_limit"] == pytest.approx(real["eps"])
+    assert d["proved_eps"] == 5.0  # the proof stands ...
+    assert d["latent_range"]["eps"] == 0.1  # ... but the deployable range stops where data ends
+    assert any(g.get("beyond_realism") for g in d["ranges"] if g["eps"] == 5.0)
