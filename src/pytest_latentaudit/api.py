@@ -183,23 +183,26 @@ def _split_spec(spec: Spec, n: int, device):
 
 
 def _run_ladder(model, problem, input_shape, device, engine, budget_s, seed, precision, notes, replay=None,
-                attack="sign"):
+                attack="sign", bound_factory=None, falsifier=None):
     deadline = time.perf_counter() + (budget_s if budget_s is not None else float("inf"))
     bound_fn, graph = None, None
     name = engine
-    if engine.startswith("auto_lirpa"):
+    if bound_factory is not None:  # an engine registered through the pytest_latentaudit_engines hook
+        bound_fn = bound_factory(model, problem, notes)
+        name = engine if bound_fn is not None else "falsify"
+    elif engine.startswith("auto_lirpa"):
         from .engines.lirpa_engine import make_bound_fn
 
         bound_fn = make_bound_fn(model, problem, engine, notes)
         name = engine if bound_fn is not None else "falsify"
     elif engine != "falsify":
         graph = _graph_or_note(model, input_shape, device, notes)
-    if engine not in ENGINES and not engine.startswith("auto_lirpa"):
+    if engine not in ENGINES and not engine.startswith("auto_lirpa") and bound_factory is None:
         raise LatentAuditError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)} "
                                f"or auto_lirpa:<ibp|crown|crown-ibp|alpha-crown>")
     ladder = Ladder(problem, graph, engine=engine if bound_fn is None else name, deadline=deadline,
                     generator=_generator(seed), precision=precision, bound_fn=bound_fn, replay=replay,
-                    attack_method=attack)
+                    attack_method=attack, attack_fn=falsifier)
     return ladder.run(), name
 
 
@@ -400,7 +403,8 @@ def certified_radius(model, seeds, labels=None, direction=None, spec: Spec = Non
 def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spec = None, *,
           latent_space: Optional[LatentSpace] = None, engine: str = "auto", device="auto",
           budget_s: Optional[float] = None, seed: int = 0, precision: str = "float32",
-          replay: Optional[Sequence] = None, attack: str = "sign", confidence: float = 0.99) -> AuditResult:
+          replay: Optional[Sequence] = None, attack: str = "sign", confidence: float = 0.99,
+          bound_factory=None, falsifier=None) -> AuditResult:
     """Run a semantic unit test: every seed ``z0`` moved by ``V t``, ``t in [-eps, eps]^k``.
 
     ``seeds`` is ``[N, latent_dim]`` (or a ``(z, labels)`` pair); ``direction`` a
@@ -408,8 +412,10 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
     ``replay``: ``[(seed_index, t)]`` counterexamples of an earlier run, re-checked first.
     ``attack``: ``"sign"`` (PGD), ``"adam"`` or ``"blackbox"`` (gradient-free).
     ``confidence``: of the sampling interval behind an ``estimated`` verdict.
+    ``bound_factory`` / ``falsifier``: a custom engine / attack (see hooks.py), used under
+    the names ``engine`` / ``attack``.
     """
-    if attack not in ("sign", "adam", "blackbox"):
+    if attack not in ("sign", "adam", "blackbox") and falsifier is None:
         raise LatentAuditError(f"unknown attack {attack!r}; use sign, adam or blackbox")
     t0 = time.perf_counter()
     spec = as_spec(spec if spec is not None else Invariance())
@@ -420,7 +426,8 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
         tl = torch.full((prep.n, prep.k), -eps, device=prep.dev)
         problem = Problem(prep.model, prep.z, prep.Vt, tl, -tl, prep.box_spec, prep.box_labels)
         out, name = _run_ladder(prep.model, problem, prep.input_shape, prep.dev, engine, budget_s, seed, precision,
-                                notes, replay=replay, attack=attack)
+                                notes, replay=replay, attack=attack, bound_factory=bound_factory,
+                                falsifier=falsifier)
     z, n, box_labels, dname = prep.z, prep.n, prep.box_labels, prep.dname
 
     cexs: List[Counterexample] = []

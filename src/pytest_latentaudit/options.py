@@ -36,16 +36,18 @@ class UsageError(ValueError):
     pass
 
 
-def valid_engine(value: str) -> str:
+def valid_engine(value: str, extra=()) -> str:
+    """``extra``: engine names registered through the ``pytest_latentaudit_engines`` hook."""
     v = str(value).strip().lower()
-    if v in ENGINE_CHOICES:
-        return v
+    if v in ENGINE_CHOICES or str(value).strip() in extra:
+        return str(value).strip() if str(value).strip() in extra else v
     if v.startswith("auto_lirpa"):
         method = v.partition(":")[2] or "crown"
         if method not in LIRPA_METHODS:
             raise UsageError(f"unknown auto_LiRPA method {method!r}; choose one of {', '.join(LIRPA_METHODS)}")
         return f"auto_lirpa:{method}"
-    raise UsageError(f"unknown engine {value!r}; choose one of {', '.join(ENGINE_CHOICES)} "
+    more = f", {', '.join(sorted(extra))}" if extra else ""
+    raise UsageError(f"unknown engine {value!r}; choose one of {', '.join(ENGINE_CHOICES)}{more} "
                      f"or auto_lirpa:<{'|'.join(LIRPA_METHODS)}>")
 
 
@@ -145,16 +147,17 @@ class Settings:
             return self.spec_sheet.parent / (self.spec_sheet.stem + "-counterexamples")
         return None
 
-    def override(self, marker_kwargs: Dict[str, Any]) -> "Settings":
+    def override(self, marker_kwargs: Dict[str, Any], extra_engines=()) -> "Settings":
         """Apply a marker's engine/budget/device/unproven/estimated/precision keyword arguments."""
         changes = {}
         for key in ("engine", "device", "budget", "unproven", "estimated", "precision"):
             if key in marker_kwargs and marker_kwargs[key] is not None:
-                changes[key] = VALIDATORS[key](marker_kwargs[key])
+                val = marker_kwargs[key]
+                changes[key] = valid_engine(val, extra_engines) if key == "engine" else VALIDATORS[key](val)
         return replace(self, **changes) if changes else self
 
 
-def from_config(config) -> Settings:
+def from_config(config, extra_engines=()) -> Settings:
     """Read flags and ini keys; raise UsageError with a clear message on bad values."""
 
     def get(name):
@@ -167,7 +170,9 @@ def from_config(config) -> Settings:
     values = {}
     for name in OPTIONS:
         raw = get(name)
-        if name in VALIDATORS:
+        if name == "engine":
+            values[name] = valid_engine(raw, extra_engines)
+        elif name in VALIDATORS:
             values[name] = VALIDATORS[name](raw)
         else:
             values[name] = Path(raw) if raw else None

@@ -43,15 +43,30 @@ def pytest_addoption(parser):
                   default="latent_space")
 
 
+def pytest_addhooks(pluginmanager):
+    from . import hooks
+
+    pluginmanager.add_hookspecs(hooks)
+
+
+def registry(config, kind: str) -> dict:
+    """Engines or falsifiers registered by conftests/plugins (later registrations win)."""
+    hook = getattr(config.hook, f"pytest_latentaudit_{kind}")
+    out: dict = {}
+    for part in reversed(hook()):
+        out.update(part or {})
+    return out
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", MARKER_DOC)
     try:
-        settings = from_config(config)
+        settings = from_config(config, extra_engines=tuple(registry(config, "engines")))
     except UsageError as exc:
         raise pytest.UsageError(f"pytest-latentaudit: {exc}") from None
     from .session import LatentSession
 
-    ls = LatentSession(settings, Path(str(config.rootpath)))
+    ls = LatentSession(settings, Path(str(config.rootpath)), config=config)
     config.stash[SESSION_KEY] = ls
     config.pluginmanager.register(_SessionHooks(config, ls), "latentaudit-session")
 
@@ -93,11 +108,14 @@ class LatentAudit:
         error = None
         try:
             result, record, settings = session.run(request.node.nodeid, kwargs, space, model, seeds, labels,
-                                                   overrides, cache=getattr(request.config, "cache", None))
+                                                   overrides, cache=getattr(request.config, "cache", None),
+                                                   engines=registry(request.config, "engines"),
+                                                   falsifiers=registry(request.config, "falsifiers"))
         except (LatentAuditError, UsageError, TypeError, ValueError) as exc:
             error = f"latent_audit: {exc}"
         if error is not None:
             pytest.fail(error, pytrace=False)
+        request.config.hook.pytest_latentaudit_record(record=record, item=request.node)
         request.node.stash[RECORD_KEY] = record
         if session.settings.junit_properties:
             for key in ("verdict", "eps", "direction"):

@@ -104,8 +104,9 @@ def _deployment_fields(seeds, labels, direction, latent_space, eps) -> dict:
 
 
 class LatentSession:
-    def __init__(self, settings: Settings, rootdir: Path):
+    def __init__(self, settings: Settings, rootdir: Path, config=None):
         self.settings = settings
+        self.config = config  # only for the pytest_latentaudit_sheet / _export hooks
         self.rootdir = rootdir
         self.records: List[dict] = []
         self.written: Optional[Path] = None
@@ -116,7 +117,7 @@ class LatentSession:
 
     # ------------------------------------------------------------------ fixture side
     def run(self, nodeid: str, marker: Dict[str, Any], latent_space, model, seeds, labels=None,
-            overrides: Optional[Dict[str, Any]] = None, cache=None) -> tuple:
+            overrides: Optional[Dict[str, Any]] = None, cache=None, engines=None, falsifiers=None) -> tuple:
         """Run the audit of one test; returns ``(AuditResult, record)``."""
         from .api import audit
         from .latent import LatentAuditError
@@ -128,7 +129,12 @@ class LatentSession:
         if missing:
             raise LatentAuditError(f"@pytest.mark.latent needs {', '.join(missing)} "
                                    f"(e.g. @pytest.mark.latent(direction='pose', eps=0.1, spec=Accuracy(0.95)))")
-        settings = self.settings.override(kw)
+        engines, falsifiers = engines or {}, falsifiers or {}
+        settings = self.settings.override(kw, extra_engines=tuple(engines))
+        attack = kw.get("attack") or "sign"
+        if attack not in ("sign", "adam", "blackbox") and attack not in falsifiers:
+            raise LatentAuditError(f"unknown attack {attack!r}; use sign, adam, blackbox"
+                                   + "".join(f", {n}" for n in sorted(falsifiers)))
         spec = as_spec(kw["spec"])
         seed = derive_seed(settings.seed, nodeid)
         key = f"latentaudit/counterexamples/{nodeid}"
@@ -137,7 +143,7 @@ class LatentSession:
         result = audit(model, seeds, labels, direction=kw["direction"], eps=kw["eps"], spec=spec,
                        latent_space=latent_space, engine=settings.engine, device=settings.device,
                        budget_s=settings.budget, seed=seed, precision=settings.precision, replay=replay,
-                       attack=kw.get("attack") or "sign")
+                       attack=attack, bound_factory=engines.get(settings.engine), falsifier=falsifiers.get(attack))
         if cache is not None:
             cache.set(key, [{"seed_index": c.seed_index, "offset": c.offset} for c in result.counterexamples])
         record = self.make_record(nodeid, result, spec, settings, seed, model, latent_space, kw["direction"])
@@ -273,9 +279,13 @@ class LatentSession:
                                      settings={"engine": s.engine, "device": s.device, "budget": s.budget,
                                                "seed": s.seed, "unproven": s.unproven, "estimated": s.estimated,
                                           "precision": s.precision})
-        if s.spec_sheet is None:
-            return None
-        return self.sheet.save(s.spec_sheet)
+        hook = None if self.config is None else self.config.hook
+        if hook is not None:
+            hook.pytest_latentaudit_sheet(sheet=self.sheet.data, config=self.config)
+        path = None if s.spec_sheet is None else self.sheet.save(s.spec_sheet)
+        if hook is not None:
+            hook.pytest_latentaudit_export(sheet=self.sheet.data, path=path, config=self.config)
+        return path
 
     def finish(self) -> bool:
         """HTML report, coverage gate, comparison with the baseline; True when the run must fail."""

@@ -56,8 +56,8 @@ class Ladder:
     def __init__(self, problem: Problem, graph: Optional[BoundGraph], *, engine: str = "auto",
                  deadline: float = float("inf"), generator: Optional[torch.Generator] = None,
                  precision: str = "float32", batch_size: int = 1024, max_boxes: int = 2_000_000,
-                 bound_fn=None, replay=None, attack_method: str = "sign"):
-        if engine not in ENGINES and bound_fn is None:
+                 bound_fn=None, replay=None, attack_method: str = "sign", attack_fn=None):
+        if engine not in ENGINES and bound_fn is None and engine != "falsify":
             raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.p = problem
         self.graph = graph
@@ -72,6 +72,7 @@ class Ladder:
         self.bound_fn = bound_fn  # external engine (auto_LiRPA): (idx, tl, tu, C, d) -> upper [n, m]
         self.replay = replay or []  # [(seed index, t)] counterexamples of an earlier run, tried first
         self.attack_method = attack_method
+        self.attack_fn = attack_fn  # a falsifier registered through the hooks
         n = problem.n
         dev, dt = problem.tl.device, problem.tl.dtype
         self.status = [UNKNOWN] * n
@@ -165,7 +166,7 @@ class Ladder:
         idx = self.undecided()
         if idx.numel() == 0:
             return
-        fn = blackbox.attack if self.attack_method == "blackbox" else falsify.attack
+        fn = self.attack_fn or (blackbox.attack if self.attack_method == "blackbox" else falsify.attack)
         found = fn(self.p, idx, self.p.tl[idx], self.p.tu[idx], steps=steps, restarts=restarts,
                    deadline=self.deadline, generator=self.gen, method=self.attack_method)
         self._mark_falsified(idx, found, rung)
