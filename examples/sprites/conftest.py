@@ -1,4 +1,5 @@
-"""Fixtures for the sprite example: the latent space, the shape head and the audit seeds."""
+"""Fixtures for the sprite example: the latent space, the two shape heads (nominal and
+certified) and their audit seeds."""
 import sys
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 # any pytest import mode.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from models import FACTOR_AXES, audit_seeds, load_models  # noqa: E402
+from models import FACTOR_AXES, audit_seeds, load_certified_head, load_models  # noqa: E402
 from pytest_latentaudit import Direction, LatentSpace  # noqa: E402
 
 
@@ -42,3 +43,19 @@ def sprite_seeds(sprite_models, shape_head):
     keeping the N (199 with the shipped weights) that the head classifies correctly."""
     encoder, _, _ = sprite_models
     return audit_seeds(encoder, shape_head)
+
+
+@pytest.fixture(scope="session")
+def certified_head():
+    """A second head of the same architecture on the same latent space, trained with
+    pytest_latentaudit.training.certified_loss (CROWN-IBP) over rotation (eps 0.5) and
+    scale (eps 2.0) by train_certified.py; weights/sprites_certified.pt."""
+    return load_certified_head()
+
+
+@pytest.fixture(scope="session")
+def certified_seeds(sprite_models, certified_head):
+    """(z, labels) like sprite_seeds, keeping the sprites the *certified* head classifies
+    correctly (all 200 with the shipped weights)."""
+    encoder, _, _ = sprite_models
+    return audit_seeds(encoder, certified_head)

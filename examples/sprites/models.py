@@ -26,6 +26,9 @@ FREE_AXES = tuple(range(N_FACTORS, LATENT_DIM))
 N_CLASSES = len(SHAPES)
 
 WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "sprites.pt"
+# A second head on the same (shipped) latent space, trained with certified_loss by
+# train_certified.py; the VAE stays the one in WEIGHTS_PATH.
+CERTIFIED_WEIGHTS_PATH = WEIGHTS_PATH.parent / "sprites_certified.pt"
 
 # Held-out images the audits start from (training uses data seeds 0 and 1).
 AUDIT_N, AUDIT_DATA_SEED = 200, 2024
@@ -105,6 +108,22 @@ def load_models(device: str | torch.device = "cpu", path: str | Path = WEIGHTS_P
     for p in list(vae.parameters()) + list(head.parameters()):
         p.requires_grad_(False)
     return vae.encoder.eval(), vae.decoder, head
+
+
+def load_certified_head(device: str | torch.device = "cpu", path: str | Path = CERTIFIED_WEIGHTS_PATH):
+    """The certified shape head (same architecture as make_head()) in eval mode on `device`:
+    [n,12] latent codes of the shipped encoder -> [n,3] logits."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing; train it with `python examples/sprites/train_certified.py`"
+        )
+    head = make_head()
+    head.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["head"])
+    head.to(device).eval()
+    for p in head.parameters():
+        p.requires_grad_(False)
+    return head
 
 
 @torch.no_grad()
