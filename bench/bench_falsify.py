@@ -30,6 +30,7 @@ import time
 import torch
 from torch import nn
 
+from bench_head import head as reference_head  # scripts in bench/ run with bench/ on sys.path
 from pytest_latentaudit.engines import blackbox, falsify
 from pytest_latentaudit.engines.graph import trace
 from pytest_latentaudit.engines.problem import Problem
@@ -37,22 +38,16 @@ from pytest_latentaudit.engines.segment import certify
 from pytest_latentaudit.specs import Prediction
 
 
+def _he(linear):
+    nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+    linear.bias.zero_()
+
+
 def head(latent, width, depth, classes=10, seed=0):
     """Random weights with He (Kaiming) initialisation and zero biases. (PyTorch's default
     Linear init shrinks activations layer by layer: at depth 5 every seed is predicted as
     the same class and almost nothing changes along any direction, a useless benchmark.)"""
-    torch.manual_seed(seed)
-    layers, i = [], latent
-    for _ in range(depth - 1):
-        layers += [nn.Linear(i, width), nn.ReLU()]
-        i = width
-    layers.append(nn.Linear(i, classes))
-    with torch.no_grad():
-        for m in layers:
-            if isinstance(m, nn.Linear):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                m.bias.zero_()
-    return nn.Sequential(*layers).eval()
+    return reference_head(latent, width, depth, classes, seed, init=_he)
 
 
 class Counting(nn.Module):

@@ -19,13 +19,19 @@ from pytest_latentaudit import Prediction, verify_box
 from pytest_latentaudit.api import resolve_device
 
 
-def head(latent=128, width=512, depth=5, classes=10, seed=0):
+def head(latent=128, width=512, depth=5, classes=10, seed=0, init=None):
+    """The reference head; ``init(linear)`` may re-initialise each Linear layer."""
     torch.manual_seed(seed)
     layers, i = [], latent
     for _ in range(depth - 1):
         layers += [nn.Linear(i, width), nn.ReLU()]
         i = width
     layers.append(nn.Linear(i, classes))
+    if init is not None:
+        with torch.no_grad():
+            for m in layers:
+                if isinstance(m, nn.Linear):
+                    init(m)
     return nn.Sequential(*layers).eval()
 
 

@@ -9,27 +9,17 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
+from bench_head import head
 from pytest_latentaudit import Prediction
 from pytest_latentaudit.engines.bounds import spec_upper_bound
 from pytest_latentaudit.engines.graph import trace
 
 
-def mlp(latent, width, depth, classes=10):
-    torch.manual_seed(0)
-    layers, i = [], latent
-    for _ in range(depth - 1):
-        layers += [nn.Linear(i, width), nn.ReLU()]
-        i = width
-    layers.append(nn.Linear(i, classes))
-    return nn.Sequential(*layers).eval()
-
-
 def run(seeds=256, width=512, depth=5, k=2, latent=128, eps=0.05):
     """Median time of one sound linear bound of the spec over all seeds (the engine alone:
     no attacks, no splitting), and of one forward pass; plus the fraction it verifies."""
-    model = mlp(latent, width, depth)
+    model = head(latent, width, depth)
     torch.manual_seed(1)
     z = torch.randn(seeds, latent)
     with torch.no_grad():
