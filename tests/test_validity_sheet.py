@@ -67,3 +67,14 @@ def test_validity_is_recorded_and_caps_the_deployable_range(pytester, mode):
     assert d["proved_eps"] == 5.0  # the proof stands ...
     assert d["latent_range"]["eps"] == 0.1  # ... but the deployable range stops where data ends
     assert any(g.get("beyond_realism") for g in d["ranges"] if g["eps"] == 5.0)
+
+
+def test_show_reports_the_realism_cap(pytester, capsys):
+    from pytest_latentaudit.cli import main
+
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_v=TESTS)
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "--latent-spec-sheet", "sheet.json")
+    assert main(["show", str(pytester.path / "sheet.json")]) == 0
+    out = capsys.readouterr().out
+    assert "a: proved up to eps=5" in out and "deployable range up to eps=0.1" in out

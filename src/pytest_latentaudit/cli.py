@@ -25,10 +25,17 @@ def cmd_show(args) -> int:
         print(line)
     print()
     print("per direction (largest eps with a proved test):")
+    section = d.get("directions") or {}
     for name, info in sorted(sheet.directions().items()):
         proved = "none" if info["proved_eps"] is None else f"{info['proved_eps']:g}"
         verdicts = ", ".join(f"{k} {v}" for k, v in sorted(info["verdicts"].items()))
-        print(f"  {name}: proved up to eps={proved} ({verdicts})")
+        extra = ""
+        entry = section.get(name) or {}
+        if entry.get("realism_limit") is not None:
+            rng = entry.get("latent_range") or {}
+            deploy = "none" if not rng else f"{rng.get('eps', 0):g}"
+            extra = f"; realistic up to eps={entry['realism_limit']:.3g}, deployable range up to eps={deploy}"
+        print(f"  {name}: proved up to eps={proved} ({verdicts}){extra}")
     return 0
 
 
