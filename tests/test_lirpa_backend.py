@@ -19,10 +19,9 @@ from torch import nn  # noqa: E402
 import pytest_latentaudit  # noqa: E402
 from pytest_latentaudit.engines import lirpa_compat  # noqa: E402
 
-try:
-    lirpa_compat.import_auto_lirpa()
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    pytest.skip(f"auto_LiRPA unavailable: {exc}", allow_module_level=True)
+# The backend must run wherever the README's set-up ran (CI included): a missing
+# auto_LiRPA is an error here, not a skip.
+lirpa_compat.import_auto_lirpa()
 
 from pytest_latentaudit.engines import lirpa  # noqa: E402
 from pytest_latentaudit.engines.lirpa import LIRPA_METHODS, LirpaUnsupported, lirpa_spec_bounds  # noqa: E402
