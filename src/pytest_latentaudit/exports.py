@@ -36,13 +36,10 @@ MCT_SCHEMA_VERSION = "0.0.2"
 
 
 def _data(sheet) -> dict:
-    if isinstance(sheet, (str, Path)):
-        with open(sheet, encoding="utf-8") as f:
-            sheet = json.load(f)
-    data = getattr(sheet, "data", sheet)
-    if not isinstance(data, Mapping):
-        raise TypeError(f"expected a spec sheet (dict, SpecSheet or path), got {type(sheet).__name__}")
-    return dict(data)
+    """A sheet given as a dict, a SpecSheet or a path (the deployment guard reads it alike)."""
+    from .deploy import _sheet_data
+
+    return dict(_sheet_data(sheet))
 
 
 def _spec_kind(rec: Mapping) -> str:

@@ -458,27 +458,26 @@ def margin_upper_bounds(head: nn.Module, z: torch.Tensor, labels: torch.Tensor, 
     """Upper bounds ``[N, n_classes - 1]`` of ``y_j - y_label`` (every wrong class j) over
     ``z + V t``, ``|t| <= eps``, for one direction (differentiable w.r.t. the head's
     parameters and ``z``). All ``< 0`` for a seed means its label is proved on its box."""
+    center, G, C = _margin_box(head, z, labels, V, eps)
+    return _spec_upper(head, center, G, C, torch.zeros(C.shape[:2], dtype=C.dtype, device=C.device), method, beta)
+
+
+def _margin_box(head, z, labels, V, eps):
+    """The box of one direction around each seed and the margin rows ``y_j - y_label``."""
     z, dtype, device = _prepare(head, z)
     (_, basis), = _bases(V, z.shape[1], dtype, device)[:1]
     labels = torch.as_tensor(labels, device=device).long().reshape(-1)
     with torch.no_grad():
         n_classes = head(z[:1]).reshape(1, -1).shape[1]
-    C = margin_matrix(labels, n_classes, dtype)
     center, G = box(z, basis, float(eps))
-    return _spec_upper(head, center, G, C, torch.zeros(C.shape[:2], dtype=dtype, device=device), method, beta)
+    return center, G, margin_matrix(labels, n_classes, dtype)
 
 
 def margin_bounds(head, z, labels, V, eps, method="crown-ibp", beta=1.0):
     """Lower and upper bounds of the margins ``y_j - y_label`` (``[N, n_classes - 1]`` each)."""
-    z, dtype, device = _prepare(head, z)
-    (_, basis), = _bases(V, z.shape[1], dtype, device)[:1]
-    labels = torch.as_tensor(labels, device=device).long().reshape(-1)
-    with torch.no_grad():
-        n_classes = head(z[:1]).reshape(1, -1).shape[1]
-    C = margin_matrix(labels, n_classes, dtype)
-    center, G = box(z, basis, float(eps))
+    center, G, C = _margin_box(head, z, labels, V, eps)
     CC = torch.cat([C, -C], 1)
-    ub = _spec_upper(head, center, G, CC, torch.zeros(CC.shape[:2], dtype=dtype, device=device), method, beta)
+    ub = _spec_upper(head, center, G, CC, torch.zeros(CC.shape[:2], dtype=C.dtype, device=C.device), method, beta)
     m = C.shape[1]
     return -ub[:, m:], ub[:, :m]
 
