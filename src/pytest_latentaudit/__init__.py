@@ -22,9 +22,9 @@ def __getattr__(name):
     mod = _EXPORTS.get(name)
     if mod is None:
         raise AttributeError(f"module 'pytest_latentaudit' has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{mod}"), name)
-    globals()[name] = value
-    return value
+    # not cached in globals(): pytester's in-process runs drop submodules from sys.modules,
+    # and a cached class would then differ from the one the plugin imports afresh
+    return getattr(import_module(f"{__name__}.{mod}"), name)
 
 
 def __dir__():
