@@ -149,3 +149,23 @@ def test_branch_and_bound_never_verifies_a_box_with_a_narrow_violation():
     x = r.counterexamples[0]
     assert 0.0 <= float(x) <= 1.0
     assert int(net(x[None]).argmax()) == 0
+
+
+@pytest.mark.parametrize("body", ["torch.cat([x, x], 1)", "x + x - 0.5 * x", "x - x"])
+def test_a_tensor_used_twice_by_one_op_is_traced_as_written(body):
+    """The graph must compute what the model computes: repeated arguments are kept."""
+    ns = {}
+    exec(f"import torch\nfrom torch import nn\nclass M(nn.Module):\n    def forward(self, x):\n"
+         f"        return {body}\n", ns)
+    model = nn.Sequential(nn.Linear(3, 4), ns["M"](), nn.ReLU(), nn.Linear(8 if "cat" in body else 4, 2)).eval()
+    g = trace(model, (3,))
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        assert torch.allclose(g.forward(x), model(x), atol=1e-6)
+    G = torch.zeros(5, 1, 3)
+    G[:, 0, 0] = 0.2
+    lo, hi = output_bounds(g, x, G)
+    s = torch.rand(500, 5, 1) * 2 - 1
+    with torch.no_grad():
+        y = model((x[None] + torch.einsum("snk,nkd->snd", s, G)).reshape(-1, 3)).reshape(500, 5, 2)
+    assert torch.all(y >= lo - 1e-5) and torch.all(y <= hi + 1e-5)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import operator
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -31,7 +31,6 @@ class BoundGraph:
     nodes: List[Node]
     input_shape: Tuple[int, ...]
     output_shape: Tuple[int, ...]
-    layer_types: List[str] = field(default_factory=list)
 
     @property
     def out_index(self) -> int:
@@ -130,7 +129,6 @@ def trace(model: nn.Module, input_shape: Tuple[int, ...], dtype=torch.float32, d
     shape_nodes: set = set()
     index: Dict[torch.fx.Node, int] = {}
     nodes: List[Node] = []
-    layer_types: List[str] = []
 
     def shape_of(n):
         return tuple(values[n].shape[1:])
@@ -174,14 +172,15 @@ def trace(model: nn.Module, input_shape: Tuple[int, ...], dtype=torch.float32, d
                 continue  # e.g. x.size(0): only feeds reshape arguments, recorded as shapes
             # .item(), .tolist(), torch.sort's tuple...: freezing their trace value would be unsound
             raise UnsupportedLayer(n.name, f"data-dependent Python value from {_target_name(n)}")
-        data_args = [a for a in n.all_input_nodes if is_data(a) and torch.is_tensor(values[a])]
+        # tensor arguments in call order, repeats kept: x + x and cat([x, x]) take x twice
+        ordered: List[torch.fx.Node] = []
+        torch.fx.node.map_arg((n.args, n.kwargs), lambda a: ordered.append(a) or a)
+        data_args = [a for a in ordered if is_data(a) and torch.is_tensor(values[a])]
         name = str(n.target) if n.op == "call_module" else n.name
         op = _make_op(n, name, modules, data_args, args, const, values)
-        layer_types.append(type(modules[n.target]).__name__ if n.op == "call_module" else name)
-        add(op, op_inputs(op, data_args), n)
+        add(op, data_args[: op.n_inputs], n)
 
-    out_shape = nodes[-1].shape
-    return BoundGraph(nodes, tuple(input_shape), out_shape, layer_types)
+    return BoundGraph(nodes, tuple(input_shape), nodes[-1].shape)
 
 
 _SHAPE_METHODS = {"size", "dim", "numel"}
@@ -200,15 +199,11 @@ def _is_shape_arithmetic(n, shape_nodes) -> bool:
         return True
     if n.op == "call_function" and n.target is getattr and len(n.args) > 1 and n.args[1] in _SHAPE_ATTRS:
         return True
-    data_in = [a for a in n.all_input_nodes]
+    data_in = n.all_input_nodes
     return (n.op == "call_function" and n.target in (operator.getitem, operator.mul, operator.add, operator.sub,
                                                         operator.floordiv, operator.truediv)
             and bool(data_in) and all(a in shape_nodes or a.op == "get_attr" for a in data_in
                                       if a.op != "placeholder") and not any(a.op == "placeholder" for a in data_in))
-
-
-def op_inputs(op, data_args):
-    return data_args[: max(op.n_inputs, 1)] if op.n_inputs else data_args
 
 
 def _make_op(n, name, modules, data_args, args, const, values):
@@ -285,7 +280,7 @@ def _make_op(n, name, modules, data_args, args, const, values):
     if target in (operator.add, torch.add, operator.sub, torch.sub):
         sign = 1.0 if target in (operator.add, torch.add) else -1.0
         a, b = args[0], args[1]
-        if len(data_args) == 2 or (a is b):
+        if len(data_args) == 2:
             return ops.AddOp(name, sign)
         if isinstance(a, torch.fx.Node) and a in data_args:
             return ops.AddConstOp(name, sign * torch.as_tensor(const(b)))
