@@ -9,7 +9,7 @@ torch is imported lazily: conftest files build these objects at import time.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .options import OPTIONS, Settings, UsageError, from_config
+from .options import OPTIONS, UsageError, from_config
 
 SESSION_KEY = pytest.StashKey["LatentSession"]()
 RECORD_KEY = pytest.StashKey[dict]()

@@ -49,7 +49,7 @@ class _Search:
         self.p, self.idx = problem, idx
         self.mid, self.half = (tl + tu) / 2, (tu - tl) / 2
         self.tl, self.tu = tl, tu
-        n, k = idx.numel(), problem.k
+        n = idx.numel()
         dt, dev = tl.dtype, tl.device
         self.found = torch.zeros(n, dtype=torch.bool, device=dev)
         self.found_t = self.mid.clone()

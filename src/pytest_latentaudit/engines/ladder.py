@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
 
@@ -92,9 +92,15 @@ class Ladder:
     def out_of_time(self) -> bool:
         return time.perf_counter() > self.deadline
 
+    def unknown_mask(self) -> torch.Tensor:
+        return torch.tensor([s == UNKNOWN for s in self.status], dtype=torch.bool, device=self.p.tl.device)
+
     def undecided(self) -> torch.Tensor:
-        return torch.tensor([i for i, s in enumerate(self.status) if s == UNKNOWN], dtype=torch.long,
-                            device=self.p.tl.device)
+        return torch.nonzero(self.unknown_mask()).reshape(-1)
+
+    def falsifier(self):
+        """The attack every attack rung uses: a registered one, the black-box search, or PGD."""
+        return self.attack_fn or (blackbox.attack if self.attack_method == "blackbox" else falsify.attack)
 
     def _mark_falsified(self, idx, found: falsify.Found, rung: str):
         for j in torch.nonzero(found.mask).reshape(-1).tolist():
@@ -166,8 +172,7 @@ class Ladder:
         idx = self.undecided()
         if idx.numel() == 0:
             return
-        fn = self.attack_fn or (blackbox.attack if self.attack_method == "blackbox" else falsify.attack)
-        found = fn(self.p, idx, self.p.tl[idx], self.p.tu[idx], steps=steps, restarts=restarts,
+        found = self.falsifier()(self.p, idx, self.p.tl[idx], self.p.tu[idx], steps=steps, restarts=restarts,
                    deadline=self.deadline, generator=self.gen, method=self.attack_method)
         self._mark_falsified(idx, found, rung)
 
@@ -177,8 +182,8 @@ class Ladder:
             return
         ub, tol = self.chunked_upper(idx, self.p.tl[idx], self.p.tu[idx], method)
         self.bound[idx] = torch.minimum(self.bound[idx], ub)
-        for j, i in enumerate(idx.tolist()):
-            if bool(ub[j] < -tol[j]):
+        for i, ok in zip(idx.tolist(), (ub < -tol).tolist()):
+            if ok:
                 self.status[i], self.rung[i] = VERIFIED, rung
 
     def run_bab(self, method="linear"):
@@ -210,24 +215,22 @@ class Ladder:
             if c_idx.numel() == 0:
                 q_idx = c_idx
                 break
-            # attack at the leaves: the worst open sub-box of each seed, a few steps
-            order = torch.argsort(ub, descending=True)
-            seen, worst = set(), []
-            for j in order.tolist():
-                s = int(c_idx[j])
-                if s not in seen:
-                    seen.add(s)
-                    worst.append(j)
-            w = torch.tensor(worst, dtype=torch.long, device=c_idx.device)
-            found = falsify.attack(p, c_idx[w], c_tl[w], c_tu[w], steps=5 if it % 4 else 15, restarts=1,
-                                   deadline=self.deadline, generator=self.gen)
+            # attack at the leaves: the worst open sub-box of each seed (first on ties), a few steps
+            worst = torch.full((p.n,), -torch.inf, dtype=ub.dtype, device=ub.device).scatter_reduce(
+                0, c_idx, ub, "amax")
+            rows = torch.nonzero(ub == worst[c_idx]).reshape(-1)
+            first = torch.full((p.n,), rows.numel(), dtype=torch.long, device=ub.device).scatter_reduce(
+                0, c_idx[rows], torch.arange(rows.numel(), device=ub.device), "amin")
+            w = rows[first[first < rows.numel()]]
+            found = self.falsifier()(p, c_idx[w], c_tl[w], c_tu[w], steps=5 if it % 4 else 15, restarts=1,
+                                     deadline=self.deadline, generator=self.gen, method=self.attack_method)
             self._mark_falsified(c_idx[w], found, "bab-attack")
-            alive = torch.tensor([self.status[int(s)] == UNKNOWN for s in c_idx.tolist()], dtype=torch.bool,
-                                 device=c_idx.device)
+            alive = self.unknown_mask()[c_idx]
             q_idx, q_tl, q_tu = c_idx[alive], c_tl[alive], c_tu[alive]
             if q_idx.numel() > self.max_boxes:
                 self.notes.append(f"branch and bound stopped at {self.max_boxes} open sub-boxes")
                 break
+        # verified: every sub-box of the seed left the queue proved (none dropped otherwise)
         remaining = set(q_idx.tolist())
         for i in idx.tolist():
             if self.status[i] == UNKNOWN and i not in remaining:

@@ -283,8 +283,6 @@ def _new_bounded(work, example, conv_mode: str):
 
 def _private_copy(model, device, dtype):
     """Deep copy of ``model`` prepared for tracing, with its modules' user-facing names."""
-    import torch
-
     try:
         work = copy.deepcopy(model)
     except Exception as exc:

@@ -6,7 +6,7 @@ box of the segment/parallelotope otherwise.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 import torch
 

@@ -10,9 +10,6 @@ line where ``A >= 0`` and its lower line where ``A < 0``.
 """
 from __future__ import annotations
 
-import math
-from typing import List, Optional, Sequence, Tuple
-
 import torch
 import torch.nn.functional as F
 
@@ -291,8 +288,8 @@ class CatOp(BoundOp):
         return torch.cat([b[0] for b in bs], self.dim), torch.cat([b[1] for b in bs], self.dim)
 
     def linear(self, *fs, pre=None):
-        d = self.dim if self.dim > 0 else self.dim  # negative dims index the same in both
-        dw = d + 1 if d > 0 else d
+        d = self.dim
+        dw = d + 1 if d > 0 else d  # coefficients carry k at dim 1; negative dims index alike
         return LinForm(torch.cat([f.lw for f in fs], dw), torch.cat([f.lb for f in fs], d),
                        torch.cat([f.uw for f in fs], dw), torch.cat([f.ub for f in fs], d),
                        exact=all(f.exact for f in fs))

@@ -14,7 +14,7 @@ failing sub-interval, confirmed by a plain forward pass like any counterexample.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 
