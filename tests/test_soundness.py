@@ -140,7 +140,9 @@ def test_bounds_are_tight_on_a_point():
         y = model(c)
     for method in ("ibp", "linear"):
         lo, hi = output_bounds(graph, c, gens, method=method)
+        lo, hi = lo.float(), hi.float()  # bounds are float64
         assert torch.allclose(lo, y, atol=1e-4) and torch.allclose(hi, y, atol=1e-4)
+        assert bool((lo <= y).all() and (y <= hi).all())
 
 
 # ---------------------------------------------------------------- (c) verify_box

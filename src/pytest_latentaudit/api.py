@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from .engines.bounds import check_graph
 from .engines.graph import get_graph
 from .engines.ladder import ENGINES, FALSIFIED, UNKNOWN, VERIFIED, Ladder
 from .engines.ops import UnsupportedLayer
@@ -140,6 +141,18 @@ def _on_device(model, device: torch.device):
     return copy.deepcopy(model).to(device)
 
 
+def _input_dtype(model, like=None) -> torch.dtype:
+    """The dtype the model is fed: its floating parameters' (float64 models get float64
+    inputs), else the input's own floating dtype, else float32."""
+    if isinstance(model, torch.nn.Module):
+        for p in list(model.parameters()) + list(model.buffers()):
+            if p.is_floating_point():
+                return p.dtype
+    if torch.is_tensor(like) and like.is_floating_point():
+        return like.dtype
+    return torch.float32
+
+
 def _check_finite(name, t):
     if not torch.isfinite(t).all():
         raise LatentAuditError(f"{name} contains NaN or inf")
@@ -154,12 +167,41 @@ def _check_model(model):
         raise LatentAuditError(f"model must be an nn.Module or a callable, got {type(model).__name__}")
 
 
-def _graph_or_note(model, input_shape, device, notes):
+def _check_points(problem: Problem, max_boxes: int = 32, generator=None) -> torch.Tensor:
+    """Points of the boxes being verified for the trace check: centre, corners (k <= 4)
+    and random interior points of up to ``max_boxes`` boxes spread over the batch."""
+    n, k = problem.n, problem.k
+    idx = torch.linspace(0, n - 1, min(n, max_boxes)).round().long().unique().to(problem.tl.device)
+    units = [torch.zeros(1, k, dtype=torch.float64)]
+    if k <= 4:
+        units.append(torch.cartesian_prod(*[torch.tensor([-1.0, 1.0], dtype=torch.float64)] * k).reshape(-1, k))
+    units.append(torch.rand(2, k, generator=generator, dtype=torch.float64) * 2 - 1)
+    U = torch.cat(units).to(problem.tl.device)
+    tl, tu = problem.tl[idx], problem.tu[idx]
+    t = ((tl + tu) / 2)[:, None] + ((tu - tl) / 2)[:, None] * U[None]
+    rows = idx.repeat_interleave(U.shape[0])
+    return problem.point(rows, t.reshape(-1, k))
+
+
+def _graph_or_note(model, problem: Problem, device, notes):
+    """The bound graph of ``model`` as it runs now, or None (with a note) when no proof
+    may be claimed: an op without a sound bound operator, a plain callable, or a graph
+    that disagrees with the model's own forward pass on points of these boxes."""
+    if not isinstance(model, torch.nn.Module):
+        notes.append("the model is a plain callable, not an nn.Module: no proof is possible without the module; "
+                     "falsification and sampling only")
+        return None
     try:
-        return get_graph(model, input_shape, device=device)
+        graph = get_graph(model, problem.input_shape, device=device, example=problem.x0[:2].to(problem.x_dtype))
     except UnsupportedLayer as exc:
         notes.append(f"{exc}; falling back to falsification only (no proof possible)")
         return None
+    # a private generator: the user's global RNG state is left alone
+    msg = check_graph(graph, problem.model_forward, _check_points(problem, generator=_generator(0x7ACE)))
+    if msg is not None:
+        notes.append(f"{msg}; falling back to falsification only")
+        return None
+    return graph
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -196,7 +238,7 @@ def _run_ladder(model, problem, input_shape, device, engine, budget_s, seed, pre
         bound_fn = make_bound_fn(model, problem, engine, notes)
         name = engine if bound_fn is not None else "falsify"
     elif engine != "falsify":
-        graph = _graph_or_note(model, input_shape, device, notes)
+        graph = _graph_or_note(model, problem, device, notes)
     if engine not in ENGINES and not engine.startswith("auto_lirpa") and bound_factory is None:
         raise LatentAuditError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)} "
                                f"or auto_lirpa:<ibp|crown|crown-ibp|alpha-crown>")
@@ -217,8 +259,9 @@ def verify_box(model, lower, upper, spec, *, engine: str = "auto", device="auto"
     t0 = time.perf_counter()
     spec = as_spec(spec)
     dev = resolve_device(device)
-    lower = torch.as_tensor(lower, dtype=torch.float32).to(dev)
-    upper = torch.as_tensor(upper, dtype=torch.float32).to(dev)
+    x_dtype = _input_dtype(model, lower)
+    lower = torch.as_tensor(lower).to(device=dev, dtype=x_dtype)
+    upper = torch.as_tensor(upper).to(device=dev, dtype=x_dtype)
     if lower.shape != upper.shape or lower.dim() < 2 or lower.shape[0] == 0:
         raise LatentAuditError(f"lower and upper must both be [N, *input_shape] with N >= 1; got "
                                f"{tuple(lower.shape)} and {tuple(upper.shape)}")
@@ -234,15 +277,19 @@ def verify_box(model, lower, upper, spec, *, engine: str = "auto", device="auto"
     if dims.numel() == 0:
         dims = torch.zeros(1, dtype=torch.long, device=dev)  # point boxes: one zero-width coordinate
     k, D = dims.numel(), flat_w.shape[1]
-    V = torch.zeros(1, k, D, device=dev)
+    V = torch.zeros(1, k, D, device=dev, dtype=x_dtype)
     V[0, torch.arange(k), dims] = 1.0
-    half = flat_w[:, dims] / 2
-    x0 = (lower + upper) / 2
+    # the box exactly as given: float64 centre and a half-width rounded up until
+    # centre -+ half reaches both of the user's bounds
+    lo64, hi64 = lower.double(), upper.double()
+    x0 = (lo64 + hi64) / 2
+    half = torch.maximum(hi64 - x0, x0 - lo64).reshape(n, -1)[:, dims]
+    half = torch.nextafter(half, torch.full_like(half, torch.inf))
     notes: List[str] = []
     with _eval_mode(model):
         m = _on_device(model, dev)
         problem = Problem(m, x0, V.reshape(1, k, *shape), -half, half, box_spec, labels,
-                          clamp_lower=lower, clamp_upper=upper)
+                          clamp_lower=lower, clamp_upper=upper, x_dtype=x_dtype)
         out, name = _run_ladder(m, problem, shape, dev, engine, budget_s, seed, precision, notes)
     return BoxResult(out.status, out.cex_x, out.rung, out.bound.cpu(), time.perf_counter() - t0, name,
                      notes + out.notes)
@@ -334,10 +381,11 @@ def _prepare(model, seeds, labels, direction, spec: Spec, latent_space, device) 
     _check_model(model)
     if spec.needs_labels and labels is None:
         raise LatentAuditError(f"{spec.describe()} needs labels: pass seeds as (z, labels)")
-    z = z.to(dev)
+    z = z.to(device=dev, dtype=_input_dtype(model, z))
     labels = None if labels is None else labels.to(dev)
     n, dim = z.shape[0], int(z[0].numel())
     V, dname = _direction_basis(direction, latent_space, dim, dev)
+    V = V.to(z.dtype)
     with _eval_mode(model):
         m = _on_device(model, dev)
         with torch.no_grad():
@@ -385,10 +433,11 @@ def certified_radius(model, seeds, labels=None, direction=None, spec: Spec = Non
         return torch.tensor([s == VERIFIED for s in ladder.status], device=prep.dev)
 
     with _eval_mode(model):
-        try:
-            graph = get_graph(prep.model, prep.input_shape, device=prep.dev)
-        except UnsupportedLayer:
-            return lo.cpu()  # nothing can be certified without bounds
+        tl = -hi[:, None].expand(-1, prep.k).contiguous()
+        graph = _graph_or_note(prep.model, Problem(prep.model, prep.z, prep.Vt, tl, -tl, prep.box_spec,
+                                                   prep.box_labels), prep.dev, [])
+        if graph is None:
+            return lo.cpu()  # nothing can be certified without a checked bound graph
         top = verified_at(hi)
         lo = torch.where(top, hi, lo)
         for _ in range(iters):

@@ -1,10 +1,15 @@
 """Bound propagation over a ``BoundGraph``: interval (IBP) and linear bounds.
 
+All arithmetic is float64 (the graph is bound in float64). Every node's bounds are
+widened by the op's error radius (``op.radius``): the model's own float32 rounding of
+that op and ours, so the bounds contain every value the user's float forward pass can
+produce on the box, not only the exact real function (docs/engines.md).
+
 The linear engine runs forward mode over the box's k generators (cheap for the k = 1..4
 of semantic tests) to get every intermediate bound, intersected with IBP; then it bounds
-the spec ``C y + d`` twice, by folding ``C`` into the forward forms of the last layer and
-by one backward (CROWN-style) pass from ``C`` using those intermediate bounds, and keeps
-the smaller upper bound. Both are sound, so their minimum is.
+the spec ``C y + d`` by folding ``C`` into the forward forms of the last layer and by one
+backward (CROWN-style) pass from ``C`` using those intermediate bounds, and keeps the
+smaller upper bound. All are sound, so their minimum is.
 """
 from __future__ import annotations
 
@@ -13,40 +18,63 @@ from typing import List, Optional, Tuple
 import torch
 
 from . import ops
-from .forms import LinForm, tolerance, widen
+from .forms import LinForm
 from .graph import BoundGraph
+from .ops import U64, gamma
 
 
 def _input_bounds(center, gens):
     rad = gens.abs().sum(1)
-    return center - rad, center + rad
+    # the box as float64 centre and generators: a few ulps of slack cover its rounding
+    e = 4 * U64 * (center.abs() + rad)
+    return center - rad - e, center + rad + e
+
+
+def _in_bounds(bounds, node):
+    return [bounds[i] for i in node.inputs]
+
+
+def _widen(lo, hi, R):
+    if R is None:
+        return lo, hi
+    return lo - R, hi + R
 
 
 def ibp_bounds(graph: BoundGraph, center: torch.Tensor, gens: torch.Tensor, pad=True):
-    """Interval bounds of every node; returns the list of ``(lo, hi)``."""
-    rel, abs_ = tolerance(center.dtype) if pad else (0.0, 0.0)
+    """Interval bounds of every node (with error radii unless ``pad=False``)."""
     bounds: List[Tuple[torch.Tensor, torch.Tensor]] = []
     for node in graph.nodes:
         if isinstance(node.op, ops.InputOp):
-            bounds.append(_input_bounds(center, gens))
+            bounds.append(_input_bounds(center, gens) if pad else
+                          (center - gens.abs().sum(1), center + gens.abs().sum(1)))
             continue
-        lo, hi = node.op.ibp(*(bounds[i] for i in node.inputs))
-        bounds.append(widen(lo, hi, rel, abs_))
+        pre = _in_bounds(bounds, node)
+        lo, hi = node.op.ibp(*pre)
+        bounds.append(_widen(lo, hi, node.op.radius(pre)) if pad else (lo, hi))
     return bounds
 
 
-def linear_bounds(graph: BoundGraph, center: torch.Tensor, gens: torch.Tensor, stop_before_last=False):
-    """Forward-mode linear bounds. Returns ``(forms, concrete)`` per node; concrete bounds
-    are the intersection of the form's concretisation and IBP, padded for float error.
+def _form_magnitude(f: LinForm):
+    """A bound of ``|x|`` from a form that dominates its concretisation (for radii)."""
+    m = torch.maximum(f.lb.abs() + f.lw.abs().sum(1), f.ub.abs() + f.uw.abs().sum(1))
+    return (-m, m)
 
-    With ``stop_before_last`` the output node is skipped (its input forms are enough to
-    fold a spec into a final Linear layer)."""
-    rel, abs_ = tolerance(center.dtype)
+
+def linear_bounds(graph: BoundGraph, center: torch.Tensor, gens: torch.Tensor, stop_before_last=False,
+                  crown=False):
+    """Forward-mode linear bounds. Returns ``(forms, concrete)`` per node; concrete bounds
+    are the intersection of the form's concretisation and IBP, each widened by the
+    node's error radius. With ``crown``, the inputs of relaxations behind an earlier
+    relaxation are tightened by backward (CROWN) passes on their unstable neurons, where
+    forward mode loses tightness layer by layer. With ``stop_before_last`` the output
+    node is skipped."""
+    feeds = _feeds_relaxation(graph) if crown else None
     forms: List[Optional[LinForm]] = []
     conc: List[Tuple[torch.Tensor, torch.Tensor]] = []
     last = len(graph.nodes) - 1
     for j, node in enumerate(graph.nodes):
-        if isinstance(node.op, ops.InputOp):
+        op = node.op
+        if isinstance(op, ops.InputOp):
             forms.append(LinForm.input(center, gens))
             conc.append(_input_bounds(center, gens))
             continue
@@ -55,28 +83,39 @@ def linear_bounds(graph: BoundGraph, center: torch.Tensor, gens: torch.Tensor, s
             conc.append(None)
             break
         in_forms = [forms[i] for i in node.inputs]
-        pre = conc[node.inputs[0]] if node.inputs else None
-        f = node.op.linear(*in_forms, pre=pre)
-        lo_i, hi_i = node.op.ibp(*(conc[i] for i in node.inputs))
+        pre = _in_bounds(conc, node)
+        f = op.linear(*in_forms, pre=pre)
+        if op.fan:
+            # the radius from the forms' magnitudes covers the model's rounding and ours
+            R = op.radius([_form_magnitude(g) for g in in_forms])
+            R_ibp = op.radius(pre)
+            f = LinForm(f.lw, f.lb - R, f.uw, f.ub + R)
+        else:
+            R_ibp = None
+        lo_i, hi_i = _widen(*op.ibp(*pre), R_ibp)
         lo_f, hi_f = f.concretize()
-        lo, hi = widen(torch.maximum(lo_i, lo_f), torch.minimum(hi_i, hi_f), rel, abs_)
         forms.append(f)
-        conc.append((lo, hi))
+        conc.append((torch.maximum(lo_i, lo_f), torch.minimum(hi_i, hi_f)))
+        if feeds is not None and feeds[j]:
+            conc[j] = _crown_refine(graph, conc, center, gens, j)
     return forms, conc
 
 
-def _fold_last_linear(graph: BoundGraph, forms, C, d):
-    """Upper bound of ``C y + d`` by folding ``C`` into the final Linear layer."""
+def _fold_last_linear(graph: BoundGraph, forms, conc, C, d):
+    """Upper bound of ``C y + d`` by folding ``C`` into the final dense layer."""
     node = graph.nodes[-1]
     op = node.op
     h = forms[node.inputs[0]]
     W = C @ op.weight.to(C)  # [N, m, hidden]
     b = d if op.bias is None else d + C @ op.bias.to(C)
     Wp, Wn = W.clamp(min=0), W.clamp(max=0)
-    # upper form of W h: W+ (upper form) + W- (lower form); then maximise over s
     coef = torch.einsum("nmh,nkh->nmk", Wp, h.uw) + torch.einsum("nmh,nkh->nmk", Wn, h.lw)
     const = torch.einsum("nmh,nh->nm", Wp, h.ub) + torch.einsum("nmh,nh->nm", Wn, h.lb) + b
-    return const + coef.abs().sum(-1)
+    R = op.radius([conc[node.inputs[0]]])
+    mag = _form_magnitude(h)[1]
+    slack = torch.einsum("nmo,no->nm", C.abs(), R) + \
+        gamma(W.shape[-1] + h.k + 4, 4 * U64) * (torch.einsum("nmh,nh->nm", W.abs(), mag) + b.abs())
+    return const + coef.abs().sum(-1) + slack
 
 
 def _upper_from_output_form(form: LinForm, C, d):
@@ -86,83 +125,180 @@ def _upper_from_output_form(form: LinForm, C, d):
         torch.einsum("nmo,nko->nmk", Cn, form.lw.reshape(n, form.k, -1))
     const = torch.einsum("nmo,no->nm", Cp, form.ub.reshape(n, -1)) + \
         torch.einsum("nmo,no->nm", Cn, form.lb.reshape(n, -1)) + d
-    return const + coef.abs().sum(-1)
+    mag = _form_magnitude(form)[1].reshape(n, -1)
+    slack = gamma(C.shape[-1] + form.k + 4, 4 * U64) * (torch.einsum("nmo,no->nm", C.abs(), mag) + d.abs())
+    return const + coef.abs().sum(-1) + slack
 
 
 def _interval_upper(lo, hi, C, d):
     n = C.shape[0]
     lo, hi = lo.reshape(n, -1), hi.reshape(n, -1)
-    return torch.einsum("nmo,no->nm", C.clamp(min=0), hi) + torch.einsum("nmo,no->nm", C.clamp(max=0), lo) + d
+    val = torch.einsum("nmo,no->nm", C.clamp(min=0), hi) + torch.einsum("nmo,no->nm", C.clamp(max=0), lo) + d
+    mag = torch.maximum(lo.abs(), hi.abs())
+    return val + gamma(C.shape[-1] + 4, 4 * U64) * (torch.einsum("nmo,no->nm", C.abs(), mag) + d.abs())
 
 
-def backward_upper(graph: BoundGraph, conc, center, gens, C, d):
-    """CROWN-style backward pass from ``C`` using intermediate bounds ``conc``."""
-    n, m = C.shape[:2]
+def radii(graph: BoundGraph, conc) -> List[Optional[torch.Tensor]]:
+    """Error radius of every node given the concrete bounds of its inputs."""
+    return [None if not node.inputs else node.op.radius(_in_bounds(conc, node)) for node in graph.nodes]
+
+
+U32 = 2.0 ** -24
+
+
+def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d, fast=False):
+    """CROWN-style backward pass: an upper bound of ``A_start . x_start + d`` over the box,
+    for ``A_start`` ``[n, m, *S_start]`` (rows per box) and ``d`` ``[n, m]``, using the
+    intermediate bounds ``conc`` of the nodes before ``start``.
+
+    Each node's error radius enters as ``|A_j| . R_j``: the rounding of the model and of
+    our own products ``A W`` (``|A W - fl(A W)| |h| <= gamma |A| |W| |h|``, inside R).
+    With ``fast`` the coefficients ``A`` travel in float32 (twice the speed, half the
+    memory); each op then adds ``op.our_radius`` for float32 rounding, and constants are
+    summed in float64."""
+    n, m = A_start.shape[:2]
     nodes = graph.nodes
     A: List[Optional[torch.Tensor]] = [None] * len(nodes)
-    A[-1] = C.reshape(n * m, *nodes[-1].shape)
+    A[start] = A_start.reshape(n * m, *nodes[start].shape)
+    if fast:
+        A[start] = A[start].float()
     const = d.reshape(n * m).clone()
-    for j in range(len(nodes) - 1, 0, -1):
+    const_abs = const.abs()
+    for j in range(start, 0, -1):
         Aj = A[j]
         if Aj is None:
             continue
         node = nodes[j]
-        pre = conc[node.inputs[0]] if node.inputs else None
-        if isinstance(node.op, ops.MonotoneIBPOp):
-            # no linear relaxation: bound this node's contribution by its interval
-            lo, hi = conc[j]
-            lo, hi = (v.repeat_interleave(m, 0) for v in (lo, hi))
-            const = const + (Aj.clamp(min=0) * hi + Aj.clamp(max=0) * lo).reshape(n * m, -1).sum(1)
-            A[j] = None
-            continue
+        pre = _in_bounds(conc, node)
+        Rj = node.op.radius(pre)
+        if fast:
+            d_out = int(Aj[0].numel())
+            Ro = node.op.our_radius(pre, U32, d_out)
+            Rj = Ro if Rj is None else (Rj if Ro is None else Rj + Ro)
+        if Rj is not None:
+            Rf = Rj.reshape(n, -1).to(Aj.dtype)
+            s = torch.einsum("nmd,nd->nm", Aj.reshape(n, m, -1).abs(), Rf).reshape(-1).double()
+            if fast:  # a float32 sum of non-negative terms, and R rounded to float32
+                s = s * (1 + gamma(Rf.shape[1] + 4, U32)) * (1 + 2 * U32)
+            const = const + s
+            const_abs = const_abs + s
         in_shapes = [nodes[i].shape for i in node.inputs]
         A_in, c = node.op.backward(Aj, pre=pre, in_shapes=in_shapes)
         if c is not None:
-            const = const + c
+            c = c.double()
+            const, const_abs = const + c, const_abs + c.abs()
         for i, a in zip(node.inputs, A_in):
             A[i] = a if A[i] is None else A[i] + a
         A[j] = None
-    A0 = A[0].reshape(n, m, -1)
+    A0 = A[0].reshape(n, m, -1).double()
     k = gens.shape[1]
-    val = torch.einsum("nmd,nd->nm", A0, center.reshape(n, -1)) + const.reshape(n, m)
-    return val + torch.einsum("nmd,nkd->nmk", A0, gens.reshape(n, k, -1)).abs().sum(-1)
+    c0 = center.reshape(n, -1)
+    G0 = gens.reshape(n, k, -1)
+    val = torch.einsum("nmd,nd->nm", A0, c0) + const.reshape(n, m)
+    spread = torch.einsum("nmd,nkd->nmk", A0, G0).abs().sum(-1)
+    lo0, hi0 = _input_bounds(center, gens)
+    e_in = (hi0 - lo0).reshape(n, -1) / 2 - G0.abs().sum(1)  # the input's rounding slack
+    absA = A0.abs()
+    mag = torch.einsum("nmd,nd->nm", absA, c0.abs()) + torch.einsum("nmd,nkd->nmk", absA, G0.abs()).sum(-1) + \
+        const_abs.reshape(n, m)
+    slack = torch.einsum("nmd,nd->nm", absA, e_in) + gamma(A0.shape[-1] + k + 2 * len(nodes) + 4, 4 * U64) * mag
+    return val + spread + slack
 
 
-def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", threshold=None):
-    """Sound upper bound of every row of ``C y + d`` over the box; ``[N, m]``.
+def backward_upper(graph: BoundGraph, conc, center, gens, C, d):
+    """Upper bound of every row of ``C y + d`` by a backward pass from the output."""
+    return backward_bound(graph, conc, center, gens, len(graph.nodes) - 1, C, d)
+
+
+def _feeds_relaxation(graph: BoundGraph) -> List[bool]:
+    """Nodes whose bounds decide a relaxation (inputs of activations and max pooling) and
+    that lie behind an earlier relaxation (before it, forward mode is already exact)."""
+    relaxing = [isinstance(nd.op, (ops.ActivationOp, ops.MaxPoolOp)) for nd in graph.nodes]
+    behind = [False] * len(graph.nodes)
+    for j, nd in enumerate(graph.nodes):
+        behind[j] = any(behind[i] or relaxing[i] for i in nd.inputs)
+    feeds = [False] * len(graph.nodes)
+    for j, nd in enumerate(graph.nodes):
+        if relaxing[j]:
+            for i in nd.inputs:
+                feeds[i] = behind[i]
+    return feeds
+
+
+def _crown_refine(graph: BoundGraph, conc, center, gens, j):
+    """Tighten node ``j``'s bounds on its unstable neurons (lower < 0 < upper) with a
+    backward pass per neuron, over the bounds of the nodes before it."""
+    lo, hi = conc[j]
+    n = lo.shape[0]
+    flo, fhi = lo.reshape(n, -1), hi.reshape(n, -1)
+    uns = (flo < 0) & (fhi > 0)
+    U = int(uns.sum(1).max()) if uns.numel() else 0
+    if U == 0:
+        return lo, hi
+    order = torch.argsort(uns.to(torch.int8), dim=1, descending=True, stable=True)[:, :U]  # unstable first
+    valid = uns.gather(1, order)
+    D = flo.shape[1]
+    sign = valid.to(lo.dtype)
+    upper_rows = torch.zeros(n, U, D, dtype=lo.dtype, device=lo.device).scatter_(2, order[:, :, None], sign[:, :, None])
+    A = torch.cat([upper_rows, -upper_rows], 1).reshape(n, 2 * U, *graph.nodes[j].shape)
+    ub = backward_bound(graph, conc, center, gens, j, A, torch.zeros(n, 2 * U, dtype=lo.dtype, device=lo.device),
+                        fast=True)
+    new_hi, new_lo = ub[:, :U], -ub[:, U:]
+    big = torch.full_like(new_hi, torch.inf)
+    new_hi = torch.where(valid, new_hi, big)
+    new_lo = torch.where(valid, new_lo, -big)
+    fhi = fhi.scatter_reduce(1, order, new_hi, "amin")
+    flo = flo.scatter_reduce(1, order, new_lo, "amax")
+    return flo.reshape(lo.shape), fhi.reshape(hi.shape)
+
+
+def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", threshold=None, crown=True):
+    """Sound upper bound of every row of ``C y + d`` over the box; ``[N, m]`` (float64).
 
     ``method``: ``"ibp"`` (intervals only) or ``"linear"`` (forward forms, folded spec and a
-    backward pass; the minimum of all of them). With ``threshold`` (``[N]``), the costlier
-    backward pass runs only for boxes whose forward bound is not already below it.
+    backward pass; the minimum of all of them; then, for boxes still open and with
+    ``crown``, CROWN intermediate bounds and another backward pass). With ``threshold``
+    (``[N]``), each costlier stage runs only for boxes not already below it.
     """
-    C = C.to(center.dtype)
-    d = d.to(center.dtype)
+    dt = torch.float64
+    center, gens, C, d = center.to(dt), gens.to(dt), C.to(dt), d.to(dt)
+    last = graph.nodes[-1]
+    dense_last = isinstance(last.op, ops.DenseOp) and len(last.shape) == 1
     if method == "ibp":
         bounds = ibp_bounds(graph, center, gens)
-        last = graph.nodes[-1]
-        if isinstance(last.op, ops.LinearOp):
+        ub = _interval_upper(*bounds[-1], C, d)
+        if dense_last:
             lo, hi = bounds[last.inputs[0]]
             W = C @ last.op.weight.to(C)
             b = d if last.op.bias is None else d + C @ last.op.bias.to(C)
-            return _interval_upper(lo, hi, W, b)
-        return _interval_upper(*bounds[-1], C, d)
+            R = last.op.radius([bounds[last.inputs[0]]])
+            ub = torch.minimum(ub, _interval_upper(lo, hi, W, b) + torch.einsum("nmo,no->nm", C.abs(), R))
+        return ub
     forms, conc = linear_bounds(graph, center, gens)
     ub = _upper_from_output_form(forms[-1], C, d)
     ub = torch.minimum(ub, _interval_upper(*conc[-1], C, d))
-    if isinstance(graph.nodes[-1].op, ops.LinearOp):
-        ub = torch.minimum(ub, _fold_last_linear(graph, forms, C, d))
-    need = torch.ones(ub.shape[0], dtype=torch.bool, device=ub.device) if threshold is None else \
-        ~(ub.amax(1) < threshold)
-    if bool(need.all()):
-        return torch.minimum(ub, backward_upper(graph, conc, center, gens, C, d))
+    if dense_last:
+        ub = torch.minimum(ub, _fold_last_linear(graph, forms, conc, C, d))
+    thr = None if threshold is None else threshold.to(dt)
+
+    def open_(u):
+        return torch.ones(u.shape[0], dtype=torch.bool, device=u.device) if thr is None else ~(u.amax(1) < thr)
+
+    need = open_(ub)
     if bool(need.any()):
-        sub = [None if b is None else (b[0][need], b[1][need]) for b in conc]
+        sub = [(b[0][need], b[1][need]) for b in conc]
         ub[need] = torch.minimum(ub[need], backward_upper(graph, sub, center[need], gens[need], C[need], d[need]))
+    need = open_(ub) if crown else torch.zeros_like(need)
+    if bool(need.any()):
+        # what stays open: CROWN intermediate bounds on the unstable neurons, then backward
+        _, conc2 = linear_bounds(graph, center[need], gens[need], crown=True)
+        ub[need] = torch.minimum(ub[need], backward_upper(graph, conc2, center[need], gens[need], C[need], d[need]))
     return ub
 
 
 def output_bounds(graph: BoundGraph, center, gens, method="linear"):
     """Concrete lower/upper bounds of the model's outputs over the box."""
+    center, gens = center.to(torch.float64), gens.to(torch.float64)
     if method == "ibp":
         return ibp_bounds(graph, center, gens)[-1]
     n = center.shape[0]
@@ -172,3 +308,25 @@ def output_bounds(graph: BoundGraph, center, gens, method="linear"):
     ub = spec_upper_bound(graph, center, gens, C, torch.zeros(n, 2 * out, dtype=center.dtype, device=center.device))
     hi, lo = ub[:, :out], -ub[:, out:]
     return lo.reshape(n, *graph.output_shape), hi.reshape(n, *graph.output_shape)
+
+
+def check_graph(graph: BoundGraph, model_forward, points: torch.Tensor) -> Optional[str]:
+    """The trace check: bound zero-width boxes at ``points`` with the graph (error radii
+    included) and require the model's own forward output there to lie inside. ``None``
+    when it does; otherwise a note naming the point and the size of the disagreement."""
+    p64 = points.to(torch.float64)
+    gens = torch.zeros((p64.shape[0], 1, *p64.shape[1:]), dtype=torch.float64, device=p64.device)
+    with torch.no_grad():
+        lo, hi = ibp_bounds(graph, p64, gens)[-1]
+        y = model_forward(points)
+    lo, hi = lo.reshape(y.shape[0], -1), hi.reshape(y.shape[0], -1)
+    if lo.shape != y.shape:
+        return f"the lowered graph gives outputs shaped {tuple(lo.shape[1:])}, the model {tuple(y.shape[1:])}"
+    y = y.to(torch.float64)
+    bad = ~((y >= lo) & (y <= hi)) | ~torch.isfinite(y)
+    if not bool(bad.any()):
+        return None
+    gap = torch.where(bad, torch.maximum(lo - y, y - hi), torch.zeros_like(y))
+    i = int(bad.any(1).nonzero()[0])
+    return (f"the lowered graph disagrees with the model's forward pass at check point {i} "
+            f"(by up to {float(gap[i].max()):.3g} on output {int(gap[i].argmax())}): no proof is claimed")

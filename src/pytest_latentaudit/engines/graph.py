@@ -1,22 +1,34 @@
-"""Trace a user's ``nn.Module`` (torch.fx) into a graph of bound operators.
+"""Lower a user's model into a graph of bound operators, and check it against the model.
 
-The graph is a topologically ordered list of nodes, each an operator from ops.py with the
-indices of its tensor inputs. Shapes are recorded on a concrete example so that reshapes
-written with ``x.size(0)`` or ``-1`` become fixed per-sample reshapes.
+Lowering traces ``model(x)`` itself with ``make_fx`` (real tensors, ATen level), over
+``torch.func.functional_call`` so that parameters and buffers are graph inputs. Tracing
+the call, not ``forward``, records everything that runs: forward hooks and pre-hooks on
+any module, keyword arguments made explicit in each ATen op's schema (``alpha=``,
+``rounding_mode=``), Python attributes read in ``forward`` (baked into the trace), and
+one spelling per op (``F.linear``, ``nn.Linear`` and ``x @ W.T + b`` all arrive as
+``addmm``). Every data-dependent node maps through ``registry.HANDLERS``; anything else
+is refused by name. Data-dependent control flow (``if x.sum() > 0``) fails the trace
+itself, and so is refused too.
+
+There is no graph cache: each audit lowers the model as it is at that moment (a traced
+graph of a 5x512 head costs about 20 ms), so a module swapped, a slope changed or weights
+edited in place can never meet a stale graph. And before any proof counts, ``check``
+bounds zero-width boxes at sample points with the graph and requires the model's own
+forward output to lie inside them (see api.py).
 """
 from __future__ import annotations
 
 import operator
-import weakref
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import ops
 from .ops import UnsupportedLayer
+
+TRACE_BATCH = 2
 
 
 @dataclass
@@ -31,12 +43,30 @@ class BoundGraph:
     nodes: List[Node]
     input_shape: Tuple[int, ...]
     output_shape: Tuple[int, ...]
+    #: (params) -> {fx node: value} for the constant part of the trace
+    const_env: Optional[Callable] = None
+    params: Optional[Dict[str, torch.Tensor]] = None
+    dtype: Optional[torch.dtype] = None
+    device: Optional[torch.device] = None
+    notes: List[str] = field(default_factory=list)
 
     @property
     def out_index(self) -> int:
         return len(self.nodes) - 1
 
+    def bind(self, params=None, dtype=torch.float64, device=None, detach=True) -> "BoundGraph":
+        """Evaluate the ops' constants from ``params`` (default: the model's parameters at
+        lowering time, which are the live tensors). ``detach=False`` keeps autograd, for
+        certified training through the same operators."""
+        env = self.const_env(self.params if params is None else params)
+        for node in self.nodes:
+            node.op.bind(env, dtype=dtype, device=device, detach=detach)
+        self.dtype, self.device = dtype, device
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dtype is not None:
+            x = x.to(self.dtype)
         vals: List[Optional[torch.Tensor]] = []
         for node in self.nodes:
             if isinstance(node.op, ops.InputOp):
@@ -45,22 +75,10 @@ class BoundGraph:
                 vals.append(node.op.forward(*(vals[i] for i in node.inputs)))
         return vals[-1]
 
-    def to(self, dtype=None, device=None) -> "BoundGraph":
-        for node in self.nodes:
-            node.op.to(dtype=dtype, device=device)
-        return self
-
     def as_dtype(self, dtype) -> "BoundGraph":
-        """A copy in ``dtype`` (cached on this graph); the original is left as it is."""
-        cache = self.__dict__.setdefault("_dtype_copies", {})
-        if dtype not in cache:
-            import copy
-
-            g = copy.copy(self)
-            g.nodes = [Node(copy.deepcopy(n.op), n.inputs, n.shape) for n in self.nodes]
-            g.__dict__["_dtype_copies"] = {}
-            cache[dtype] = g.to(dtype=dtype)
-        return cache[dtype]
+        if dtype != self.dtype:
+            self.bind(dtype=dtype, device=self.device)
+        return self
 
     def consumers(self) -> List[List[int]]:
         out: List[List[int]] = [[] for _ in self.nodes]
@@ -69,53 +87,269 @@ class BoundGraph:
                 out[i].append(j)
         return out
 
-
-# ----------------------------------------------------------------------------- tracing
-_ACTIVATION_MODULES = {nn.ReLU: ops.ReLUOp, nn.Sigmoid: ops.SigmoidOp, nn.Tanh: ops.TanhOp}
-_ACTIVATION_FUNCS = {
-    torch.relu: ops.ReLUOp, F.relu: ops.ReLUOp, torch.sigmoid: ops.SigmoidOp, F.sigmoid: ops.SigmoidOp,
-    torch.tanh: ops.TanhOp, F.tanh: ops.TanhOp,
-}
-_ACTIVATION_METHODS = {"relu": ops.ReLUOp, "sigmoid": ops.SigmoidOp, "tanh": ops.TanhOp}
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "unsqueeze", "squeeze", "view_as", "reshape_as"}
-_IDENTITY_METHODS = {"contiguous", "clone", "detach"}
-_IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
-_POSITIVE_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Upsample,
-                     nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
+    def describe(self) -> str:
+        return "\n".join(f"{j}: {n.op!r} <- {n.inputs} {n.shape}" for j, n in enumerate(self.nodes))
 
 
-def _reshape_fn(shape):
-    return lambda x: x.reshape(x.shape[0], *shape)
+# ----------------------------------------------------------------------- unit roundoff
+_UNIT = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -11,
+         torch.bfloat16: 2.0 ** -8}
 
 
-class _Tracer(torch.fx.Tracer):
-    # keep every torch.nn module as one call so layers are named in messages
-    def is_leaf_module(self, m, qualname):
-        return type(m).__module__.startswith("torch.nn") and not isinstance(m, nn.Sequential)
+def _roundoffs(dtype, device) -> Tuple[float, float, float, float]:
+    """(u_elementwise, u_matmul_in, u_conv_in, u_accumulate) for the model's evaluation.
+
+    float32 on CUDA may round matmul/conv inputs to TF32 (10-bit mantissa) or bfloat16
+    when torch allows it (``allow_tf32`` flags, ``set_float32_matmul_precision``)."""
+    u = _UNIT.get(dtype)
+    if u is None:
+        raise UnsupportedLayer("model", f"parameters of dtype {dtype}")
+    mm_in = conv_in = 0.0
+    if dtype == torch.float32:
+        prec = torch.get_float32_matmul_precision()
+        low = {"high": 2.0 ** -11, "medium": 2.0 ** -8}.get(prec, 0.0)
+        mm_in = conv_in = low
+        if device is not None and torch.device(device).type == "cuda":
+            if torch.backends.cuda.matmul.allow_tf32:
+                mm_in = max(mm_in, 2.0 ** -11)
+            if torch.backends.cudnn.allow_tf32:
+                conv_in = max(conv_in, 2.0 ** -11)
+    return u, mm_in, conv_in, u
 
 
-def trace(model: nn.Module, input_shape: Tuple[int, ...], dtype=torch.float32, device=None) -> BoundGraph:
-    """Build a ``BoundGraph`` for ``model`` on per-sample inputs of ``input_shape``.
+# ---------------------------------------------------------------------------- lowering
+class _Ctx:
+    """What a registry handler sees of one fx node."""
 
-    Raises ``UnsupportedLayer`` naming the first layer without a bound operator.
-    """
-    if not isinstance(model, nn.Module):
-        raise UnsupportedLayer(type(model).__name__, "not a torch.nn.Module; only falsification applies")
-    if type(model).__module__.startswith("torch.nn") and not isinstance(model, nn.Sequential):
-        model = nn.Sequential(model)  # a bare layer (nn.Linear): trace it as a leaf, not through F.linear
+    def __init__(self, lw: "_Lowering", n: torch.fx.Node):
+        self.lw, self.n = lw, n
+        self.target = n.target
+        schema = n.target._schema
+        self.schema = schema
+        self.schema_names = [a.name for a in schema.arguments]
+        self.values: Dict[str, object] = {}
+        self.defaults: Dict[str, object] = {}
+        for i, a in enumerate(schema.arguments):
+            if i < len(n.args) and not a.kwarg_only:
+                v = n.args[i]
+            elif a.name in n.kwargs:
+                v = n.kwargs[a.name]
+            elif a.has_default_value():
+                v = a.default_value
+            else:
+                v = None
+            self.values[a.name] = v
+            self.defaults[a.name] = a.default_value if a.has_default_value() else _NODEFAULT
+        self.used: set = set()
+        self.name = f"{lw.scope_of(n)}{n.target}"
+        self.batch = TRACE_BATCH
+        self.u_elem, self.u_matmul, self.u_conv = lw.u, lw.u, lw.u
+        self.u_in_matmul, self.u_in_conv = lw.mm_in, lw.conv_in
+
+    # -- arguments
+    def raw(self, name):
+        self.used.add(name)
+        return self.values[name]
+
+    def arg(self, name):
+        """A literal argument (a Python value, never data)."""
+        v = self.raw(name)
+        if isinstance(v, torch.fx.Node):
+            if self.lw.depends[v]:
+                raise UnsupportedLayer(self.name, f"data-dependent argument {name!r}")
+            v = self.lw.values[v]
+            if torch.is_tensor(v) and v.numel() == 1:
+                v = v.item()
+        return v
+
+    def is_data(self, v) -> bool:
+        return isinstance(v, torch.fx.Node) and self.lw.depends[v]
+
+    def data_arg(self, name) -> torch.fx.Node:
+        v = self.raw(name)
+        if not self.is_data(v):
+            raise UnsupportedLayer(self.name, f"argument {name!r} is expected to carry the input")
+        return v
+
+    def value_of(self, name):
+        v = self.values[name]
+        return self.lw.values[v] if isinstance(v, torch.fx.Node) else v
+
+    def const_ref(self, name, optional=False):
+        """The constant argument ``name`` as a function of the bound environment."""
+        v = self.raw(name)
+        if v is None:
+            if optional:
+                return lambda env: None
+            raise UnsupportedLayer(self.name, f"missing argument {name!r}")
+        if self.is_data(v):
+            raise UnsupportedLayer(self.name, f"argument {name!r} depends on the input (a product of two tensors)")
+        if isinstance(v, torch.fx.Node):
+            self.lw.needed.add(v)
+            return lambda env: env[v]
+        return lambda env: v
+
+    def const_arg(self, name):
+        """A constant tensor argument fixed at trace time (an index, not a parameter)."""
+        v = self.raw(name)
+        if self.is_data(v):
+            raise UnsupportedLayer(self.name, f"argument {name!r} depends on the input")
+        return self.lw.values[v] if isinstance(v, torch.fx.Node) else v
+
+    def check_per_sample(self, name):
+        from .registry import _per_sample_const
+
+        _per_sample_const(self, self.value_of(name))
+
+    # -- shapes
+    def _first_data(self):
+        for a in self.n.all_input_nodes:
+            if self.lw.depends[a]:
+                return a
+        raise UnsupportedLayer(self.name, "no data input")
+
+    def in_value(self):
+        return self.lw.values[self._first_data()]
+
+    def rank(self) -> int:
+        return self.in_value().dim()
+
+    def in_shape(self):
+        return tuple(self.in_value().shape[1:])
+
+    def in_shape_full(self):
+        return tuple(self.in_value().shape)
+
+    def out_value(self):
+        return self.lw.values[self.n]
+
+    def out_rank(self) -> int:
+        v = self.out_value()
+        return (v[0] if isinstance(v, (tuple, list)) else v).dim()
+
+    def out_shape(self):
+        return tuple(self.out_value().shape[1:])
+
+    def returns_tuple(self) -> bool:
+        return isinstance(self.out_value(), (tuple, list))
+
+    # -- results
+    def emit(self, op, inputs) -> int:
+        return self.lw.emit(op, [self.lw.index_of(i) for i in inputs], self.n)
+
+    def alias(self, fxnode) -> int:
+        return self.lw.index_of(fxnode)
+
+    def tuple_outputs(self, outs, refuse=None):
+        """Outputs of a tuple-valued op, picked by ``getitem``: an index, or (op, input)."""
+        self.lw.tuples[self.n] = (outs, refuse or {})
+        return None
+
+
+_NODEFAULT = object()
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.fx.Node) or isinstance(b, torch.fx.Node):
+        return a is b
     try:
-        fx_graph = _Tracer().trace(model)
-    except Exception as exc:  # noqa: BLE001 - fx raises many types; we report and fall back
-        raise UnsupportedLayer(type(model).__name__, f"not traceable by torch.fx: {exc}") from exc
-    gm = torch.fx.GraphModule(model, fx_graph)
-    modules = dict(model.named_modules())
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - tensors, odd types: treat as different
+        return False
 
-    # concrete values of every fx node, to learn shapes and which nodes are data-dependent
-    example = torch.zeros((2, *input_shape), dtype=dtype, device=device)
+
+class _Lowering:
+    def __init__(self, gm: torch.fx.GraphModule, values, depends, u, mm_in, conv_in, scopes):
+        self.gm, self.values, self.depends = gm, values, depends
+        self.u, self.mm_in, self.conv_in = u, mm_in, conv_in
+        self.scopes = scopes
+        self.nodes: List[Node] = []
+        self.index: Dict[torch.fx.Node, int] = {}
+        self.tuples: Dict[torch.fx.Node, tuple] = {}
+        self.needed: set = set()
+
+    def scope_of(self, n) -> str:
+        s = self.scopes.get(n.name)
+        return f"{s}: " if s else ""
+
+    def index_of(self, v):
+        if isinstance(v, int):
+            return v
+        if v not in self.index:
+            raise UnsupportedLayer(str(v), "an input that was not lowered")
+        return self.index[v]
+
+    def emit(self, op, inputs, fxn) -> int:
+        self.nodes.append(Node(op, list(inputs), None))  # shapes: from a forward pass in lower()
+        return len(self.nodes) - 1
+
+
+def _fx_nodes_needed(graph: torch.fx.Graph, out_node) -> set:
+    """Nodes the output depends on (dead code, like unused hook results, is skipped)."""
+    need, stack = set(), [out_node]
+    while stack:
+        n = stack.pop()
+        if n in need:
+            continue
+        need.add(n)
+        stack.extend(n.all_input_nodes)
+    return need
+
+
+def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
+    """Lower ``model`` on per-sample inputs shaped like ``example[0]`` into a BoundGraph.
+
+    Raises ``UnsupportedLayer`` naming the first op without a sound bound operator."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from .registry import HANDLERS
+
+    if not isinstance(model, nn.Module):
+        raise UnsupportedLayer(type(model).__name__, "not a torch.nn.Module: proofs need a module")
+    named = dict(model.named_parameters(remove_duplicate=False))
+    named.update(dict(model.named_buffers(remove_duplicate=False)))
+    dtypes = {p.dtype for p in named.values() if p.is_floating_point()}
+    dtype = dtypes.pop() if len(dtypes) == 1 else (example.dtype if not dtypes else None)
+    if dtype is None:
+        raise UnsupportedLayer(type(model).__name__, "parameters of mixed floating dtypes")
+    device = example.device
+    u, mm_in, conv_in, _ = _roundoffs(dtype, device)
+    x = example.to(dtype)
+    if x.shape[0] != TRACE_BATCH:
+        x = torch.cat([x[:1]] * TRACE_BATCH) if x.shape[0] < TRACE_BATCH else x[:TRACE_BATCH]
+    x = x.detach().clone()
+    names = list(named)
+
+    def fn(params, inp):
+        return torch.func.functional_call(model, params, (inp,))
+
+    try:
+        with torch.no_grad():
+            gm = make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, x)
+    except UnsupportedLayer:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tracing raises many types; we refuse by name
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UnsupportedLayer(type(model).__name__, f"could not be traced ({msg[:200]})") from exc
+
+    graph = gm.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    param_ph, x_ph = placeholders[:-1], placeholders[-1]
+    if len(param_ph) != len(names):
+        raise UnsupportedLayer(type(model).__name__, "parameters could not be matched to the trace")
+    out_node = next(n for n in graph.nodes if n.op == "output")
+    outs = out_node.args[0]
+    if isinstance(outs, (tuple, list)):
+        if len(outs) != 1:
+            raise UnsupportedLayer(type(model).__name__, "the model must return a single tensor")
+        outs = outs[0]
+    if not isinstance(outs, torch.fx.Node):
+        raise UnsupportedLayer(type(model).__name__, "the model must return a tensor")
+
+    # values of every node on the example, and which nodes carry the input
     values: Dict[torch.fx.Node, object] = {}
-    placeholders = [n for n in fx_graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise UnsupportedLayer(type(model).__name__, f"forward takes {len(placeholders)} inputs; expected one tensor")
 
     class _Recorder(torch.fx.Interpreter):
         def run_node(self, n):
@@ -123,217 +357,205 @@ def trace(model: nn.Module, input_shape: Tuple[int, ...], dtype=torch.float32, d
             return out
 
     with torch.no_grad():
-        _Recorder(gm).run(example)
-
+        _Recorder(gm).run({k: v.detach() for k, v in named.items()}, x)
     depends: Dict[torch.fx.Node, bool] = {}
-    shape_nodes: set = set()
-    index: Dict[torch.fx.Node, int] = {}
-    nodes: List[Node] = []
+    for n in graph.nodes:
+        depends[n] = n is x_ph or any(depends.get(a, False) for a in n.all_input_nodes)
+    if not depends[outs]:
+        raise UnsupportedLayer(type(model).__name__, "the output does not depend on the input")
 
-    def shape_of(n):
-        return tuple(values[n].shape[1:])
-
-    def add(op, inputs, fxn):
-        v = values[fxn]
-        if not torch.is_tensor(v) or v.dim() == 0 or v.shape[0] != 2:
-            raise UnsupportedLayer(op.name, "changes the batch dimension")
-        nodes.append(Node(op, [index[i] for i in inputs], shape_of(fxn)))
-        index[fxn] = len(nodes) - 1
-
-    def const(a):
-        """Value of a non-data argument (a tensor constant or a Python number)."""
-        if isinstance(a, torch.fx.Node):
-            return values[a]
-        return a
-
-    def is_data(a):
-        return isinstance(a, torch.fx.Node) and depends.get(a, False)
-
-    for n in fx_graph.nodes:
-        args = list(n.args)
-        depends[n] = n.op == "placeholder" or any(depends.get(a, False) for a in n.all_input_nodes)
-        if n.op == "placeholder":
-            nodes.append(Node(ops.InputOp("input"), [], tuple(input_shape)))
-            index[n] = 0
-            continue
-        if n.op == "output":
-            out = n.args[0]
-            if not isinstance(out, torch.fx.Node) or out not in index:
-                raise UnsupportedLayer("output", "the model must return a single tensor")
-            if index[out] != len(nodes) - 1:  # output is not the last node: add an identity
-                nodes.append(Node(ops.PositiveLinearOp("output", lambda x: x), [index[out]], shape_of(out)))
-            break
-        if not depends[n]:
-            continue  # constants and size arithmetic: folded into the ops that use them
-        val = values[n]
-        if not torch.is_tensor(val):
-            if _is_shape_arithmetic(n, shape_nodes):
-                shape_nodes.add(n)
-                continue  # e.g. x.size(0): only feeds reshape arguments, recorded as shapes
-            # .item(), .tolist(), torch.sort's tuple...: freezing their trace value would be unsound
-            raise UnsupportedLayer(n.name, f"data-dependent Python value from {_target_name(n)}")
-        # tensor arguments in call order, repeats kept: x + x and cat([x, x]) take x twice
-        ordered: List[torch.fx.Node] = []
-        torch.fx.node.map_arg((n.args, n.kwargs), lambda a: ordered.append(a) or a)
-        data_args = [a for a in ordered if is_data(a) and torch.is_tensor(values[a])]
-        name = str(n.target) if n.op == "call_module" else n.name
-        op = _make_op(n, name, modules, data_args, args, const, values)
-        add(op, data_args[: op.n_inputs], n)
-
-    return BoundGraph(nodes, tuple(input_shape), nodes[-1].shape)
-
-
-_SHAPE_METHODS = {"size", "dim", "numel"}
-_SHAPE_ATTRS = {"shape", "ndim"}
-
-
-def _target_name(n) -> str:
-    t = n.target
-    return f".{t}()" if n.op == "call_method" else getattr(t, "__name__", str(t))
-
-
-def _is_shape_arithmetic(n, shape_nodes) -> bool:
-    """Whether a non-tensor value only describes shapes: x.size(), x.shape, x.dim() and
-    indexing or integer arithmetic on those (all fixed for a fixed per-sample shape)."""
-    if n.op == "call_method" and n.target in _SHAPE_METHODS:
-        return True
-    if n.op == "call_function" and n.target is getattr and len(n.args) > 1 and n.args[1] in _SHAPE_ATTRS:
-        return True
-    data_in = n.all_input_nodes
-    return (n.op == "call_function" and n.target in (operator.getitem, operator.mul, operator.add, operator.sub,
-                                                        operator.floordiv, operator.truediv)
-            and bool(data_in) and all(a in shape_nodes or a.op == "get_attr" for a in data_in
-                                      if a.op != "placeholder") and not any(a.op == "placeholder" for a in data_in))
-
-
-def _make_op(n, name, modules, data_args, args, const, values):
-    out_shape = tuple(values[n].shape[1:])
-    if n.op == "call_module":
-        m = modules[n.target]
-        t = type(m)
-        if isinstance(m, nn.Linear):
-            return ops.LinearOp(name, m.weight, m.bias)
-        if isinstance(m, nn.Conv2d):
-            return ops.Conv2dOp(name, m)
-        if isinstance(m, nn.ConvTranspose2d):
-            return ops.ConvTranspose2dOp(name, m)
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            return ops.BatchNormOp(name, m)
-        if t in _ACTIVATION_MODULES:
-            return _ACTIVATION_MODULES[t](name)
-        if isinstance(m, nn.LeakyReLU):
-            return ops.LeakyReLUOp(name, m.negative_slope)
-        if isinstance(m, (nn.Flatten, nn.Unflatten)):
-            return ops.PositiveLinearOp(name, _reshape_fn(out_shape), t.__name__)
-        if isinstance(m, _IDENTITY_MODULES):
-            return ops.PositiveLinearOp(name, lambda x: x, t.__name__)
-        if isinstance(m, _POSITIVE_MODULES):
-            if isinstance(m, nn.Upsample) and m.mode not in ("nearest", "linear", "bilinear"):
-                raise UnsupportedLayer(name, f"Upsample(mode={m.mode!r})")
-            return ops.PositiveLinearOp(name, m, t.__name__)
-        if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
-            return ops.MonotoneIBPOp(name, m)
-        raise UnsupportedLayer(name, t.__name__)
-
-    target = n.target
-    if n.op == "call_method":
-        if target in _ACTIVATION_METHODS:
-            return _ACTIVATION_METHODS[target](name)
-        if target in _RESHAPE_METHODS:
-            return ops.PositiveLinearOp(name, _reshape_fn(out_shape), target)
-        if target in _IDENTITY_METHODS:
-            return ops.PositiveLinearOp(name, lambda x: x, target)
-        if target in ("permute", "transpose"):
-            return _permute_op(name, n, args, values)
-        if target in ("add", "sub", "mul", "div"):
-            target = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}[target]
-        else:
-            raise UnsupportedLayer(name, f"tensor method .{target}()")
-
-    # call_function (or arithmetic methods mapped above)
-    if target in _ACTIVATION_FUNCS:
-        return _ACTIVATION_FUNCS[target](name)
-    if target is F.leaky_relu:
-        slope = n.kwargs.get("negative_slope", args[1] if len(args) > 1 else 0.01)
-        return ops.LeakyReLUOp(name, float(slope))
-    if target is torch.flatten:
-        return ops.PositiveLinearOp(name, _reshape_fn(out_shape), "flatten")
-    if target in (torch.reshape,):
-        return ops.PositiveLinearOp(name, _reshape_fn(out_shape), "reshape")
-    if target in (F.avg_pool2d, F.adaptive_avg_pool2d, F.interpolate):
-        fargs, fkw = args[1:], dict(n.kwargs)
-        if target is F.interpolate and fkw.get("mode", "nearest") not in ("nearest", "bilinear", "linear"):
-            raise UnsupportedLayer(name, f"interpolate(mode={fkw.get('mode')!r})")
-        fargs = [const(a) for a in fargs]
-        return ops.PositiveLinearOp(name, lambda x: target(x, *fargs, **fkw), target.__name__)
-    if target in (F.max_pool2d,):
-        fargs = [const(a) for a in args[1:]]
-        fkw = dict(n.kwargs)
-        return ops.MonotoneIBPOp(name, lambda x: target(x, *fargs, **fkw))
-    if target is torch.cat:
-        dim = n.kwargs.get("dim", args[1] if len(args) > 1 else 0)
-        if any(not isinstance(a, torch.fx.Node) or a not in data_args for a in args[0]):
-            raise UnsupportedLayer(name, "torch.cat with constant parts")
-        return ops.CatOp(name, len(args[0]), int(dim))
-    if target is operator.neg or target is torch.neg:
-        return ops.ScaleOp(name, -1.0)
-    if target in (operator.add, torch.add, operator.sub, torch.sub):
-        sign = 1.0 if target in (operator.add, torch.add) else -1.0
-        a, b = args[0], args[1]
-        if len(data_args) == 2:
-            return ops.AddOp(name, sign)
-        if isinstance(a, torch.fx.Node) and a in data_args:
-            return ops.AddConstOp(name, sign * torch.as_tensor(const(b)))
-        # constant - x: handled as x * (-1) + c would need two ops; keep it explicit
-        raise UnsupportedLayer(name, "constant minus tensor (write -x + c)") if sign < 0 else \
-            ops.AddConstOp(name, torch.as_tensor(const(a)))
-    if target in (operator.mul, torch.mul):
-        a, b = args[0], args[1]
-        if len(data_args) == 2:
-            raise UnsupportedLayer(name, "product of two data-dependent tensors")
-        c = const(b) if (isinstance(a, torch.fx.Node) and a in data_args) else const(a)
-        return ops.ScaleOp(name, c)
-    if target in (operator.truediv, torch.div):
-        a, b = args[0], args[1]
-        if len(data_args) == 2 or not (isinstance(a, torch.fx.Node) and a in data_args):
-            raise UnsupportedLayer(name, "division by a data-dependent tensor")
-        return ops.ScaleOp(name, 1.0 / torch.as_tensor(const(b), dtype=torch.float32))
-    raise UnsupportedLayer(name, f"function {getattr(target, '__name__', target)}")
-
-
-def _permute_op(name, n, args, values):
-    if n.target == "permute":
-        dims = args[1:] if not isinstance(args[1], (tuple, list)) else args[1]
-        dims = [int(d) for d in dims]
-    else:
-        d0, d1 = int(args[1]), int(args[2])
-        ndim = values[n].dim()
-        dims = list(range(ndim))
-        dims[d0], dims[d1] = dims[d1], dims[d0]
-    if dims[0] != 0:
-        raise UnsupportedLayer(name, "permute/transpose that moves the batch dimension")
-    return ops.PositiveLinearOp(name, lambda x: x.permute(*dims), "permute")
-
-
-# ------------------------------------------------------------------------------ cache
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def _fingerprint(model: nn.Module):
-    # parameters may be trained between audits: key the cache on their versions
-    return tuple((p.data_ptr(), p._version) for p in list(model.parameters()) + list(model.buffers()))
-
-
-def get_graph(model: nn.Module, input_shape, dtype=torch.float32, device=None) -> BoundGraph:
-    """``trace`` with a per-model cache, invalidated when parameters change."""
-    key = (tuple(input_shape), dtype, str(device), _fingerprint(model), model.training)
     try:
-        per_model = _CACHE.setdefault(model, {})
-    except TypeError:
-        per_model = {}
-    g = per_model.get(key)
-    if g is None:
-        per_model.clear()
-        g = trace(model, tuple(input_shape), dtype=torch.float32, device=None).to(dtype=dtype, device=device)
-        per_model[key] = g
+        return _lower_nodes(gm, graph, values, depends, x, x_ph, param_ph, names, outs, named, dtype, device,
+                            u, mm_in, conv_in)
+    except UnsupportedLayer as exc:
+        where = getattr(exc, "target", None)
+        if where is None:
+            raise
+        layer = _locate(model, x, where)
+        if layer is None:
+            raise
+        raise UnsupportedLayer(layer, f"{exc.what}; op {where}") from None
+
+
+def _locate(model: nn.Module, x, target) -> Optional[str]:
+    """The module (path and type) that first runs ATen op ``target``: re-runs the model
+    with global module hooks and a dispatch mode; only used to name a refused op."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    names = {id(m): n for n, m in model.named_modules()}
+    stack: List[nn.Module] = []
+    found: List[nn.Module] = []
+
+    class _Finder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is target and not found and stack:
+                found.append(stack[-1])
+            return func(*args, **(kwargs or {}))
+
+    def _push(m, i):
+        stack.append(m)
+
+    def _pop(m, i, o):  # returns None: a forward hook's return value would replace the output
+        if stack:
+            stack.pop()
+
+    pre = torch.nn.modules.module.register_module_forward_pre_hook(_push)
+    post = torch.nn.modules.module.register_module_forward_hook(_pop)
+    try:
+        with torch.no_grad(), _Finder():
+            model(x)
+    except Exception:  # noqa: BLE001 - naming is best effort
+        pass
+    finally:
+        pre.remove()
+        post.remove()
+    if not found:
+        return None
+    m = found[0]
+    path = names.get(id(m), "")
+    return f"{path or '<model>'} ({type(m).__name__})"
+
+
+def _lower_nodes(gm, graph, values, depends, x, x_ph, param_ph, names, outs, named, dtype, device, u, mm_in, conv_in):
+    from .registry import HANDLERS
+
+    live = _fx_nodes_needed(graph, outs)
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    lw = _Lowering(gm, values, depends, u, mm_in, conv_in, {})
+    lw.nodes.append(Node(ops.InputOp("input"), [], tuple(x.shape[1:])))
+    lw.index[x_ph] = 0
+    for n in graph.nodes:
+        if n not in live or not depends[n] or n is x_ph:
+            continue
+        v = values[n]
+        if n.op != "call_function":
+            raise UnsupportedLayer(n.name, f"unexpected node kind {n.op}")
+        if n.target is operator.getitem:
+            src, j = n.args
+            if src not in lw.tuples:
+                raise UnsupportedLayer(n.name, f"indexing the result of {src.target}")
+            outs_map, refuse = lw.tuples[src]
+            if j in refuse:
+                raise UnsupportedLayer(str(src.target), f"uses {refuse[j]}")
+            if j not in outs_map:
+                raise UnsupportedLayer(str(src.target), f"uses output {j}")
+            o = outs_map[j]
+            if isinstance(o, tuple):
+                op, inp = o
+                op.u = lw.u
+                lw.index[n] = lw.emit(op, [lw.index_of(inp)], n)
+            else:
+                lw.index[n] = o
+            continue
+        if isinstance(v, (tuple, list)):
+            ok = all(torch.is_tensor(t) for t in v)
+        else:
+            ok = torch.is_tensor(v)
+        if not ok:
+            raise UnsupportedLayer(n.name, f"data-dependent Python value from {n.target}")
+        lead = v[0] if isinstance(v, (tuple, list)) else v
+        if lead.dim() == 0 or lead.shape[0] != TRACE_BATCH:
+            raise UnsupportedLayer(str(n.target), "an op that changes the batch dimension")
+        handler = HANDLERS.get(n.target)
+        if handler is None:
+            exc = UnsupportedLayer(str(n.target), "no bound operator for this op")
+            exc.target = n.target
+            raise exc
+        try:
+            idx = _lower_one(lw, n, handler, order, live)
+        except UnsupportedLayer as exc:
+            exc.target = n.target
+            raise
+        if idx is not None:
+            lw.index[n] = idx
+        elif n not in lw.tuples:
+            raise UnsupportedLayer(str(n.target), "handler produced nothing")
+    return _finish(lw, outs, graph, depends, param_ph, names, gm, named, x, dtype, device)
+
+
+def _lower_one(lw, n, handler, order, live):
+    """Run one node's handler and check that it consumed (or left at default) every argument."""
+    schema = n.target._schema
+    if schema.is_mutable:
+        # in-place ops are bounded as their out-of-place twin, which is only right when
+        # nothing reads the mutated tensor's old node afterwards
+        first = n.args[0]
+        later = [u_ for u_ in first.users if u_ is not n and order[u_] > order[n] and u_ in live]
+        if later:
+            raise UnsupportedLayer(str(n.target), "an in-place op whose input is read again")
+    ctx = _Ctx(lw, n)
+    idx = handler(ctx)
+    for a in schema.arguments:
+        if a.name in ctx.used:
+            continue
+        dv = ctx.defaults[a.name]
+        if dv is _NODEFAULT or not _same(ctx.values[a.name], dv):
+            raise UnsupportedLayer(ctx.name, f"argument {a.name}={ctx.values[a.name]!r} is not handled")
+    return idx
+
+
+def _finish(lw, outs, graph, depends, param_ph, names, gm, named, x, dtype, device):
+    if outs not in lw.index:
+        raise UnsupportedLayer(str(outs), "the output was not lowered")
+    out_idx = lw.index[outs]
+    if out_idx != len(lw.nodes) - 1:  # the output is not the last node: an identity
+        lw.nodes.append(Node(ops.LinearMapOp("output", lambda t: t, "identity"), [out_idx], None))
+    if out_idx == 0:
+        raise UnsupportedLayer("output", "the model returns its input unchanged")
+
+    # the constant part of the trace, re-evaluated at every bind from the live parameters
+    const_nodes = [n for n in graph.nodes if not depends[n] and n.op != "output" and n in _ancestors(lw.needed)]
+
+    def const_env(params):
+        env: Dict[torch.fx.Node, object] = {}
+        ph = dict(zip(param_ph, names))
+        for n in const_nodes:
+            if n.op == "placeholder":
+                env[n] = params[ph[n]]
+            elif n.op == "get_attr":
+                env[n] = getattr(gm, n.target)
+            else:
+                args, kwargs = torch.fx.node.map_arg((n.args, n.kwargs), lambda a: env[a])
+                env[n] = n.target(*args, **kwargs)
+        return env
+
+    g = BoundGraph(lw.nodes, tuple(x.shape[1:]), None, const_env=const_env, params=named)
+    g.bind(dtype=dtype, device=device)
+    vals: List[torch.Tensor] = []
+    with torch.no_grad():
+        for node in g.nodes:
+            vals.append(x if not node.inputs and isinstance(node.op, ops.InputOp)
+                        else node.op.forward(*(vals[i] for i in node.inputs)))
+            node.shape = tuple(vals[-1].shape[1:])
+            if vals[-1].shape[0] != TRACE_BATCH:
+                raise UnsupportedLayer(node.op.name, "an op that changes the batch dimension")
+    g.output_shape = g.nodes[-1].shape
     return g
+
+
+def _ancestors(nodes) -> set:
+    out, stack = set(), list(nodes)
+    while stack:
+        n = stack.pop()
+        if n in out:
+            continue
+        out.add(n)
+        stack.extend(n.all_input_nodes)
+    return out
+
+
+def get_graph(model: nn.Module, input_shape=None, dtype=torch.float64, device=None, example=None) -> BoundGraph:
+    """Lower ``model`` as it is now and bind its constants in ``dtype`` (float64: the bound
+    arithmetic's precision). ``example`` (a batch of inputs) guides the trace; zeros of
+    ``input_shape`` otherwise."""
+    if example is None:
+        p = next(iter(list(model.parameters()) + list(model.buffers())), None) if isinstance(model, nn.Module) else None
+        example = torch.zeros((TRACE_BATCH, *input_shape), dtype=p.dtype if p is not None and p.is_floating_point()
+                              else torch.float32, device=device)
+    g = lower(model, example)
+    return g.bind(dtype=dtype, device=device if device is not None else example.device)
+
+
+# Name kept for callers that traced with an explicit input shape.
+def trace(model: nn.Module, input_shape, dtype=torch.float64, device=None) -> BoundGraph:
+    return get_graph(model, input_shape, dtype=dtype, device=device)

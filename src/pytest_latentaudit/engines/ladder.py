@@ -64,9 +64,9 @@ class Ladder:
         self.engine = engine
         self.deadline = deadline
         self.gen = generator
-        self.dtype = torch.float64 if precision == "float64" else torch.float32
-        if graph is not None and self.dtype == torch.float64:
-            self.graph = graph = graph.as_dtype(torch.float64)
+        # bounds are always float64 with the model's rounding counted (docs/engines.md);
+        # ``precision`` is kept for compatibility and no longer changes soundness
+        self.precision = precision
         self.batch_size = batch_size
         self.max_boxes = max_boxes
         self.bound_fn = bound_fn  # external engine (auto_LiRPA): (idx, tl, tu, C, d) -> upper [n, m]
@@ -115,18 +115,17 @@ class Ladder:
     def upper(self, idx, tl, tu, method):
         """Proven upper bound of ``max_row(C y + d)`` and the tolerance to beat, per box."""
         p = self.p
-        c, G = p.center_gens(idx, tl, tu)
-        rel, abs_ = tolerance(self.dtype)
+        c, G = p.center_gens(idx, tl, tu)  # float64: the box itself, not a rounding of it
+        rel, abs_ = tolerance(torch.float32)
         with torch.no_grad():
-            y_c = p.model_forward(c)
+            y_c = p.model_forward(c.to(p.x_dtype)).to(torch.float64)
             tol = rel * 10 * (1 + y_c.abs().amax(1)) + abs_
             C, d = p.rows(y_c, idx)
             if self.bound_fn is not None:
                 ub = self.bound_fn(idx, tl, tu, C, d)
             else:
-                ub = spec_upper_bound(self.graph, c.to(self.dtype), G.to(self.dtype), C.to(self.dtype),
-                                      d.to(self.dtype), method=method, threshold=-tol.to(self.dtype)).to(tl.dtype)
-        return ub.amax(1), tol, y_c
+                ub = spec_upper_bound(self.graph, c, G, C, d, method=method, threshold=-tol)
+        return ub.amax(1).to(tl.dtype), tol.to(tl.dtype), y_c
 
     def chunked_upper(self, idx, tl, tu, method):
         """``upper`` over chunks; on out-of-memory halve the chunk and go on."""
@@ -186,55 +185,13 @@ class Ladder:
             if ok:
                 self.status[i], self.rung[i] = VERIFIED, rung
 
-    def run_bab(self, method="linear"):
-        """Branch and bound over the latent box. Boxes leave the queue only when verified
-        or when their seed is falsified, so a seed with any box left stays unknown."""
-        p = self.p
-        idx = self.undecided()
-        if idx.numel() == 0:
-            return
-        q_idx, q_tl, q_tu = idx, p.tl[idx].clone(), p.tu[idx].clone()
-        it = 0
-        while q_idx.numel() and not self.out_of_time():
-            it += 1
-            # split every queued box along its widest coordinate (relative to the seed's box)
-            width = (q_tu - q_tl) / (p.tu[q_idx] - p.tl[q_idx]).clamp(min=1e-30)
-            dim = width.argmax(1)
-            mid = ((q_tl + q_tu) / 2).gather(1, dim[:, None])[:, 0]
-            left_tu, right_tl = q_tu.clone(), q_tl.clone()
-            ar = torch.arange(q_idx.numel(), device=q_idx.device)
-            left_tu[ar, dim] = mid
-            right_tl[ar, dim] = mid
-            c_idx = torch.cat([q_idx, q_idx])
-            c_tl, c_tu = torch.cat([q_tl, right_tl]), torch.cat([left_tu, q_tu])
-            self.bab_boxes += c_idx.numel()
+    def run_bab(self, method="linear", split="auto"):
+        """Branch and bound over the latent box, seed by seed (see bab.py). Boxes leave the
+        pool only when verified or when their seed is falsified, so a seed with any box
+        left stays unknown; the order of work is fixed, the deadline only truncates it."""
+        from .bab import run_bab
 
-            ub, tol = self.chunked_upper(c_idx, c_tl, c_tu, method)
-            open_ = ~(ub < -tol)
-            c_idx, c_tl, c_tu, ub = c_idx[open_], c_tl[open_], c_tu[open_], ub[open_]
-            if c_idx.numel() == 0:
-                q_idx = c_idx
-                break
-            # attack at the leaves: the worst open sub-box of each seed (first on ties), a few steps
-            worst = torch.full((p.n,), -torch.inf, dtype=ub.dtype, device=ub.device).scatter_reduce(
-                0, c_idx, ub, "amax")
-            rows = torch.nonzero(ub == worst[c_idx]).reshape(-1)
-            first = torch.full((p.n,), rows.numel(), dtype=torch.long, device=ub.device).scatter_reduce(
-                0, c_idx[rows], torch.arange(rows.numel(), device=ub.device), "amin")
-            w = rows[first[first < rows.numel()]]
-            found = self.falsifier()(p, c_idx[w], c_tl[w], c_tu[w], steps=5 if it % 4 else 15, restarts=1,
-                                     deadline=self.deadline, generator=self.gen, method=self.attack_method)
-            self._mark_falsified(c_idx[w], found, "bab-attack")
-            alive = self.unknown_mask()[c_idx]
-            q_idx, q_tl, q_tu = c_idx[alive], c_tl[alive], c_tu[alive]
-            if q_idx.numel() > self.max_boxes:
-                self.notes.append(f"branch and bound stopped at {self.max_boxes} open sub-boxes")
-                break
-        # verified: every sub-box of the seed left the queue proved (none dropped otherwise)
-        remaining = set(q_idx.tolist())
-        for i in idx.tolist():
-            if self.status[i] == UNKNOWN and i not in remaining:
-                self.status[i], self.rung[i] = VERIFIED, "bab"
+        return run_bab(self, method=method, split=split)
 
     def can_run_exact(self) -> bool:
         from .segment import NotPiecewiseLinear, check_piecewise_linear
@@ -268,7 +225,7 @@ class Ladder:
             return
         with torch.no_grad():
             c, _ = p.center_gens(idx, p.tl[idx], p.tu[idx])
-            y_c = p.model_forward(c)
+            y_c = p.model_forward(c.to(p.x_dtype))
         rel, abs_ = tolerance(torch.float32)
         tol = (rel * 10 * (1 + y_c.abs().amax(1)) + abs_).cpu().double()
         cand_t = res.worst_t.clone()
@@ -281,31 +238,86 @@ class Ladder:
         for j, i in enumerate(idx.tolist()):
             self.fraction[i] = float(res.fraction[j])
             self.bad_intervals[i] = res.bad_intervals[j]
-            if self.status[i] == UNKNOWN and bool(res.max_margin[j] < -tol[j]):
+            worst = float(res.max_margin[j] + res.float_slack[j])
+            if self.status[i] == UNKNOWN and worst < -float(tol[j]):
                 self.status[i], self.rung[i] = VERIFIED, "exact"
-                self.bound[i] = min(float(self.bound[i]), float(res.max_margin[j]))
+                self.bound[i] = min(float(self.bound[i]), worst)
 
-    def run_sampling(self, n_samples=256, confidence=0.99):
+    def run_sampling(self, n_samples=256, confidence=0.99, chunk_rows=65536):
         """Uniform samples of every seed not verified (falsified ones too, so the estimate
         of the holding fraction is unbiased): finds counterexamples and gives the
-        statistical evidence behind an ``estimated`` verdict."""
-        from .. import stats
+        statistical evidence behind an ``estimated`` verdict.
 
+        Within the budget: it starts only if a timed forward pass says it fits, and runs in
+        chunks of samples (the same random stream as one call) with the deadline checked
+        between them; cut short, its counterexamples count but no estimate is given."""
         p = self.p
         idx = torch.tensor([i for i, s in enumerate(self.status) if s != VERIFIED], dtype=torch.long,
                            device=p.tl.device)
         if idx.numel() == 0:
             return
-        est = stats.estimate_box_fraction(p, idx, n_samples, confidence, self.gen)
-        v = torch.as_tensor(est.violated, device=idx.device)
+        n = idx.numel()
+        if not self._sampling_fits(idx, n * n_samples):
+            self.notes.append(f"sampling skipped: {n * n_samples} forward passes do not fit in the budget left")
+            return
+        from .. import stats
+
+        per = max(1, chunk_rows // n)
+        holds = torch.zeros(n, dtype=torch.long, device=idx.device)
+        best_m = torch.full((n,), -torch.inf, dtype=p.tl.dtype, device=idx.device)
+        best_t = torch.full((n, p.k), torch.nan, dtype=p.tl.dtype, device=idx.device)
+        done = 0
+        while done < n_samples:
+            if done and self.out_of_time():
+                break
+            r = min(per, n_samples - done)
+            est = stats.estimate_box_fraction(p, idx, r, confidence, self.gen, chunk_rows=chunk_rows)
+            holds += est.holds.to(holds.device)
+            m = est.cex_margin.to(best_m)
+            better = (est.holds.to(holds.device) < r) & ((m > best_m) | torch.isinf(best_m))
+            best_m = torch.where(better, m, best_m)
+            best_t = torch.where(better[:, None], est.cex_t.to(best_t), best_t)
+            done += r
+        v = holds < done
         if bool(v.any()):
-            ok, x, m, t = falsify.confirm(p, idx[v], est.cex_t[v], p.tl[idx[v]], p.tu[idx[v]])
+            ok, x, m, t = falsify.confirm(p, idx[v], best_t[v], p.tl[idx[v]], p.tu[idx[v]])
             self._mark_falsified(idx[v], falsify.Found(ok, t, x, m), "sampling")
-        self.sample_holds, self.sample_n = est.holds_by_seed(p.n), n_samples
+        if done < n_samples:
+            self.notes.append(f"sampling stopped at {done} of {n_samples} samples per seed (budget)")
+            return
+        out: List[Optional[int]] = [None] * p.n
+        for i, h in zip(idx.tolist(), holds.tolist()):
+            out[int(i)] = int(h)
+        self.sample_holds, self.sample_n = out, n_samples
+
+    def _sampling_fits(self, idx, rows) -> bool:
+        """Whether ``rows`` plain forward passes fit before the deadline (plus 2% of the
+        budget), judged by timing up to 1024 of them at the boxes' centres."""
+        if self.deadline == float("inf"):
+            return True
+        p = self.p
+        m = min(rows, 1024)
+        rep = idx.repeat((m + idx.numel() - 1) // idx.numel())[:m]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            y = p.model_forward(p.point(rep, (p.tl[rep] + p.tu[rep]) / 2))
+            p.holds(y, rep)
+        if y.is_cuda:
+            torch.cuda.synchronize()
+        per_row = (time.perf_counter() - t0) / m
+        slack = 0.02 * max(self.deadline - getattr(self, "_t_start", self.deadline), 0.0)
+        return time.perf_counter() + per_row * rows <= self.deadline + slack
 
     # -------------------------------------------------------------------------- run
+    def _time_up(self) -> bool:
+        """Out of budget, or a rung stopped for the budget (then later rungs stay off, so
+        a larger budget runs a longer prefix of the same work, never different work)."""
+        return self._cut or self.out_of_time()
+
     def run(self) -> Outcome:
         e = self.engine
+        self._t_start = time.perf_counter()
+        self._cut = False
         self.run_replay()
         # concrete check of the seed and the box corners: free compared with any bound
         self.run_attack(steps=0, restarts=1, rung="attack")
@@ -318,21 +330,22 @@ class Ladder:
                 self.run_bound("linear", "linear")
             # what the cheap bounds left: attack before spending the budget on splitting
             self.run_attack(steps=10, restarts=2, rung="attack")
-            if e in ("auto", "exact") and self.can_run_exact():
+            if e in ("auto", "exact") and self.can_run_exact() and not self.out_of_time():
                 self.run_exact()
             elif e in ("auto", "bab"):
-                self.run_bab()
-        if not self.out_of_time():
+                bb = self.run_bab()
+                self._cut = bool(bb is not None and bb.cut)
+        if not self._time_up():
             self.run_attack(steps=30, restarts=4, rung="attack")
         if self.graph is None and self.bound_fn is None and self.attack_method != "blackbox" \
-                and not self.out_of_time():
+                and not self._time_up():
             # no bounds and maybe no gradients (a wrapped callable): a gradient-free search too
             idx = self.undecided()
             if idx.numel():
                 found = blackbox.attack(self.p, idx, self.p.tl[idx], self.p.tu[idx], deadline=self.deadline,
                                         generator=self.gen)
                 self._mark_falsified(idx, found, "blackbox")
-        if not self.out_of_time():
+        if not self._time_up():
             self.run_sampling()
         return Outcome(self.status, self.rung, self.bound, self.cex_t, self.cex_x, self.cex_margin,
                        fraction=self.fraction, bad_intervals=self.bad_intervals, bab_boxes=self.bab_boxes,

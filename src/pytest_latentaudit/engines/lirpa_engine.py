@@ -37,11 +37,15 @@ def make_bound_fn(model, problem, engine: str, notes: List[str]):
         if state["failed"]:
             return torch.full(C.shape[:2], torch.inf, dtype=c.dtype, device=c.device)
         try:
-            _, ub = lirpa_spec_bounds(model, c - rad, c + rad, C, method=method)
+            lo64, hi64 = c - rad, c + rad
+            lo, hi = lo64.float(), hi64.float()  # rounded outward: the float32 box covers the float64 one
+            lo = torch.where(lo.double() > lo64, torch.nextafter(lo, torch.full_like(lo, -torch.inf)), lo)
+            hi = torch.where(hi.double() < hi64, torch.nextafter(hi, torch.full_like(hi, torch.inf)), hi)
+            _, ub = lirpa_spec_bounds(model, lo, hi, C.float(), method=method)
         except LirpaUnsupported as exc:
             notes.append(f"auto_LiRPA: {exc}; falling back to falsification only")
             state["failed"] = True
             return torch.full(C.shape[:2], torch.inf, dtype=c.dtype, device=c.device)
-        return ub.to(c.dtype) + d
+        return ub.to(c.dtype) + d.to(c.dtype)
 
     return bound_fn

@@ -1,31 +1,100 @@
-"""Bound operators: one class per layer type, each with its forward pass, interval bound
-(IBP), forward-mode linear bound and backward (CROWN-style) step side by side.
+"""Bound operators: one class per kind of op, each with its forward pass, interval bound
+(IBP), forward-mode linear bound, backward (CROWN-style) step and floating-point error
+radius side by side. The lowering (registry.py) maps every ATen op the model runs onto
+one of these.
 
 Conventions: tensors are batched ``[N, *S]``; ``ibp`` maps ``(lo, hi)`` pairs; ``linear``
-maps ``LinForm`` objects (see forms.py); ``backward(A, bounds)`` maps a coefficient tensor
-``A`` ``[B, *S_out]`` over this op's output to ``(A_in_list, const)`` over its inputs,
-where ``const`` ``[B]`` is the constant term picked up (biases, relaxation intercepts).
-Backward is used to bound ``max C y`` (upper bounds only), so a relaxation picks its upper
-line where ``A >= 0`` and its lower line where ``A < 0``.
+maps ``LinForm`` objects (see forms.py); ``backward(A, pre, in_shapes)`` maps a
+coefficient tensor ``A`` ``[B, *S_out]`` over this op's output to ``(A_in_list, const)``
+over its inputs, where ``const`` ``[B]`` is the constant picked up. Backward bounds
+``max C y`` (upper bounds only), so a relaxation takes its upper line where ``A >= 0``
+and its lower line where ``A < 0``. ``pre`` is the list of the inputs' concrete bounds.
+
+Floating point (docs/engines.md has the argument): bounds are computed in float64 for
+the exact real function of the model's float32 (or float64) weights. ``radius(pre)``
+returns, per output element, a bound on how far the model's *own* evaluation of this op
+(in its dtype, on its device: unit roundoff ``self.u``) and our float64 evaluation can be
+from the exact value, given inputs in ``pre``. The bound passes add it outward, so what
+they bound is every value the user's float32 forward pass can produce. For a dot product
+of ``n`` terms the classical bound ``|fl(sum) - sum| <= gamma_n sum |terms|`` is used
+with ``gamma_n = n u / (1 - n u)`` (any summation order, FMA or not).
+
+Constants (weights, biases, scalars) are not copied at trace time: each op names them in
+``self.consts`` as functions of the constant environment, and ``bind`` evaluates them,
+so the same graph serves verification (float64, detached) and certified training
+(the live parameters, differentiable).
 """
 from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .forms import LinForm, over_gens
 
+U64 = 2.0 ** -53
+
+
+def gamma(n: int, u: float) -> float:
+    """``n u / (1 - n u)``: the rounding-error factor of an ``n``-term dot product."""
+    nu = n * u
+    if nu >= 0.5:
+        return float("inf")
+    return nu / (1 - nu)
+
+
+class UnsupportedLayer(Exception):
+    """Raised when an op has no bound operator (or uses an argument it cannot honour)."""
+
+    def __init__(self, name: str, what: str):
+        self.layer = name
+        self.what = what
+        super().__init__(f"layer {name!r} ({what}) is not supported by the native bound engines")
+
+
+def _mag(b):
+    return torch.maximum(b[0].abs(), b[1].abs())
+
 
 class BoundOp:
-    """Base class. ``name`` is the layer's qualified name, for messages."""
+    """Base class. ``name`` names the op in messages (module path and ATen op)."""
 
     n_inputs = 1
-    #: the linear step is exact or a sound relaxation; False means "IBP constant only"
+    #: the linear step is exact or a sound relaxation; False: "IBP constant only"
     has_linear = True
+    #: piecewise linear with breakpoints at ``kinks`` of its (single) input: exact engine
+    piecewise_linear = False
+    kinks: Sequence[float] = ()
+    #: terms summed per output element (0: no arithmetic, e.g. reshapes and slices)
+    fan = 0
 
     def __init__(self, name: str):
         self.name = name
+        self.u = 2.0 ** -24  # unit roundoff of the model's own evaluation (set by the lowering)
+        self.u_in = 0.0  # rounding of the inputs before the products (TF32 on CUDA), else 0
+        self.consts: Dict[str, Callable] = {}
 
+    # -- constants
+    def bind(self, env, dtype=None, device=None, detach=True):
+        for attr, fn in self.consts.items():
+            v = fn(env)
+            if torch.is_tensor(v):
+                if detach:
+                    v = v.detach()
+                if v.is_floating_point() and dtype is not None:
+                    v = v.to(dtype=dtype)
+                if device is not None:
+                    v = v.to(device=device)
+            setattr(self, attr, v)
+        self._bound()
+        return self
+
+    def _bound(self):
+        """Derived constants, recomputed after each bind."""
+
+    # -- semantics
     def forward(self, *xs):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -38,14 +107,40 @@ class BoundOp:
     def backward(self, A, pre=None, in_shapes=None):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def to(self, dtype=None, device=None):
-        for key, val in vars(self).items():
-            if isinstance(val, torch.Tensor):
-                setattr(self, key, val.to(device=device, dtype=dtype if val.is_floating_point() else None))
-        return self
+    def magnitude(self, *mags):
+        """Bound of ``sum |terms|`` per output element given input magnitudes (fan > 0)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def our_radius(self, pre, u: float, d_out: int) -> Optional[torch.Tensor]:
+        """Bound on the rounding of a backward step done in a lower precision (unit
+        roundoff ``u``, e.g. float32 for speed): ``|A_in - fl(A_in)| . |x|`` and the
+        constant's sum, per output element, to be weighted by ``|A|``. None: exact."""
+        if self.fan == 0:
+            return None
+        # each entry of A_in (and the constant A . b) sums d_out products
+        return gamma(d_out + 2, u) * self.magnitude(*[_mag(b) for b in pre])
+
+    def radius(self, pre) -> Optional[torch.Tensor]:
+        """Error radius of this op's output for inputs in ``pre`` (None: exact)."""
+        if self.fan == 0:
+            return None
+        factor = 2 * self.u_in + gamma(self.fan + 4, self.u + 4 * U64)
+        return factor * self.magnitude(*[_mag(b) for b in pre])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"
+
+
+def _like(t, A):
+    """``t`` in ``A``'s dtype (backward passes may run in float32 for speed)."""
+    return t if t is None or not torch.is_tensor(t) or t.dtype == A.dtype else t.to(A.dtype)
+
+
+def _vjp(fn, A, in_shape):
+    """Transpose of a per-sample linear map, applied to the rows of ``A``."""
+    dummy = torch.zeros((A.shape[0], *in_shape), dtype=A.dtype, device=A.device)
+    _, vjp_fn = torch.func.vjp(fn, dummy)
+    return vjp_fn(A)[0]
 
 
 # --------------------------------------------------------------------------- structure
@@ -53,14 +148,19 @@ class InputOp(BoundOp):
     n_inputs = 0
 
 
-class PositiveLinearOp(BoundOp):
-    """A linear map with non-negative weights and no bias: reshape, flatten, pooling,
-    nearest upsampling, identity. Lower maps to lower and upper to upper."""
+class LinearMapOp(BoundOp):
+    """A per-sample linear map with non-negative coefficients and no bias: reshape,
+    slice, select, index_select, permute, expand, pooling and upsampling, mean and sum.
+    Lower maps to lower and upper to upper. ``fan`` > 0 for maps that add numbers
+    (their float error is ``gamma_fan * map(|x|)``); 0 for pure data movement."""
 
-    def __init__(self, name: str, fn, desc: str = ""):
+    piecewise_linear = True
+
+    def __init__(self, name: str, fn, desc: str = "", fan: int = 0):
         super().__init__(name)
         self.fn = fn
         self.desc = desc
+        self.fan = fan
 
     def forward(self, x):
         return self.fn(x)
@@ -74,211 +174,219 @@ class PositiveLinearOp(BoundOp):
     def backward(self, A, pre=None, in_shapes=None):
         return [_vjp(self.fn, A, in_shapes[0])], None
 
+    def magnitude(self, m):
+        return self.fn(m)
 
-def _vjp(fn, A, in_shape):
-    """Transpose of a per-sample linear map, applied to the rows of ``A``."""
-    dummy = torch.zeros((A.shape[0], *in_shape), dtype=A.dtype, device=A.device)
-    _, vjp_fn = torch.func.vjp(fn, dummy)
-    return vjp_fn(A)[0]
+    def our_radius(self, pre, u, d_out):
+        # a transpose can sum entries (expand, repeat, overlapping windows)
+        m = _mag(pre[0])
+        return gamma(m[0].numel() + d_out + 4, u) * self.fn(m)
 
 
 class AffineOp(BoundOp):
-    """``y = lin(x, W) + b`` with ``lin`` linear in both ``x`` and ``W`` (Linear, Conv2d,
-    ConvTranspose2d, BatchNorm in eval mode)."""
+    """``y = lin(x, W) + b`` with ``lin`` linear in both ``x`` and ``W``."""
 
-    def __init__(self, name, weight, bias):
+    piecewise_linear = True
+
+    def __init__(self, name):
         super().__init__(name)
-        self.weight = weight.detach()
-        self.bias = None if bias is None else bias.detach()
-        self._split = None
+        self.weight = None
+        self.bias = None
 
     def lin(self, x, w):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def bias_term(self, like):
-        return 0.0 if self.bias is None else self._bias_view()
+    def bias_term(self):
+        return 0.0 if self.bias is None else self._bias_view(self.bias)
 
-    def _bias_view(self):
-        return self.bias
+    def _bias_view(self, b):
+        return b
 
-    def _parts(self):
-        if self._split is None or self._split[0].dtype != self.weight.dtype or self._split[0].device != self.weight.device:
-            w = self.weight
-            self._split = (w.clamp(min=0), w.clamp(max=0), w.abs())
-        return self._split
+    def _bound(self):
+        self.wabs = self.weight.abs()
+        self.babs = None if self.bias is None else self._bias_view(self.bias).abs()
 
     def forward(self, x):
-        return self.lin(x, self.weight) + self.bias_term(x)
+        return self.lin(x, self.weight) + self.bias_term()
+
+    def magnitude(self, m):
+        out = self.lin(m, self.wabs)
+        return out if self.babs is None else out + self.babs
 
     def ibp(self, b):
         lo, hi = b
         mid, rad = (hi + lo) / 2, (hi - lo) / 2
-        _, _, wabs = self._parts()
-        m, r = self.forward(mid), self.lin(rad, wabs)
+        m, r = self.forward(mid), self.lin(rad, self.wabs)
         return m - r, m + r
 
     def linear(self, form, pre=None):
         # Coefficients and constants go through the layer as one batch of k + 1 rows, and
         # W+ a + W- b = W (a + b) / 2 + |W| (a - b) / 2 halves the products needed.
         w = self.weight
-        bias = self.bias_term(form.lb)
+        bias = self.bias_term()
         if form.exact:
             rows = torch.cat([form.lw, form.lb.unsqueeze(1)], 1)
             out = over_gens(lambda x: self.lin(x, w), rows)
             lw, lb = out[:, :-1], out[:, -1] + bias
             return LinForm(lw, lb, lw, lb, exact=True)
-        _, _, wabs = self._parts()
         mid = torch.cat([form.lw + form.uw, (form.lb + form.ub).unsqueeze(1)], 1) / 2
         dif = torch.cat([form.lw - form.uw, (form.lb - form.ub).unsqueeze(1)], 1) / 2
         a = over_gens(lambda x: self.lin(x, w), mid)
-        b = over_gens(lambda x: self.lin(x, wabs), dif)
+        b = over_gens(lambda x: self.lin(x, self.wabs), dif)
         lo, up = a + b, a - b
         return LinForm(lo[:, :-1], lo[:, -1] + bias, up[:, :-1], up[:, -1] + bias)
 
     def backward(self, A, pre=None, in_shapes=None):
-        A_in = _vjp(lambda x: self.lin(x, self.weight), A, in_shapes[0])
+        w = _like(self.weight, A)
+        A_in = _vjp(lambda x: self.lin(x, w), A, in_shapes[0])
         const = None
         if self.bias is not None:
-            b = self._bias_view()
-            const = (A * b).reshape(A.shape[0], -1).sum(1) if torch.is_tensor(b) else None
+            b = _like(self._bias_view(self.bias), A)
+            const = (A * b).reshape(A.shape[0], -1).sum(1)
         return [A_in], const
 
 
-class LinearOp(AffineOp):
+class DenseOp(AffineOp):
+    """``x @ W.T + b`` over the last dimension (Linear, addmm, mm, matmul by a constant)."""
+
     def lin(self, x, w):
         return x @ w.T
 
-    def backward(self, A, pre=None, in_shapes=None):
-        # explicit transpose: faster than a vjp for the dense layers of latent heads
-        const = None if self.bias is None else A @ self.bias
-        return [A @ self.weight], const
-
-
-class Conv2dOp(AffineOp):
-    def __init__(self, name, module):
-        super().__init__(name, module.weight, module.bias)
-        if module.padding_mode != "zeros":
-            raise UnsupportedLayer(name, f"Conv2d with padding_mode={module.padding_mode!r}")
-        self.kw = dict(stride=module.stride, padding=module.padding, dilation=module.dilation,
-                       groups=module.groups)
-
-    def lin(self, x, w):
-        return F.conv2d(x, w, None, **self.kw)
-
-    def _bias_view(self):
-        return self.bias.view(1, -1, 1, 1)
-
-
-class ConvTranspose2dOp(AffineOp):
-    def __init__(self, name, module):
-        super().__init__(name, module.weight, module.bias)
-        self.kw = dict(stride=module.stride, padding=module.padding, output_padding=module.output_padding,
-                       groups=module.groups, dilation=module.dilation)
-
-    def lin(self, x, w):
-        return F.conv_transpose2d(x, w, None, **self.kw)
-
-    def _bias_view(self):
-        return self.bias.view(1, -1, 1, 1)
-
-
-class BatchNormOp(AffineOp):
-    """BatchNorm in eval mode: a per-channel affine map ``x * s + t``."""
-
-    def __init__(self, name, module):
-        if module.training or not module.track_running_stats or module.running_mean is None:
-            raise UnsupportedLayer(name, "BatchNorm in training mode (call model.eval())")
-        s = 1.0 / torch.sqrt(module.running_var.detach() + module.eps)
-        t = -module.running_mean.detach() * s
-        if module.affine:
-            s = s * module.weight.detach()
-            t = t * module.weight.detach() + module.bias.detach()
-        super().__init__(name, s, t)
-
-    def _view(self, v, x):
-        return v.view(1, -1, *([1] * (x.dim() - 2)))
-
-    def lin(self, x, w):
-        return x * self._view(w, x)
-
-    def bias_term(self, like):
-        return self._view(self.bias, like)
+    def _bound(self):
+        super()._bound()
+        self._w_low = None
+        self.fan = self.weight.shape[1] + (self.bias is not None)
 
     def backward(self, A, pre=None, in_shapes=None):
-        return [A * self._view(self.weight, A)], (A * self._view(self.bias, A)).reshape(A.shape[0], -1).sum(1)
+        if A.dim() == 2:  # explicit transpose: faster than a vjp for the dense layers of heads
+            if A.dtype != self.weight.dtype:
+                if getattr(self, "_w_low", None) is None or self._w_low.dtype != A.dtype:
+                    self._w_low = self.weight.to(A.dtype)
+                    self._b_low = None if self.bias is None else self.bias.to(A.dtype)
+                w, b = self._w_low, self._b_low
+            else:
+                w, b = self.weight, self.bias
+            return [A @ w], None if b is None else A @ b
+        return super().backward(A, pre, in_shapes)
 
 
-class ScaleOp(AffineOp):
-    """Multiplication by a constant scalar or broadcastable tensor (``x * c``, ``x / c``)."""
+class ConvOp(AffineOp):
+    """``aten.convolution``: Conv1d/Conv2d and their transposes, any stride/padding/groups."""
 
-    def __init__(self, name, factor):
-        super().__init__(name, torch.as_tensor(factor, dtype=torch.float32), None)
+    def __init__(self, name, transposed, kw):
+        super().__init__(name)
+        self.transposed, self.kw = transposed, kw
+
+    def lin(self, x, w):
+        nd = x.dim() - 2
+        if self.transposed:
+            fn = F.conv_transpose1d if nd == 1 else F.conv_transpose2d
+        else:
+            fn = F.conv1d if nd == 1 else F.conv2d
+        return fn(x, w, None, **self.kw)
+
+    def _bias_view(self, b):
+        return b.view(1, -1, *([1] * (self.weight.dim() - 2)))
+
+    def _bound(self):
+        super()._bound()
+        w = self.weight
+        # transposed: weight [C_in, C_out/g, *k]; each output sums over C_in/g channels
+        per = w.shape[0] // self.kw["groups"] if self.transposed else w.shape[1]
+        self.fan = per * int(math.prod(w.shape[2:])) + (self.bias is not None)
+
+
+class ChannelAffineOp(AffineOp):
+    """Elementwise ``x * s + t`` (BatchNorm in eval mode, per-channel scaling; ``s`` and
+    ``t`` broadcast against the per-sample shape). ``fan`` is the number of float
+    operations the model's kernel rounds (``n_ops``)."""
+
+    def __init__(self, name, n_ops=2):
+        super().__init__(name)
+        self.n_ops = n_ops
 
     def lin(self, x, w):
         return x * w
 
-    def backward(self, A, pre=None, in_shapes=None):
-        return [A * self.weight], None
-
-
-class AddConstOp(BoundOp):
-    """``x + c`` for a constant tensor or scalar."""
-
-    def __init__(self, name, const):
-        super().__init__(name)
-        self.const = torch.as_tensor(const, dtype=torch.float32)
-
-    def forward(self, x):
-        return x + self.const
-
-    def ibp(self, b):
-        return b[0] + self.const, b[1] + self.const
-
-    def linear(self, form, pre=None):
-        c = self.const
-        lb = form.lb + c
-        ub = lb if form.exact else form.ub + c
-        return LinForm(form.lw, lb, form.uw, ub, exact=form.exact)
+    def _bound(self):
+        super()._bound()
+        self.fan = self.n_ops
 
     def backward(self, A, pre=None, in_shapes=None):
-        c = self.const.expand(A.shape[1:]) if self.const.dim() else self.const
-        return [A], (A * c).reshape(A.shape[0], -1).sum(1)
+        A_in = A * _like(self.weight, A)  # the scale may have broadcast the input up: summed back below
+        const = None
+        if self.bias is not None:
+            const = (A * _like(self.bias, A)).reshape(A.shape[0], -1).sum(1)
+        return [_sum_to(A_in, (A.shape[0], *in_shapes[0]))], const
 
 
-class AddOp(BoundOp):
-    """Sum of two tensors (residual connections); ``sign=-1`` gives subtraction."""
+def _sum_to(t, shape):
+    if tuple(t.shape) == tuple(shape):
+        return t
+    return t.sum_to_size(*shape)
+
+
+class AddConstOp(ChannelAffineOp):
+    """``x + c`` for a constant tensor or scalar (one rounding)."""
+
+    def __init__(self, name):
+        super().__init__(name, n_ops=1)
+
+    def _bound(self):
+        self.weight = torch.ones((), dtype=self.bias.dtype, device=self.bias.device)
+        super()._bound()
+
+
+class WeightedSumOp(BoundOp):
+    """``a * x + b * y`` for two data tensors (residual adds, ``add(alpha=)``, ``sub``)."""
 
     n_inputs = 2
+    piecewise_linear = True
+    fan = 2
 
-    def __init__(self, name, sign: float = 1.0):
+    def __init__(self, name, a: float = 1.0, b: float = 1.0):
         super().__init__(name)
-        self.sign = sign
+        self.a, self.b = float(a), float(b)
+        # a product by alpha != +-1 is one more rounding in the model's kernel
+        self.fan = 2 + (abs(self.a) != 1) + (abs(self.b) != 1)
 
     def forward(self, x, y):
-        return x + self.sign * y
+        return self.a * x + self.b * y
 
-    def ibp(self, a, b):
-        if self.sign > 0:
-            return a[0] + b[0], a[1] + b[1]
-        return a[0] - b[1], a[1] - b[0]
+    def ibp(self, p, q):
+        def scale(c, b):
+            return (c * b[0], c * b[1]) if c >= 0 else (c * b[1], c * b[0])
 
-    def linear(self, a, b, pre=None):
-        if self.sign > 0:
-            return LinForm(a.lw + b.lw, a.lb + b.lb, a.uw + b.uw, a.ub + b.ub, exact=a.exact and b.exact)
-        return LinForm(a.lw - b.uw, a.lb - b.ub, a.uw - b.lw, a.ub - b.lb, exact=a.exact and b.exact)
+        (l1, h1), (l2, h2) = scale(self.a, p), scale(self.b, q)
+        return l1 + l2, h1 + h2
+
+    def linear(self, f, g, pre=None):
+        def scale(c, h):
+            if c >= 0:
+                return c * h.lw, c * h.lb, c * h.uw, c * h.ub
+            return c * h.uw, c * h.ub, c * h.lw, c * h.lb
+
+        a, b = scale(self.a, f), scale(self.b, g)
+        return LinForm(a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], exact=f.exact and g.exact)
 
     def backward(self, A, pre=None, in_shapes=None):
-        return [A, self.sign * A], None
+        out = []
+        for c, s in zip((self.a, self.b), in_shapes):
+            out.append(_sum_to(c * A, (A.shape[0], *s)))
+        return out, None
+
+    def magnitude(self, m1, m2):
+        return abs(self.a) * m1 + abs(self.b) * m2
 
 
 class CatOp(BoundOp):
-    """``torch.cat`` along a non-batch dimension."""
+    """``torch.cat`` along a non-batch dimension (``dim`` is >= 1)."""
+
+    piecewise_linear = True
 
     def __init__(self, name, n_inputs, dim):
         super().__init__(name)
         self.n_inputs = n_inputs
-        if dim == 0:
-            raise UnsupportedLayer(name, "torch.cat along the batch dimension")
         self.dim = dim
 
     def forward(self, *xs):
@@ -289,24 +397,25 @@ class CatOp(BoundOp):
 
     def linear(self, *fs, pre=None):
         d = self.dim
-        dw = d + 1 if d > 0 else d  # coefficients carry k at dim 1; negative dims index alike
-        return LinForm(torch.cat([f.lw for f in fs], dw), torch.cat([f.lb for f in fs], d),
-                       torch.cat([f.uw for f in fs], dw), torch.cat([f.ub for f in fs], d),
+        return LinForm(torch.cat([f.lw for f in fs], d + 1), torch.cat([f.lb for f in fs], d),
+                       torch.cat([f.uw for f in fs], d + 1), torch.cat([f.ub for f in fs], d),
                        exact=all(f.exact for f in fs))
 
     def backward(self, A, pre=None, in_shapes=None):
-        sizes = [s[self.dim - 1 if self.dim > 0 else self.dim] for s in in_shapes]
-        d = self.dim if self.dim > 0 else A.dim() + self.dim
-        return list(torch.split(A, sizes, dim=d)), None
+        sizes = [s[self.dim - 1] for s in in_shapes]
+        return list(torch.split(A, sizes, dim=self.dim)), None
 
 
 # --------------------------------------------------------------------- activations
 class ActivationOp(BoundOp):
-    """A monotone non-decreasing elementwise function with a linear relaxation.
+    """An elementwise function with a linear relaxation ``relax(lo, hi) -> (al, cl, au,
+    cu)``: ``al x + cl <= f(x) <= au x + cu`` on ``[lo, hi]``, for the model's float
+    evaluation of ``f`` too (its error is folded into the intercepts)."""
 
-    ``relax(lo, hi)`` returns slopes and intercepts ``(al, cl, au, cu)`` with
-    ``al x + cl <= f(x) <= au x + cu`` on ``[lo, hi]`` and ``al, au >= 0``.
-    """
+    #: sup |f'| and |f(0)|: bound the magnitude of relaxation terms (our rounding)
+    lipschitz = 1.0
+    f0 = 0.0
+    monotone = True
 
     def f(self, x):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -314,145 +423,284 @@ class ActivationOp(BoundOp):
     def forward(self, x):
         return self.f(x)
 
+    def f_err(self, lo, hi):
+        """Bound on |model's fl(f(x)) - f(x)| over [lo, hi] (0 for exact ops)."""
+        return 0.0
+
     def ibp(self, b):
-        return self.f(b[0]), self.f(b[1])
+        lo, hi = b
+        e = self.f_err(lo, hi)
+        if self.monotone:
+            return self.f(lo) - e, self.f(hi) + e
+        _, cl, _, cu = self.relax_slope(lo, hi, torch.zeros_like(lo))
+        return cl, cu
 
     def relax(self, lo, hi):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _pad(self, lo, hi, al, cl, au, cu):
+        """Outward padding of intercepts: the model's error of f plus our rounding in
+        evaluating the lines (a few float64 ulps of the terms)."""
+        m = torch.maximum(lo.abs(), hi.abs())
+        ours = 8 * U64 * ((al.abs() + au.abs()) * m + cl.abs() + cu.abs()) + 1e-300
+        e = self.f_err(lo, hi) + ours
+        return al, cl - e, au, cu + e
+
     def linear(self, form, pre=None):
-        al, cl, au, cu = self.relax(*pre)
-        lw = form.lw * al.unsqueeze(1)
-        uw = form.uw * au.unsqueeze(1)
-        return LinForm(lw, form.lb * al + cl, uw, form.ub * au + cu)
+        al, cl, au, cu = self.relax(*pre[0])
+        lwa, lwb = form.lw * al.unsqueeze(1), form.uw * al.unsqueeze(1)
+        uwa, uwb = form.uw * au.unsqueeze(1), form.lw * au.unsqueeze(1)
+        # a slope may be negative (non-monotone f): then the other form bounds the product
+        pos_l, pos_u = (al >= 0), (au >= 0)
+        lw = torch.where(pos_l.unsqueeze(1), lwa, lwb)
+        lb = torch.where(pos_l, form.lb * al, form.ub * al) + cl
+        uw = torch.where(pos_u.unsqueeze(1), uwa, uwb)
+        ub = torch.where(pos_u, form.ub * au, form.lb * au) + cu
+        return LinForm(lw, lb, uw, ub)
+
+    def our_radius(self, pre, u, d_out):
+        # slopes rounded to A's dtype and the products: a few u of |a| |x|; intercepts
+        # rounded and summed over d_out terms into the constant
+        al, cl, au, cu = self.relax(*pre[0])
+        m = _mag(pre[0])
+        return 3 * u * (al.abs() + au.abs()) * m + gamma(d_out + 2, u) * (cl.abs() + cu.abs())
 
     def backward(self, A, pre=None, in_shapes=None):
-        al, cl, au, cu = self.relax(*pre)
+        al, cl, au, cu = self.relax(*pre[0])
         n = al.shape[0]
-        rep = A.shape[0] // n  # A rows are grouped per box: [n * m, *S]
-        if rep > 1:
-            al, cl, au, cu = (v.repeat_interleave(rep, 0) for v in (al, cl, au, cu))
-        Ap, An = A.clamp(min=0), A.clamp(max=0)
-        A_in = Ap * au + An * al
-        const = (Ap * cu + An * cl).reshape(A.shape[0], -1).sum(1)
+        m = A.shape[0] // n  # A rows are grouped per box: [n * m, *S]; broadcast, not repeat
+        A3 = A.reshape(n, m, -1)
+        al, cl, au, cu = (_like(v, A).reshape(n, 1, -1) for v in (al, cl, au, cu))
+        Ap, An = A3.clamp(min=0), A3.clamp(max=0)
+        A_in = (Ap * au + An * al).reshape(A.shape)
+        const = (Ap * cu + An * cl).sum(2).reshape(-1)
         return [A_in], const
 
 
 class ReLUOp(ActivationOp):
+    """ReLU and LeakyReLU (slope in [0, 1]): exact in floating point."""
+
+    piecewise_linear = True
+    kinks = (0.0,)
     negative_slope = 0.0
 
     def f(self, x):
-        return F.relu(x)
+        return F.relu(x) if self.negative_slope == 0 else F.leaky_relu(x, self.negative_slope)
 
     def relax(self, lo, hi):
-        # upper: chord through (lo, f(lo)) and (hi, f(hi)); lower: slope 0 or 1
-        # (whichever leaves the smaller area), both exact on stable neurons.
+        # upper: chord through (lo, f(lo)) and (hi, f(hi)); lower: slope 1 or the negative
+        # slope (whichever leaves the smaller area); exact on stable neurons.
         a = self.negative_slope
-        lo_c, hi_c = torch.minimum(lo, hi), torch.maximum(lo, hi)
-        active, dead = lo_c >= 0, hi_c <= 0
+        active, dead = lo >= 0, hi <= 0
         unstable = ~(active | dead)
-        width = (hi_c - lo_c).clamp(min=1e-12)
-        flo, fhi = self.f(lo_c), self.f(hi_c)
-        au = torch.where(unstable, (fhi - flo) / width, torch.where(active, 1.0, a).to(lo.dtype))
-        cu = torch.where(unstable, flo - au * lo_c, torch.zeros_like(lo))
-        al = torch.where(unstable, torch.where(hi_c > -lo_c, 1.0, a).to(lo.dtype),
-                         torch.where(active, 1.0, a).to(lo.dtype))
+        width = (hi - lo).clamp(min=1e-300)
+        flo, fhi = self.f(lo), self.f(hi)
+        one = torch.ones_like(lo)
+        stable_slope = torch.where(active, one, one * a)
+        au = torch.where(unstable, (fhi - flo) / width, stable_slope)
+        cu = torch.where(unstable, flo - au * lo, torch.zeros_like(lo))
+        al = torch.where(unstable, torch.where(hi > -lo, one, one * a), stable_slope)
         cl = torch.zeros_like(lo)
+        # only the chord is computed with rounding; stable lines are exact
+        m = torch.maximum(lo.abs(), hi.abs())
+        cu = cu + torch.where(unstable, 8 * U64 * (au.abs() * m + cu.abs()) + 1e-300, torch.zeros_like(cu))
         return al, cl, au, cu
+
+
+    def backward(self, A, pre=None, in_shapes=None):
+        # the lower intercept is 0: A_in = A al + A+ (au - al), const = A+ . cu (fewer passes
+        # over A than the general form; A is the largest tensor of a backward pass)
+        al, _, au, cu = self.relax(*pre[0])
+        n = al.shape[0]
+        m = A.shape[0] // n
+        A3 = A.reshape(n, m, -1)
+        al, au, cu = (_like(v, A).reshape(n, 1, -1) for v in (al, au, cu))
+        Ap = A3.clamp(min=0)
+        A_in = torch.addcmul(A3 * al, Ap, au - al)
+        const = torch.einsum("nmd,nd->nm", Ap, cu[:, 0]).reshape(-1)
+        return [A_in.reshape(A.shape)], const
 
 
 class LeakyReLUOp(ReLUOp):
     def __init__(self, name, negative_slope):
         super().__init__(name)
-        if not (0.0 <= negative_slope <= 1.0):
-            raise UnsupportedLayer(name, f"LeakyReLU with negative_slope={negative_slope} outside [0, 1]")
         self.negative_slope = float(negative_slope)
 
-    def f(self, x):
-        return F.leaky_relu(x, self.negative_slope)
 
+class SampledActivationOp(ActivationOp):
+    """Any scalar function with a bound ``f2`` on ``|f''|`` away from its ``kinks``.
 
-class SCurveOp(ActivationOp):
-    """Sigmoid and Tanh: parallel-chord relaxation.
-
-    Both lines take the chord's slope ``s``; their intercepts are the exact min and max of
-    ``g(x) = f(x) - s x`` on ``[lo, hi]``. ``g' = f' - s`` vanishes only where
-    ``f'(x) = s`` (two points, ``+-x*``, since ``f'`` is even and unimodal), so the extremes
-    lie among ``lo, hi, +-x*``: sound by construction, tight for narrow intervals.
+    Slopes are the chord's; intercepts are the min and max of ``g(x) = f(x) - s x`` over
+    a grid of ``GRID`` points plus the kinks, widened by ``f2 h^2 / 8``: where ``g``'s
+    extreme is inside a piece, ``g' = 0`` there and the nearest grid point is within
+    ``h / 2``, so ``g`` differs by at most ``f2 (h/2)^2 / 2``. Sound for every slope;
+    exact for piecewise-linear ``f`` (``f2 = 0``).
     """
 
+    GRID = 9
+    f2 = 0.0
+    #: relative error of the model's own kernel for f, in units of its unit roundoff
+    ulps = 0.0
+
+    def f_err(self, lo, hi):
+        if self.ulps == 0:
+            return 0.0
+        fm = torch.maximum(self.f(lo).abs(), self.f(hi).abs())
+        if not self.monotone:
+            fm = (self.f0 + self.lipschitz * torch.maximum(lo.abs(), hi.abs()))
+        return self.ulps * self.u * fm + 1e-30
+
     def relax(self, lo, hi):
-        lo_c, hi_c = torch.minimum(lo, hi), torch.maximum(lo, hi)
-        width = hi_c - lo_c
-        # any slope in [0, max f'] gives sound lines, since the intercepts below are exact
-        # for that slope; the chord's slope is the tight choice.
-        s = ((self.f(hi_c) - self.f(lo_c)) / width.clamp(min=1e-12)).clamp(min=0.0, max=self.dmax)
-        s = torch.where(width < 1e-6, self.df(lo_c), s)
-        xs = self.inv_df(s)
-        cands = [lo_c, hi_c, xs.clamp(lo_c, hi_c), (-xs).clamp(lo_c, hi_c)]
-        g = torch.stack([self.f(c) - s * c for c in cands])
-        cl, cu = g.min(0).values, g.max(0).values
-        pad = 1e-6 * (1 + s * torch.maximum(lo_c.abs(), hi_c.abs()))  # float error of f(c) - s c
-        return s, cl - pad, s, cu + pad
+        w = hi - lo
+        s = torch.where(w > 1e-12, (self.f(hi) - self.f(lo)) / w.clamp(min=1e-300), torch.zeros_like(w))
+        return self.relax_slope(lo, hi, s)
+
+    def relax_slope(self, lo, hi, s):
+        G = self.GRID
+        steps = torch.linspace(0, 1, G, dtype=lo.dtype, device=lo.device)
+        shape = (G,) + (1,) * lo.dim()
+        pts = [lo + (hi - lo) * steps.view(shape)]
+        for k in self.kinks:
+            pts.append(torch.clamp(torch.full_like(lo, k), lo, hi)[None])
+        x = torch.cat(pts)
+        g = self.f(x) - s * x
+        h = (hi - lo) / (G - 1)
+        slack = self.f2 * h * h / 8
+        cl, cu = g.amin(0) - slack, g.amax(0) + slack
+        return self._pad(lo, hi, s, cl, s, cu)
 
 
-class SigmoidOp(SCurveOp):
-    dmax = 0.25
-
-    def f(self, x):
-        return torch.sigmoid(x)
-
-    def df(self, x):
-        y = torch.sigmoid(x)
-        return y * (1 - y)
-
-    def inv_df(self, s):
-        # sigma (1 - sigma) = s  ->  sigma = (1 + sqrt(1 - 4 s)) / 2, x = logit(sigma)
-        r = torch.sqrt((1 - 4 * s).clamp(min=0))
-        sig = ((1 + r) / 2).clamp(max=1 - 1e-7)
-        return torch.log(sig) - torch.log1p(-sig)
+def _act(name_, fn, *, f2, kinks=(), monotone=True, lipschitz=1.0, f0=0.0, ulps=8.0, pl=False):
+    """A SampledActivationOp subclass for one function (f2: sup |f''| off the kinks)."""
+    attrs = dict(f=lambda self, x: fn(self, x), f2=f2, kinks=kinks, monotone=monotone, lipschitz=lipschitz,
+                 f0=f0, ulps=ulps, piecewise_linear=pl)
+    return type(name_, (SampledActivationOp,), attrs)
 
 
-class TanhOp(SCurveOp):
-    dmax = 1.0
-
-    def f(self, x):
-        return torch.tanh(x)
-
-    def df(self, x):
-        return 1 - torch.tanh(x) ** 2
-
-    def inv_df(self, s):
-        r = torch.sqrt((1 - s).clamp(min=0)).clamp(max=1 - 1e-7)
-        return torch.atanh(r)
+SigmoidOp = _act("SigmoidOp", lambda s, x: torch.sigmoid(x), f2=0.0963, lipschitz=0.25, f0=0.5)
+TanhOp = _act("TanhOp", lambda s, x: torch.tanh(x), f2=0.7699)
+GeluOp = _act("GeluOp", lambda s, x: F.gelu(x), f2=0.7979, monotone=False, lipschitz=1.13)
+GeluTanhOp = _act("GeluTanhOp", lambda s, x: F.gelu(x, approximate="tanh"), f2=0.85, monotone=False, lipschitz=1.13)
+SiluOp = _act("SiluOp", lambda s, x: F.silu(x), f2=0.5, monotone=False, lipschitz=1.1)
+AbsOp = _act("AbsOp", lambda s, x: x.abs(), f2=0.0, kinks=(0.0,), monotone=False, ulps=0.0, pl=True)
 
 
-class MonotoneIBPOp(BoundOp):
-    """A monotone op without a linear relaxation here (max pooling): IBP bounds only,
-    turned into a constant linear form. Sound, just loose."""
+class ClampOp(SampledActivationOp):
+    """``clamp``/``hardtanh``/``relu6``: piecewise linear with kinks at the limits."""
 
-    has_linear = False
+    piecewise_linear = True
+    ulps = 0.0
 
-    def __init__(self, name, fn):
+    def __init__(self, name, lo=None, hi=None):
         super().__init__(name)
-        self.fn = fn
+        self.lo, self.hi = lo, hi
+        self.kinks = tuple(v for v in (lo, hi) if v is not None)
+        self.f0 = max(abs(v) for v in self.kinks) if self.kinks else 0.0
+
+    def f(self, x):
+        return torch.clamp(x, self.lo, self.hi)
+
+
+class EluOp(SampledActivationOp):
+    """``elu``/``selu``/``celu``: ``scale * (x if x > 0 else alpha (exp(input_scale x) - 1))``."""
+
+    kinks = (0.0,)
+    ulps = 8.0
+
+    def __init__(self, name, alpha=1.0, scale=1.0, input_scale=1.0):
+        super().__init__(name)
+        self.alpha, self.scale, self.input_scale = float(alpha), float(scale), float(input_scale)
+        self.f2 = abs(self.scale * self.alpha) * self.input_scale ** 2
+        self.lipschitz = abs(self.scale) * max(1.0, abs(self.alpha * self.input_scale))
+        self.monotone = self.scale >= 0 and self.alpha * self.input_scale >= 0
+        self.f0 = 0.0
+
+    def f(self, x):
+        return torch.ops.aten.elu(x, self.alpha, self.scale, self.input_scale)
+
+
+class SoftplusOp(SampledActivationOp):
+    """``softplus(beta, threshold)``; torch returns ``x`` above ``threshold / beta``,
+    a jump of at most ``log1p(exp(-threshold)) / beta``, counted as error."""
+
+    ulps = 8.0
+
+    def __init__(self, name, beta=1.0, threshold=20.0):
+        super().__init__(name)
+        if beta <= 0:
+            raise UnsupportedLayer(name, f"softplus with beta={beta}")
+        self.beta, self.threshold = float(beta), float(threshold)
+        self.f2 = self.beta / 4
+        self.kinks = (self.threshold / self.beta,)
+        self.jump = math.log1p(math.exp(-self.threshold)) / self.beta
+        self.f0 = math.log(2) / self.beta
+
+    def f(self, x):
+        return F.softplus(x, self.beta, self.threshold)
+
+    def f_err(self, lo, hi):
+        return super().f_err(lo, hi) + self.jump
+
+
+class MaxPoolOp(BoundOp):
+    # our_radius: the selection is exact; the constant's sum is bounded like an activation's
+    """Max over windows (max pooling without padding, ``amax``). ``windows(x)`` is a
+    linear selection ``[N, *S] -> [N, *S_out, W]``. Relaxation: the upper line is the
+    constant max of the windows' upper bounds (exact when one element dominates: then
+    both lines select it); the lower line selects the element with the largest lower bound."""
+
+    def __init__(self, name, windows, out_shape):
+        super().__init__(name)
+        self.windows = windows
+        self.out_shape = out_shape
 
     def forward(self, x):
-        return self.fn(x)
+        return self.windows(x).amax(-1)
+
+    def our_radius(self, pre, u, d_out):
+        return gamma(d_out + 4, u) * 2 * self.forward(_mag(pre[0]))
 
     def ibp(self, b):
-        return self.fn(b[0]), self.fn(b[1])
+        return self.forward(b[0]), self.forward(b[1])
+
+    def _select(self, lo, hi):
+        wl, wh = self.windows(lo), self.windows(hi)
+        j = wl.argmax(-1, keepdim=True)
+        best_lo = wl.gather(-1, j)
+        others_hi = wh.scatter(-1, j, torch.full_like(best_lo, -torch.inf)).amax(-1, keepdim=True)
+        dominant = (best_lo >= others_hi)[..., 0]  # the max is exactly the selected input
+        return j, dominant, wh.amax(-1)
+
+    def _pick(self, x, j):
+        """The selected element of each window (``j`` has x's batch): linear in x."""
+        return self.windows(x).gather(-1, j)[..., 0]
 
     def linear(self, form, pre=None):
-        lo, hi = self.fn(pre[0]), self.fn(pre[1])
-        zeros = torch.zeros((lo.shape[0], form.k, *lo.shape[1:]), dtype=lo.dtype, device=lo.device)
-        return LinForm(zeros, lo, zeros, hi)
+        lo, hi = pre[0]
+        j, dominant, upper = self._select(lo, hi)
+        n, k = form.lw.shape[:2]
+        jj = j.repeat_interleave(k, 0)
+        lw = self._pick(form.lw.reshape(n * k, *form.lw.shape[2:]), jj).reshape(n, k, *self.out_shape)
+        lb = self._pick(form.lb, j)
+        uw_sel = self._pick(form.uw.reshape(n * k, *form.uw.shape[2:]), jj).reshape(n, k, *self.out_shape)
+        ub_sel = self._pick(form.ub, j)
+        dm = dominant.unsqueeze(1)
+        uw = torch.where(dm, uw_sel, torch.zeros_like(uw_sel))
+        ub = torch.where(dominant, ub_sel, upper)
+        return LinForm(lw, lb, uw, ub)
 
+    def backward(self, A, pre=None, in_shapes=None):
+        lo, hi = pre[0]
+        j, dominant, upper = self._select(lo, hi)
+        rep = A.shape[0] // lo.shape[0]
+        if rep > 1:
+            j, dominant, upper = (v.repeat_interleave(rep, 0) for v in (j, dominant, upper))
+        Ap, An = A.clamp(min=0), A.clamp(max=0)
+        use_sel = An + torch.where(dominant, Ap, torch.zeros_like(Ap))  # coefficients on x_j
+        const = torch.where(dominant, torch.zeros_like(Ap), Ap * _like(upper, A)).reshape(A.shape[0], -1).sum(1)
+        in_shape = in_shapes[0]
 
-class UnsupportedLayer(Exception):
-    """Raised when a layer has no bound operator. The message names the layer."""
+        def pick(x):
+            return self._pick(x, j)
 
-    def __init__(self, name: str, what: str):
-        self.layer = name
-        self.what = what
-        super().__init__(f"layer {name!r} ({what}) is not supported by the native bound engines")
+        return [_vjp(pick, use_sel, in_shape)], const

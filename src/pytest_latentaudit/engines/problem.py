@@ -10,10 +10,14 @@ import torch
 class Problem:
     def __init__(self, model: Callable, x0: torch.Tensor, V: torch.Tensor, tl: torch.Tensor, tu: torch.Tensor,
                  spec, labels: Optional[torch.Tensor] = None, clamp_lower: Optional[torch.Tensor] = None,
-                 clamp_upper: Optional[torch.Tensor] = None):
-        """``x0`` ``[N, *S]``; ``V`` ``[N or 1, k, *S]``; ``tl, tu`` ``[N, k]``. ``clamp_*``
-        (for ``verify_box``) keep rounding from pushing points outside the user's box."""
+                 clamp_upper: Optional[torch.Tensor] = None, x_dtype: Optional[torch.dtype] = None):
+        """``x0`` ``[N, *S]``; ``V`` ``[N or 1, k, *S]``; ``tl, tu`` ``[N, k]`` (float64, so the
+        box is the one the user asked for, not a float32 rounding of it). ``clamp_*`` (for
+        ``verify_box``) keep rounding from pushing points outside the user's box;
+        ``x_dtype`` is the dtype the model is fed (x0's by default)."""
         self.model = model
+        self.x_dtype = x_dtype or x0.dtype
+        tl, tu = tl.to(torch.float64), tu.to(torch.float64)
         self.x0, self.V, self.tl, self.tu = x0, V, tl, tu
         self.spec, self.labels = spec, labels
         self.clamp_lower, self.clamp_upper = clamp_lower, clamp_upper
@@ -27,22 +31,30 @@ class Problem:
         return self.V if self.V.shape[0] == 1 else self.V[idx]
 
     def point(self, idx: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        V = self._V(idx)
+        """The model input at offsets ``t``: computed in float64, fed in ``x_dtype``."""
+        dt = torch.float64
+        V = self._V(idx).to(dt)
+        t = t.to(dt)
+        x0 = self.x0[idx].to(dt)
         if V.shape[0] == 1:
-            x = self.x0[idx] + torch.einsum("nk,kd->nd", t, V[0].reshape(self.k, -1)).reshape(-1, *self.input_shape)
+            x = x0 + torch.einsum("nk,kd->nd", t, V[0].reshape(self.k, -1)).reshape(-1, *self.input_shape)
         else:
-            x = self.x0[idx] + torch.einsum("nk,nkd->nd", t, V.reshape(V.shape[0], self.k, -1)).reshape(
+            x = x0 + torch.einsum("nk,nkd->nd", t, V.reshape(V.shape[0], self.k, -1)).reshape(
                 -1, *self.input_shape)
+        x = x.to(self.x_dtype)
         if self.clamp_lower is not None:
             x = torch.maximum(torch.minimum(x, self.clamp_upper[idx]), self.clamp_lower[idx])
         return x
 
     def center_gens(self, idx: torch.Tensor, tl: torch.Tensor, tu: torch.Tensor):
-        """Centre and generators of sub-boxes ``[tl, tu]`` of seeds ``idx`` (bound engines).
-        Unclamped: the box is exactly ``x0 + V t``."""
+        """Centre and generators (float64) of sub-boxes ``[tl, tu]`` of seeds ``idx``, for
+        the bound engines. Unclamped: the box is ``x0 + V t``; the few float64 ulps of
+        rounding here are covered by the input slack in bounds.py."""
         n = idx.numel()
-        V = self._expand_V(idx)
-        c = self.x0[idx].reshape(n, -1) + torch.einsum("nk,nkd->nd", (tl + tu) / 2, V)
+        dt = torch.float64
+        V = self._expand_V(idx).to(dt)
+        tl, tu = tl.to(dt), tu.to(dt)
+        c = self.x0[idx].reshape(n, -1).to(dt) + torch.einsum("nk,nkd->nd", (tl + tu) / 2, V)
         G = V * ((tu - tl) / 2)[:, :, None]
         return c.reshape(n, *self.input_shape), G.reshape(n, self.k, *self.input_shape)
 
@@ -60,7 +72,7 @@ class Problem:
         return None if self.labels is None else self.labels[idx]
 
     def margin(self, y, idx):
-        return self.spec.margin(y, self._labels(idx))
+        return self.spec.margin(y, self._labels(idx)).to(self.tl.dtype)
 
     def holds(self, y, idx):
         return self.spec.holds(y, self._labels(idx))

@@ -7,9 +7,11 @@ pre-activation crosses zero between two neighbours (it is affine there), interpo
 every live tensor at the new points. At the output, each spec row is affine on each piece,
 so the set where the spec fails is computed exactly: a union of sub-intervals.
 
-A seed is ``verified`` when every breakpoint's spec margin is below ``-tol`` (the max of
-affine rows over a piece is reached at an end), and ``falsified`` by the worst point of a
-failing sub-interval, confirmed by a plain forward pass like any counterexample.
+A seed is ``verified`` when every breakpoint's spec margin, plus a bound on how far the
+model's own float evaluation can stray from the exact function on the segment
+(``float_slack``), is below ``-tol`` (the max of affine rows over a piece is reached at an
+end), and ``falsified`` by the worst point of a failing sub-interval, confirmed by a plain
+forward pass like any counterexample.
 """
 from __future__ import annotations
 
@@ -21,19 +23,47 @@ import torch
 from . import ops
 from .graph import BoundGraph
 
-#: operators that keep the network piecewise linear with breakpoints found here
-_AFFINE = (ops.AffineOp, ops.PositiveLinearOp, ops.AddConstOp, ops.AddOp, ops.CatOp)
-_KINKED = (ops.ReLUOp,)  # LeakyReLUOp subclasses ReLUOp
-
-
 class NotPiecewiseLinear(Exception):
     pass
 
 
+def _kinked(op) -> bool:
+    return bool(op.kinks)
+
+
 def check_piecewise_linear(graph: BoundGraph) -> None:
     for node in graph.nodes[1:]:
-        if not isinstance(node.op, _AFFINE + _KINKED):
+        if not node.op.piecewise_linear:
             raise NotPiecewiseLinear(f"layer {node.op.name!r} ({type(node.op).__name__}) is not piecewise linear")
+        if _kinked(node.op) and node.op.lipschitz > 1.0:
+            raise NotPiecewiseLinear(f"layer {node.op.name!r}: slopes above 1")
+
+
+def float_deviation(graph: BoundGraph, center, gens) -> torch.Tensor:
+    """Per box, a bound on ``|y_fl - y|``: the model's float evaluation against the exact
+    function, over the whole box. Errors enter at each op (its radius) and are carried
+    forward with Lipschitz factors (|W| for affine ops, 1 for ReLU-like kinks), which is
+    sound whatever the activation pattern."""
+    from .bounds import _input_bounds, linear_bounds, radii
+
+    _, conc = linear_bounds(graph, center, gens)
+    R = radii(graph, conc)
+    lo0, hi0 = _input_bounds(center, gens)
+    D: list = [((hi0 - lo0) / 2 - gens.abs().sum(1)).abs()]
+    for j, node in enumerate(graph.nodes[1:], start=1):
+        op, ds = node.op, [D[i] for i in node.inputs]
+        if isinstance(op, ops.AffineOp):
+            d = op.lin(ds[0], op.wabs)
+        elif isinstance(op, ops.LinearMapOp):
+            d = op.fn(ds[0])
+        elif isinstance(op, ops.WeightedSumOp):
+            d = abs(op.a) * ds[0] + abs(op.b) * ds[1]
+        elif isinstance(op, ops.CatOp):
+            d = torch.cat(ds, op.dim)
+        else:  # a kinked elementwise op with slopes in [-1, 1]
+            d = ds[0]
+        D.append(d if R[j] is None else d + R[j])
+    return D[-1]
 
 
 @dataclass
@@ -43,7 +73,8 @@ class SegmentResult:
 
     fraction: torch.Tensor  # [N]
     bad_intervals: List[List[Tuple[float, float]]]
-    max_margin: torch.Tensor  # [N] max spec margin over breakpoints
+    max_margin: torch.Tensor  # [N] max spec margin over breakpoints (exact function)
+    float_slack: torch.Tensor  # [N] bound on how far the float32 model's margin can exceed it
     worst_t: torch.Tensor  # [N] t where the margin is largest
     n_pieces: torch.Tensor  # [N]
 
@@ -94,8 +125,8 @@ def walk(graph: BoundGraph, x0: torch.Tensor, v: torch.Tensor, tl: torch.Tensor,
         if j == 0:
             continue
         ins = [vals[i] for i in node.inputs]
-        if isinstance(node.op, _KINKED):
-            seed, t, vals = _refine(seed, t, vals, ins[0])
+        for k in node.op.kinks:  # the op is affine between its kinks: insert the crossings
+            seed, t, vals = _refine(seed, t, vals, ins[0] - k)
             ins = [vals[i] for i in node.inputs]
         vals[j] = node.op.forward(*ins)
         for i in node.inputs:  # free tensors nobody needs any more
@@ -192,4 +223,14 @@ def certify(graph: BoundGraph, x0, v, tl, tu, spec, labels=None) -> SegmentResul
         bad_len = sum(h - l for l, h in intervals)
         fraction[i] = 1.0 - bad_len / length
         bad[i] = intervals
-    return SegmentResult(fraction, bad, max_m, worst_t, pieces)
+    # how far the float model can stray from the exact function, per seed, in margin units
+    dt = torch.float64
+    c = x0.to(dt) + v.to(dt) * ((tl + tu).to(dt) / 2).view([-1] + [1] * (x0.dim() - 1))
+    G = (v.to(dt) * ((tu - tl).to(dt) / 2).view([-1] + [1] * (x0.dim() - 1))).unsqueeze(1)
+    dev = float_deviation(graph, c, G).reshape(n, -1)
+    slack = torch.einsum("ngro,no->ngr", C.abs(), dev).amax(2).amax(1)
+    # our own float64 walk (interpolated breakpoints): a generous relative allowance
+    ymax = torch.zeros(n, dtype=y.dtype, device=y.device).scatter_reduce(0, seed, y.abs().amax(1), "amax")
+    slack = slack + 1e-12 * (1 + ymax) * C.abs().sum(-1).amax(2).amax(1)
+    return SegmentResult(fraction=fraction, bad_intervals=bad, max_margin=max_m, worst_t=worst_t, n_pieces=pieces,
+                         float_slack=slack.cpu().double())

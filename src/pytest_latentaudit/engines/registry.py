@@ -1,0 +1,632 @@
+"""The op registry: every ATen op a lowered model runs maps, through exactly one handler
+here, onto bound operators (ops.py).
+
+A handler reads its arguments by schema name through ``ctx.arg``; after it returns, any
+argument it did not read must still hold its schema default, or the op is refused
+(``UnsupportedLayer`` naming it). So a keyword or mode a handler does not implement
+(``alpha=``, ``rounding_mode=``, ``ceil_mode=True``...) can never be silently dropped.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+from .ops import UnsupportedLayer
+
+aten = torch.ops.aten
+
+#: ATen overload -> handler(ctx)
+HANDLERS: Dict[object, Callable] = {}
+
+
+def register(*overloads):
+    def deco(fn):
+        for o in overloads:
+            HANDLERS[o] = fn
+        return fn
+
+    return deco
+
+
+def _ov(packet, *names):
+    """The overloads of an op packet that exist in this torch version."""
+    out = []
+    for n in names:
+        o = getattr(packet, n, None)
+        if o is not None:
+            out.append(o)
+    return out
+
+
+def supported_ops() -> List[str]:
+    return sorted({str(o) for o in HANDLERS})
+
+
+# ----------------------------------------------------------------------------- shapes
+def _dim(ctx, d, rank=None):
+    """A non-batch dimension index (>= 1) of the data input; refuses the batch dim."""
+    rank = ctx.rank() if rank is None else rank
+    d = int(d)
+    d = d + rank if d < 0 else d
+    if d == 0:
+        raise UnsupportedLayer(ctx.name, "an op across the batch dimension")
+    return d
+
+
+def _per_sample_const(ctx, v):
+    """A constant that broadcasts against per-sample tensors: a leading batch axis of size 1
+    is dropped; a constant shaped like the traced batch depends on it and is refused."""
+    if not torch.is_tensor(v):
+        return v
+    rank = ctx.out_rank()
+    if v.dim() == rank:
+        if v.shape[0] != 1:
+            raise UnsupportedLayer(ctx.name, "a constant with a batch-sized leading dimension")
+        v = v[0]
+    elif v.dim() > rank:
+        raise UnsupportedLayer(ctx.name, "a constant of higher rank than the data")
+    return v
+
+
+def _shape_fn(fn, desc, fan=0):
+    return lambda ctx: ctx.emit(ops.LinearMapOp(ctx.name, fn, desc, fan=fan), [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.view, "default"), *_ov(aten._unsafe_view, "default"), *_ov(aten.view_copy, "default"))
+def _view(ctx):
+    ctx.arg("size")
+    shape = ctx.out_shape()
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: x.reshape(x.shape[0], *shape), "reshape"),
+                    [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.expand, "default"), *_ov(aten.expand_copy, "default"))
+def _expand(ctx):
+    size = list(ctx.arg("size"))
+    ctx.arg("implicit")
+    in_rank = ctx.rank()
+    if len(size) == in_rank and size[0] not in (-1, ctx.batch):
+        raise UnsupportedLayer(ctx.name, "expand that changes the batch dimension")
+    if len(size) != in_rank:
+        raise UnsupportedLayer(ctx.name, "expand that adds leading dimensions")
+    per = list(ctx.out_shape())
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: x.expand(x.shape[0], *per), "expand"),
+                    [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.unsqueeze, "default"))
+def _unsqueeze(ctx):
+    d = int(ctx.arg("dim"))
+    d = d + ctx.out_rank() if d < 0 else d
+    if d == 0:
+        raise UnsupportedLayer(ctx.name, "unsqueeze before the batch dimension")
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: x.unsqueeze(d), "unsqueeze"), [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.squeeze, "default", "dim", "dims"))
+def _squeeze(ctx):
+    # squeeze the dims that were size 1 at trace time, never the batch (which may be 1 later)
+    if "dim" in ctx.schema_names:
+        dims = ctx.arg("dim")
+        dims = [dims] if isinstance(dims, int) else list(dims)
+    else:
+        dims = [i for i, s in enumerate(ctx.in_value().shape) if s == 1 and i > 0]
+    dims = tuple(_dim(ctx, d) for d in dims)
+    shape = ctx.out_shape()
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: x.reshape(x.shape[0], *shape), f"squeeze{dims}"),
+                    [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.permute, "default"), *_ov(aten.permute_copy, "default"))
+def _permute(ctx):
+    dims = [int(d) % ctx.rank() for d in ctx.arg("dims")]
+    if dims[0] != 0:
+        raise UnsupportedLayer(ctx.name, "permute that moves the batch dimension")
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: x.permute(*dims), "permute"), [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.transpose, "int"))
+def _transpose(ctx):
+    a, b = _dim(ctx, ctx.arg("dim0")), _dim(ctx, ctx.arg("dim1"))
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: x.transpose(a, b), "transpose"), [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.t, "default"))
+def _t(ctx):
+    if ctx.rank() == 2:
+        raise UnsupportedLayer(ctx.name, ".t() of a [batch, features] tensor swaps the batch dimension")
+    return ctx.alias(ctx.data_arg("self"))
+
+
+@register(*_ov(aten.slice, "Tensor"), *_ov(aten.slice_copy, "Tensor"))
+def _slice(ctx):
+    d = _dim(ctx, ctx.arg("dim"))
+    start, end, step = ctx.arg("start"), ctx.arg("end"), ctx.arg("step")
+    idx = (slice(None),) * d + (slice(start, end, step),)
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: x[idx], f"slice(dim={d})"), [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.select, "int"), *_ov(aten.select_copy, "int"))
+def _select(ctx):
+    d, i = _dim(ctx, ctx.arg("dim")), int(ctx.arg("index"))
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: x.select(d, i), f"select(dim={d})"), [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.index_select, "default"))
+def _index_select(ctx):
+    d = _dim(ctx, ctx.arg("dim"))
+    index = ctx.const_arg("index")
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: x.index_select(d, index.to(x.device)), "index_select"),
+                    [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.flip, "default"))
+def _flip(ctx):
+    dims = [_dim(ctx, d) for d in ctx.arg("dims")]
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: x.flip(dims), "flip"), [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.repeat, "default"))
+def _repeat(ctx):
+    reps = list(ctx.arg("repeats"))
+    if len(reps) != ctx.rank() or reps[0] != 1:
+        raise UnsupportedLayer(ctx.name, "repeat along the batch dimension")
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: x.repeat(*reps), "repeat"), [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.constant_pad_nd, "default"))
+def _pad(ctx):
+    pad, value = list(ctx.arg("pad")), float(ctx.arg("value"))
+    if len(pad) > 2 * (ctx.rank() - 1):
+        raise UnsupportedLayer(ctx.name, "padding of the batch dimension")
+    i = ctx.emit(ops.LinearMapOp(ctx.name, lambda x: F.pad(x, pad), "pad"), [ctx.data_arg("self")])
+    if value == 0:
+        return i
+    in_shape = ctx.in_shape()
+    op = ops.AddConstOp(ctx.name + ".value")
+    op.consts["bias"] = lambda env: F.pad(torch.zeros(in_shape, dtype=torch.float64), pad, value=value)
+    return ctx.emit(op, [i])
+
+
+@register(*_ov(aten.clone, "default"), *_ov(aten.detach, "default"))
+def _identity(ctx):
+    if "memory_format" in ctx.schema_names:
+        ctx.arg("memory_format")
+    return ctx.alias(ctx.data_arg("self"))
+
+
+@register(*_ov(aten._to_copy, "default"))
+def _to_copy(ctx):
+    for k in ("dtype", "layout", "device", "pin_memory", "non_blocking", "memory_format"):
+        ctx.arg(k)
+    if ctx.out_value().dtype != ctx.in_value().dtype:
+        raise UnsupportedLayer(ctx.name, f"a dtype change to {ctx.out_value().dtype} inside the model")
+    return ctx.alias(ctx.data_arg("self"))
+
+
+# --------------------------------------------------------------------------- tuples
+@register(*_ov(aten.split, "Tensor"), *_ov(aten.split_with_sizes, "default"), *_ov(aten.unbind, "int"))
+def _split(ctx):
+    d = _dim(ctx, ctx.arg("dim"))
+    for k in ("split_size", "split_sizes", "chunks"):
+        if k in ctx.schema_names:
+            ctx.arg(k)
+    x = ctx.data_arg("self")
+    parts = ctx.out_value()
+    unbind = ctx.target in _ov(aten.unbind, "int")
+    outs, start = {}, 0
+    for j, p in enumerate(parts):
+        size = 1 if unbind else p.shape[d]
+        s0 = start
+        if unbind:
+            fn = (lambda s: lambda t: t.select(d, s))(s0)
+        else:
+            fn = (lambda s, n: lambda t: t.narrow(d, s, n))(s0, size)
+        outs[j] = (ops.LinearMapOp(f"{ctx.name}[{j}]", fn, "split"), x)
+        start += size
+    return ctx.tuple_outputs(outs)
+
+
+# ------------------------------------------------------------------------ affine ops
+def _dense(ctx, x, w_fn, b_fn, fan_hint=None):
+    op = ops.DenseOp(ctx.name)
+    op.u = ctx.u_matmul
+    op.consts["weight"] = w_fn
+    op.consts["bias"] = b_fn
+    return ctx.emit(op, [x])
+
+
+@register(*_ov(aten.addmm, "default"))
+def _addmm(ctx):
+    x = ctx.data_arg("mat1")
+    W = ctx.const_ref("mat2")
+    b = ctx.const_ref("self")
+    beta, alpha = ctx.arg("beta"), ctx.arg("alpha")
+    bias_val = ctx.value_of("self")
+    if torch.is_tensor(bias_val) and bias_val.dim() == 2 and bias_val.shape[0] != 1:
+        raise UnsupportedLayer(ctx.name, "addmm with a batch-shaped bias")
+    return _dense(ctx, x, lambda env: (alpha * W(env)).T,
+                  lambda env: (beta * b(env)).reshape(-1) if torch.is_tensor(b(env)) else None)
+
+
+@register(*_ov(aten.mm, "default"))
+def _mm(ctx):
+    x = ctx.data_arg("self")
+    W = ctx.const_ref("mat2")
+    return _dense(ctx, x, lambda env: W(env).T, lambda env: None)
+
+
+@register(*_ov(aten.convolution, "default"))
+def _convolution(ctx):
+    x = ctx.data_arg("input")
+    W, b = ctx.const_ref("weight"), ctx.const_ref("bias", optional=True)
+    transposed = bool(ctx.arg("transposed"))
+    nd = ctx.value_of("weight").dim() - 2
+    if nd not in (1, 2):
+        raise UnsupportedLayer(ctx.name, f"{nd}-d convolution")
+    kw = dict(stride=list(ctx.arg("stride")), padding=list(ctx.arg("padding")), dilation=list(ctx.arg("dilation")),
+              groups=int(ctx.arg("groups")))
+    out_pad = list(ctx.arg("output_padding"))
+    if transposed:
+        kw["output_padding"] = out_pad
+    elif any(out_pad):
+        raise UnsupportedLayer(ctx.name, "output_padding on a forward convolution")
+    op = ops.ConvOp(ctx.name, transposed, kw)
+    op.u = ctx.u_conv
+    op.consts["weight"] = W
+    op.consts["bias"] = b
+    return ctx.emit(op, [x])
+
+
+def _batch_norm(ctx, eps):
+    x = ctx.data_arg("input")
+    w, b = ctx.const_ref("weight", optional=True), ctx.const_ref("bias", optional=True)
+    mean, var = ctx.const_ref("running_mean"), ctx.const_ref("running_var")
+    if ctx.value_of("running_mean") is None:
+        raise UnsupportedLayer(ctx.name, "batch norm without running statistics")
+    ctx.arg("momentum")
+    rank = ctx.rank()
+
+    def view(v):
+        return v.reshape(-1, *([1] * (rank - 2)))
+
+    def scale(env):
+        s = 1.0 / torch.sqrt(var(env).double() + eps)
+        return view(s if w(env) is None else s * w(env).double())
+
+    def shift(env):
+        s = 1.0 / torch.sqrt(var(env).double() + eps)
+        s = s if w(env) is None else s * w(env).double()
+        t = -mean(env).double() * s
+        return view(t if b(env) is None else t + b(env).double())
+
+    op = ops.ChannelAffineOp(ctx.name, n_ops=6)  # (x - mean) * invstd * w + b, invstd = rsqrt(var + eps)
+    op.u = ctx.u_elem
+    op.consts["weight"] = scale
+    op.consts["bias"] = shift
+    i = ctx.emit(op, [x])
+    return ctx.tuple_outputs({0: i}) if ctx.returns_tuple() else i
+
+
+@register(*_ov(aten._native_batch_norm_legit_no_training, "default"))
+def _bn_no_training(ctx):
+    return _batch_norm(ctx, float(ctx.arg("eps")))
+
+
+@register(*_ov(aten.native_batch_norm, "default"), *_ov(aten.cudnn_batch_norm, "default"),
+          *_ov(aten.miopen_batch_norm, "default"), *_ov(aten._native_batch_norm_legit, "default"))
+def _bn(ctx):
+    if ctx.arg("training"):
+        raise UnsupportedLayer(ctx.name, "batch norm in training mode (call model.eval())")
+    key = "eps" if "eps" in ctx.schema_names else "epsilon"
+    return _batch_norm(ctx, float(ctx.arg(key)))
+
+
+def _affine_const(ctx, x, w, b, n_ops):
+    op = ops.ChannelAffineOp(ctx.name, n_ops=n_ops)
+    op.u = ctx.u_elem
+    op.consts["weight"] = w
+    op.consts["bias"] = b
+    return ctx.emit(op, [x])
+
+
+def _as_double(v):
+    return v.double() if torch.is_tensor(v) else torch.tensor(float(v), dtype=torch.float64)
+
+
+@register(*_ov(aten.add, "Tensor", "Scalar"), *_ov(aten.sub, "Tensor", "Scalar"), *_ov(aten.rsub, "Tensor", "Scalar"),
+          *_ov(aten.add_, "Tensor", "Scalar"), *_ov(aten.sub_, "Tensor", "Scalar"))
+def _add(ctx):
+    alpha = ctx.arg("alpha")
+    name = ctx.target.overloadpacket.__name__.rstrip("_")
+    # y = s1 * self + s2 * other
+    s1, s2 = {"add": (1.0, alpha), "sub": (1.0, -alpha), "rsub": (-alpha, 1.0)}[name]
+    a, b = ctx.raw("self"), ctx.raw("other")
+    da, db = ctx.is_data(a), ctx.is_data(b)
+    if da and db:
+        return ctx.emit(ops.WeightedSumOp(ctx.name, s1, s2), [a, b])
+    x, sx, c, sc = (a, s1, "other", s2) if da else (b, s2, "self", s1)
+    cref = ctx.const_ref(c)
+    ctx.check_per_sample(c)
+    n_ops = 1 + (abs(sx) != 1) + (abs(sc) != 1)
+    return _affine_const(ctx, x, lambda env: _as_double(sx),
+                         lambda env: sc * _as_double(_per_sample_const(ctx, cref(env))), n_ops)
+
+
+@register(*_ov(aten.mul, "Tensor", "Scalar"), *_ov(aten.mul_, "Tensor", "Scalar"))
+def _mul(ctx):
+    a, b = ctx.raw("self"), ctx.raw("other")
+    if ctx.is_data(a) and ctx.is_data(b):
+        raise UnsupportedLayer(ctx.name, "product of two data-dependent tensors")
+    x, c = (a, "other") if ctx.is_data(a) else (b, "self")
+    cref = ctx.const_ref(c)
+    ctx.check_per_sample(c)
+    return _affine_const(ctx, x, lambda env: _as_double(_per_sample_const(ctx, cref(env))), lambda env: None, 1)
+
+
+@register(*_ov(aten.div, "Tensor", "Scalar", "Tensor_mode", "Scalar_mode"), *_ov(aten.div_, "Tensor", "Scalar"))
+def _div(ctx):
+    if "rounding_mode" in ctx.schema_names:
+        mode = ctx.arg("rounding_mode")
+        if mode is not None:
+            raise UnsupportedLayer(ctx.name, f"division with rounding_mode={mode!r} (piecewise constant)")
+    a, b = ctx.raw("self"), ctx.raw("other")
+    if ctx.is_data(b):
+        raise UnsupportedLayer(ctx.name, "division by a data-dependent tensor")
+    cref = ctx.const_ref("other")
+    ctx.check_per_sample("other")
+    return _affine_const(ctx, a, lambda env: 1.0 / _as_double(_per_sample_const(ctx, cref(env))), lambda env: None, 1)
+
+
+@register(*_ov(aten.neg, "default"))
+def _neg(ctx):
+    return _affine_const(ctx, ctx.data_arg("self"), lambda env: _as_double(-1.0), lambda env: None, 0)
+
+
+# ---------------------------------------------------------------------- activations
+def _elementwise(ctx, op, arg="self"):
+    op.u = ctx.u_elem
+    return ctx.emit(op, [ctx.data_arg(arg)])
+
+
+@register(*_ov(aten.relu, "default"), *_ov(aten.relu_, "default"))
+def _relu(ctx):
+    return _elementwise(ctx, ops.ReLUOp(ctx.name))
+
+
+@register(*_ov(aten.leaky_relu, "default"), *_ov(aten.leaky_relu_, "default"))
+def _leaky(ctx):
+    a = float(ctx.arg("negative_slope"))
+    if 0.0 <= a <= 1.0:
+        return _elementwise(ctx, ops.LeakyReLUOp(ctx.name, a))
+    op = ops._act("LeakyReLUAnySlope", lambda s, x: F.leaky_relu(x, a), f2=0.0, kinks=(0.0,), monotone=a >= 0,
+                  lipschitz=max(1.0, abs(a)), ulps=1.0, pl=True)(ctx.name)
+    return _elementwise(ctx, op)
+
+
+@register(*_ov(aten.hardtanh, "default"), *_ov(aten.hardtanh_, "default"))
+def _hardtanh(ctx):
+    return _elementwise(ctx, ops.ClampOp(ctx.name, float(ctx.arg("min_val")), float(ctx.arg("max_val"))))
+
+
+@register(*_ov(aten.clamp, "default"), *_ov(aten.clamp_, "default"), *_ov(aten.clamp_min, "default"),
+          *_ov(aten.clamp_max, "default"))
+def _clamp(ctx):
+    names = ctx.schema_names
+    lo = ctx.arg("min") if "min" in names else None
+    hi = ctx.arg("max") if "max" in names else None
+    for v in (lo, hi):
+        if v is not None and not isinstance(v, (int, float)):
+            raise UnsupportedLayer(ctx.name, "clamp with tensor limits")
+    return _elementwise(ctx, ops.ClampOp(ctx.name, None if lo is None else float(lo),
+                                         None if hi is None else float(hi)))
+
+
+@register(*_ov(aten.sigmoid, "default"), *_ov(aten.sigmoid_, "default"))
+def _sigmoid(ctx):
+    return _elementwise(ctx, ops.SigmoidOp(ctx.name))
+
+
+@register(*_ov(aten.tanh, "default"), *_ov(aten.tanh_, "default"))
+def _tanh(ctx):
+    return _elementwise(ctx, ops.TanhOp(ctx.name))
+
+
+@register(*_ov(aten.gelu, "default"), *_ov(aten.gelu_, "default"))
+def _gelu(ctx):
+    approx = ctx.arg("approximate")
+    cls = {"none": ops.GeluOp, "tanh": ops.GeluTanhOp}.get(approx)
+    if cls is None:
+        raise UnsupportedLayer(ctx.name, f"gelu(approximate={approx!r})")
+    return _elementwise(ctx, cls(ctx.name))
+
+
+@register(*_ov(aten.silu, "default"), *_ov(aten.silu_, "default"))
+def _silu(ctx):
+    return _elementwise(ctx, ops.SiluOp(ctx.name))
+
+
+@register(*_ov(aten.elu, "default"), *_ov(aten.elu_, "default"))
+def _elu(ctx):
+    return _elementwise(ctx, ops.EluOp(ctx.name, float(ctx.arg("alpha")), float(ctx.arg("scale")),
+                                       float(ctx.arg("input_scale"))))
+
+
+@register(*_ov(aten.softplus, "default"))
+def _softplus(ctx):
+    return _elementwise(ctx, ops.SoftplusOp(ctx.name, float(ctx.arg("beta")), float(ctx.arg("threshold"))))
+
+
+@register(*_ov(aten.abs, "default"), *_ov(aten.abs_, "default"))
+def _abs(ctx):
+    return _elementwise(ctx, ops.AbsOp(ctx.name))
+
+
+@register(*_ov(aten.maximum, "default"), *_ov(aten.minimum, "default"))
+def _max_min(ctx):
+    a, b = ctx.raw("self"), ctx.raw("other")
+    if not (ctx.is_data(a) and ctx.is_data(b)):
+        raise UnsupportedLayer(ctx.name, "maximum/minimum with a constant tensor (use clamp)")
+    is_max = ctx.target in _ov(aten.maximum, "default")
+    # max(a, b) = a + relu(b - a); min(a, b) = a - relu(a - b): exact, and ReLU's relaxation
+    d = ctx.emit(ops.WeightedSumOp(ctx.name + ".diff", -1.0 if is_max else 1.0, 1.0 if is_max else -1.0), [a, b])
+    r = ctx.emit(ops.ReLUOp(ctx.name + ".relu"), [d])
+    return ctx.emit(ops.WeightedSumOp(ctx.name, 1.0, 1.0 if is_max else -1.0), [a, r])
+
+
+# ------------------------------------------------------------------ pooling / reductions
+def _reduce_dims(ctx, dims):
+    rank = ctx.rank()
+    if dims is None or len(dims) == 0:
+        raise UnsupportedLayer(ctx.name, "a reduction over every dimension (the batch included)")
+    return sorted(_dim(ctx, d, rank) for d in dims)
+
+
+@register(*_ov(aten.mean, "dim"), *_ov(aten.sum, "dim_IntList"))
+def _mean_sum(ctx):
+    dims, keep = _reduce_dims(ctx, ctx.arg("dim")), bool(ctx.arg("keepdim"))
+    if ctx.arg("dtype") is not None:
+        raise UnsupportedLayer(ctx.name, "a reduction with a dtype change")
+    is_mean = ctx.target in _ov(aten.mean, "dim")
+    shape = ctx.in_shape_full()
+    n = int(math.prod(shape[d] for d in dims))
+    fn = (lambda x: x.mean(dims, keepdim=keep)) if is_mean else (lambda x: x.sum(dims, keepdim=keep))
+    op = ops.LinearMapOp(ctx.name, fn, "mean" if is_mean else "sum", fan=n + 1)
+    op.u = ctx.u_elem
+    return ctx.emit(op, [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.avg_pool2d, "default"))
+def _avg_pool(ctx):
+    k = list(ctx.arg("kernel_size"))
+    kw = dict(stride=list(ctx.arg("stride")) or None, padding=list(ctx.arg("padding")),
+              ceil_mode=bool(ctx.arg("ceil_mode")), count_include_pad=bool(ctx.arg("count_include_pad")))
+    two = ctx.target in _ov(aten.avg_pool2d, "default")
+    if two:
+        kw["divisor_override"] = ctx.arg("divisor_override")
+    fn = (lambda x: F.avg_pool2d(x, k, **kw)) if two else (lambda x: F.avg_pool1d(x, k, **kw))
+    op = ops.LinearMapOp(ctx.name, fn, "avg_pool", fan=int(math.prod(k)) + 1)
+    op.u = ctx.u_elem
+    return ctx.emit(op, [ctx.data_arg("self")])
+
+
+@register(*_ov(aten._adaptive_avg_pool2d, "default"))
+def _adaptive_avg(ctx):
+    size = list(ctx.arg("output_size"))
+    two = ctx.target in _ov(aten._adaptive_avg_pool2d, "default")
+    in_sp = ctx.in_shape()[1:]
+    fan = int(math.prod(math.ceil(i / o) + 1 for i, o in zip(in_sp, size))) + 1
+    fn = (lambda x: F.adaptive_avg_pool2d(x, size)) if two else (lambda x: F.adaptive_avg_pool1d(x, size))
+    op = ops.LinearMapOp(ctx.name, fn, "adaptive_avg_pool", fan=fan)
+    op.u = ctx.u_elem
+    return ctx.emit(op, [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.upsample_nearest2d, "default", "vec"), *_ov(aten.upsample_nearest1d, "default", "vec"),
+          *_ov(aten._upsample_nearest_exact2d, "default", "vec"), *_ov(aten._upsample_nearest_exact1d, "default", "vec"))
+def _upsample_nearest(ctx):
+    for k in ("output_size", "scales", "scales_h", "scales_w", "scale_factors"):
+        if k in ctx.schema_names:
+            ctx.arg(k)
+    size = list(ctx.out_shape()[1:])
+    mode = "nearest-exact" if "exact" in str(ctx.target) else "nearest"
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: F.interpolate(x, size=size, mode=mode), "upsample"),
+                    [ctx.data_arg("input" if "input" in ctx.schema_names else "self")])
+
+
+@register(*_ov(aten.upsample_bilinear2d, "default", "vec"), *_ov(aten.upsample_linear1d, "default", "vec"))
+def _upsample_linear(ctx):
+    for k in ("output_size", "scales", "scales_h", "scales_w", "scale_factors"):
+        if k in ctx.schema_names:
+            ctx.arg(k)
+    align = bool(ctx.arg("align_corners"))
+    size = list(ctx.out_shape()[1:])
+    mode = "bilinear" if len(size) == 2 else "linear"
+    op = ops.LinearMapOp(ctx.name, lambda x: F.interpolate(x, size=size, mode=mode, align_corners=align),
+                         "upsample", fan=12)  # interpolation weights are computed too: a generous count
+    op.u = ctx.u_elem
+    return ctx.emit(op, [ctx.data_arg("input" if "input" in ctx.schema_names else "self")])
+
+
+@register(*_ov(aten.max_pool2d_with_indices, "default"))
+def _max_pool(ctx):
+    k = list(ctx.arg("kernel_size"))
+    stride = list(ctx.arg("stride")) or k
+    pad, dil = list(ctx.arg("padding")), list(ctx.arg("dilation"))
+    if ctx.arg("ceil_mode") or any(pad):
+        raise UnsupportedLayer(ctx.name, "max pooling with padding or ceil_mode (no sound linear relaxation here)")
+    x = ctx.data_arg("self")
+    out_shape = tuple(ctx.out_shape() if not ctx.returns_tuple() else ctx.out_value()[0].shape[1:])
+    two = len(k) == 2
+
+    def windows(t):
+        if two:
+            n, c = t.shape[:2]
+            u = F.unfold(t, k, dilation=dil, stride=stride)  # [n, c*kh*kw, L]
+            u = u.reshape(n, c, k[0] * k[1], -1).transpose(2, 3)
+            return u.reshape(n, *out_shape, k[0] * k[1])
+        return t.unfold(2, (k[0] - 1) * dil[0] + 1, stride[0])[..., ::dil[0]]
+
+    i = ctx.emit(ops.MaxPoolOp(ctx.name, windows, out_shape), [x])
+    return ctx.tuple_outputs({0: i}, refuse={1: "the indices of max pooling"}) if ctx.returns_tuple() else i
+
+
+@register(*_ov(aten.amax, "default"), *_ov(aten.max, "dim"))
+def _amax(ctx):
+    if ctx.target in _ov(aten.max, "dim"):
+        dims = [ctx.arg("dim")]
+    else:
+        dims = list(ctx.arg("dim"))
+    dims, keep = _reduce_dims(ctx, dims), bool(ctx.arg("keepdim"))
+    rank = ctx.rank()
+    rest = [d for d in range(rank) if d not in dims]
+    out_shape = tuple(ctx.out_value()[0].shape[1:] if ctx.returns_tuple() else ctx.out_shape())
+
+    def windows(t):
+        p = t.permute(*rest, *dims)
+        return p.reshape(t.shape[0], *out_shape, -1)
+
+    i = ctx.emit(ops.MaxPoolOp(ctx.name, windows, out_shape), [ctx.data_arg("self")])
+    return ctx.tuple_outputs({0: i}, refuse={1: "argmax indices"}) if ctx.returns_tuple() else i
+
+
+@register(*_ov(aten.cat, "default"))
+def _cat(ctx):
+    parts = list(ctx.raw("tensors"))
+    if not all(ctx.is_data(p) for p in parts):
+        raise UnsupportedLayer(ctx.name, "torch.cat with constant parts")
+    d = _dim(ctx, ctx.arg("dim"), rank=ctx.out_rank())
+    return ctx.emit(ops.CatOp(ctx.name, len(parts), d), parts)
+
+
+@register(*_ov(aten.stack, "default"))
+def _stack(ctx):
+    parts = list(ctx.raw("tensors"))
+    if not all(ctx.is_data(p) for p in parts):
+        raise UnsupportedLayer(ctx.name, "torch.stack with constant parts")
+    d = _dim(ctx, ctx.arg("dim"), rank=ctx.out_rank())
+    ups = [ctx.emit(ops.LinearMapOp(f"{ctx.name}.unsqueeze{j}", lambda x: x.unsqueeze(d), "unsqueeze"), [p])
+           for j, p in enumerate(parts)]
+    return ctx.emit(ops.CatOp(ctx.name, len(parts), d), ups)
+
+
+# ------------------------------------------------------------------------ refusals
+_REFUSED = {
+    "native_layer_norm": "LayerNorm (no sound relaxation of the normalisation here)",
+    "_softmax": "softmax (bound the logits instead: specs compare logits)",
+    "_log_softmax": "log_softmax (bound the logits instead)",
+    "where": "torch.where (data-dependent selection)",
+    "bmm": "a product of two tensors",
+    "native_dropout": "dropout in training mode (call model.eval())",
+}
+for _name, _why in _REFUSED.items():
+    _packet = getattr(aten, _name, None)
+    if _packet is None:
+        continue
+    for _o in _packet.overloads():
+        HANDLERS[getattr(_packet, _o)] = (lambda why: lambda ctx: (_ for _ in ()).throw(
+            UnsupportedLayer(ctx.name, why)))(_why)

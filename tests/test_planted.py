@@ -1,0 +1,857 @@
+"""Planted-violation soundness suite (in the spirit of SoundnessBench).
+
+Every test builds a small model and a box that *contains* a point violating the spec,
+confirms that point inside the test with a plain forward pass of the model (so the test
+itself is honest: the point is in the box and really violates), then asks ``verify_box``
+or ``audit`` and requires that no box is ``verified`` ("falsified" and "unknown" are both
+fine) and that nothing raises. Most violations are planted where a falsifier is unlikely to
+land (spikes of width 1e-4..1e-6, a single corner, a rounding artefact): an engine that
+proves something about a *different* function than the one the model computes (a stale
+graph, a dropped hook or keyword argument, exact instead of float32 arithmetic, a box
+rounded inwards) is caught by these, not by broad violations that the concrete check
+finds first.
+
+A few controls (easy models, small boxes) must be ``verified``, so an engine that always
+answers "unknown" fails the suite too. Wherever an engine says ``falsified`` its
+counterexample is re-checked here as well: inside the box and violating.
+
+Classes of planted violations:
+ 1. forward hooks / forward pre-hooks (root module and submodule)
+ 2. dropped keyword arguments (add/sub ``alpha``, ``div(rounding_mode=...)``)
+ 3. models mutated between two calls (submodule, slope, Python attribute, weights, buffer)
+ 4. float32 cancellation around large biases
+ 5. mixed-scale boxes with the violation exactly at the user's ``lower`` corner
+ 6. narrow ReLU spikes in 2-4 dimensional boxes
+ 7. margins of exactly 0 and +-1e-6
+ 8. layers and model kinds that used to crash (pooling, raw Parameters, float64,
+    plain callables, slicing) must give an honest verdict
+ 9. spikes along non-axis directions and subspaces through ``audit``
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from pytest_latentaudit import (Accuracy, Direction, Invariance, OutputRange, Prediction, PredictionNotIn, audit,
+                                verify_box)
+
+ALLOWED = {"verified", "falsified", "unknown"}
+BUDGET = 1.0  # seconds per call where a sound engine may have to run out its budget
+SPIKE_BUDGET = 2.0  # narrow spikes (and false proofs that need branch and bound to appear)
+BAB_BUDGET = 5.0  # where a wrong proof needs a few thousand sub-boxes; a sound engine ends early
+CONTROL_BUDGET = 5.0  # controls: a working engine proves them in well under a second
+NARROW = 1e-5  # spike width used where the class of bug, not the width, is under test
+
+# A spike centre inside the unit box, away from its centre, its corners and dyadic points.
+C_IN = (0.3712, 0.6143, 0.2291, 0.8237)
+
+
+# --------------------------------------------------------------------------- checkers
+# Written here, independently of the library's spec classes, so a wrong `holds` in the
+# library cannot make a planted point look harmless.
+def viol_prediction(label):
+    def check(y):
+        others = torch.cat([y[:label], y[label + 1:]])
+        return bool(others.max() >= y[label])  # a tie is a violation
+    return check
+
+
+def viol_not_in(classes, n_out):
+    def check(y):
+        banned = torch.zeros(n_out, dtype=torch.bool)
+        banned[list(classes)] = True
+        return bool(y[banned].max() >= y[~banned].max())  # a tie may go to a banned class
+    return check
+
+
+def viol_range(lower=None, upper=None):
+    def check(y):
+        lo_bad = lower is not None and bool((y < lower).any())
+        hi_bad = upper is not None and bool((y > upper).any())
+        return lo_bad or hi_bad
+    return check
+
+
+def forward(model, x):
+    """Plain forward pass of one point ``x`` (per-sample shape) -> flat output."""
+    if isinstance(model, nn.Module):
+        model.eval()
+    with torch.no_grad():
+        y = model(x[None])
+    if isinstance(y, (tuple, list)):
+        y = y[0]
+    return y.reshape(-1)
+
+
+def plant(model, x, lower, upper, violates):
+    """The test's own honesty check: ``x`` lies in the box and violates the spec."""
+    x = torch.as_tensor(x)
+    lower, upper = torch.as_tensor(lower), torch.as_tensor(upper)
+    assert x.shape == lower.shape == upper.shape
+    assert bool((lower <= x).all() and (x <= upper).all()), "planted point is not inside the box"
+    y = forward(model, x)
+    assert violates(y), f"planted point does not violate: model output {y.tolist()}"
+
+
+def holds_everywhere_sampled(model, lower, upper, violates, n=2000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lower, upper = torch.as_tensor(lower), torch.as_tensor(upper)
+    u = torch.rand((n, *lower.shape), generator=g, dtype=lower.dtype)
+    xs = lower + u * (upper - lower)
+    return not any(violates(forward(model, x)) for x in xs)
+
+
+def run_box(model, lower, upper, spec, violates, engine="auto", budget_s=BUDGET, **kw):
+    """verify_box on one box ``[lower, upper]`` (per-sample shapes); sanity of the result:
+    statuses in the allowed set, every counterexample inside the box and violating."""
+    lo, hi = torch.as_tensor(lower)[None], torch.as_tensor(upper)[None]
+    res = verify_box(model, lo, hi, spec, engine=engine, device="cpu", budget_s=budget_s, **kw)
+    assert len(res.status) == 1
+    assert set(res.status) <= ALLOWED, res.status
+    for s, x in zip(res.status, res.counterexamples):
+        if s == "falsified":
+            assert x is not None, "falsified without a counterexample"
+            x = x.detach().cpu().to(lo.dtype).reshape(lo.shape[1:])
+            assert bool((lo[0] <= x).all() and (x <= hi[0]).all()), "counterexample outside the box"
+            assert violates(forward(model, x)), "counterexample does not violate the spec"
+    return res
+
+
+def assert_not_verified(res, what=""):
+    assert "verified" not in res.status, (
+        f"{what}: claimed a proof for a box that holds a planted violation; "
+        f"status={res.status} rung={getattr(res, 'rung', None)} notes={res.notes}")
+
+
+def assert_verified(res, what=""):
+    assert res.status == ["verified"] * len(res.status), (
+        f"{what}: control (a model that is fine on an easy box) not verified; "
+        f"status={res.status} notes={res.notes}")
+
+
+# ----------------------------------------------------------------------- model parts
+def spike_linears(center, width):
+    """Two Linear layers such that ``s(x) = relu(L2(relu(L1(x))))`` is ~1 at ``center`` and
+    exactly 0 unless ``|x_i - center_i| < width`` for every i (a product of triangles,
+    realised as ``relu(sum_i tri_i(x_i) - (d - 1))``)."""
+    c = [float(v) for v in center]
+    d = len(c)
+    L1, L2 = nn.Linear(d, 3 * d), nn.Linear(3 * d, 1)
+    W1, b1, W2 = torch.zeros(3 * d, d), torch.zeros(3 * d), torch.zeros(1, 3 * d)
+    for i in range(d):
+        for j, (off, coef) in enumerate(((-width, 1.0), (0.0, -2.0), (width, 1.0))):
+            W1[3 * i + j, i] = 1.0
+            b1[3 * i + j] = -(c[i] + off)
+            W2[0, 3 * i + j] = coef / width
+    with torch.no_grad():
+        L1.weight.copy_(W1)
+        L1.bias.copy_(b1)
+        L2.weight.copy_(W2)
+        L2.bias.fill_(-(d - 1.0))
+    return L1, L2
+
+
+def linear(in_f, out_f, W, b):
+    m = nn.Linear(in_f, out_f)
+    with torch.no_grad():
+        m.weight.copy_(torch.as_tensor(W, dtype=torch.float32).reshape(out_f, in_f))
+        m.bias.copy_(torch.as_tensor(b, dtype=torch.float32).reshape(out_f))
+    return m
+
+
+def spike_head(center, width, gain):
+    """``y = [1, gain * s(x)]``: with gain 3 class 1 wins on the spike (Prediction(0) is
+    violated there and nowhere else); with gain -3 (or a spike outside the box) Prediction(0)
+    holds on the whole box and interval bounds prove it."""
+    L1, L2 = spike_linears(center, width)
+    return nn.Sequential(L1, nn.ReLU(), L2, nn.ReLU(), linear(1, 2, [0.0, gain], [1.0, 0.0])).eval()
+
+
+def f32(v):
+    return torch.tensor(v, dtype=torch.float32)
+
+
+def unit_box(d):
+    return torch.zeros(d), torch.ones(d)
+
+
+P0 = Prediction(0)
+V0 = viol_prediction(0)
+
+
+# ------------------------------------------------------------------------ 0. controls
+def test_control_spike_outside_the_box_is_verified():
+    lo, hi = unit_box(2)
+    model = spike_head([c + 2.0 for c in C_IN[:2]], NARROW, 3.0)
+    assert holds_everywhere_sampled(model, lo, hi, V0)
+    assert_verified(run_box(model, lo, hi, P0, V0, budget_s=CONTROL_BUDGET), "spike outside the box")
+
+
+def test_control_negative_spike_is_verified():
+    lo, hi = unit_box(2)
+    model = spike_head(C_IN[:2], NARROW, -3.0)
+    assert holds_everywhere_sampled(model, lo, hi, V0)
+    assert_verified(run_box(model, lo, hi, P0, V0, budget_s=CONTROL_BUDGET), "negative-gain spike")
+
+
+@pytest.mark.parametrize("engine", ["ibp", "linear", "bab", "auto"])
+def test_control_small_box_around_a_confident_point_is_verified(engine):
+    model = nn.Sequential(linear(2, 3, [[1, 0], [0, 1], [1, -1]], [0.1, -0.2, 0.0]), nn.ReLU(),
+                          linear(3, 2, [[1, 0, 1], [0, 1, -1]], [1.0, 0.0])).eval()
+    x0 = f32([0.5, 0.3])
+    lo, hi = x0 - 0.01, x0 + 0.01
+    assert holds_everywhere_sampled(model, lo, hi, V0)
+    assert_verified(run_box(model, lo, hi, P0, V0, engine=engine, budget_s=CONTROL_BUDGET),
+                    f"small box, engine {engine}")
+
+
+@pytest.mark.parametrize("engine", ["exact", "auto"])
+def test_control_audit_easy_segment_is_verified(engine):
+    model = nn.Sequential(linear(2, 3, [[1, 0], [0, 1], [1, -1]], [0.1, -0.2, 0.0]), nn.ReLU(),
+                          linear(3, 2, [[1, 0, 1], [0, 1, -1]], [1.0, 0.0])).eval()
+    z = torch.tensor([[0.5, 0.3], [0.6, 0.2]])
+    res = audit(model, z, torch.zeros(2, dtype=torch.long), direction=Direction.vector(torch.tensor([0.6, 0.8])),
+                eps=0.01, spec=Accuracy(at_least=1.0), engine=engine, device="cpu", budget_s=CONTROL_BUDGET)
+    assert res.status == ["verified"] * 2, (res.status, res.notes)
+    assert res.verdict == "proved"
+
+
+def test_control_audit_far_seeds_are_verified():
+    model = spike_head([0.5] * 4, 1e-4, 3.0)
+    z = torch.full((3, 4), -2.0) + torch.arange(3.0)[:, None] * 0.1
+    res = audit(model, z, torch.zeros(3, dtype=torch.long), direction=Direction.axis(2), eps=0.05,
+                spec=Accuracy(at_least=1.0), engine="auto", device="cpu", budget_s=CONTROL_BUDGET)
+    assert res.status == ["verified"] * 3, (res.status, res.notes)
+    assert res.verdict == "proved"
+
+
+# -------------------------------------------------------------------------- 1. hooks
+class FlipSecond(nn.Module):
+    """Negates logit 1 (a custom module: traced through, not a leaf)."""
+
+    def forward(self, x):
+        return x * torch.tensor([1.0, -1.0])
+
+
+def _hook_case(name):
+    """(base model, attach(model) -> handle, narrow?) for each hook variant. The base model
+    satisfies Prediction(0) on the unit box; the hooked one violates it."""
+    inside_neg = lambda: spike_head(C_IN[:2], NARROW, -3.0)  # noqa: E731  spike in box, gain -3: fine
+    outside_pos = lambda: spike_head([c + 2.0 for c in C_IN[:2]], NARROW, 3.0)  # noqa: E731
+    flip = torch.tensor([1.0, -1.0])
+    if name == "forward_hook_root_flip_logit":
+        return inside_neg(), lambda m: m.register_forward_hook(lambda mod, i, o: o * flip), True
+    if name == "forward_hook_submodule_flip_logit":
+        return inside_neg(), lambda m: m[4].register_forward_hook(lambda mod, i, o: o * flip), True
+    if name == "forward_hook_root_add_offset":
+        return inside_neg(), lambda m: m.register_forward_hook(lambda mod, i, o: o + torch.tensor([0.0, 2.0])), False
+    if name == "forward_hook_submodule_negate":
+        return inside_neg(), lambda m: m[4].register_forward_hook(lambda mod, i, o: -o), False
+    if name == "pre_hook_root_shift_input":
+        return outside_pos(), lambda m: m.register_forward_pre_hook(lambda mod, args: (args[0] + 2.0,)), True
+    if name == "pre_hook_submodule_shift_input":
+        return outside_pos(), lambda m: m[0].register_forward_pre_hook(lambda mod, args: (args[0] + 2.0,)), True
+    if name == "pre_hook_last_layer_offset":
+        return outside_pos(), lambda m: m[4].register_forward_pre_hook(lambda mod, args: args[0] + 1.0), False
+    raise AssertionError(name)
+
+
+HOOK_CASES = ["forward_hook_root_flip_logit", "forward_hook_submodule_flip_logit", "forward_hook_root_add_offset",
+              "forward_hook_submodule_negate", "pre_hook_root_shift_input", "pre_hook_submodule_shift_input",
+              "pre_hook_last_layer_offset"]
+
+
+@pytest.mark.parametrize("when", ["hooked_before_first_call", "hooked_after_a_proof"])
+@pytest.mark.parametrize("case", HOOK_CASES)
+def test_hook_that_changes_the_output_is_part_of_the_model(case, when):
+    lo, hi = unit_box(2)
+    model, attach, narrow = _hook_case(case)
+    if when == "hooked_after_a_proof":
+        assert_verified(run_box(model, lo, hi, P0, V0, budget_s=CONTROL_BUDGET), f"{case}: un-hooked model")
+    else:
+        assert_verified(run_box(copy.deepcopy(model), lo, hi, P0, V0, budget_s=CONTROL_BUDGET),
+                        f"{case}: un-hooked copy")
+    attach(model)
+    x = f32(C_IN[:2]) if narrow else f32([0.9, 0.1])
+    plant(model, x, lo, hi, V0)
+    assert_not_verified(run_box(model, lo, hi, P0, V0), case)
+
+
+# --------------------------------------------------------------- 2. dropped arguments
+class DroppedArg(nn.Module):
+    """A spike ``s`` ``[N, 1]`` and a data-dependent constant ``a = [1, 0]`` combined by an
+    op whose keyword argument decides the spike's sign: honouring the argument, the model
+    violates Prediction(0) on (or right around) the spike; read without it, it is fine."""
+
+    def __init__(self, kind, width=NARROW):
+        super().__init__()
+        self.kind = kind
+        self.L1, self.L2 = spike_linears(C_IN[:2], width)
+        self.const = linear(2, 2, [[0, 0], [0, 0]], [1.0, 0.0])  # [1, 0], but data-dependent
+        self.neg = linear(1, 2, [0.0, -3.0], [0.0, 0.0])  # v -> [0, -3 v]
+        self.pos = linear(1, 2, [0.0, 3.0], [0.0, 0.0])  # v -> [0, 3 v]
+        self.e1 = linear(1, 2, [0.0, 1.0], [0.0, 0.0])  # v -> [0, v]
+
+    def forward(self, x):
+        s = torch.relu(self.L2(torch.relu(self.L1(x))))
+        a = self.const(x)
+        if self.kind == "torch_add_alpha_minus_1":  # a - [0, -3s] = [1, 3s]; read as a + b: [1, -3s]
+            return torch.add(a, self.neg(s), alpha=-1)
+        if self.kind == "method_add_alpha_2":  # [1, -3s] + 2 [0, 3s] = [1, 3s]; read as a + b: [1, 0]
+            return (a + self.neg(s)).add(self.pos(s), alpha=2.0)
+        if self.kind == "torch_sub_alpha_3":  # [1, -3s] - 3 [0, -3s] = [1, 6s]; read as a - b: [1, 0]
+            return torch.sub(a + self.neg(s), self.neg(s), alpha=3)
+        if self.kind == "div_floor":  # q = floor(-s) = -1 on 0 < s <= 1: y1 = 3 - 3s; read as -s: y1 = 0
+            q = torch.div(s * -2.0, 2, rounding_mode="floor")
+            return a + self.e1(-3.0 * q - 3.0 * s)
+        if self.kind == "div_trunc":  # q = trunc(s) = 0 for s < 1: y1 = 3s; read as s: y1 = 0
+            q = torch.div(s * 2.0, 2, rounding_mode="trunc")
+            return a + self.e1(3.0 * s - 3.0 * q)
+        raise AssertionError(self.kind)
+
+
+DROPPED = ["torch_add_alpha_minus_1", "method_add_alpha_2", "torch_sub_alpha_3", "div_floor", "div_trunc"]
+
+
+def _dropped_point(kind, width=NARROW):
+    c = f32(C_IN[:2])
+    if kind in ("div_floor", "div_trunc"):  # the violation sits where 0 < s < 2/3 (or 1/3 < s < 1)
+        return c + f32([0.5 * width, 0.0])
+    return c
+
+
+@pytest.mark.parametrize("engine", ["auto", "linear"])
+@pytest.mark.parametrize("kind", DROPPED)
+def test_dropped_keyword_argument_is_honoured(kind, engine):
+    lo, hi = unit_box(2)
+    model = DroppedArg(kind).eval()
+    plant(model, _dropped_point(kind), lo, hi, V0)
+    assert_not_verified(run_box(model, lo, hi, P0, V0, engine=engine), f"{kind} ({engine})")
+
+
+@pytest.mark.parametrize("kind", DROPPED)
+def test_dropped_keyword_argument_on_a_segment_exact_engine(kind):
+    """The same models on a 1-D box (only x0 varies, x1 fixed at the spike): the exact
+    engine decides the traced graph completely, so a dropped argument shows at once."""
+    c = f32(C_IN[:2])
+    lo, hi = c.clone(), c.clone()
+    lo[0], hi[0] = 0.0, 1.0
+    model = DroppedArg(kind).eval()
+    plant(model, _dropped_point(kind), lo, hi, V0)
+    assert_not_verified(run_box(model, lo, hi, P0, V0, engine="exact"), f"{kind} (exact, 1-D)")
+
+
+# ------------------------------------------------------------ 3. mutation between calls
+class GainAttr(nn.Module):
+    """``y = [1, gain * s]`` with ``gain`` a plain Python float read in forward."""
+
+    def __init__(self, gain):
+        super().__init__()
+        self.L1, self.L2 = spike_linears(C_IN[:2], NARROW)
+        self.head = linear(1, 2, [0.0, 1.0], [1.0, 0.0])
+        self.gain = gain
+
+    def forward(self, x):
+        s = torch.relu(self.L2(torch.relu(self.L1(x))))
+        return self.head(self.gain * s)
+
+
+class GainBuffer(nn.Module):
+    """``y = [1, gain * s]`` with ``gain`` a registered buffer."""
+
+    def __init__(self, gain):
+        super().__init__()
+        self.L1, self.L2 = spike_linears(C_IN[:2], NARROW)
+        self.head = linear(1, 2, [0.0, 1.0], [1.0, 0.0])
+        self.register_buffer("gain", torch.tensor([gain]))
+
+    def forward(self, x):
+        s = torch.relu(self.L2(torch.relu(self.L1(x))))
+        return self.head(s * self.gain)
+
+
+def _mutation_case(name):
+    """(model that satisfies Prediction(0) on the unit box, mutate(model)) per variant; after
+    the mutation a narrow spike at C_IN violates it."""
+    if name == "replace_relu_with_identity":
+        # t = relu(-s) = 0 (s >= 0), y1 = -3 t = 0; without that ReLU, y1 = 3 s: the spike
+        L1, L2 = spike_linears(C_IN[:2], NARROW)
+        m = nn.Sequential(L1, nn.ReLU(), L2, nn.ReLU(), linear(1, 1, [-1.0], [0.0]), nn.ReLU(),
+                          linear(1, 2, [0.0, -3.0], [1.0, 0.0])).eval()
+
+        def mutate(m):
+            m[5] = nn.Identity()
+        return m, mutate
+    if name == "replace_identity_with_sign_flip":
+        m = nn.Sequential(*spike_head(C_IN[:2], NARROW, -3.0), nn.Identity()).eval()
+
+        def mutate(m):
+            m[5] = FlipSecond()
+        return m, mutate
+    if name == "leaky_relu_slope_changed":
+        # t = leaky(-s): slope 0 gives t = 0 (fine); slope 0.5 gives y1 = -3 t = 1.5 s (the spike)
+        L1, L2 = spike_linears(C_IN[:2], NARROW)
+        m = nn.Sequential(L1, nn.ReLU(), L2, nn.ReLU(), linear(1, 1, [-1.0], [0.0]), nn.LeakyReLU(0.0),
+                          linear(1, 2, [0.0, -3.0], [1.0, 0.0])).eval()
+
+        def mutate(m):
+            m[5].negative_slope = 0.5
+        return m, mutate
+    if name == "python_float_attribute_changed":
+        def mutate(m):
+            m.gain = 3.0
+        return GainAttr(-3.0).eval(), mutate
+    if name == "weights_via_data_copy":
+        def mutate(m):
+            m[4].weight.data.copy_(torch.tensor([[0.0], [3.0]]))
+        return spike_head(C_IN[:2], NARROW, -3.0), mutate
+    if name == "weights_via_no_grad_copy":
+        def mutate(m):
+            with torch.no_grad():
+                m[4].weight.copy_(torch.tensor([[0.0], [3.0]]))
+        return spike_head(C_IN[:2], NARROW, -3.0), mutate
+    if name == "bias_via_data_assignment":
+        def mutate(m):  # a new tensor behind the same Parameter: class 1 wins everywhere but off the spike
+            m[4].bias.data = torch.tensor([1.0, 0.0])
+            m[4].weight.data = torch.tensor([[0.0], [3.0]])
+        return spike_head(C_IN[:2], NARROW, -3.0), mutate
+    if name == "buffer_edited_in_place":
+        def mutate(m):
+            m.gain.mul_(-1.0)
+        return GainBuffer(-3.0).eval(), mutate
+    raise AssertionError(name)
+
+
+MUTATIONS = ["replace_relu_with_identity", "replace_identity_with_sign_flip", "leaky_relu_slope_changed",
+             "python_float_attribute_changed", "weights_via_data_copy", "weights_via_no_grad_copy",
+             "bias_via_data_assignment", "buffer_edited_in_place"]
+
+
+@pytest.mark.parametrize("case", MUTATIONS)
+def test_model_mutated_between_two_calls(case):
+    lo, hi = unit_box(2)
+    model, mutate = _mutation_case(case)
+    assert holds_everywhere_sampled(model, lo, hi, V0, n=500)
+    assert_verified(run_box(model, lo, hi, P0, V0, budget_s=CONTROL_BUDGET), f"{case}: before the mutation")
+    mutate(model)
+    plant(model, f32(C_IN[:2]), lo, hi, V0)
+    assert_not_verified(run_box(model, lo, hi, P0, V0), f"{case}: after the mutation")
+
+
+# --------------------------------------------------------- 4. float32 cancellation
+ULP_1E4 = 2.0 ** -10  # spacing of float32 numbers in [8192, 16384)
+
+
+def cancellation_model(m, C, d=1):
+    """``T(x) = C - sum_i |x_i - m_i|`` (small, computed exactly enough in float32), then
+    ``H = T + 1e4`` and ``y = H - 1e4``. In exact arithmetic ``y = T``; in float32, ``H`` is
+    rounded to a multiple of 2**-10, so at ``x = m`` with ``C = 1.5 ulp + 1e-5`` the model
+    outputs ``2 ulp`` (~4.8e-4 above the exact value)."""
+    W1 = torch.zeros(2 * d, d)
+    b1 = torch.zeros(2 * d)
+    for i in range(d):
+        W1[2 * i, i], W1[2 * i + 1, i] = 1.0, -1.0
+        b1[2 * i], b1[2 * i + 1] = -m[i], m[i]
+    return nn.Sequential(linear(d, 2 * d, W1, b1), nn.ReLU(), linear(2 * d, 1, -torch.ones(2 * d), [C]),
+                         linear(1, 1, [1.0], [1e4]), linear(1, 1, [1.0], [-1e4])).eval()
+
+
+@pytest.mark.parametrize("engine,sign,gap,d", [
+    ("auto", +1, 2e-4, 1), ("auto", +1, 1.2e-4, 1), ("auto", +1, 3e-4, 1), ("auto", -1, 2e-4, 1),
+    ("linear", +1, 2e-4, 1), ("bab", +1, 2e-4, 1), ("exact", -1, 3e-4, 1),
+    ("auto", +1, 2e-4, 2), ("auto", -1, 3e-4, 2),
+])
+def test_float32_cancellation_around_large_biases(engine, sign, gap, d):
+    m = [0.3, 0.7][:d]
+    C = 1.5 * ULP_1E4 + 1e-5
+    exact_extreme = float(f32(C))  # max of T (sign +1) / -min (sign -1), attained at x = m
+    if sign > 0:
+        model = cancellation_model(m, C, d)
+        spec, violates = OutputRange(upper=exact_extreme + gap), viol_range(upper=exact_extreme + gap)
+    else:  # mirrored: T = -C + sum |x - m|, spec on the lower side
+        model = cancellation_model(m, C, d)
+        with torch.no_grad():
+            model[2].weight.neg_()
+            model[2].bias.neg_()
+        spec, violates = OutputRange(lower=-exact_extreme - gap), viol_range(lower=-exact_extreme - gap)
+    lo, hi = unit_box(d)
+    x = f32(m)
+    # exact arithmetic on the stored parameters: at x = m both ReLUs are 0, so y(m) = T(m) =
+    # the bias of model[2] = +-fl(C): inside the spec by `gap`, and every other point is even
+    # further inside (T has its extreme at m)
+    exact = float(model[2].bias.detach())
+    assert exact == sign * exact_extreme
+    y = float(forward(model, x))
+    assert abs(y - exact) > gap, f"float32 output {y} is not off the exact value {exact}"
+    plant(model, x, lo, hi, violates)
+    assert_not_verified(run_box(model, lo, hi, spec, violates, engine=engine),
+                        f"cancellation ({engine}, sign {sign}, gap {gap}, d={d})")
+
+
+# --------------------------------------------------------------- 5. mixed-scale boxes
+def corner_model(lower, big, tiny, kind):
+    """``h = relu(x - lower)`` (0 at the lower corner exactly, > 0 elsewhere in the box);
+    kind "tie": logits ``[100 h_big + 1e3 h_tiny, 0]`` tie only at ``lower`` (Prediction(0));
+    kind "range": ``y = 100 h_big + 1e3 h_tiny - 1e-7`` is < 0 only next to ``lower``
+    (OutputRange(lower=0))."""
+    W2 = torch.zeros(2)
+    W2[big], W2[tiny] = 100.0, 1e3
+    first = linear(2, 2, torch.eye(2), -lower)
+    if kind == "tie":
+        head = linear(2, 2, torch.stack([W2, torch.zeros(2)]), [0.0, 0.0])
+    else:
+        head = linear(2, 1, W2, [-1e-7])
+    return nn.Sequential(first, nn.ReLU(), head).eval()
+
+
+# 1e4: the nominal case. 3333.3 and 1234.5: upper values for which the float32 centre and
+# half-width of the box, (lower + upper) / 2 and (upper - lower) / 2, give a box whose lower
+# edge rounds *above* the user's lower = 0.05 (by ~4.9e-5): a proof must still cover `lower`.
+MIXED = [(big, hi, "tie") for big in (0, 1) for hi in (1e4, 3333.3, 1234.5)] + \
+    [(0, hi, "range") for hi in (1e4, 3333.3, 1234.5)]
+
+
+@pytest.mark.parametrize("big,big_hi,kind", MIXED)
+def test_mixed_scale_box_violation_exactly_at_lower_corner(big, big_hi, kind):
+    tiny = 1 - big
+    lower, upper = torch.zeros(2), torch.zeros(2)
+    lower[big], upper[big] = 0.05, big_hi
+    lower[tiny], upper[tiny] = 1e-7, 3e-7
+    model = corner_model(lower, big, tiny, kind)
+    if kind == "tie":
+        spec, violates = P0, V0
+    else:
+        spec, violates = OutputRange(lower=0.0), viol_range(lower=0.0)
+    plant(model, lower.clone(), lower, upper, violates)
+    # and only there: a step of 1e-3 inwards along the big coordinate is fine
+    inside = lower.clone()
+    inside[big] += 1e-3
+    assert not violates(forward(model, inside))
+    assert_not_verified(run_box(model, lower, upper, spec, violates, budget_s=BAB_BUDGET),
+                        f"mixed scale {big_hi} ({kind})")
+
+
+# ------------------------------------------------------------------ 6. narrow spikes
+@pytest.mark.parametrize("d,width", [(2, 1e-4), (2, 1e-6), (3, 1e-5), (3, 1e-6), (4, 1e-4), (4, 1e-5)])
+def test_narrow_spike_flips_the_argmax(d, width):
+    # a box that is not the unit cube, spike off-centre and off the corners
+    lo = torch.tensor([-0.5, 0.0, 0.1, -1.0][:d])
+    hi = torch.tensor([0.5, 1.0, 0.4, 2.0][:d])
+    frac = torch.tensor([0.3712, 0.6143, 0.2291, 0.8237][:d])
+    c = lo + frac * (hi - lo)
+    model = spike_head(c.tolist(), width, 3.0)
+    plant(model, c, lo, hi, V0)
+    assert_not_verified(run_box(model, lo, hi, P0, V0, budget_s=SPIKE_BUDGET), f"spike d={d} width={width}")
+
+
+@pytest.mark.parametrize("engine", ["ibp", "linear", "bab"])
+def test_narrow_spike_every_bound_engine(engine):
+    lo, hi = unit_box(3)
+    model = spike_head(C_IN[:3], 1e-5, 3.0)
+    plant(model, f32(C_IN[:3]), lo, hi, V0)
+    assert_not_verified(run_box(model, lo, hi, P0, V0, engine=engine, budget_s=SPIKE_BUDGET), engine)
+
+
+def test_narrow_spike_prediction_not_in():
+    lo, hi = unit_box(2)
+    model = spike_head(C_IN[:2], 1e-6, 3.0)
+    violates = viol_not_in([1], 2)
+    plant(model, f32(C_IN[:2]), lo, hi, violates)
+    assert_not_verified(run_box(model, lo, hi, PredictionNotIn([1]), violates, budget_s=SPIKE_BUDGET))
+
+
+# ------------------------------------------------------------ 7. margins 0 and +-1e-6
+def margin_model(m, beta):
+    """Logits ``[sum_i |x_i - m_i| + beta, 0]``: at ``x = m`` the margin of class 0 is
+    exactly ``beta`` (all terms exact in float32 there: the ReLUs are 0)."""
+    d = len(m)
+    W1 = torch.zeros(2 * d, d)
+    b1 = torch.zeros(2 * d)
+    for i in range(d):
+        W1[2 * i, i], W1[2 * i + 1, i] = 1.0, -1.0
+        b1[2 * i], b1[2 * i + 1] = -m[i], m[i]
+    return nn.Sequential(linear(d, 2 * d, W1, b1), nn.ReLU(),
+                         linear(2 * d, 2, torch.stack([torch.ones(2 * d), torch.zeros(2 * d)]), [beta, 0.0])).eval()
+
+
+MARGIN_CONFIGS = [(1, "auto"), (1, "exact"), (1, "linear"), (2, "auto"), (2, "bab")]
+
+
+@pytest.mark.parametrize("d,engine", MARGIN_CONFIGS)
+@pytest.mark.parametrize("beta", [0.0, -1e-6], ids=["tie", "violated_by_1e-6"])
+def test_margin_zero_or_violated_by_1e_6(beta, d, engine):
+    m = [0.3712, 0.6143][:d]
+    lo, hi = unit_box(d)
+    model = margin_model(m, beta)
+    x = f32(m)
+    y = forward(model, x)
+    assert float(y[0] - y[1]) == pytest.approx(beta, abs=1e-9)
+    plant(model, x, lo, hi, V0)
+    assert_not_verified(run_box(model, lo, hi, P0, V0, engine=engine), f"beta={beta}, d={d}, {engine}")
+
+
+def test_tie_at_a_point_prediction_not_in():
+    lo, hi = unit_box(2)
+    model = margin_model([0.3712, 0.6143], 0.0)
+    violates = viol_not_in([1], 2)
+    plant(model, f32([0.3712, 0.6143]), lo, hi, violates)
+    assert_not_verified(run_box(model, lo, hi, PredictionNotIn([1]), violates))
+
+
+@pytest.mark.parametrize("d,engine", [(1, "auto"), (1, "exact"), (2, "auto")])
+def test_margin_holding_by_1e_6_gives_an_honest_answer(d, engine):
+    """Holds everywhere (in float32 too: a sum of non-negative terms and 1e-6). Any verdict
+    is acceptable; a counterexample would be checked by run_box and cannot exist."""
+    m = [0.3712, 0.6143][:d]
+    lo, hi = unit_box(d)
+    model = margin_model(m, 1e-6)
+    assert float(forward(model, f32(m))[0]) > 0
+    res = run_box(model, lo, hi, P0, V0, engine=engine)
+    assert res.status[0] in ALLOWED
+
+
+# ---------------------------------------------- 8. former crashes -> honest verdicts
+def maxpool2d_model():
+    conv = nn.Conv2d(1, 2, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 1.0  # channel 0: x, channel 1: -x
+        conv.weight[1, 0, 1, 1] = -1.0
+        conv.bias.zero_()
+    head = nn.Linear(8, 2)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.weight[1, 0] = 1.0  # logit 1: the pooled max of channel 0 over the top-left 2x2 block
+        head.bias.copy_(torch.tensor([0.5, 0.0]))
+    return nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), head).eval()
+
+
+def maxpool1d_model():
+    conv = nn.Conv1d(1, 1, 1)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        conv.bias.zero_()
+    head = linear(3, 2, [[0, 0, 0], [1, 0, 0]], [0.5, 0.0])
+    return nn.Sequential(conv, nn.ReLU(), nn.MaxPool1d(2), nn.Flatten(), head).eval()
+
+
+@pytest.mark.parametrize("engine", ["linear", "auto"])
+@pytest.mark.parametrize("planted", [True, False])
+@pytest.mark.parametrize("pool", ["MaxPool2d", "MaxPool1d"])
+def test_maxpool_model_gives_a_verdict(pool, planted, engine):
+    if pool == "MaxPool2d":
+        model, shape, hot, cold = maxpool2d_model(), (1, 4, 4), (0, 0, 0), (0, 1, 1)
+    else:
+        model, shape, hot, cold = maxpool1d_model(), (1, 6), (0, 0), (0, 1)
+    lo, hi = torch.zeros(shape), torch.zeros(shape)
+    hi[hot] = 1.0 if planted else 0.3
+    hi[cold] = 0.2
+    if planted:
+        x = torch.zeros(shape)
+        x[hot] = 0.8  # logit 1 = 0.8 > 0.5
+        plant(model, x, lo, hi, V0)
+        assert_not_verified(run_box(model, lo, hi, P0, V0, engine=engine), f"{pool} ({engine})")
+    else:
+        assert holds_everywhere_sampled(model, lo, hi, V0, n=300)
+        run_box(model, lo, hi, P0, V0, engine=engine)  # any honest status, no exception
+
+
+class ParamAdd(nn.Module):
+    """``x + self.bias`` with an ``nn.Parameter`` used directly in forward."""
+
+    def __init__(self, spike):
+        super().__init__()
+        self.spike = spike
+        if spike:
+            self.L1, self.L2 = spike_linears(C_IN[:2], NARROW)
+            self.head = linear(1, 2, [0.0, 3.0], [0.0, 0.0])
+            self.bias = nn.Parameter(torch.tensor([1.0, 0.0]))
+        else:
+            self.lin = linear(2, 2, [[1, 0], [0, 0]], [0.0, 0.0])
+            self.bias = nn.Parameter(torch.tensor([0.0, 0.5]))
+
+    def forward(self, x):
+        if self.spike:
+            return self.head(torch.relu(self.L2(torch.relu(self.L1(x))))) + self.bias
+        return self.lin(x) + self.bias  # [x0, 0.5]
+
+
+@pytest.mark.parametrize("engine", ["exact", "auto"])
+@pytest.mark.parametrize("case", ["broad_violation", "spike_violation", "fine"])
+def test_parameter_used_directly_in_forward(case, engine):
+    c = f32(C_IN[:2])
+    lo, hi = c.clone(), c.clone()
+    lo[0], hi[0] = 0.0, 1.0  # a segment along x0 (the exact engine needs k = 1)
+    if case == "broad_violation":
+        model = ParamAdd(spike=False).eval()
+        x = c.clone()
+        x[0] = 0.3  # y0 = 0.3 < 0.5
+    elif case == "spike_violation":
+        model, x = ParamAdd(spike=True).eval(), c
+    else:
+        model = ParamAdd(spike=False).eval()
+        lo[0] = 0.6  # y0 >= 0.6 > 0.5
+        assert holds_everywhere_sampled(model, lo, hi, V0, n=300)
+        run_box(model, lo, hi, P0, V0, engine=engine)
+        return
+    plant(model, x, lo, hi, V0)
+    assert_not_verified(run_box(model, lo, hi, P0, V0, engine=engine), f"{case} ({engine})")
+
+
+def float64_model():
+    """``y = [x0, x1 + relu(x0 + x1 - 1)]`` in float64."""
+    return nn.Sequential(linear(2, 3, [[1, 0], [0, 1], [1, 1]], [0.0, 0.0, -1.0]), nn.ReLU(),
+                         linear(3, 2, [[1, 0, 0], [0, 1, 1]], [0.0, 0.0])).double().eval()
+
+
+@pytest.mark.parametrize("planted", [True, False])
+def test_float64_model_verify_box(planted):
+    model = float64_model()
+    lo = torch.tensor([0.6, 0.0], dtype=torch.float64)
+    hi = torch.tensor([0.9, 0.7 if planted else 0.3], dtype=torch.float64)
+    if planted:
+        plant(model, torch.tensor([0.61, 0.69], dtype=torch.float64), lo, hi, V0)
+        assert_not_verified(run_box(model, lo, hi, P0, V0), "float64 model")
+    else:
+        assert holds_everywhere_sampled(model, lo, hi, V0, n=300)
+        run_box(model, lo, hi, P0, V0)
+
+
+@pytest.mark.parametrize("engine", ["auto", "exact"])
+def test_float64_model_audit(engine):
+    model = float64_model()
+    z = torch.tensor([[0.8, 0.1], [0.8, 0.4]], dtype=torch.float64)
+    eps = 0.25
+    # seed 1 moved along axis 1 by +0.2: y = [0.8, 0.6 + relu(0.4)] = [0.8, 1.0] -> class 1
+    x = z[1] + torch.tensor([0.0, 0.2], dtype=torch.float64)
+    plant(model, x, z[1] - torch.tensor([0, eps], dtype=torch.float64),
+          z[1] + torch.tensor([0, eps], dtype=torch.float64), V0)
+    res = audit(model, z, torch.zeros(2, dtype=torch.long), direction=Direction.axis(1), eps=eps,
+                spec=Accuracy(at_least=1.0), engine=engine, device="cpu", budget_s=BUDGET)
+    assert set(res.status) <= ALLOWED
+    assert res.status[1] != "verified", (res.status, res.notes)
+    assert res.verdict != "proved"
+
+
+@pytest.mark.parametrize("case", ["broad_violation", "spike_violation", "fine"])
+def test_plain_callable_model(case):
+    lo, hi = unit_box(2)
+    if case == "spike_violation":
+        head = spike_head(C_IN[:2], NARROW, 3.0)
+        x = f32(C_IN[:2])
+    else:
+        head = nn.Sequential(linear(2, 2, [[1, 0], [0, 0]], [0.0, 0.5])).eval()  # [x0, 0.5]
+        x = f32([0.2, 0.5])
+        if case == "fine":
+            lo = f32([0.6, 0.0])
+    model = lambda x: head(x)  # noqa: E731
+    if case == "fine":
+        assert holds_everywhere_sampled(model, lo, hi, V0, n=300)
+        run_box(model, lo, hi, P0, V0)
+        return
+    plant(model, x, lo, hi, V0)
+    assert_not_verified(run_box(model, lo, hi, P0, V0), f"callable, {case}")
+
+
+class Sliced(nn.Module):
+    """Features ``F = [1, 3s, 5, 0]``; the model returns ``[F0, F1]`` (a narrow violation of
+    Prediction(0) on the spike) through slicing ops. Reading the wrong half (``[5, 0]``)
+    would be fine everywhere."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.L1, self.L2 = spike_linears(C_IN[:2], NARROW)
+        self.feat = linear(1, 4, [0.0, 3.0, 0.0, 0.0], [1.0, 0.0, 5.0, 0.0])
+
+    def forward(self, x):
+        F = self.feat(torch.relu(self.L2(torch.relu(self.L1(x)))))
+        k = self.kind
+        if k == "getitem_slices":
+            return torch.cat([F[:, :1], F[:, 1:2]], dim=1)
+        if k == "cat_of_two_heads":
+            return torch.cat([F[:, 0:1], F[:, 1:2] * 1.0], 1)
+        if k == "chunk":
+            return F.chunk(2, dim=1)[0]
+        if k == "split":
+            return torch.split(F, 2, dim=1)[0]
+        if k == "split_sizes":
+            a, b, _ = F.split([1, 1, 2], dim=1)
+            return torch.cat([a, b], dim=1)
+        if k == "select":
+            return torch.stack([F.select(1, 0), F.select(1, 1)], dim=1)
+        if k == "narrow":
+            return F.narrow(1, 0, 2)
+        raise AssertionError(k)
+
+
+@pytest.mark.parametrize("kind", ["getitem_slices", "cat_of_two_heads", "chunk", "split", "split_sizes", "select",
+                                  "narrow"])
+def test_slicing_models_give_an_honest_verdict(kind):
+    lo, hi = unit_box(2)
+    model = Sliced(kind).eval()
+    plant(model, f32(C_IN[:2]), lo, hi, V0)
+    assert_not_verified(run_box(model, lo, hi, P0, V0, budget_s=1.0), kind)
+
+
+def test_slicing_model_on_fine_box_gives_a_verdict():
+    lo, hi = unit_box(2)
+    model = Sliced("getitem_slices").eval()
+    with torch.no_grad():
+        model.feat.weight.neg_()  # F1 = -3 s: fine everywhere
+    assert holds_everywhere_sampled(model, lo, hi, V0, n=300)
+    run_box(model, lo, hi, P0, V0, budget_s=1.0)
+
+
+# ---------------------------------------------------- 9. direction boxes through audit
+V_DIR = torch.tensor([0.5, -0.5, 0.5, 0.5])  # a unit vector, not an axis (exact in float32)
+V_SUB = torch.tensor([[0.5, 0.5], [0.5, -0.5], [0.5, 0.5], [0.5, -0.5]])  # orthonormal columns
+
+
+def _audit_spike(V, t_star, width, eps, engine, spec):
+    z0 = torch.tensor([0.1, 0.2, -0.3, 0.4])
+    Vm = V.reshape(4, -1)
+    c = z0 + Vm @ t_star  # the spike centre: on the planted seed's box
+    model = spike_head(c.tolist(), width, 3.0)
+    assert bool((t_star.abs() <= eps).all())
+    x = z0 + Vm @ t_star
+    assert V0(forward(model, x)), "planted point does not violate"
+    assert not V0(forward(model, z0)), "the seed itself must be fine (its nominal class is 0)"
+    # two far seeds (every coordinate far below the spike) that are fine: controls
+    z = torch.stack([z0, z0 - 3.0, z0 - 3.5])
+    direction = Direction.subspace(V) if V.dim() == 2 else Direction.vector(V)
+    res = audit(model, z, torch.zeros(3, dtype=torch.long), direction=direction, eps=eps, spec=spec, engine=engine,
+                device="cpu", budget_s=SPIKE_BUDGET)
+    assert set(res.status) <= ALLOWED
+    for cex in res.counterexamples:  # honest counterexamples: on the seed's box and violating
+        assert cex.z is not None
+        off = cex.z.reshape(-1) - z[cex.seed_index]
+        t = Vm.T @ off  # V has orthonormal columns
+        assert bool((t.abs() <= eps * (1 + 1e-5) + 1e-6).all()), "counterexample outside the box"
+        assert torch.allclose(Vm @ t, off, atol=1e-5), "counterexample off the direction"
+        assert V0(forward(model, cex.z.reshape(-1))), "counterexample does not violate"
+    assert res.status[0] != "verified", f"planted seed verified: {res.status} {res.notes}"
+    assert res.verdict != "proved"
+    if engine != "exact":
+        # the far seeds only see inactive first-layer ReLUs: interval bounds prove them at once
+        # (the exact engine has its own easy control below: weights of 1/width are not easy)
+        assert res.status[1:] == ["verified", "verified"], f"control seeds: {res.status} {res.notes}"
+    return res
+
+
+@pytest.mark.parametrize("width", [1e-4, 1e-6])
+@pytest.mark.parametrize("engine", ["exact", "auto"])
+def test_audit_spike_along_a_vector_direction(engine, width):
+    _audit_spike(V_DIR, torch.tensor([0.3137]), width, 0.5, engine, Accuracy(at_least=1.0))
+
+
+def test_audit_spike_along_a_vector_direction_invariance():
+    _audit_spike(V_DIR, torch.tensor([-0.2719]), 1e-5, 0.5, "auto", Invariance())
+
+
+@pytest.mark.parametrize("engine", ["auto", "bab"])
+def test_audit_spike_in_a_2d_subspace(engine):
+    _audit_spike(V_SUB, torch.tensor([0.1561, -0.2749]), 1e-4, 0.5, engine, Accuracy(at_least=1.0))
