@@ -1,7 +1,7 @@
 """Bound propagation over a ``BoundGraph``: interval (IBP) and linear bounds.
 
-All arithmetic is float64 (the graph is bound in float64). Every node's bounds are
-widened by the op's error radius (``op.radius``): the model's own float32 rounding of
+Arithmetic is in the graph's bound dtype (float32 for float32 models, float64 for float64
+models), its own rounding counted: every node's bounds are widened by the op's error radius (``op.radius``): the model's own float32 rounding of
 that op and ours, so the bounds contain every value the user's float forward pass can
 produce on the box, not only the exact real function (docs/engines.md).
 
@@ -20,14 +20,25 @@ import torch
 from . import ops
 from .forms import LinForm
 from .graph import BoundGraph
-from .ops import U64, gamma
+from .ops import gamma, tiny, unit
+
+
+def _input_slack(center, gens):
+    """The box arrives as float64 centre and generators, rounded to the bound dtype: a
+    few ulps of it (and of the input dtype's rounding of a box point) cover that."""
+    u = max(unit(center.dtype), 2.0 ** -24)
+    return 4 * u * (center.abs() + gens.abs().sum(1)) + tiny(center.dtype)
 
 
 def _input_bounds(center, gens):
     rad = gens.abs().sum(1)
-    # the box as float64 centre and generators: a few ulps of slack cover its rounding
-    e = 4 * U64 * (center.abs() + rad)
+    e = _input_slack(center, gens)
     return center - rad - e, center + rad + e
+
+
+def _as_graph_dtype(graph, *ts):
+    dt = graph.dtype or torch.float64
+    return tuple(t.to(dt) for t in ts)
 
 
 def _in_bounds(bounds, node):
@@ -42,6 +53,7 @@ def _widen(lo, hi, R):
 
 def ibp_bounds(graph: BoundGraph, center: torch.Tensor, gens: torch.Tensor, pad=True):
     """Interval bounds of every node (with error radii unless ``pad=False``)."""
+    center, gens = _as_graph_dtype(graph, center, gens)
     bounds: List[Tuple[torch.Tensor, torch.Tensor]] = []
     for node in graph.nodes:
         if isinstance(node.op, ops.InputOp):
@@ -68,6 +80,7 @@ def linear_bounds(graph: BoundGraph, center: torch.Tensor, gens: torch.Tensor, s
     relaxation are tightened by backward (CROWN) passes on their unstable neurons, where
     forward mode loses tightness layer by layer. With ``stop_before_last`` the output
     node is skipped."""
+    center, gens = _as_graph_dtype(graph, center, gens)
     feeds = _feeds_relaxation(graph) if crown else None
     forms: List[Optional[LinForm]] = []
     conc: List[Tuple[torch.Tensor, torch.Tensor]] = []
@@ -75,7 +88,7 @@ def linear_bounds(graph: BoundGraph, center: torch.Tensor, gens: torch.Tensor, s
     for j, node in enumerate(graph.nodes):
         op = node.op
         if isinstance(op, ops.InputOp):
-            forms.append(LinForm.input(center, gens))
+            forms.append(LinForm.input(center, gens, _input_slack(center, gens)))
             conc.append(_input_bounds(center, gens))
             continue
         if stop_before_last and j == last:
@@ -87,8 +100,10 @@ def linear_bounds(graph: BoundGraph, center: torch.Tensor, gens: torch.Tensor, s
         f = op.linear(*in_forms, pre=pre)
         if op.fan:
             # the radius from the forms' magnitudes covers the model's rounding and ours
+            # the forms' magnitudes dominate the concrete bounds' (these are intersected
+            # with the forms), so one radius covers the forms and the interval bound alike
             R = op.radius([_form_magnitude(g) for g in in_forms])
-            R_ibp = op.radius(pre)
+            R_ibp = R
             f = LinForm(f.lw, f.lb - R, f.uw, f.ub + R)
         else:
             R_ibp = None
@@ -114,7 +129,7 @@ def _fold_last_linear(graph: BoundGraph, forms, conc, C, d):
     R = op.radius([conc[node.inputs[0]]])
     mag = _form_magnitude(h)[1]
     slack = torch.einsum("nmo,no->nm", C.abs(), R) + \
-        gamma(W.shape[-1] + h.k + 4, 4 * U64) * (torch.einsum("nmh,nh->nm", W.abs(), mag) + b.abs())
+        gamma(W.shape[-1] + h.k + 6, unit(W.dtype)) * (torch.einsum("nmh,nh->nm", W.abs(), mag) + b.abs())
     return const + coef.abs().sum(-1) + slack
 
 
@@ -126,7 +141,7 @@ def _upper_from_output_form(form: LinForm, C, d):
     const = torch.einsum("nmo,no->nm", Cp, form.ub.reshape(n, -1)) + \
         torch.einsum("nmo,no->nm", Cn, form.lb.reshape(n, -1)) + d
     mag = _form_magnitude(form)[1].reshape(n, -1)
-    slack = gamma(C.shape[-1] + form.k + 4, 4 * U64) * (torch.einsum("nmo,no->nm", C.abs(), mag) + d.abs())
+    slack = gamma(C.shape[-1] + form.k + 6, unit(C.dtype)) * (torch.einsum("nmo,no->nm", C.abs(), mag) + d.abs())
     return const + coef.abs().sum(-1) + slack
 
 
@@ -135,7 +150,7 @@ def _interval_upper(lo, hi, C, d):
     lo, hi = lo.reshape(n, -1), hi.reshape(n, -1)
     val = torch.einsum("nmo,no->nm", C.clamp(min=0), hi) + torch.einsum("nmo,no->nm", C.clamp(max=0), lo) + d
     mag = torch.maximum(lo.abs(), hi.abs())
-    return val + gamma(C.shape[-1] + 4, 4 * U64) * (torch.einsum("nmo,no->nm", C.abs(), mag) + d.abs())
+    return val + gamma(C.shape[-1] + 6, unit(C.dtype)) * (torch.einsum("nmo,no->nm", C.abs(), mag) + d.abs())
 
 
 def radii(graph: BoundGraph, conc) -> List[Optional[torch.Tensor]]:
@@ -158,11 +173,13 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
     summed in float64."""
     n, m = A_start.shape[:2]
     nodes = graph.nodes
+    fast = fast or graph.dtype == torch.float32
     A: List[Optional[torch.Tensor]] = [None] * len(nodes)
     A[start] = A_start.reshape(n * m, *nodes[start].shape)
     if fast:
         A[start] = A[start].float()
-    const = d.reshape(n * m).clone()
+    const_dt = torch.float64  # constants are summed in float64 whatever A's dtype
+    const = d.reshape(n * m).to(const_dt).clone()
     const_abs = const.abs()
     for j in range(start, 0, -1):
         Aj = A[j]
@@ -170,7 +187,7 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
             continue
         node = nodes[j]
         pre = _in_bounds(conc, node)
-        Rj = node.op.radius(pre)
+        Rj = node.op.radius(pre, ours=not fast)  # fast: our rounding comes from our_radius
         if fast:
             d_out = int(Aj[0].numel())
             Ro = node.op.our_radius(pre, U32, d_out)
@@ -190,24 +207,35 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
         for i, a in zip(node.inputs, A_in):
             A[i] = a if A[i] is None else A[i] + a
         A[j] = None
+    # the last step in float64: exact products of the float32 values, few roundings
     A0 = A[0].reshape(n, m, -1).double()
     k = gens.shape[1]
-    c0 = center.reshape(n, -1)
-    G0 = gens.reshape(n, k, -1)
+    c0 = center.reshape(n, -1).double()
+    G0 = gens.reshape(n, k, -1).double()
     val = torch.einsum("nmd,nd->nm", A0, c0) + const.reshape(n, m)
     spread = torch.einsum("nmd,nkd->nmk", A0, G0).abs().sum(-1)
-    lo0, hi0 = _input_bounds(center, gens)
-    e_in = (hi0 - lo0).reshape(n, -1) / 2 - G0.abs().sum(1)  # the input's rounding slack
+    e_in = _input_slack(center, gens).reshape(n, -1).double()  # the input's rounding slack
     absA = A0.abs()
     mag = torch.einsum("nmd,nd->nm", absA, c0.abs()) + torch.einsum("nmd,nkd->nmk", absA, G0.abs()).sum(-1) + \
         const_abs.reshape(n, m)
-    slack = torch.einsum("nmd,nd->nm", absA, e_in) + gamma(A0.shape[-1] + k + 2 * len(nodes) + 4, 4 * U64) * mag
+    slack = torch.einsum("nmd,nd->nm", absA, e_in) + \
+        gamma(A0.shape[-1] + k + 2 * len(nodes) + 6, unit(torch.float64)) * mag
     return val + spread + slack
 
 
 def backward_upper(graph: BoundGraph, conc, center, gens, C, d):
     """Upper bound of every row of ``C y + d`` by a backward pass from the output."""
     return backward_bound(graph, conc, center, gens, len(graph.nodes) - 1, C, d)
+
+
+def _round_out(lo, hi, dtype):
+    """``lo``/``hi`` in ``dtype``, rounded outward (a lower bound never rounds up)."""
+    lo_r, hi_r = lo.to(dtype), hi.to(dtype)
+    if dtype == lo.dtype:
+        return lo_r, hi_r
+    lo_r = torch.where(lo_r.to(lo.dtype) > lo, torch.nextafter(lo_r, torch.full_like(lo_r, -torch.inf)), lo_r)
+    hi_r = torch.where(hi_r.to(hi.dtype) < hi, torch.nextafter(hi_r, torch.full_like(hi_r, torch.inf)), hi_r)
+    return lo_r, hi_r
 
 
 def _feeds_relaxation(graph: BoundGraph) -> List[bool]:
@@ -243,7 +271,7 @@ def _crown_refine(graph: BoundGraph, conc, center, gens, j):
     A = torch.cat([upper_rows, -upper_rows], 1).reshape(n, 2 * U, *graph.nodes[j].shape)
     ub = backward_bound(graph, conc, center, gens, j, A, torch.zeros(n, 2 * U, dtype=lo.dtype, device=lo.device),
                         fast=True)
-    new_hi, new_lo = ub[:, :U], -ub[:, U:]
+    new_lo, new_hi = _round_out(-ub[:, U:], ub[:, :U], lo.dtype)
     big = torch.full_like(new_hi, torch.inf)
     new_hi = torch.where(valid, new_hi, big)
     new_lo = torch.where(valid, new_lo, -big)
@@ -253,14 +281,14 @@ def _crown_refine(graph: BoundGraph, conc, center, gens, j):
 
 
 def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", threshold=None, crown=True):
-    """Sound upper bound of every row of ``C y + d`` over the box; ``[N, m]`` (float64).
+    """Sound upper bound of every row of ``C y + d`` over the box; ``[N, m]``.
 
     ``method``: ``"ibp"`` (intervals only) or ``"linear"`` (forward forms, folded spec and a
     backward pass; the minimum of all of them; then, for boxes still open and with
     ``crown``, CROWN intermediate bounds and another backward pass). With ``threshold``
     (``[N]``), each costlier stage runs only for boxes not already below it.
     """
-    dt = torch.float64
+    dt = graph.dtype or torch.float64
     center, gens, C, d = center.to(dt), gens.to(dt), C.to(dt), d.to(dt)
     last = graph.nodes[-1]
     dense_last = isinstance(last.op, ops.DenseOp) and len(last.shape) == 1
@@ -273,16 +301,18 @@ def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", thr
             b = d if last.op.bias is None else d + C @ last.op.bias.to(C)
             R = last.op.radius([bounds[last.inputs[0]]])
             ub = torch.minimum(ub, _interval_upper(lo, hi, W, b) + torch.einsum("nmo,no->nm", C.abs(), R))
-        return ub
+        return ub.double()
     forms, conc = linear_bounds(graph, center, gens)
     ub = _upper_from_output_form(forms[-1], C, d)
     ub = torch.minimum(ub, _interval_upper(*conc[-1], C, d))
     if dense_last:
         ub = torch.minimum(ub, _fold_last_linear(graph, forms, conc, C, d))
+    ub = ub.double()  # backward passes return float64
     thr = None if threshold is None else threshold.to(dt)
 
     def open_(u):
-        return torch.ones(u.shape[0], dtype=torch.bool, device=u.device) if thr is None else ~(u.amax(1) < thr)
+        return torch.ones(u.shape[0], dtype=torch.bool, device=u.device) if thr is None else \
+            ~(u.amax(1) < thr.double())
 
     need = open_(ub)
     if bool(need.any()):
@@ -298,7 +328,8 @@ def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", thr
 
 def output_bounds(graph: BoundGraph, center, gens, method="linear"):
     """Concrete lower/upper bounds of the model's outputs over the box."""
-    center, gens = center.to(torch.float64), gens.to(torch.float64)
+    dt = graph.dtype or torch.float64
+    center, gens = center.to(dt), gens.to(dt)
     if method == "ibp":
         return ibp_bounds(graph, center, gens)[-1]
     n = center.shape[0]
@@ -314,15 +345,15 @@ def check_graph(graph: BoundGraph, model_forward, points: torch.Tensor) -> Optio
     """The trace check: bound zero-width boxes at ``points`` with the graph (error radii
     included) and require the model's own forward output there to lie inside. ``None``
     when it does; otherwise a note naming the point and the size of the disagreement."""
-    p64 = points.to(torch.float64)
-    gens = torch.zeros((p64.shape[0], 1, *p64.shape[1:]), dtype=torch.float64, device=p64.device)
+    p64 = points.to(graph.dtype or torch.float64)
+    gens = torch.zeros((p64.shape[0], 1, *p64.shape[1:]), dtype=p64.dtype, device=p64.device)
     with torch.no_grad():
         lo, hi = ibp_bounds(graph, p64, gens)[-1]
         y = model_forward(points)
     lo, hi = lo.reshape(y.shape[0], -1), hi.reshape(y.shape[0], -1)
     if lo.shape != y.shape:
         return f"the lowered graph gives outputs shaped {tuple(lo.shape[1:])}, the model {tuple(y.shape[1:])}"
-    y = y.to(torch.float64)
+    lo, hi, y = lo.double(), hi.double(), y.to(torch.float64)
     bad = ~((y >= lo) & (y <= hi)) | ~torch.isfinite(y)
     if not bool(bad.any()):
         return None

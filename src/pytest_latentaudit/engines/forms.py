@@ -25,17 +25,25 @@ class LinForm:
     exact: bool = False
 
     @classmethod
-    def input(cls, center: torch.Tensor, gens: torch.Tensor) -> "LinForm":
-        return cls(gens, center, gens, center, exact=True)
+    def input(cls, center: torch.Tensor, gens: torch.Tensor, slack=None) -> "LinForm":
+        if slack is None:
+            return cls(gens, center, gens, center, exact=True)
+        return cls(gens, center - slack, gens, center + slack)
 
     @property
     def k(self) -> int:
         return self.lw.shape[1]
 
     def concretize(self):
-        lo = self.lb - self.lw.abs().sum(1)
-        hi = self.ub + self.uw.abs().sum(1)
-        return lo, hi
+        """Interval bounds over ``s``, rounded outward: the sums over k round, by at most
+        ``gamma_{k+2}`` of the absolute terms."""
+        from .ops import gamma, tiny, unit
+
+        sl, su = self.lw.abs().sum(1), self.uw.abs().sum(1)
+        g = gamma(self.k + 2, unit(self.lb.dtype))
+        lo = self.lb - sl
+        hi = self.ub + su
+        return lo - g * (self.lb.abs() + sl) - tiny(lo.dtype), hi + g * (self.ub.abs() + su) + tiny(hi.dtype)
 
     def map_positive(self, fn) -> "LinForm":
         """Apply an elementwise-monotone linear map (reshape, pooling, upsampling)."""

@@ -544,18 +544,21 @@ def _ancestors(nodes) -> set:
     return out
 
 
-def get_graph(model: nn.Module, input_shape=None, dtype=torch.float64, device=None, example=None) -> BoundGraph:
-    """Lower ``model`` as it is now and bind its constants in ``dtype`` (float64: the bound
-    arithmetic's precision). ``example`` (a batch of inputs) guides the trace; zeros of
-    ``input_shape`` otherwise."""
+def get_graph(model: nn.Module, input_shape=None, dtype=None, device=None, example=None) -> BoundGraph:
+    """Lower ``model`` as it is now and bind its constants in ``dtype``, the bound
+    arithmetic's precision (default: the model's own float dtype; every op counts the
+    rounding of this arithmetic too). ``example`` (a batch of inputs) guides the trace;
+    zeros of ``input_shape`` otherwise."""
     if example is None:
         p = next(iter(list(model.parameters()) + list(model.buffers())), None) if isinstance(model, nn.Module) else None
         example = torch.zeros((TRACE_BATCH, *input_shape), dtype=p.dtype if p is not None and p.is_floating_point()
                               else torch.float32, device=device)
     g = lower(model, example)
+    if dtype is None:
+        dtype = g.dtype if g.dtype in (torch.float32, torch.float64) else torch.float32
     return g.bind(dtype=dtype, device=device if device is not None else example.device)
 
 
 # Name kept for callers that traced with an explicit input shape.
-def trace(model: nn.Module, input_shape, dtype=torch.float64, device=None) -> BoundGraph:
+def trace(model: nn.Module, input_shape, dtype=None, device=None) -> BoundGraph:
     return get_graph(model, input_shape, dtype=dtype, device=device)

@@ -35,6 +35,16 @@ import torch.nn.functional as F
 from .forms import LinForm, over_gens
 
 U64 = 2.0 ** -53
+_UNIT = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
+
+
+def unit(dtype) -> float:
+    """Unit roundoff of ``dtype``."""
+    return _UNIT[dtype]
+
+
+def tiny(dtype) -> float:
+    return torch.finfo(dtype).tiny
 
 
 def gamma(n: int, u: float) -> float:
@@ -74,6 +84,7 @@ class BoundOp:
         self.name = name
         self.u = 2.0 ** -24  # unit roundoff of the model's own evaluation (set by the lowering)
         self.u_in = 0.0  # rounding of the inputs before the products (TF32 on CUDA), else 0
+        self.u_ours = U64  # unit roundoff of our own bound arithmetic (the bound dtype; set by bind)
         self.consts: Dict[str, Callable] = {}
 
     # -- constants
@@ -88,6 +99,8 @@ class BoundOp:
                 if device is not None:
                     v = v.to(device=device)
             setattr(self, attr, v)
+        if dtype is not None:
+            self.u_ours = unit(dtype)
         self._bound()
         return self
 
@@ -120,11 +133,13 @@ class BoundOp:
         # each entry of A_in (and the constant A . b) sums d_out products
         return gamma(d_out + 2, u) * self.magnitude(*[_mag(b) for b in pre])
 
-    def radius(self, pre) -> Optional[torch.Tensor]:
-        """Error radius of this op's output for inputs in ``pre`` (None: exact)."""
+    def radius(self, pre, ours: bool = True) -> Optional[torch.Tensor]:
+        """Error radius of this op's output for inputs in ``pre`` (None: exact): the
+        model's rounding, and with ``ours`` the rounding of our own evaluation in the
+        bound dtype (products, the mid/radius split, the bias add)."""
         if self.fan == 0:
             return None
-        factor = 2 * self.u_in + gamma(self.fan + 4, self.u + 4 * U64)
+        factor = 2 * self.u_in + gamma(self.fan + 4, self.u) + (gamma(self.fan + 6, self.u_ours) if ours else 0.0)
         return factor * self.magnitude(*[_mag(b) for b in pre])
 
     def __repr__(self) -> str:
@@ -424,7 +439,7 @@ class ActivationOp(BoundOp):
         return self.f(x)
 
     def f_err(self, lo, hi):
-        """Bound on |model's fl(f(x)) - f(x)| over [lo, hi] (0 for exact ops)."""
+        """Bound on |fl(f(x)) - f(x)| over [lo, hi], the model's kernel and ours (0: exact)."""
         return 0.0
 
     def ibp(self, b):
@@ -442,7 +457,7 @@ class ActivationOp(BoundOp):
         """Outward padding of intercepts: the model's error of f plus our rounding in
         evaluating the lines (a few float64 ulps of the terms)."""
         m = torch.maximum(lo.abs(), hi.abs())
-        ours = 8 * U64 * ((al.abs() + au.abs()) * m + cl.abs() + cu.abs()) + 1e-300
+        ours = 8 * self.u_ours * ((al.abs() + au.abs()) * m + cl.abs() + cu.abs()) + tiny(lo.dtype)
         e = self.f_err(lo, hi) + ours
         return al, cl - e, au, cu + e
 
@@ -493,7 +508,7 @@ class ReLUOp(ActivationOp):
         a = self.negative_slope
         active, dead = lo >= 0, hi <= 0
         unstable = ~(active | dead)
-        width = (hi - lo).clamp(min=1e-300)
+        width = (hi - lo).clamp(min=tiny(lo.dtype))
         flo, fhi = self.f(lo), self.f(hi)
         one = torch.ones_like(lo)
         stable_slope = torch.where(active, one, one * a)
@@ -503,7 +518,8 @@ class ReLUOp(ActivationOp):
         cl = torch.zeros_like(lo)
         # only the chord is computed with rounding; stable lines are exact
         m = torch.maximum(lo.abs(), hi.abs())
-        cu = cu + torch.where(unstable, 8 * U64 * (au.abs() * m + cu.abs()) + 1e-300, torch.zeros_like(cu))
+        cu = cu + torch.where(unstable, 8 * self.u_ours * (au.abs() * m + cu.abs()) + tiny(lo.dtype),
+                              torch.zeros_like(cu))
         return al, cl, au, cu
 
 
@@ -548,11 +564,11 @@ class SampledActivationOp(ActivationOp):
         fm = torch.maximum(self.f(lo).abs(), self.f(hi).abs())
         if not self.monotone:
             fm = (self.f0 + self.lipschitz * torch.maximum(lo.abs(), hi.abs()))
-        return self.ulps * self.u * fm + 1e-30
+        return self.ulps * (self.u + self.u_ours) * fm + tiny(lo.dtype)
 
     def relax(self, lo, hi):
         w = hi - lo
-        s = torch.where(w > 1e-12, (self.f(hi) - self.f(lo)) / w.clamp(min=1e-300), torch.zeros_like(w))
+        s = torch.where(w > 1e-6, (self.f(hi) - self.f(lo)) / w.clamp(min=tiny(w.dtype)), torch.zeros_like(w))
         return self.relax_slope(lo, hi, s)
 
     def relax_slope(self, lo, hi, s):
@@ -632,7 +648,7 @@ class SoftplusOp(SampledActivationOp):
         self.beta, self.threshold = float(beta), float(threshold)
         self.f2 = self.beta / 4
         self.kinks = (self.threshold / self.beta,)
-        self.jump = math.log1p(math.exp(-self.threshold)) / self.beta
+        self.jump = math.log1p(math.exp(-self.threshold)) / self.beta * 1.0001
         self.f0 = math.log(2) / self.beta
 
     def f(self, x):
