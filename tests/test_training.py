@@ -1,5 +1,6 @@
-"""Certified training (training.py): the differentiable bounds are sound and agree with the
-verification engines, and training with them makes heads provably robust along a direction."""
+"""Certified training (training.py): its bounds are the verification engine's (``engines.bounds``
+on the head's lowered graph, bound to the live parameters with autograd), sound and
+differentiable, and training with them makes heads provably robust along a direction."""
 import importlib.util
 
 import pytest
@@ -7,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytest_latentaudit import Accuracy, Direction, LatentAuditError, audit
+from pytest_latentaudit import Accuracy, Direction, LatentAuditError, Prediction, audit
 from pytest_latentaudit.engines import bounds as EB
-from pytest_latentaudit.engines.graph import trace
+from pytest_latentaudit.engines.graph import get_graph
 from pytest_latentaudit.engines.ops import UnsupportedLayer
 from pytest_latentaudit.training import (
-    EpsSchedule, bound_gap, box, certified_loss, interval_bounds, layers_of, logit_bounds, margin_bounds,
-    margin_matrix, margin_upper_bounds, spec_loss, verified_fraction,
+    EpsSchedule, bound_gap, bound_graph, box, certified_loss, interval_bounds, layers_of, logit_bounds,
+    margin_bounds, margin_matrix, margin_upper_bounds, spec_loss, verified_fraction,
 )
 
 @pytest.fixture(autouse=True, scope="module")
@@ -43,29 +44,116 @@ def problem(n=24, d=6, k=1, out=4, seed=1, dtype=torch.float32):
     return z, labels, V.to(dtype)
 
 
+def sample_margins(head, z, labels, V, eps, n=256, seed=2):
+    """Head outputs ``[N, n, out]`` and margins ``y_j - y_label`` ``[N, out - 1, n]`` at the
+    corners and random points of every box ``z + V t``, ``|t| <= eps``."""
+    k = V.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    t = (torch.rand(z.shape[0], n, k, generator=g, dtype=z.dtype) * 2 - 1) * eps
+    t[:, :2 ** k] = torch.cartesian_prod(*[torch.tensor([-eps, eps], dtype=z.dtype)] * k).reshape(-1, k) \
+        if k > 1 else torch.tensor([[-eps], [eps]], dtype=z.dtype)
+    pts = z[:, None, :] + t @ V.T
+    with torch.no_grad():
+        y = head(pts.reshape(-1, z.shape[1])).reshape(z.shape[0], n, -1)
+    out = y.shape[2]
+    true = y.gather(2, labels[:, None, None].expand(-1, n, 1))
+    keep = torch.ones(z.shape[0], out, dtype=torch.bool)
+    keep[torch.arange(z.shape[0]), labels] = False
+    margins = (y - true).permute(0, 2, 1)[keep].reshape(z.shape[0], out - 1, n)
+    return y, margins
+
+
 # -------------------------------------------------------------------- agreement
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("act", list(ACTS))
-def test_bounds_match_the_engines(act):
-    head = make_head(act, dtype=torch.float64)
-    z, labels, V = problem(k=2, dtype=torch.float64)
+def test_bounds_match_the_engines(act, dtype):
+    # training bounds through the verifier's own graph and bound functions, exactly
+    head = make_head(act, dtype=dtype)
+    z, labels, V = problem(k=2, dtype=dtype)
     eps = 0.6
-    graph = trace(head, (6,), dtype=torch.float64).to(dtype=torch.float64)
-    c, G = box(z, V, eps)
-    C = margin_matrix(labels, 4, torch.float64)
-    d = torch.zeros(C.shape[:2], dtype=torch.float64)
+    direction = Direction.subspace(V)
+    graph = bound_graph(head, z)  # the graph training bounds on: the head's, bound to its live parameters
+    assert graph.dtype == dtype and graph is bound_graph(head, z)  # lowered once, bound per call
+    Vb = direction.basis(6, dtype=dtype)
+    c, G = box(z, Vb, eps)
+    C = margin_matrix(labels, 4, dtype)
+    with torch.no_grad():
+        assert torch.equal(C, Prediction(labels).rows(head(z))[0])  # the rows audits prove
+    d = torch.zeros(C.shape[:2], dtype=dtype)
+    ibp = EB.ibp_bounds(graph, c, G)
+    ref = {"ibp": EB.spec_upper_bound(graph, c, G, C, d, method="ibp"),
+           "linear": EB.spec_upper_bound(graph, c, G, C, d, method="linear", crown=False),
+           "crown-ibp": EB.backward_upper(graph, ibp, c, G, C, d)}  # CROWN-IBP: backward pass over IBP
+    for method, r in ref.items():
+        mine = margin_upper_bounds(head, z, labels, direction, eps, method)
+        assert mine.dtype == dtype and torch.equal(mine, r.to(dtype)), method
+    # and the graph an audit lowers for itself (detached) gives the same numbers
+    audit_graph = get_graph(head, (6,))
     for method in ("ibp", "linear"):
-        mine = margin_upper_bounds(head, z, labels, Direction.subspace(V), eps, method)
-        ref = EB.spec_upper_bound(graph, c, G, C, d, method=method)
-        assert torch.allclose(mine, ref, atol=1e-5, rtol=0), method
-    # CROWN-IBP = the engine's backward pass on IBP intermediate bounds
-    mine = margin_upper_bounds(head, z, labels, Direction.subspace(V), eps, "crown-ibp")
-    ref = EB.backward_upper(graph, EB.ibp_bounds(graph, c, G, pad=False), c, G, C, d)
-    assert torch.allclose(mine, ref, atol=1e-5, rtol=0)
-    for (lo, hi), (rlo, rhi) in zip(interval_bounds(head, c, G), EB.ibp_bounds(graph, c, G, pad=False)):
-        assert torch.allclose(lo, rlo, atol=1e-5) and torch.allclose(hi, rhi, atol=1e-5)
-    lo, hi = logit_bounds(head, z, Direction.subspace(V), eps, "linear")
-    rlo, rhi = EB.output_bounds(graph, c, G, method="linear")
-    assert torch.allclose(lo, rlo, atol=1e-5) and torch.allclose(hi, rhi, atol=1e-5)
+        r = EB.spec_upper_bound(audit_graph, c, G, C, d, method=method, crown=False)
+        assert torch.equal(ref[method], r), method
+    mixed = margin_upper_bounds(head, z, labels, direction, eps, "crown-ibp", beta=0.25)
+    cr = ref["crown-ibp"]
+    assert torch.equal(mixed, (0.25 * cr + 0.75 * ref["ibp"].to(cr.dtype)).to(dtype))
+    for (lo, hi), (rlo, rhi) in zip(interval_bounds(head, c, G), ibp):
+        assert torch.equal(lo, rlo) and torch.equal(hi, rhi)
+    eye = torch.eye(4, dtype=dtype)
+    CL = torch.cat([eye, -eye])[None].expand(z.shape[0], -1, -1)
+    ub = EB.spec_upper_bound(graph, c, G, CL, torch.zeros(CL.shape[:2], dtype=dtype), method="linear",
+                             crown=False).to(dtype)
+    lo, hi = logit_bounds(head, z, direction, eps, "linear")
+    assert torch.equal(hi, ub[:, :4]) and torch.equal(lo, -ub[:, 4:])
+    lo, hi = logit_bounds(head, z, direction, eps, "ibp")
+    assert torch.equal(lo, ibp[-1][0].to(dtype)) and torch.equal(hi, ibp[-1][1].to(dtype))
+    # sampled outputs lie within the bounds (no slack: the engine's radii cover the model's rounding)
+    y, margins = sample_margins(head, z, labels, Vb, eps)
+    for method in ref:
+        with torch.no_grad():
+            mlo, mhi = margin_bounds(head, z, labels, direction, eps, method)
+            llo, lhi = logit_bounds(head, z, direction, eps, method)
+        assert (margins <= mhi[:, :, None]).all() and (margins >= mlo[:, :, None]).all(), method
+        assert (y <= lhi[:, None]).all() and (y >= llo[:, None]).all(), method
+    # gradients reach every parameter, and are autograd's through the engine itself
+    params = list(head.parameters())
+    for method, r in ref.items():
+        head.zero_grad()
+        spec_loss(head, z, labels, direction, eps, method).backward()
+        zhat = torch.cat([torch.zeros_like(r[:, :1]), r], 1).to(dtype)
+        ce = F.cross_entropy(zhat, torch.zeros_like(labels))
+        grads = torch.autograd.grad(ce, params, retain_graph=True)
+        for p, g in zip(params, grads):
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, method
+            assert torch.equal(p.grad, g), method
+
+
+def test_graph_is_the_live_head():
+    # hooks are part of the head; swapping a module or a parameter lowers again; in-place
+    # updates (optimizer steps) are read at every call from the live parameters
+    head = make_head("relu")
+    z, labels, V = problem()
+    d = Direction.vector(V[:, 0])
+    plain = margin_upper_bounds(head, z, labels, d, 0.5, "linear").detach()
+    h = head[2].register_forward_hook(lambda m, i, o: 0.5 * o + 1.0)
+    hooked = margin_upper_bounds(head, z, labels, d, 0.5, "linear").detach()
+    assert not torch.allclose(plain, hooked)
+    _, margins = sample_margins(head, z, labels, V[:, :1], 0.5)
+    assert (margins <= hooked[:, :, None]).all()
+    h.remove()
+    assert torch.equal(margin_upper_bounds(head, z, labels, d, 0.5, "linear").detach(), plain)
+    g = bound_graph(head, z)
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    certified_loss(head, z, labels, d, 0.5, method="crown-ibp").backward()
+    opt.step()
+    assert bound_graph(head, z) is g  # same graph, new values
+    stepped = margin_upper_bounds(head, z, labels, d, 0.5, "linear").detach()
+    assert not torch.allclose(stepped, plain)
+    _, margins = sample_margins(head, z, labels, V[:, :1], 0.5)
+    assert (margins <= stepped[:, :, None]).all()
+    head[1] = nn.Tanh()
+    assert bound_graph(head, z) is not g and isinstance(layers_of(head)[1], type(layers_of(make_head("tanh"))[1]))
+    g = bound_graph(head, z)
+    head[0].weight = nn.Parameter(head[0].weight.detach() * 2)
+    assert bound_graph(head, z) is not g
 
 
 @pytest.mark.parametrize("act", list(ACTS))
@@ -149,13 +237,34 @@ def test_layers_of_custom_and_unsupported_modules():
 
     torch.manual_seed(0)
     head = Head()
-    assert [type(x).__name__ for x in layers_of(head)] == ["_Linear", "_Act", "_Linear"]
+    assert [type(x).__name__ for x in layers_of(head)] == ["DenseOp", "LeakyReLUOp", "DenseOp"]
     z, labels, V = problem(out=3)
     ub = margin_upper_bounds(head, z, labels, V[:, 0], 0.3, "linear")
     seq = nn.Sequential(head.a, nn.LeakyReLU(0.2), head.b)
     assert torch.allclose(ub, margin_upper_bounds(seq, z, labels, V[:, 0], 0.3, "linear"), atol=1e-6)
-    with pytest.raises(UnsupportedLayer, match="1"):
-        layers_of(nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)))
+    with pytest.raises(UnsupportedLayer, match=r"'1 \(LayerNorm\)'"):
+        layers_of(nn.Sequential(nn.Linear(6, 4), nn.LayerNorm(4), nn.Linear(4, 2)))
+
+
+def test_bounds_are_of_the_eval_mode_head():
+    # as in audits: batch norm on its running statistics, dropout off, whatever the mode
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 4))
+    assert [type(x).__name__ for x in layers_of(head)][:2] == ["DenseOp", "ChannelAffineOp"]
+    z, labels, V = problem()
+    d = Direction.vector(V[:, 0])
+    head.train()
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        certified_loss(head, z, labels, d, 0.5, method="crown-ibp").backward()
+        assert head[1].weight.grad.abs().sum() > 0
+        opt.step()
+    assert head.training and head[1].training  # modes are restored
+    ub = margin_upper_bounds(head, z, labels, d, 0.5, "crown-ibp").detach()
+    head.eval()
+    _, margins = sample_margins(head, z, labels, V[:, :1], 0.5)
+    assert (margins <= ub[:, :, None]).all()
 
 
 def test_eps_schedule_warmup_then_linear_ramp():

@@ -498,9 +498,17 @@ class ReLUOp(ActivationOp):
     piecewise_linear = True
     kinks = (0.0,)
     negative_slope = 0.0
+    #: optimised lower slopes (alpha-CROWN), ``[n, m or 1, D]`` in [0, 1], set by
+    #: bounds.alpha_crown for the duration of its passes; every value gives a sound line
+    alpha_slope = None
 
     def f(self, x):
         return F.relu(x) if self.negative_slope == 0 else F.leaky_relu(x, self.negative_slope)
+
+    def our_radius(self, pre, u, d_out):
+        al, cl, au, cu = self.relax(*pre[0])
+        m = _mag(pre[0])
+        return 3 * u * (1 + au.abs()) * m + gamma(d_out + 2, u) * cu.abs()  # |al| <= 1 for any alpha
 
     def relax(self, lo, hi):
         # upper: chord through (lo, f(lo)) and (hi, f(hi)); lower: slope 1 or the negative
@@ -526,11 +534,17 @@ class ReLUOp(ActivationOp):
     def backward(self, A, pre=None, in_shapes=None):
         # the lower intercept is 0: A_in = A al + A+ (au - al), const = A+ . cu (fewer passes
         # over A than the general form; A is the largest tensor of a backward pass)
-        al, _, au, cu = self.relax(*pre[0])
+        lo, hi = pre[0]
+        al, _, au, cu = self.relax(lo, hi)
         n = al.shape[0]
         m = A.shape[0] // n
         A3 = A.reshape(n, m, -1)
         al, au, cu = (_like(v, A).reshape(n, 1, -1) for v in (al, au, cu))
+        if self.alpha_slope is not None:
+            # any lower line through the origin with slope in [a, 1] is below the (leaky) ReLU
+            a = self.negative_slope
+            unstable = ((lo < 0) & (hi > 0)).reshape(n, 1, -1)
+            al = torch.where(unstable, a + (1 - a) * self.alpha_slope.to(A.dtype), al)
         Ap = A3.clamp(min=0)
         A_in = torch.addcmul(A3 * al, Ap, au - al)
         const = torch.einsum("nmd,nd->nm", Ap, cu[:, 0]).reshape(-1)
