@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["latent_ranges", "in_spec", "project", "basis_json", "directions_section", "data_fingerprint",
+__all__ = ["latent_ranges", "in_spec", "range_score", "project", "basis_json", "directions_section", "data_fingerprint",
            "certified_radius_summary", "DeployError"]
 
 
@@ -265,35 +265,28 @@ def _pick_range(name: str, entry: Mapping, eps: Optional[float]) -> Mapping:
     return (proved or matches)[0]
 
 
-def in_spec(sheet, z, directions: Optional[Sequence[str]] = None, *, bases: Optional[Mapping[str, Any]] = None,
-            eps: Optional[float] = None) -> Dict[str, Any]:
-    """Which latent codes lie in the spec sheet's verified operating range.
-
-    ``sheet``: a spec-sheet dict, a ``SpecSheet`` or a path. ``z``: codes ``[N, d]`` (numpy or
-    torch; ``[d]`` for one code). ``directions``: names to check (default: every direction with
-    a recorded range). ``bases``: ``{name: axis | vector | [d, k] | Direction}`` overriding or
-    supplying the basis (sheets without a stored basis for a vector/subspace direction).
-    ``eps``: check against the range recorded at this radius instead of the largest proved one.
-
-    Returns ``{name: bool array [N], ..., "all": bool array [N]}``; numpy arrays for numpy input,
-    torch bool tensors (same device) for torch input; scalars for a single code.
-    """
-    data = _sheet_data(sheet)
-    dirs = _sheet_directions(data)
+def _direction_names(dirs: Mapping[str, dict], directions: Optional[Sequence[str]], eps: Optional[float]) -> List[str]:
     if directions is None:
         names = [n for n, e in dirs.items() if (e.get("ranges") if eps is not None else e.get("latent_range"))]
         if not names:
             raise DeployError("the spec sheet records no verified latent range for any direction "
                               "(no proved test with a latent_range)")
-    else:
-        names = list(directions)
-        unknown = [n for n in names if n not in dirs]
-        if unknown:
-            raise DeployError(f"direction(s) {', '.join(map(repr, unknown))} not in the spec sheet "
-                              f"(it has: {', '.join(dirs) or 'none'})")
-    a, single = _as_codes(z)
+        return names
+    names = list(directions)
+    unknown = [n for n in names if n not in dirs]
+    if unknown:
+        raise DeployError(f"direction(s) {', '.join(map(repr, unknown))} not in the spec sheet "
+                          f"(it has: {', '.join(dirs) or 'none'})")
+    return names
+
+
+def _coordinates(sheet, a: np.ndarray, directions, bases, eps):
+    """Per checked direction: ``(name, coordinates [N, k], lower [k], upper [k])``."""
+    data = _sheet_data(sheet)
+    dirs = _sheet_directions(data)
+    names = _direction_names(dirs, directions, eps)
     bases = dict(bases or {})
-    out: Dict[str, Any] = {}
+    out = []
     for name in names:
         entry = dirs[name]
         rng = _pick_range(name, entry, eps)
@@ -312,9 +305,53 @@ def in_spec(sheet, z, directions: Optional[Sequence[str]] = None, *, bases: Opti
         if lo.shape != (c.shape[1],) or hi.shape != (c.shape[1],):
             raise DeployError(f"direction {name!r}: the range has {lo.size} coordinate(s) but the basis gives "
                               f"{c.shape[1]}")
+        out.append((name, c, lo, hi))
+    return out
+
+
+def in_spec(sheet, z, directions: Optional[Sequence[str]] = None, *, bases: Optional[Mapping[str, Any]] = None,
+            eps: Optional[float] = None) -> Dict[str, Any]:
+    """Which latent codes lie in the spec sheet's verified operating range.
+
+    ``sheet``: a spec-sheet dict, a ``SpecSheet`` or a path. ``z``: codes ``[N, d]`` (numpy or
+    torch; ``[d]`` for one code). ``directions``: names to check (default: every direction with
+    a recorded range). ``bases``: ``{name: axis | vector | [d, k] | Direction}`` overriding or
+    supplying the basis (sheets without a stored basis for a vector/subspace direction).
+    ``eps``: check against the range recorded at this radius instead of the largest proved one.
+
+    Returns ``{name: bool array [N], ..., "all": bool array [N]}``; numpy arrays for numpy input,
+    torch bool tensors (same device) for torch input; scalars for a single code.
+    """
+    a, single = _as_codes(z)
+    out: Dict[str, Any] = {}
+    for name, c, lo, hi in _coordinates(sheet, a, directions, bases, eps):
         out[name] = ((c >= lo) & (c <= hi)).all(axis=1)
+    names = list(out)
     out["all"] = np.logical_and.reduce([out[n] for n in names]) if names else np.ones(a.shape[0], bool)
     return {k: _like(v, z, single) for k, v in out.items()}
+
+
+def range_score(sheet, z, directions: Optional[Sequence[str]] = None, *, bases: Optional[Mapping[str, Any]] = None,
+                eps: Optional[float] = None) -> Dict[str, np.ndarray]:
+    """How far inside or outside the verified range each code lies: per direction, the largest
+    ``|c - mid| / half_width`` over its coordinates (``mid``, ``half_width`` of ``[lower, upper]``),
+    so ``<= 1`` is in spec (the same decision as ``in_spec``, up to float rounding at the edge)
+    and larger is further out. ``"all"`` is the maximum over the directions: a continuous score
+    for ROC curves. NaN codes score ``inf``. Same arguments as ``in_spec``; numpy float64 arrays
+    ``[N]``."""
+    a, _ = _as_codes(z)
+    out: Dict[str, np.ndarray] = {}
+    for name, c, lo, hi in _coordinates(sheet, a, directions, bases, eps):
+        mid, half = (lo + hi) / 2, (hi - lo) / 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.abs(c - mid) / np.where(half > 0, half, np.nan)
+        # a zero-width range: 0 on it, inf off it
+        r = np.where(half > 0, r, np.where(c == mid, 0.0, np.inf))
+        r = np.where(np.isnan(c), np.inf, r)
+        out[name] = r.max(axis=1)
+    names = list(out)
+    out["all"] = np.maximum.reduce([out[n] for n in names]) if names else np.zeros(a.shape[0])
+    return out
 
 
 def _like(mask: np.ndarray, z, single: bool):
