@@ -6,9 +6,11 @@ calls; a child whose sound upper bound is below ``-tol`` closes, the others go b
 the pool. A seed is ``verified`` when it has no open box left. Boxes leave the pool only
 when proved or when their seed is falsified, so no sub-box is ever dropped.
 
-Everything below is deterministic: the clock only decides where the sequence of work
-stops (between fixed chunks of bounds), so a larger budget runs a longer prefix of the
-same work and the decided count never falls as the budget grows.
+The order of work is deterministic: the clock only decides where the sequence stops
+(between chunks of bounds, ``Ladder.paced_upper``; a chunk that would end well past the
+deadline is not started) and how children are grouped into calls, so a larger budget runs
+a longer prefix of the same work and the decided count never falls as the budget grows.
+When the budget stops the search, the ladder's later rungs stay off for the same reason.
 
 Which boxes a round takes:
 
@@ -35,8 +37,6 @@ steps), and harder when the seed is deferred, so attacks stay a small share of t
 from __future__ import annotations
 
 import time
-from typing import Optional
-
 import torch
 
 #: bounded children of one seed before it is deferred to the next pass (x4 per pass)
@@ -91,38 +91,22 @@ class BranchAndBound:
         self.t_bound = 0.0
         self.t_attack = 0.0
         self.rounds = 0
-        #: seconds per bounded box in the last chunk
-        self.pace: Optional[float] = None
         #: the budget ended the search (not an empty pool): later rungs must not run, so that
         #: a larger budget only ever does more of the same work
         self.cut = False
 
     # ------------------------------------------------------------------- helpers
     def _bound(self, idx, tl, tu):
-        """Bound the children in chunks of the ladder's batch size. A chunk starts only if,
-        at the pace of the last one, it would end less than half a chunk past the deadline;
-        the chunks are fixed, so the clock decides only where the sequence stops. Unbounded
-        children get ``+inf`` (open, never proved)."""
+        """Bound the children (``Ladder.paced_upper``: chunks sized to the budget, none
+        started that would end well past the deadline). Unbounded children get ``+inf``
+        (open, never proved)."""
         L = self.L
-        n = idx.numel()
-        ub = torch.full((n,), torch.inf, dtype=tl.dtype, device=tl.device)
-        tol = torch.zeros(n, dtype=tl.dtype, device=tl.device)
-        start = 0
-        while start < n:
-            size = min(L.batch_size, n - start)  # a box's bound does not depend on the clock
-            now = time.perf_counter()
-            if now > L.deadline or (self.pace is not None and now + 0.5 * self.pace * size > L.deadline):
-                self.cut = True
-                break
-            sl = slice(start, start + size)
-            u, t = L.chunked_upper(idx[sl], tl[sl], tu[sl], self.method)
-            ub[sl], tol[sl] = u, t
-            dt = time.perf_counter() - now
-            self.t_bound += dt
-            self.pace = dt / size
-            start = sl.stop
-        L.bab_boxes += start
-        return torch.nan_to_num(ub, nan=torch.inf), tol, start
+        t0 = time.perf_counter()
+        ub, tol, done, cut = L.paced_upper(idx, tl, tu, self.method)
+        self.t_bound += time.perf_counter() - t0
+        self.cut = self.cut or cut
+        L.bab_boxes += done
+        return ub, tol, done
 
     @staticmethod
     def _split_one(tl, tu, dim):
@@ -358,7 +342,7 @@ class BranchAndBound:
             L.bound[i] = torch.minimum(L.bound[i], part[i].to(L.bound.dtype))
 
 
-def run_bab(ladder, method: str = "linear", split: str = "auto") -> Optional[BranchAndBound]:
+def run_bab(ladder, method: str = "linear", split: str = "auto") -> BranchAndBound:
     bb = BranchAndBound(ladder, method=method, split=split)
     bb.run()
     return bb

@@ -320,16 +320,20 @@ def _crown_refine(graph: BoundGraph, conc, center, gens, j):
     return flo.reshape(lo.shape), fhi.reshape(hi.shape)
 
 
-def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", threshold=None, crown=True):
+def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", threshold=None, crown=None):
     """Sound upper bound of every row of ``C y + d`` over the box; ``[N, m]``.
 
-    ``method``: ``"ibp"`` (intervals only) or ``"linear"`` (forward forms, folded spec and a
-    backward pass; the minimum of all of them; then, for boxes still open and with
-    ``crown``, CROWN intermediate bounds and another backward pass). With ``threshold``
-    (``[N]``), each costlier stage runs only for boxes not already below it.
+    ``method``: ``"ibp"`` (intervals only), ``"linear"`` (forward forms, folded spec and a
+    backward pass; the minimum of all of them) or ``"crown"`` (the same, then for boxes
+    still open CROWN intermediate bounds on unstable neurons and another backward pass:
+    tighter, and much costlier per box, so the ladder runs it once on the root boxes and
+    branch and bound uses ``"linear"``). ``crown`` overrides the method's choice. With
+    ``threshold`` (``[N]``), each costlier stage runs only for boxes not already below it.
     """
     dt = graph.dtype or torch.float64
     center, gens, C, d = center.to(dt), gens.to(dt), C.to(dt), d.to(dt)
+    if crown is None:
+        crown = method == "crown"
     last = graph.nodes[-1]
     dense_last = isinstance(last.op, ops.DenseOp) and len(last.shape) == 1
     if method == "ibp":

@@ -27,6 +27,14 @@ VERIFIED, FALSIFIED, UNKNOWN = "verified", "falsified", "unknown"
 
 ENGINES = ("auto", "ibp", "linear", "bab", "exact", "falsify")
 
+#: share of the remaining budget the CROWN rung may use before branch and bound: with
+#: k <= 2 perturbed dims splitting pays sooner, with more dims CROWN's tightness does
+CROWN_SHARE_SMALL_K = 0.25
+CROWN_SHARE_LARGE_K = 0.9
+#: the bound branch and bound puts on each sub-box: "crown" (cheap stages first, CROWN
+#: intermediate bounds only for sub-boxes they leave open) or "linear" (cheap stages only)
+BAB_METHOD = "crown"
+
 
 @dataclass
 class Outcome:
@@ -175,11 +183,61 @@ class Ladder:
                    deadline=self.deadline, generator=self.gen, method=self.attack_method)
         self._mark_falsified(idx, found, rung)
 
+    def paced_upper(self, idx, tl, tu, method):
+        """``chunked_upper`` in chunks sized to the budget: a chunk is a power of two up to
+        ``batch_size`` boxes, as many as the pace of the last chunk (per ``method``) says
+        take at most 2% of the budget (at least 50 ms); a chunk starts only if it would end
+        less than half a chunk past the deadline. Returns ``(ub, tol, done, cut)``: boxes from
+        ``done`` on were not bounded (``+inf``, open), and ``cut`` says the budget stopped it.
+
+        The order of the boxes is fixed; the clock chooses only where the sequence stops and
+        how it is grouped into calls (a box's bound does not depend on its neighbours)."""
+        pace = self.__dict__.setdefault("_pace", {})
+        n = idx.numel()
+        ub = torch.full((n,), torch.inf, dtype=tl.dtype, device=tl.device)
+        tol = torch.zeros(n, dtype=tl.dtype, device=tl.device)
+        t_start = getattr(self, "_t_start", None)  # set by run(); without it, no pacing
+        budget = self.deadline - t_start if t_start is not None else float("inf")
+        target = max(0.02 * budget, 0.05) if budget != float("inf") else float("inf")
+        start, cut = 0, False
+        while start < n:
+            size = min(self.batch_size, n - start)
+            per = pace.get(method)
+            if per is None and budget != float("inf"):
+                size = min(size, 16)  # first calls of a method: measure its pace on a few boxes
+            elif per is not None and per * size > target:
+                size = min(size, 1 << max(0, int(target / per).bit_length() - 1))
+            now = time.perf_counter()
+            if now > self.deadline or (per is not None and now + 0.5 * per * size > self.deadline):
+                cut = True
+                break
+            sl = slice(start, start + size)
+            ub[sl], tol[sl] = self.chunked_upper(idx[sl], tl[sl], tu[sl], method)
+            pace[method] = (time.perf_counter() - now) / size
+            start = sl.stop
+        return torch.nan_to_num(ub, nan=torch.inf), tol, start, cut
+
+    def run_crown(self, share: float = 0.35):
+        """CROWN intermediate bounds on the root boxes still open: tight where forward mode
+        loses (many perturbed dims), costly per box, so not inside branch and bound. Held
+        to ``share`` of the remaining budget (branch and bound gets the rest); stopping at
+        that share is not a budget cut."""
+        if self.deadline == float("inf"):
+            self.run_bound("crown", "crown")
+            return
+        full, was_cut = self.deadline, getattr(self, "_cut", False)
+        self.deadline = time.perf_counter() + share * max(full - time.perf_counter(), 0.0)
+        try:
+            self.run_bound("crown", "crown")
+        finally:
+            self.deadline, self._cut = full, was_cut
+
     def run_bound(self, method, rung):
         idx = self.undecided()
-        if idx.numel() == 0 or self.out_of_time():
+        if idx.numel() == 0 or self._time_up():
             return
-        ub, tol = self.chunked_upper(idx, self.p.tl[idx], self.p.tu[idx], method)
+        ub, tol, done, cut = self.paced_upper(idx, self.p.tl[idx], self.p.tu[idx], method)
+        self._cut = getattr(self, "_cut", False) or cut
         self.bound[idx] = torch.minimum(self.bound[idx], ub)
         for i, ok in zip(idx.tolist(), (ub < -tol).tolist()):
             if ok:
@@ -292,11 +350,11 @@ class Ladder:
 
     def _sampling_fits(self, idx, rows) -> bool:
         """Whether ``rows`` plain forward passes fit before the deadline (plus 2% of the
-        budget), judged by timing up to 1024 of them at the boxes' centres."""
+        budget), judged by timing up to 256 of them at the boxes' centres."""
         if self.deadline == float("inf"):
             return True
         p = self.p
-        m = min(rows, 1024)
+        m = min(rows, 256)
         rep = idx.repeat((m + idx.numel() - 1) // idx.numel())[:m]
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -312,7 +370,7 @@ class Ladder:
     def _time_up(self) -> bool:
         """Out of budget, or a rung stopped for the budget (then later rungs stay off, so
         a larger budget runs a longer prefix of the same work, never different work)."""
-        return self._cut or self.out_of_time()
+        return getattr(self, "_cut", False) or self.out_of_time()
 
     def run(self) -> Outcome:
         e = self.engine
@@ -328,12 +386,16 @@ class Ladder:
                 self.run_bound("ibp", "ibp")
             if e in ("auto", "linear", "bab"):
                 self.run_bound("linear", "linear")
+            if e in ("auto", "linear") and not self._time_up():
+                # few perturbed dims: splitting with cheap bounds pays more than CROWN per box
+                self.run_crown(share=CROWN_SHARE_SMALL_K if self.p.k <= 2 else CROWN_SHARE_LARGE_K)
             # what the cheap bounds left: attack before spending the budget on splitting
-            self.run_attack(steps=10, restarts=2, rung="attack")
-            if e in ("auto", "exact") and self.can_run_exact() and not self.out_of_time():
+            if not self._time_up():
+                self.run_attack(steps=10, restarts=2, rung="attack")
+            if e in ("auto", "exact") and self.can_run_exact() and not self._time_up():
                 self.run_exact()
-            elif e in ("auto", "bab"):
-                bb = self.run_bab()
+            elif e in ("auto", "bab") and not self._time_up():
+                bb = self.run_bab(method=BAB_METHOD)
                 self._cut = bool(bb is not None and bb.cut)
         if not self._time_up():
             self.run_attack(steps=30, restarts=4, rung="attack")
