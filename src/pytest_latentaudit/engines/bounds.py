@@ -104,7 +104,8 @@ def linear_bounds(graph: BoundGraph, center: torch.Tensor, gens: torch.Tensor, s
             # with the forms), so one radius covers the forms and the interval bound alike
             R = op.radius([_form_magnitude(g) for g in in_forms])
             R_ibp = R
-            f = LinForm(f.lw, f.lb - R, f.uw, f.ub + R)
+            if R is not None:
+                f = LinForm(f.lw, f.lb - R, f.uw, f.ub + R)
         else:
             R_ibp = None
         lo_i, hi_i = _widen(*op.ibp(*pre), R_ibp)
@@ -128,9 +129,16 @@ def _fold_last_linear(graph: BoundGraph, forms, conc, C, d):
     const = torch.einsum("nmh,nh->nm", Wp, h.ub) + torch.einsum("nmh,nh->nm", Wn, h.lb) + b
     R = op.radius([conc[node.inputs[0]]])
     mag = _form_magnitude(h)[1]
-    slack = torch.einsum("nmo,no->nm", C.abs(), R) + \
+    slack = _weighted(C, R) + \
         gamma(W.shape[-1] + h.k + 6, unit(W.dtype)) * (torch.einsum("nmh,nh->nm", W.abs(), mag) + b.abs())
     return const + coef.abs().sum(-1) + slack
+
+
+def _weighted(C, R):
+    """``|C| . R`` per row (0 without a radius)."""
+    if R is None:
+        return torch.zeros(C.shape[:2], dtype=C.dtype, device=C.device)
+    return torch.einsum("nmo,no->nm", C.abs(), R.reshape(R.shape[0], -1))
 
 
 def _upper_from_output_form(form: LinForm, C, d):
@@ -188,7 +196,7 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
         node = nodes[j]
         pre = _in_bounds(conc, node)
         Rj = node.op.radius(pre, ours=not fast)  # fast: our rounding comes from our_radius
-        if fast:
+        if fast and node.op.rounding:
             d_out = int(Aj[0].numel())
             Ro = node.op.our_radius(pre, U32, d_out)
             Rj = Ro if Rj is None else (Rj if Ro is None else Rj + Ro)
@@ -307,10 +315,25 @@ def _crown_refine(graph: BoundGraph, conc, center, gens, j):
     valid = uns.gather(1, order)
     D = flo.shape[1]
     sign = valid.to(lo.dtype)
-    upper_rows = torch.zeros(n, U, D, dtype=lo.dtype, device=lo.device).scatter_(2, order[:, :, None], sign[:, :, None])
-    A = torch.cat([upper_rows, -upper_rows], 1).reshape(n, 2 * U, *graph.nodes[j].shape)
-    ub = backward_bound(graph, conc, center, gens, j, A, torch.zeros(n, 2 * U, dtype=lo.dtype, device=lo.device),
-                        fast=True)
+    zeros = torch.zeros(n, 2 * U, dtype=torch.float64, device=lo.device)
+    op = graph.nodes[j].op
+    if isinstance(op, ops.DenseOp) and len(graph.nodes[j].shape) == 1:
+        # the first backward step of a one-hot row is a row of W: gather it instead of a
+        # product (exact), with the bias and the node's own error radius as constants
+        W = op.weight[order] * sign[:, :, None]  # [n, U, D_in]
+        A = torch.cat([W, -W], 1)
+        R = op.radius(_in_bounds(conc, graph.nodes[j]), ours=False)
+        Rg = R.gather(1, order).double() * sign.double()
+        const = zeros + torch.cat([Rg, Rg], 1)
+        if op.bias is not None:
+            bg = op.bias[order].double() * sign.double()
+            const = const + torch.cat([bg, -bg], 1)
+        ub = backward_bound(graph, conc, center, gens, graph.nodes[j].inputs[0], A, const, fast=True)
+    else:
+        upper_rows = torch.zeros(n, U, D, dtype=lo.dtype, device=lo.device).scatter_(
+            2, order[:, :, None], sign[:, :, None])
+        A = torch.cat([upper_rows, -upper_rows], 1).reshape(n, 2 * U, *graph.nodes[j].shape)
+        ub = backward_bound(graph, conc, center, gens, j, A, zeros, fast=True)
     new_lo, new_hi = _round_out(-ub[:, U:], ub[:, :U], lo.dtype)
     big = torch.full_like(new_hi, torch.inf)
     new_hi = torch.where(valid, new_hi, big)
@@ -344,7 +367,7 @@ def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", thr
             W = C @ last.op.weight.to(C)
             b = d if last.op.bias is None else d + C @ last.op.bias.to(C)
             R = last.op.radius([bounds[last.inputs[0]]])
-            ub = torch.minimum(ub, _interval_upper(lo, hi, W, b) + torch.einsum("nmo,no->nm", C.abs(), R))
+            ub = torch.minimum(ub, _interval_upper(lo, hi, W, b) + _weighted(C, R))
         return ub.double()
     forms, conc = linear_bounds(graph, center, gens)
     ub = _upper_from_output_form(forms[-1], C, d)

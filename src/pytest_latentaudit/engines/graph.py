@@ -54,13 +54,16 @@ class BoundGraph:
     def out_index(self) -> int:
         return len(self.nodes) - 1
 
-    def bind(self, params=None, dtype=torch.float64, device=None, detach=True) -> "BoundGraph":
+    def bind(self, params=None, dtype=torch.float64, device=None, detach=True, rounding=True) -> "BoundGraph":
         """Evaluate the ops' constants from ``params`` (default: the model's parameters at
         lowering time, which are the live tensors). ``detach=False`` keeps autograd, for
-        certified training through the same operators."""
+        certified training through the same operators. ``rounding=False`` drops the
+        floating-point error radii: never for proofs; for training, where the bound is a
+        loss, not a claim, and to measure what float soundness costs."""
         env = self.const_env(self.params if params is None else params)
         for node in self.nodes:
             node.op.bind(env, dtype=dtype, device=device, detach=detach)
+            node.op.rounding = rounding
         self.dtype, self.device = dtype, device
         return self
 

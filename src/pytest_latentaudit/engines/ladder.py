@@ -392,9 +392,12 @@ class Ladder:
             # what the cheap bounds left: attack before spending the budget on splitting
             if not self._time_up():
                 self.run_attack(steps=10, restarts=2, rung="attack")
-            if e in ("auto", "exact") and self.can_run_exact() and not self._time_up():
+            exact = e in ("auto", "exact") and self.can_run_exact() and not self._time_up()
+            if exact:
                 self.run_exact()
-            elif e in ("auto", "bab") and not self._time_up():
+            # branch and bound on what is left: after exact segments too, whose float32
+            # deviation bound can be too loose to close a seed the exact margin clears
+            if (e == "bab" or (e == "auto" and (not exact or self.undecided().numel()))) and not self._time_up():
                 bb = self.run_bab(method=BAB_METHOD)
                 self._cut = bool(bb is not None and bb.cut)
         if not self._time_up():

@@ -85,6 +85,8 @@ class BoundOp:
         self.u = 2.0 ** -24  # unit roundoff of the model's own evaluation (set by the lowering)
         self.u_in = 0.0  # rounding of the inputs before the products (TF32 on CUDA), else 0
         self.u_ours = U64  # unit roundoff of our own bound arithmetic (the bound dtype; set by bind)
+        #: count floating-point error (radii); False only for training and for measuring its cost
+        self.rounding = True
         self.consts: Dict[str, Callable] = {}
 
     # -- constants
@@ -128,7 +130,7 @@ class BoundOp:
         """Bound on the rounding of a backward step done in a lower precision (unit
         roundoff ``u``, e.g. float32 for speed): ``|A_in - fl(A_in)| . |x|`` and the
         constant's sum, per output element, to be weighted by ``|A|``. None: exact."""
-        if self.fan == 0:
+        if self.fan == 0 or not self.rounding:
             return None
         # each entry of A_in (and the constant A . b) sums d_out products
         return gamma(d_out + 2, u) * self.magnitude(*[_mag(b) for b in pre])
@@ -137,7 +139,7 @@ class BoundOp:
         """Error radius of this op's output for inputs in ``pre`` (None: exact): the
         model's rounding, and with ``ours`` the rounding of our own evaluation in the
         bound dtype (products, the mid/radius split, the bias add)."""
-        if self.fan == 0:
+        if self.fan == 0 or not self.rounding:
             return None
         factor = 2 * self.u_in + gamma(self.fan + 4, self.u) + (gamma(self.fan + 6, self.u_ours) if ours else 0.0)
         return factor * self.magnitude(*[_mag(b) for b in pre])

@@ -39,6 +39,72 @@ def check_piecewise_linear(graph: BoundGraph) -> None:
             raise NotPiecewiseLinear(f"layer {node.op.name!r}: slopes above 1")
 
 
+def margin_deviation(graph: BoundGraph, center, gens, C, crown=False) -> torch.Tensor:
+    """Per box and spec row, a bound on ``|c . (y_fl - y)|`` over the whole box, by a
+    backward pass of *interval* coefficients: the error ``e_j`` an op adds (its radius
+    ``R_j``) reaches the output through ``J_j``, a product of the layers' matrices and of
+    each ReLU's slope, which is exact (0, 1 or the leaky slope) on neurons stable on the
+    box (their bounds cover the float values too) and somewhere in ``[a, 1]`` on the
+    others. ``[A_lo, A_hi]`` encloses every such ``c J_j``, so ``sum_j max|A| . R_j``
+    bounds the deviation, with the layers' signs kept (no ``|W|`` product per layer)."""
+    from .bounds import _input_slack, linear_bounds
+
+    center, gens = center.to(graph.dtype), gens.to(graph.dtype)
+    _, conc = linear_bounds(graph, center, gens, crown=crown)
+    n, m = C.shape[:2]
+    nodes = graph.nodes
+    Alo: list = [None] * len(nodes)
+    Ahi: list = [None] * len(nodes)
+    Alo[-1] = Ahi[-1] = C.to(center.dtype).reshape(n * m, *nodes[-1].shape)
+    slack = torch.zeros(n * m, dtype=torch.float64, device=center.device)
+
+    def add(i, lo, hi):
+        Alo[i] = lo if Alo[i] is None else Alo[i] + lo
+        Ahi[i] = hi if Ahi[i] is None else Ahi[i] + hi
+
+    for j in range(len(nodes) - 1, 0, -1):
+        lo, hi = Alo[j], Ahi[j]
+        if lo is None:
+            continue
+        node, op = nodes[j], nodes[j].op
+        pre = [conc[i] for i in node.inputs]
+        R = op.radius(pre)
+        amax = torch.maximum(lo.abs(), hi.abs())
+        if R is not None:
+            slack = slack + (amax.reshape(n, m, -1) * R.reshape(n, 1, -1)).sum(2).reshape(-1).double()
+        shapes = [nodes[i].shape for i in node.inputs]
+        if isinstance(op, ops.AffineOp):
+            mid, rad = (lo + hi) / 2, (hi - lo) / 2
+            w, wabs = ops._like(op.weight, mid), ops._like(op.wabs, mid)
+            mid_in = ops._vjp(lambda x: op.lin(x, w), mid, shapes[0])
+            rad_in = ops._vjp(lambda x: op.lin(x, wabs), rad, shapes[0])
+            add(node.inputs[0], mid_in - rad_in, mid_in + rad_in)
+        elif isinstance(op, (ops.LinearMapOp, ops.CatOp)):  # non-negative maps keep the order
+            los, _ = op.backward(lo, pre=pre, in_shapes=shapes)
+            his, _ = op.backward(hi, pre=pre, in_shapes=shapes)
+            for i, a, b in zip(node.inputs, los, his):
+                add(i, a, b)
+        elif isinstance(op, ops.WeightedSumOp):
+            for i, c, sh in zip(node.inputs, (op.a, op.b), shapes):
+                a, b = (c * lo, c * hi) if c >= 0 else (c * hi, c * lo)
+                add(i, a.sum_to_size(a.shape[0], *sh), b.sum_to_size(b.shape[0], *sh))
+        elif isinstance(op, ops.ReLUOp):
+            a = op.negative_slope
+            lo_in, hi_in = pre[0]
+            rep = lambda v: v.repeat_interleave(m, 0) if m > 1 else v  # noqa: E731
+            active, dead = rep(lo_in >= 0), rep(hi_in <= 0)
+            s_lo = torch.where(active, lo, torch.where(dead, a * lo, torch.minimum(lo, a * lo)))
+            s_hi = torch.where(active, hi, torch.where(dead, a * hi, torch.maximum(hi, a * hi)))
+            add(node.inputs[0], s_lo, s_hi)
+        else:  # another kinked op with slopes in [-1, 1]
+            add(node.inputs[0], -amax, amax)
+        Alo[j] = Ahi[j] = None
+    # the input's own rounding, and a generous allowance for our float64 walk
+    e_in = _input_slack(center, gens).reshape(n, 1, -1).double()
+    amax0 = torch.maximum(Alo[0].abs(), Ahi[0].abs()).reshape(n, m, -1).double()
+    return slack.reshape(n, m) + (amax0 * e_in).sum(2)
+
+
 def float_deviation(graph: BoundGraph, center, gens) -> torch.Tensor:
     """Per box, a bound on ``|y_fl - y|``: the model's float evaluation against the exact
     function, over the whole box. Errors enter at each op (its radius) and are carried
@@ -60,6 +126,11 @@ def float_deviation(graph: BoundGraph, center, gens) -> torch.Tensor:
             d = abs(op.a) * ds[0] + abs(op.b) * ds[1]
         elif isinstance(op, ops.CatOp):
             d = torch.cat(ds, op.dim)
+        elif isinstance(op, ops.ReLUOp):
+            # a neuron dead on the whole box (its bounds cover the float value too) passes
+            # the negative slope's share of the error; any other passes at most all of it
+            lo_in, hi_in = conc[node.inputs[0]]
+            d = torch.where(hi_in <= 0, op.negative_slope * ds[0], ds[0])
         else:  # a kinked elementwise op with slopes in [-1, 1]
             d = ds[0]
         D.append(d if R[j] is None else d + R[j])
@@ -186,6 +257,12 @@ def certify(graph: BoundGraph, x0, v, tl, tu, spec, labels=None) -> SegmentResul
         ts, vs, ms = t_c[s:e], vals_c[s:e], m_c[s:e]
         j = int(ms.argmax())
         max_m[i], worst_t[i] = ms[j], ts[j]
+        if vs.shape[0] > 1 and vs.shape[2] > 1:
+            # a group of several rows (AND) is violated where all are >= 0: on a piece the
+            # min of affine rows is concave and may peak inside it, so bound it by the rows'
+            # end values: min_r max(f_r(a), f_r(b)) >= max_t min_r f_r(t)
+            piece_up = torch.maximum(vs[:-1], vs[1:]).min(2).values.max(1).values
+            max_m[i] = max(float(max_m[i]), float(piece_up.max()))
         pieces[i] = max(e - s - 1, 0)
         length = float(ts[-1] - ts[0])
         if length <= 0:
@@ -229,6 +306,10 @@ def certify(graph: BoundGraph, x0, v, tl, tu, spec, labels=None) -> SegmentResul
     G = (v.to(dt) * ((tu - tl).to(dt) / 2).view([-1] + [1] * (x0.dim() - 1))).unsqueeze(1)
     dev = float_deviation(graph, c, G).reshape(n, -1)
     slack = torch.einsum("ngro,no->ngr", C.abs(), dev).amax(2).amax(1)
+    # the signed bound is usually far tighter; both are sound, keep the smaller
+    rows = C.reshape(n, -1, C.shape[-1])
+    signed = margin_deviation(graph, c, G, rows).amax(1)
+    slack = torch.minimum(slack, signed)
     # our own float64 walk (interpolated breakpoints): a generous relative allowance
     ymax = torch.zeros(n, dtype=y.dtype, device=y.device).scatter_reduce(0, seed, y.abs().amax(1), "amax")
     slack = slack + 1e-12 * (1 + ymax) * C.abs().sum(-1).amax(2).amax(1)
