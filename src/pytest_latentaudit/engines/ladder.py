@@ -29,7 +29,7 @@ ENGINES = ("auto", "ibp", "linear", "bab", "exact", "falsify")
 
 #: share of the remaining budget the CROWN rung may use before branch and bound: with
 #: k <= 2 perturbed dims splitting pays sooner, with more dims CROWN's tightness does
-CROWN_SHARE_SMALL_K = 0.25
+CROWN_SHARE_SMALL_K = 0.6
 CROWN_SHARE_LARGE_K = 0.9
 #: the bound branch and bound puts on each sub-box: "crown" (cheap stages first, CROWN
 #: intermediate bounds only for sub-boxes they leave open) or "linear" (cheap stages only)
