@@ -8,6 +8,10 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 RUNS = [
+    ["bench_matrix.py"],
+    ["bench_acas.py", "--timeout", "5"],
+    ["bench_throughput.py"],
+    ["bench_soundness_cost.py"],
     ["bench_head.py", "--threads", "1", "--lirpa-methods", "ibp,crown"],
     ["bench_head.py", "--threads", "1", "--eps", "0.5", "--lirpa-methods", "crown"],
     ["bench_decoder.py"],
