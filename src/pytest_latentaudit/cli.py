@@ -133,6 +133,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--fail-under", type=float, metavar="PCT", help="exit 1 below this percentage proved")
     p.add_argument("--declared", help="comma-separated declared directions (default: from the sheet)")
     p.set_defaults(fn=cmd_coverage)
+
+    # latentaudit guard SHEET DATA: both deployment guards on a batch (implemented in guard.py,
+    # imported only when the command runs: it needs numpy)
+    def cmd_guard(args) -> int:
+        from .guard import run_guard_command
+
+        return run_guard_command(args)
+
+    p = sub.add_parser("guard", help="deployment guards on a batch: in verified range, in distribution, accuracy")
+    p.add_argument("sheet", help="spec sheet JSON (its guard is looked up beside it: SHEET.guard.json)")
+    p.add_argument("data", help=".npz with z [N, d]; optional labels [N], pred [N] and feature:<layer> arrays")
+    p.add_argument("--guard", help="the Deep Validation guard JSON (default: beside the sheet, if present)")
+    p.add_argument("--range-only", action="store_true", help="check the verified range only")
+    p.add_argument("--eps", type=float, help="check the range recorded at this radius (default: largest proved)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(fn=cmd_guard)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)
