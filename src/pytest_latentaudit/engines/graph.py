@@ -291,14 +291,7 @@ class _Lowering:
 
 def _fx_nodes_needed(graph: torch.fx.Graph, out_node) -> set:
     """Nodes the output depends on (dead code, like unused hook results, is skipped)."""
-    need, stack = set(), [out_node]
-    while stack:
-        n = stack.pop()
-        if n in need:
-            continue
-        need.add(n)
-        stack.extend(n.all_input_nodes)
-    return need
+    return _ancestors([out_node])
 
 
 def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
