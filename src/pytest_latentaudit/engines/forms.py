@@ -64,15 +64,6 @@ def _over_gens(fn, w: torch.Tensor) -> torch.Tensor:
 over_gens = _over_gens
 
 
-def widen(lo: torch.Tensor, hi: torch.Tensor, rel: float, abs_: float):
-    """Pad concrete bounds by a float-error margin so rounding never makes them unsound."""
-    if rel == 0 and abs_ == 0:
-        return lo, hi
-    pad_lo = lo.abs() * rel + abs_
-    pad_hi = hi.abs() * rel + abs_
-    return lo - pad_lo, hi + pad_hi
-
-
 def tolerance(dtype: torch.dtype):
     """(relative, absolute) float-error margin used for bounds in ``dtype``.
 

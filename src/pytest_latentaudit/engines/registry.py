@@ -594,21 +594,23 @@ def _amax(ctx):
     return ctx.tuple_outputs({0: i}, refuse={1: "argmax indices"}) if ctx.returns_tuple() else i
 
 
-@register(*_ov(aten.cat, "default"))
-def _cat(ctx):
+def _joined_parts(ctx, what):
+    """The tensors of a cat/stack (all carrying the input) and its non-batch dim."""
     parts = list(ctx.raw("tensors"))
     if not all(ctx.is_data(p) for p in parts):
-        raise UnsupportedLayer(ctx.name, "torch.cat with constant parts")
-    d = _dim(ctx, ctx.arg("dim"), rank=ctx.out_rank())
+        raise UnsupportedLayer(ctx.name, f"{what} with constant parts")
+    return parts, _dim(ctx, ctx.arg("dim"), rank=ctx.out_rank())
+
+
+@register(*_ov(aten.cat, "default"))
+def _cat(ctx):
+    parts, d = _joined_parts(ctx, "torch.cat")
     return ctx.emit(ops.CatOp(ctx.name, len(parts), d), parts)
 
 
 @register(*_ov(aten.stack, "default"))
 def _stack(ctx):
-    parts = list(ctx.raw("tensors"))
-    if not all(ctx.is_data(p) for p in parts):
-        raise UnsupportedLayer(ctx.name, "torch.stack with constant parts")
-    d = _dim(ctx, ctx.arg("dim"), rank=ctx.out_rank())
+    parts, d = _joined_parts(ctx, "torch.stack")
     ups = [ctx.emit(ops.LinearMapOp(f"{ctx.name}.unsqueeze{j}", lambda x: x.unsqueeze(d), "unsqueeze"), [p])
            for j, p in enumerate(parts)]
     return ctx.emit(ops.CatOp(ctx.name, len(parts), d), ups)
