@@ -3,18 +3,27 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= out
+# torch: what to install and from where. TORCH_INDEX empty = pip's configured index (PyPI's
+# plain torch==2.13.0 is the CUDA build on Linux x86_64, several GB); for the CPU wheels:
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+# pytest-xdist workers for `make test` (auto = one per core; 0 = no xdist)
+WORKERS ?= auto
 
 .PHONY: setup demo test bench clean
 
 setup: $(VENV)/.installed
 
-# torch is pinned: plain `torch` pulls several GB of CUDA wheels; 2.13.0 is the CPU build.
+# torch 2.13 has wheels for Python 3.10+ only: check first, with a message that says so.
 # auto_LiRPA 0.3 (the only PyPI release) pins torch<1.13 in its metadata, so it goes in
 # with --no-deps; pytest_latentaudit.engines.lirpa_compat patches it for torch 2.x.
 $(VENV)/.installed: pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else \
+		"pytest-latentaudit needs Python 3.10+ (found %s); run make PYTHON=python3.1x" % sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m pip install -q --no-deps auto_LiRPA==0.3
 	touch $@
@@ -28,7 +37,7 @@ demo: setup
 	$(BIN)/latentaudit show $(OUT)/spec-sheet.json
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS))
 
 bench: setup
 	$(BIN)/python bench/run_all.py

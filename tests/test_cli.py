@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -113,8 +114,10 @@ def test_diff_detects_planted_verdict_regression(sheets, capsys):
     new = write_new(data)
     code, out, _ = main(capsys, "diff", old, new, "--fail")
     assert code == 1
-    assert "1 regression(s):" in out
+    # the same regressions --latent-compare reports: the verdict, and the direction's proved radius
+    assert "2 regression(s):" in out
     assert "test_sheet.py::test_pose_small: verdict proved -> violated" in out
+    assert "direction 'pose' (accuracy): proved up to eps=0.5 -> eps=0.25" in out
     code, out, _ = main(capsys, "diff", old, new)  # without --fail: reported, exit 0
     assert code == 0 and "test_pose_small" in out
 
@@ -172,6 +175,33 @@ def test_cli_rejects_bad_sheets(tmp_path, sheet_path, capsys):
     with pytest.raises(SystemExit):
         cli_mod.main(["frobnicate"])
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["tests"][0].update(eps="big"), r"tests\[0\]: 'eps' must be a number"),
+    (lambda d: d["tests"][0].pop("verdict"), r"tests\[0\]: missing 'verdict'"),
+    (lambda d: d["tests"][1].update(counts={"verified": "3"}), r"tests\[1\]\.counts: 'verified' must be an integer"),
+    (lambda d: d["tests"][0].update(sweep={"eps": 1}), r"tests\[0\]: 'sweep' must be a list"),
+    (lambda d: d.update(tests={"a": 1}), r"'tests' must be a list"),
+    (lambda d: d.update(directions=[1, 2]), r"'directions' must map direction names to objects"),
+    (lambda d: d["tests"].append(dict(d["tests"][0])), r"already recorded"),
+])
+@pytest.mark.parametrize("command", ["show", "diff", "diff-new", "coverage", "html", "export"])
+def test_structurally_wrong_sheets_exit_2(sheet_path, tmp_path, capsys, change, message, command):
+    """A file that parses as JSON but is no spec sheet: one clear line, exit 2 (distinct from
+    ``diff --fail``'s 1), no traceback."""
+    data = load_sheet(sheet_path)
+    change(data)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    argv = {"show": ["show", bad], "diff": ["diff", bad, sheet_path, "--fail"],
+            "diff-new": ["diff", sheet_path, bad, "--fail"], "coverage": ["coverage", bad],
+            "html": ["html", bad, tmp_path / "r.html"], "export": ["export", bad, tmp_path / "card.json"]}[command]
+    code, out, err = main(capsys, *argv)
+    assert code == 2, (out, err)
+    assert err.startswith("latentaudit: ") and len(err.strip().splitlines()) == 1, err
+    assert re.search(message, err), err
+    assert "Traceback" not in err
 
 
 # ------------------------------------------------------------------ atomic writes

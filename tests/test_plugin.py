@@ -167,6 +167,16 @@ MAIN_FILES = {
         @pytest.mark.latent(direction="pose", eps=0.1, spec=Accuracy())
         def test_bad_no_seeds(latent_audit, head, seeds):
             latent_audit(head, (torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)))
+
+
+        @pytest.mark.latent(direction="pose", eps=0.1, spec=Accuracy(), budjet=5)
+        def test_bad_marker_keyword(latent_audit, head, seeds):
+            latent_audit(head, seeds)
+
+
+        @pytest.mark.latent(direction="pose", eps=0.1, spec=Accuracy())
+        def test_bad_override_keyword(latent_audit, head, seeds):
+            latent_audit(head, seeds, sweeps=[0.2], colour="red")
     ''',
     "test_wrong_space.py": '''
         import pytest
@@ -269,6 +279,10 @@ BAD_INPUTS = {
     "test_bad_negative_label": r"label.* for a model with 2 outputs",
     "test_bad_space_type": r"fixture 'latent_space' returned int, not a LatentSpace",
     "test_bad_no_seeds": r"latent_audit: .*seed",
+    "test_bad_marker_keyword": r"@pytest\.mark\.latent got unknown keyword argument\(s\) 'budjet' \(did you mean "
+                               r"'budget'\?\); valid keywords: direction, eps, spec, engine, budget, device, unproven, "
+                               r"estimated, precision, attack, sweep, radius, validity",
+    "test_bad_override_keyword": r"unknown keyword argument\(s\) 'colour', 'sweeps' \(did you mean 'sweep'\?\)",
 }
 if not HAS_CUDA:
     BAD_INPUTS["test_bad_cuda_device"] = r"CUDA is not available"
@@ -498,7 +512,8 @@ def test_counterexamples_recorded_with_images(main_run):
         assert abs(c["offset"][0]) <= 2.5 + 1e-6
         assert c["expected"] == labels[c["seed_index"]] and c["predicted"] != c["expected"]
         assert c["margin"] > 0
-        img = Path(c["image"])
+        assert not Path(c["image"]).is_absolute()  # relative to the sheet: a downloaded artifact keeps its pictures
+        img = root / "out" / c["image"]
         assert img.is_file() and img.parent == root / "out" / "sheet-counterexamples"
         data = img.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -690,14 +705,28 @@ def test_bad_ini_value_is_usage_error(pytester):
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the message on a machine without CUDA")
-def test_cli_cuda_device_without_cuda(pytester):
-    """(Under xdist the same message is checked through the marker in the main project.)"""
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cli_cuda_device_without_cuda_is_one_usage_error(pytester, mode, device):
+    """One usage error at start, not a failure per latent test (the marker's device="cuda" is
+    checked per test: see the main project)."""
     small_project(pytester.path)
-    result = run(pytester, "serial", "--latent-device", "cuda")
-    result.assert_outcomes(failed=2)
-    out = result.stdout.str()
-    assert out.count("device 'cuda' was requested but CUDA is not available") >= 2
-    assert "INTERNALERROR" not in out
+    result = run(pytester, mode, "--latent-device", device)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert err.count(f"pytest-latentaudit: --latent-device {device}: CUDA is not available on this machine") == 1
+    assert "Traceback" not in err and "INTERNALERROR" not in err + result.stdout.str()
+    assert "passed" not in result.stdout.str() and "failed" not in result.stdout.str()
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+def test_cli_cuda_device_index_out_of_range(pytester):
+    import torch
+
+    small_project(pytester.path)
+    result = run(pytester, "serial", "--latent-device", f"cuda:{torch.cuda.device_count()}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "CUDA device(s)" in result.stderr.str()
 
 
 def test_markers_documented(pytester):
@@ -728,6 +757,7 @@ def test_missing_space_fixture_and_no_torch_import(pytester, monkeypatch, mode):
 
         def test_plain_no_torch():
             assert "torch" not in sys.modules
+            assert "numpy" not in sys.modules
             assert "auto_LiRPA" not in sys.modules
     ''', test_b_missing='''
         import sys
@@ -740,7 +770,7 @@ def test_missing_space_fixture_and_no_torch_import(pytester, monkeypatch, mode):
 
 
         def test_still_no_torch():
-            assert "torch" not in sys.modules
+            assert "torch" not in sys.modules and "numpy" not in sys.modules
     ''')
     if mode == "explicit-plugin":
         monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
@@ -754,14 +784,15 @@ def test_missing_space_fixture_and_no_torch_import(pytester, monkeypatch, mode):
         assert "latentaudit: engine=auto" in result.stdout.str()  # the plugin really was loaded
 
 
-def test_import_plugin_does_not_import_torch():
+def test_import_plugin_does_not_import_torch_or_numpy():
     code = textwrap.dedent('''
         import sys
         import pytest_latentaudit.plugin
         import pytest_latentaudit.options, pytest_latentaudit.report, pytest_latentaudit.specsheet
-        import pytest_latentaudit.session, pytest_latentaudit.cli
+        import pytest_latentaudit.session, pytest_latentaudit.cli, pytest_latentaudit.coverage
+        import pytest_latentaudit.records, pytest_latentaudit.vocab, pytest_latentaudit.hooks
         from pytest_latentaudit import __version__
-        bad = [m for m in ("torch", "auto_LiRPA") if m in sys.modules]
+        bad = [m for m in ("torch", "numpy", "auto_LiRPA") if m in sys.modules]
         print("IMPORTED", bad)
         sys.exit(1 if bad else 0)
     ''')

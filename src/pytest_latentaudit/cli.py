@@ -2,6 +2,10 @@
 
     latentaudit show SHEET            per-test table and per-direction proved range
     latentaudit diff OLD NEW [--fail] regressions between two runs (exit 1 with --fail)
+    latentaudit merge A B ... -o OUT  join the sheets of CI shards (conflicts: exit 1)
+
+Exit codes: 0 fine; 1 regressions (``diff --fail``), a failed gate or merge conflicts; 2 a
+file that cannot be read or is not a spec sheet (one ``latentaudit: ...`` line on stderr).
 """
 from __future__ import annotations
 
@@ -10,21 +14,21 @@ import sys
 from typing import List, Optional
 
 from .report import summary_table
-from .specsheet import SpecSheet
-
-_RANK = {"proved": 2, "unproven": 1, "violated": 0}
-
+from .specsheet import read_sheet
 
 def cmd_show(args) -> int:
-    sheet = SpecSheet.load(args.sheet)
+    sheet = read_sheet(args.sheet)
     d = sheet.data
     commit = d.get("commit") or {}
     print(f"spec sheet {args.sheet}: {d['tool']['name']} {d['tool']['version']}, created {d.get('created', '?')}"
           + (f", commit {commit.get('id', '')[:10]}{' (dirty)' if commit.get('dirty') else ''}" if commit else ""))
-    for line in summary_table(sheet.tests):
+    for line in summary_table(sheet.records):
         print(line)
+    carried = [r for r in sheet.records if not r.ran]
+    if carried:
+        print(f"({len(carried)} test(s) carried over from an earlier run: marked * in the table)")
     print()
-    print("per direction (largest eps with a proved test):")
+    print("per direction (largest eps proved by a test or a sweep point):")
     section = d.get("directions") or {}
     for name, info in sorted(sheet.directions().items()):
         proved = "none" if info["proved_eps"] is None else f"{info['proved_eps']:g}"
@@ -39,32 +43,28 @@ def cmd_show(args) -> int:
     return 0
 
 
-def diff_sheets(old: SpecSheet, new: SpecSheet) -> List[str]:
-    """Regressions: a test whose verdict got worse or whose verified fraction dropped."""
-    before = {t["nodeid"]: t for t in old.tests}
-    out = []
-    for t in new.tests:
-        o = before.get(t["nodeid"])
-        if o is None:
-            continue
-        if _RANK.get(t["verdict"], 0) < _RANK.get(o["verdict"], 0):
-            out.append(f"{t['nodeid']}: verdict {o['verdict']} -> {t['verdict']}")
-        elif t["verified_fraction"] + 1e-12 < o["verified_fraction"]:
-            out.append(f"{t['nodeid']}: verified fraction {o['verified_fraction']:.3f} -> {t['verified_fraction']:.3f}")
-    gone = sorted(set(before) - {t["nodeid"] for t in new.tests})
-    out += [f"{n}: test missing from the new sheet" for n in gone]
-    return out
+def diff_sheets(old, new) -> List[str]:
+    """Regression messages from ``old`` to ``new`` (``coverage.compare``, as ``--latent-compare``)."""
+    from .coverage import compare
+
+    return [r["message"] for r in compare(old, new).regressions]
 
 
 def cmd_diff(args) -> int:
-    regressions = diff_sheets(SpecSheet.load(args.old), SpecSheet.load(args.new))
-    if not regressions:
+    from .coverage import compare, format_regression
+
+    comp = compare(read_sheet(args.old), read_sheet(args.new))
+    if not comp.regressions:
         print("no regressions")
-        return 0
-    print(f"{len(regressions)} regression(s):")
-    for r in regressions:
-        print(f"  {r}")
-    return 1 if args.fail else 0
+    else:
+        print(f"{len(comp.regressions)} regression(s):")
+        for r in comp.regressions:
+            print(f"  {format_regression(r)}")
+    if comp.not_run:
+        print(f"not run in {args.new} (carried over, not compared): {len(comp.not_run)} test(s)")
+        for n in comp.not_run:
+            print(f"  {n}")
+    return 1 if (args.fail and comp.regressions) else 0
 
 
 def cmd_html(args) -> int:
@@ -72,7 +72,7 @@ def cmd_html(args) -> int:
 
     from .html_report import render_html
 
-    sheet = SpecSheet.load(args.sheet)
+    sheet = read_sheet(args.sheet)
     kw = {"title": args.title} if args.title else {}
     out = render_html(sheet.data, args.out, images=not args.no_images, base_dir=Path(args.sheet).parent, **kw)
     print(f"wrote {out}")
@@ -82,7 +82,7 @@ def cmd_html(args) -> int:
 def cmd_export(args) -> int:
     from . import exports
 
-    sheet = SpecSheet.load(args.sheet)
+    sheet = read_sheet(args.sheet)
     if args.format == "mct":
         out = exports.write_model_card(sheet.data, args.out, name=args.name)
     else:
@@ -95,13 +95,44 @@ def cmd_coverage(args) -> int:
     from .coverage import coverage_gate, coverage_summary
 
     declared = args.declared.split(",") if args.declared else None
-    cov = coverage_summary(SpecSheet.load(args.sheet).data, declared)
+    cov = coverage_summary(read_sheet(args.sheet), declared)
     ok, msg = coverage_gate(cov, args.fail_under or 0.0)
     print(msg)
     for name, d in cov["per_direction"].items():
         proved = "-" if d["proved_eps"] is None else f"{d['proved_eps']:g}"
         print(f"  {name}: {d['status']} ({d['tests']} tests, proved up to eps={proved})")
     return 0 if ok else 1
+
+
+def cmd_merge(args) -> int:
+    """Join the sheets of CI shards: one record per test (a record that ran beats one carried
+    over), image paths re-anchored to the output, summary, directions and coverage rebuilt."""
+    from pathlib import Path
+
+    from . import __version__
+    from .specsheet import SpecSheet, merge_sheets, relative_image_paths
+
+    sheets = [read_sheet(p) for p in args.sheets]
+    prefer = args.prefer or "fail"
+    result = merge_sheets(sheets, list(args.sheets), prefer=prefer)
+    for line in result.conflicts:
+        print(f"conflict: {line}", file=sys.stderr)
+    if result.conflicts and prefer == "fail":
+        print(f"latentaudit: {len(result.conflicts)} conflict(s); nothing written (choose one side with "
+              f"--prefer first|last)", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    for r in result.records:
+        relative_image_paths([r], Path(result.sources[r.nodeid]).parent, out.parent)
+    first = sheets[0].data
+    merged = SpecSheet.build(result.records, tool_version=__version__, settings=dict(first.get("settings") or {}),
+                             machine=first.get("machine") or None, commit=first.get("commit") or {})
+    merged.save(out)
+    carried = sum(1 for r in result.records if not r.ran)
+    print(f"merged {len(sheets)} sheet(s) into {out}: {len(result.records)} test(s)"
+          + (f", {carried} carried over" if carried else "")
+          + (f"; {len(result.conflicts)} conflict(s) resolved with --prefer {prefer}" if result.conflicts else ""))
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -133,7 +164,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--fail-under", type=float, metavar="PCT", help="exit 1 below this percentage proved")
     p.add_argument("--declared", help="comma-separated declared directions (default: from the sheet)")
     p.set_defaults(fn=cmd_coverage)
-
+    p = sub.add_parser("merge", help="join the spec sheets of CI shards into one")
+    p.add_argument("sheets", nargs="+", metavar="SHEET")
+    p.add_argument("-o", "--out", required=True, help="the merged sheet")
+    p.add_argument("--prefer", choices=("first", "last"),
+                   help="resolve conflicts (a test recorded differently by two shards) with the first or last "
+                        "sheet's record; default: report them, write nothing and exit 1")
+    p.set_defaults(fn=cmd_merge)
     # latentaudit guard SHEET DATA: both deployment guards on a batch (implemented in guard.py,
     # imported only when the command runs: it needs numpy)
     def cmd_guard(args) -> int:
@@ -152,8 +189,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     try:
         return args.fn(args)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # unreadable, or not a spec sheet (SheetFormatError)
         print(f"latentaudit: {exc}", file=sys.stderr)
+        return 2
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:  # a field the structural check let through
+        print(f"latentaudit: malformed input ({type(exc).__name__}: {exc})", file=sys.stderr)
         return 2
 
 

@@ -1,4 +1,5 @@
-"""Semantic coverage and run-to-run regressions, on plain spec-sheet dicts (no torch).
+"""Semantic coverage and run-to-run regressions, on spec sheets read by ``specsheet.read_sheet``
+(typed ``records.TestRecord`` objects; no torch, no numpy).
 
 *Semantic coverage* answers the QA question "which declared directions have tests, at which
 radii, for which specs, and what did they prove":
@@ -11,73 +12,38 @@ A direction counts as **proved** when it has at least one latent test and every 
 along it is proved (a sweep's points add cells to the matrix but the test-level verdict is
 what a test asserts). The percentage is over the union of declared and tested directions.
 
-``compare_sheets(old, new)`` lists regressions between two runs: a worse verdict, a lower
-verified fraction, a test that disappeared, a worse point of a radius sweep, a smaller
-largest proved radius per direction and spec, a smaller certified radius.
+``compare(old, new)`` (``compare_sheets`` for the regressions alone) lists regressions between
+two runs, comparing only tests that ran in ``new``: a worse verdict, a lower verified fraction,
+a test that disappeared, a worse point of a radius sweep, a smaller largest proved radius per
+direction and spec, a smaller certified radius. ``latentaudit diff`` and ``--latent-compare``
+both call it, so they always agree.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["VERDICT_RANK", "coverage_summary", "coverage_gate", "compare_sheets", "format_regression",
-           "regressions_gate", "radius_points"]
+from .records import EPS_TOL, TestRecord, largest_proved_eps
+from .specsheet import read_sheet
+from .vocab import PROVED, UNTESTED, VERDICT_RANK, is_worse, worst
 
-#: worse verdicts rank lower
-VERDICT_RANK = {"violated": 0, "unproven": 1, "estimated": 2, "proved": 3}
-_EPS_TOL = 1e-12
-
-
-def _rank(v) -> int:
-    return VERDICT_RANK.get(v, 1)
-
-
-def _data(sheet) -> dict:
-    """A sheet dict from a dict, a ``SpecSheet``, a path, or a bare list of records."""
-    if isinstance(sheet, (str, Path)):
-        with open(sheet, encoding="utf-8") as f:
-            sheet = json.load(f)
-    if isinstance(sheet, (list, tuple)):
-        return {"tests": list(sheet)}
-    data = getattr(sheet, "data", sheet)
-    if not isinstance(data, Mapping):
-        raise TypeError(f"expected a spec sheet (dict, SpecSheet, path or list of records), got {type(sheet).__name__}")
-    return dict(data)
-
-
-def _spec_kind(rec: Mapping) -> str:
-    spec = rec.get("spec")
-    if isinstance(spec, Mapping) and spec.get("kind"):
-        return str(spec["kind"])
-    return str(rec.get("spec_text") or "spec")
-
+__all__ = ["VERDICT_RANK", "coverage_summary", "coverage_gate", "compare", "Comparison", "compare_sheets",
+           "format_regression", "regressions_gate", "comparison_lines", "radius_points"]
 
 def radius_points(rec: Mapping) -> List[dict]:
-    """A record's ``(eps, verdict, counts, verified_fraction)`` points: its own, then the sweep's
-    points at other radii (the record's own point wins at its eps)."""
-    own = {"eps": float(rec["eps"]), "verdict": rec["verdict"], "counts": rec.get("counts") or {},
-           "verified_fraction": rec.get("verified_fraction"), "n_seeds": rec.get("n_seeds"), "sweep": False}
-    pts = [own]
-    for p in rec.get("sweep") or []:
-        if abs(float(p["eps"]) - own["eps"]) <= _EPS_TOL:
-            continue
-        pts.append({"eps": float(p["eps"]), "verdict": p["verdict"], "counts": p.get("counts") or {},
-                    "verified_fraction": p.get("verified_fraction"), "n_seeds": rec.get("n_seeds"),
-                    "sweep": True})
-    return sorted(pts, key=lambda p: p["eps"])
+    """A JSON record's points as dicts (``TestRecord.points``, for callers holding JSON)."""
+    r = rec if isinstance(rec, TestRecord) else TestRecord.from_json(rec)
+    return [{"eps": p.eps, "verdict": p.verdict, "counts": p.counts.to_json(), "verified_fraction": p.verified_fraction,
+             "n_seeds": p.n_seeds, "sweep": p.sweep} for p in r.points()]
 
 
-
-
-def _declared(data: Mapping, declared: Optional[Iterable[str]]) -> List[str]:
+def _declared(data: Mapping, records: Sequence[TestRecord], declared: Optional[Iterable[str]]) -> List[str]:
     if declared is not None:
         return sorted({str(d) for d in declared})
     names = set((data.get("directions") or {}).keys())
-    cov = data.get("coverage") or {}
-    names.update(cov.get("directions_declared") or [])
-    for r in data.get("tests") or []:
-        names.update(r.get("declared_directions") or [])
+    names.update((data.get("coverage") or {}).get("directions_declared") or [])
+    for r in records:
+        names.update(r.declared_directions)
     return sorted(names)
 
 
@@ -98,41 +64,38 @@ def coverage_summary(sheet, declared: Optional[Iterable[str]] = None) -> dict:
 
     ``status`` of a direction: ``untested``, or the worst verdict of its tests
     (``violated`` < ``unproven`` < ``estimated`` < ``proved``)."""
-    data = _data(sheet)
-    records = list(data.get("tests") or [])
-    decl = _declared(data, declared)
+    sh = read_sheet(sheet)
+    data, records = sh.data, sh.records
+    decl = _declared(data, records, declared)
     per: Dict[str, dict] = {}
     cells: Dict[Tuple[str, str, float], dict] = {}
+    proved_eps = largest_proved_eps(records)
     for r in records:
-        name = str(r["direction"])
-        d = per.setdefault(name, {"tests": 0, "verdicts": {}, "proved_eps": None, "max_eps": None})
+        name = r.direction
+        d = per.setdefault(name, {"tests": 0, "verdicts": {}, "proved_eps": proved_eps[name], "max_eps": None})
         d["tests"] += 1
-        d["verdicts"][r["verdict"]] = d["verdicts"].get(r["verdict"], 0) + 1
-        kind = _spec_kind(r)
-        for p in radius_points(r):
-            eps = p["eps"]
+        d["verdicts"][r.verdict] = d["verdicts"].get(r.verdict, 0) + 1
+        kind = r.spec_kind
+        for p in r.points():
+            eps = p.eps
             d["max_eps"] = eps if d["max_eps"] is None else max(d["max_eps"], eps)
-            if p["verdict"] == "proved" and (d["proved_eps"] is None or eps > d["proved_eps"]):
-                d["proved_eps"] = eps
             key = (name, kind, round(eps, 12))
-            c = cells.setdefault(key, {"direction": name, "spec": kind, "eps": eps, "verdict": p["verdict"],
+            c = cells.setdefault(key, {"direction": name, "spec": kind, "eps": eps, "verdict": p.verdict,
                                        "verdicts": {}, "verified_fraction": None, "nodeids": []})
-            c["verdicts"][p["verdict"]] = c["verdicts"].get(p["verdict"], 0) + 1
-            if _rank(p["verdict"]) < _rank(c["verdict"]):
-                c["verdict"] = p["verdict"]
-            vf = p.get("verified_fraction")
-            if vf is not None:
-                c["verified_fraction"] = vf if c["verified_fraction"] is None else min(c["verified_fraction"], vf)
-            if r.get("nodeid") and r["nodeid"] not in c["nodeids"]:
-                c["nodeids"].append(r["nodeid"])
+            c["verdicts"][p.verdict] = c["verdicts"].get(p.verdict, 0) + 1
+            c["verdict"] = worst([c["verdict"], p.verdict])
+            vf = p.verified_fraction
+            c["verified_fraction"] = vf if c["verified_fraction"] is None else min(c["verified_fraction"], vf)
+            if r.nodeid not in c["nodeids"]:
+                c["nodeids"].append(r.nodeid)
     tested = sorted(per)
     universe = sorted(set(decl) | set(tested))
     for name in universe:
         d = per.setdefault(name, {"tests": 0, "verdicts": {}, "proved_eps": None, "max_eps": None})
         d["declared"] = name in decl
-        d["status"] = (min(d["verdicts"], key=_rank) if d["tests"] else "untested")
-    proved = [n for n in universe if per[n]["status"] == "proved"]
-    untested = [n for n in universe if per[n]["status"] == "untested"]
+        d["status"] = worst(d["verdicts"]) if d["tests"] else UNTESTED
+    proved = [n for n in universe if per[n]["status"] == PROVED]
+    untested = [n for n in universe if per[n]["status"] == UNTESTED]
     pct = 100.0 * len(proved) / len(universe) if universe else 0.0
     ordered = sorted(cells.values(), key=lambda c: (c["direction"], c["spec"], c["eps"]))
     return {
@@ -164,7 +127,7 @@ def coverage_gate(summary: Mapping, fail_under_pct: float) -> Tuple[bool, str]:
     details = []
     if summary["untested"]:
         details.append("untested: " + ", ".join(summary["untested"]))
-    weak = [(n, d) for n, d in summary["per_direction"].items() if d["status"] not in ("proved", "untested")]
+    weak = [(n, d) for n, d in summary["per_direction"].items() if d["status"] not in (PROVED, UNTESTED)]
     if weak:
         details.append("not proved: " + ", ".join(f"{n} ({d['status']})" for n, d in weak))
     return ok, head + ("; " + "; ".join(details) if details else "")
@@ -174,17 +137,6 @@ def coverage_gate(summary: Mapping, fail_under_pct: float) -> Tuple[bool, str]:
 def _reg(kind, message, *, direction=None, nodeid=None, eps=None, old=None, new=None, spec=None) -> dict:
     return {"kind": kind, "direction": direction, "spec": spec, "nodeid": nodeid, "eps": eps, "old": old,
             "new": new, "message": message}
-
-
-def _proved_eps(records: Sequence[Mapping]) -> Dict[Tuple[str, str], Optional[float]]:
-    out: Dict[Tuple[str, str], Optional[float]] = {}
-    for r in records:
-        key = (str(r["direction"]), _spec_kind(r))
-        out.setdefault(key, None)
-        for p in radius_points(r):
-            if p["verdict"] == "proved" and (out[key] is None or p["eps"] > out[key]):
-                out[key] = p["eps"]
-    return out
 
 
 def _radius_stat(cr: Optional[Mapping]) -> Tuple[Optional[str], Optional[float]]:
@@ -218,80 +170,119 @@ def _radius_regression(old_cr, new_cr, radius_tol, *, label, direction, nodeid=N
     return None
 
 
-def compare_sheets(old, new, *, tol: float = 1e-12, radius_tol: float = 1e-9) -> List[dict]:
-    """Regressions from ``old`` to ``new`` (dicts, ``SpecSheet`` or paths), worst first by kind.
+@dataclass
+class Comparison:
+    """What ``compare`` found: the regressions, the tests compared, and the baseline's tests
+    that did not run in the new sheet (carried over: listed, never regressions)."""
 
-    Each regression is ``{"kind", "direction", "spec", "nodeid", "eps", "old", "new", "message"}``
-    with ``kind`` one of ``verdict``, ``verified_fraction``, ``missing_test``, ``sweep_verdict``,
-    ``sweep_verified_fraction``, ``proved_eps``, ``certified_radius`` (per test, and per direction
-    from the ``directions`` section; compared when both runs searched the same ``eps_max``)."""
-    od, nd = _data(old), _data(new)
-    o_tests = {r["nodeid"]: r for r in od.get("tests") or []}
-    n_tests = {r["nodeid"]: r for r in nd.get("tests") or []}
-    out: List[dict] = []
+    regressions: List[dict] = field(default_factory=list)
+    compared: List[str] = field(default_factory=list)
+    not_run: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.regressions
+
+
+_ORDER = ["verdict", "missing_test", "proved_eps", "sweep_verdict", "certified_radius", "verified_fraction",
+          "sweep_verified_fraction"]
+
+
+def compare(old, new, *, tol: float = 1e-12, radius_tol: float = 1e-9) -> Comparison:
+    """Compare two sheets (dicts, ``SpecSheet`` or paths) like pytest-benchmark compares runs:
+    only tests that *ran* in ``new`` are compared. A record of ``new`` marked ``carried_over``
+    (its test did not run: deselected, another shard's file) is listed in ``not_run``. A test of
+    ``old`` that is absent from ``new`` altogether (deleted, or it ran and left no record) is a
+    ``missing_test`` regression. ``latentaudit diff`` and ``--latent-compare`` both call this.
+
+    Regression kinds: ``verdict``, ``verified_fraction``, ``missing_test``, ``sweep_verdict``,
+    ``sweep_verified_fraction``, ``proved_eps`` (per direction and spec kind, over every record
+    of ``new``, so tests that did not run keep their radius), ``certified_radius`` (per test,
+    and per direction from the ``directions`` section; compared when both runs searched the
+    same ``eps_max``). Each is ``{"kind", "direction", "spec", "nodeid", "eps", "old", "new",
+    "message"}``; the list is worst kind first."""
+    o_sheet, n_sheet = read_sheet(old, source="old sheet"), read_sheet(new, source="new sheet")
+    o_tests = {r.nodeid: r for r in o_sheet.records}
+    n_all = {r.nodeid: r for r in n_sheet.records}
+    n_tests = {k: r for k, r in n_all.items() if r.ran}
+    comp = Comparison(not_run=sorted(k for k, r in n_all.items() if not r.ran and k in o_tests))
+    out = comp.regressions
     for nodeid, t in sorted(n_tests.items()):
         o = o_tests.get(nodeid)
         if o is None:
             continue
-        d, eps = str(t["direction"]), float(t["eps"])
-        if _rank(t["verdict"]) < _rank(o["verdict"]):
-            out.append(_reg("verdict", f"{nodeid}: verdict {o['verdict']} -> {t['verdict']}", direction=d,
-                            nodeid=nodeid, eps=eps, old=o["verdict"], new=t["verdict"], spec=_spec_kind(t)))
-        elif (t.get("verified_fraction") is not None and o.get("verified_fraction") is not None
-              and t["verified_fraction"] + tol < o["verified_fraction"]):
-            out.append(_reg("verified_fraction", f"{nodeid}: verified fraction {o['verified_fraction']:.3f} -> "
-                            f"{t['verified_fraction']:.3f}", direction=d, nodeid=nodeid, eps=eps,
-                            old=o["verified_fraction"], new=t["verified_fraction"], spec=_spec_kind(t)))
-        o_sweep = {round(float(p["eps"]), 12): p for p in o.get("sweep") or []}
-        for p in t.get("sweep") or []:
-            q = o_sweep.get(round(float(p["eps"]), 12))
-            if q is None or abs(float(p["eps"]) - eps) <= _EPS_TOL:
+        comp.compared.append(nodeid)
+        d, eps, kind = t.direction, t.eps, t.spec_kind
+        if is_worse(t.verdict, o.verdict):
+            out.append(_reg("verdict", f"{nodeid}: verdict {o.verdict} -> {t.verdict}", direction=d,
+                            nodeid=nodeid, eps=eps, old=o.verdict, new=t.verdict, spec=kind))
+        elif t.verified_fraction + tol < o.verified_fraction:
+            out.append(_reg("verified_fraction", f"{nodeid}: verified fraction {o.verified_fraction:.3f} -> "
+                            f"{t.verified_fraction:.3f}", direction=d, nodeid=nodeid, eps=eps,
+                            old=o.verified_fraction, new=t.verified_fraction, spec=kind))
+        o_sweep = {round(p.eps, 12): p for p in o.sweep}
+        for p in t.sweep:
+            q = o_sweep.get(round(p.eps, 12))
+            if q is None or abs(p.eps - eps) <= EPS_TOL:
                 continue
-            pe = float(p["eps"])
-            if _rank(p["verdict"]) < _rank(q["verdict"]):
-                out.append(_reg("sweep_verdict", f"{nodeid} at eps={pe:g}: verdict {q['verdict']} -> {p['verdict']}",
-                                direction=d, nodeid=nodeid, eps=pe, old=q["verdict"], new=p["verdict"],
-                                spec=_spec_kind(t)))
-            elif (p.get("verified_fraction") is not None and q.get("verified_fraction") is not None
-                  and p["verified_fraction"] + tol < q["verified_fraction"]):
-                out.append(_reg("sweep_verified_fraction", f"{nodeid} at eps={pe:g}: verified fraction "
-                                f"{q['verified_fraction']:.3f} -> {p['verified_fraction']:.3f}", direction=d,
-                                nodeid=nodeid, eps=pe, old=q["verified_fraction"], new=p["verified_fraction"],
-                                spec=_spec_kind(t)))
-    for nodeid in sorted(set(o_tests) - set(n_tests)):
+            if is_worse(p.verdict, q.verdict):
+                out.append(_reg("sweep_verdict", f"{nodeid} at eps={p.eps:g}: verdict {q.verdict} -> {p.verdict}",
+                                direction=d, nodeid=nodeid, eps=p.eps, old=q.verdict, new=p.verdict, spec=kind))
+            elif p.verified_fraction + tol < q.verified_fraction:
+                out.append(_reg("sweep_verified_fraction", f"{nodeid} at eps={p.eps:g}: verified fraction "
+                                f"{q.verified_fraction:.3f} -> {p.verified_fraction:.3f}", direction=d,
+                                nodeid=nodeid, eps=p.eps, old=q.verified_fraction, new=p.verified_fraction,
+                                spec=kind))
+        if o.certified_radius:
+            reg = _radius_regression(o.certified_radius, t.certified_radius, radius_tol, label=nodeid,
+                                     direction=d, nodeid=nodeid, eps=eps)
+            if reg:
+                out.append(reg)
+    for nodeid in sorted(set(o_tests) - set(n_all)):
         o = o_tests[nodeid]
-        out.append(_reg("missing_test", f"{nodeid}: test missing from the new sheet", direction=str(o["direction"]),
-                        nodeid=nodeid, eps=float(o["eps"]), old=o["verdict"], new=None, spec=_spec_kind(o)))
-    o_pe, n_pe = _proved_eps(list(o_tests.values())), _proved_eps(list(n_tests.values()))
+        out.append(_reg("missing_test", f"{nodeid}: test missing from the new sheet", direction=o.direction,
+                        nodeid=nodeid, eps=o.eps, old=o.verdict, new=None, spec=o.spec_kind))
+    key = lambda r: (r.direction, r.spec_kind)  # noqa: E731
+    o_pe, n_pe = largest_proved_eps(o_tests.values(), key), largest_proved_eps(n_all.values(), key)
+    tested_now = {r.direction for r in n_tests.values()}
     for (d, kind), before in sorted(o_pe.items()):
-        if before is None or (d, kind) not in n_pe:
-            continue  # never proved, or the whole direction/spec vanished (reported as missing tests)
+        if before is None or (d, kind) not in n_pe or d not in tested_now:
+            continue  # never proved; vanished (reported as missing tests); or nothing along it ran
         after = n_pe[(d, kind)]
-        if after is None or after + _EPS_TOL < before:
+        if after is None or after + EPS_TOL < before:
             now = "nothing proved" if after is None else f"eps={after:g}"
             out.append(_reg("proved_eps", f"direction {d!r} ({kind}): proved up to eps={before:g} -> {now}",
                             direction=d, spec=kind, eps=before, old=before, new=after))
-    for nodeid, t in sorted(n_tests.items()):
-        o = o_tests.get(nodeid)
-        if o is not None and o.get("certified_radius"):
-            reg = _radius_regression(o["certified_radius"], t.get("certified_radius"), radius_tol, label=nodeid,
-                                     direction=str(t["direction"]), nodeid=nodeid, eps=float(t["eps"]))
-            if reg:
-                out.append(reg)
-    o_dirs, n_dirs = od.get("directions") or {}, nd.get("directions") or {}
-    tested_now = {str(t["direction"]) for t in n_tests.values()}
+    o_dirs, n_dirs = o_sheet.data.get("directions") or {}, n_sheet.data.get("directions") or {}
     for d in sorted(set(o_dirs) & set(n_dirs) & tested_now):  # untested now: reported as missing tests
         reg = _radius_regression((o_dirs[d] or {}).get("certified_radius"), (n_dirs[d] or {}).get("certified_radius"),
                                  radius_tol, label=f"direction {d!r}", direction=d)
         if reg:
             out.append(reg)
-    order = ["verdict", "missing_test", "proved_eps", "sweep_verdict", "certified_radius", "verified_fraction",
-             "sweep_verified_fraction"]
-    return sorted(out, key=lambda r: order.index(r["kind"]))
+    out.sort(key=lambda r: _ORDER.index(r["kind"]))
+    return comp
+
+
+def compare_sheets(old, new, *, tol: float = 1e-12, radius_tol: float = 1e-9) -> List[dict]:
+    """The regressions of ``compare(old, new)``, worst kind first."""
+    return compare(old, new, tol=tol, radius_tol=radius_tol).regressions
 
 
 def format_regression(reg: Mapping) -> str:
     return str(reg["message"])
+
+
+def comparison_lines(comp: Comparison, what: str = "the previous spec sheet") -> Tuple[bool, List[str]]:
+    """``(ok, lines)`` for a terminal: the regressions, then the tests not run (not compared)."""
+    if comp.regressions:
+        lines = [f"{len(comp.regressions)} regression(s) against {what}:"]
+        lines += ["  " + format_regression(r) for r in comp.regressions]
+    else:
+        lines = [f"no regressions against {what} ({len(comp.compared)} test(s) compared)"]
+    if comp.not_run:
+        lines.append(f"{len(comp.not_run)} test(s) of the baseline not run (not compared): "
+                     + ", ".join(comp.not_run[:10]) + (" ..." if len(comp.not_run) > 10 else ""))
+    return comp.ok, lines
 
 
 def regressions_gate(regressions: Sequence[Mapping]) -> Tuple[bool, List[str]]:

@@ -25,9 +25,10 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Union
 
-from .images import write_atomic
+from .records import Point, TestRecord, spec_kind
+from .vocab import ESTIMATED, UNPROVEN, VIOLATED
 
 __all__ = ["to_model_card", "to_model_index", "to_yaml", "model_index_yaml", "write_model_card",
            "write_model_index", "metric_type", "MCT_SCHEMA_VERSION"]
@@ -35,21 +36,16 @@ __all__ = ["to_model_card", "to_model_index", "to_yaml", "model_index_yaml", "wr
 MCT_SCHEMA_VERSION = "0.0.2"
 
 
-def _data(sheet) -> dict:
-    """A sheet given as a dict, a SpecSheet or a path (the deployment guard reads it alike)."""
-    from .deploy import _sheet_data
+def _sheet(sheet):
+    """The one sheet loader (``specsheet.read_sheet``): a dict, a SpecSheet or a path."""
+    from .specsheet import read_sheet
 
-    return dict(_sheet_data(sheet))
-
-
-def _spec_kind(rec: Mapping) -> str:
-    spec = rec.get("spec")
-    return str(spec.get("kind")) if isinstance(spec, Mapping) and spec.get("kind") else "spec"
+    return read_sheet(sheet)
 
 
-def metric_type(rec: Mapping) -> str:
+def metric_type(rec: Union[TestRecord, Mapping]) -> str:
     """Human metric name of a record's verified fraction."""
-    kind = _spec_kind(rec)
+    kind = rec.spec_kind if isinstance(rec, TestRecord) else spec_kind(rec.get("spec"))
     if kind == "accuracy":
         return "verified accuracy"
     if kind == "invariance":
@@ -61,30 +57,15 @@ def _num(x: float) -> str:
     return f"{float(x):.6g}"
 
 
-def _points(rec: Mapping) -> List[dict]:
-    """The record's point, then its sweep's other radii."""
-    own = dict(rec)
-    pts = [own]
-    for p in rec.get("sweep") or []:
-        if abs(float(p["eps"]) - float(rec["eps"])) > 1e-12:
-            q = dict(p)
-            q.setdefault("n_seeds", rec.get("n_seeds"))
-            pts.append(q)
-    return sorted(pts, key=lambda p: float(p["eps"]))
-
-
-def _interval(p: Mapping):
+def _interval(p: Point):
     """(value, lower, upper) for a point: the estimate when it is the evidence, else the
     certified bracket from the seed counts."""
-    est = p.get("estimate")
-    if est and (p.get("verdict") == "estimated" or p.get("evidence") == "estimated"):
+    est = p.estimate
+    if est and (p.verdict == ESTIMATED or p.evidence == ESTIMATED):
         return float(est["fraction"]), float(est["lower"]), float(est["upper"])
-    c = p.get("counts") or {}
-    n = p.get("n_seeds")
-    if n is None:
-        n = sum(int(c.get(k, 0)) for k in ("verified", "falsified", "unknown"))
-    vf = float(p.get("verified_fraction", (c.get("verified", 0) / n) if n else 1.0))
-    upper = (n - int(c.get("falsified", 0))) / n if n else 1.0
+    n = p.n_seeds if p.n_seeds else p.counts.total
+    vf = p.verified_fraction
+    upper = (n - p.counts.falsified) / n if n else 1.0
     return vf, vf, upper
 
 
@@ -121,21 +102,22 @@ def _model_name(data: Mapping, name: Optional[str]) -> str:
 def to_model_card(sheet, *, name: Optional[str] = None, overview: Optional[str] = None,
                   version: Optional[str] = None) -> dict:
     """The sheet as a Model Card Toolkit card (dict) valid against MCT schema v0.0.2."""
-    data = _data(sheet)
-    tests = sorted(data.get("tests") or [], key=lambda r: (str(r["direction"]), float(r["eps"]), r["nodeid"]))
+    sh = _sheet(sheet)
+    data = sh.data
+    tests = sorted(sh.records, key=lambda r: (r.direction, r.eps, r.nodeid))
     metrics: List[dict] = []
     limitations: List[dict] = []
     for r in tests:
-        for p in _points(r):
+        for p in r.points():
             value, lo, hi = _interval(p)
-            metrics.append({"type": metric_type(r), "value": _num(value), "slice": _slice(r["direction"], p["eps"]),
+            metrics.append({"type": metric_type(r), "value": _num(value), "slice": _slice(r.direction, p.eps),
                             "confidence_interval": {"lower_bound": _num(lo), "upper_bound": _num(hi)}})
-        if r["verdict"] in ("violated", "unproven"):
-            c = r.get("counts") or {}
+        if r.verdict in (VIOLATED, UNPROVEN):
+            c = r.counts
             limitations.append({"description": (
-                f"{r.get('spec_text', _spec_kind(r))} along {r['direction']!r} at eps={float(r['eps']):g} is "
-                f"{r['verdict']}: {c.get('verified', 0)}/{r.get('n_seeds', '?')} seeds verified, "
-                f"{c.get('falsified', 0)} falsified, {c.get('unknown', 0)} undecided ({r['nodeid']}).")})
+                f"{r.spec_text or r.spec_kind} along {r.direction!r} at eps={r.eps:g} is "
+                f"{r.verdict}: {c.verified}/{r.n_seeds} seeds verified, "
+                f"{c.falsified} falsified, {c.unknown} undecided ({r.nodeid}).")})
     directions = _directions(data)
     for dname, med, cr in _radii(directions):
         metrics.append({"type": "median certified radius", "value": _num(med), "slice": dname})
@@ -185,7 +167,7 @@ def to_model_card(sheet, *, name: Optional[str] = None, overview: Optional[str] 
 
 
 # ------------------------------------------------------------------------ Hugging Face model-index
-def _metric_id(rec: Mapping) -> str:
+def _metric_id(rec: TestRecord) -> str:
     return re.sub(r"[^a-z0-9]+", "_", metric_type(rec).lower()).strip("_")
 
 
@@ -198,18 +180,19 @@ def to_model_index(sheet, model_name: Optional[str] = None, *, task_type: str = 
     metric per test and radius: ``{"type": "verified_accuracy", "value", "name", "verified":
     false, "args": {"direction", "eps", "spec", "verdict"}}``, and ``median_certified_radius``
     where the sheet records certified radii."""
-    data = _data(sheet)
+    sh = _sheet(sheet)
+    data = sh.data
     by_dir: Dict[str, List[dict]] = {}
-    for r in sorted(data.get("tests") or [], key=lambda r: (str(r["direction"]), float(r["eps"]), r["nodeid"])):
-        for p in _points(r):
+    for r in sorted(sh.records, key=lambda r: (r.direction, r.eps, r.nodeid)):
+        for p in r.points():
             value, _, _ = _interval(p)
-            by_dir.setdefault(str(r["direction"]), []).append({
+            by_dir.setdefault(r.direction, []).append({
                 "type": _metric_id(r),
                 "value": round(value, 6),
-                "name": f"{metric_type(r)} along {r['direction']} at eps={float(p['eps']):g}",
+                "name": f"{metric_type(r)} along {r.direction} at eps={p.eps:g}",
                 "verified": False,
-                "args": {"direction": str(r["direction"]), "eps": float(p["eps"]),
-                         "spec": str(r.get("spec_text") or _spec_kind(r)), "verdict": str(p["verdict"])},
+                "args": {"direction": r.direction, "eps": p.eps,
+                         "spec": str(r.spec_text or r.spec_kind), "verdict": p.verdict},
             })
     for dname, med, cr in _radii(_directions(data)):
         by_dir.setdefault(dname, []).append({
@@ -315,6 +298,8 @@ def model_index_yaml(sheet, model_name: Optional[str] = None, *, front_matter: b
 # ------------------------------------------------------------------------ files
 def write_model_card(sheet, path, **kw) -> Path:
     """Write ``to_model_card`` as JSON (atomically)."""
+    from .images import write_atomic
+
     path = Path(path)
     write_atomic(path, (json.dumps(to_model_card(sheet, **kw), indent=2) + "\n").encode())
     return path
@@ -322,6 +307,8 @@ def write_model_card(sheet, path, **kw) -> Path:
 
 def write_model_index(sheet, path, model_name: Optional[str] = None, **kw) -> Path:
     """Write the model-index YAML: bare for ``.yaml``/``.yml``, as ``---`` front matter otherwise."""
+    from .images import write_atomic
+
     path = Path(path)
     bare = path.suffix.lower() in (".yaml", ".yml")
     write_atomic(path, model_index_yaml(sheet, model_name, front_matter=not bare, **kw).encode())

@@ -13,7 +13,9 @@ Extension points, each with the same soundness rules as the built-in parts:
   ``engines.falsify.attack``; its points are re-checked with a plain forward pass like
   any counterexample. Use it with ``@pytest.mark.latent(attack="name")``.
 * ``pytest_latentaudit_record(record, item)``: add fields to one test's spec-sheet record
-  (runs where the test runs: on the xdist worker; keep values JSON-serialisable).
+  (runs where the test runs: on the xdist worker; keep values JSON-serialisable). ``record``
+  is the JSON form of a ``records.TestRecord``: added fields are kept (``TestRecord.extra``),
+  changed known fields are checked again (a malformed one fails the test with a message).
 * ``pytest_latentaudit_sheet(sheet, config)``: add fields to the whole sheet before it is
   written.
 * ``pytest_latentaudit_export(sheet, path, config)``: write other formats after the sheet

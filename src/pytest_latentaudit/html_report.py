@@ -3,127 +3,128 @@
     render_html(sheet, "out/report.html")
 
 Everything is inside the file: inline CSS, pictures as base64 ``data:`` URIs, no JavaScript,
-no network. Sections: summary, semantic coverage matrix (direction x radius x spec),
-per direction the verified / falsified / unknown fraction of seeds against eps (a stacked bar
-chart when matplotlib is installed, a table with CSS bars otherwise), the deployment latent
-range and certified-radius histogram when the sheet records them, counterexample image
-strips, and a table of every test. Written atomically.
+no network. The page is rendered from Jinja2 templates (``templates/report.html.j2``) with
+data prepared here. It reads at a glance:
+
+* a headline that says whether the run went as declared, counting pytest outcomes (a strict
+  ``xfail`` test whose violation is expected is *expected*, not a red failure);
+* one block per **model** (the records' ``model_fingerprint``, and ``model_name`` when a
+  record carries one): its semantic coverage matrix and, per direction, the verified /
+  undecided / falsified fraction of seeds against eps (a curve when more than one radius is
+  known: the tests' radii, sweep points and the certified-radius search), the certified-radius
+  histogram with its search cap, the deployment range and the validity checks in sentences;
+* labelled counterexample strips and a table of every test that fits a 1280 px window.
+
+Charts need matplotlib; without it the same numbers are tables with small CSS bars.
+Written atomically. Sheets with missing or NaN numbers (margins, bounds, times) render with a
+dash in their place.
 """
 from __future__ import annotations
 
 import base64
 import datetime as _dt
-import html
 import io
 import json
+import math
+import re
+from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .coverage import VERDICT_RANK, coverage_summary, radius_points
+from .coverage import coverage_summary, radius_points
 from .deploy import directions_section
 from .images import write_atomic
+from .vocab import VERDICT_RANK
 
-__all__ = ["render_html", "build_html"]
+__all__ = ["render_html", "build_html", "VERDICT_RANK"]
 
+TEMPLATES = Path(__file__).parent / "templates"
 MAX_IMAGE_BYTES = 4 * 1024 * 1024
 MAX_CEX_IMAGES_PER_TEST = 5
 DOT = " \u00b7 "
 
-# verified / falsified / unknown in charts; verdict badge colours (text, background)
+# verified / falsified / unknown in charts
 C_VERIFIED, C_FALSIFIED, C_UNKNOWN = "#2e9d57", "#d93f33", "#c4c8cc"
-VERDICT_STYLE = {
-    "proved": ("#146c2e", "#e3f3e8"),
-    "violated": ("#a5221a", "#fbe6e4"),
-    "unproven": ("#7a4f00", "#fff1cf"),
-    "estimated": ("#1a56a8", "#e5eefc"),
-    "untested": ("#5a5f66", "#eef0f2"),
-}
-CHART_LEGEND = (f'Fraction of seeds at each radius: <span class="sw" style="background:{C_VERIFIED}"></span>verified'
-                f'<span class="sw" style="background:{C_UNKNOWN}"></span>undecided'
-                f'<span class="sw" style="background:{C_FALSIFIED}"></span>falsified; '
-                f'dashed line: the fraction the spec needs; mark on top: the verdict.')
+C_EXPECTED, C_CAP = "#6b5ca5", "#8a9099"
 VERDICT_MARK = {"proved": "\u2713", "violated": "\u2717", "unproven": "?", "estimated": "\u2248", "untested": "\u2013"}
+VERDICT_TEXT_COLOUR = {"proved": "#146c2e", "violated": "#a5221a", "unproven": "#7a4f00", "estimated": "#1a56a8",
+                       "untested": "#5a5f66"}
 
-CSS = """
-:root { --fg:#1f2328; --muted:#5a6270; --line:#d8dde3; --soft:#f6f8fa; --accent:#3b5bdb; }
-* { box-sizing: border-box; }
-body { margin:0; color:var(--fg); background:#fff; font:15px/1.5 -apple-system, "Segoe UI", Roboto,
-  "Helvetica Neue", Arial, "DejaVu Sans", sans-serif; }
-main { max-width: 1180px; margin: 0 auto; padding: 28px 32px 48px; }
-header.top { border-bottom: 1px solid var(--line); padding-bottom: 14px; margin-bottom: 18px; }
-h1 { font-size: 26px; margin: 0 0 4px; letter-spacing: -0.2px; }
-h2 { font-size: 20px; margin: 34px 0 10px; padding-bottom: 6px; border-bottom: 1px solid var(--line); }
-h3 { font-size: 17px; margin: 0 0 6px; }
-.sub { color: var(--muted); font-size: 13.5px; }
-.sub code, td code { font-size: 12.5px; }
-code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, "DejaVu Sans Mono", monospace;
-  background: var(--soft); padding: 1px 4px; border-radius: 4px; }
-nav.toc { margin: 10px 0 0; font-size: 13.5px; }
-nav.toc a { color: var(--accent); text-decoration: none; margin-right: 14px; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 10px; margin: 16px 0 4px; }
-.card { border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px; background: #fff; }
-.card .k { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .5px; }
-.card .v { font-size: 24px; font-weight: 650; }
-.card.proved .v { color:#146c2e } .card.violated .v { color:#a5221a } .card.unproven .v { color:#7a4f00 }
-.card.estimated .v { color:#1a56a8 }
-.badge { display: inline-block; padding: 1px 9px; border-radius: 999px; font-size: 12.5px; font-weight: 600;
-  white-space: nowrap; }
-.legend { font-size: 12.5px; color: var(--muted); margin: 6px 0 10px; }
-.scroll { overflow-x: auto; }
-table { border-collapse: collapse; width: 100%; font-size: 13.5px; }
-th, td { border-bottom: 1px solid var(--line); padding: 6px 9px; text-align: left; vertical-align: top; }
-th { background: var(--soft); font-weight: 600; white-space: nowrap; }
-tbody tr:nth-child(even) td { background: #fbfcfd; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-table.matrix td.cell { text-align: center; white-space: nowrap; font-weight: 600; }
-table.matrix td.empty { color: #b0b6bd; text-align: center; }
-table.matrix th.rowh { background: #fff; }
-.dir { border: 1px solid var(--line); border-radius: 10px; padding: 16px 18px; margin: 14px 0; }
-.dir .meta { color: var(--muted); font-size: 13.5px; margin-bottom: 8px; }
-.plots { margin-top: 10px; display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
-.plots figure { margin: 0; display: table; }
-.plots figcaption { display: table-caption; caption-side: bottom; max-width: none; }
-img.chart { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px; }
-figcaption { color: var(--muted); font-size: 12.5px; margin-top: 4px; max-width: 560px; }
-figcaption .sw { display:inline-block; width:11px; height:11px; border-radius:2px; vertical-align:-1px; margin:0 4px 0 8px; }
-.bar { margin-top: 4px; display: flex; width: 180px; height: 12px; border-radius: 3px; overflow: hidden; background: #eef0f2; }
-.bar span { display: block; height: 100%; }
-.strips { display: flex; flex-wrap: wrap; gap: 16px; }
-.strips figure { margin: 0; border: 1px solid var(--line); border-radius: 8px; padding: 8px; background: #fff; }
-.strips img { display: block; image-rendering: pixelated; height: 56px; width: auto; }
-.cex { margin: 12px 0 18px; }
-.chips span { display: inline-block; background: #eef0f2; border-radius: 6px; padding: 1px 8px; margin: 0 4px 4px 0;
-  font-size: 13px; }
-.note { color: var(--muted); font-size: 13px; }
-td.notes { min-width: 170px; }
-table.tests td { padding: 6px 7px; }
-table.tests .note { white-space: nowrap; }
-table.tests td.notes { white-space: normal; }
-dl.kv { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; font-size: 13px; margin: 0; }
-dl.kv dt { color: var(--muted); } dl.kv dd { margin: 0; }
-footer { margin-top: 40px; padding-top: 12px; border-top: 1px solid var(--line); color: var(--muted); font-size: 12.5px; }
-"""
+# pytest outcome -> (words, tone); tones: ok, expected, fail, xpass, skip
+OUTCOMES = {
+    "passed": ("passed", "ok"),
+    "xfailed": ("expected (xfail)", "expected"),
+    "xpassed": ("xpassed", "xpass"),
+    "failed": ("failed", "fail"),
+    "error": ("error", "fail"),
+    "skipped": ("skipped", "skip"),
+}
+TONE_RANK = {"fail": 0, "xpass": 1, "expected": 2, "skip": 3, "ok": 4}
 
 
-# ------------------------------------------------------------------------ small helpers
-def _e(x) -> str:
-    return html.escape("" if x is None else str(x), quote=True)
+# ------------------------------------------------------------------------ numbers that may be missing
+def _num(x) -> Optional[float]:
+    """A finite float, or None for None / NaN / inf / anything that is not a number."""
+    if isinstance(x, bool) or x is None:
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
 
 
-def _badge(verdict: str) -> str:
-    fg, bg = VERDICT_STYLE.get(verdict, VERDICT_STYLE["untested"])
-    return (f'<span class="badge" style="color:{fg};background:{bg}">'
-            f'{_e(VERDICT_MARK.get(verdict, ""))} {_e(verdict)}</span>')
+def _int(x, default: int = 0) -> int:
+    v = _num(x)
+    return default if v is None else int(v)
 
 
 def _pct(x) -> str:
-    return "\u2013" if x is None else f"{100 * float(x):.1f}%"
+    v = _num(x)
+    return "\u2013" if v is None else f"{100 * v:.1f}%"
 
 
-def _g(x) -> str:
-    return "\u2013" if x is None else f"{float(x):g}"
+def _g(x, spec: str = "g") -> str:
+    v = _num(x)
+    return "\u2013" if v is None else format(v, spec)
 
 
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", str(s)).strip("-") or "x"
+
+
+# ------------------------------------------------------------------------ outcomes and tones
+def _outcome(r: Mapping) -> Tuple[str, str]:
+    """(words, tone) of a record's pytest outcome; without one, what the default options do
+    with its verdict (proved passes, everything else fails)."""
+    o = r.get("outcome")
+    if o in OUTCOMES:
+        return OUTCOMES[o]
+    v = r.get("verdict")
+    return ("\u2013", "ok") if v == "proved" else ("\u2013", "fail")
+
+
+def _tone(r: Mapping) -> str:
+    return _outcome(r)[1]
+
+
+def _worst_tone(tones: Iterable[str]) -> str:
+    ts = list(tones)
+    return min(ts, key=lambda t: TONE_RANK.get(t, 0)) if ts else "ok"
+
+
+def _vrank(v) -> int:
+    return VERDICT_RANK.get(v, VERDICT_RANK.get("unproven", 1))
+
+
+def _badge(verdict: str, tone: str = "") -> dict:
+    """A verdict badge: a violation that pytest expected (xfail) is drawn muted and says so."""
+    verdict = str(verdict or "untested")
+    expected = tone == "expected" and verdict != "proved"
+    return {"verdict": verdict, "mark": VERDICT_MARK.get(verdict, ""), "expected": expected}
+
+
+# ------------------------------------------------------------------------ matplotlib
 def _matplotlib():
     """matplotlib's ``Figure`` (no pyplot, no global backend), or None when not installed."""
     try:
@@ -139,188 +140,335 @@ def _png_uri(data: bytes) -> str:
 
 def _fig_uri(fig) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.12,
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.1,
                 facecolor="white")
     return _png_uri(buf.getvalue())
 
 
-def _fractions(counts: Mapping, n: Optional[int]) -> Tuple[float, float, float]:
-    v, f, u = (int(counts.get(k, 0)) for k in ("verified", "falsified", "unknown"))
-    tot = n if n else (v + f + u)
+def _style_axes(ax):
+    ax.tick_params(labelsize=8.5)
+    for s in ("top", "right"):
+        ax.spines[s].set_visible(False)
+    ax.grid(axis="y", color="#e6e8eb", lw=0.8)
+    ax.set_axisbelow(True)
+
+
+# ------------------------------------------------------------------------ series per model and direction
+def _fractions(counts: Mapping, n) -> Tuple[float, float, float]:
+    v, f, u = (_int((counts or {}).get(k)) for k in ("verified", "falsified", "unknown"))
+    tot = _int(n) or (v + f + u)
     if not tot:
         return 0.0, 0.0, 0.0
     return v / tot, f / tot, u / tot
 
 
 def _series(records: Sequence[Mapping]) -> Dict[str, List[dict]]:
-    """Per spec kind: points sorted by eps, counts summed over the tests at the same eps."""
+    """Per spec kind: the radii of the records (their own eps and sweep points) sorted by eps,
+    counts summed over the tests at the same eps, the worst verdict and the tone of its tests."""
     out: Dict[str, Dict[float, dict]] = {}
     for r in records:
         kind = (r.get("spec") or {}).get("kind") or "spec"
-        for p in radius_points(r):
-            key = round(p["eps"], 12)
-            pt = out.setdefault(kind, {}).setdefault(key, {"eps": p["eps"], "counts": {"verified": 0, "falsified": 0,
-                                                                                           "unknown": 0},
-                                                           "n": 0, "verdict": p["verdict"], "at_least": [],
-                                                           "tests": 0})
+        for p in radius_points(_coverage_input([r])[0]):
+            key = round(float(p["eps"]), 12)
+            pt = out.setdefault(kind, {}).setdefault(key, {
+                "eps": float(p["eps"]), "counts": {"verified": 0, "falsified": 0, "unknown": 0}, "n": 0,
+                "verdict": p["verdict"], "at_least": [], "tones": [], "sweep": True})
             c = p.get("counts") or {}
             for k in pt["counts"]:
-                pt["counts"][k] += int(c.get(k, 0))
-            pt["n"] += int(p.get("n_seeds") or sum(int(c.get(k, 0)) for k in pt["counts"]))
-            pt["tests"] += 1
-            if r.get("at_least") is not None:
-                pt["at_least"].append(float(r["at_least"]))
-            if VERDICT_RANK.get(p["verdict"], 1) < VERDICT_RANK.get(pt["verdict"], 1):
+                pt["counts"][k] += _int(c.get(k))
+            pt["n"] += _int(p.get("n_seeds")) or sum(_int(c.get(k)) for k in pt["counts"])
+            q = _num(r.get("at_least"))
+            if q is not None:
+                pt["at_least"].append(q)
+            pt["tones"].append(_tone(r))
+            pt["sweep"] = pt["sweep"] and bool(p.get("sweep"))
+            if _vrank(p["verdict"]) < _vrank(pt["verdict"]):
                 pt["verdict"] = p["verdict"]
-    return {k: [v[e] for e in sorted(v)] for k, v in sorted(out.items())}
+    result = {}
+    for kind, pts in sorted(out.items()):
+        rows = []
+        for e in sorted(pts):
+            p = pts[e]
+            v, f, u = _fractions(p["counts"], p["n"])
+            p.update(v=v, f=f, u=u, tone=_worst_tone(p["tones"]), badge=_badge(p["verdict"], _worst_tone(p["tones"])),
+                     needs=", ".join(f"\u2265 {_pct(q)}" for q in sorted(set(p["at_least"]))) or "\u2013")
+            rows.append(p)
+        result[kind] = rows
+    return result
 
 
-# ------------------------------------------------------------------------ charts
-def _fraction_chart(Figure, name: str, series: Dict[str, List[dict]]) -> str:
-    kinds = list(series)
-    widths = [max(2.6, 0.62 * len(series[k]) + 1.2) for k in kinds]
-    fig = Figure(figsize=(min(11.0, sum(widths) + 0.7), 3.0))
-    axes = fig.subplots(1, len(kinds), sharey=True, squeeze=False, gridspec_kw={"width_ratios": widths})[0]
-    for ax, kind in zip(axes, kinds):
-        pts = series[kind]
-        x = list(range(len(pts)))
-        fr = [_fractions(p["counts"], p["n"]) for p in pts]
-        ver = [f[0] for f in fr]
-        fal = [f[1] for f in fr]
-        unk = [f[2] for f in fr]
-        ax.bar(x, ver, color=C_VERIFIED, width=0.62, label="verified")
-        ax.bar(x, unk, bottom=ver, color=C_UNKNOWN, width=0.62, label="unknown")
-        ax.bar(x, fal, bottom=[a + b for a, b in zip(ver, unk)], color=C_FALSIFIED, width=0.62, label="falsified")
-        for xi, p in zip(x, pts):
-            for q in sorted(set(p["at_least"])):
-                ax.plot([xi - 0.38, xi + 0.38], [q, q], color="#1f2328", lw=1.6, ls=(0, (3, 1.5)))
-            ax.text(xi, 1.03, VERDICT_MARK.get(p["verdict"], "?"), ha="center", va="bottom", fontsize=11,
-                    color=VERDICT_STYLE.get(p["verdict"], VERDICT_STYLE["untested"])[0], fontweight="bold")
-        ax.set_xticks(x)
-        ax.set_xticklabels([f"{p['eps']:g}" for p in pts], fontsize=9)
-        ax.set_xlim(-0.6, len(pts) - 0.4)
-        ax.set_ylim(0, 1.14)
-        ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
-        ax.set_yticklabels(["0", "25%", "50%", "75%", "100%"], fontsize=9)
+def _at_cap(cr: Mapping) -> Tuple[int, int]:
+    """How many seeds reached the radius search's cap (their radius is at least ``eps_max``: the
+    search stopped there), as ``(at least, at most)``: exact when the summary records
+    ``at_cap``, else bounded by the quantiles (a quantile at the cap) and the last bin."""
+    hist = cr.get("histogram") or {}
+    counts = [_int(c) for c in hist.get("counts") or []]
+    last = counts[-1] if counts else 0
+    if cr.get("at_cap") is not None:
+        k = _int(cr["at_cap"])
+        return k, k
+    cap = _num(cr.get("eps_max"))
+    n = _int(cr.get("n")) or sum(counts)
+    if cap is None or cap <= 0 or not n:
+        return 0, last
+    qs = cr.get("quantiles") or {}
+    lo = 0
+    for name, p in (("min", 0.0), ("p10", 0.1), ("p25", 0.25), ("median", 0.5), ("p50", 0.5), ("p75", 0.75),
+                    ("p90", 0.9), ("max", 1.0)):
+        q = _num(qs.get(name))
+        if q is not None and q >= cap * (1 - 1e-6):
+            lo = max(lo, n - int(math.ceil(p * (n - 1))))
+            break
+    return min(lo, last), last
+
+
+def _survival(cr: Mapping) -> Optional[dict]:
+    """The fraction of seeds certified by bounds alone at each radius, from the radius search's
+    histogram: on ``(e_i, e_i+1]`` the seeds whose certified radius is at least ``e_i+1`` (a
+    sound lower bound; the last step counts only the seeds known to reach the cap)."""
+    hist = cr.get("histogram") or {}
+    edges = [_num(e) for e in hist.get("edges") or []]
+    counts = [_int(c) for c in hist.get("counts") or []]
+    if len(edges) < 2 or len(counts) != len(edges) - 1 or any(e is None for e in edges):
+        return None
+    n = sum(counts)
+    if not n:
+        return None
+    lo, _ = _at_cap(cr)
+    b = len(counts)
+    ys = [sum(counts[i + 1:]) / n for i in range(b - 1)] + [lo / n]
+    return {"xs": edges[:-1] + [edges[-1]], "ys": ys + [ys[-1]], "cap": edges[-1], "n": n}
+
+
+def _eps_chart(Figure, kinds: List[dict]) -> str:
+    """Per spec kind: stacked verified / undecided / falsified fractions against eps (an area
+    through the measured radii, a bar where only one is known), the fraction the spec needs,
+    the verdict at each radius and, when recorded, the certified-radius curve and its cap."""
+    n = len(kinds)
+    w = 4.9 if n == 1 else max(3.0, min(4.4, 9.4 / n))
+    fig = Figure(figsize=(w * n + 0.2, 2.6))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, k in zip(axes, kinds):
+        pts, surv = k["points"], k["survival"]
+        xs = [p["eps"] for p in pts]
+        xmax = max(xs + ([surv["cap"]] if surv else []) + [1e-9])
+        ver = [p["v"] for p in pts]
+        unk = [p["u"] for p in pts]
+        fal = [p["f"] for p in pts]
+        if len(pts) >= 2:
+            ax.stackplot(xs, ver, unk, fal, colors=[C_VERIFIED, C_UNKNOWN, C_FALSIFIED], alpha=0.25, lw=0)
+            ax.plot(xs, [a + b for a, b in zip(ver, unk)], color="#8a9099", lw=1.1, marker="o", ms=3.2, zorder=3)
+            ax.plot(xs, ver, color=C_VERIFIED, lw=2.0, marker="o", ms=4.6, zorder=4)
+        # zoom in when every fraction shown is high (the verdict turns on a few percent)
+        shown = ver + [q for p in pts for q in p["at_least"]] + (surv["ys"] if surv else [])
+        lo = math.floor((min(shown) - 0.05) * 10) / 10 if shown and min(shown) >= 0.6 else 0.0
+        head = 1.0 + 0.12 * (1.0 - lo)
+        bw = 0.035 * xmax
+        for p in pts:  # a narrow stacked bar at each measured radius
+            ax.bar([p["eps"]], [p["v"]], width=bw, color=C_VERIFIED, zorder=2)
+            ax.bar([p["eps"]], [p["u"]], bottom=[p["v"]], width=bw, color=C_UNKNOWN, zorder=2)
+            ax.bar([p["eps"]], [p["f"]], bottom=[p["v"] + p["u"]], width=bw, color=C_FALSIFIED, zorder=2)
+            colour = C_EXPECTED if p["badge"]["expected"] else VERDICT_TEXT_COLOUR.get(p["verdict"], "#5a5f66")
+            ax.text(p["eps"], 1.0 + 0.02 * (1.0 - lo), VERDICT_MARK.get(p["verdict"], "?"), ha="center",
+                    va="bottom", fontsize=11,
+                    color=colour, fontweight="bold")
+        needs = sorted({q for p in pts for q in p["at_least"]})
+        if len(needs) == 1:  # one requirement: a line across
+            ax.axhline(needs[0], color="#1f2328", lw=1.1, ls=(0, (4, 2)), zorder=5)
+        else:  # several: each radius's own, next to its bar
+            for p in pts:
+                for q in set(p["at_least"]):
+                    ax.plot([p["eps"] - 0.06 * xmax, p["eps"] + 0.06 * xmax], [q, q], color="#1f2328", lw=1.3,
+                            ls=(0, (3, 1.5)), zorder=5)
+        if surv:
+            ax.step(surv["xs"], surv["ys"], where="post", color="#0f5c2b", lw=1.5, ls=(0, (2, 1.2)), zorder=4)
+            ax.axvline(surv["cap"], color=C_CAP, lw=1.0, ls=":", zorder=1)
+            ax.text(surv["cap"], lo + 0.02 * (1.0 - lo), "search cap ", rotation=90, ha="right", va="bottom",
+                    fontsize=7.5, color=C_CAP, clip_on=True)
+        ax.set_xlim(0, xmax * 1.06)
+        ax.set_ylim(lo, head)
+        ticks = [t / 100 for t in range(0, 101, 25 if lo == 0 else (5 if lo >= 0.8 else 10)) if t / 100 >= lo - 1e-9]
+        ax.set_yticks(ticks)
+        ax.set_yticklabels([f"{100 * t:.0f}%" for t in ticks])
         ax.set_xlabel("eps (latent units)", fontsize=9)
-        ax.set_title(kind, fontsize=10, loc="left")
-        ax.grid(axis="y", color="#e6e8eb", lw=0.8)
-        ax.set_axisbelow(True)
-        for s in ("top", "right"):
-            ax.spines[s].set_visible(False)
+        ax.set_title(k["kind"], fontsize=10, loc="left")
+        _style_axes(ax)
     axes[0].set_ylabel("fraction of seeds", fontsize=9)
-    fig.subplots_adjust(wspace=0.12)
+    fig.subplots_adjust(wspace=0.1)
     return _fig_uri(fig)
 
 
-def _histogram_chart(Figure, hist: Mapping, proved_eps: Optional[float] = None) -> str:
+def _histogram_chart(Figure, cr: Mapping, proved_eps: Optional[float]) -> str:
+    """Largest certified radius per seed; seeds that reached the search cap are a separate,
+    hatched bar beyond it ("at least the cap"), not a peak inside the range."""
     from matplotlib.ticker import MaxNLocator
 
-    edges, counts = [float(e) for e in hist["edges"]], [int(c) for c in hist["counts"]]
-    fig = Figure(figsize=(3.7, 2.6))
+    edges = [float(_num(e) or 0.0) for e in cr["histogram"]["edges"]]
+    counts = [_int(c) for c in cr["histogram"]["counts"]]
+    lo, _ = _at_cap(cr)
+    cap = edges[-1]
+    body = counts[:-1] + [counts[-1] - lo]
+    widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
+    fig = Figure(figsize=(3.9, 2.45))
     ax = fig.subplots()
-    lefts = edges[:-1]
-    ws = [b - a for a, b in zip(edges[:-1], edges[1:])]
-    ax.bar(lefts, counts, width=ws, align="edge", color="#5b7fd6", edgecolor="white", lw=0.8)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(0, max(counts + [1]) * 1.25)
+    ax.bar(edges[:-1], body, width=widths, align="edge", color="#5b7fd6", edgecolor="white", lw=0.8)
+    top = max(body + [lo, 1])
+    if lo:
+        wcap = widths[-1] if widths else cap / 10
+        ax.bar([cap + 0.15 * wcap], [lo], width=wcap, align="edge", color="#c9d5f2", edgecolor="#5b7fd6",
+               hatch="///", lw=0.8)
+        ax.text(cap + 0.65 * wcap, lo + 0.02 * top, "\u2265 cap", ha="center", va="bottom", fontsize=8,
+                color="#3a4f8f")
+    ax.axvline(cap, color=C_CAP, lw=1.0, ls=":")
+    ax.set_ylim(0, top * 1.28)
+    ax.text(cap, top * 1.26, "search cap ", ha="right", va="top", fontsize=7.5, color=C_CAP)
     if proved_eps is not None:
-        ax.axvline(proved_eps, color=C_VERIFIED, lw=1.5, ls=(0, (4, 2)))
-        ax.text(proved_eps, ax.get_ylim()[1], " proved eps", color=C_VERIFIED, fontsize=8, va="top", ha="left")
-    ax.set_xlabel("certified radius (latent units)", fontsize=9)
+        ax.axvline(proved_eps, color=C_VERIFIED, lw=1.4, ls=(0, (4, 2)))
+        ax.text(proved_eps, top * 1.12, " proved eps", color=C_VERIFIED, fontsize=7.5, va="top", ha="left")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0, cap * 1.3 if cap > 0 else 1)
+    ax.set_xlabel("largest certified radius (latent units)", fontsize=9)
     ax.set_ylabel("seeds", fontsize=9)
-    ax.tick_params(labelsize=8.5)
-    for s in ("top", "right"):
-        ax.spines[s].set_visible(False)
+    _style_axes(ax)
     return _fig_uri(fig)
 
 
-# ------------------------------------------------------------------------ tables
-def _css_bar(counts: Mapping, n) -> str:
-    v, f, u = _fractions(counts, n)
-    return ('<div class="bar" role="img" aria-label="verified {0}, unknown {1}, falsified {2}">'
-            '<span style="width:{3:.2f}%;background:{4}"></span><span style="width:{5:.2f}%;background:{6}"></span>'
-            '<span style="width:{7:.2f}%;background:{8}"></span></div>').format(
-        _pct(v), _pct(u), _pct(f), 100 * v, C_VERIFIED, 100 * u, C_UNKNOWN, 100 * f, C_FALSIFIED)
+def _radius_caption(cr: Mapping) -> str:
+    counts = [_int(c) for c in (cr.get("histogram") or {}).get("counts") or []]
+    n = _int(cr.get("n")) or sum(counts)
+    cap = _num(cr.get("eps_max"))
+    lo, hi = _at_cap(cr)
+    src = str(cr.get("nodeid", "")).split("::")[-1]
+    qs = cr.get("quantiles") or {}
+    med = _num(qs.get("median", qs.get("p50")))
+    parts = [f"Largest certified radius per seed ({n} seeds" + (f" of {src}" if src else "")
+             + (f", searched up to {cap:g}" if cap is not None else "") + ")."]
+    if cap is not None and hi:
+        if lo == hi:
+            reach = f"{lo} of {n}"
+        elif lo:
+            reach = f"{lo}\u2013{hi} of {n}"
+        else:
+            reach = f"up to {hi} of {n}"
+        parts.append(f"{reach[:1].upper()}{reach[1:]} reached the cap: their radius is at least {cap:g}, the search "
+                     f"stopped there.")
+    if med is not None:
+        parts.append(f"Median {med:.3g}" + (" (the cap)" if cap is not None and med >= cap * (1 - 1e-6) else "")
+                     + ".")
+    if counts and counts[0]:
+        parts.append(f"{counts[0]} near 0 (not even a small box certified: falsified or misclassified seeds).")
+    return " ".join(parts)
 
 
-def _fraction_table(series: Dict[str, List[dict]]) -> str:
-    rows = []
-    for kind, pts in series.items():
-        for p in pts:
-            v, f, u = _fractions(p["counts"], p["n"])
-            need = ", ".join(f"\u2265 {_pct(q)}" for q in sorted(set(p["at_least"]))) or "\u2013"
-            rows.append(f"<tr><td>{_e(kind)}</td><td class=num>{_g(p['eps'])}</td><td class=num>{_pct(v)}</td>"
-                        f"<td class=num>{_pct(f)}</td><td class=num>{_pct(u)}</td><td>{_css_bar(p['counts'], p['n'])}"
-                        f"</td><td class=num>{_e(need)}</td><td>{_badge(p['verdict'])}</td></tr>")
-    return ('<div class="scroll"><table class="fractions" style="width:auto"><thead><tr><th>spec</th><th class=num>eps</th>'
-            '<th class=num>verified</th><th class=num>falsified</th><th class=num>unknown</th><th>seeds</th>'
-            '<th class=num>needs</th><th>verdict</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table></div>")
+# ------------------------------------------------------------------------ sentences
+def _validity_sentences(val: Optional[Mapping], entry_validity: Optional[Mapping], direction: str,
+                        test_eps: Optional[float]) -> List[dict]:
+    """The generator validity checks of a direction as sentences (``{"ok": bool|None, "text"}``)."""
+    out: List[dict] = []
+    if not isinstance(val, Mapping):
+        if isinstance(entry_validity, Mapping) and entry_validity:
+            probs = [str(p) for p in entry_validity.get("problems") or []]
+            eps = _g(entry_validity.get("eps"))
+            if probs:
+                out += [{"ok": False, "text": p[:1].upper() + p[1:] + ("" if p.endswith(".") else ".")}
+                        for p in probs]
+            elif entry_validity.get("ok"):
+                out.append({"ok": True, "text": f"The generator validity checks passed at eps={eps}."})
+        return out
+    if val.get("error"):
+        return [{"ok": None, "text": f"The validity checks could not run: {val['error']}."}]
+    eps = _num(val.get("eps")) if _num(val.get("eps")) is not None else test_eps
+    at = f" at eps={eps:g}" if eps is not None else ""
+    c = val.get("continuity")
+    if isinstance(c, Mapping):
+        th = c.get("thresholds") or {}
+        if c.get("ok", not c.get("problems")):
+            bits = []
+            if _num(c.get("jump_ratio")) is not None:
+                lim = _num(th.get("max_jump_ratio"))
+                bits.append(f"its steepest step is {_g(c['jump_ratio'], '.2g')}\u00d7 the median step"
+                            + (f" (limit {lim:g}\u00d7)" if lim is not None else ""))
+            if _num(c.get("deviation_median")) is not None:
+                lim = _num(th.get("max_deviation"))
+                bits.append(f"the decoded path deviates {_g(c['deviation_median'], '.2g')} from a straight morph"
+                            + (f" (limit {lim:g})" if lim is not None else ""))
+            out.append({"ok": True, "text": f"Continuous{at}: decoding changes smoothly along {direction}"
+                        + (f"; {' and '.join(bits)}" if bits else "") + "."})
+        else:
+            out += [{"ok": False, "text": f"Not continuous{at}: {p}."} for p in c.get("problems") or []]
+    else:
+        out.append({"ok": None, "text": "Continuity was not checked (no decoder)."})
+    ind = val.get("independence")
+    if isinstance(ind, Mapping):
+        if ind.get("ok", not ind.get("problems")):
+            names = [n for n in (ind.get("probes") or {}) if n != ind.get("target")]
+            out.append({"ok": True, "text": f"Independent{at}: moving along {direction} leaves the other probed "
+                        f"attributes" + (f" ({', '.join(map(str, names))})" if names else "") + " nearly unchanged."})
+        else:
+            out += [{"ok": False, "text": f"Entangled{at}: {p}."} for p in ind.get("problems") or []]
+    else:
+        out.append({"ok": None, "text": "Independence was not checked (no attribute probes)."})
+    real = val.get("realism")
+    if isinstance(real, Mapping):
+        limit, top = _num(real.get("eps")), _num(real.get("eps_max"))
+        method = real.get("method") or "knn"
+        if real.get("saturated"):
+            out.append({"ok": True, "text": "Realistic over the whole range searched"
+                        + (f" (up to eps={top:.3g}, {method})" if top is not None else "")
+                        + ": decoded boxes stay like the data."})
+        elif limit is not None:
+            allowed = _num(real.get("allowed_outside", real.get("max_outside")))
+            beyond = f"beyond it more than {allowed:.0%} of the boxes reach latent codes unlike the data" \
+                if allowed is not None else "beyond it the boxes leave the data"
+            if eps is not None and eps > limit:
+                out.append({"ok": False, "text": f"Not realistic at eps={eps:g}: decoded samples stay like the data "
+                            f"only up to eps\u2248{limit:.3g} ({method}; {beyond}), so the deployable range stops "
+                            f"there."})
+            else:
+                out.append({"ok": True, "text": f"Realistic up to eps\u2248{limit:.3g} ({method}; {beyond})"
+                            + (f"; this test's eps={eps:g} is inside." if eps is not None else ".")})
+        for p in real.get("problems") or []:
+            if not any(str(p) in s["text"] for s in out) and not (eps is not None and limit is not None
+                                                                 and eps > limit):
+                out.append({"ok": False, "text": str(p)})
+    return out
 
 
-def _range_table(rng: Mapping) -> str:
-    rows = []
-    means, stds = rng.get("mean") or [], rng.get("std") or []
-    for i, (lo, hi) in enumerate(zip(rng["lower"], rng["upper"])):
-        m = means[i] if i < len(means) else None
-        s = stds[i] if i < len(stds) else None
-        rows.append(f"<tr><td class=num>{i}</td><td class=num>{float(lo):.4g}</td><td class=num>{float(hi):.4g}</td>"
-                    f"<td class=num>{'' if m is None else f'{float(m):.4g}'}</td>"
-                    f"<td class=num>{'' if s is None else f'{float(s):.4g}'}</td></tr>")
-    return ('<table class="range" style="width:auto"><thead><tr><th class=num>coordinate</th><th class=num>lower</th>'
-            '<th class=num>upper</th><th class=num>seed mean</th><th class=num>seed std</th></tr></thead><tbody>'
-            + "".join(rows) + "</tbody></table>")
+def _range_view(rng: Optional[Mapping], direction: str) -> Optional[dict]:
+    if not isinstance(rng, Mapping) or not rng.get("lower"):
+        return None
+    lower, upper = list(rng.get("lower") or []), list(rng.get("upper") or [])
+    means, stds = list(rng.get("mean") or []), list(rng.get("std") or [])
+    rows = [{"i": i, "lower": _g(lo, ".4g"), "upper": _g(hi, ".4g"),
+             "mean": _g(means[i], ".4g") if i < len(means) else "", "std": _g(stds[i], ".4g") if i < len(stds) else ""}
+            for i, (lo, hi) in enumerate(zip(lower, upper))]
+    src = str(rng.get("nodeid", "")).split("::")[-1]
+    what = (f"its coordinate along {direction} lies in [{rows[0]['lower']}, {rows[0]['upper']}]" if len(rows) == 1
+            else f"its {len(rows)} coordinates along {direction} lie inside the ranges below")
+    text = (f"An input is in spec at deployment when {what}: mean \u00b1 (eps + std) over "
+            f"{_int(rng.get('n_seeds'), 0) or '?'} seeds at the proved eps={_g(rng.get('eps'))}"
+            + (f" of {src}" if src else "") + ".")
+    return {"text": text, "rows": rows if len(rows) > 1 else []}
 
 
-def _histogram_table(hist: Mapping) -> str:
-    edges, counts = hist.get("edges") or [], hist.get("counts") or []
-    rows = "".join(f"<tr><td class=num>[{float(a):.3g}, {float(b):.3g})</td><td class=num>{int(c)}</td></tr>"
-                   for a, b, c in zip(edges[:-1], edges[1:], counts))
-    return ('<table class="histogram" style="width:auto"><thead><tr><th class=num>radius</th><th class=num>seeds</th>'
-            '</tr></thead><tbody>' + rows + "</tbody></table>")
-
-
-def _coverage_section(cov: Mapping) -> str:
-    c = cov["counts"]
-    m = cov["matrix"]
-    radii = m["radii"]
-    by_key = {(x["direction"], x["spec"], round(x["eps"], 12)): x for x in m["cells"]}
-    specs_per_dir: Dict[str, List[str]] = {}
-    for x in m["cells"]:
-        specs_per_dir.setdefault(x["direction"], [])
-        if x["spec"] not in specs_per_dir[x["direction"]]:
-            specs_per_dir[x["direction"]].append(x["spec"])
-    head = "".join(f"<th class=num>{_g(e)}</th>" for e in radii)
-    rows = []
-    for d in m["directions"]:
-        status = cov["per_direction"][d]["status"]
-        specs = specs_per_dir.get(d) or [None]
-        for i, spec in enumerate(specs):
-            cells = []
-            for e in radii:
-                x = by_key.get((d, spec, round(e, 12))) if spec else None
-                if x is None:
-                    cells.append('<td class="empty">\u00b7</td>')
-                    continue
-                fg, bg = VERDICT_STYLE.get(x["verdict"], VERDICT_STYLE["untested"])
-                tip = f"{x['verdict']}: " + ", ".join(x["nodeids"])
-                cells.append(f'<td class="cell" style="color:{fg};background:{bg}" title="{_e(tip)}">'
-                             f'{_e(VERDICT_MARK.get(x["verdict"], ""))} {_pct(x["verified_fraction"])}</td>')
-            if not radii:
-                cells.append('<td class="empty">\u00b7</td>')
-            dcell = (f'<th class="rowh" rowspan="{len(specs)}"><a href="#dir-{_e(d)}">{_e(d)}</a><br>{_badge(status)}</th>'
-                     if i == 0 else "")
-            rows.append(f"<tr>{dcell}<td>{_e(spec or 'no tests')}</td>{''.join(cells)}</tr>")
-    untested = "".join(f"<span>{_e(u)}</span>" for u in cov["untested"]) or "<span>none</span>"
-    return (f'<h2 id="coverage">Semantic coverage</h2>'
-            f'<p><b>{c["proved"]} of {c["directions"]}</b> directions proved ({cov["percent_proved"]:.1f}%): '
-            f'{c["tested"]} tested, {c["declared"]} declared. A direction counts as proved when every latent test '
-            f'along it is proved.</p>'
-            f'<p class="chips">Untested: {untested}</p>'
-            f'<p class="legend">Cells: worst verdict at that radius and the lowest verified fraction of seeds. '
-            f'Columns: eps (latent units).</p>'
-            f'<div class="scroll"><table class="matrix"><thead><tr><th>direction</th><th>spec</th>{head or "<th></th>"}'
-            f'</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
+def _cex_view(c: Mapping, r: Mapping, images: bool, base_dir: Optional[Path]) -> dict:
+    off = ", ".join(_g(o, "+.3g") for o in c.get("offset") or [])
+    off_eps = ", ".join(_g(o, "+.2f") for o in c.get("offset_eps") or [])
+    pred, exp = c.get("predicted"), c.get("expected")
+    bits = [f"seed {c.get('seed_index', '?')}", f"offset ({off}) = ({off_eps}) eps" if off_eps else f"offset ({off})"]
+    if pred is not None:
+        bits.append(f"predicted {pred}" + (f", expected {exp}" if exp is not None else ""))
+    margin = _num(c.get("margin"))
+    bits.append(f"margin {margin:.3g}" if margin is not None else "margin \u2013")
+    caption = DOT.join(bits)
+    fig = {"caption": caption, "uri": None, "why": "", "path": str(c.get("image")), "left": "", "right": "",
+           "labelled": bool(c.get("frames"))}
+    if not fig["labelled"]:  # an unlabelled strip: label its two ends
+        fig["left"] = "nominal" + (f" \u00b7 expected {exp}" if exp is not None else "")
+        fig["right"] = f"t=({off})" + (f" \u00b7 predicted {pred}" if pred is not None else "")
+    if images:
+        fig["uri"], fig["why"] = _image_uri(str(c["image"]), base_dir)
+    return fig
 
 
 def _image_uri(path: str, base_dir: Optional[Path]) -> Tuple[Optional[str], str]:
@@ -338,96 +486,172 @@ def _image_uri(path: str, base_dir: Optional[Path]) -> Tuple[Optional[str], str]
     return _png_uri(data), ""
 
 
-def _radius_caption(cr: Mapping) -> str:
-    n = cr.get("n", sum(int(c) for c in cr["histogram"]["counts"]))
-    qs = ", ".join(f"{k} {float(v):.3g}" for k, v in (cr.get("quantiles") or {}).items() if v is not None)
-    src = str(cr.get("nodeid", "")).split("::")[-1]
-    searched = f", searched up to {float(cr['eps_max']):g}" if cr.get("eps_max") is not None else ""
-    return (f"Largest certified radius per seed (latent units; {n} seeds{searched}"
-            f"{', from ' + src if src else ''}){': ' + qs if qs else ''}.")
+def _notes(r: Mapping) -> List[str]:
+    c = r.get("counts") or {}
+    notes = []
+    fb = _num(r.get("failing_bound"))
+    if fb is not None and _int(c.get("unknown")):
+        notes.append(f"failing bound {fb:.3g} (a proof needs < 0)")
+    est = r.get("estimate")
+    if isinstance(est, Mapping) and est:
+        conf = _num(est.get("confidence"))
+        notes.append(f"sampled: {_pct(est.get('fraction'))} [{_pct(est.get('lower'))}, {_pct(est.get('upper'))}]"
+                     + (f" ({conf * 100:g}%" if conf is not None else " (")
+                     + (f", {est.get('samples')} samples)" if est.get("samples") is not None else ")"))
+    seg = r.get("segment")
+    if isinstance(seg, Mapping) and seg:
+        notes.append(f"exact: {_pct(seg.get('mean_fraction'))} of each segment holds (mean)")
+    if r.get("sweep"):
+        notes.append(f"sweep over {len(r['sweep'])} radii")
+    cr = r.get("certified_radius") or {}
+    qs = cr.get("quantiles") or {}
+    med = _num(qs.get("median", qs.get("p50")))
+    if med is not None:
+        cap = _num(cr.get("eps_max"))
+        at_cap = cap is not None and med >= cap * (1 - 1e-6)
+        notes.append(f"radius: median {med:.3g}" + (" = cap" if at_cap else (f", cap {cap:g}" if cap is not None
+                                                                              else "")))
+    notes += [str(n) for n in r.get("notes") or []]
+    return notes
 
 
-def _cex_caption(c: Mapping) -> str:
-    off = ", ".join(f"{float(o):+.3g}" for o in c.get("offset") or [])
-    off_eps = ", ".join(f"{float(o):+.2f}" for o in c.get("offset_eps") or [])
-    exp = "" if c.get("expected") is None else f", expected {c['expected']}"
-    return (f"seed {c.get('seed_index')}: offset ({off}) = ({off_eps}) eps; predicted {c.get('predicted')}{exp}; "
-            f"margin {float(c.get('margin', 0)):.3g}")
+# ------------------------------------------------------------------------ the page's data
+def _coverage_input(records: Sequence[Mapping]) -> List[dict]:
+    """Records as coverage and the directions section read them: counterexamples (whose margins
+    may be NaN or None in hand-edited or older sheets) are not needed there."""
+    out = []
+    for r in records:
+        d = {k: v for k, v in r.items() if k != "counterexamples"}
+        if "failing_bound" in d and _num(d["failing_bound"]) is None:
+            d["failing_bound"] = None
+        out.append(d)
+    return out
 
 
-def _counterexamples_section(tests: Sequence[Mapping], images: bool, base_dir: Optional[Path]) -> str:
-    blocks = []
-    for r in tests:
-        cexs = [c for c in r.get("counterexamples") or [] if c.get("image")]
-        if not cexs:
-            continue
-        figs = []
-        for c in cexs[:MAX_CEX_IMAGES_PER_TEST]:
-            cap = _e(_cex_caption(c))
-            if images:
-                uri, why = _image_uri(c["image"], base_dir)
-                if uri:
-                    figs.append(f'<figure><img src="{uri}" alt="{cap}"><figcaption>{cap}</figcaption></figure>')
-                    continue
-                figs.append(f'<figure><figcaption>{cap}<br><span class="note">{_e(why)}</span></figcaption></figure>')
-            else:
-                figs.append(f'<figure><figcaption>{cap}<br><code>{_e(c["image"])}</code></figcaption></figure>')
-        blocks.append(f'<div class="cex"><h3>{_e(r["nodeid"])} {_badge(r["verdict"])}</h3>'
-                      f'<p class="note">{_e(r.get("spec_text", ""))} along {_e(r["direction"])!s}, eps={_g(r["eps"])}. '
-                      f'Each strip walks from the seed\'s nominal decoding (left) to the counterexample (right), '
-                      f're-checked by a plain forward pass.</p><div class="strips">{"".join(figs)}</div></div>')
-    if not blocks:
-        return ""
-    return '<h2 id="counterexamples">Counterexamples</h2>' + "".join(blocks)
-
-
-def _tests_table(tests: Sequence[Mapping]) -> str:
-    show_evidence = any(r.get("evidence") and r["evidence"] != r["verdict"] for r in tests)
+def _matrix_view(cov: Mapping, tone_of: Mapping[str, str], prefix: str) -> dict:
+    m = cov["matrix"]
+    radii = list(m["radii"])
+    by_key = {(x["direction"], x["spec"], round(float(x["eps"]), 12)): x for x in m["cells"]}
+    specs_per_dir: Dict[str, List[str]] = {}
+    for x in m["cells"]:
+        specs_per_dir.setdefault(x["direction"], [])
+        if x["spec"] not in specs_per_dir[x["direction"]]:
+            specs_per_dir[x["direction"]].append(x["spec"])
     rows = []
-    for r in tests:
-        c = r.get("counts") or {}
-        name = str(r["nodeid"]).split("::")[-1]
-        notes = []
-        if r.get("failing_bound") is not None and c.get("unknown"):
-            notes.append(f"failing bound {float(r['failing_bound']):.3g}")
-        if r.get("estimate"):
-            est = r["estimate"]
-            notes.append(f"estimate {_pct(est.get('fraction'))} [{_pct(est.get('lower'))}, {_pct(est.get('upper'))}] "
-                         f"at {float(est.get('confidence', 0)) * 100:g}% confidence, {est.get('samples')} samples")
-        if r.get("segment"):
-            notes.append(f"exact: mean {_pct(r['segment'].get('mean_fraction'))} of each segment holds")
-        if r.get("sweep"):
-            notes.append(f"sweep over {len(r['sweep'])} radii")
-        cr = r.get("certified_radius") or {}
-        med = (cr.get("quantiles") or {}).get("median", (cr.get("quantiles") or {}).get("p50"))
-        if med is not None:
-            notes.append(f"certified radius: median {float(med):.3g}"
-                         + (f" (searched up to {float(cr['eps_max']):g})" if cr.get("eps_max") is not None else ""))
-        notes += [str(n) for n in r.get("notes") or []]
-        rungs = ", ".join(f"{k} {v}" for k, v in sorted((r.get("rungs") or {}).items()))
-        ev = f'<td>{_e(r.get("evidence", ""))}</td>' if show_evidence else ""
-        rows.append(
-            f'<tr><td title="{_e(r["nodeid"])}"><code>{_e(name)}</code></td><td>{_e(r["direction"])}</td>'
-            f'<td class=num>{_g(r["eps"])}</td><td>{_e(r.get("spec_text", ""))}</td><td>{_badge(r["verdict"])}</td>'
-            f'<td>{_e(r.get("outcome", ""))}</td>'
-            f'<td class=num>{c.get("verified", 0)} / {c.get("falsified", 0)} / {c.get("unknown", 0)}</td>'
-            f'<td class=num>{_pct(r.get("verified_fraction"))} <span class=note>(\u2265 {_pct(r.get("at_least"))})</span></td>'
-            f'{ev}<td>{_e(r.get("engine", ""))}{"<br><span class=note>" + _e(rungs) + "</span>" if rungs else ""}</td>'
-            f'<td class=num>{float(r.get("seconds", 0)):.2f}</td><td class="note notes">{_e("; ".join(notes))}</td></tr>')
-    return ('<h2 id="tests">All latent tests</h2><div class="scroll"><table class="tests"><thead><tr>'
-            '<th>test</th><th>direction</th><th class=num>eps</th><th>spec</th><th>verdict</th><th>outcome</th>'
-            '<th class=num title="verified / falsified / undecided seeds">seeds v / f / u</th>'
-            '<th class=num>verified (needs)</th>' + ("<th>evidence</th>" if show_evidence else "")
-            + '<th>engine</th><th class=num>s</th><th>notes</th>'
-            '</tr></thead><tbody>' + "".join(rows) + "</tbody></table></div>")
+    for d in m["directions"]:
+        pd = cov["per_direction"][d]
+        specs = specs_per_dir.get(d) or [None]
+        dtone = _worst_tone(tone_of.get(n, "ok") for x in m["cells"] if x["direction"] == d for n in x["nodeids"])
+        for i, spec in enumerate(specs):
+            cells = []
+            for e in radii:
+                x = by_key.get((d, spec, round(float(e), 12))) if spec else None
+                if x is None:
+                    cells.append(None)
+                    continue
+                tone = _worst_tone(tone_of.get(n, "ok") for n in x["nodeids"])
+                cells.append({"badge": _badge(x["verdict"], tone), "fraction": _pct(x["verified_fraction"]),
+                              "tip": f"{x['verdict']}: " + ", ".join(x["nodeids"])})
+            rows.append({"direction": d, "first": i == 0, "rowspan": len(specs), "spec": spec or "no tests",
+                         "href": f"#{prefix}-{_slug(d)}" if spec else "",
+                         "status": _badge(pd["status"], dtone), "cells": cells})
+    return {"radii": [_g(e) for e in radii], "rows": rows}
 
 
-def _kv(d: Mapping) -> str:
-    items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in d.items() if v not in (None, "", {}))
-    return f'<dl class="kv">{items}</dl>'
+def _direction_panel(name: str, recs: List[Mapping], entry: Mapping, pd: Mapping, prefix: str, Figure,
+                     want_tables: bool) -> dict:
+    info = dict(recs[0].get("direction_info") or {}) if recs else {}
+    info.update({k: entry[k] for k in ("kind", "k", "axis") if k in entry})
+    tones = [_tone(r) for r in recs]
+    tone = _worst_tone(tones)
+    meta = []
+    if info.get("kind"):
+        meta.append(f"{info['kind']}" + (f" {info['axis']}" if info.get("axis") is not None else "")
+                    + (f", k={info['k']}" if info.get("k", 1) not in (1, None) else ""))
+    meta.append(f"{len(recs)} test{'s' if len(recs) != 1 else ''}")
+    meta.append(f"proved up to eps={_g(pd.get('proved_eps'))}" if pd.get("proved_eps") is not None
+                else "nothing proved")
+    if entry.get("realism_limit") is not None:
+        meta.append(f"realistic up to eps\u2248{_g(entry['realism_limit'], '.3g')}")
+    series = _series(recs)
+    # the certified-radius curve of each spec kind: the test that searched the widest range
+    survivals: Dict[str, Tuple[Mapping, dict]] = {}
+    for r in recs:
+        cr = r.get("certified_radius")
+        if not isinstance(cr, Mapping) or not (cr.get("histogram") or {}).get("counts"):
+            continue
+        kind = (r.get("spec") or {}).get("kind") or "spec"
+        key = (_num(cr.get("eps_max")) or 0.0, r.get("verdict") == "proved")
+        if kind not in survivals or key > survivals[kind][0]:
+            s = _survival(cr)
+            if s is not None:
+                survivals[kind] = (key, s)
+    kinds = [{"kind": k, "points": pts, "survival": survivals.get(k, (None, None))[1]} for k, pts in series.items()]
+    curve = any(len(k["points"]) > 1 or k["survival"] for k in kinds)
+    panel: Dict[str, Any] = {
+        "name": name, "id": f"{prefix}-{_slug(name)}", "status": _badge(pd.get("status", "untested"), tone),
+        "tone": tone,
+        "meta": DOT.join(meta), "chart": None, "fractions": None, "hist": None, "hist_table": None,
+        "hist_caption": None, "range": _range_view(entry.get("latent_range"), name), "validity": [],
+        "survival": any(k["survival"] for k in kinds),
+        "tests": [_test_row(r) for r in recs],
+    }
+    if Figure is not None and curve:
+        panel["chart"] = _eps_chart(Figure, kinds)
+    if want_tables:
+        panel["fractions"] = [dict(p, kind=k) for k, pts in series.items() for p in pts]
+    cr = entry.get("certified_radius") or {}
+    if isinstance(cr, Mapping) and (cr.get("histogram") or {}).get("counts"):
+        panel["hist_caption"] = _radius_caption(cr)
+        if Figure is not None:
+            panel["hist"] = _histogram_chart(Figure, cr, _num(pd.get("proved_eps")))
+        else:
+            h = cr["histogram"]
+            lo, _ = _at_cap(cr)
+            edges = list(h.get("edges") or [])
+            counts = [_int(c) for c in h.get("counts") or []]
+            rows = [{"bin": f"[{_g(a, '.3g')}, {_g(b, '.3g')})", "count": c} for a, b, c in
+                    zip(edges[:-1], edges[1:], counts)]
+            if rows and lo:
+                rows[-1]["count"] = counts[-1] - lo
+                rows.append({"bin": f"\u2265 {_g(edges[-1], '.3g')} (the cap)", "count": lo})
+            panel["hist_table"] = rows
+    # validity: the full report of the test with the largest eps that has one
+    with_val = [r for r in recs if isinstance(r.get("validity"), Mapping)]
+    best = max(with_val, key=lambda r: _num(r.get("eps")) or 0.0) if with_val else None
+    panel["validity"] = _validity_sentences(best.get("validity") if best else None, entry.get("validity"), name,
+                                            _num(best.get("eps")) if best else None)
+    return panel
 
 
-# ------------------------------------------------------------------------ the page
+def _test_row(r: Mapping) -> dict:
+    c = r.get("counts") or {}
+    v, f, u = _fractions(c, r.get("n_seeds"))
+    words, tone = _outcome(r)
+    nodeid = str(r.get("nodeid", ""))
+    file, _, name = nodeid.rpartition("::")
+    rungs = ", ".join(f"{k} {val}" for k, val in sorted((r.get("rungs") or {}).items()))
+    spec = str(r.get("spec_text") or (r.get("spec") or {}).get("kind") or "")
+    return {"nodeid": nodeid, "name": name or nodeid, "file": file, "direction": str(r.get("direction")),
+            "name_parts": _break_parts(name or nodeid), "spec_wrapped": spec.replace("(", "(\u200b"),
+            "eps": _g(r.get("eps")), "spec": str(r.get("spec_text") or (r.get("spec") or {}).get("kind") or ""),
+            "badge": _badge(r.get("verdict"), tone), "outcome": words, "tone": tone,
+            "counts": (_int(c.get("verified")), _int(c.get("falsified")), _int(c.get("unknown"))),
+            "bar": (100 * v, 100 * u, 100 * f), "verified": _pct(r.get("verified_fraction")),
+            "needs": _pct(r.get("at_least")), "engine": str(r.get("engine") or ""), "rungs": rungs,
+            "seconds": _g(r.get("seconds"), ".2f"), "notes": _notes(r), "evidence": str(r.get("evidence") or ""),
+            "model": ""}
+
+
+def _break_parts(name: str) -> List[str]:
+    """A test name cut after ``_``, ``[``, ``-``, ``/``, ``::``: where a narrow cell may wrap it (``<wbr>``)."""
+    return [p for p in re.split(r"(?<=[_\[\-/:.])", name) if p]
+
+
+def _short_fp(fp: Optional[str]) -> str:
+    return "" if not fp else str(fp).split(":", 1)[-1][:12]
+
+
 def build_html(sheet, images: bool = True, *, title: Optional[str] = None, base_dir=None,
                declared: Optional[Iterable[str]] = None) -> str:
     """The report as a string. ``images``: embed charts and counterexample PNGs (False: tables
@@ -439,114 +663,168 @@ def build_html(sheet, images: bool = True, *, title: Optional[str] = None, base_
         with open(data, encoding="utf-8") as f:
             data = json.load(f)
     base = Path(base_dir) if base_dir is not None else None
-    tests = sorted(data.get("tests") or [], key=lambda r: r["nodeid"])
-    cov = coverage_summary(data, declared)
+    tests = sorted((dict(r) for r in data.get("tests") or []), key=lambda r: str(r.get("nodeid", "")))
     Figure = _matplotlib() if images else None
-    summary = data.get("summary") or {}
-    verdicts = summary.get("verdicts") or {}
-    seeds = summary.get("seeds") or {}
-    tool = data.get("tool") or {}
-    commit = data.get("commit") or {}
-    models = data.get("models") or []
-    title = title or "Latent audit report"
+    declared = None if declared is None else sorted({str(d) for d in declared})
+    tone_of = {str(r.get("nodeid")): _tone(r) for r in tests}
 
-    sub = [f"{_e(tool.get('name', 'pytest-latentaudit'))} {_e(tool.get('version', ''))}",
-           f"created {_e(data.get('created', '?'))}"]
-    if commit.get("id"):
-        sub.append(f"commit <code>{_e(commit['id'][:12])}</code>{' (dirty)' if commit.get('dirty') else ''}"
-                   f"{' on ' + _e(commit['branch']) if commit.get('branch') else ''}")
-    if models:
-        sub.append("model" + ("s " if len(models) > 1 else " ") + ", ".join(f"<code>{_e(m)}</code>" for m in models))
-
-    cards = [("tests", summary.get("tests", len(tests)), "")]
-    for v in ("proved", "violated", "unproven", "estimated"):
-        if verdicts.get(v) or v in ("proved", "violated"):
-            cards.append((v, verdicts.get(v, 0), v))
-    cards.append(("directions proved", f"{cov['counts']['proved']}/{cov['counts']['directions']}", ""))
-    cards.append(("seeds verified", f"{seeds.get('verified', 0)}/{sum(int(x) for x in seeds.values()) if seeds else 0}",
-                  ""))
-    card_html = "".join(f'<div class="card {cls}"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div></div>'
-                        for k, v, cls in cards)
-
-    dir_sections = []
-    dirs = data.get("directions") or directions_section(tests, cov["directions_declared"])
-    by_dir: Dict[str, List[Mapping]] = {}
+    # ---- models: one block each (fingerprint, and a name when a record gives one)
+    groups: Dict[Optional[str], List[dict]] = {}
     for r in tests:
-        by_dir.setdefault(str(r["direction"]), []).append(r)
-    for name in cov["matrix"]["directions"]:
-        recs = by_dir.get(name, [])
-        entry = dirs.get(name) or {}
-        info = dict(recs[0].get("direction_info") or {}) if recs else {}
-        info.update({k: entry[k] for k in ("kind", "k", "axis") if k in entry})
-        pd = cov["per_direction"][name]
-        meta = []
-        if info.get("kind"):
-            meta.append(f"{_e(info['kind'])}" + (f" {info['axis']}" if info.get("axis") is not None else "")
-                        + (f", k={info['k']}" if info.get("k", 1) != 1 else ""))
-        if pd["tests"]:
-            meta.append(f"{pd['tests']} test{'s' if pd['tests'] != 1 else ''}")
-            meta.append(f"proved up to eps={_g(pd['proved_eps'])}" if pd["proved_eps"] is not None else "nothing proved")
+        groups.setdefault(r.get("model_fingerprint") or None, []).append(r)
+    if not groups:
+        groups[None] = []
+    sheet_dirs = data.get("directions") if isinstance(data.get("directions"), Mapping) else None
+    models = []
+    for gi, (fp, recs) in enumerate(groups.items(), 1):
+        names = [str(r["model_name"]) for r in recs if r.get("model_name")]
+        name = Counter(names).most_common(1)[0][0] if names else None
+        label = name or (f"model {gi}" if len(groups) > 1 else "model")
+        cov_recs = _coverage_input(recs)
+        if len(groups) == 1:
+            cov = coverage_summary(dict(data, tests=cov_recs), declared)
+            dirs = sheet_dirs or directions_section(cov_recs, cov["directions_declared"])
         else:
-            meta.append("declared, no tests")
-        parts = [f'<div class="dir" id="dir-{_e(name)}"><h3>{_e(name)} {_badge(pd["status"])}</h3>'
-                 f'<div class="meta">{DOT.join(meta)}</div>']
-        if not recs:
-            parts.append('<p class="note">No latent test along this direction.</p>')
-        else:
-            series = _series(recs)
-            plots = []
-            if Figure is not None:
-                uri = _fraction_chart(Figure, name, series)
-                plots.append(f'<figure><img class="chart" src="{uri}" alt="verified, unknown and falsified fraction '
-                             f'of seeds against eps along {_e(name)}"><figcaption>{CHART_LEGEND}</figcaption></figure>')
-            cr = entry.get("certified_radius") or {}
-            if cr.get("histogram") and cr["histogram"].get("counts"):
-                cap = _radius_caption(cr)
-                if Figure is not None:
-                    plots.append(f'<figure><img class="chart" src="{_histogram_chart(Figure, cr["histogram"], pd["proved_eps"])}" '
-                                 f'alt="certified radius histogram"><figcaption>{_e(cap)}</figcaption></figure>')
-                else:
-                    plots.append(f'<figure>{_histogram_table(cr["histogram"])}<figcaption>{_e(cap)}</figcaption></figure>')
-            if Figure is None:
-                parts.append(_fraction_table(series))
-            if plots:
-                parts.append(f'<div class="plots">{"".join(plots)}</div>')
-        rng = entry.get("latent_range")
-        if rng:
-            parts.append(f'<p style="margin:12px 0 4px"><b>Deployment range</b> (in spec when the latent code\'s '
-                         f'coordinates along {_e(name)} lie inside; mean \u00b1 (eps + std) over {rng.get("n_seeds", "?")} '
-                         f'seeds, eps={_g(rng.get("eps"))}):</p>' + _range_table(rng))
-        if entry.get("validity"):
-            parts.append("<p style='margin:12px 0 4px'><b>Validity checks</b></p>" + _kv(entry["validity"]))
-        parts.append("</div>")
-        dir_sections.append("".join(parts))
+            cov = coverage_summary({"tests": cov_recs}, declared)
+            dirs = directions_section(cov_recs, cov["directions_declared"])
+        prefix = f"m{gi}"
+        by_dir: Dict[str, List[dict]] = {}
+        for r in recs:
+            by_dir.setdefault(str(r.get("direction")), []).append(r)
+        panels = []
+        for d in cov["matrix"]["directions"]:
+            if by_dir.get(d):
+                panels.append(_direction_panel(d, by_dir[d], dirs.get(d) or {}, cov["per_direction"][d], prefix,
+                                               Figure, Figure is None))
+        chips = []
+        for d in cov["matrix"]["directions"]:
+            pd = cov["per_direction"][d]
+            t = _worst_tone(tone_of.get(str(r.get("nodeid")), "ok") for r in by_dir.get(d, []))
+            if not by_dir.get(d):
+                chips.append({"name": d, "badge": _badge("untested"), "detail": "untested", "href": ""})
+                continue
+            detail = (f"proved to {_g(pd['proved_eps'])}" if pd.get("proved_eps") is not None else "nothing proved")
+            if pd["status"] != "proved":
+                worst = min(by_dir[d], key=lambda r: _vrank(r.get("verdict")))
+                detail = f"{pd['status']} at {_g(worst.get('eps'))}" + (
+                    f", proved to {_g(pd['proved_eps'])}" if pd.get("proved_eps") is not None else "")
+            chips.append({"name": d, "badge": _badge(pd["status"], t), "detail": detail,
+                          "href": f"#{prefix}-{_slug(d)}", "tone": t})
+        oc = Counter(_tone(r) for r in recs)
+        files = sorted({str(r.get("nodeid", "")).rpartition("::")[0] for r in recs} - {""})
+        c = cov["counts"]
+        models.append({
+            "id": prefix, "label": label, "name": name, "fingerprint": fp or "", "short": _short_fp(fp),
+            "tests": len(recs), "files": files, "tone": _worst_tone(oc) if recs else "ok",
+            "outcomes": _outcome_words(oc), "coverage": {
+                "proved": c["proved"], "directions": c["directions"], "tested": c["tested"],
+                "declared": c["declared"], "percent": _g(cov.get("percent_proved"), ".1f"),
+                "untested": list(cov.get("untested") or [])},
+            "matrix": _matrix_view(cov, tone_of, prefix), "panels": panels, "chips": chips,
+            "test_names": [str(r.get("nodeid", "")).rpartition("::")[2] for r in recs][:8]
+            + (["\u2026"] if len(recs) > 8 else []),
+        })
+    label_of = {str(r.get("nodeid")): m["label"] for m, (_, recs) in zip(models, groups.items()) for r in recs}
 
-    legend = (f'<div class="legend">Verdicts: {_badge("proved")} {_badge("violated")} {_badge("unproven")} '
-              f'{_badge("estimated")} {_badge("untested")}</div>')
-    toc = ('<nav class="toc"><a href="#coverage">Coverage</a><a href="#directions">Directions</a>'
-           + ('<a href="#counterexamples">Counterexamples</a>' if any(r.get("counterexamples") for r in tests) else "")
-           + '<a href="#tests">All tests</a><a href="#run">Run</a></nav>')
-    settings = data.get("settings") or {}
-    machine = data.get("machine") or {}
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    body = [
-        f'<header class="top"><h1>{_e(title)}</h1><div class="sub">{DOT.join(sub)}</div>{toc}</header>',
-        f'<section class="cards">{card_html}</section>', legend,
-        _coverage_section(cov),
-        '<h2 id="directions">Directions</h2>' + "".join(dir_sections),
-        _counterexamples_section(tests, images, base),
-        _tests_table(tests),
-        f'<h2 id="run">Run</h2><div class="plots"><div><h3>Settings</h3>{_kv(settings)}</div>'
-        f'<div><h3>Machine</h3>{_kv(machine)}</div></div>',
-        f'<footer>Generated {now} by pytest-latentaudit from a spec sheet (schema version '
-        f'{_e(data.get("schema_version", "?"))}). Verified = a sound bound proves the spec on the seed\'s whole box; '
-        f'falsified = a concrete point in the box breaks it (re-checked by a plain forward pass); unknown = neither '
-        f'within the budget.</footer>',
-    ]
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n"
-            + "\n".join(b for b in body if b) + "\n</main>\n</body>\n</html>\n")
+    # ---- counterexamples, all tests
+    cex_blocks = []
+    for m, (_, recs) in zip(models, groups.items()):
+        for r in recs:
+            cexs = [c for c in r.get("counterexamples") or [] if isinstance(c, Mapping) and c.get("image")]
+            if not cexs:
+                continue
+            row = _test_row(r)
+            cex_blocks.append({"row": row, "model": m["label"], "open": r.get("verdict") != "proved", "text": f"{row['spec']} along {row['direction']}, "
+                               f"eps={row['eps']}", "figs": [_cex_view(c, r, images, base)
+                                                             for c in cexs[:MAX_CEX_IMAGES_PER_TEST]]})
+    rows = []
+    for r in tests:
+        row = _test_row(r)
+        row["model"] = label_of.get(row["nodeid"], "")
+        rows.append(row)
+    show_evidence = any(r.get("evidence") and r["evidence"] != r.get("verdict") for r in tests)
+    cex_blocks.sort(key=lambda b: not b["open"])  # tests that were not proved first
+
+    # ---- headline and cards
+    summary = data.get("summary") if isinstance(data.get("summary"), Mapping) else {}
+    oc_all = Counter(_tone(r) for r in tests)
+    failed = [row for row in rows if row["tone"] == "fail"]
+    n = len(tests)
+    if not n:
+        headline = {"tone": "skip", "text": "No latent tests in this sheet."}
+    elif failed:
+        names = ", ".join(row["name"] for row in failed[:6]) + (", \u2026" if len(failed) > 6 else "")
+        headline = {"tone": "fail", "text": f"{len(failed)} of {n} latent test{'s' if n != 1 else ''} failed: {names}."}
+    else:
+        headline = {"tone": "ok", "text": f"All {n} latent test{'s' if n != 1 else ''} went as declared: "
+                    f"{_outcome_words(oc_all)}."}
+    verdicts = Counter(str(r.get("verdict")) for r in tests)
+    seeds = Counter()
+    for r in tests:
+        for k, v in (r.get("counts") or {}).items():
+            seeds[k] += _int(v)
+    cards = [{"k": "tests", "v": n, "cls": ""}, {"k": "passed", "v": oc_all.get("ok", 0), "cls": "ok"}]
+    if oc_all.get("expected"):
+        cards.append({"k": "expected (xfail)", "v": oc_all["expected"], "cls": "expected"})
+    cards.append({"k": "failed", "v": oc_all.get("fail", 0), "cls": "fail" if oc_all.get("fail") else ""})
+    for k, words in (("skip", "skipped"), ("xpass", "xpassed")):
+        if oc_all.get(k):
+            cards.append({"k": words, "v": oc_all[k], "cls": ""})
+    cards.append({"k": "proved", "v": verdicts.get("proved", 0), "cls": ""})
+    cards.append({"k": "seeds verified", "v": f"{seeds.get('verified', 0)}/{sum(seeds.values())}", "cls": ""})
+    if len(models) > 1:
+        cards.append({"k": "models", "v": len(models), "cls": ""})
+
+    tool = data.get("tool") if isinstance(data.get("tool"), Mapping) else {}
+    commit = data.get("commit") if isinstance(data.get("commit"), Mapping) else {}
+    commit = {"id": str(commit.get("id") or ""), "dirty": bool(commit.get("dirty")),
+              "branch": str(commit.get("branch") or "")}
+    sub = [f"{tool.get('name', 'pytest-latentaudit')} {tool.get('version', '')}".strip(),
+           f"created {data.get('created', '?')}"]
+    verdict_line = ", ".join(f"{verdicts[v]} {v}" for v in ("proved", "violated", "unproven", "estimated")
+                             if verdicts.get(v))
+    ctx = {
+        "title": title or "Latent audit report", "sub": sub, "commit": commit, "headline": headline,
+        "verdict_line": verdict_line, "cards": cards, "models": models, "cex_blocks": cex_blocks, "rows": rows,
+        "show_evidence": show_evidence, "images": images, "multi_model": len(models) > 1, "charts": Figure is not None,
+        "settings": _kv(data.get("settings")), "machine": _kv(data.get("machine")),
+        "schema_version": data.get("schema_version", "?"), "summary": summary,
+        "now": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "colours": {"verified": C_VERIFIED, "unknown": C_UNKNOWN, "falsified": C_FALSIFIED},
+    }
+    return _env().get_template("report.html.j2").render(**ctx)
+
+
+def _outcome_words(oc: Mapping[str, int]) -> str:
+    parts = []
+    for tone, one, many in (("ok", "passed", "passed"), ("expected", "expected violation (strict xfail)",
+                                                         "expected violations (strict xfail)"),
+                            ("fail", "failed", "failed"), ("xpass", "passed unexpectedly (xpass)",
+                                                          "passed unexpectedly (xpass)"),
+                            ("skip", "skipped", "skipped")):
+        k = oc.get(tone, 0)
+        if k:
+            parts.append(f"{k} {one if k == 1 else many}")
+    return ", ".join(parts) or "no tests"
+
+
+def _kv(d) -> List[Tuple[str, str]]:
+    if not isinstance(d, Mapping):
+        return []
+    return [(str(k), str(v)) for k, v in d.items() if v not in (None, "", {}, [])]
+
+
+_ENV = None
+
+
+def _env():
+    global _ENV
+    if _ENV is None:
+        import jinja2
+
+        _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                                  undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return _ENV
 
 
 def render_html(sheet, path, images: bool = True, **kw) -> Path:

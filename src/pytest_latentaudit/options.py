@@ -9,16 +9,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-ENGINE_CHOICES = ("auto", "ibp", "linear", "bab", "exact", "falsify")
-LIRPA_METHODS = ("ibp", "crown", "crown-ibp", "alpha-crown")
-DEVICES = ("auto", "cpu", "cuda")
-UNPROVEN_ACTIONS = ("fail", "xfail", "skip")
+from .vocab import DEVICES, ENGINES, ESTIMATED_ACTIONS, LIRPA_METHODS, LIRPA_PREFIX, PRECISIONS, UNPROVEN_ACTIONS
+
+ENGINE_CHOICES = ENGINES
 
 # name: (ini help, default)
 OPTIONS = {
     "engine": ("proof engine: auto, ibp, linear, bab, exact, falsify or auto_lirpa:<method>", "auto"),
     "device": ("device for bounds and attacks: auto (CUDA when present), cpu or cuda", "auto"),
-    "budget": ("time budget per latent test, in seconds", "60"),
+    "budget": ("seconds per latent test, shared by its audit, radius sweep, certified-radius search and validity "
+               "checks (the whole test call ends within about 10% of it; what the budget cut short is recorded)",
+               "60"),
     "spec_sheet": ("write the spec sheet JSON to this path", ""),
     "unproven": ("what an unproven verdict does: fail, xfail or skip", "fail"),
     "estimated": ("what an estimated verdict (sampling evidence only, with a confidence interval) does: "
@@ -32,8 +33,45 @@ OPTIONS = {
 }
 
 
+#: the keyword arguments of ``@pytest.mark.latent`` (and of ``latent_audit(model, seeds, **overrides)``)
+MARKER_KEYWORDS = ("direction", "eps", "spec", "engine", "budget", "device", "unproven", "estimated", "precision",
+                   "attack", "sweep", "radius", "validity")
+
+
 class UsageError(ValueError):
     pass
+
+
+class LatentAuditWarning(UserWarning):
+    """Something the plugin could not do, that does not change a verdict."""
+
+
+class CounterexampleImageWarning(LatentAuditWarning):
+    """A counterexample picture could not be saved (the test's verdict stands)."""
+
+
+class CacheWarning(LatentAuditWarning):
+    """A replay-cache entry was malformed (dropped) or could not be stored."""
+
+
+def check_device_available(device: str) -> None:
+    """A usage error at start for ``cuda`` / ``cuda:N`` on a machine without that device
+    (imports torch only when CUDA was asked for)."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError(f"--latent-device {device}: CUDA is not available on this machine "
+                         f"(use --latent-device auto or cpu)")
+    index = device.partition(":")[2]
+    if index:
+        if not index.isdigit():
+            raise UsageError(f"--latent-device {device}: expected cuda or cuda:<index>")
+        count = torch.cuda.device_count()
+        if int(index) >= count:
+            raise UsageError(f"--latent-device {device}: this machine has {count} CUDA device(s) "
+                             f"(cuda:0 .. cuda:{count - 1})")
 
 
 def valid_engine(value: str, extra=()) -> str:
@@ -41,11 +79,11 @@ def valid_engine(value: str, extra=()) -> str:
     v = str(value).strip().lower()
     if v in ENGINE_CHOICES or str(value).strip() in extra:
         return str(value).strip() if str(value).strip() in extra else v
-    if v.startswith("auto_lirpa"):
+    if v.startswith(LIRPA_PREFIX):
         method = v.partition(":")[2] or "crown"
         if method not in LIRPA_METHODS:
             raise UsageError(f"unknown auto_LiRPA method {method!r}; choose one of {', '.join(LIRPA_METHODS)}")
-        return f"auto_lirpa:{method}"
+        return f"{LIRPA_PREFIX}:{method}"
     more = f", {', '.join(sorted(extra))}" if extra else ""
     raise UsageError(f"unknown engine {value!r}; choose one of {', '.join(ENGINE_CHOICES)}{more} "
                      f"or auto_lirpa:<{'|'.join(LIRPA_METHODS)}>")
@@ -79,7 +117,7 @@ def valid_unproven(value: str) -> str:
 
 def valid_estimated(value: str) -> str:
     v = str(value).strip().lower()
-    if v not in ("pass",) + UNPROVEN_ACTIONS:
+    if v not in ESTIMATED_ACTIONS:
         raise UsageError(f"unknown action for estimated verdicts {value!r}; choose pass, fail, xfail or skip")
     return v
 
@@ -93,7 +131,7 @@ def valid_seed(value) -> int:
 
 def valid_precision(value) -> str:
     v = str(value).strip().lower()
-    if v not in ("float32", "float64"):
+    if v not in PRECISIONS:
         raise UsageError(f"precision must be float32 or float64, got {value!r}")
     return v
 
@@ -157,15 +195,27 @@ class Settings:
         return replace(self, **changes) if changes else self
 
 
+PATH_OPTIONS = ("spec_sheet", "artifacts", "report", "compare")
+
+
 def from_config(config, extra_engines=()) -> Settings:
-    """Read flags and ini keys; raise UsageError with a clear message on bad values."""
+    """Read flags and ini keys; raise UsageError with a clear message on bad values.
+
+    Paths: a command-line path is relative to the invocation directory (as with
+    ``--junitxml``); an ini path is relative to the rootdir (where the ini file lives), so
+    ``latent_spec_sheet = out/sheet.json`` means the same file wherever pytest is started."""
+    sources = {}
 
     def get(name):
         cli = config.getoption(f"latent_{name}", None)
         if cli not in (None, ""):
+            sources[name] = Path(config.invocation_params.dir)
             return cli
         ini = config.getini(f"latent_{name}")
-        return ini if ini not in (None, "") else OPTIONS[name][1]
+        if ini not in (None, ""):
+            sources[name] = Path(str(config.rootpath))
+            return ini
+        return OPTIONS[name][1]
 
     values = {}
     for name in OPTIONS:
@@ -176,9 +226,8 @@ def from_config(config, extra_engines=()) -> Settings:
             values[name] = VALIDATORS[name](raw)
         else:
             values[name] = Path(raw) if raw else None
-    for key in ("spec_sheet", "artifacts", "report", "compare"):
+    for key in PATH_OPTIONS:
         if values[key] is not None and not values[key].is_absolute():
-            # CLI paths are relative to the invocation directory, as with --junitxml
-            values[key] = Path(config.invocation_params.dir) / values[key]
+            values[key] = sources[key] / values[key]
     return Settings(junit_properties=bool(config.getoption("latent_junit_properties", False)),
                     latent_space_fixture=config.getini("latent_space_fixture") or "latent_space", **values)

@@ -1,16 +1,20 @@
 """pytest entry point: options, the ``latent`` marker, the ``latent_audit`` fixture and
-reporting hooks. Kept thin: the work happens in session.py / api.py, and nothing here
-imports torch, so loading the plugin stays cheap for suites that never use it."""
+reporting hooks. Kept thin: one latent test is a ``session.TestRunner``, the session end is
+``session.LatentSession.finish``; nothing here imports torch or numpy, so loading the plugin
+stays cheap for suites that never use it."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from .options import OPTIONS, UsageError, from_config
+from .options import OPTIONS, UsageError, check_device_available, from_config
+from .vocab import ESTIMATED, PROVED, UNPROVEN, VIOLATED
 
 SESSION_KEY = pytest.StashKey["LatentSession"]()
 RECORD_KEY = pytest.StashKey[dict]()
+START_KEY = pytest.StashKey[dict]()
 
 MARKER_DOC = ("latent(direction, eps, spec, engine=None, budget=None, device=None, unproven=None, estimated=None, "
               "precision=None, attack='sign'|'adam'|'blackbox', sweep=[eps, ...], radius=True, validity=True): "
@@ -18,7 +22,9 @@ MARKER_DOC = ("latent(direction, eps, spec, engine=None, budget=None, device=Non
               "most eps along the named direction of the latent space. sweep records extra radii for the "
               "spec sheet's curve without changing pass/fail; radius records each seed's largest certified "
               "radius (up to 2*eps); validity records continuity and realism checks of the direction "
-              "(with a decoder) and warns on problems. Keyword arguments override the --latent-* options for this test.")
+              "(with a decoder) and warns on problems. The audit, the sweep, the radius search and the validity "
+              "checks share one budget (--latent-budget seconds per latent test). Keyword arguments override the "
+              "--latent-* options for this test; any other keyword is an error.")
 
 
 def pytest_addoption(parser):
@@ -62,6 +68,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", MARKER_DOC)
     try:
         settings = from_config(config, extra_engines=tuple(registry(config, "engines")))
+        check_device_available(settings.device)
     except UsageError as exc:
         raise pytest.UsageError(f"pytest-latentaudit: {exc}") from None
     from .session import LatentSession
@@ -77,6 +84,48 @@ def pytest_report_header(config):
 
 
 _MISSING = object()
+_WARM = {"done": False}
+
+
+def _warm_up() -> None:
+    """Once per process, after collection: the first graph lowering of a process costs seconds
+    of torch start-up that no test's budget (or pytest-timeout limit) should pay."""
+    if _WARM["done"]:
+        return
+    _WARM["done"] = True
+    try:
+        import torch
+
+        from .api import audit
+        from .latent import Direction
+        from .specs import Invariance
+
+        audit(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()), torch.ones(1, 2),
+              direction=Direction.axis(0), eps=0.1, spec=Invariance(), engine="linear", device="cpu", budget_s=1.0)
+    except Exception:  # noqa: BLE001 - only a warm-up
+        pass
+
+
+def _time_left(item):
+    """``(seconds, what)`` until pytest-timeout stops this test, or ``(None, None)``."""
+    pm = item.config.pluginmanager
+    if not pm.hasplugin("timeout"):
+        return None, None
+    try:
+        import pytest_timeout
+
+        settings = pytest_timeout._get_item_settings(item)
+    except Exception:  # noqa: BLE001 - another version: fall back to the option
+        timeout = getattr(item.config.option, "timeout", None)
+        settings = None
+    else:
+        timeout = settings.timeout
+    if not timeout or timeout <= 0:
+        return None, None
+    starts = item.stash.get(START_KEY, {})
+    func_only = bool(getattr(settings, "func_only", False))
+    start = starts.get("call" if func_only else "protocol", starts.get("call", time.perf_counter()))
+    return timeout - (time.perf_counter() - start), f"the pytest-timeout limit ({timeout:g} s)"
 
 
 class LatentAudit:
@@ -91,8 +140,8 @@ class LatentAudit:
         marker = request.node.get_closest_marker("latent")
         kwargs = dict(marker.kwargs) if marker else {}
         if marker and marker.args:
-            raise pytest.UsageError("@pytest.mark.latent takes keyword arguments only "
-                                    "(direction=..., eps=..., spec=...)")
+            pytest.fail("@pytest.mark.latent takes keyword arguments only (direction=..., eps=..., spec=...)",
+                        pytrace=False)
         name = session.settings.latent_space_fixture
         try:
             space = request.getfixturevalue(name)
@@ -102,39 +151,54 @@ class LatentAudit:
             pytest.fail(f"latent_audit needs a fixture named {name!r} that returns a LatentSpace "
                         f"(define it in conftest.py, or set the ini option latent_space_fixture)", pytrace=False)
         from .latent import LatentAuditError, LatentSpace
+        from .records import TestRecord
 
         if not isinstance(space, LatentSpace):
             pytest.fail(f"fixture {name!r} returned {type(space).__name__}, not a LatentSpace", pytrace=False)
+        left, what = _time_left(request.node)
+        runner = session.runner(request.node.nodeid, kwargs, space, model, seeds, labels, overrides=overrides,
+                                cache=getattr(request.config, "cache", None),
+                                engines=registry(request.config, "engines"),
+                                falsifiers=registry(request.config, "falsifiers"), time_left=left, timeout_note=what)
         error = None
         try:
-            result, record, settings = session.run(request.node.nodeid, kwargs, space, model, seeds, labels,
-                                                   overrides, cache=getattr(request.config, "cache", None),
-                                                   engines=registry(request.config, "engines"),
-                                                   falsifiers=registry(request.config, "falsifiers"))
+            runner.prepare()
+            result, record, settings = runner.run()
         except (LatentAuditError, UsageError, TypeError, ValueError) as exc:
             error = f"latent_audit: {exc}"
+        except BaseException as exc:  # pytest-timeout's Failed, KeyboardInterrupt: record what finished
+            partial = runner.partial_record(exc)
+            if partial is not None:
+                request.node.stash[RECORD_KEY] = partial.to_json()
+            raise
         if error is not None:
             pytest.fail(error, pytrace=False)
-        request.config.hook.pytest_latentaudit_record(record=record, item=request.node)
-        request.node.stash[RECORD_KEY] = record
+        data = record.to_json()
+        request.config.hook.pytest_latentaudit_record(record=data, item=request.node)
+        try:  # what a hook added lands in the record's ``extra``; what it changed is checked
+            record = TestRecord.from_json(data, "record (after pytest_latentaudit_record hooks)")
+        except LatentAuditError as exc:
+            pytest.fail(f"latent_audit: {exc}", pytrace=False)
+        request.node.stash[RECORD_KEY] = record.to_json()
         if session.settings.junit_properties:
             for key in ("verdict", "eps", "direction"):
-                request.node.user_properties.append((f"latent_{key}", record[key]))
-            for key, val in record["counts"].items():
+                request.node.user_properties.append((f"latent_{key}", getattr(record, key)))
+            for key, val in record.counts.to_json().items():
                 request.node.user_properties.append((f"latent_{key}", val))
         from .report import failure_message
 
-        if record["verdict"] == "violated":
-            pytest.fail(failure_message(record), pytrace=False)
-        if record["verdict"] in ("unproven", "estimated"):
-            action = settings.unproven if record["verdict"] == "unproven" else settings.estimated
-            msg = failure_message(record)
+        msg = lambda: failure_message(record, sheet=settings.spec_sheet,  # noqa: E731
+                                      image_base=settings.spec_sheet.parent if settings.spec_sheet else None)
+        if record.verdict == VIOLATED:
+            pytest.fail(msg(), pytrace=False)
+        if record.verdict in (UNPROVEN, ESTIMATED):
+            action = settings.unproven if record.verdict == UNPROVEN else settings.estimated
             if action == "xfail":
-                pytest.xfail(msg)
+                pytest.xfail(msg())
             elif action == "skip":
-                pytest.skip(msg)
+                pytest.skip(msg())
             elif action == "fail":
-                pytest.fail(msg, pytrace=False)
+                pytest.fail(msg(), pytrace=False)
         return result
 
 
@@ -149,14 +213,28 @@ def latent_audit(request):
     return LatentAudit(request)
 
 
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    item.stash[START_KEY] = {"protocol": time.perf_counter()}
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_call(item):
+    item.stash.setdefault(START_KEY, {})["call"] = time.perf_counter()
+    yield
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    record = item.stash.get(RECORD_KEY, None)
-    if record is not None and call.when == "call":
-        # travels with the report, so xdist workers need no extra channel
-        report.latentaudit = record
+    if call.when == "call":
+        record = item.stash.get(RECORD_KEY, None)
+        if record is not None:
+            # travels with the report, so xdist workers need no extra channel
+            report.latentaudit = record
+            del item.stash[RECORD_KEY]  # a rerun (pytest-rerunfailures) makes its own
 
 
 class _SessionHooks:
@@ -166,34 +244,93 @@ class _SessionHooks:
         self.config = config
         self.ls = latent_session
 
+    # -------------------------------------------------------------- what ran, what did not
+    def pytest_deselected(self, items):
+        ids = [i.nodeid for i in items]
+        self.ls.deselected_ids.update(ids)
+        out = getattr(self.config, "workeroutput", None)
+        if out is not None:  # xdist worker: tell the controller
+            out["latentaudit_deselected"] = sorted(set(out.get("latentaudit_deselected", [])) | set(ids))
+
+    def pytest_collection_finish(self, session):
+        self._collected([i.nodeid for i in session.items])
+        # warm up torch's tracer once per process (xdist: per worker), outside every test and its
+        # timeout, when latent tests will run and the suite imported torch anyway
+        import sys
+
+        if "torch" in sys.modules and any(i.get_closest_marker("latent") for i in session.items):
+            _warm_up()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        self._collected(ids)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error):
+        out = getattr(node, "workeroutput", None) or {}
+        self.ls.deselected_ids.update(out.get("latentaudit_deselected", []))
+
+    def _collected(self, ids):
+        self.ls.collected_ids.update(ids)
+        self.ls.collected_files.update(i.split("::", 1)[0] for i in ids)
+
     def pytest_runtest_logreport(self, report):
-        record = getattr(report, "latentaudit", None)
-        if record is None or report.when != "call":
+        if report.when == "setup" and report.failed:
+            self.ls.ran_ids.add(report.nodeid)
+        if report.when != "call":
             return
-        rec = dict(record)
+        self.ls.attempt(report.nodeid)
+        data = getattr(report, "latentaudit", None)
+        if data is None:
+            self.ls.drop(report.nodeid)  # the last attempt wins, even when it left no record
+            return
+        from .records import SheetFormatError, TestRecord
+
+        try:
+            rec = TestRecord.from_json(data, report.nodeid)
+        except SheetFormatError as exc:  # a hook wrote something unreadable
+            self.ls.error(f"latentaudit: the record of {report.nodeid} is malformed: {exc}")
+            return
         xfail = hasattr(report, "wasxfail")
-        rec["outcome"] = ("xfailed" if report.skipped else "xpassed") if xfail else report.outcome
+        outcome = "failed" if report.outcome == "rerun" else report.outcome
+        rec.outcome = ("xfailed" if report.skipped else "xpassed") if xfail else outcome
         self.ls.add(rec)
 
+    # -------------------------------------------------------------- the end
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session, exitstatus):
         if hasattr(self.config, "workerinput"):
             return  # xdist worker: records travel with the reports; the controller writes
-        _junit_suite_properties(self.config, self.ls.records)
-        self.ls.written = self.ls.write_sheet()
-        if self.ls.finish() and session.exitstatus == pytest.ExitCode.OK:
+        status = session.exitstatus
+        interrupted = {pytest.ExitCode.INTERRUPTED: "interrupted",
+                       pytest.ExitCode.INTERNAL_ERROR: "stopped by an internal error"}.get(status)
+        try:
+            _junit_suite_properties(self.config, self.ls.records)
+        except Exception as exc:  # noqa: BLE001
+            self.ls.error(f"latentaudit: JUnit properties: {type(exc).__name__}: {exc}")
+        try:
+            failed = self.ls.finish(interrupted=interrupted)
+        except Exception as exc:  # noqa: BLE001 - never lose the JUnit XML or the summary
+            self.ls.error(f"latentaudit: session end failed: {type(exc).__name__}: {exc}")
+            failed = True
+        if failed and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
-        if hasattr(config, "workerinput") or not (self.ls.records or self.ls.messages):
+        if hasattr(config, "workerinput") or not (self.ls.records or self.ls.messages or self.ls.carried):
             return
-        from .report import summary_table
+        from .report import cut_short_lines, summary_table
 
         tr = terminalreporter
         tr.section("latent audit summary")
         if self.ls.records:
-            for line in summary_table(sorted(self.ls.records, key=lambda r: r["nodeid"])):
+            for line in summary_table(self.ls.records):
                 tr.write_line(line)
+        for line in cut_short_lines(self.ls.records):
+            tr.write_line(line, yellow=True)
+        if self.ls.carried:
+            tr.write_line(f"{len(self.ls.carried)} test(s) did not run: their records are carried over from the "
+                          f"earlier spec sheet (marked carried_over)")
         if self.ls.written:
             tr.write_line(f"spec sheet: {self.ls.written}")
         for line, failed in self.ls.messages:
@@ -210,14 +347,15 @@ def _junit_suite_properties(config, records):
     xml = config.stash.get(xml_key, None)
     if xml is None:
         return
+
     verdicts = {}
     for r in records:
-        verdicts[r["verdict"]] = verdicts.get(r["verdict"], 0) + 1
+        verdicts[r.verdict] = verdicts.get(r.verdict, 0) + 1
     xml.add_global_property("latentaudit_tests", len(records))
-    for v in ("proved", "violated", "unproven", "estimated"):
+    for v in (PROVED, VIOLATED, UNPROVEN, ESTIMATED):
         xml.add_global_property(f"latentaudit_{v}", verdicts.get(v, 0))
-    for r in sorted(records, key=lambda r: r["nodeid"]):
-        c = r["counts"]
-        xml.add_global_property(f"latentaudit:{r['nodeid']}",
-                                f"{r['verdict']} direction={r['direction']} eps={r['eps']:g} "
-                                f"verified={c['verified']} falsified={c['falsified']} unknown={c['unknown']}")
+    for r in records:
+        c = r.counts
+        xml.add_global_property(f"latentaudit:{r.nodeid}",
+                                f"{r.verdict} direction={r.direction} eps={r.eps:g} "
+                                f"verified={c.verified} falsified={c.falsified} unknown={c.unknown}")

@@ -1,66 +1,100 @@
 """Text a person reads: the failure message of one latent test and the session summary.
 
-Works on plain record dicts (see session.make_record) so it runs on the xdist controller
-without torch.
+Works on ``records.TestRecord`` objects (JSON dicts are parsed) so it runs on the xdist
+controller and in the CLI without torch.
 """
 from __future__ import annotations
 
-from typing import Iterable, List
+from pathlib import Path
+from typing import Iterable, List, Mapping, Optional, Union
+
+from .records import TestRecord
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def counts_line(rec: dict) -> str:
-    c, n = rec["counts"], rec["n_seeds"]
-    return (f"verified {c['verified']}/{n} ({_pct(rec['verified_fraction'])}), falsified {c['falsified']}, "
-            f"unknown {c['unknown']}; needs {_pct(rec['at_least'])} verified")
+def _rec(rec: Union[TestRecord, Mapping]) -> TestRecord:
+    return rec if isinstance(rec, TestRecord) else TestRecord.from_json(rec)
 
 
-def failure_message(rec: dict) -> str:
+def counts_line(rec: Union[TestRecord, Mapping]) -> str:
+    r = _rec(rec)
+    c = r.counts
+    return (f"verified {c.verified}/{r.n_seeds} ({_pct(r.verified_fraction)}), falsified {c.falsified}, "
+            f"unknown {c.unknown}; needs {_pct(r.at_least)} verified")
+
+
+def failure_message(rec: Union[TestRecord, Mapping], *, sheet: Optional[Path] = None,
+                    image_base: Optional[Path] = None) -> str:
+    """The message of a violated / unproven / estimated test. ``sheet``: where the spec sheet
+    is written; ``image_base``: the folder image paths are relative to (printed resolved)."""
+    r = _rec(rec)
     lines = [
-        f"latent spec {rec['verdict'].upper()}: {rec['spec_text']} along {rec['direction']!r}, eps={rec['eps']:g}",
-        f"  {counts_line(rec)}",
+        f"latent spec {r.verdict.upper()}: {r.spec_text or r.spec_kind} along {r.direction!r}, eps={r.eps:g}",
+        f"  {counts_line(r)}",
     ]
-    est = rec.get("estimate")
+    est = r.estimate
     if est:
         lines.append(f"  sampling evidence: {est['samples']} sampled variations; the spec holds on "
                      f"{_pct(est['fraction'])} of them, [{_pct(est['lower'])}, {_pct(est['upper'])}] at "
                      f"{_pct(est['confidence'])} confidence (estimated, not proved)")
-    if rec.get("rungs"):
-        lines.append("  decided by: " + ", ".join(f"{k} {v}" for k, v in sorted(rec["rungs"].items())))
-    cexs = rec.get("counterexamples") or []
-    if cexs:
-        w = cexs[0]
-        off = ", ".join(f"{o:+.4g}" for o in w["offset"])
-        off_eps = ", ".join(f"{o:+.2f}" for o in w["offset_eps"])
-        exp = "" if w.get("expected") is None else f", expected {w['expected']}"
-        lines.append(f"  worst counterexample: seed {w['seed_index']}, offset ({off}) = ({off_eps}) eps "
-                     f"along {rec['direction']!r}: predicted {w['predicted']}{exp} (margin {w['margin']:.4g}; "
+    if r.rungs:
+        lines.append("  decided by: " + ", ".join(f"{k} {v}" for k, v in sorted(r.rungs.items())))
+    if r.counterexamples:
+        w = r.counterexamples[0]
+        off = ", ".join(f"{o:+.4g}" for o in w.offset)
+        off_eps = ", ".join(f"{o:+.2f}" for o in w.offset_eps)
+        exp = "" if w.expected is None else f", expected {w.expected}"
+        lines.append(f"  worst counterexample: seed {w.seed_index}, offset ({off}) = ({off_eps}) eps "
+                     f"along {r.direction!r}: predicted {w.predicted}{exp} (margin {w.margin:.4g}; "
                      f"re-checked by a plain forward pass)")
-        if w.get("image"):
-            lines.append(f"  counterexample image: {w['image']}")
-    fb = rec.get("failing_bound")
-    if fb is not None and rec["counts"]["unknown"]:
+        if w.image:
+            img = Path(w.image)
+            if not img.is_absolute() and image_base is not None:
+                img = image_base / img
+            lines.append(f"  counterexample image: {img}")
+    if r.failing_bound is not None and r.counts.unknown:
         lines.append(f"  failing bound: the best proven upper bound of the spec margin on an unproved seed is "
-                     f"{fb:.4g} (a proof needs < 0)")
-    for note in rec.get("notes") or []:
+                     f"{r.failing_bound:.4g} (a proof needs < 0)")
+    for note in r.notes:
         lines.append(f"  note: {note}")
-    lines.append(f"  engine {rec['engine']}, {rec['seconds']:.2f} s, seed {rec['seed']}")
-    if rec.get("spec_sheet"):
-        lines.append(f"  spec sheet: {rec['spec_sheet']}")
+    if r.cut_short:
+        lines.append(f"  cut short by the budget ({_budget(r.budget)}): {', '.join(r.cut_short)}")
+    lines.append(f"  engine {r.engine}, {r.seconds:.2f} s, seed {r.seed}")
+    if sheet is not None:
+        lines.append(f"  spec sheet: {sheet}")
     return "\n".join(lines)
 
 
-def summary_table(records: Iterable[dict]) -> List[str]:
+def _budget(b: Optional[float]) -> str:
+    return "no budget" if b is None else f"{b:g} s"
+
+
+def summary_table(records: Iterable[Union[TestRecord, Mapping]]) -> List[str]:
+    """One row per record; records carried over from an earlier sheet are marked ``*``."""
     rows = [("test", "direction", "eps", "spec", "verdict", "verified", "falsified", "unknown", "seconds")]
-    for r in records:
-        c = r["counts"]
-        rows.append((r["nodeid"].split("::")[-1], str(r["direction"]), f"{r['eps']:g}", r["spec_text"],
-                     r["verdict"], str(c["verified"]), str(c["falsified"]), str(c["unknown"]), f"{r['seconds']:.2f}"))
+    for rec in records:
+        r = _rec(rec)
+        c = r.counts
+        name = r.nodeid.split("::")[-1] + ("" if r.ran else " *")
+        rows.append((name, r.direction, f"{r.eps:g}", r.spec_text or r.spec_kind, r.verdict, str(c.verified),
+                     str(c.falsified), str(c.unknown), f"{r.seconds:.2f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     fmt = lambda row: "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()  # noqa: E731
     out = [fmt(rows[0]), fmt(tuple("-" * w for w in widths))]
     out += [fmt(row) for row in rows[1:]]
+    return out
+
+
+def cut_short_lines(records: Iterable[TestRecord]) -> List[str]:
+    """One line per test whose budget cut something short, or that was interrupted."""
+    out = []
+    for r in records:
+        name = r.nodeid.split("::")[-1]
+        if r.interrupted:
+            out.append(f"{name}: interrupted ({r.interrupted.get('reason', 'stopped')}) before its audit finished")
+        if r.cut_short:
+            out.append(f"{name}: budget {_budget(r.budget)} cut short {', '.join(r.cut_short)}")
     return out

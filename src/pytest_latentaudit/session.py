@@ -1,24 +1,70 @@
-"""The session object kept on ``config``: runs audits for the fixture, turns results into
-records, collects records from reports (so xdist workers need no extra channel) and
-writes the spec sheet at the end."""
+"""The pytest layer's work, out of the plugin's hooks:
+
+* ``TestRunner``: one latent test. Checks the marker, then runs the audit, the direction's
+  validity checks, the radius sweep and the certified-radius search on **one** budget
+  (``--latent-budget`` seconds per latent test; see ``Budget``), with the same engine,
+  falsifier, attack and replayed counterexamples for every audit, and builds the test's
+  ``records.TestRecord`` (saving counterexample pictures, where a failure is a warning).
+* ``LatentSession``: the session controller. Collects one record per test from the reports
+  (the last attempt wins under pytest-rerunfailures; xdist workers need no extra channel),
+  and at the end writes the spec sheet (never after an interrupted run; a subset run keeps
+  the earlier sheet's other tests, marked carried over), the HTML report, and runs the
+  coverage and compare gates. Nothing at session end raises: an error becomes one clear
+  line in the terminal summary and a failing exit status.
+
+Importing this module imports neither torch nor numpy.
+"""
 from __future__ import annotations
 
+import difflib
 import hashlib
+import math
 import re
+import time
+import warnings
+import weakref
 import zlib
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from . import __version__
-from .options import Settings
-from .specsheet import SpecSheet
+from .options import MARKER_KEYWORDS, CacheWarning, CounterexampleImageWarning, Settings
+from .records import CounterexampleRecord, Counts, SheetFormatError, SweepPoint, TestRecord
+from .vocab import ATTACKS, EXACT, LIRPA_PREFIX, NO_RADIUS_ENGINES, PROVED, UNKNOWN, UNPROVEN
 
 MAX_COUNTEREXAMPLES = 20
+MAX_IMAGES = 5
+CACHE_PREFIX = "latentaudit/counterexamples/"
+
+# ------------------------------------------------------------------ the budget split
+#: the audit's share of the budget when extras (validity, sweep, radius) are requested; what
+#: the audit leaves unused goes to the extras
+AUDIT_SHARE = 0.6
+#: the sweep's share of what the audit left when a radius search follows
+SWEEP_SHARE = 0.6
+#: kept back for building the record and saving pictures
+RESERVE_SHARE, RESERVE_MAX_S = 0.04, 0.25
+#: with pytest-timeout, the budget is at most this fraction of the time the timeout leaves
+TIMEOUT_SHARE = 0.8
+#: seeds in the certified-radius search's first batch, which measures its cost per seed
+RADIUS_PROBE = 2
+#: how far past its grant an engine call is assumed to run until measured, and the most it is
+#: believed (a larger overrun is the engine's fault, not a reason to starve later calls)
+OVERRUN_DEFAULT, OVERRUN_MAX = 1.5, 3.0
+#: the validity checks cannot be interrupted: until their cost is known (from an earlier run in
+#: this process) they start only with this share of the budget, and at least this many seconds,
+#: left (they run once per latent space, direction and eps)
+VALIDITY_START_SHARE, VALIDITY_START_MIN_S = 0.5, 5.0
 
 
 def derive_seed(global_seed: int, nodeid: str) -> int:
     """Per-test seed: stable across runs and workers, different per test."""
     return (int(global_seed) * 1_000_003 + zlib.crc32(nodeid.encode())) & 0x7FFF_FFFF
+
+
+def cache_key(nodeid: str) -> str:
+    """The replay-cache key of a test: a hash, never the raw node id (which may hold ``../``)."""
+    return CACHE_PREFIX + hashlib.sha256(nodeid.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def model_fingerprint(model) -> Optional[str]:
@@ -41,8 +87,7 @@ def _segment_summary(result) -> Optional[dict]:
     fr = [f for f in (result.segment_fraction or []) if f is not None]
     if not fr:
         return None
-    return {"seeds": len(fr), "mean_fraction": sum(fr) / len(fr), "min_fraction": min(fr),
-            "exact": True}
+    return {"seeds": len(fr), "mean_fraction": sum(fr) / len(fr), "min_fraction": min(fr), "exact": True}
 
 
 def _estimate_json(est: Optional[dict]) -> Optional[dict]:
@@ -56,26 +101,9 @@ def _estimate_json(est: Optional[dict]) -> Optional[dict]:
 def evidence(result) -> str:
     """How strong the test's evidence is: exact (every seed decided by exact segments),
     proved, violated, or unproven."""
-    if result.verdict == "proved" and result.segment_fraction is not None and result.counts["unknown"] == 0:
-        return "exact"
+    if result.verdict == PROVED and result.segment_fraction is not None and result.counts[UNKNOWN] == 0:
+        return EXACT
     return result.verdict
-
-
-def radius_summary(radii: List[float], eps_max: float, bins: int = 10) -> dict:
-    srt = sorted(radii)
-    n = len(srt)
-
-    def q(p):
-        return srt[min(n - 1, int(round(p * (n - 1))))] if n else 0.0
-
-    edges = [eps_max * i / bins for i in range(bins + 1)]
-    counts = [0] * bins
-    for r in srt:
-        counts[min(bins - 1, int(r / eps_max * bins)) if eps_max > 0 else 0] += 1
-    return {"eps_max": eps_max, "mean": sum(srt) / n if n else 0.0,
-            "quantiles": {"min": q(0), "p10": q(0.1), "p25": q(0.25), "median": q(0.5), "p75": q(0.75),
-                          "p90": q(0.9), "max": q(1.0)},
-            "histogram": {"edges": edges, "counts": counts}}
 
 
 def _params(module):
@@ -85,6 +113,11 @@ def _params(module):
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:120]
+
+
+def _image_name(nodeid: str, seed_index: int) -> str:
+    digest = hashlib.sha256(nodeid.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{_safe(nodeid)[:100]}-{digest}-seed{seed_index}.png"
 
 
 def _deployment_fields(seeds, labels, direction, latent_space, eps) -> dict:
@@ -99,213 +132,636 @@ def _deployment_fields(seeds, labels, direction, latent_space, eps) -> dict:
     try:
         return {"latent_range": latent_ranges(seeds, eps, direction, with_basis=True),
                 "data_fingerprint": data_fingerprint(seeds, labels)}
-    except (DeployError, TypeError, ValueError):
-        return {}
+    except (DeployError, TypeError, ValueError) as exc:  # the audit passed; say why there is no range
+        return {"notes": [f"no deployment latent range recorded: {exc}"]}
 
 
+def _seed_count(seeds) -> Optional[int]:
+    z = seeds[0] if isinstance(seeds, tuple) and len(seeds) == 2 else seeds
+    try:
+        return int(z.shape[0]) if hasattr(z, "shape") else len(z)
+    except (TypeError, IndexError):
+        return None
+
+
+def _direction_k(direction, latent_space) -> Optional[int]:
+    try:
+        if isinstance(direction, str):
+            return latent_space.direction(direction).k
+        if hasattr(direction, "k"):
+            return int(direction.k)
+        shape = getattr(direction, "shape", None)
+        return 1 if shape is None or len(shape) == 1 else int(shape[1])
+    except Exception:  # the audit itself reports bad directions
+        return None
+
+
+def _kind_of(exc: BaseException) -> str:
+    msg = str(exc)
+    if type(exc).__name__ == "Failed" and msg.startswith("Timeout"):
+        return f"pytest-timeout ({msg.split(chr(10))[0]})"
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt"
+    return f"{type(exc).__name__}: {msg.splitlines()[0] if msg else ''}".rstrip(": ")
+
+
+# ------------------------------------------------------------------ one budget
+class Budget:
+    """The clock of one latent test: ``total`` seconds (None: unlimited) from ``start``.
+
+    Stages ask ``grant(fraction)`` for their budget: at most ``fraction`` of the total and never
+    more than is left before the deadline, divided by how far past its grant an audit of this
+    model (``model_key``) has run in this process (the engines work in chunks and lower the
+    graph inside their own clock; up to +85% was measured). The factor starts at
+    ``OVERRUN_DEFAULT`` and is learned from calls that ran into their deadline."""
+
+    def __init__(self, total: Optional[float], start: Optional[float] = None, lags: Optional[dict] = None,
+                 model_key=None):
+        self.total = total
+        self.start = time.perf_counter() if start is None else start
+        reserve = 0.0 if total is None else min(RESERVE_MAX_S, RESERVE_SHARE * total)
+        self.deadline = math.inf if total is None else self.start + total - reserve
+        self.lags = lags if lags is not None else {}
+        self.model_key = model_key
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def factor(self, kind: str = "audit") -> float:
+        return self.lags.get((kind, self.model_key), OVERRUN_DEFAULT)
+
+    def grant(self, fraction: float = 1.0, kind: str = "audit") -> Optional[float]:
+        """Seconds to give a stage (None: unlimited); 0 when nothing is left."""
+        if self.total is None:
+            return None
+        left = self.left()
+        if left <= 0:
+            return 0.0
+        return min(fraction * self.total, left) / self.factor(kind)
+
+    def observe(self, kind: str, granted: Optional[float], seconds: float) -> None:
+        """Learn the overrun factor from a call that ran into its deadline (a slowly decaying
+        maximum, between 1 and ``OVERRUN_MAX``); calls that finished early teach nothing."""
+        if granted is None or granted <= 0 or seconds < granted:
+            return
+        key = (kind, self.model_key)
+        ratio = min(OVERRUN_MAX, seconds / granted)
+        prev = self.lags.get(key)
+        self.lags[key] = ratio if prev is None else max(1.0, ratio, 0.8 * prev)
+
+    def min_call(self) -> Optional[float]:
+        """The fastest any audit-like call on this model has been in this process: what a
+        sweep point or a radius probe costs at the least (checks, lowering the graph)."""
+        return None if self.model_key is None else self.lags.get(("min_call", self.model_key))
+
+    def saw_call(self, seconds: float) -> None:
+        if self.model_key is not None:
+            key = ("min_call", self.model_key)
+            self.lags[key] = min(seconds, self.lags.get(key, math.inf))
+
+
+# ------------------------------------------------------------------ one latent test
+class TestRunner:
+    """Runs one latent test (``prepare`` then ``run``); ``partial_record`` after an interruption."""
+
+    __test__ = False
+
+    def __init__(self, session: "LatentSession", nodeid: str, marker: Dict[str, Any], latent_space, model, seeds,
+                 labels=None, overrides: Optional[Dict[str, Any]] = None, cache=None, engines=None, falsifiers=None,
+                 time_left: Optional[float] = None, timeout_note: Optional[str] = None):
+        self.session, self.nodeid = session, nodeid
+        self.space, self.model, self.seeds, self.labels = latent_space, model, seeds, labels
+        self.marker, self.overrides = dict(marker), dict(overrides or {})
+        self.cache, self.engines, self.falsifiers = cache, dict(engines or {}), dict(falsifiers or {})
+        self.time_left, self.timeout_note = time_left, timeout_note
+        self.started = time.perf_counter()  # the budget's clock starts with the fixture's call
+        self.stage = "setup"
+        self.result = None
+        self.record: Optional[TestRecord] = None
+        self.cut: List[str] = []
+        self.notes: List[str] = []
+
+    # ---------------------------------------------------------------- checks
+    def prepare(self) -> Settings:
+        from .latent import LatentAuditError
+        from .specs import as_spec
+
+        kw = dict(self.marker)
+        kw.update(self.overrides)
+        unknown = sorted(k for k in kw if k not in MARKER_KEYWORDS)
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, MARKER_KEYWORDS, n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise LatentAuditError(f"@pytest.mark.latent got unknown keyword argument(s) {', '.join(hints)}; "
+                                   f"valid keywords: {', '.join(MARKER_KEYWORDS)}")
+        missing = [k for k in ("direction", "eps", "spec") if kw.get(k) is None]
+        if missing:
+            raise LatentAuditError(f"@pytest.mark.latent needs {', '.join(missing)} "
+                                   f"(e.g. @pytest.mark.latent(direction='pose', eps=0.1, spec=Accuracy(0.95)))")
+        settings = self.session.settings.override(kw, extra_engines=tuple(self.engines))
+        attack = kw.get("attack") or "sign"
+        if attack not in ATTACKS and attack not in self.falsifiers:
+            raise LatentAuditError(f"unknown attack {attack!r}; use {', '.join(ATTACKS)}"
+                                   + "".join(f", {n}" for n in sorted(self.falsifiers)))
+        self.kw, self.attack, self.spec = kw, attack, as_spec(kw["spec"])
+        budget = settings.budget
+        if self.time_left is not None:
+            cap = max(0.05, TIMEOUT_SHARE * self.time_left)
+            if budget is None or cap < budget:
+                budget = round(cap, 3)
+                self.notes.append(f"budget capped at {budget:g} s by {self.timeout_note or 'the test timeout'}")
+        self.settings = settings if budget == settings.budget else _replace(settings, budget=budget)
+        self.seed = derive_seed(self.settings.seed, self.nodeid)
+        return self.settings
+
+    # ---------------------------------------------------------------- the run
+    def run(self) -> Tuple[Any, TestRecord, Settings]:
+        from .api import check_eps
+
+        s, kw = self.settings, self.kw
+        self.fingerprint = model_fingerprint(self.model)
+        budget = self.budget = Budget(s.budget, start=self.started, lags=self.session.lags,
+                                      model_key=(self.fingerprint or id(self.model), _direction_k(kw["direction"],
+                                                                                                  self.space)))
+        eps = check_eps(kw["eps"])
+        sweep = sorted({check_eps(r) for r in (kw.get("sweep") or [])} - {eps})
+        want_validity = bool(kw.get("validity", True)) and getattr(self.space, "decoder", None) is not None \
+            and isinstance(kw["direction"], str) and eps > 0
+        want_radius = bool(kw.get("radius", True)) and eps > 0 and self._radius_engine() is not None
+        # the sweep and the radius search share what the audit leaves; the validity checks (not
+        # interruptible) start only when enough is left, so they take nothing from the audit
+        extras = bool(sweep) or want_radius
+        replay = self._replay()
+        self.stage = "audit"
+        granted = budget.grant(AUDIT_SHARE if extras else 1.0)
+        t0 = time.perf_counter()
+        result = self.result = self._audit(eps, granted, replay)
+        budget.observe("audit", granted, time.perf_counter() - t0)
+        budget.saw_call(time.perf_counter() - t0)
+        self._store_replay(result)
+        record = self.record = self.make_record(result)
+        for key, value in _deployment_fields(self.seeds, self.labels, kw["direction"], self.space, result.eps).items():
+            if key == "notes":
+                record.notes += value
+            else:
+                setattr(record, key, value)
+        if want_validity:
+            self.stage = "validity"
+            record.validity = self._validity(kw["direction"], result.eps, budget)
+        if sweep:
+            self.stage = "sweep"
+            record.sweep = self._sweep(sweep, replay, budget, leave=(1 - SWEEP_SHARE) if want_radius else 0.0)
+        if want_radius:
+            self.stage = "certified radius"
+            record.certified_radius = self._radius(max([2 * result.eps] + sweep), budget)
+        self.stage = "record"
+        record.notes += self.notes
+        record.cut_short = list(self.cut)
+        record.budget = s.budget
+        record.seconds = round(budget.elapsed(), 4)
+        return result, record, s
+
+    def _audit_kwargs(self) -> dict:
+        s = self.settings
+        return dict(latent_space=self.space, engine=s.engine, device=s.device, seed=self.seed, precision=s.precision,
+                    attack=self.attack, bound_factory=self.engines.get(s.engine),
+                    falsifier=self.falsifiers.get(self.attack))
+
+    def _audit(self, eps: float, budget_s: Optional[float], replay):
+        from .api import audit
+
+        return audit(self.model, self.seeds, self.labels, direction=self.kw["direction"], eps=eps, spec=self.spec,
+                     budget_s=budget_s, replay=[(i, t) for i, t in replay if max(map(abs, t), default=0) <= eps],
+                     **self._audit_kwargs())
+
+    # ---------------------------------------------------------------- replay cache
+    def _replay(self) -> List[Tuple[int, list]]:
+        """Counterexamples this test found last time (checked first); a malformed entry is
+        dropped with a warning (and overwritten after this run)."""
+        if self.cache is None:
+            return []
+        key = cache_key(self.nodeid)
+        stored = self.cache.get(key, None)
+        if stored is None:
+            return []
+        n, k = _seed_count(self.seeds), _direction_k(self.kw["direction"], self.space)
+
+        def bad(why):
+            warnings.warn(CacheWarning(f"dropped the malformed replay-cache entry {key} of {self.nodeid} ({why}); "
+                                       f"it is rewritten after this test"), stacklevel=5)
+            return []
+
+        if not isinstance(stored, dict) or stored.get("nodeid") != self.nodeid:
+            return bad("not this test's entry")
+        items = stored.get("counterexamples")
+        if not isinstance(items, list):
+            return bad("'counterexamples' is not a list")
+        out = []
+        for c in items:
+            if not isinstance(c, dict):
+                return bad("an entry is not an object")
+            i, t = c.get("seed_index"), c.get("offset")
+            if not isinstance(i, int) or isinstance(i, bool) or i < 0 or (n is not None and i >= n):
+                return bad(f"seed index {i!r} out of range")
+            if not isinstance(t, list) or not t or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                           and math.isfinite(v) for v in t):
+                return bad("an offset is not a list of finite numbers")
+            if k is not None and len(t) != k:
+                return bad(f"an offset has {len(t)} coordinates, the direction has {k}")
+            out.append((i, [float(v) for v in t]))
+        return out
+
+    def _store_replay(self, result) -> None:
+        if self.cache is None:
+            return
+        try:
+            self.cache.set(cache_key(self.nodeid), {"nodeid": self.nodeid, "counterexamples": [
+                {"seed_index": c.seed_index, "offset": c.offset} for c in result.counterexamples]})
+        except (OSError, TypeError, ValueError) as exc:  # a read-only cache must not fail the test
+            warnings.warn(CacheWarning(f"could not store counterexamples for replay: {exc}"), stacklevel=4)
+
+    # ---------------------------------------------------------------- extras
+    def _validity(self, direction: str, eps: float, budget: Budget) -> Optional[dict]:
+        if not self.session.validity_cached(self.space, direction, eps) and budget.total is not None:
+            known = self.session.lags.get("validity")
+            need = max(VALIDITY_START_SHARE * budget.total, VALIDITY_START_MIN_S) if known is None else 1.2 * known
+            if budget.left() < need:
+                self.cut.append("validity checks")
+                return None
+        return self.session.validity(self.space, direction, eps, self.seeds, budget)
+
+    def _sweep(self, radii: List[float], replay, budget: Budget, leave: float) -> List[SweepPoint]:
+        """Extra radii recorded for the verified-fraction curve; they never change pass/fail."""
+        out: List[SweepPoint] = []
+        for i, r in enumerate(radii):
+            granted = None
+            if budget.total is not None:
+                # this point's even share of what the sweep may use; a point is started only when
+                # that share covers the least an audit of this model has taken
+                share = (1.0 - leave) * budget.left() / (len(radii) - i)
+                granted = max(0.0, share / budget.factor("audit"))
+                if granted <= 0.02 * budget.total or share < (budget.min_call() or 0.0):
+                    self.cut.append("sweep eps=" + ", ".join(f"{x:g}" for x in radii[i:]))
+                    break
+            t0 = time.perf_counter()
+            res = self._audit(r, granted, replay)
+            budget.observe("audit", granted, time.perf_counter() - t0)
+            budget.saw_call(time.perf_counter() - t0)
+            out.append(SweepPoint(eps=r, verdict=res.verdict, evidence=evidence(res), counts=Counts(**res.counts),
+                                  verified_fraction=res.verified_fraction, seconds=round(res.seconds, 4)))
+        return out
+
+    def _radius_engine(self) -> Optional[str]:
+        e = self.settings.engine
+        if e.startswith(LIRPA_PREFIX) or e in NO_RADIUS_ENGINES:
+            return None
+        return "ibp" if e == "ibp" else "linear"
+
+    def _radius(self, eps_max: float, budget: Budget) -> Optional[dict]:
+        """Distribution of the largest certified radius per seed (bisection, sound bounds),
+        searched in batches of seeds so the search stops at the budget; the summary says how
+        many seeds were searched (``n``)."""
+        from .api import certified_radius
+        from .deploy import certified_radius_summary
+
+        z, labels = self.seeds, self.labels
+        if isinstance(z, tuple) and len(z) == 2:
+            z, pair = z
+            labels = labels if labels is not None else pair
+        n = _seed_count(z) or 0
+        radii: List[float] = []
+        # seconds per seed of a search, learned per model (a probe of PROBE seeds first)
+        key = ("radius_per_seed", budget.model_key)
+        per_seed = self.session.lags.get(key)
+        done = 0
+        while done < n:
+            if budget.total is None:
+                size = n
+            else:
+                left = budget.left()
+                if per_seed is None:  # a probe: only when it fits (it costs at least a call)
+                    size = min(n, RADIUS_PROBE) if left >= 1.2 * (budget.min_call() or 0.0) and left > 0 else 0
+                else:
+                    size = min(n - done, int(left / per_seed))
+                if size <= 0:
+                    break
+            t0 = time.perf_counter()
+            part = certified_radius(self.model, z[done:done + size],
+                                    None if labels is None else labels[done:done + size],
+                                    direction=self.kw["direction"], spec=self.spec, eps_max=eps_max,
+                                    latent_space=self.space, device=self.settings.device,
+                                    engine=self._radius_engine(), precision=self.settings.precision,
+                                    budget_s=None if budget.total is None else max(0.0, budget.left()))
+            took = time.perf_counter() - t0
+            radii += [float(v) for v in part.tolist()]
+            done += size
+            est = took / size
+            per_seed = est if per_seed is None else max(est, 0.5 * per_seed + 0.5 * est)
+        if per_seed is not None:
+            self.session.lags[key] = per_seed
+        if done < n:
+            self.cut.append(f"certified radius (searched {done}/{n} seeds)")
+        if not radii:
+            return None
+        out = certified_radius_summary(radii, eps_max)
+        if done < n:
+            out["seeds"] = n
+        return out
+
+    # ---------------------------------------------------------------- the record
+    def make_record(self, result) -> TestRecord:
+        s = self.settings
+        cexs = sorted(result.counterexamples, key=lambda c: -c.margin)[:MAX_COUNTEREXAMPLES]
+        cex_records = [CounterexampleRecord(seed_index=c.seed_index, offset=list(c.offset),
+                                            offset_eps=list(c.offset_eps), predicted=c.predicted,
+                                            expected=c.expected, margin=c.margin) for c in cexs]
+        img_dir = s.artifact_dir()
+        if img_dir is not None and self.space is not None and getattr(self.space, "decoder", None) and cexs:
+            for c, cr in zip(cexs[:MAX_IMAGES], cex_records):
+                cr.image = self._save_image(img_dir, c)
+        dinfo = None
+        direction = self.kw["direction"]
+        if self.space is not None and isinstance(direction, str) and direction in self.space.directions:
+            dinfo = self.space.directions[direction].to_json()
+        return TestRecord(
+            nodeid=self.nodeid, direction=str(result.direction), direction_info=dinfo, eps=result.eps,
+            spec=self.spec.to_json(), spec_text=result.spec, verdict=result.verdict, evidence=evidence(result),
+            n_seeds=result.n, counts=Counts(**result.counts), verified_fraction=result.verified_fraction,
+            at_least=result.at_least, engine=result.engine, rungs=result.rungs(), seconds=round(result.seconds, 4),
+            budget=s.budget, device=s.device, precision=s.precision, seed=self.seed,
+            model_fingerprint=self.fingerprint, failing_bound=result.failing_bound(),
+            counterexamples=cex_records, notes=list(result.notes), segment=_segment_summary(result),
+            estimate=_estimate_json(result.estimate),
+            declared_directions=sorted(self.space.directions) if self.space is not None else [])
+
+    def _save_image(self, img_dir: Path, cex, frames: int = 6) -> Optional[str]:
+        """A strip along the direction: the nominal decoding first, the counterexample last.
+        Returns its path relative to the spec sheet's folder (absolute without a sheet); a
+        failure is a ``CounterexampleImageWarning``, never a test failure."""
+        try:
+            import torch
+
+            from .images import save_strip
+
+            alphas = torch.linspace(0, 1, frames)[:, None]
+            path_z = cex.z0[None] + alphas * (cex.z - cex.z0)[None]
+            with torch.no_grad():
+                imgs = self.space.decode(path_z.to(next(_params(self.space.decoder), cex.z).device))
+            imgs = imgs.detach().float().cpu().numpy()
+            path = save_strip(img_dir / _image_name(self.nodeid, cex.seed_index), list(imgs))
+        except Exception as exc:  # noqa: BLE001 - a picture must never fail the test it illustrates
+            warnings.warn(CounterexampleImageWarning(
+                f"could not save the counterexample image of seed {cex.seed_index} under {img_dir}: "
+                f"{type(exc).__name__}: {exc}"), stacklevel=5)
+            return None
+        sheet = self.settings.spec_sheet
+        if sheet is None:
+            return str(path)
+        from .specsheet import _relpath
+
+        return _relpath(path, sheet.parent)
+
+    # ---------------------------------------------------------------- interrupted
+    def partial_record(self, exc: BaseException) -> Optional[TestRecord]:
+        """The record of a test stopped mid-way (pytest-timeout, Ctrl-C): what finished, marked
+        ``interrupted``; before the audit finished, every seed is unknown."""
+        if not hasattr(self, "kw"):
+            return None  # stopped before its marker was checked: nothing to record
+        info = {"reason": _kind_of(exc), "stage": self.stage,
+                "after_s": round(self.budget.elapsed(), 3) if hasattr(self, "budget") else 0.0}
+        if self.record is not None:
+            rec = self.record
+            rec.cut_short = list(self.cut) + [self.stage]
+        else:
+            from .latent import LatentAuditError
+
+            n = _seed_count(self.seeds) or 0
+            try:
+                eps = float(self.kw["eps"])
+            except (TypeError, ValueError):
+                eps = 0.0
+            if not (eps >= 0 and math.isfinite(eps)):
+                eps = 0.0
+            try:
+                at_least = float(getattr(self.spec, "at_least", 1.0))
+            except (TypeError, ValueError, LatentAuditError):  # pragma: no cover
+                at_least = 1.0
+            d = self.kw["direction"]
+            rec = TestRecord(nodeid=self.nodeid, direction=d if isinstance(d, str) else "custom", eps=eps,
+                             verdict=UNPROVEN, counts=Counts(unknown=n), n_seeds=n, verified_fraction=0.0,
+                             at_least=at_least, spec=self.spec.to_json(), spec_text=self.spec.describe(),
+                             engine=self.settings.engine, budget=self.settings.budget, device=self.settings.device,
+                             precision=self.settings.precision, seed=self.seed,
+                             notes=[f"interrupted during the {self.stage} ({info['reason']}): no verdict was "
+                                    f"reached; every seed is recorded as unknown"],
+                             declared_directions=sorted(self.space.directions) if self.space is not None else [])
+            rec.cut_short = list(self.cut) + [self.stage]
+        rec.notes += [n for n in self.notes if n not in rec.notes]
+        rec.interrupted = info
+        rec.seconds = info["after_s"]
+        return rec
+
+
+def _replace(settings: Settings, **changes) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)
+
+
+# ------------------------------------------------------------------ the session
 class LatentSession:
     def __init__(self, settings: Settings, rootdir: Path, config=None):
         self.settings = settings
         self.config = config  # only for the pytest_latentaudit_sheet / _export hooks
         self.rootdir = rootdir
-        self.records: List[dict] = []
+        self._records: Dict[str, TestRecord] = {}  # node id -> the last attempt's record
+        self._attempts: Dict[str, int] = {}
+        self.ran_ids: Set[str] = set()  # tests that ran (with or without a record)
+        self.collected_ids: Set[str] = set()
+        self.deselected_ids: Set[str] = set()
+        self.collected_files: Set[str] = set()
         self.written: Optional[Path] = None
-        self._validity_cache: Dict[tuple, tuple] = {}
-        self.sheet: Optional[SpecSheet] = None
-        self.messages: List[tuple] = []  # (line, is_failure) for the terminal summary
-        self._baseline: Optional[dict] = None
+        self.sheet = None
+        self.messages: List[Tuple[str, bool]] = []  # (line, is_failure) for the terminal summary
+        self.failed = False
+        self.lags: Dict[Any, float] = {}  # what stages overran by / cost, learned per process (see Budget)
+        self._validity: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+        self.carried: List[TestRecord] = []
 
-    # ------------------------------------------------------------------ fixture side
+    @property
+    def records(self) -> List[TestRecord]:
+        """One record per test that ran (the last attempt), sorted by node id."""
+        return [self._records[k] for k in sorted(self._records)]
+
+    # ---------------------------------------------------------------- fixture side
+    def runner(self, nodeid: str, marker: Dict[str, Any], latent_space, model, seeds, labels=None, **kw) -> TestRunner:
+        return TestRunner(self, nodeid, marker, latent_space, model, seeds, labels, **kw)
+
     def run(self, nodeid: str, marker: Dict[str, Any], latent_space, model, seeds, labels=None,
             overrides: Optional[Dict[str, Any]] = None, cache=None, engines=None, falsifiers=None) -> tuple:
-        """Run the audit of one test; returns ``(AuditResult, record)``."""
-        from .api import audit
-        from .latent import LatentAuditError
-        from .specs import as_spec
+        """Run the audit of one test; returns ``(AuditResult, TestRecord, Settings)``."""
+        r = self.runner(nodeid, marker, latent_space, model, seeds, labels, overrides=overrides, cache=cache,
+                        engines=engines, falsifiers=falsifiers)
+        r.prepare()
+        return r.run()
 
-        kw = dict(marker)
-        kw.update(overrides or {})
-        missing = [k for k in ("direction", "eps", "spec") if kw.get(k) is None]
-        if missing:
-            raise LatentAuditError(f"@pytest.mark.latent needs {', '.join(missing)} "
-                                   f"(e.g. @pytest.mark.latent(direction='pose', eps=0.1, spec=Accuracy(0.95)))")
-        engines, falsifiers = engines or {}, falsifiers or {}
-        settings = self.settings.override(kw, extra_engines=tuple(engines))
-        attack = kw.get("attack") or "sign"
-        if attack not in ("sign", "adam", "blackbox") and attack not in falsifiers:
-            raise LatentAuditError(f"unknown attack {attack!r}; use sign, adam, blackbox"
-                                   + "".join(f", {n}" for n in sorted(falsifiers)))
-        spec = as_spec(kw["spec"])
-        seed = derive_seed(settings.seed, nodeid)
-        key = f"latentaudit/counterexamples/{nodeid}"
-        stored = cache.get(key, []) if cache is not None else []
-        replay = [(c["seed_index"], c["offset"]) for c in stored if isinstance(c, dict) and "offset" in c]
-        result = audit(model, seeds, labels, direction=kw["direction"], eps=kw["eps"], spec=spec,
-                       latent_space=latent_space, engine=settings.engine, device=settings.device,
-                       budget_s=settings.budget, seed=seed, precision=settings.precision, replay=replay,
-                       attack=attack, bound_factory=engines.get(settings.engine), falsifier=falsifiers.get(attack))
-        if cache is not None:
-            cache.set(key, [{"seed_index": c.seed_index, "offset": c.offset} for c in result.counterexamples])
-        record = self.make_record(nodeid, result, spec, settings, seed, model, latent_space, kw["direction"])
-        record.update(_deployment_fields(seeds, labels, kw["direction"], latent_space, result.eps))
-        if kw.get("validity", True) and getattr(latent_space, "decoder", None) is not None \
-                and isinstance(kw["direction"], str) and result.eps > 0:
-            record["validity"] = self._validity(latent_space, kw["direction"], result.eps, seeds)
-        extra_budget = None if settings.budget is None else settings.budget * 0.5
-        sweep = kw.get("sweep")
-        if sweep:
-            record["sweep"] = self._sweep(sweep, model, seeds, labels, kw, spec, latent_space, settings, seed,
-                                          extra_budget)
-        if kw.get("radius", True) and result.eps > 0:
-            eps_max = max([2 * result.eps] + [float(r) for r in (sweep or [])])
-            record["certified_radius"] = self._radius(model, seeds, labels, kw, spec, latent_space, settings,
-                                                      eps_max, extra_budget)
-        return result, record, settings
+    def validity_cached(self, space, direction, eps) -> bool:
+        try:
+            return (direction, eps) in self._validity.get(space, {})
+        except TypeError:
+            return False
 
-    def _validity(self, latent_space, direction: str, eps: float, seeds) -> Optional[dict]:
-        """Continuity and realism of the direction at this eps (once per session and
-        direction/eps); problems are also emitted as DirectionValidityWarning in the test."""
-        import warnings
-
+    def validity(self, latent_space, direction: str, eps: float, seeds, budget: Optional[Budget] = None):
+        """Continuity and realism of the direction at this eps (once per session, latent space
+        and direction/eps); problems are also emitted as DirectionValidityWarning in the test."""
         from .validity import validity_report
 
-        key = (id(latent_space), direction, eps)
-        if key not in self._validity_cache:
+        try:
+            cache = self._validity.setdefault(latent_space, {})
+        except TypeError:  # not weak-referenceable: no caching
+            cache = {}
+        key = (direction, eps)
+        if key not in cache:
             data = getattr(latent_space, "data_latents", None)
+            t0 = time.perf_counter()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 try:
                     rep = validity_report(latent_space, direction, eps, seeds, data_latents=data, warn=True)
                 except Exception as exc:  # a check must never break the test it describes
                     rep = {"direction": direction, "eps": eps, "ok": None, "error": str(exc)}
-            self._validity_cache[key] = (rep, [(w.message, w.category) for w in caught])
-        rep, warns = self._validity_cache[key]
+            took = time.perf_counter() - t0
+            self.lags["validity"] = max(took, 0.8 * self.lags.get("validity", 0.0))
+            cache[key] = (rep, [(w.message, w.category) for w in caught])
+        rep, warns = cache[key]
         for message, category in warns:  # re-emitted in every test that uses this direction
-            warnings.warn(message, category, stacklevel=3)
+            warnings.warn(message, category, stacklevel=5)  # the user's test function
         return rep
 
-    def _sweep(self, radii, model, seeds, labels, kw, spec, latent_space, settings, seed, budget):
-        """Extra radii recorded for the verified-fraction curve; they never change pass/fail."""
-        from .api import audit, check_eps
+    # ---------------------------------------------------------------- controller side
+    def attempt(self, nodeid: str) -> None:
+        """A test's call phase ran (once per attempt under pytest-rerunfailures)."""
+        self._attempts[nodeid] = self._attempts.get(nodeid, 0) + 1
+        self.ran_ids.add(nodeid)
 
-        radii = sorted({check_eps(r) for r in radii})
-        out = []
-        for r in radii:
-            res = audit(model, seeds, labels, direction=kw["direction"], eps=r, spec=spec,
-                        latent_space=latent_space, engine=settings.engine, device=settings.device,
-                        budget_s=None if budget is None else budget / len(radii), seed=seed,
-                        precision=settings.precision)
-            out.append({"eps": r, "verdict": res.verdict, "evidence": evidence(res), "counts": res.counts,
-                        "verified_fraction": res.verified_fraction, "seconds": round(res.seconds, 4)})
-        return out
+    def add(self, record: TestRecord) -> None:
+        """A test's record (the latest attempt replaces an earlier one: pytest-rerunfailures)."""
+        n = self._attempts.get(record.nodeid, 1)
+        if n > 1:
+            record.attempts = n
+        self._records[record.nodeid] = record
+        self.ran_ids.add(record.nodeid)
 
-    def _radius(self, model, seeds, labels, kw, spec, latent_space, settings, eps_max, budget):
-        """Distribution of the largest certified radius per seed (bisection, linear bounds)."""
-        from .api import certified_radius
+    def drop(self, nodeid: str) -> None:
+        """A later attempt of ``nodeid`` left no record: the earlier attempt's is no longer its."""
+        self._records.pop(nodeid, None)
 
-        if settings.engine.startswith("auto_lirpa") or settings.engine == "falsify":
-            return None
-        r = certified_radius(model, seeds, labels, direction=kw["direction"], spec=spec, eps_max=eps_max,
-                             latent_space=latent_space, device=settings.device, precision=settings.precision,
-                             budget_s=None if budget is None else budget * 0.5)
-        return radius_summary(r.tolist(), eps_max)
+    def error(self, line: str) -> None:
+        self.messages.append((line, True))
+        self.failed = True
 
-    def make_record(self, nodeid, result, spec, settings: Settings, seed, model, latent_space, direction) -> dict:
-        cexs = sorted(result.counterexamples, key=lambda c: -c.margin)[:MAX_COUNTEREXAMPLES]
-        cex_json = [c.to_json() for c in cexs]
-        img_dir = settings.artifact_dir()
-        if img_dir is not None and latent_space is not None and getattr(latent_space, "decoder", None) and cexs:
-            for c, cj in zip(cexs[:5], cex_json):
-                cj["image"] = str(self._save_image(img_dir, nodeid, c, latent_space))
-        dinfo = None
-        if latent_space is not None and isinstance(direction, str) and direction in latent_space.directions:
-            dinfo = latent_space.directions[direction].to_json()
-        return {
-            "nodeid": nodeid,
-            "direction": result.direction,
-            "direction_info": dinfo,
-            "eps": result.eps,
-            "spec": spec.to_json(),
-            "spec_text": result.spec,
-            "verdict": result.verdict,
-            "evidence": evidence(result),
-            "n_seeds": result.n,
-            "counts": result.counts,
-            "verified_fraction": result.verified_fraction,
-            "at_least": result.at_least,
-            "engine": result.engine,
-            "rungs": result.rungs(),
-            "seconds": round(result.seconds, 4),
-            "budget": settings.budget,
-            "device": settings.device,
-            "precision": settings.precision,
-            "seed": seed,
-            "model_fingerprint": model_fingerprint(model),
-            "failing_bound": result.failing_bound(),
-            "counterexamples": cex_json,
-            "notes": result.notes,
-            "segment": _segment_summary(result),
-            "estimate": _estimate_json(result.estimate),
-            "spec_sheet": str(settings.spec_sheet) if settings.spec_sheet else None,
-            "declared_directions": sorted(latent_space.directions) if latent_space is not None else [],
-        }
-
-    def _save_image(self, img_dir: Path, nodeid: str, cex, latent_space, frames: int = 6) -> Path:
-        """A strip along the direction: the nominal decoding first, the counterexample last."""
-        import torch
-
-        from .images import save_strip
-
-        alphas = torch.linspace(0, 1, frames)[:, None]
-        path_z = cex.z0[None] + alphas * (cex.z - cex.z0)[None]
-        with torch.no_grad():
-            imgs = latent_space.decode(path_z.to(next(_params(latent_space.decoder), cex.z).device))
-        imgs = imgs.detach().float().cpu().numpy()
-        path = img_dir / f"{_safe(nodeid)}-seed{cex.seed_index}.png"
-        return save_strip(path, list(imgs))
-
-    # ----------------------------------------------------------------- controller side
-    def add(self, record: dict) -> None:
-        self.records.append(record)
-
-    def write_sheet(self) -> Optional[Path]:
+    def _settings_json(self) -> dict:
         s = self.settings
-        if s.compare is not None:  # read the baseline first: it may be the file about to be overwritten
+        return {"engine": s.engine, "device": s.device, "budget": s.budget, "seed": s.seed, "unproven": s.unproven,
+                "estimated": s.estimated, "precision": s.precision}
+
+    def _keep(self, rec: TestRecord) -> bool:
+        """Does a test that did not run still exist? Deselected, or collected but never run (``-x``
+        stopped the run, skipped at setup): yes. In a file this session collected but not among
+        its items: deleted (or renamed). In a file not collected at all: yes while the file exists."""
+        if rec.nodeid in self.deselected_ids or rec.nodeid in self.collected_ids:
+            return True
+        file = rec.nodeid.split("::", 1)[0]
+        if file in self.collected_files:
+            return False
+        return (self.rootdir / file).exists()
+
+    def _merged(self, earlier: List[TestRecord], created: Optional[str]) -> List[TestRecord]:
+        from .specsheet import carry_over
+
+        return carry_over(self.records, earlier, ran_ids=self.ran_ids, keep=self._keep, earlier_created=created)
+
+    def finish(self, interrupted: Optional[str] = None) -> bool:
+        """Everything at session end, none of which raises: compare baseline, spec sheet, hooks,
+        HTML report, coverage and compare gates. True when the run must fail."""
+        from .specsheet import SpecSheet, read_sheet
+
+        s = self.settings
+        if interrupted:
+            self.messages.append((f"spec sheet not written: the run was {interrupted} (any earlier sheet is "
+                                  f"kept unchanged)", True))
+            return True
+        baseline = None
+        if s.compare is not None:  # read first: it may be the file about to be replaced
             try:
-                self._baseline = SpecSheet.load(s.compare).data
-            except (OSError, ValueError) as exc:
-                self.messages.append((f"latent compare: no baseline ({exc}); nothing compared", False))
-        self.sheet = SpecSheet.build(self.records, tool_version=__version__, rootdir=self.rootdir,
-                                     settings={"engine": s.engine, "device": s.device, "budget": s.budget,
-                                               "seed": s.seed, "unproven": s.unproven, "estimated": s.estimated,
-                                          "precision": s.precision})
+                baseline = read_sheet(s.compare, source=f"baseline {s.compare}")
+            except FileNotFoundError:
+                self.messages.append((f"latent compare: no baseline at {s.compare} yet; nothing compared", False))
+            except (OSError, SheetFormatError) as exc:
+                self.error(f"latent compare: cannot use the baseline: {exc}")
+        earlier = None
+        if s.spec_sheet is not None and s.spec_sheet.exists():
+            try:
+                earlier = read_sheet(s.spec_sheet, source=f"earlier sheet {s.spec_sheet}")
+            except (OSError, SheetFormatError) as exc:
+                self.messages.append((f"spec sheet: the earlier {s.spec_sheet} is unreadable ({exc}); "
+                                      f"it is replaced by this run's", False))
+        records = self._merged(earlier.records if earlier else [], earlier.data.get("created") if earlier else None)
+        self.carried = [r for r in records if not r.ran]
+        try:
+            self.sheet = SpecSheet.build(records, tool_version=__version__, rootdir=self.rootdir,
+                                         settings=self._settings_json())
+        except Exception as exc:  # noqa: BLE001
+            self.error(f"spec sheet: could not be built: {type(exc).__name__}: {exc}")
+            return True
         hook = None if self.config is None else self.config.hook
+        self._guard("pytest_latentaudit_sheet hook", lambda: hook and hook.pytest_latentaudit_sheet(
+            sheet=self.sheet.data, config=self.config))
+        if s.spec_sheet is not None:
+            def save():
+                self.written = self.sheet.save(s.spec_sheet)
+            self._guard(f"cannot write the spec sheet {s.spec_sheet}", save)
         if hook is not None:
-            hook.pytest_latentaudit_sheet(sheet=self.sheet.data, config=self.config)
-        path = None if s.spec_sheet is None else self.sheet.save(s.spec_sheet)
-        if hook is not None:
-            hook.pytest_latentaudit_export(sheet=self.sheet.data, path=path, config=self.config)
-        return path
-
-    def finish(self) -> bool:
-        """HTML report, coverage gate, comparison with the baseline; True when the run must fail."""
-        s, failed = self.settings, False
-        data = self.sheet.data if self.sheet is not None else {"tests": self.records}
+            self._guard("pytest_latentaudit_export hook", lambda: hook.pytest_latentaudit_export(
+                sheet=self.sheet.data, path=self.written, config=self.config))
+        data = self.sheet.data
         if s.report is not None:
-            from .html_report import render_html
+            def report():
+                from .html_report import render_html
 
-            base = s.spec_sheet.parent if s.spec_sheet else None
-            self.messages.append((f"latent report: {render_html(data, s.report, base_dir=base)}", False))
+                base = s.spec_sheet.parent if s.spec_sheet else None
+                self.messages.append((f"latent report: {render_html(data, s.report, base_dir=base)}", False))
+            self._guard(f"cannot write the HTML report {s.report}", report)
         if s.coverage_fail_under is not None:
-            from .coverage import coverage_gate, coverage_summary
+            def gate():
+                from .coverage import coverage_gate, coverage_summary
 
-            ok, msg = coverage_gate(data.get("coverage") or coverage_summary(data), s.coverage_fail_under)
-            self.messages.append((msg, not ok))
-            failed = failed or not ok
-        if self._baseline is not None:
-            from .coverage import compare_sheets, regressions_gate
+                ok, msg = coverage_gate(data.get("coverage") or coverage_summary(data), s.coverage_fail_under)
+                self.messages.append((msg, not ok))
+                self.failed = self.failed or not ok
+            self._guard("latent coverage", gate)
+        if baseline is not None:
+            def compare():
+                from .coverage import compare, comparison_lines
 
-            ok, lines = regressions_gate(compare_sheets(self._baseline, data))
-            self.messages += [(line, not ok) for line in lines]
-            failed = failed or not ok
-        return failed
+                # the baseline's tests that did not run count as carried over, not missing
+                view = self._merged(list(baseline.records), baseline.data.get("created"))
+                new = SpecSheet.build(view, tool_version=__version__, commit={}, machine={},
+                                      settings=self._settings_json())
+                ok, lines = comparison_lines(compare(baseline, new), f"the baseline {s.compare.name}")
+                self.messages.extend((line, not ok and "not run (not compared)" not in line) for line in lines)
+                self.failed = self.failed or not ok
+            self._guard("latent compare", compare)
+        return self.failed
+
+    def _guard(self, what: str, fn) -> None:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - nothing at session end may lose JUnit XML or the summary
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.error(f"latentaudit: {what}: {type(exc).__name__}: {detail}")

@@ -1,7 +1,18 @@
 """The spec sheet: the verified operating range of a model, per semantic direction.
 
 Plain JSON, written atomically (temp file + rename) so an interrupted run leaves the old
-sheet intact. No torch at import: the CLI and the xdist controller use it.
+sheet intact. No torch or numpy at import: the CLI and the xdist controller use it.
+
+``read_sheet`` is the one place a sheet is loaded (from a path, a dict, a ``SpecSheet`` or a
+bare list of records) and checked for structure: everything else (the CLI, coverage,
+comparison, exports, the baseline of ``--latent-compare``) goes through it, so a file that
+parses as JSON but is no spec sheet gives one ``SheetFormatError`` naming the bad field.
+
+Subset runs and shards (see docs/spec-sheet.md):
+
+* ``carry_over(ran, earlier, ...)``: the records of a run plus the earlier sheet's records of
+  tests that did not run, marked ``carried_over`` (a ``-k`` run does not shrink the sheet);
+* ``merge_sheets([...])``: the sheets of CI shards joined into one, with conflicts reported.
 """
 from __future__ import annotations
 
@@ -11,15 +22,20 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from .images import write_atomic
+from .records import SheetFormatError, TestRecord, largest_proved_eps, parse_records
+from .vocab import VERDICTS
+
+__all__ = ["SCHEMA_VERSION", "SpecSheet", "SheetFormatError", "read_sheet", "check_sheet", "summarize",
+           "carry_over", "merge_sheets", "MergeResult", "relative_image_paths"]
 
 SCHEMA_VERSION = 1
 
 
-def machine_info() -> Dict[str, str]:
+def machine_info() -> Dict[str, object]:
     info = {"python": platform.python_version(), "platform": platform.platform(),
             "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count()}
@@ -47,33 +63,101 @@ def commit_info(cwd: Optional[Path] = None) -> Dict[str, object]:
         return {}
 
 
+# ------------------------------------------------------------------ loading and checking
+def check_sheet(data, source: str = "spec sheet", *, require_header: bool = True) -> List[TestRecord]:
+    """Check ``data`` is a spec sheet this version reads; return its parsed records.
+
+    ``require_header=False`` accepts an in-memory ``{"tests": [...]}`` without ``schema_version``."""
+    if not isinstance(data, Mapping) or "tests" not in data or (require_header and "schema_version" not in data):
+        raise SheetFormatError(f"{source} is not a latentaudit spec sheet (expected a JSON object with "
+                               f"'schema_version' and 'tests')")
+    if "schema_version" in data:
+        v = data["schema_version"]
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise SheetFormatError(f"{source}: 'schema_version' must be an integer, got {v!r}")
+        if v > SCHEMA_VERSION:
+            raise SheetFormatError(f"{source} has schema version {v}; this tool reads up to {SCHEMA_VERSION}: "
+                                   f"upgrade pytest-latentaudit")
+    for key in ("tool", "settings", "summary", "commit", "machine", "coverage"):
+        if data.get(key) is not None and not isinstance(data[key], Mapping):
+            raise SheetFormatError(f"{source}: {key!r} must be an object, got {type(data[key]).__name__}")
+    dirs = data.get("directions")
+    if dirs is not None and (not isinstance(dirs, Mapping)
+                             or not all(isinstance(e, Mapping) or e is None for e in dirs.values())):
+        raise SheetFormatError(f"{source}: 'directions' must map direction names to objects")
+    if not isinstance(data["tests"], list):
+        raise SheetFormatError(f"{source}: 'tests' must be a list of test records, got "
+                               f"{type(data['tests']).__name__}")
+    records = parse_records(data["tests"], where=f"{source}: tests")
+    seen: Dict[str, int] = {}
+    for i, r in enumerate(records):
+        if r.nodeid in seen:
+            raise SheetFormatError(f"{source}: tests[{i}]: node id {r.nodeid!r} already recorded at "
+                                   f"tests[{seen[r.nodeid]}]")
+        seen[r.nodeid] = i
+    return records
+
+
+def read_sheet(sheet, *, source: Optional[str] = None) -> "SpecSheet":
+    """The one sheet loader: a path, a ``SpecSheet``, a dict or a bare list of records, checked.
+
+    Raises ``OSError`` for a file that cannot be read and ``SheetFormatError`` (a
+    ``LatentAuditError``, so a ``ValueError``) for anything that is not a spec sheet."""
+    if isinstance(sheet, SpecSheet):
+        return sheet
+    if isinstance(sheet, (str, os.PathLike)):
+        path = Path(sheet)
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise SheetFormatError(f"{path} is not JSON ({exc})") from None
+        return SpecSheet(data, _records=check_sheet(data, str(source or path)))
+    if isinstance(sheet, (list, tuple)):
+        data = {"tests": list(sheet)}
+        return SpecSheet(data, _records=check_sheet(data, source or "records", require_header=False))
+    data = getattr(sheet, "data", sheet)
+    if not isinstance(data, Mapping):
+        raise SheetFormatError(f"expected a spec sheet (dict, SpecSheet, path or list of records), got "
+                               f"{type(sheet).__name__}")
+    return SpecSheet(dict(data), _records=check_sheet(data, source or "spec sheet", require_header=False))
+
+
 class SpecSheet:
-    def __init__(self, data: dict):
-        self.data = data
+    def __init__(self, data: dict, _records: Optional[List[TestRecord]] = None):
+        self.data = data  # the JSON form; ``_records``: already checked (not kept: hooks edit ``data``)
+
+    @property
+    def records(self) -> List[TestRecord]:
+        """The typed test records, parsed from ``data["tests"]`` (which hooks may have edited)."""
+        return parse_records(self.data.get("tests") or [])
 
     @classmethod
-    def build(cls, records: List[dict], *, tool_version: str, rootdir: Optional[Path] = None,
-              settings: Optional[dict] = None) -> "SpecSheet":
-        records = sorted(records, key=lambda r: r["nodeid"])
-        models = sorted({r["model_fingerprint"] for r in records if r.get("model_fingerprint")})
+    def build(cls, records: Iterable[Union[TestRecord, Mapping]], *, tool_version: str,
+              rootdir: Optional[Path] = None, settings: Optional[dict] = None, **header) -> "SpecSheet":
+        """A sheet from records (typed or JSON), sorted by node id; ``header``: extra top-level
+        fields (``created``, ``machine``, ``commit`` replace the computed ones)."""
+        recs = sorted(parse_records(list(records)), key=lambda r: r.nodeid)
+        tests = [r.to_json() for r in recs]
         data = {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "pytest-latentaudit", "version": tool_version},
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_info(),
-            "commit": commit_info(rootdir),
+            "created": header.pop("created", None) or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": header.pop("machine", None) or machine_info(),
+            "commit": header.pop("commit", None) if "commit" in header else commit_info(rootdir),
             "settings": settings or {},
-            "models": models,
-            "summary": summarize(records),
-            "tests": records,
+            "models": sorted({r.model_fingerprint for r in recs if r.model_fingerprint}),
+            "summary": summarize(recs),
+            "tests": tests,
         }
+        data.update(header)
         from .coverage import coverage_summary
         from .deploy import directions_section
 
-        declared = sorted({d for r in records for d in r.get("declared_directions") or []})
-        data["directions"] = directions_section(records, declared=declared)
+        declared = sorted({d for r in recs for d in r.declared_directions})
+        data["directions"] = directions_section(tests, declared=declared)
         data["coverage"] = coverage_summary(data)
-        return cls(data)
+        return cls(data, _records=recs)
 
     def in_spec(self, z, directions=None, **kw):
         """Deployment guard: which latent codes ``z`` lie in the verified operating range
@@ -86,32 +170,28 @@ class SpecSheet:
     def tests(self) -> List[dict]:
         return self.data.get("tests", [])
 
+    def text(self) -> str:
+        return json.dumps(_finite(self.data), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
     def save(self, path) -> Path:
+        from .images import write_atomic  # numpy: only when a sheet is written
+
         path = Path(path)
-        text = json.dumps(_finite(self.data), indent=2, sort_keys=False, allow_nan=False)
-        write_atomic(path, (text + "\n").encode())
+        write_atomic(path, self.text().encode())
         return path
 
     @classmethod
     def load(cls, path) -> "SpecSheet":
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        if not isinstance(data, dict) or "schema_version" not in data or "tests" not in data:
-            raise ValueError(f"{path} is not a latentaudit spec sheet")
-        if data["schema_version"] > SCHEMA_VERSION:
-            raise ValueError(f"{path} has schema version {data['schema_version']}; this tool reads up to "
-                             f"{SCHEMA_VERSION}: upgrade pytest-latentaudit")
-        return cls(data)
+        return read_sheet(Path(path))
 
     def directions(self) -> Dict[str, dict]:
-        """Per direction: the largest eps with a proved test, and the verdicts seen."""
+        """Per direction: the largest eps proved (by a test or a sweep point), and the verdicts seen."""
         out: Dict[str, dict] = {}
-        for t in self.tests:
-            d = out.setdefault(t["direction"], {"proved_eps": None, "tests": 0, "verdicts": {}})
+        proved = largest_proved_eps(self.records)
+        for t in self.records:
+            d = out.setdefault(t.direction, {"proved_eps": proved[t.direction], "tests": 0, "verdicts": {}})
             d["tests"] += 1
-            d["verdicts"][t["verdict"]] = d["verdicts"].get(t["verdict"], 0) + 1
-            if t["verdict"] == "proved" and (d["proved_eps"] is None or t["eps"] > d["proved_eps"]):
-                d["proved_eps"] = t["eps"]
+            d["verdicts"][t.verdict] = d["verdicts"].get(t.verdict, 0) + 1
         return out
 
 
@@ -126,9 +206,110 @@ def _finite(obj):
     return obj
 
 
-def summarize(records: List[dict]) -> dict:
+def summarize(records: Sequence[Union[TestRecord, Mapping]]) -> dict:
+    recs = parse_records(records)
     verdicts: Dict[str, int] = {}
+    for r in recs:
+        verdicts[r.verdict] = verdicts.get(r.verdict, 0) + 1
+    out = {"tests": len(recs), "verdicts": {v: verdicts[v] for v in VERDICTS if v in verdicts},
+           "seeds": {"verified": sum(r.counts.verified for r in recs),
+                     "falsified": sum(r.counts.falsified for r in recs),
+                     "unknown": sum(r.counts.unknown for r in recs)}}
+    carried = sum(1 for r in recs if not r.ran)
+    if carried:
+        out["carried_over"] = carried
+    return out
+
+
+# ------------------------------------------------------------------ image paths
+def relative_image_paths(records: Iterable[TestRecord], old_base: Optional[Path], new_base: Path) -> None:
+    """Re-anchor counterexample image paths (relative to ``old_base``, or absolute) to be
+    relative to ``new_base`` (a sheet's folder), in place."""
     for r in records:
-        verdicts[r["verdict"]] = verdicts.get(r["verdict"], 0) + 1
-    return {"tests": len(records), "verdicts": verdicts,
-            "seeds": {k: sum(r["counts"][k] for r in records) for k in ("verified", "falsified", "unknown")}}
+        for c in r.counterexamples:
+            if not c.image:
+                continue
+            p = Path(c.image)
+            if not p.is_absolute() and old_base is not None:
+                p = old_base / p
+            c.image = _relpath(p, new_base)
+
+
+def _relpath(p: Path, base: Path) -> str:
+    try:
+        return Path(os.path.relpath(os.path.abspath(p), os.path.abspath(base))).as_posix()
+    except ValueError:  # another drive (Windows): keep it absolute
+        return str(p)
+
+
+# ------------------------------------------------------------------ subset runs and shards
+def carry_over(ran: Sequence[TestRecord], earlier: Sequence[TestRecord], *, ran_ids: Iterable[str],
+               keep: Callable[[TestRecord], bool], earlier_created: Optional[str] = None) -> List[TestRecord]:
+    """This run's records plus the earlier sheet's records of tests that did not run.
+
+    ``ran_ids``: node ids that ran in this session (with or without a record: a test that ran
+    and left none, say an error before its audit, loses its earlier record). ``keep(record)``:
+    whether a test that did not run still exists (deselected, or in a file this run did not
+    collect); records of deleted tests are dropped. Kept records are marked ``carried_over``
+    (``{"from": <the earlier sheet's created>}``, the original date kept on later carries)."""
+    ran_ids = set(ran_ids) | {r.nodeid for r in ran}
+    out = list(ran)
+    for r in earlier:
+        if r.nodeid in ran_ids or not keep(r):
+            continue
+        if r.carried_over is None:
+            r.carried_over = {"from": earlier_created}
+        out.append(r)
+    return sorted(out, key=lambda r: r.nodeid)
+
+
+@dataclass
+class MergeResult:
+    records: List[TestRecord]
+    conflicts: List[str] = field(default_factory=list)
+    #: node id -> the name of the sheet its record came from
+    sources: Dict[str, str] = field(default_factory=dict)
+
+
+def merge_sheets(sheets: Sequence[SpecSheet], names: Sequence[str], *, prefer: str = "fail") -> MergeResult:
+    """Join the records of several sheets (CI shards). A test recorded by two sheets is a
+    *conflict* when the records differ in anything but timing (``TestRecord.comparable``) and
+    both ran; a record that ran beats a carried-over one. ``prefer``: ``"fail"`` (report, keep
+    the first), ``"first"`` or ``"last"``. Differences in ``settings`` or ``tool.version`` are
+    conflicts too."""
+    chosen: Dict[str, tuple] = {}
+    out = MergeResult([])
+    base_settings, base_name = None, None
+    for sheet, name in zip(sheets, names):
+        settings = sheet.data.get("settings") or {}
+        if base_settings is None:
+            base_settings, base_name = settings, name
+        elif settings != base_settings:
+            diff = sorted(k for k in set(settings) | set(base_settings) if settings.get(k) != base_settings.get(k))
+            out.conflicts.append(f"settings differ between {base_name} and {name}: {', '.join(diff)}")
+        for r in sheet.records:
+            if r.nodeid not in chosen:
+                chosen[r.nodeid] = (r, name)
+                continue
+            prev, prev_name = chosen[r.nodeid]
+            if prev.ran != r.ran:
+                if r.ran:
+                    chosen[r.nodeid] = (r, name)
+                continue
+            if prev.comparable() == r.comparable():
+                continue
+            if prev.ran:  # both ran and disagree
+                what = _difference(prev.comparable(), r.comparable())
+                out.conflicts.append(f"{r.nodeid}: recorded by {prev_name} and {name} with different {what}")
+            if prefer == "last" or (not prev.ran and not r.ran):
+                chosen[r.nodeid] = (r, name)
+    out.records = sorted((r for r, _ in chosen.values()), key=lambda r: r.nodeid)
+    out.sources = {k: name for k, (_, name) in chosen.items()}
+    return out
+
+
+def _difference(a: dict, b: dict) -> str:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if "verdict" in keys:
+        return f"verdicts ({a.get('verdict')} vs {b.get('verdict')})"
+    return "fields: " + ", ".join(keys)

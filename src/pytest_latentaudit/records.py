@@ -1,0 +1,428 @@
+"""Typed spec-sheet records and the rules read from them, written once.
+
+A *test record* is what one latent test leaves in the spec sheet (``TestRecord``); its JSON
+form is the ``$defs/test`` object of ``schema/spec-sheet.schema.json``. Records travel as
+JSON dicts (pytest reports, xdist, files) and are parsed here, once, wherever a rule reads
+them: the plugin, the CLI, coverage, comparison and the exports all use these classes
+instead of ``dict.get`` with defaults.
+
+The rules:
+
+* ``TestRecord.points()``: a record's ``(eps, verdict, counts)`` points, its own and its
+  sweep's (the one place sweep points are read);
+* ``largest_proved_eps(records, key)``: the largest eps proved per direction (or per any
+  key), sweep points included;
+* ``vocab.verdict_rank`` / ``vocab.is_worse``: the verdict ordering.
+
+Pure Python, no torch or numpy.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Optional
+
+from .latent import LatentAuditError
+from .vocab import OUTCOMES, PROVED, STATUSES, VERDICTS
+
+__all__ = ["SheetFormatError", "Counts", "SweepPoint", "CounterexampleRecord", "Point", "TestRecord",
+           "parse_records", "largest_proved_eps", "spec_kind", "TIMING_FIELDS", "EPS_TOL"]
+
+#: two radii closer than this are the same radius
+EPS_TOL = 1e-12
+#: fields that differ between two runs of the same test on the same inputs
+TIMING_FIELDS = ("seconds",)
+
+
+class SheetFormatError(LatentAuditError):
+    """A file or dict is not a spec sheet (or a record is malformed); the message names where."""
+
+
+# ------------------------------------------------------------------ field checks
+def _fail(where: str, msg: str):
+    raise SheetFormatError(f"{where}: {msg}")
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _num(d: Mapping, key: str, where: str, *, default=None, required=False, lo=None, hi=None,
+         allow_none=False) -> Optional[float]:
+    if key not in d or (d[key] is None and (allow_none or not required)):
+        if required:
+            _fail(where, f"missing {key!r}")
+        return default
+    v = d[key]
+    if not _is_num(v) or math.isnan(v):
+        _fail(where, f"{key!r} must be a number, got {v!r}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        _fail(where, f"{key!r} must lie in [{lo}, {hi}], got {v!r}")
+    return float(v)
+
+
+def _int(d: Mapping, key: str, where: str, *, default=None, required=False, lo=None) -> Optional[int]:
+    if key not in d or d[key] is None:
+        if required:
+            _fail(where, f"missing {key!r}")
+        return default
+    v = d[key]
+    if not isinstance(v, int) or isinstance(v, bool):
+        _fail(where, f"{key!r} must be an integer, got {v!r}")
+    if lo is not None and v < lo:
+        _fail(where, f"{key!r} must be >= {lo}, got {v!r}")
+    return v
+
+
+def _str(d: Mapping, key: str, where: str, *, default=None, required=False, choices=None) -> Optional[str]:
+    if key not in d or d[key] is None:
+        if required:
+            _fail(where, f"missing {key!r}")
+        return default
+    v = d[key]
+    if not isinstance(v, str):
+        _fail(where, f"{key!r} must be a string, got {v!r}")
+    if choices is not None and v not in choices:
+        _fail(where, f"{key!r} must be one of {', '.join(choices)}, got {v!r}")
+    return v
+
+
+def _obj(d: Mapping, key: str, where: str) -> Optional[dict]:
+    v = d.get(key) if isinstance(d, Mapping) else None
+    if v is None:
+        return None
+    if not isinstance(v, Mapping):
+        _fail(where, f"{key!r} must be an object, got {type(v).__name__}")
+    return dict(v)
+
+
+def _list(d: Mapping, key: str, where: str) -> list:
+    v = d.get(key)
+    if v is None:
+        return []
+    if not isinstance(v, (list, tuple)):
+        _fail(where, f"{key!r} must be a list, got {type(v).__name__}")
+    return list(v)
+
+
+def _mapping(d, where: str) -> Mapping:
+    if not isinstance(d, Mapping):
+        _fail(where, f"must be an object, got {type(d).__name__}")
+    return d
+
+
+def _extra(d: Mapping, cls) -> dict:
+    known = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k not in known}
+
+
+# ------------------------------------------------------------------ parts of a record
+@dataclass
+class Counts:
+    verified: int = 0
+    falsified: int = 0
+    unknown: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.verified + self.falsified + self.unknown
+
+    def to_json(self) -> dict:
+        return {"verified": self.verified, "falsified": self.falsified, "unknown": self.unknown}
+
+    @classmethod
+    def from_json(cls, d, where: str) -> "Counts":
+        d = _mapping(d, where)
+        vals = {k: _int(d, k, where, required=True, lo=0) for k in STATUSES}
+        return cls(**vals)  # type: ignore[arg-type]
+
+
+@dataclass
+class SweepPoint:
+    """The audit of the same test at another radius (recorded for the curve, never pass/fail)."""
+
+    eps: float
+    verdict: str
+    counts: Counts
+    verified_fraction: float
+    evidence: Optional[str] = None
+    estimate: Optional[dict] = None
+    segment: Optional[dict] = None
+    seconds: Optional[float] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        out = {"eps": self.eps, "verdict": self.verdict, "evidence": self.evidence, "counts": self.counts.to_json(),
+               "verified_fraction": self.verified_fraction}
+        for key in ("estimate", "segment", "seconds"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.evidence is None:
+            del out["evidence"]
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, d, where: str) -> "SweepPoint":
+        d = _mapping(d, where)
+        counts = Counts.from_json(d["counts"], f"{where}.counts") if d.get("counts") is not None else Counts()
+        n = counts.total
+        return cls(eps=_num(d, "eps", where, required=True, lo=0), verdict=_str(d, "verdict", where, required=True,
+                                                                                choices=VERDICTS),
+                   counts=counts,
+                   verified_fraction=_num(d, "verified_fraction", where, lo=0, hi=1,
+                                          default=(counts.verified / n if n else 1.0)),
+                   evidence=_str(d, "evidence", where), estimate=_obj(d, "estimate", where),
+                   segment=_obj(d, "segment", where), seconds=_num(d, "seconds", where, lo=0),
+                   extra=_extra(d, cls))
+
+
+@dataclass
+class CounterexampleRecord:
+    seed_index: int
+    offset: List[float]
+    margin: float
+    offset_eps: List[float] = field(default_factory=list)
+    predicted: Optional[int] = None
+    expected: Optional[int] = None
+    #: PNG strip (nominal decoding ... counterexample), relative to the sheet's folder
+    image: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        out = {"seed_index": self.seed_index, "offset": self.offset, "offset_eps": self.offset_eps,
+               "predicted": self.predicted, "expected": self.expected, "margin": self.margin}
+        if self.image is not None:
+            out["image"] = self.image
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, d, where: str) -> "CounterexampleRecord":
+        d = _mapping(d, where)
+        offset = _list(d, "offset", where)
+        if not all(_is_num(v) for v in offset):
+            _fail(where, "'offset' must be a list of numbers")
+        return cls(seed_index=_int(d, "seed_index", where, required=True, lo=0), offset=[float(v) for v in offset],
+                   margin=_num(d, "margin", where, required=True),
+                   offset_eps=[float(v) for v in _list(d, "offset_eps", where)],
+                   predicted=_int(d, "predicted", where), expected=_int(d, "expected", where),
+                   image=_str(d, "image", where), extra=_extra(d, cls))
+
+
+@dataclass(frozen=True)
+class Point:
+    """One radius of a record: its own (``sweep=False``) or a sweep point."""
+
+    eps: float
+    verdict: str
+    counts: Counts
+    verified_fraction: float
+    n_seeds: int
+    sweep: bool
+    evidence: Optional[str] = None
+    estimate: Optional[dict] = None
+
+
+def spec_kind(spec: Optional[Mapping], spec_text: Optional[str] = None) -> str:
+    """The spec's kind (``accuracy``, ``invariance``, ...): how specs are grouped in coverage,
+    comparison and exports."""
+    if isinstance(spec, Mapping) and spec.get("kind"):
+        return str(spec["kind"])
+    return str(spec_text or "spec")
+
+
+# ------------------------------------------------------------------ the record
+@dataclass
+class TestRecord:
+    """One latent test's entry in the spec sheet (see docs/spec-sheet.md for every field)."""
+
+    __test__ = False  # not a pytest test class
+
+    nodeid: str
+    direction: str
+    eps: float
+    verdict: str
+    counts: Counts = field(default_factory=Counts)
+    n_seeds: int = 0
+    verified_fraction: float = 1.0
+    at_least: float = 1.0
+    spec: Optional[dict] = None
+    spec_text: Optional[str] = None
+    direction_info: Optional[dict] = None
+    evidence: Optional[str] = None
+    engine: Optional[str] = None
+    rungs: Dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    budget: Optional[float] = None
+    device: Optional[str] = None
+    precision: Optional[str] = None
+    seed: Optional[int] = None
+    model_fingerprint: Optional[str] = None
+    failing_bound: Optional[float] = None
+    counterexamples: List[CounterexampleRecord] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    segment: Optional[dict] = None
+    estimate: Optional[dict] = None
+    declared_directions: List[str] = field(default_factory=list)
+    # -- deployment and direction checks (absent when not computed)
+    latent_range: Optional[dict] = None
+    data_fingerprint: Optional[str] = None
+    validity: Optional[dict] = None
+    # -- extra radii
+    sweep: List[SweepPoint] = field(default_factory=list)
+    certified_radius: Optional[dict] = None
+    # -- how the run went
+    #: what the shared budget cut short (``"sweep eps=0.5"``, ``"certified radius"``, ...)
+    cut_short: List[str] = field(default_factory=list)
+    #: set when the test was stopped before its audit finished (pytest-timeout, Ctrl-C)
+    interrupted: Optional[dict] = None
+    outcome: Optional[str] = None
+    #: how many times the test ran in its session (pytest-rerunfailures); the last attempt wins
+    attempts: Optional[int] = None
+    #: this test did not run in the session that wrote the sheet: the record is the earlier
+    #: sheet's, kept so a subset run does not shrink the sheet (``{"from": created}``)
+    carried_over: Optional[dict] = None
+    #: fields added by ``pytest_latentaudit_record`` hooks (and by newer versions)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- rules
+    @property
+    def spec_kind(self) -> str:
+        return spec_kind(self.spec, self.spec_text)
+
+    @property
+    def ran(self) -> bool:
+        """False for a record carried over from an earlier sheet."""
+        return self.carried_over is None
+
+    def points(self) -> List[Point]:
+        """This record's radii: its own point, then its sweep's other radii (the record's own
+        point wins at its eps), sorted by eps. The one reader of sweep points."""
+        own = Point(self.eps, self.verdict, self.counts, self.verified_fraction, self.n_seeds, False, self.evidence,
+                    self.estimate)
+        pts = [own]
+        for p in self.sweep:
+            if abs(p.eps - self.eps) <= EPS_TOL:
+                continue
+            pts.append(Point(p.eps, p.verdict, p.counts, p.verified_fraction, self.n_seeds, True, p.evidence,
+                             p.estimate))
+        return sorted(pts, key=lambda p: p.eps)
+
+    # ---------------------------------------------------------------- JSON
+    _OPTIONAL = ("latent_range", "data_fingerprint", "validity", "certified_radius", "interrupted", "outcome",
+                 "attempts", "carried_over")
+
+    def to_json(self) -> dict:
+        out: Dict[str, Any] = {
+            "nodeid": self.nodeid, "direction": self.direction, "direction_info": self.direction_info,
+            "eps": self.eps, "spec": self.spec if self.spec is not None else {"kind": self.spec_kind},
+            "spec_text": self.spec_text if self.spec_text is not None else self.spec_kind,
+            "verdict": self.verdict, "evidence": self.evidence or self.verdict, "n_seeds": self.n_seeds,
+            "counts": self.counts.to_json(), "verified_fraction": self.verified_fraction, "at_least": self.at_least,
+            "engine": self.engine, "rungs": dict(self.rungs), "seconds": self.seconds, "budget": self.budget,
+            "device": self.device, "precision": self.precision, "seed": self.seed,
+            "model_fingerprint": self.model_fingerprint, "failing_bound": self.failing_bound,
+            "counterexamples": [c.to_json() for c in self.counterexamples], "notes": list(self.notes),
+            "segment": self.segment, "estimate": self.estimate, "declared_directions": list(self.declared_directions),
+        }
+        for key in ("engine", "device", "precision", "seed"):
+            if out[key] is None:
+                del out[key]
+        if self.sweep:
+            out["sweep"] = [p.to_json() for p in self.sweep]
+        if self.cut_short:
+            out["cut_short"] = list(self.cut_short)
+        for key in self._OPTIONAL:
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out.update(self.extra)
+        return out
+
+    def comparable(self) -> dict:
+        """The JSON form without what differs between two runs of the same test on the same
+        inputs (timing, where pictures were written, how it was collected): what shard merging
+        and run-to-run identity compare."""
+        d = self.to_json()
+        for key in TIMING_FIELDS + ("outcome", "attempts", "carried_over"):
+            d.pop(key, None)
+        for p in d.get("sweep") or []:
+            for key in TIMING_FIELDS:
+                p.pop(key, None)
+        for c in d.get("counterexamples") or []:
+            c.pop("image", None)
+        return d
+
+    @classmethod
+    def from_json(cls, d, where: str = "record") -> "TestRecord":
+        """Parse (and check) a record's JSON form; ``SheetFormatError`` names the bad field."""
+        d = _mapping(d, where)
+        counts = Counts.from_json(d["counts"], f"{where}.counts") if d.get("counts") is not None else Counts()
+        n = _int(d, "n_seeds", where, lo=0, default=counts.total)
+        spec = _obj(d, "spec", where)
+        if spec is not None and spec.get("kind") is not None and not isinstance(spec["kind"], str):
+            _fail(f"{where}.spec", "'kind' must be a string")
+        direction = d.get("direction")
+        if direction is None:
+            _fail(where, "missing 'direction'")
+        if not isinstance(direction, (str, int)) or isinstance(direction, bool):
+            _fail(where, f"'direction' must be a string, got {direction!r}")
+        rungs = _obj(d, "rungs", where) or {}
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in rungs.values()):
+            _fail(where, "'rungs' must map rung names to integers")
+        at_least_default = float(spec["at_least"]) if spec and _is_num(spec.get("at_least")) else 1.0
+        try:
+            sweep = [SweepPoint.from_json(p, f"{where}.sweep[{i}]") for i, p in enumerate(_list(d, "sweep", where))]
+            cexs = [CounterexampleRecord.from_json(c, f"{where}.counterexamples[{i}]")
+                    for i, c in enumerate(_list(d, "counterexamples", where))]
+        except (KeyError, TypeError) as exc:  # pragma: no cover - the checks above name the field
+            raise SheetFormatError(f"{where}: malformed ({exc})") from None
+        notes = _list(d, "notes", where)
+        declared = _list(d, "declared_directions", where)
+        cut = _list(d, "cut_short", where)
+        return cls(
+            nodeid=_str(d, "nodeid", where, required=True), direction=str(direction),
+            eps=_num(d, "eps", where, required=True, lo=0), verdict=_str(d, "verdict", where, required=True,
+                                                                         choices=VERDICTS),
+            counts=counts, n_seeds=n,
+            verified_fraction=_num(d, "verified_fraction", where, lo=0, hi=1,
+                                   default=(counts.verified / n if n else 1.0)),
+            at_least=_num(d, "at_least", where, lo=0, hi=1, default=at_least_default),
+            spec=spec, spec_text=_str(d, "spec_text", where), direction_info=_obj(d, "direction_info", where),
+            evidence=_str(d, "evidence", where), engine=_str(d, "engine", where), rungs=dict(rungs),
+            seconds=_num(d, "seconds", where, lo=0, default=0.0), budget=_num(d, "budget", where, allow_none=True),
+            device=_str(d, "device", where), precision=_str(d, "precision", where), seed=_int(d, "seed", where),
+            model_fingerprint=_str(d, "model_fingerprint", where),
+            failing_bound=_num(d, "failing_bound", where, allow_none=True),
+            counterexamples=cexs, notes=[str(x) for x in notes], segment=_obj(d, "segment", where),
+            estimate=_obj(d, "estimate", where), declared_directions=[str(x) for x in declared],
+            latent_range=_obj(d, "latent_range", where), data_fingerprint=d.get("data_fingerprint"),
+            validity=_obj(d, "validity", where), sweep=sweep, certified_radius=_obj(d, "certified_radius", where),
+            cut_short=[str(x) for x in cut], interrupted=_obj(d, "interrupted", where),
+            outcome=_str(d, "outcome", where, choices=OUTCOMES), attempts=_int(d, "attempts", where, lo=1),
+            carried_over=_obj(d, "carried_over", where), extra=_extra(d, cls),
+        )
+
+
+def parse_records(items: Iterable, where: str = "tests") -> List[TestRecord]:
+    """``TestRecord`` objects from JSON dicts (records already parsed pass through)."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise SheetFormatError(f"{where}: must be a list of test records, got {type(items).__name__}")
+    return [r if isinstance(r, TestRecord) else TestRecord.from_json(r, f"{where}[{i}]")
+            for i, r in enumerate(items)]
+
+
+def largest_proved_eps(records: Iterable[TestRecord],
+                       key: Callable[[TestRecord], Hashable] = lambda r: r.direction) -> Dict[Any, Optional[float]]:
+    """Per ``key`` (default: the direction), the largest eps at which a test *or a point of its
+    sweep* is proved; None where nothing is. ``latentaudit show``, coverage (and through it the
+    HTML report) and the comparison of two sheets all call this."""
+    out: Dict[Any, Optional[float]] = {}
+    for r in records:
+        k = key(r)
+        best = out.get(k)
+        for p in r.points():
+            if p.verdict == PROVED and (best is None or p.eps > best):
+                best = p.eps
+        out[k] = best
+    return out

@@ -1,0 +1,57 @@
+"""The project's vocabulary as constants: verdicts, per-seed statuses, evidence kinds, engine,
+attack and device names, and the one verdict ranking every comparison uses.
+
+Pure Python (no torch, no numpy): the plugin, the xdist controller, the CLI and the report
+all import it. ``api.py`` and ``engines/ladder.py`` still spell the same strings (tests in
+``tests/test_records.py`` keep them equal to these).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+# ------------------------------------------------------------------ test verdicts
+PROVED, VIOLATED, UNPROVEN, ESTIMATED = "proved", "violated", "unproven", "estimated"
+#: every test verdict, best first
+VERDICTS = (PROVED, ESTIMATED, UNPROVEN, VIOLATED)
+#: worse verdicts rank lower: violated < unproven < estimated < proved
+VERDICT_RANK = {VIOLATED: 0, UNPROVEN: 1, ESTIMATED: 2, PROVED: 3}
+#: a direction / coverage cell without tests (never a test's verdict)
+UNTESTED = "untested"
+
+# ------------------------------------------------------------------ per-seed statuses
+VERIFIED, FALSIFIED, UNKNOWN = "verified", "falsified", "unknown"
+STATUSES = (VERIFIED, FALSIFIED, UNKNOWN)
+
+# ------------------------------------------------------------------ evidence of a verdict
+EXACT = "exact"
+EVIDENCE = (PROVED, EXACT, ESTIMATED, VIOLATED, UNPROVEN)
+
+# ------------------------------------------------------------------ names users pass
+ENGINES = ("auto", "ibp", "linear", "bab", "exact", "falsify")
+LIRPA_PREFIX = "auto_lirpa"
+LIRPA_METHODS = ("ibp", "crown", "crown-ibp", "alpha-crown")
+#: engines the certified-radius search cannot use (it needs our own ibp/linear bounds)
+NO_RADIUS_ENGINES = ("falsify",)
+ATTACKS = ("sign", "adam", "blackbox")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("float32", "float64")
+UNPROVEN_ACTIONS = ("fail", "xfail", "skip")
+ESTIMATED_ACTIONS = ("pass",) + UNPROVEN_ACTIONS
+#: pytest outcomes a record may carry
+OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
+
+
+def verdict_rank(verdict: Optional[str]) -> int:
+    """Rank of a verdict (higher is better); an unknown string ranks as ``unproven``."""
+    return VERDICT_RANK.get(verdict, VERDICT_RANK[UNPROVEN])  # type: ignore[arg-type]
+
+
+def is_worse(new: Optional[str], old: Optional[str]) -> bool:
+    """True when verdict ``new`` is a regression from ``old``."""
+    return verdict_rank(new) < verdict_rank(old)
+
+
+def worst(verdicts: Iterable[str]) -> Optional[str]:
+    """The worst of ``verdicts`` (None for none)."""
+    vs = list(verdicts)
+    return min(vs, key=verdict_rank) if vs else None

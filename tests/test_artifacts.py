@@ -1,0 +1,154 @@
+"""Artifacts that survive ordinary accidents: Ctrl-C never replaces an earlier sheet; an
+unwritable sheet or report path and a broken baseline become one clear error line and a
+failing exit while the JUnit XML and the terminal summary are still written; a counterexample
+picture that cannot be saved is a warning, never a test failure."""
+from __future__ import annotations
+
+import json
+from xml.etree import ElementTree
+
+import pytest
+from conftest import MODES, load_sheet, mode_args, write_project
+
+import pytest_latentaudit.api  # noqa: F401  (see test_plugin.py: shared modules for in-process runs)
+import pytest_latentaudit.latent  # noqa: F401
+import pytest_latentaudit.session  # noqa: F401
+import pytest_latentaudit.specs  # noqa: F401
+from pytest_latentaudit.plugin import _warm_up
+
+_warm_up()  # torch's tracer registers operators once per process: not inside an in-process run
+
+TESTS = '''
+    import os
+    import pytest
+    from pytest_latentaudit import Accuracy
+
+    @pytest.mark.latent(direction="pose", eps=0.5, spec=Accuracy(), radius=False)
+    def test_a_proved(latent_audit, head, seeds):
+        latent_audit(head, seeds)
+
+    @pytest.mark.latent(direction="pose", eps=1.2, spec=Accuracy(at_least=0.5), radius=False)
+    def test_b_proved_with_counterexamples(latent_audit, head, seeds):
+        latent_audit(head, seeds)
+
+    def test_c_stop():
+        if os.environ.get("LATENT_CTRL_C"):
+            raise KeyboardInterrupt
+
+    @pytest.mark.latent(direction="tilt", eps=0.5, spec=Accuracy(), radius=False)
+    def test_d_after(latent_audit, head, seeds):
+        latent_audit(head, seeds)
+'''
+
+
+def run(pytester, mode, *args):
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", *mode_args(mode), *args)
+
+
+def no_crash(result):
+    text = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in text and "Traceback (most recent call last)" not in text, text
+
+
+def junit_cases(path):
+    return {tc.get("name") for tc in ElementTree.parse(path).iter("testcase")}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ctrl_c_keeps_the_earlier_sheet_byte_identical(pytester, mode, monkeypatch):
+    write_project(pytester.path, {"test_art.py": TESTS})
+    first = run(pytester, mode, "--latent-spec-sheet", "sheet.json", "--latent-report", "report.html")
+    first.assert_outcomes(passed=4)
+    sheet, report = pytester.path / "sheet.json", pytester.path / "report.html"
+    before, report_before = sheet.read_bytes(), report.read_bytes()
+    monkeypatch.setenv("LATENT_CTRL_C", "1")  # a subprocess: xdist's Interrupted would stop this session too
+    second = pytester.runpytest_subprocess("-p", "no:cacheprovider", *mode_args(mode), "--latent-spec-sheet",
+                                           "sheet.json", "--latent-report", "report.html")
+    assert second.ret == pytest.ExitCode.INTERRUPTED
+    assert sheet.read_bytes() == before and report.read_bytes() == report_before
+    assert "spec sheet not written: the run was interrupted" in second.stdout.str()
+    assert not [p.name for p in pytester.path.iterdir() if p.name.startswith(".sheet.json")]  # no temp files
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("what", ["sheet", "report"])
+def test_unwritable_path_is_one_error_and_junit_survives(pytester, mode, what):
+    write_project(pytester.path, {"test_art.py": TESTS})
+    (pytester.path / "blocker").write_text("a file where a folder should be\n")
+    target = ["--latent-spec-sheet", "blocker/sheet.json"] if what == "sheet" else \
+        ["--latent-spec-sheet", "out/sheet.json", "--latent-report", "blocker/report.html"]
+    result = run(pytester, mode, *target, "--junitxml", "junit.xml")
+    result.assert_outcomes(passed=4)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    no_crash(result)
+    out = result.stdout.str()
+    errors = [line for line in result.outlines if line.startswith("latentaudit: cannot write")]
+    assert len(errors) == 1, out
+    assert ("the spec sheet" if what == "sheet" else "the HTML report") in errors[0]
+    assert "blocker" in errors[0]
+    assert "latent audit summary" in out and "test_a_proved" in out.split("latent audit summary")[1]
+    assert junit_cases(pytester.path / "junit.xml") == {"test_a_proved", "test_b_proved_with_counterexamples",
+                                                         "test_c_stop", "test_d_after"}
+    if what == "report":  # the sheet itself was written
+        assert len(load_sheet(pytester.path / "out" / "sheet.json")["tests"]) == 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("baseline, message", [
+    ({"schema_version": 1, "tests": [{"nodeid": "x"}]}, "tests[0]: missing 'direction'"),
+    ([1, 2], "is not a latentaudit spec sheet"),
+    ({"schema_version": 1, "tests": "all of them"}, "'tests' must be a list"),
+])
+def test_broken_baseline_is_one_error_and_junit_survives(pytester, mode, baseline, message):
+    write_project(pytester.path, {"test_art.py": TESTS})
+    (pytester.path / "old.json").write_text(json.dumps(baseline))
+    result = run(pytester, mode, "--latent-spec-sheet", "sheet.json", "--latent-compare", "old.json",
+                 "--junitxml", "junit.xml")
+    result.assert_outcomes(passed=4)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    no_crash(result)
+    errors = [line for line in result.outlines if line.startswith("latent compare: cannot use the baseline")]
+    assert len(errors) == 1 and message in errors[0], result.stdout.str()
+    assert len(junit_cases(pytester.path / "junit.xml")) == 4
+    assert len(load_sheet(pytester.path / "sheet.json")["tests"]) == 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_missing_baseline_is_a_note_not_a_failure(pytester, mode):
+    write_project(pytester.path, {"test_art.py": TESTS})
+    result = run(pytester, mode, "--latent-compare", "nope.json")
+    assert result.ret == pytest.ExitCode.OK
+    assert "latent compare: no baseline at" in result.stdout.str()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_image_failure_is_a_warning(pytester, mode):
+    write_project(pytester.path, {"test_art.py": TESTS})
+    (pytester.path / "blocker").write_text("not a folder\n")
+    result = run(pytester, mode, "--latent-spec-sheet", "sheet.json", "--latent-artifacts", "blocker/pictures",
+                 "-W", "always::pytest_latentaudit.options.CounterexampleImageWarning")
+    result.assert_outcomes(passed=4)  # the proved test with counterexamples still passes
+    assert result.ret == pytest.ExitCode.OK
+    out = result.stdout.str()
+    assert "CounterexampleImageWarning" in out and "could not save the counterexample image" in out
+    rec = {r["nodeid"].split("::")[-1]: r for r in load_sheet(pytester.path / "sheet.json")["tests"]}
+    cexs = rec["test_b_proved_with_counterexamples"]["counterexamples"]
+    assert rec["test_b_proved_with_counterexamples"]["verdict"] == "proved" and cexs
+    assert all("image" not in c for c in cexs)
+
+
+def test_session_end_hook_errors_do_not_lose_junit(pytester):
+    conftest = (pytester.path / "conftest.py")
+    write_project(pytester.path, {"test_art.py": TESTS})
+    conftest.write_text(conftest.read_text() + '''
+
+def pytest_latentaudit_sheet(sheet, config):
+    raise RuntimeError("my exporter is broken")
+''')
+    result = run(pytester, "serial", "--latent-spec-sheet", "sheet.json", "--junitxml", "junit.xml")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    no_crash(result)
+    assert [line for line in result.outlines
+            if "pytest_latentaudit_sheet hook: RuntimeError: my exporter is broken" in line]
+    assert len(junit_cases(pytester.path / "junit.xml")) == 4
+    assert (pytester.path / "sheet.json").exists()
