@@ -227,23 +227,40 @@ class Ladder:
         to ``share`` of the remaining budget (branch and bound gets the rest); stopping at
         that share is not a budget cut."""
         if self.deadline == float("inf"):
-            self.run_bound("crown", "crown")
+            self.run_bound("crown", "crown", order=self.likely_first)
             return
         full, was_cut = self.deadline, getattr(self, "_cut", False)
         self.deadline = time.perf_counter() + share * max(full - time.perf_counter(), 0.0)
         try:
-            self.run_bound("crown", "crown")
+            self.run_bound("crown", "crown", order=self.likely_first)
         finally:
             self.deadline, self._cut = full, was_cut
 
-    def run_bound(self, method, rung, probe=False):
+    def likely_first(self, idx):
+        """``idx`` ordered by how close the bound so far came to a proof, relative to the
+        margin at the box centre (``bound / |margin|``, smallest first): when the budget
+        stops a costly rung part-way, the boxes it reached were the likeliest to close.
+        A function of the boxes and bounds only, never of the clock."""
+        p = self.p
+        with torch.no_grad():
+            c, _ = p.center_gens(idx, p.tl[idx], p.tu[idx])
+            y = p.model_forward(c.to(p.x_dtype)).to(torch.float64)
+            C, d = p.rows(y, idx)
+            m = (torch.einsum("nmo,no->nm", C.to(y), y) + d.to(y)).amax(1)
+        score = self.bound[idx].to(torch.float64) / m.abs().clamp(min=1e-12)
+        return idx[torch.argsort(torch.nan_to_num(score, nan=torch.inf), stable=True)]
+
+    def run_bound(self, method, rung, probe=False, order=None):
         """Bound the undecided boxes with ``method``. With ``probe`` (a cheap rung that a
         later one subsumes), the first ``PROBE_BOXES`` boxes are bounded first, and the
         rest only if at least ``PROBE_SHARE`` of those were verified: otherwise the later
-        rung does the work anyway. The decision depends on the boxes, not on the clock."""
+        rung does the work anyway. The decision depends on the boxes, not on the clock.
+        ``order`` (a function of the undecided indices) sets the order the boxes go in."""
         idx = self.undecided()
         if idx.numel() == 0 or self._time_up():
             return
+        if order is not None:
+            idx = order(idx)
         if probe and idx.numel() > PROBE_BOXES:
             head = idx[:PROBE_BOXES]
             self._bound_boxes(head, method, rung)
@@ -407,11 +424,17 @@ class Ladder:
                 self.run_bound("ibp", "ibp", probe=e in ("auto", "linear", "bab"))
             if e in ("auto", "linear", "bab"):
                 self.run_bound("linear", "linear")
+            attacked = False
             if e in ("auto", "linear") and not self._time_up():
+                # what the cheap bounds left: a short attack first, as a falsified box needs
+                # no CROWN (costly per box) and no splitting
+                if self.undecided().numel():
+                    self.run_attack(steps=10, restarts=2, rung="attack")
+                    attacked = True
                 # few perturbed dims: splitting with cheap bounds pays more than CROWN per box
                 self.run_crown(share=CROWN_SHARE_SMALL_K if self.p.k <= 2 else CROWN_SHARE_LARGE_K)
             # what the cheap bounds left: attack before spending the budget on splitting
-            if not self._time_up():
+            if not attacked and not self._time_up():
                 self.run_attack(steps=10, restarts=2, rung="attack")
             exact = e in ("auto", "exact") and self.can_run_exact() and not self._time_up()
             if exact:
