@@ -303,7 +303,10 @@ def _feeds_relaxation(graph: BoundGraph) -> List[bool]:
 
 def _crown_refine(graph: BoundGraph, conc, center, gens, j):
     """Tighten node ``j``'s bounds on its unstable neurons (lower < 0 < upper) with a
-    backward pass per neuron, over the bounds of the nodes before it."""
+    backward pass per neuron, over the bounds of the nodes before it. Upper bounds come
+    first; when only (leaky) ReLUs read node ``j``, a neuron the upper bound shows dead
+    needs no lower bound (its relaxation is exact whatever its lower bound), so the lower
+    pass takes only the others: about a quarter fewer rows on deep layers."""
     lo, hi = conc[j]
     n = lo.shape[0]
     flo, fhi = lo.reshape(n, -1), hi.reshape(n, -1)
@@ -313,34 +316,49 @@ def _crown_refine(graph: BoundGraph, conc, center, gens, j):
         return lo, hi
     order = torch.argsort(uns.to(torch.int8), dim=1, descending=True, stable=True)[:, :U]  # unstable first
     valid = uns.gather(1, order)
-    D = flo.shape[1]
-    sign = valid.to(lo.dtype)
-    zeros = torch.zeros(n, 2 * U, dtype=torch.float64, device=lo.device)
+    big = torch.full((n, U), torch.inf, dtype=lo.dtype, device=lo.device)
+    ub = _neuron_bounds(graph, conc, center, gens, j, order, valid, 1.0)
+    _, new_hi = _round_out(ub, ub, lo.dtype)
+    fhi = fhi.scatter_reduce(1, order, torch.where(valid, new_hi, big), "amin")
+    need = valid
+    if _only_relus_read(graph, j):
+        need = valid & (new_hi > 0)
+        U2 = int(need.sum(1).max())
+        if U2 == 0:
+            return flo.reshape(lo.shape), fhi.reshape(hi.shape)
+        pick = torch.argsort(need.to(torch.int8), dim=1, descending=True, stable=True)[:, :U2]
+        order, need = order.gather(1, pick), need.gather(1, pick)
+    ub = _neuron_bounds(graph, conc, center, gens, j, order, need, -1.0)  # bounds of -x
+    new_lo, _ = _round_out(-ub, -ub, lo.dtype)
+    flo = flo.scatter_reduce(1, order, torch.where(need, new_lo, -big[:, :order.shape[1]]), "amax")
+    return flo.reshape(lo.shape), fhi.reshape(hi.shape)
+
+
+def _only_relus_read(graph: BoundGraph, j: int) -> bool:
+    readers = [nd for nd in graph.nodes if j in nd.inputs]
+    return bool(readers) and all(isinstance(nd.op, ops.ReLUOp) for nd in readers)
+
+
+def _neuron_bounds(graph: BoundGraph, conc, center, gens, j, order, valid, s: float):
+    """Upper bounds of ``s * x_i`` for the neurons ``order`` of node ``j`` (rows where
+    ``valid`` is false are zero rows, their bounds unused), by one backward pass."""
+    n, U = order.shape
+    lo = conc[j][0]
+    sign = valid.to(lo.dtype) * s
     op = graph.nodes[j].op
     if isinstance(op, ops.DenseOp) and len(graph.nodes[j].shape) == 1:
         # the first backward step of a one-hot row is a row of W: gather it instead of a
         # product (exact), with the bias and the node's own error radius as constants
-        W = op.weight[order] * sign[:, :, None]  # [n, U, D_in]
-        A = torch.cat([W, -W], 1)
+        A = op.weight[order] * sign[:, :, None]  # [n, U, D_in]
         R = op.radius(_in_bounds(conc, graph.nodes[j]), ours=False)
-        Rg = R.gather(1, order).double() * sign.double()
-        const = zeros + torch.cat([Rg, Rg], 1)
+        const = R.gather(1, order).double() * sign.double().abs()
         if op.bias is not None:
-            bg = op.bias[order].double() * sign.double()
-            const = const + torch.cat([bg, -bg], 1)
-        ub = backward_bound(graph, conc, center, gens, graph.nodes[j].inputs[0], A, const, fast=True)
-    else:
-        upper_rows = torch.zeros(n, U, D, dtype=lo.dtype, device=lo.device).scatter_(
-            2, order[:, :, None], sign[:, :, None])
-        A = torch.cat([upper_rows, -upper_rows], 1).reshape(n, 2 * U, *graph.nodes[j].shape)
-        ub = backward_bound(graph, conc, center, gens, j, A, zeros, fast=True)
-    new_lo, new_hi = _round_out(-ub[:, U:], ub[:, :U], lo.dtype)
-    big = torch.full_like(new_hi, torch.inf)
-    new_hi = torch.where(valid, new_hi, big)
-    new_lo = torch.where(valid, new_lo, -big)
-    fhi = fhi.scatter_reduce(1, order, new_hi, "amin")
-    flo = flo.scatter_reduce(1, order, new_lo, "amax")
-    return flo.reshape(lo.shape), fhi.reshape(hi.shape)
+            const = const + op.bias[order].double() * sign.double()
+        return backward_bound(graph, conc, center, gens, graph.nodes[j].inputs[0], A, const, fast=True)
+    D = lo.reshape(n, -1).shape[1]
+    rows = torch.zeros(n, U, D, dtype=lo.dtype, device=lo.device).scatter_(2, order[:, :, None], sign[:, :, None])
+    zeros = torch.zeros(n, U, dtype=torch.float64, device=lo.device)
+    return backward_bound(graph, conc, center, gens, j, rows.reshape(n, U, *graph.nodes[j].shape), zeros, fast=True)
 
 
 def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", threshold=None, crown=None):
