@@ -58,6 +58,13 @@ class CacheWarning(LatentAuditWarning):
     """A replay-cache entry was malformed (dropped) or could not be stored."""
 
 
+class DirectionValidityWarning(UserWarning):
+    """A direction failed a validity check: tests along it may not mean what they say.
+
+    Defined here (no torch) so ``filterwarnings = error::pytest_latentaudit.DirectionValidityWarning``
+    resolves without importing torch; ``pytest_latentaudit.validity`` re-exports it."""
+
+
 def check_device_available(device: str) -> None:
     """A usage error at start for ``cuda`` / ``cuda:N`` on a machine without that device
     (imports torch only when CUDA was asked for)."""
