@@ -1,9 +1,11 @@
 """Live progress of running latent tests (``--latent-progress``), the verdict beside the outcome
 under ``-v``, and the summary table's outcome column.
 
-The terminal runs use a real pseudo-terminal from the standard library (``pty``), so ``auto``
-is tested as a user meets it (pytest sees a tty) without adding pexpect to the dev extras;
-the xdist run forces ``on`` to show that workers never draw even when asked to.
+One run uses a real pseudo-terminal from the standard library (``pty``), so ``auto`` is tested
+as a user meets it (pytest sees a tty) without adding pexpect to the dev extras (pexpect's
+``spawn_pytest`` does the same on top of ``pty``); the cheaper in-process runs then check the
+rules (``-q``, ``off``, ``on`` without a terminal) with the terminal reporter told it has a
+tty, and the xdist run forces ``on`` to show that workers never draw even when asked to.
 """
 from __future__ import annotations
 
@@ -119,7 +121,8 @@ def test_the_ladder_reports_rungs_and_decided_seeds_without_changing_the_result(
     z = torch.randn(12, 3)
     labels = head(z).argmax(1)
     events = []
-    kw = dict(direction=Direction.axis(0), eps=0.3, spec=Accuracy(0.5), device="cpu", budget_s=20, seed=3)
+    kw = dict(direction=Direction.axis(0), eps=0.3, spec=Accuracy(0.5), engine="linear", device="cpu", budget_s=20,
+              seed=3)
     with_cb = audit(head, (z, labels), progress=lambda *a: events.append(a), **kw)
     without = audit(head, (z, labels), **kw)
     assert (with_cb.status, with_cb.verdict) == (without.status, without.verdict)
@@ -163,7 +166,7 @@ PROJECT = {"test_p.py": '''
         latent_audit(head, seeds)
 '''}
 
-STATUS = re.compile(r"\[(?:test_slow_proved: )?audit \w+, \d/4 seeds decided, \d+\.\d/60 s\]")
+STATUS = re.compile(r"\[(?:test_slow_proved: )?audit(?: \w+)?, \d/4 seeds decided, \d+\.\d/60 s\]")
 BADGES = {"test_slow_proved": "PASSED [proved: 4/4 verified]",
           "test_expected_violation": "XFAIL [violated: 0/4 verified, 4 falsified]"}
 
@@ -205,11 +208,11 @@ def summary_rows(lines):
             if (m := re.match(r"^test_p\.py::(\w+)\s+(\w+)\s+pose\s", line))}
 
 
-def test_progress_on_a_terminal_not_with_q_nor_in_xdist_workers(pytester):
+def test_progress_on_a_real_terminal_and_never_in_xdist_workers(pytester):
     write_project(pytester.path, PROJECT)
 
-    # a terminal, -v: the status line shows while the slow test runs and is erased before
-    # the outcome, which carries the verdict and counts; the table has outcomes and node ids
+    # a pseudo-terminal, -v: the status line shows while the slow test runs and is erased
+    # before the outcome, which carries the verdict and counts; the table has outcomes, node ids
     code, raw = run_in_pty(pytester.path, "-v")
     assert code == 0, raw
     assert STATUS.search(raw), raw
@@ -221,13 +224,7 @@ def test_progress_on_a_terminal_not_with_q_nor_in_xdist_workers(pytester):
     assert summary_rows(shown) == {"test_slow_proved": "passed", "test_expected_violation": "xfailed"}
     assert "1 passed, 1 xfailed" in raw
 
-    # a terminal, -q: nothing drawn at all
-    code, raw = run_in_pty(pytester.path, "-q")
-    assert code == 0, raw
-    assert "seeds decided" not in raw and "\b" not in raw, raw
-    assert "1 passed, 1 xfailed" in raw
-
-    # xdist, progress forced on: workers have no terminal, so still nothing; -v shows verdicts
+    # xdist, progress forced on: workers have no terminal, so nothing is drawn; -v shows verdicts
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-n", "2", "-v", "--latent-progress", "on")
     assert result.ret == 0
     result.assert_outcomes(passed=1, xfailed=1)
@@ -238,12 +235,43 @@ def test_progress_on_a_terminal_not_with_q_nor_in_xdist_workers(pytester):
     assert summary_rows(result.outlines) == {"test_slow_proved": "passed", "test_expected_violation": "xfailed"}
 
 
-def test_progress_on_without_a_terminal_and_bad_values(pytester):
+class Yes:
+    """Like pytest's ``isatty``: true as a bool and when called."""
+
+    def __bool__(self):
+        return True
+
+    def __call__(self):
+        return True
+
+
+class FakeTty:
+    """Tells the in-process run's terminal reporter that its output is a terminal (the real
+    terminal is the pty test above; these runs check the rules on top of it, cheaply)."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_configure(self, config):
+        config.pluginmanager.get_plugin("terminalreporter").isatty = Yes()
+
+
+def test_progress_auto_q_on_off_and_bad_values(pytester):
     write_project(pytester.path, PROJECT)
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-q", "--latent-progress", "on",
-                                          "-k", "slow")
-    assert result.ret == 0
-    assert re.search(r"\[test_slow_proved: audit \w+, \d/4 seeds decided", result.stdout.str()), result.stdout.str()
+
+    def run(*args, tty=True):
+        result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-k", "slow", *args,
+                                              plugins=[FakeTty()] if tty else [])
+        assert result.ret == 0, result.stdout.str()
+        result.assert_outcomes(passed=1, deselected=1)
+        return result.stdout.str()
+
+    line = re.compile(r"test_p\.py +\[test_slow_proved: audit(?: \w+)?, \d/4 seeds decided, \d+\.\d/60 s\]")
+    assert line.search(run()), "auto on a terminal: shown (named: the line shows only the file)"
+    for args in (["-q"], ["--latent-progress", "off"]):
+        out = run(*args)
+        assert "seeds decided" not in out and "\b" not in out, (args, out)
+    assert "seeds decided" not in run(tty=False), "auto without a terminal: nothing"
+    assert re.search(r"\[test_slow_proved: audit(?: \w+)?, \d/4 seeds decided", run("-q", "--latent-progress", "on",
+                                                                            tty=False))
     bad = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--latent-progress", "sometimes")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     assert "unknown progress mode 'sometimes'; choose auto, on or off" in bad.stderr.str()

@@ -266,7 +266,11 @@ class _VerdictWords:
     @pytest.hookimpl(hookwrapper=True)
     def pytest_report_teststatus(self, report, config):
         outcome = yield
-        if report is not self.logging or report.when != "call" or config.get_verbosity() <= 0:
+        if report is not self.logging or report.when != "call":
+            return
+        from .progress import case_verbosity
+
+        if case_verbosity(config) <= 0:
             return
         data = getattr(report, "latentaudit", None)
         res = outcome.get_result()

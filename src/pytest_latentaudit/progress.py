@@ -30,6 +30,14 @@ DELAY_S = 0.3
 MIN_ROOM = 16
 
 
+def case_verbosity(config) -> int:
+    """The verbosity pytest writes test lines with (``-v``: > 0, one line per test with its word)."""
+    try:  # pytest >= 8: ``verbosity_test_cases`` may differ from -v/-q
+        return int(config.get_verbosity(config.VERBOSITY_TEST_CASES))
+    except AttributeError:  # pytest 7
+        return int(getattr(config.option, "verbose", 0) or 0)
+
+
 def progress_enabled(config, mode: str) -> bool:
     """Whether this process draws progress lines for ``mode`` (``auto``/``on``/``off``)."""
     if mode == "off" or hasattr(config, "workerinput"):  # an xdist worker has no terminal
@@ -39,7 +47,7 @@ def progress_enabled(config, mode: str) -> bool:
         return False
     if mode == "on":
         return True
-    return bool(tr.isatty) and config.get_verbosity() >= 0
+    return bool(tr.isatty) and int(getattr(config.option, "verbose", 0) or 0) >= 0  # not -q
 
 
 def status_text(name: Optional[str], stage: str, rung: str, decided: Optional[int], total: Optional[int],
@@ -137,6 +145,7 @@ class TestProgress:
 
     def rung(self, rung: str, decided: int, total: int) -> None:
         """The ladder's callback: ``fn(rung, decided, total)``."""
+        rung = "" if rung in ("start", "done") else rung
         self._rung, self._decided, self._total, self._what = rung, decided, total, "decided"
         self._maybe_draw()
 
@@ -167,5 +176,5 @@ def for_test(config, mode: str, nodeid: str, budget: Optional[float],
     around = capman.global_and_fixture_disabled if capman is not None else None
     line = StatusLine(tw._file, room=lambda: tw.fullwidth - tw.width_of_current_line, around=around,
                       clock=time.perf_counter)
-    name = None if config.get_verbosity() > 0 else nodeid.split("::")[-1]  # -v: the line shows the node id
+    name = None if case_verbosity(config) > 0 else nodeid.split("::")[-1]  # -v: the line shows the node id
     return TestProgress(line, name, budget, t0=t0)
