@@ -84,9 +84,9 @@ def test_show(sheet_path, capsys):
     assert code == 0
     assert f"spec sheet {sheet_path}: pytest-latentaudit" in out
     lines = out.splitlines()
-    for name, verdict in [("test_pose_small", "proved"), ("test_pose_smaller", "proved"),
-                          ("test_pose_large", "violated"), ("test_style", "proved")]:
-        assert any(line.startswith(name + " ") and f" {verdict} " in line for line in lines), name
+    for name, outcome, verdict in [("test_pose_small", "passed", "proved"), ("test_pose_smaller", "passed", "proved"),
+                                   ("test_pose_large", "failed", "violated"), ("test_style", "passed", "proved")]:
+        assert any(re.match(rf"test_sheet\.py::{name} +{outcome} .* {verdict} ", line) for line in lines), name
     assert "  pose: proved up to eps=0.5 (proved 2, violated 1)" in lines
     assert "  style: proved up to eps=1 (proved 1)" in lines
 
@@ -106,6 +106,54 @@ def test_console_script_exit_codes(sheets, tmp_path):
     assert "test_style: verdict proved -> violated" in diff.stdout
     missing = subprocess.run(cmd + ["show", str(tmp_path / "nope.json")], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and missing.stderr.startswith("latentaudit: ")
+    version = subprocess.run(cmd + ["--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout == f"latentaudit (pytest-latentaudit) {cli_mod.version()}\n"
+
+
+def test_version_is_the_installed_distributions(capsys):
+    from importlib import metadata
+
+    import pytest_latentaudit
+
+    try:
+        expected = metadata.version("pytest-latentaudit")
+    except metadata.PackageNotFoundError:  # a source tree that is not installed
+        expected = pytest_latentaudit.__version__
+    with pytest.raises(SystemExit) as exc:
+        cli_mod.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"latentaudit (pytest-latentaudit) {expected}\n"
+
+
+def test_no_command_lists_the_commands(capsys):
+    code, out, err = main(capsys)
+    assert code == 2 and out == ""
+    assert "required" not in err and err.startswith("usage: latentaudit")
+    listed = re.findall(r"^  (\w+) +\S", err, re.M)
+    assert listed == ["show", "diff", "html", "export", "coverage", "merge", "guard"], err
+    assert "  export    export a spec sheet as a model card" in err
+    assert "'latentaudit COMMAND --help'" in err
+
+
+def test_export_hf_by_suffix_with_the_task_given(sheet_path, tmp_path, capsys):
+    from pytest_latentaudit import exports
+
+    expected = exports.to_model_index(sheet_path, "org/m", task_type="tabular-classification")
+    code, out, _ = main(capsys, "export", sheet_path, tmp_path / "index.json", "--format", "hf", "--task",
+                        "tabular-classification", "--name", "org/m")
+    assert code == 0 and out == f"wrote {tmp_path / 'index.json'}\n"
+    assert json.loads((tmp_path / "index.json").read_text()) == expected  # JSON, not YAML, in a .json name
+    assert {r["task"]["type"] for r in expected["model-index"][0]["results"]} == {"tabular-classification"}
+    code, _, _ = main(capsys, "export", sheet_path, tmp_path / "README.md", "--format", "hf", "--task",
+                      "tabular-classification", "--name", "org/m")
+    text = (tmp_path / "README.md").read_text()
+    assert code == 0 and text.startswith("---\nmodel-index:\n") and "image-classification" not in text
+    # no task: one clear line, exit 2, nothing written; an unknown suffix likewise
+    code, _, err = main(capsys, "export", sheet_path, tmp_path / "x.json", "--format", "hf")
+    assert code == 2 and "needs --task" in err and len(err.strip().splitlines()) == 1
+    code, _, err = main(capsys, "export", sheet_path, tmp_path / "x.txt", "--format", "hf", "--task", "t")
+    assert code == 2 and err.startswith("latentaudit: ") and "say the format by the file name" in err
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "x.txt").exists()
 
 
 def test_diff_detects_planted_verdict_regression(sheets, capsys):

@@ -277,7 +277,7 @@ def test_real_sheet_end_to_end(real_sheet, tmp_path):
         assert t["nodeid"].split("::")[-1] in text
     if "jsonschema" in sys.modules or pytest.importorskip("jsonschema"):
         schema.validate_model_card(exports.to_model_card(s))
-    assert exports.to_model_index(s)["model-index"][0]["results"]
+    assert exports.to_model_index(s, task_type="image-classification")["model-index"][0]["results"]
     ok = deploy.in_spec(s, [[0.0, 0.0, 0.0], [9.0, 0.0, 0.0]])
     assert ok["pose"].tolist() == [True, False] and set(ok) == {"pose", "light", "style", "all"}
 

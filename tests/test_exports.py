@@ -120,11 +120,12 @@ def test_model_index(sheet):
 
 @pytest.mark.parametrize("use_pyyaml", [True, False])
 def test_model_index_yaml_round_trips(sheet, use_pyyaml):
-    text = exports.model_index_yaml(sheet, "m", use_pyyaml=use_pyyaml)
+    text = exports.model_index_yaml(sheet, "m", use_pyyaml=use_pyyaml, task_type="tabular-classification")
     assert text.startswith("---\nmodel-index:\n") and text.endswith("---\n")
-    assert yaml.safe_load(text.split("---\n")[1]) == exports.to_model_index(sheet, "m")
-    bare = exports.model_index_yaml(sheet, "m", front_matter=False, use_pyyaml=use_pyyaml)
-    assert yaml.safe_load(bare) == exports.to_model_index(sheet, "m")
+    assert yaml.safe_load(text.split("---\n")[1]) == exports.to_model_index(sheet, "m", task_type="tabular-classification")
+    bare = exports.model_index_yaml(sheet, "m", front_matter=False, use_pyyaml=use_pyyaml,
+                                   task_type="tabular-classification")
+    assert yaml.safe_load(bare) == exports.to_model_index(sheet, "m", task_type="tabular-classification")
 
 
 def test_hand_written_yaml_handles_awkward_values(monkeypatch):
@@ -141,10 +142,30 @@ def test_hand_written_yaml_handles_awkward_values(monkeypatch):
 
 
 def test_write_model_index(sheet, tmp_path):
-    md = exports.write_model_index(sheet, tmp_path / "README.md", "m")
+    task = dict(task_type="tabular-classification")
+    expected = exports.to_model_index(sheet, "m", **task)
+    md = exports.write_model_index(sheet, tmp_path / "README.md", "m", **task)
     assert md.read_text().startswith("---\nmodel-index:")
-    y = exports.write_model_index(sheet, tmp_path / "index.yaml", "m")
-    assert yaml.safe_load(y.read_text()) == exports.to_model_index(sheet, "m")
+    assert yaml.safe_load(md.read_text().split("---\n")[1]) == expected
+    y = exports.write_model_index(sheet, tmp_path / "index.yaml", "m", **task)
+    assert yaml.safe_load(y.read_text()) == expected
+    j = exports.write_model_index(sheet, tmp_path / "index.json", "m", **task)  # JSON in a .json name
+    assert json.loads(j.read_text()) == expected
+    with pytest.raises(ValueError, match=r"say the format by the file name: \.json \(JSON\)"):
+        exports.write_model_index(sheet, tmp_path / "index.txt", "m", **task)
+    assert not (tmp_path / "index.txt").exists()
+
+
+def test_model_index_needs_a_task_type(sheet, tmp_path):
+    """No guessed task (it used to be image-classification for every model)."""
+    for call in (lambda: exports.to_model_index(sheet, "m"), lambda: exports.model_index_yaml(sheet, "m"),
+                 lambda: exports.write_model_index(sheet, tmp_path / "README.md", "m")):
+        with pytest.raises(ValueError, match="needs the model's task type"):
+            call()
+    assert not (tmp_path / "README.md").exists()
+    tasks = {r["task"]["type"] for r in exports.to_model_index(sheet, task_type="audio-classification")
+             ["model-index"][0]["results"]}
+    assert tasks == {"audio-classification"}
 
 
 def test_certified_radius_metrics(sheet):
@@ -155,6 +176,6 @@ def test_certified_radius_metrics(sheet):
     assert metrics[-1] == {"type": "median certified radius", "value": "0.75", "slice": "pose"}
     if pytest.importorskip("jsonschema"):
         schema.validate_model_card(exports.to_model_card(sheet))
-    pose = exports.to_model_index(sheet, "m")["model-index"][0]["results"][2]
+    pose = exports.to_model_index(sheet, "m", task_type="tabular-classification")["model-index"][0]["results"][2]
     assert pose["metrics"][-1]["type"] == "median_certified_radius" and pose["metrics"][-1]["value"] == 0.75
     assert pose["metrics"][-1]["args"] == {"direction": "pose", "eps_max": 1.0, "test": "t.py::test_pose"}

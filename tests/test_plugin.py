@@ -449,11 +449,14 @@ def test_header_and_summary(main_run):
     for name, verdict in AUDITED.items():
         if name not in recorded:
             continue
-        row = re.search(rf"^{name}\s.*$", summary, re.M)
+        # node ids, not bare names; the pytest outcome beside the verdict (xfail included)
+        row = re.search(rf"^test_\w+\.py::{name}\s.*$", summary, re.M)
         assert row and re.search(rf"\s{verdict}\s", row.group(0)), name
+        outcome = {"PASSED": "passed", "FAILED": "failed", "XFAIL": "xfailed"}[EXPECTED_OUTCOME[name]]
+        assert re.match(rf"\S+\s+{outcome}\s", row.group(0)), row.group(0)
         assert re.search(rf"\s{recorded[name]['direction']}\s", row.group(0)), row.group(0)
     for name in list(BAD_INPUTS) + ["test_plain"]:
-        assert not re.search(rf"^{name}\s", summary, re.M)
+        assert not re.search(rf"^test_\w+\.py::{name}\s", summary, re.M)
     assert f"spec sheet: {root / 'out' / 'sheet.json'}" in out
 
 

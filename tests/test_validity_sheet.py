@@ -1,6 +1,7 @@
 """Direction validity in the spec sheet: continuity and realism are recorded per test,
 problems warn, and the deployable range never goes beyond the realism limit."""
 import json
+import re
 import textwrap
 
 import pytest
@@ -56,6 +57,9 @@ def test_validity_is_recorded_and_caps_the_deployable_range(pytester, mode):
     result.assert_outcomes(passed=2)  # both proved: the head ignores direction "a"
     out = result.stdout.str()
     assert "DirectionValidityWarning" in out and "beyond its realism limit" in out
+    # attributed to the user's test (the latent_audit call), not to the plugin's code
+    located = [line for line in result.outlines if "DirectionValidityWarning:" in line]
+    assert located and all(re.search(r"test_v\.py:\d+: DirectionValidityWarning", line) for line in located), located
     sheet = json.loads((pytester.path / "sheet.json").read_text())
     recs = {r["nodeid"].split("::")[-1]: r for r in sheet["tests"]}
     assert recs["test_small"]["validity"]["ok"] is True
@@ -78,3 +82,18 @@ def test_show_reports_the_realism_cap(pytester, capsys):
     assert main(["show", str(pytester.path / "sheet.json")]) == 0
     out = capsys.readouterr().out
     assert "a: proved up to eps=5" in out and "deployable range up to eps=0.1" in out
+
+
+def test_direction_validity_warning_is_exported_without_torch():
+    import subprocess
+    import sys
+
+    import pytest_latentaudit
+    from pytest_latentaudit import validity
+
+    assert pytest_latentaudit.DirectionValidityWarning is validity.DirectionValidityWarning
+    assert "DirectionValidityWarning" in pytest_latentaudit.__all__
+    code = ("import sys; from pytest_latentaudit import DirectionValidityWarning, LatentAuditWarning; "
+            "assert issubclass(DirectionValidityWarning, UserWarning); "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -13,6 +13,9 @@ _EXPORTS = {
     "Accuracy": "specs", "Invariance": "specs", "Prediction": "specs", "PredictionNotIn": "specs",
     "OutputRange": "specs", "Linear": "specs", "Spec": "specs", "ConfidentTargeted": "specs",
     "SpecSheet": "specsheet",
+    # warnings (torch-free, for filterwarnings): what the plugin could not do, and direction validity
+    "LatentAuditWarning": "options", "CounterexampleImageWarning": "options", "CacheWarning": "options",
+    "DirectionValidityWarning": "options",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

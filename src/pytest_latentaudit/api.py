@@ -225,7 +225,7 @@ def _split_spec(spec: Spec, n: int, device):
 
 
 def _run_ladder(model, problem, input_shape, device, engine, budget_s, seed, precision, notes, replay=None,
-                attack="sign", bound_factory=None, falsifier=None):
+                attack="sign", bound_factory=None, falsifier=None, progress=None):
     deadline = time.perf_counter() + (budget_s if budget_s is not None else float("inf"))
     bound_fn, graph = None, None
     name = engine
@@ -244,14 +244,17 @@ def _run_ladder(model, problem, input_shape, device, engine, budget_s, seed, pre
                                f"or auto_lirpa:<ibp|crown|crown-ibp|alpha-crown>")
     ladder = Ladder(problem, graph, engine=engine if bound_fn is None else name, deadline=deadline,
                     generator=_generator(seed), precision=precision, bound_fn=bound_fn, replay=replay,
-                    attack_method=attack, attack_fn=falsifier)
+                    attack_method=attack, attack_fn=falsifier, progress=progress)
     return ladder.run(), name
 
 
 # ------------------------------------------------------------------------ verify_box
 def verify_box(model, lower, upper, spec, *, engine: str = "auto", device="auto", budget_s: Optional[float] = None,
-               seed: int = 0, precision: str = "float32") -> BoxResult:
+               seed: int = 0, precision: str = "float32", progress=None) -> BoxResult:
     """Decide ``spec`` on each box ``[lower[i], upper[i]]`` (shapes ``[N, *input_shape]``).
+
+    ``progress``: an optional ``fn(rung, decided, total)`` called as the proof ladder moves on
+    (rung names such as ``"ibp"``, ``"linear"``, ``"bab"``; boxes decided so far, out of N).
 
     Only the coordinates that vary in some box become bound-propagation coordinates, so a
     box that moves 2 of 128 latent dims costs a few forward passes per bound.
@@ -290,7 +293,7 @@ def verify_box(model, lower, upper, spec, *, engine: str = "auto", device="auto"
         m = _on_device(model, dev)
         problem = Problem(m, x0, V.reshape(1, k, *shape), -half, half, box_spec, labels,
                           clamp_lower=lower, clamp_upper=upper, x_dtype=x_dtype)
-        out, name = _run_ladder(m, problem, shape, dev, engine, budget_s, seed, precision, notes)
+        out, name = _run_ladder(m, problem, shape, dev, engine, budget_s, seed, precision, notes, progress=progress)
     return BoxResult(out.status, out.cex_x, out.rung, out.bound.cpu(), time.perf_counter() - t0, name,
                      notes + out.notes)
 
@@ -453,7 +456,7 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
           latent_space: Optional[LatentSpace] = None, engine: str = "auto", device="auto",
           budget_s: Optional[float] = None, seed: int = 0, precision: str = "float32",
           replay: Optional[Sequence] = None, attack: str = "sign", confidence: float = 0.99,
-          bound_factory=None, falsifier=None) -> AuditResult:
+          bound_factory=None, falsifier=None, progress=None) -> AuditResult:
     """Run a semantic unit test: every seed ``z0`` moved by ``V t``, ``t in [-eps, eps]^k``.
 
     ``seeds`` is ``[N, latent_dim]`` (or a ``(z, labels)`` pair); ``direction`` a
@@ -463,6 +466,8 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
     ``confidence``: of the sampling interval behind an ``estimated`` verdict.
     ``bound_factory`` / ``falsifier``: a custom engine / attack (see hooks.py), used under
     the names ``engine`` / ``attack``.
+    ``progress``: an optional ``fn(rung, decided, total)`` (seeds decided so far, out of N),
+    called as the proof ladder moves on; it only observes.
     """
     if attack not in ("sign", "adam", "blackbox") and falsifier is None:
         raise LatentAuditError(f"unknown attack {attack!r}; use sign, adam or blackbox")
@@ -476,7 +481,7 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
         problem = Problem(prep.model, prep.z, prep.Vt, tl, -tl, prep.box_spec, prep.box_labels)
         out, name = _run_ladder(prep.model, problem, prep.input_shape, prep.dev, engine, budget_s, seed, precision,
                                 notes, replay=replay, attack=attack, bound_factory=bound_factory,
-                                falsifier=falsifier)
+                                falsifier=falsifier, progress=progress)
     z, n, box_labels, dname = prep.z, prep.n, prep.box_labels, prep.dname
 
     cexs: List[Counterexample] = []

@@ -2,16 +2,24 @@
 
     latentaudit show SHEET            per-test table and per-direction proved range
     latentaudit diff OLD NEW [--fail] regressions between two runs (exit 1 with --fail)
+    latentaudit html SHEET OUT        a static, offline HTML report
+    latentaudit export SHEET OUT      a model card: --format mct (Model Card Toolkit JSON) or
+                                      --format hf --task TASK (Hugging Face model-index; JSON,
+                                      YAML or README front matter by OUT's suffix)
+    latentaudit coverage SHEET        semantic coverage (--fail-under PCT: a gate)
     latentaudit merge A B ... -o OUT  join the sheets of CI shards (conflicts: exit 1)
+    latentaudit guard SHEET DATA      deployment guards on a batch
+    latentaudit --version
 
 Exit codes: 0 fine; 1 regressions (``diff --fail``), a failed gate or merge conflicts; 2 a
-file that cannot be read or is not a spec sheet (one ``latentaudit: ...`` line on stderr).
+file that cannot be read or is not a spec sheet (one ``latentaudit: ...`` line on stderr), a
+usage error, or no command.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .report import summary_table
 from .specsheet import read_sheet
@@ -82,13 +90,41 @@ def cmd_html(args) -> int:
 def cmd_export(args) -> int:
     from . import exports
 
+    if args.format == "hf" and not args.task:
+        print("latentaudit: export --format hf needs --task, the Hugging Face task id of the model (e.g. "
+              + ", ".join(exports.HF_TASK_EXAMPLES) + "): a spec sheet does not say what the model's inputs are",
+              file=sys.stderr)
+        return 2
     sheet = read_sheet(args.sheet)
     if args.format == "mct":
         out = exports.write_model_card(sheet.data, args.out, name=args.name)
     else:
-        out = exports.write_model_index(sheet.data, args.out, args.name)
+        out = exports.write_model_index(sheet.data, args.out, args.name, task_type=args.task)
     print(f"wrote {out}")
     return 0
+
+
+def version() -> str:
+    """The installed distribution's version (``importlib.metadata``); the package's own
+    ``__version__`` when it runs from a source tree that is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("pytest-latentaudit")
+    except metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def no_command(ap: argparse.ArgumentParser, commands: List[Tuple[str, str]]) -> int:
+    """What ``latentaudit`` with no command prints (stderr, exit 2): the commands, one a line."""
+    width = max(len(name) for name, _ in commands)
+    lines = [ap.format_usage().rstrip(), "", "latentaudit reads pytest-latentaudit spec sheets. Commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, help_ in commands]
+    lines += ["", "Run 'latentaudit COMMAND --help' for a command's arguments; 'latentaudit --version'."]
+    print("\n".join(lines), file=sys.stderr)
+    return 2
 
 
 def cmd_coverage(args) -> int:
@@ -137,34 +173,44 @@ def cmd_merge(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="latentaudit", description="Read pytest-latentaudit spec sheets.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("show", help="print a spec sheet as a table")
+    ap.add_argument("--version", action="version", version=f"latentaudit (pytest-latentaudit) {version()}")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+    commands: List[Tuple[str, str]] = []  # (name, help): listed when no command is given
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002 - argparse's keyword
+        commands.append((name, help))
+        return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+
+    p = add("show", help="print a spec sheet as a table")
     p.add_argument("sheet")
     p.set_defaults(fn=cmd_show)
-    p = sub.add_parser("diff", help="list regressions from OLD to NEW")
+    p = add("diff", help="list regressions from OLD to NEW")
     p.add_argument("old")
     p.add_argument("new")
     p.add_argument("--fail", action="store_true", help="exit 1 when there are regressions")
     p.set_defaults(fn=cmd_diff)
-    p = sub.add_parser("html", help="render a spec sheet as one static HTML page")
+    p = add("html", help="render a spec sheet as one static HTML page")
     p.add_argument("sheet")
     p.add_argument("out")
     p.add_argument("--no-images", action="store_true", help="no charts or counterexample pictures")
     p.add_argument("--title")
     p.set_defaults(fn=cmd_html)
-    p = sub.add_parser("export", help="export a spec sheet as a model card")
+    p = add("export", help="export a spec sheet as a model card")
     p.add_argument("sheet")
     p.add_argument("out")
     p.add_argument("--format", choices=("mct", "hf"), default="mct",
-                   help="mct: Model Card Toolkit JSON; hf: Hugging Face model-index YAML")
+                   help="mct: Model Card Toolkit JSON; hf: Hugging Face model-index, written by OUT's suffix as "
+                        "JSON (.json), YAML (.yaml, .yml) or README front matter (.md)")
+    p.add_argument("--task", metavar="TASK", help="hf: the Hugging Face task id of the model (required with "
+                                                   "--format hf), e.g. image-classification, tabular-classification")
     p.add_argument("--name", help="model name")
     p.set_defaults(fn=cmd_export)
-    p = sub.add_parser("coverage", help="semantic coverage of a spec sheet")
+    p = add("coverage", help="semantic coverage of a spec sheet")
     p.add_argument("sheet")
     p.add_argument("--fail-under", type=float, metavar="PCT", help="exit 1 below this percentage proved")
     p.add_argument("--declared", help="comma-separated declared directions (default: from the sheet)")
     p.set_defaults(fn=cmd_coverage)
-    p = sub.add_parser("merge", help="join the spec sheets of CI shards into one")
+    p = add("merge", help="join the spec sheets of CI shards into one")
     p.add_argument("sheets", nargs="+", metavar="SHEET")
     p.add_argument("-o", "--out", required=True, help="the merged sheet")
     p.add_argument("--prefer", choices=("first", "last"),
@@ -178,7 +224,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         return run_guard_command(args)
 
-    p = sub.add_parser("guard", help="deployment guards on a batch: in verified range, in distribution, accuracy")
+    p = add("guard", help="deployment guards on a batch: in verified range, in distribution, accuracy")
     p.add_argument("sheet", help="spec sheet JSON (its guard is looked up beside it: SHEET.guard.json)")
     p.add_argument("data", help=".npz with z [N, d]; optional labels [N], pred [N] and feature:<layer> arrays")
     p.add_argument("--guard", help="the Deep Validation guard JSON (default: beside the sheet, if present)")
@@ -187,6 +233,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(fn=cmd_guard)
     args = ap.parse_args(argv)
+    if args.cmd is None:
+        return no_command(ap, commands)
     try:
         return args.fn(args)
     except (OSError, ValueError) as exc:  # unreadable, or not a spec sheet (SheetFormatError)

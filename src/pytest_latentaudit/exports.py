@@ -11,11 +11,14 @@
   confidence interval for ``estimated`` results. Per direction with a certified-radius summary,
   a ``"median certified radius"`` metric (slice: the direction). Violated and unproven tests
   become ``considerations.limitations``; the verified latent ranges ``considerations.use_cases``.
-* ``to_model_index(sheet, ...)``: Hugging Face model-card metadata (the README's YAML front
-  matter) ``{"model-index": [{"name", "results": [{"task", "dataset", "metrics"}]}]}`` with
-  one result per direction; ``verified: false`` on every metric (on the Hub, ``verified``
-  means "evaluated by Hugging Face"). ``model_index_yaml`` renders it as YAML (PyYAML when
-  installed, a small built-in emitter otherwise).
+* ``to_model_index(sheet, ..., task_type=...)``: Hugging Face model-card metadata (the README's
+  YAML front matter) ``{"model-index": [{"name", "results": [{"task", "dataset", "metrics"}]}]}``
+  with one result per direction; ``verified: false`` on every metric (on the Hub, ``verified``
+  means "evaluated by Hugging Face"). ``task_type`` (the Hub's task id of *your* model, e.g.
+  ``image-classification``, ``tabular-classification``) has no default: a spec sheet does not
+  say what the model's inputs are, and a guessed task files the results under the wrong one.
+  ``model_index_yaml`` renders it as YAML (PyYAML when installed, a small built-in emitter
+  otherwise); ``write_model_index`` writes JSON, YAML or README front matter by the suffix.
 
 No torch, no network.
 """
@@ -171,15 +174,31 @@ def _metric_id(rec: TestRecord) -> str:
     return re.sub(r"[^a-z0-9]+", "_", metric_type(rec).lower()).strip("_")
 
 
-def to_model_index(sheet, model_name: Optional[str] = None, *, task_type: str = "image-classification",
+#: Hugging Face task ids a latent audit's classifier often has (for messages; any id is accepted)
+HF_TASK_EXAMPLES = ("image-classification", "tabular-classification", "audio-classification",
+                    "text-classification")
+
+
+def _task_type(task_type: Optional[str]) -> str:
+    if not task_type or not str(task_type).strip():
+        raise ValueError("the Hugging Face model-index needs the model's task type (task_type=..., on the command "
+                         "line --task ...), e.g. " + ", ".join(HF_TASK_EXAMPLES) + ": a spec sheet does not say "
+                         "what the model's inputs are")
+    return str(task_type).strip()
+
+
+def to_model_index(sheet, model_name: Optional[str] = None, *, task_type: Optional[str] = None,
                    task_name: Optional[str] = None, dataset_name: str = "latent audit seeds",
                    dataset_type: str = "latentaudit") -> dict:
     """Hugging Face ``model-index`` metadata: ``{"model-index": [{"name", "results": [...]}]}``.
+
+    ``task_type`` is required: the Hub's task id of the model (``"image-classification"``, ...).
 
     One result per direction (``dataset.name`` = ``"<dataset_name> (direction: <d>)"``), one
     metric per test and radius: ``{"type": "verified_accuracy", "value", "name", "verified":
     false, "args": {"direction", "eps", "spec", "verdict"}}``, and ``median_certified_radius``
     where the sheet records certified radii."""
+    task_type = _task_type(task_type)
     sh = _sheet(sheet)
     data = sh.data
     by_dir: Dict[str, List[dict]] = {}
@@ -305,11 +324,25 @@ def write_model_card(sheet, path, **kw) -> Path:
     return path
 
 
+#: what ``write_model_index`` writes, by the file's suffix
+MODEL_INDEX_SUFFIXES = {".json": "JSON", ".yaml": "YAML", ".yml": "YAML", ".md": "README front matter",
+                        ".markdown": "README front matter"}
+
+
 def write_model_index(sheet, path, model_name: Optional[str] = None, **kw) -> Path:
-    """Write the model-index YAML: bare for ``.yaml``/``.yml``, as ``---`` front matter otherwise."""
+    """Write the model-index (atomically) in the format its name says: JSON for ``.json``, bare
+    YAML for ``.yaml``/``.yml``, YAML fenced by ``---`` (the top of a Hugging Face README.md)
+    for ``.md``/``.markdown``; any other suffix is a ``ValueError``, before anything is written."""
     from .images import write_atomic
 
     path = Path(path)
-    bare = path.suffix.lower() in (".yaml", ".yml")
-    write_atomic(path, model_index_yaml(sheet, model_name, front_matter=not bare, **kw).encode())
+    suffix = path.suffix.lower()
+    if suffix not in MODEL_INDEX_SUFFIXES:
+        raise ValueError(f"{path}: say the format by the file name: "
+                         + ", ".join(f"{k} ({v})" for k, v in MODEL_INDEX_SUFFIXES.items()))
+    if suffix == ".json":
+        text = json.dumps(to_model_index(sheet, model_name, **kw), indent=2) + "\n"
+    else:
+        text = model_index_yaml(sheet, model_name, front_matter=suffix in (".md", ".markdown"), **kw)
+    write_atomic(path, text.encode())
     return path

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from .progress import PROGRESS_MODES
 from .vocab import DEVICES, ENGINES, ESTIMATED_ACTIONS, LIRPA_METHODS, LIRPA_PREFIX, PRECISIONS, UNPROVEN_ACTIONS
 
 ENGINE_CHOICES = ENGINES
@@ -30,6 +31,9 @@ OPTIONS = {
     "report": ("write a static HTML report of the spec sheet to this path", ""),
     "coverage_fail_under": ("fail the run when less than this percentage of the latent directions is proved", ""),
     "compare": ("compare the run with this earlier spec sheet and fail on regressions", ""),
+    "progress": ("live status line of each running latent test (stage, proof rung, seeds decided, elapsed / "
+                 "budget): auto (on a terminal, not with -q, never in xdist workers), on (also without a "
+                 "terminal or with -q), off", "auto"),
 }
 
 
@@ -52,6 +56,13 @@ class CounterexampleImageWarning(LatentAuditWarning):
 
 class CacheWarning(LatentAuditWarning):
     """A replay-cache entry was malformed (dropped) or could not be stored."""
+
+
+class DirectionValidityWarning(UserWarning):
+    """A direction failed a validity check: tests along it may not mean what they say.
+
+    Defined here (no torch) so ``filterwarnings = error::pytest_latentaudit.DirectionValidityWarning``
+    resolves without importing torch; ``pytest_latentaudit.validity`` re-exports it."""
 
 
 def check_device_available(device: str) -> None:
@@ -136,6 +147,13 @@ def valid_precision(value) -> str:
     return v
 
 
+def valid_progress(value) -> str:
+    v = str(value).strip().lower()
+    if v not in PROGRESS_MODES:
+        raise UsageError(f"unknown progress mode {value!r}; choose auto, on or off")
+    return v
+
+
 def valid_percent(value) -> Optional[float]:
     if value in (None, ""):
         return None
@@ -150,7 +168,7 @@ def valid_percent(value) -> Optional[float]:
 
 VALIDATORS = {"engine": valid_engine, "device": valid_device, "budget": valid_budget,
               "unproven": valid_unproven, "estimated": valid_estimated, "seed": valid_seed, "precision": valid_precision,
-              "coverage_fail_under": valid_percent}
+              "coverage_fail_under": valid_percent, "progress": valid_progress}
 
 
 @dataclass(frozen=True)
@@ -167,6 +185,7 @@ class Settings:
     report: Optional[Path] = None
     coverage_fail_under: Optional[float] = None
     compare: Optional[Path] = None
+    progress: str = "auto"
     junit_properties: bool = False
     latent_space_fixture: str = "latent_space"
 

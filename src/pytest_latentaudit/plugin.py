@@ -35,7 +35,7 @@ def pytest_addoption(parser):
         "unproven": dict(metavar="fail|xfail|skip"), "estimated": dict(metavar="pass|fail|xfail|skip"), "seed": dict(metavar="INT"),
         "artifacts": dict(metavar="DIR"), "precision": dict(metavar="float32|float64"),
         "report": dict(metavar="PATH"), "coverage_fail_under": dict(metavar="PCT"),
-        "compare": dict(metavar="OLD_SHEET"),
+        "compare": dict(metavar="OLD_SHEET"), "progress": dict(metavar="auto|on|off"),
     }
     for name, (help_, default) in OPTIONS.items():
         flag = "--latent-" + name.replace("_", "-")
@@ -76,6 +76,7 @@ def pytest_configure(config):
     ls = LatentSession(settings, Path(str(config.rootpath)), config=config)
     config.stash[SESSION_KEY] = ls
     config.pluginmanager.register(_SessionHooks(config, ls), "latentaudit-session")
+    config.pluginmanager.register(_VerdictWords(config), "latentaudit-verdict-words")
 
 
 def pytest_report_header(config):
@@ -163,6 +164,10 @@ class LatentAudit:
         error = None
         try:
             runner.prepare()
+            from .progress import for_test
+
+            runner.progress = for_test(request.config, runner.settings.progress, request.node.nodeid,
+                                       runner.settings.budget, t0=runner.started)
             result, record, settings = runner.run()
         except (LatentAuditError, UsageError, TypeError, ValueError) as exc:
             error = f"latent_audit: {exc}"
@@ -171,6 +176,9 @@ class LatentAudit:
             if partial is not None:
                 request.node.stash[RECORD_KEY] = partial.to_json()
             raise
+        finally:
+            if runner.progress is not None:  # erased before pytest writes the outcome
+                runner.progress.close()
         if error is not None:
             pytest.fail(error, pytrace=False)
         data = record.to_json()
@@ -235,6 +243,54 @@ def pytest_runtest_makereport(item, call):
             # travels with the report, so xdist workers need no extra channel
             report.latentaudit = record
             del item.stash[RECORD_KEY]  # a rerun (pytest-rerunfailures) makes its own
+
+
+class _VerdictWords:
+    """With ``-v``: the verdict and counts beside a latent test's outcome on its live line
+    (``PASSED [proved: 16/16 verified]``). Only the line pytest writes while the report is
+    logged: the short summary (``-r``) and other callers of ``pytest_report_teststatus`` keep
+    pytest's own word, so tools that parse ``PASSED nodeid`` lines are not confused."""
+
+    def __init__(self, config):
+        self.config = config
+        self.logging = None
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_logreport(self, report):
+        self.logging = report
+        try:
+            yield
+        finally:
+            self.logging = None
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_report_teststatus(self, report, config):
+        outcome = yield
+        if report is not self.logging or report.when != "call":
+            return
+        from .progress import case_verbosity
+
+        if case_verbosity(config) <= 0:
+            return
+        data = getattr(report, "latentaudit", None)
+        res = outcome.get_result()
+        if not data or not res or len(res) != 3:
+            return
+        from .records import TestRecord
+        from .report import verdict_badge
+
+        try:
+            badge = verdict_badge(TestRecord.from_json(data, report.nodeid))
+        except Exception:  # noqa: BLE001 - a malformed record is reported at session end
+            return
+        category, letter, word = res
+        if isinstance(word, tuple) and len(word) == 2 and word[0]:
+            word = (f"{word[0]} {badge}", word[1])
+        elif isinstance(word, str) and word:
+            word = f"{word} {badge}"
+        else:
+            return
+        outcome.force_result((category, letter, word))
 
 
 class _SessionHooks:

@@ -72,15 +72,31 @@ def _budget(b: Optional[float]) -> str:
     return "no budget" if b is None else f"{b:g} s"
 
 
+def verdict_badge(rec: Union[TestRecord, Mapping]) -> str:
+    """``[proved: 16/16 verified]``, ``[violated: 1/4 verified, 3 falsified]``: what ``-v`` shows
+    beside a latent test's outcome."""
+    r = _rec(rec)
+    c = r.counts
+    parts = [f"{c.verified}/{r.n_seeds} verified"]
+    if c.falsified:
+        parts.append(f"{c.falsified} falsified")
+    if c.unknown:
+        parts.append(f"{c.unknown} unknown")
+    return f"[{r.verdict}: {', '.join(parts)}]"
+
+
 def summary_table(records: Iterable[Union[TestRecord, Mapping]]) -> List[str]:
-    """One row per record; records carried over from an earlier sheet are marked ``*``."""
-    rows = [("test", "direction", "eps", "spec", "verdict", "verified", "falsified", "unknown", "seconds")]
+    """One row per record, by node id, with the pytest outcome beside the verdict (an expected
+    violation shows ``xfailed``, not as a failure); records carried over from an earlier sheet
+    are marked ``*`` (their outcome is the earlier run's)."""
+    rows = [("test", "outcome", "direction", "eps", "spec", "verdict", "verified", "falsified", "unknown",
+             "seconds")]
     for rec in records:
         r = _rec(rec)
         c = r.counts
-        name = r.nodeid.split("::")[-1] + ("" if r.ran else " *")
-        rows.append((name, r.direction, f"{r.eps:g}", r.spec_text or r.spec_kind, r.verdict, str(c.verified),
-                     str(c.falsified), str(c.unknown), f"{r.seconds:.2f}"))
+        name = r.nodeid + ("" if r.ran else " *")
+        rows.append((name, r.outcome or "-", r.direction, f"{r.eps:g}", r.spec_text or r.spec_kind, r.verdict,
+                     str(c.verified), str(c.falsified), str(c.unknown), f"{r.seconds:.2f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     fmt = lambda row: "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()  # noqa: E731
     out = [fmt(rows[0]), fmt(tuple("-" * w for w in widths))]
@@ -92,7 +108,7 @@ def cut_short_lines(records: Iterable[TestRecord]) -> List[str]:
     """One line per test whose budget cut something short, or that was interrupted."""
     out = []
     for r in records:
-        name = r.nodeid.split("::")[-1]
+        name = r.nodeid
         if r.interrupted:
             out.append(f"{name}: interrupted ({r.interrupted.get('reason', 'stopped')}) before its audit finished")
         if r.cut_short:

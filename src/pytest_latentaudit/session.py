@@ -243,6 +243,13 @@ class TestRunner:
         self.record: Optional[TestRecord] = None
         self.cut: List[str] = []
         self.notes: List[str] = []
+        #: a ``progress.TestProgress`` (live status on a terminal) or None; set after ``prepare``
+        self.progress = None
+
+    def _stage(self, stage: str, **kw) -> None:
+        self.stage = stage
+        if self.progress is not None:
+            self.progress.stage(stage, **kw)
 
     # ---------------------------------------------------------------- checks
     def prepare(self) -> Settings:
@@ -297,7 +304,7 @@ class TestRunner:
         # interruptible) start only when enough is left, so they take nothing from the audit
         extras = bool(sweep) or want_radius
         replay = self._replay()
-        self.stage = "audit"
+        self._stage("audit")
         granted = budget.grant(AUDIT_SHARE if extras else 1.0)
         t0 = time.perf_counter()
         result = self.result = self._audit(eps, granted, replay)
@@ -311,13 +318,13 @@ class TestRunner:
             else:
                 setattr(record, key, value)
         if want_validity:
-            self.stage = "validity"
+            self._stage("validity")
             record.validity = self._validity(kw["direction"], result.eps, budget)
         if sweep:
-            self.stage = "sweep"
+            self._stage("sweep")
             record.sweep = self._sweep(sweep, replay, budget, leave=(1 - SWEEP_SHARE) if want_radius else 0.0)
         if want_radius:
-            self.stage = "certified radius"
+            self._stage("certified radius")
             record.certified_radius = self._radius(max([2 * result.eps] + sweep), budget)
         self.stage = "record"
         record.notes += self.notes
@@ -330,7 +337,7 @@ class TestRunner:
         s = self.settings
         return dict(latent_space=self.space, engine=s.engine, device=s.device, seed=self.seed, precision=s.precision,
                     attack=self.attack, bound_factory=self.engines.get(s.engine),
-                    falsifier=self.falsifiers.get(self.attack))
+                    falsifier=self.falsifiers.get(self.attack), progress=self.progress)
 
     def _audit(self, eps: float, budget_s: Optional[float], replay):
         from .api import audit
@@ -408,6 +415,8 @@ class TestRunner:
                 if granted <= 0.02 * budget.total or share < (budget.min_call() or 0.0):
                     self.cut.append("sweep eps=" + ", ".join(f"{x:g}" for x in radii[i:]))
                     break
+            if self.progress is not None:
+                self.progress.stage(f"sweep eps={r:g} ({i + 1}/{len(radii)})")
             t0 = time.perf_counter()
             res = self._audit(r, granted, replay)
             budget.observe("audit", granted, time.perf_counter() - t0)
@@ -450,6 +459,8 @@ class TestRunner:
                     size = min(n - done, int(left / per_seed))
                 if size <= 0:
                     break
+            if self.progress is not None:
+                self.progress.stage("certified radius", total=n, decided=done, what="searched")
             t0 = time.perf_counter()
             part = certified_radius(self.model, z[done:done + size],
                                     None if labels is None else labels[done:done + size],

@@ -25,15 +25,12 @@ from typing import Callable, Dict, Mapping, Optional, Union
 import torch
 
 from .latent import Direction, LatentAuditError
+from .options import DirectionValidityWarning  # its torch-free home; re-exported here
 
 __all__ = [
     "DirectionValidityWarning", "check_continuity", "check_independence", "realism_limit", "check_realism",
     "validity_report",
 ]
-
-
-class DirectionValidityWarning(UserWarning):
-    """A direction failed a validity check: tests along it may not mean what they say."""
 
 
 def _latents(z) -> torch.Tensor:

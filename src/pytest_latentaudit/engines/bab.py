@@ -209,6 +209,7 @@ class BranchAndBound:
         per_round = max(1, L.batch_size // (2 * k if self.split == "best" else 2))  # parents per round
         cap = max(1, per_round // 4)  # a seed's boxes per tier
 
+        L.tick("bab")
         while True:
             if L.out_of_time():
                 self.cut = True
@@ -301,6 +302,7 @@ class BranchAndBound:
             for i in torch.nonzero(touched & (count == 0)).reshape(-1).tolist():
                 if L.status[i] == "unknown":
                     L.status[i], L.rung[i] = "verified", "bab"
+            L.tick()
             if self.cut or L.out_of_time():
                 self.cut = True
                 break

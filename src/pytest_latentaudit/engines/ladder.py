@@ -8,6 +8,10 @@ Soundness rules kept here:
   ``-tol``; in branch and bound only when *every* sub-box is (sub-boxes are removed only
   when verified, or when their seed is falsified);
 * a box is ``falsified`` only by a point confirmed with a plain forward pass (falsify.py).
+
+Progress: ``Ladder(progress=fn)`` calls ``fn(rung, decided, total)`` (plain Python, no pytest)
+when a rung starts, between the chunks of long rungs (bound chunks, branch-and-bound
+rounds, sampling chunks) and once at the end (rung ``"done"``), so a caller can show a live status; it never changes the work done.
 """
 from __future__ import annotations
 
@@ -68,7 +72,7 @@ class Ladder:
     def __init__(self, problem: Problem, graph: Optional[BoundGraph], *, engine: str = "auto",
                  deadline: float = float("inf"), generator: Optional[torch.Generator] = None,
                  precision: str = "float32", batch_size: int = 1024, max_boxes: int = 2_000_000,
-                 bound_fn=None, replay=None, attack_method: str = "sign", attack_fn=None):
+                 bound_fn=None, replay=None, attack_method: str = "sign", attack_fn=None, progress=None):
         if engine not in ENGINES and bound_fn is None and engine != "falsify":
             raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.p = problem
@@ -85,6 +89,8 @@ class Ladder:
         self.replay = replay or []  # [(seed index, t)] counterexamples of an earlier run, tried first
         self.attack_method = attack_method
         self.attack_fn = attack_fn  # a falsifier registered through the hooks
+        self.progress = progress  # fn(rung, decided, total) or None (see the module docstring)
+        self._rung_now = ""
         n = problem.n
         dev, dt = problem.tl.device, problem.tl.dtype
         self.status = [UNKNOWN] * n
@@ -101,6 +107,14 @@ class Ladder:
         self.bad_intervals: List[list] = [[] for _ in range(n)]
 
     # ----------------------------------------------------------------------- helpers
+    def tick(self, rung: Optional[str] = None) -> None:
+        """Report progress: the rung now running and how many boxes are decided."""
+        if self.progress is None:
+            return
+        if rung is not None:
+            self._rung_now = rung
+        self.progress(self._rung_now, self.p.n - self.status.count(UNKNOWN), self.p.n)
+
     def out_of_time(self) -> bool:
         return time.perf_counter() > self.deadline
 
@@ -174,6 +188,7 @@ class Ladder:
         if not pts:
             return
         p = self.p
+        self.tick("replay")
         idx = torch.tensor([i for i, _ in pts], dtype=torch.long, device=p.tl.device)
         t = torch.tensor([list(map(float, t)) for _, t in pts], dtype=p.tl.dtype, device=p.tl.device)
         ok, x, margin, t = falsify.confirm(p, idx, t, p.tl[idx], p.tu[idx])
@@ -183,6 +198,7 @@ class Ladder:
         idx = self.undecided()
         if idx.numel() == 0:
             return
+        self.tick(rung)
         found = self.falsifier()(self.p, idx, self.p.tl[idx], self.p.tu[idx], steps=steps, restarts=restarts,
                    deadline=self.deadline, generator=self.gen, method=self.attack_method)
         self._mark_falsified(idx, found, rung)
@@ -219,6 +235,7 @@ class Ladder:
             ub[sl], tol[sl] = self.chunked_upper(idx[sl], tl[sl], tu[sl], method)
             pace[method] = (time.perf_counter() - now) / size
             start = sl.stop
+            self.tick()
         return torch.nan_to_num(ub, nan=torch.inf), tol, start, cut
 
     def run_crown(self, share: float = 0.35):
@@ -259,6 +276,7 @@ class Ladder:
         idx = self.undecided()
         if idx.numel() == 0 or self._time_up():
             return
+        self.tick(rung)
         if order is not None:
             idx = order(idx)
         if probe and idx.numel() > PROBE_BOXES:
@@ -307,6 +325,7 @@ class Ladder:
         p = self.p
         if self.undecided().numel() == 0:
             return
+        self.tick("exact")
         # all seeds, decided ones too: the exact fraction per seed goes into the spec sheet
         idx = torch.arange(p.n, device=p.tl.device)
         V = p.V if p.V.shape[0] == 1 else p.V[idx]
@@ -351,6 +370,7 @@ class Ladder:
         if idx.numel() == 0:
             return
         n = idx.numel()
+        self.tick("sampling")
         if not self._sampling_fits(idx, n * n_samples):
             self.notes.append(f"sampling skipped: {n * n_samples} forward passes do not fit in the budget left")
             return
@@ -372,6 +392,7 @@ class Ladder:
             best_m = torch.where(better, m, best_m)
             best_t = torch.where(better[:, None], est.cex_t.to(best_t), best_t)
             done += r
+            self.tick()
         v = holds < done
         if bool(v.any()):
             ok, x, m, t = falsify.confirm(p, idx[v], best_t[v], p.tl[idx[v]], p.tu[idx[v]])
@@ -412,6 +433,7 @@ class Ladder:
         e = self.engine
         self._t_start = time.perf_counter()
         self._cut = False
+        self.tick("start")
         self.run_replay()
         # concrete check of the seed and the box corners: free compared with any bound
         self.run_attack(steps=0, restarts=1, rung="attack")
@@ -451,11 +473,13 @@ class Ladder:
             # no bounds and maybe no gradients (a wrapped callable): a gradient-free search too
             idx = self.undecided()
             if idx.numel():
+                self.tick("blackbox")
                 found = blackbox.attack(self.p, idx, self.p.tl[idx], self.p.tu[idx], deadline=self.deadline,
                                         generator=self.gen)
                 self._mark_falsified(idx, found, "blackbox")
         if not self._time_up():
             self.run_sampling()
+        self.tick("done")
         return Outcome(self.status, self.rung, self.bound, self.cex_t, self.cex_x, self.cex_margin,
                        fraction=self.fraction, bad_intervals=self.bad_intervals, bab_boxes=self.bab_boxes,
                        sample_holds=self.sample_holds, sample_n=self.sample_n, notes=self.notes)
