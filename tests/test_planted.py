@@ -855,3 +855,54 @@ def test_audit_spike_along_a_vector_direction_invariance():
 @pytest.mark.parametrize("engine", ["auto", "bab"])
 def test_audit_spike_in_a_2d_subspace(engine):
     _audit_spike(V_SUB, torch.tensor([0.1561, -0.2749]), 1e-4, 0.5, engine, Accuracy(at_least=1.0))
+
+
+# ------------------------------------------------- 10. values read into Python in forward
+class PythonBranch(nn.Module):
+    """``y = x`` except on a narrow spike of ``x_0``, where a Python-side test of the input's
+    values (``numpy``, ``tolist``, ``np.asarray``) flips the first logit. make_fx's real-mode
+    trace does not see the read, so it bakes in the branch taken at the trace example."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.lin = linear(2, 2, [1.0, 0.0, 0.0, 1.0], [0.0, 0.0])
+
+    def _values(self, x):
+        import numpy as np
+
+        if self.how == "numpy":
+            return x.detach().cpu().numpy()[:, 0].tolist()
+        if self.how == "tolist":
+            return [r[0] for r in x.tolist()]
+        return [float(r[0]) for r in np.asarray(x.detach())]
+
+    def forward(self, x):
+        y = self.lin(x)
+        if any(0.7 < v < 0.7001 for v in self._values(x)):
+            y = y * torch.tensor([-1.0, 1.0])
+        return y
+
+
+@pytest.mark.parametrize("how", ["numpy", "tolist", "asarray"])
+@pytest.mark.parametrize("engine", ["ibp", "linear", "auto"])
+def test_python_branch_on_the_input_values_is_refused(how, engine):
+    model = PythonBranch(how).eval()
+    lower, upper = torch.tensor([0.0, -0.5]), torch.tensor([1.0, -0.5])
+    plant(model, torch.tensor([0.70005, -0.5]), lower, upper, V0)
+    assert_not_verified(run_box(model, lower, upper, P0, V0, engine=engine), f"python branch ({how})")
+
+
+def test_python_read_of_a_parameter_is_still_provable():
+    class ParamRead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = linear(2, 2, [1.0, 0.0, 0.0, 1.0], [0.0, 0.0])
+
+        def forward(self, x):
+            scale = float(self.lin.weight.detach().numpy()[0, 0])  # a constant: fine to read
+            return self.lin(x) * scale
+
+    res = run_box(ParamRead().eval(), torch.tensor([0.0, -0.5]), torch.tensor([1.0, -0.5]), P0, V0,
+                  budget_s=CONTROL_BUDGET)
+    assert_verified(res, "reading a parameter's value into Python")

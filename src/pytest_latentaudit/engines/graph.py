@@ -321,8 +321,9 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
     def fn(params, inp):
         return torch.func.functional_call(model, params, (inp,))
 
+    escapes: List[tuple] = []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _EscapeRecorder(escapes):
             gm = make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, x)
     except UnsupportedLayer:
         raise
@@ -359,6 +360,12 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
         depends[n] = n is x_ph or any(depends.get(a, False) for a in n.all_input_nodes)
     if not depends[outs]:
         raise UnsupportedLayer(type(model).__name__, "the output does not depend on the input")
+    for what, node in escapes:
+        # a value read into Python (numpy, tolist, ...) escapes the trace: whatever the model
+        # did with it (a branch, a Python-side computation) is baked in for the example only
+        if node is None or depends.get(node, False):
+            raise UnsupportedLayer(type(model).__name__, f"reads values of the input into Python ({what}) in "
+                                   f"forward: data-dependent control flow cannot be traced")
 
     try:
         return _lower_nodes(gm, graph, values, depends, x, x_ph, param_ph, names, outs, named, dtype, device,
@@ -371,6 +378,45 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
         if layer is None:
             raise
         raise UnsupportedLayer(layer, f"{exc.what}; op {where}") from None
+
+
+#: Tensor methods that hand a tensor's values to Python without an ATen op, so make_fx's
+#: real-mode trace neither records nor refuses them (``.item()`` and ``bool()`` are refused
+#: by make_fx itself; these are not): ``if x.numpy().max() > 0.7`` would be baked in.
+_ESCAPES = tuple(getattr(torch.Tensor, n) for n in (
+    "numpy", "tolist", "__array__", "data_ptr", "untyped_storage", "storage", "_typed_storage", "__dlpack__",
+    "item") if hasattr(torch.Tensor, n))
+
+
+def _escape_node(t):
+    """The fx node of tensor ``t`` in the trace under way; None where it cannot be told."""
+    try:
+        from torch.fx.experimental.proxy_tensor import get_proxy_slot
+
+        mode = torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.PROXY)
+        if mode is None:
+            return None
+        slot = get_proxy_slot(t, mode.tracer, None)
+        return None if slot is None else slot.proxy.node
+    except Exception:  # noqa: BLE001 - a torch without these internals: treat as unknown
+        return None
+
+
+class _EscapeRecorder(torch.overrides.TorchFunctionMode):
+    """Records, during the trace, every read of a tensor's values into Python (``_ESCAPES``)
+    with the fx node of the tensor read (None: unknown, refused); ``lower`` refuses the
+    model when a read tensor depends on the input."""
+
+    def __init__(self, out: List[tuple]):
+        super().__init__()
+        self.out = out
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _ESCAPES and args and torch.is_tensor(args[0]):
+            node = _escape_node(args[0])
+            name = getattr(func, "__name__", str(func))
+            self.out.append((f"Tensor.{name}", node))
+        return func(*args, **(kwargs or {}))
 
 
 def _locate(model: nn.Module, x, target) -> Optional[str]:
