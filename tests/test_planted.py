@@ -906,3 +906,54 @@ def test_python_read_of_a_parameter_is_still_provable():
     res = run_box(ParamRead().eval(), torch.tensor([0.0, -0.5]), torch.tensor([1.0, -0.5]), P0, V0,
                   budget_s=CONTROL_BUDGET)
     assert_verified(res, "reading a parameter's value into Python")
+
+
+# ------------------------------------------------------------- 11. the auto_LiRPA engine
+def _need_auto_lirpa():
+    from pytest_latentaudit.engines.lirpa_compat import import_auto_lirpa
+
+    try:
+        import_auto_lirpa()
+    except ImportError as exc:
+        pytest.skip(f"auto_LiRPA unavailable: {exc}")
+
+
+@pytest.mark.parametrize("engine", ["auto_lirpa:crown", "auto_lirpa:ibp"])
+def test_auto_lirpa_python_branch_is_refused(engine):
+    _need_auto_lirpa()
+    model = PythonBranch("tolist").eval()
+    lower, upper = torch.tensor([0.0, -0.5]), torch.tensor([1.0, -0.5])
+    plant(model, torch.tensor([0.70005, -0.5]), lower, upper, V0)
+    assert_not_verified(run_box(model, lower, upper, P0, V0, engine=engine), "auto_LiRPA, python branch")
+
+
+class SpikeGainAttr(nn.Module):
+    """``[1, g * s(x)]`` with the spike's gain ``g`` a plain Python attribute read in forward."""
+
+    def __init__(self, g):
+        super().__init__()
+        self.L1, self.L2 = spike_linears(C_IN[:2], 1e-4)
+        self.g = g
+
+    def forward(self, x):
+        s = torch.relu(self.L2(torch.relu(self.L1(x))))
+        return torch.cat([s * 0 + 1, self.g * s], 1)
+
+
+def test_auto_lirpa_python_attribute_changed_between_two_calls():
+    _need_auto_lirpa()
+    model = SpikeGainAttr(-3.0).eval()
+    lo, hi = unit_box(2)
+    first = run_box(model, lo, hi, P0, V0, engine="auto_lirpa:crown")
+    assert first.status == ["verified"], first.notes  # the first call is a control
+    model.g = 3.0  # now class 1 wins on the spike; the BoundedModule of the first call is stale
+    plant(model, f32(C_IN[:2]), lo, hi, V0)
+    assert_not_verified(run_box(model, lo, hi, P0, V0, engine="auto_lirpa:crown"), "auto_LiRPA, stale attribute")
+
+
+def test_auto_lirpa_engine_on_a_plain_callable_gives_a_verdict():
+    def f(x):
+        return torch.cat([x[:, :1] * 0 + 1, x[:, 1:]], 1)
+
+    res = run_box(f, torch.zeros(2), torch.full((2,), 0.5), P0, V0, engine="auto_lirpa:crown")
+    assert res.status == ["unknown"], res.status

@@ -242,7 +242,8 @@ def _run_ladder(model, problem, input_shape, device, engine, budget_s, seed, pre
     if engine not in ENGINES and not engine.startswith("auto_lirpa") and bound_factory is None:
         raise LatentAuditError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)} "
                                f"or auto_lirpa:<ibp|crown|crown-ibp|alpha-crown>")
-    ladder = Ladder(problem, graph, engine=engine if bound_fn is None else name, deadline=deadline,
+    # ``name``: the engine asked for, or "falsify" where an external engine gave no bounds
+    ladder = Ladder(problem, graph, engine=name, deadline=deadline,
                     generator=_generator(seed), precision=precision, bound_fn=bound_fn, replay=replay,
                     attack_method=attack, attack_fn=falsifier)
     return ladder.run(), name

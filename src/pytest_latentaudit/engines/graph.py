@@ -329,7 +329,9 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
         raise
     except Exception as exc:  # noqa: BLE001 - tracing raises many types; we refuse by name
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UnsupportedLayer(type(model).__name__, f"could not be traced ({msg[:200]})") from exc
+        err = UnsupportedLayer(type(model).__name__, f"could not be traced ({msg[:200]})")
+        err.untraceable = True
+        raise err from exc
 
     graph = gm.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -364,8 +366,10 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
         # a value read into Python (numpy, tolist, ...) escapes the trace: whatever the model
         # did with it (a branch, a Python-side computation) is baked in for the example only
         if node is None or depends.get(node, False):
-            raise UnsupportedLayer(type(model).__name__, f"reads values of the input into Python ({what}) in "
+            err = UnsupportedLayer(type(model).__name__, f"reads values of the input into Python ({what}) in "
                                    f"forward: data-dependent control flow cannot be traced")
+            err.untraceable = True
+            raise err
 
     try:
         return _lower_nodes(gm, graph, values, depends, x, x_ph, param_ph, names, outs, named, dtype, device,
@@ -417,6 +421,19 @@ class _EscapeRecorder(torch.overrides.TorchFunctionMode):
             name = getattr(func, "__name__", str(func))
             self.out.append((f"Tensor.{name}", node))
         return func(*args, **(kwargs or {}))
+
+
+def untraceable(model: nn.Module, example: torch.Tensor) -> Optional[str]:
+    """Why a trace of ``model(example)`` cannot stand for the model on other inputs (it
+    reads the input's values into Python, or data-dependent control flow fails the trace),
+    or None. Other bound engines that trace the model (auto_LiRPA's ``jit.trace``) bake such
+    branches in just the same; an op without a native bound operator is no reason here."""
+    try:
+        lower(model, example)
+    except UnsupportedLayer as exc:
+        if getattr(exc, "untraceable", False):
+            return str(exc.what)
+    return None
 
 
 def _locate(model: nn.Module, x, target) -> Optional[str]:
