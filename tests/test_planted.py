@@ -957,3 +957,52 @@ def test_auto_lirpa_engine_on_a_plain_callable_gives_a_verdict():
 
     res = run_box(f, torch.zeros(2), torch.full((2,), 0.5), P0, V0, engine="auto_lirpa:crown")
     assert res.status == ["unknown"], res.status
+
+
+# ------------------------------------------------ 12. random and batch-dependent forwards
+class RandomFlip(nn.Module):
+    """``y = x``, but one call in ``1 / p`` (a draw of ``torch.rand`` inside forward) flips
+    the sign of the first logit: the model as it runs violates Prediction(0) on some calls."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+        self.lin = linear(2, 2, [1.0, 0.0, 0.0, 1.0], [0.0, 0.0])
+
+    def forward(self, x):
+        flip = (torch.rand(()) < self.p).float()
+        return self.lin(x) * (1 - 2 * flip * torch.tensor([1.0, 0.0]))
+
+
+@pytest.mark.parametrize("engine", ["ibp", "linear", "auto"])
+def test_random_op_in_forward_is_refused(engine):
+    model = RandomFlip(0.05).eval()
+    lower, upper = torch.tensor([0.2, -0.5]), torch.tensor([1.0, -0.5])
+    with torch.no_grad():
+        ys = model(torch.tensor([[0.5, -0.5]]).expand(2000, 2))  # one draw per call: call it often
+        flips = [bool(model(torch.tensor([[0.5, -0.5]]))[0, 0] < 0) for _ in range(400)]
+    assert any(flips), "the planted random flip never happened"
+    del ys
+    torch.manual_seed(0)
+    res = run_box(model, lower, upper, P0, lambda y: False, engine=engine)  # counterexamples are random too
+    assert_not_verified(res, "random op in forward")
+
+
+class BatchOfOne(nn.Module):
+    """Flips the first logit when called on a batch of one input (the trace runs batches)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = linear(2, 2, [1.0, 0.0, 0.0, 1.0], [0.0, 0.0])
+
+    def forward(self, x):
+        y = self.lin(x)
+        return y * torch.tensor([-1.0, 1.0]) if x.shape[0] == 1 else y
+
+
+@pytest.mark.parametrize("engine", ["ibp", "linear", "auto"])
+def test_forward_that_depends_on_the_batch_size(engine):
+    model = BatchOfOne().eval()
+    lower, upper = torch.tensor([0.2, -0.5]), torch.tensor([1.0, -0.5])
+    plant(model, torch.tensor([0.5, -0.5]), lower, upper, V0)  # plant() runs a batch of one
+    assert_not_verified(run_box(model, lower, upper, P0, V0, engine=engine), "batch-size dependent forward")

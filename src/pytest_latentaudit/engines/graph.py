@@ -479,6 +479,11 @@ def _lower_nodes(gm, graph, values, depends, x, x_ph, param_ph, names, outs, nam
     from .registry import HANDLERS
 
     live = _fx_nodes_needed(graph, outs)
+    for n in graph.nodes:
+        # a random op (torch.rand inside forward, a random mask): each call of the model
+        # draws anew, so no bound of one draw is a bound of the model as it runs
+        if n in live and n.op == "call_function" and torch.Tag.nondeterministic_seeded in getattr(n.target, "tags", ()):
+            raise UnsupportedLayer(str(n.target), "a random op in forward (each call draws anew)")
     order = {n: i for i, n in enumerate(graph.nodes)}
     lw = _Lowering(gm, values, depends, u, mm_in, conv_in, {})
     lw.nodes.append(Node(ops.InputOp("input"), [], tuple(x.shape[1:])))
