@@ -1006,3 +1006,71 @@ def test_forward_that_depends_on_the_batch_size(engine):
     lower, upper = torch.tensor([0.2, -0.5]), torch.tensor([1.0, -0.5])
     plant(model, torch.tensor([0.5, -0.5]), lower, upper, V0)  # plant() runs a batch of one
     assert_not_verified(run_box(model, lower, upper, P0, V0, engine=engine), "batch-size dependent forward")
+
+
+# ------------------------------------------------------ 13. upsampling in float32
+UP_L = 65536  # long inputs: the kernel's float32 source coordinate is off by ulps of ~UP_L
+UP_W = 2 ** -12  # spike half-width
+
+
+def _tri(t, c, w):
+    return (torch.relu(t - c + w) - 2 * torch.relu(t - c) + torch.relu(t - c - w)) / w
+
+
+class UpsampleSpikes(nn.Module):
+    """Two narrow spikes along z_0: at spike A the output is ``K`` (exact arithmetic, a
+    margin of e/2 below the spec's bound U); at spike B it is one element of a linear x3
+    upsampling of ``+-1000`` (exact value ``U - 2e/3``) whose float32 value is off by ``e``
+    (~2.6) through the rounded interpolation weights, so it exceeds U there."""
+
+    def __init__(self, j, K):
+        super().__init__()
+        pat = torch.ones(UP_L)
+        pat[1::2] = -1.0
+        self.lin = nn.Linear(1, UP_L, bias=False)
+        with torch.no_grad():
+            self.lin.weight.copy_(1000.0 * pat[:, None])
+        self.j, self.K = j, K
+
+    def forward(self, z):
+        t = z[:, :1]
+        s_a, s_b = _tri(t, 0.0037, UP_W), _tri(t, -0.0061, UP_W)
+        up = torch.nn.functional.interpolate(self.lin(s_b).reshape(-1, 1, UP_L), scale_factor=3, mode="linear")
+        return up[:, 0, self.j:self.j + 1] + s_a * self.K
+
+
+@pytest.mark.parametrize("engine", ["exact", "auto"])
+def test_linear_upsampling_float32_weights_along_a_segment(engine):
+    F_ = torch.nn.functional
+    pat = torch.ones(UP_L)
+    pat[1::2] = -1.0
+    x = (1000.0 * pat).reshape(1, 1, UP_L)
+    y32 = F_.interpolate(x, scale_factor=3, mode="linear")
+    y64 = F_.interpolate(x.double(), scale_factor=3, mode="linear")
+    err = y32.double() - y64
+    j = int((err * (y64 > 100)).argmax())
+    exact, e = float(y64[0, 0, j]), float(err[0, 0, j])
+    assert e > 1.0, f"float32 interpolation error only {e}"
+    U = exact + e / 3
+    model = UpsampleSpikes(j, exact + e / 6).eval()
+    spec = OutputRange(upper=U)
+    z_bad = torch.tensor([-0.0061, 0.0])
+    assert float(forward(model, z_bad)) > U, "planted point does not violate"
+    res = audit(model, torch.zeros(1, 2), None, Direction.axis(0), 0.01, spec, engine=engine, device="cpu",
+                budget_s=BAB_BUDGET)
+    assert "verified" not in res.status, f"false proof through float32 upsampling: {res.status} {res.rung}"
+
+
+@pytest.mark.parametrize("size_in,size_out,mode", [(3157, 12419, "nearest"), (2123, 8377, "nearest-exact")])
+def test_nearest_upsampling_selects_what_the_float32_kernel_selects(size_in, size_out, mode):
+    from pytest_latentaudit.engines.bounds import check_graph
+    from pytest_latentaudit.engines.graph import get_graph
+
+    class Up(nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.interpolate(x.reshape(-1, 1, size_in), size=size_out, mode=mode).flatten(1)
+
+    model = Up()
+    x = torch.arange(size_in, dtype=torch.float32)[None].expand(2, -1).contiguous()
+    g = get_graph(model, (size_in,), dtype=torch.float64, example=x)  # as the exact segment walk binds it
+    assert check_graph(g, lambda t: model(t), x) is None, "the lowered graph selects other source elements"

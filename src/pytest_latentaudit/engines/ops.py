@@ -200,6 +200,28 @@ class LinearMapOp(BoundOp):
         return gamma(m[0].numel() + d_out + 4, u) * self.fn(m)
 
 
+class InterpolationOp(LinearMapOp):
+    """Linear/bilinear upsampling (``fn`` runs the model's own ATen op). Its weights are
+    computed by the model's kernel in the model's dtype: the source coordinate
+    ``scale * (dst + 0.5) - 0.5`` carries an absolute error of a few ulps of the *input
+    size* (4 u (n + 2) is generous), so an interpolation weight can be off by that much,
+    not by a few ulps of itself: with 65536 positions and values +-1000 the float32 output
+    is off by 2.6. Per output, the error is at most ``2 sum_d |d lambda_d|`` times the
+    largest ``|x|`` among the neighbours (a rounded coordinate can also move the floor by
+    one), plus the arithmetic of the weighted sum; ``magnitude`` is that neighbourhood
+    maximum (interpolated from a 5-wide windowed max, so it covers every neighbour)."""
+
+    def __init__(self, name: str, fn, in_spatial):
+        self.in_spatial = tuple(int(v) for v in in_spatial)
+        fan = 8 * sum(n + 2 for n in self.in_spatial) + 16
+        super().__init__(name, fn, "interpolate", fan=fan)
+
+    def magnitude(self, m):
+        nd = len(self.in_spatial)
+        pool = F.max_pool1d if nd == 1 else F.max_pool2d
+        return self.fn(pool(m, 5, stride=1, padding=2))
+
+
 class AffineOp(BoundOp):
     """``y = lin(x, W) + b`` with ``lin`` linear in both ``x`` and ``W``."""
 
