@@ -1074,3 +1074,25 @@ def test_nearest_upsampling_selects_what_the_float32_kernel_selects(size_in, siz
     x = torch.arange(size_in, dtype=torch.float32)[None].expand(2, -1).contiguous()
     g = get_graph(model, (size_in,), dtype=torch.float64, example=x)  # as the exact segment walk binds it
     assert check_graph(g, lambda t: model(t), x) is None, "the lowered graph selects other source elements"
+
+
+# ------------------------------------------------------------- 14. float32 underflow
+class UnderflowSpikes(nn.Module):
+    """Spike A: output 0.71 (no underflow). Spike B: ``((0.7 s) 2**-146) 2**73 2**73``: the
+    middle product is subnormal in float32 (8 representable steps), so the model outputs
+    0.75 where the exact value is 0.7; OutputRange(upper=0.72) fails on B's peak only."""
+
+    def forward(self, z):
+        t = z[:, :1]
+        s_a, s_b = _tri(t, 0.0037, UP_W), _tri(t, -0.0061, UP_W)
+        return ((s_b * 0.7) * 2.0 ** -146) * 2.0 ** 73 * 2.0 ** 73 + s_a * 0.71
+
+
+@pytest.mark.parametrize("engine", ["exact", "auto"])
+def test_subnormal_product_along_a_segment(engine):
+    model = UnderflowSpikes().eval()
+    spec = OutputRange(upper=0.72)
+    assert float(forward(model, torch.tensor([-0.0061, 0.0]))) > 0.72, "planted point does not violate"
+    res = audit(model, torch.zeros(1, 2), None, Direction.axis(0), 0.01, spec, engine=engine, device="cpu",
+                budget_s=BAB_BUDGET)
+    assert "verified" not in res.status, f"false proof through a subnormal product: {res.status} {res.rung}"

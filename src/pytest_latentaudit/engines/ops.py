@@ -43,6 +43,15 @@ def unit(dtype) -> float:
     return _UNIT[dtype]
 
 
+_SMALLEST_NORMAL = {2.0 ** -24: 2.0 ** -126, 2.0 ** -53: 2.0 ** -1022, 2.0 ** -11: 2.0 ** -14, 2.0 ** -8: 2.0 ** -126}
+
+
+def underflow(u: float) -> float:
+    """Absolute error of one rounding below the normal range, for the dtype of unit
+    roundoff ``u``: the smallest normal number (covers flush-to-zero too)."""
+    return _SMALLEST_NORMAL.get(u, 2.0 ** -126)
+
+
 def tiny(dtype) -> float:
     return torch.finfo(dtype).tiny
 
@@ -142,7 +151,11 @@ class BoundOp:
         if self.fan == 0 or not self.rounding:
             return None
         factor = 2 * self.u_in + gamma(self.fan + 4, self.u) + (gamma(self.fan + 6, self.u_ours) if ours else 0.0)
-        return factor * self.magnitude(*[_mag(b) for b in pre])
+        # relative bounds hold only for normal numbers: a product or sum that underflows
+        # (gradual underflow, or flushed to zero) is off by up to the smallest normal
+        # number, whatever its size: 0.7 * 2**-146 is 0.75 * 2**-146 in float32
+        under = (2 * self.fan + 4) * underflow(self.u) + ((2 * self.fan + 6) * underflow(self.u_ours) if ours else 0.0)
+        return factor * self.magnitude(*[_mag(b) for b in pre]) + under
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"
