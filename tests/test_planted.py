@@ -1096,3 +1096,30 @@ def test_subnormal_product_along_a_segment(engine):
     res = audit(model, torch.zeros(1, 2), None, Direction.axis(0), 0.01, spec, engine=engine, device="cpu",
                 budget_s=BAB_BUDGET)
     assert "verified" not in res.status, f"false proof through a subnormal product: {res.status} {res.rung}"
+
+
+# ------------------------------------------------------ 15. batch norm's own rounding
+@pytest.mark.parametrize("seed", range(4))
+def test_batch_norm_whose_shift_cancels_is_bounded_as_it_runs(seed):
+    """mean ~1e4 and bias = mean * scale: the exact shift is ~0, but the kernel rounds
+    terms of 1e4 (``b - mean * alpha``), so its output is off by ~1e-3 at every point: the
+    lowered graph must still contain the model's output at points (else every box is
+    refused, and with a kernel that computes ``(x - mean) * invstd`` the error vanishes at
+    ``x = 0`` and a proof can be false)."""
+    import random
+
+    from pytest_latentaudit.engines.bounds import check_graph
+    from pytest_latentaudit.engines.graph import get_graph
+
+    rng = random.Random(seed)
+    bn = nn.BatchNorm1d(1, eps=1e-5).eval()
+    with torch.no_grad():
+        bn.running_mean.fill_(1e4 * rng.uniform(0.5, 2))
+        bn.running_var.fill_(rng.uniform(0.1, 10))
+        bn.weight.fill_(rng.uniform(0.5, 2))
+        s = float(bn.weight.double() / torch.sqrt(bn.running_var.double() + 1e-5))
+        bn.bias.fill_(float(bn.running_mean.double()) * s)
+    model = nn.Sequential(nn.Flatten(), bn).eval()
+    x = torch.linspace(0, 1, 64)[:, None]
+    g = get_graph(model, (1,), example=x[:2])
+    assert check_graph(g, lambda t: model(t), x) is None

@@ -372,6 +372,20 @@ class ChannelAffineOp(AffineOp):
         return [_sum_to(A_in, (A.shape[0], *in_shapes[0]))], const
 
 
+class BatchNormOp(ChannelAffineOp):
+    """Eval batch norm, ``x * s + t`` with ``t = b - mean * s``. The kernel computes either
+    ``(x - mean) * invstd * w + b`` or ``x * alpha + (b - mean * alpha)`` with a rounded
+    ``alpha``: both round terms of size ``|mean s|`` and ``|b|``, which cancel in ``t``
+    (mean 1e4, bias 1e4 * s: t = 0, rounding errors of 1e-3), so the magnitude counts
+    them (``terms``)."""
+
+    terms = None
+
+    def magnitude(self, m):
+        out = super().magnitude(m)
+        return out if self.terms is None else out + self.terms
+
+
 def _sum_to(t, shape):
     if tuple(t.shape) == tuple(shape):
         return t

@@ -304,10 +304,19 @@ def _batch_norm(ctx, eps):
         t = -mean(env).double() * s
         return view(t if b(env) is None else t + b(env).double())
 
-    op = ops.ChannelAffineOp(ctx.name, n_ops=6)  # (x - mean) * invstd * w + b, invstd = rsqrt(var + eps)
+    def terms(env):
+        # what the kernel rounds besides x * scale: mean * scale and the bias (their
+        # difference, the exact shift, can be far smaller than either)
+        s = 1.0 / torch.sqrt(var(env).double() + eps)
+        s = s if w(env) is None else s * w(env).double()
+        t = (mean(env).double() * s).abs()
+        return view(t if b(env) is None else t + b(env).double().abs())
+
+    op = ops.BatchNormOp(ctx.name, n_ops=6)  # (x - mean) * invstd * w + b, invstd = rsqrt(var + eps)
     op.u = ctx.u_elem
     op.consts["weight"] = scale
     op.consts["bias"] = shift
+    op.consts["terms"] = terms
     i = ctx.emit(op, [x])
     return ctx.tuple_outputs({0: i}) if ctx.returns_tuple() else i
 
