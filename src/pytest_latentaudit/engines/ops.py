@@ -353,9 +353,18 @@ class ChannelAffineOp(AffineOp):
     ``t`` broadcast against the per-sample shape). ``fan`` is the number of float
     operations the model's kernel rounds (``n_ops``)."""
 
+    #: extra rounded terms per element (batch norm: ``|mean s| + |b|``, which the kernel
+    #: rounds and which cancel in the shift ``t = b - mean s``: mean 1e4 and bias 1e4 s
+    #: give t = 0 and rounding errors of 1e-3); None: only ``|x s| + |t|``
+    terms = None
+
     def __init__(self, name, n_ops=2):
         super().__init__(name)
         self.n_ops = n_ops
+
+    def magnitude(self, m):
+        out = super().magnitude(m)
+        return out if self.terms is None else out + self.terms
 
     def lin(self, x, w):
         return x * w
@@ -370,20 +379,6 @@ class ChannelAffineOp(AffineOp):
         if self.bias is not None:
             const = (A * _like(self.bias, A)).reshape(A.shape[0], -1).sum(1)
         return [_sum_to(A_in, (A.shape[0], *in_shapes[0]))], const
-
-
-class BatchNormOp(ChannelAffineOp):
-    """Eval batch norm, ``x * s + t`` with ``t = b - mean * s``. The kernel computes either
-    ``(x - mean) * invstd * w + b`` or ``x * alpha + (b - mean * alpha)`` with a rounded
-    ``alpha``: both round terms of size ``|mean s|`` and ``|b|``, which cancel in ``t``
-    (mean 1e4, bias 1e4 * s: t = 0, rounding errors of 1e-3), so the magnitude counts
-    them (``terms``)."""
-
-    terms = None
-
-    def magnitude(self, m):
-        out = super().magnitude(m)
-        return out if self.terms is None else out + self.terms
 
 
 def _sum_to(t, shape):

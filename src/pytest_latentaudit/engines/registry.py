@@ -312,7 +312,7 @@ def _batch_norm(ctx, eps):
         t = (mean(env).double() * s).abs()
         return view(t if b(env) is None else t + b(env).double().abs())
 
-    op = ops.BatchNormOp(ctx.name, n_ops=6)  # (x - mean) * invstd * w + b, invstd = rsqrt(var + eps)
+    op = ops.ChannelAffineOp(ctx.name, n_ops=6)  # (x - mean) * invstd * w + b, invstd = rsqrt(var + eps)
     op.u = ctx.u_elem
     op.consts["weight"] = scale
     op.consts["bias"] = shift
