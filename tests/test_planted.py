@@ -1123,3 +1123,20 @@ def test_batch_norm_whose_shift_cancels_is_bounded_as_it_runs(seed):
     x = torch.linspace(0, 1, 64)[:, None]
     g = get_graph(model, (1,), example=x[:2])
     assert check_graph(g, lambda t: model(t), x) is None
+
+
+def test_model_returning_a_dict_gets_a_usage_error_not_an_attribute_error():
+    from pytest_latentaudit.latent import LatentAuditError
+
+    class DictOut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return {"logits": self.lin(x)}
+
+    with pytest.raises(LatentAuditError, match="returned a dict"):
+        verify_box(DictOut(), torch.zeros(1, 2), torch.ones(1, 2), P0, device="cpu", budget_s=BUDGET)
+    with pytest.raises(LatentAuditError, match="returned a dict"):
+        audit(DictOut(), torch.zeros(1, 2), None, Direction.axis(0), 0.1, Invariance(), device="cpu", budget_s=BUDGET)

@@ -394,8 +394,11 @@ def _prepare(model, seeds, labels, direction, spec: Spec, latent_space, device) 
                 y0 = m(z)
             except Exception as exc:  # the user's model rejects these seeds: say so clearly
                 raise LatentAuditError(f"the model failed on the seeds (shape {tuple(z.shape)}): {exc}") from exc
-    if isinstance(y0, (tuple, list)):
+    if isinstance(y0, (tuple, list)) and y0:
         y0 = y0[0]
+    if not torch.is_tensor(y0):
+        raise LatentAuditError(f"the model returned a {type(y0).__name__}; it must return a tensor of outputs "
+                               f"(or a tuple or list whose first item is that tensor)")
     y0 = y0.reshape(n, -1)
     if labels is not None and spec.needs_labels and n and (int(labels.max()) >= y0.shape[1] or int(labels.min()) < 0):
         raise LatentAuditError(f"labels must lie in [0, {y0.shape[1] - 1}] for a model with {y0.shape[1]} outputs")
