@@ -1140,3 +1140,54 @@ def test_model_returning_a_dict_gets_a_usage_error_not_an_attribute_error():
         verify_box(DictOut(), torch.zeros(1, 2), torch.ones(1, 2), P0, device="cpu", budget_s=BUDGET)
     with pytest.raises(LatentAuditError, match="returned a dict"):
         audit(DictOut(), torch.zeros(1, 2), None, Direction.axis(0), 0.1, Invariance(), device="cpu", budget_s=BUDGET)
+
+
+# ------------------------------------------------------------ 16. writes through views
+class ViewWrite(nn.Module):
+    """``h = [0.5 - 0.6 s, 0.2 - 3 s]`` (s: the spike), then an in-place write through a
+    view of ``h`` clamps ``h_1`` at 0: off the spike nothing changes (``h_1 >= 0``); on it
+    ``h_1 = 0 > h_0``. Bounded as an out-of-place op on the view, the write is lost (and a
+    ``h[:, 1] = ...`` assignment is a dead ``copy_`` into the view)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.L1, self.L2 = spike_linears(C_IN[:2], 1e-4)
+        self.head = linear(1, 2, [-0.6, -3.0], [0.5, 0.2])
+        self.how = how
+
+    def forward(self, x):
+        h = self.head(torch.relu(self.L2(torch.relu(self.L1(x)))))
+        if self.how == "slice":
+            h[:, 1:].relu_()
+        elif self.how == "select":
+            h[:, 1].relu_()
+        elif self.how == "flat_view":
+            h.view(-1)[1::2].relu_()
+        elif self.how == "clamp_":
+            h[:, 1:].clamp_(min=0)
+        else:
+            h[:, 1] = torch.relu(h[:, 1])
+        return h
+
+
+@pytest.mark.parametrize("how", ["slice", "select", "flat_view", "clamp_", "setitem"])
+def test_in_place_write_through_a_view(how):
+    model = ViewWrite(how).eval()
+    lo, hi = unit_box(2)
+    plant(model, f32(C_IN[:2]), lo, hi, V0)
+    assert_not_verified(run_box(model, lo, hi, P0, V0, budget_s=SPIKE_BUDGET), f"write through a view ({how})")
+
+
+def test_in_place_relu_on_a_reshaped_tensor_is_still_provable():
+    class ViewRelu(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = linear(2, 4, [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0], [2.0, 0.0, 0.0, 0.0])
+
+        def forward(self, x):
+            h = self.lin(x).view(-1, 2, 2)
+            torch.nn.functional.relu(h, inplace=True)
+            return h.flatten(1)
+
+    res = run_box(ViewRelu().eval(), torch.zeros(2), torch.full((2,), 0.5), P0, V0, budget_s=CONTROL_BUDGET)
+    assert_verified(res, "in-place ReLU on a view whose base is not read again")

@@ -485,6 +485,7 @@ def _lower_nodes(gm, graph, values, depends, x, x_ph, param_ph, names, outs, nam
         if n in live and n.op == "call_function" and torch.Tag.nondeterministic_seeded in getattr(n.target, "tags", ()):
             raise UnsupportedLayer(str(n.target), "a random op in forward (each call draws anew)")
     order = {n: i for i, n in enumerate(graph.nodes)}
+    _check_mutations(graph, order, depends)
     lw = _Lowering(gm, values, depends, u, mm_in, conv_in, {})
     lw.nodes.append(Node(ops.InputOp("input"), [], tuple(x.shape[1:])))
     lw.index[x_ph] = 0
@@ -535,6 +536,67 @@ def _lower_nodes(gm, graph, values, depends, x, x_ph, param_ph, names, outs, nam
         elif n not in lw.tuples:
             raise UnsupportedLayer(str(n.target), "handler produced nothing")
     return _finish(lw, outs, graph, depends, param_ph, names, gm, named, x, dtype, device)
+
+
+def _returns_alias(n) -> bool:
+    """Whether fx node ``n``'s value shares memory with its first argument (a view, an
+    in-place op, or an item of a view op's tuple)."""
+    if n.op != "call_function":
+        return False
+    if n.target is operator.getitem:
+        return bool(n.args) and isinstance(n.args[0], torch.fx.Node) and _returns_alias(n.args[0])
+    schema = getattr(n.target, "_schema", None)
+    if schema is None or not schema.returns:
+        return False
+    return schema.returns[0].alias_info is not None
+
+
+def _check_mutations(graph, order, depends) -> None:
+    """In-place ops are bounded as their out-of-place twins. That is only right when nothing
+    reads the memory they wrote through another node: a view of it taken before (``h[:, 1]
+    .relu_()`` writes into ``h``; ``h[:, 1] = v`` is a dead ``copy_`` into a view of ``h``),
+    its base, or the tensor itself before the op. Such a write is refused, live or dead, as
+    is a write into a parameter or buffer (a model whose state changes as it runs)."""
+    alias_users: Dict[torch.fx.Node, List[torch.fx.Node]] = {}
+    for n in graph.nodes:
+        if _returns_alias(n) and n.args and isinstance(n.args[0], torch.fx.Node):
+            alias_users.setdefault(n.args[0], []).append(n)
+
+    def family(root):
+        out, stack = set(), [root]
+        while stack:
+            v = stack.pop()
+            if v in out:
+                continue
+            out.add(v)
+            stack.extend(alias_users.get(v, []))
+        return out
+
+    for n in graph.nodes:
+        if n.op != "call_function" or n.target is operator.getitem:
+            continue
+        schema = getattr(n.target, "_schema", None)
+        if schema is None or not schema.is_mutable:
+            continue
+        for i, a in enumerate(schema.arguments):
+            if a.alias_info is None or not a.alias_info.is_write:
+                continue
+            v = n.args[i] if i < len(n.args) else n.kwargs.get(a.name)
+            if not isinstance(v, torch.fx.Node):
+                continue
+            base = v
+            while _returns_alias(base) and base.args and isinstance(base.args[0], torch.fx.Node):
+                base = base.args[0]
+            if base.op == "placeholder" and not depends.get(base, False):
+                raise UnsupportedLayer(str(n.target), "an in-place write into a parameter or buffer in forward "
+                                       "(the model changes as it runs)")
+            if not depends.get(v, False):
+                continue
+            stale = family(base) - family(n)
+            for s_ in stale:
+                if any(order[r] > order[n] for r in s_.users):
+                    raise UnsupportedLayer(str(n.target), "an in-place op whose memory is read again through "
+                                           "another tensor (a view of it, its base, or the tensor itself)")
 
 
 def _lower_one(lw, n, handler, order, live):
