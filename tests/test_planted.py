@@ -855,3 +855,339 @@ def test_audit_spike_along_a_vector_direction_invariance():
 @pytest.mark.parametrize("engine", ["auto", "bab"])
 def test_audit_spike_in_a_2d_subspace(engine):
     _audit_spike(V_SUB, torch.tensor([0.1561, -0.2749]), 1e-4, 0.5, engine, Accuracy(at_least=1.0))
+
+
+# ------------------------------------------------- 10. values read into Python in forward
+class PythonBranch(nn.Module):
+    """``y = x`` except on a narrow spike of ``x_0``, where a Python-side test of the input's
+    values (``numpy``, ``tolist``, ``np.asarray``) flips the first logit. make_fx's real-mode
+    trace does not see the read, so it bakes in the branch taken at the trace example."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.lin = linear(2, 2, [1.0, 0.0, 0.0, 1.0], [0.0, 0.0])
+
+    def _values(self, x):
+        import numpy as np
+
+        if self.how == "numpy":
+            return x.detach().cpu().numpy()[:, 0].tolist()
+        if self.how == "tolist":
+            return [r[0] for r in x.tolist()]
+        return [float(r[0]) for r in np.asarray(x.detach())]
+
+    def forward(self, x):
+        y = self.lin(x)
+        if any(0.7 < v < 0.7001 for v in self._values(x)):
+            y = y * torch.tensor([-1.0, 1.0])
+        return y
+
+
+@pytest.mark.parametrize("how", ["numpy", "tolist", "asarray"])
+@pytest.mark.parametrize("engine", ["ibp", "linear", "auto"])
+def test_python_branch_on_the_input_values_is_refused(how, engine):
+    model = PythonBranch(how).eval()
+    lower, upper = torch.tensor([0.0, -0.5]), torch.tensor([1.0, -0.5])
+    plant(model, torch.tensor([0.70005, -0.5]), lower, upper, V0)
+    assert_not_verified(run_box(model, lower, upper, P0, V0, engine=engine), f"python branch ({how})")
+
+
+def test_python_read_of_a_parameter_is_still_provable():
+    class ParamRead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = linear(2, 2, [1.0, 0.0, 0.0, 1.0], [0.0, 0.0])
+
+        def forward(self, x):
+            scale = float(self.lin.weight.detach().numpy()[0, 0])  # a constant: fine to read
+            return self.lin(x) * scale
+
+    res = run_box(ParamRead().eval(), torch.tensor([0.0, -0.5]), torch.tensor([1.0, -0.5]), P0, V0,
+                  budget_s=CONTROL_BUDGET)
+    assert_verified(res, "reading a parameter's value into Python")
+
+
+# ------------------------------------------------------------- 11. the auto_LiRPA engine
+def _need_auto_lirpa():
+    from pytest_latentaudit.engines.lirpa_compat import import_auto_lirpa
+
+    try:
+        import_auto_lirpa()
+    except ImportError as exc:
+        pytest.skip(f"auto_LiRPA unavailable: {exc}")
+
+
+@pytest.mark.parametrize("engine", ["auto_lirpa:crown", "auto_lirpa:ibp"])
+def test_auto_lirpa_python_branch_is_refused(engine):
+    _need_auto_lirpa()
+    model = PythonBranch("tolist").eval()
+    lower, upper = torch.tensor([0.0, -0.5]), torch.tensor([1.0, -0.5])
+    plant(model, torch.tensor([0.70005, -0.5]), lower, upper, V0)
+    assert_not_verified(run_box(model, lower, upper, P0, V0, engine=engine), "auto_LiRPA, python branch")
+
+
+class SpikeGainAttr(nn.Module):
+    """``[1, g * s(x)]`` with the spike's gain ``g`` a plain Python attribute read in forward."""
+
+    def __init__(self, g):
+        super().__init__()
+        self.L1, self.L2 = spike_linears(C_IN[:2], 1e-4)
+        self.g = g
+
+    def forward(self, x):
+        s = torch.relu(self.L2(torch.relu(self.L1(x))))
+        return torch.cat([s * 0 + 1, self.g * s], 1)
+
+
+def test_auto_lirpa_python_attribute_changed_between_two_calls():
+    _need_auto_lirpa()
+    model = SpikeGainAttr(-3.0).eval()
+    lo, hi = unit_box(2)
+    first = run_box(model, lo, hi, P0, V0, engine="auto_lirpa:crown")
+    assert first.status == ["verified"], first.notes  # the first call is a control
+    model.g = 3.0  # now class 1 wins on the spike; the BoundedModule of the first call is stale
+    plant(model, f32(C_IN[:2]), lo, hi, V0)
+    assert_not_verified(run_box(model, lo, hi, P0, V0, engine="auto_lirpa:crown"), "auto_LiRPA, stale attribute")
+
+
+def test_auto_lirpa_engine_on_a_plain_callable_gives_a_verdict():
+    def f(x):
+        return torch.cat([x[:, :1] * 0 + 1, x[:, 1:]], 1)
+
+    res = run_box(f, torch.zeros(2), torch.full((2,), 0.5), P0, V0, engine="auto_lirpa:crown")
+    assert res.status == ["unknown"], res.status
+
+
+# ------------------------------------------------ 12. random and batch-dependent forwards
+class RandomFlip(nn.Module):
+    """``y = x``, but one call in ``1 / p`` (a draw of ``torch.rand`` inside forward) flips
+    the sign of the first logit: the model as it runs violates Prediction(0) on some calls."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+        self.lin = linear(2, 2, [1.0, 0.0, 0.0, 1.0], [0.0, 0.0])
+
+    def forward(self, x):
+        flip = (torch.rand(()) < self.p).float()
+        return self.lin(x) * (1 - 2 * flip * torch.tensor([1.0, 0.0]))
+
+
+@pytest.mark.parametrize("engine", ["ibp", "linear", "auto"])
+def test_random_op_in_forward_is_refused(engine):
+    model = RandomFlip(0.05).eval()
+    lower, upper = torch.tensor([0.2, -0.5]), torch.tensor([1.0, -0.5])
+    with torch.no_grad():
+        ys = model(torch.tensor([[0.5, -0.5]]).expand(2000, 2))  # one draw per call: call it often
+        flips = [bool(model(torch.tensor([[0.5, -0.5]]))[0, 0] < 0) for _ in range(400)]
+    assert any(flips), "the planted random flip never happened"
+    del ys
+    torch.manual_seed(0)
+    res = run_box(model, lower, upper, P0, lambda y: False, engine=engine)  # counterexamples are random too
+    assert_not_verified(res, "random op in forward")
+
+
+class BatchOfOne(nn.Module):
+    """Flips the first logit when called on a batch of one input (the trace runs batches)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = linear(2, 2, [1.0, 0.0, 0.0, 1.0], [0.0, 0.0])
+
+    def forward(self, x):
+        y = self.lin(x)
+        return y * torch.tensor([-1.0, 1.0]) if x.shape[0] == 1 else y
+
+
+@pytest.mark.parametrize("engine", ["ibp", "linear", "auto"])
+def test_forward_that_depends_on_the_batch_size(engine):
+    model = BatchOfOne().eval()
+    lower, upper = torch.tensor([0.2, -0.5]), torch.tensor([1.0, -0.5])
+    plant(model, torch.tensor([0.5, -0.5]), lower, upper, V0)  # plant() runs a batch of one
+    assert_not_verified(run_box(model, lower, upper, P0, V0, engine=engine), "batch-size dependent forward")
+
+
+# ------------------------------------------------------ 13. upsampling in float32
+UP_L = 65536  # long inputs: the kernel's float32 source coordinate is off by ulps of ~UP_L
+UP_W = 2 ** -12  # spike half-width
+
+
+def _tri(t, c, w):
+    return (torch.relu(t - c + w) - 2 * torch.relu(t - c) + torch.relu(t - c - w)) / w
+
+
+class UpsampleSpikes(nn.Module):
+    """Two narrow spikes along z_0: at spike A the output is ``K`` (exact arithmetic, a
+    margin of e/2 below the spec's bound U); at spike B it is one element of a linear x3
+    upsampling of ``+-1000`` (exact value ``U - 2e/3``) whose float32 value is off by ``e``
+    (~2.6) through the rounded interpolation weights, so it exceeds U there."""
+
+    def __init__(self, j, K):
+        super().__init__()
+        pat = torch.ones(UP_L)
+        pat[1::2] = -1.0
+        self.lin = nn.Linear(1, UP_L, bias=False)
+        with torch.no_grad():
+            self.lin.weight.copy_(1000.0 * pat[:, None])
+        self.j, self.K = j, K
+
+    def forward(self, z):
+        t = z[:, :1]
+        s_a, s_b = _tri(t, 0.0037, UP_W), _tri(t, -0.0061, UP_W)
+        up = torch.nn.functional.interpolate(self.lin(s_b).reshape(-1, 1, UP_L), scale_factor=3, mode="linear")
+        return up[:, 0, self.j:self.j + 1] + s_a * self.K
+
+
+@pytest.mark.parametrize("engine", ["exact", "auto"])
+def test_linear_upsampling_float32_weights_along_a_segment(engine):
+    F_ = torch.nn.functional
+    pat = torch.ones(UP_L)
+    pat[1::2] = -1.0
+    x = (1000.0 * pat).reshape(1, 1, UP_L)
+    y32 = F_.interpolate(x, scale_factor=3, mode="linear")
+    y64 = F_.interpolate(x.double(), scale_factor=3, mode="linear")
+    err = y32.double() - y64
+    j = int((err * (y64 > 100)).argmax())
+    exact, e = float(y64[0, 0, j]), float(err[0, 0, j])
+    assert e > 1.0, f"float32 interpolation error only {e}"
+    U = exact + e / 3
+    model = UpsampleSpikes(j, exact + e / 6).eval()
+    spec = OutputRange(upper=U)
+    z_bad = torch.tensor([-0.0061, 0.0])
+    assert float(forward(model, z_bad)) > U, "planted point does not violate"
+    res = audit(model, torch.zeros(1, 2), None, Direction.axis(0), 0.01, spec, engine=engine, device="cpu",
+                budget_s=BAB_BUDGET)
+    assert "verified" not in res.status, f"false proof through float32 upsampling: {res.status} {res.rung}"
+
+
+@pytest.mark.parametrize("size_in,size_out,mode", [(3157, 12419, "nearest"), (2123, 8377, "nearest-exact")])
+def test_nearest_upsampling_selects_what_the_float32_kernel_selects(size_in, size_out, mode):
+    from pytest_latentaudit.engines.bounds import check_graph
+    from pytest_latentaudit.engines.graph import get_graph
+
+    class Up(nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.interpolate(x.reshape(-1, 1, size_in), size=size_out, mode=mode).flatten(1)
+
+    model = Up()
+    x = torch.arange(size_in, dtype=torch.float32)[None].expand(2, -1).contiguous()
+    g = get_graph(model, (size_in,), dtype=torch.float64, example=x)  # as the exact segment walk binds it
+    assert check_graph(g, lambda t: model(t), x) is None, "the lowered graph selects other source elements"
+
+
+# ------------------------------------------------------------- 14. float32 underflow
+class UnderflowSpikes(nn.Module):
+    """Spike A: output 0.71 (no underflow). Spike B: ``((0.7 s) 2**-146) 2**73 2**73``: the
+    middle product is subnormal in float32 (8 representable steps), so the model outputs
+    0.75 where the exact value is 0.7; OutputRange(upper=0.72) fails on B's peak only."""
+
+    def forward(self, z):
+        t = z[:, :1]
+        s_a, s_b = _tri(t, 0.0037, UP_W), _tri(t, -0.0061, UP_W)
+        return ((s_b * 0.7) * 2.0 ** -146) * 2.0 ** 73 * 2.0 ** 73 + s_a * 0.71
+
+
+@pytest.mark.parametrize("engine", ["exact", "auto"])
+def test_subnormal_product_along_a_segment(engine):
+    model = UnderflowSpikes().eval()
+    spec = OutputRange(upper=0.72)
+    assert float(forward(model, torch.tensor([-0.0061, 0.0]))) > 0.72, "planted point does not violate"
+    res = audit(model, torch.zeros(1, 2), None, Direction.axis(0), 0.01, spec, engine=engine, device="cpu",
+                budget_s=BAB_BUDGET)
+    assert "verified" not in res.status, f"false proof through a subnormal product: {res.status} {res.rung}"
+
+
+# ------------------------------------------------------ 15. batch norm's own rounding
+@pytest.mark.parametrize("seed", range(4))
+def test_batch_norm_whose_shift_cancels_is_bounded_as_it_runs(seed):
+    """mean ~1e4 and bias = mean * scale: the exact shift is ~0, but the kernel rounds
+    terms of 1e4 (``b - mean * alpha``), so its output is off by ~1e-3 at every point: the
+    lowered graph must still contain the model's output at points (else every box is
+    refused, and with a kernel that computes ``(x - mean) * invstd`` the error vanishes at
+    ``x = 0`` and a proof can be false)."""
+    import random
+
+    from pytest_latentaudit.engines.bounds import check_graph
+    from pytest_latentaudit.engines.graph import get_graph
+
+    rng = random.Random(seed)
+    bn = nn.BatchNorm1d(1, eps=1e-5).eval()
+    with torch.no_grad():
+        bn.running_mean.fill_(1e4 * rng.uniform(0.5, 2))
+        bn.running_var.fill_(rng.uniform(0.1, 10))
+        bn.weight.fill_(rng.uniform(0.5, 2))
+        s = float(bn.weight.double() / torch.sqrt(bn.running_var.double() + 1e-5))
+        bn.bias.fill_(float(bn.running_mean.double()) * s)
+    model = nn.Sequential(nn.Flatten(), bn).eval()
+    x = torch.linspace(0, 1, 64)[:, None]
+    g = get_graph(model, (1,), example=x[:2])
+    assert check_graph(g, lambda t: model(t), x) is None
+
+
+def test_model_returning_a_dict_gets_a_usage_error_not_an_attribute_error():
+    from pytest_latentaudit.latent import LatentAuditError
+
+    class DictOut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return {"logits": self.lin(x)}
+
+    with pytest.raises(LatentAuditError, match="returned a dict"):
+        verify_box(DictOut(), torch.zeros(1, 2), torch.ones(1, 2), P0, device="cpu", budget_s=BUDGET)
+    with pytest.raises(LatentAuditError, match="returned a dict"):
+        audit(DictOut(), torch.zeros(1, 2), None, Direction.axis(0), 0.1, Invariance(), device="cpu", budget_s=BUDGET)
+
+
+# ------------------------------------------------------------ 16. writes through views
+class ViewWrite(nn.Module):
+    """``h = [0.5 - 0.6 s, 0.2 - 3 s]`` (s: the spike), then an in-place write through a
+    view of ``h`` clamps ``h_1`` at 0: off the spike nothing changes (``h_1 >= 0``); on it
+    ``h_1 = 0 > h_0``. Bounded as an out-of-place op on the view, the write is lost (and a
+    ``h[:, 1] = ...`` assignment is a dead ``copy_`` into the view)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.L1, self.L2 = spike_linears(C_IN[:2], 1e-4)
+        self.head = linear(1, 2, [-0.6, -3.0], [0.5, 0.2])
+        self.how = how
+
+    def forward(self, x):
+        h = self.head(torch.relu(self.L2(torch.relu(self.L1(x)))))
+        if self.how == "slice":
+            h[:, 1:].relu_()
+        elif self.how == "select":
+            h[:, 1].relu_()
+        elif self.how == "flat_view":
+            h.view(-1)[1::2].relu_()
+        elif self.how == "clamp_":
+            h[:, 1:].clamp_(min=0)
+        else:
+            h[:, 1] = torch.relu(h[:, 1])
+        return h
+
+
+@pytest.mark.parametrize("how", ["slice", "select", "flat_view", "clamp_", "setitem"])
+def test_in_place_write_through_a_view(how):
+    model = ViewWrite(how).eval()
+    lo, hi = unit_box(2)
+    plant(model, f32(C_IN[:2]), lo, hi, V0)
+    assert_not_verified(run_box(model, lo, hi, P0, V0, budget_s=SPIKE_BUDGET), f"write through a view ({how})")
+
+
+def test_in_place_relu_on_a_reshaped_tensor_is_still_provable():
+    class ViewRelu(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = linear(2, 4, [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0], [2.0, 0.0, 0.0, 0.0])
+
+        def forward(self, x):
+            h = self.lin(x).view(-1, 2, 2)
+            torch.nn.functional.relu(h, inplace=True)
+            return h.flatten(1)
+
+    res = run_box(ViewRelu().eval(), torch.zeros(2), torch.full((2,), 0.5), P0, V0, budget_s=CONTROL_BUDGET)
+    assert_verified(res, "in-place ReLU on a view whose base is not read again")

@@ -242,7 +242,8 @@ def _run_ladder(model, problem, input_shape, device, engine, budget_s, seed, pre
     if engine not in ENGINES and not engine.startswith("auto_lirpa") and bound_factory is None:
         raise LatentAuditError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)} "
                                f"or auto_lirpa:<ibp|crown|crown-ibp|alpha-crown>")
-    ladder = Ladder(problem, graph, engine=engine if bound_fn is None else name, deadline=deadline,
+    # ``name``: the engine asked for, or "falsify" where an external engine gave no bounds
+    ladder = Ladder(problem, graph, engine=name, deadline=deadline,
                     generator=_generator(seed), precision=precision, bound_fn=bound_fn, replay=replay,
                     attack_method=attack, attack_fn=falsifier, progress=progress)
     return ladder.run(), name
@@ -396,8 +397,11 @@ def _prepare(model, seeds, labels, direction, spec: Spec, latent_space, device) 
                 y0 = m(z)
             except Exception as exc:  # the user's model rejects these seeds: say so clearly
                 raise LatentAuditError(f"the model failed on the seeds (shape {tuple(z.shape)}): {exc}") from exc
-    if isinstance(y0, (tuple, list)):
+    if isinstance(y0, (tuple, list)) and y0:
         y0 = y0[0]
+    if not torch.is_tensor(y0):
+        raise LatentAuditError(f"the model returned a {type(y0).__name__}; it must return a tensor of outputs "
+                               f"(or a tuple or list whose first item is that tensor)")
     y0 = y0.reshape(n, -1)
     if labels is not None and spec.needs_labels and n and (int(labels.max()) >= y0.shape[1] or int(labels.min()) < 0):
         raise LatentAuditError(f"labels must lie in [0, {y0.shape[1] - 1}] for a model with {y0.shape[1]} outputs")

@@ -426,6 +426,10 @@ def output_bounds(graph: BoundGraph, center, gens, method="linear"):
     return lo.reshape(n, *graph.output_shape), hi.reshape(n, *graph.output_shape)
 
 
+#: check points also run through the model one at a time
+SINGLE_CHECKS = 8
+
+
 def check_graph(graph: BoundGraph, model_forward, points: torch.Tensor) -> Optional[str]:
     """The trace check: bound zero-width boxes at ``points`` with the graph (error radii
     included) and require the model's own forward output there to lie inside. ``None``
@@ -440,6 +444,15 @@ def check_graph(graph: BoundGraph, model_forward, points: torch.Tensor) -> Optio
         return f"the lowered graph gives outputs shaped {tuple(lo.shape[1:])}, the model {tuple(y.shape[1:])}"
     lo, hi, y = lo.double(), hi.double(), y.to(torch.float64)
     bad = ~((y >= lo) & (y <= hi)) | ~torch.isfinite(y)
+    # and one point at a time (the batch size of a re-check, and of a user calling the model
+    # on one input): a forward that depends on the batch size was traced at another one
+    with torch.no_grad():
+        for i in range(min(points.shape[0], SINGLE_CHECKS)):
+            yi = model_forward(points[i:i + 1]).to(torch.float64)
+            if yi.shape != y[i:i + 1].shape:
+                return f"the model gives outputs shaped {tuple(yi.shape[1:])} on one input, {tuple(y.shape[1:])} on a batch"
+            bad[i] |= ~((yi[0] >= lo[i]) & (yi[0] <= hi[i])) | ~torch.isfinite(yi[0])
+            y[i] = torch.where(bad[i], yi[0], y[i])
     if not bool(bad.any()):
         return None
     gap = torch.where(bad, torch.maximum(lo - y, y - hi), torch.zeros_like(y))

@@ -321,14 +321,17 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
     def fn(params, inp):
         return torch.func.functional_call(model, params, (inp,))
 
+    escapes: List[tuple] = []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _EscapeRecorder(escapes):
             gm = make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, x)
     except UnsupportedLayer:
         raise
     except Exception as exc:  # noqa: BLE001 - tracing raises many types; we refuse by name
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UnsupportedLayer(type(model).__name__, f"could not be traced ({msg[:200]})") from exc
+        err = UnsupportedLayer(type(model).__name__, f"could not be traced ({msg[:200]})")
+        err.untraceable = True
+        raise err from exc
 
     graph = gm.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -359,6 +362,14 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
         depends[n] = n is x_ph or any(depends.get(a, False) for a in n.all_input_nodes)
     if not depends[outs]:
         raise UnsupportedLayer(type(model).__name__, "the output does not depend on the input")
+    for what, node in escapes:
+        # a value read into Python (numpy, tolist, ...) escapes the trace: whatever the model
+        # did with it (a branch, a Python-side computation) is baked in for the example only
+        if node is None or depends.get(node, False):
+            err = UnsupportedLayer(type(model).__name__, f"reads values of the input into Python ({what}) in "
+                                   f"forward: data-dependent control flow cannot be traced")
+            err.untraceable = True
+            raise err
 
     try:
         return _lower_nodes(gm, graph, values, depends, x, x_ph, param_ph, names, outs, named, dtype, device,
@@ -371,6 +382,58 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
         if layer is None:
             raise
         raise UnsupportedLayer(layer, f"{exc.what}; op {where}") from None
+
+
+#: Tensor methods that hand a tensor's values to Python without an ATen op, so make_fx's
+#: real-mode trace neither records nor refuses them (``.item()`` and ``bool()`` are refused
+#: by make_fx itself; these are not): ``if x.numpy().max() > 0.7`` would be baked in.
+_ESCAPES = tuple(getattr(torch.Tensor, n) for n in (
+    "numpy", "tolist", "__array__", "data_ptr", "untyped_storage", "storage", "_typed_storage", "__dlpack__",
+    "item") if hasattr(torch.Tensor, n))
+
+
+def _escape_node(t):
+    """The fx node of tensor ``t`` in the trace under way; None where it cannot be told."""
+    try:
+        from torch.fx.experimental.proxy_tensor import get_proxy_slot
+
+        mode = torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.PROXY)
+        if mode is None:
+            return None
+        slot = get_proxy_slot(t, mode.tracer, None)
+        return None if slot is None else slot.proxy.node
+    except Exception:  # noqa: BLE001 - a torch without these internals: treat as unknown
+        return None
+
+
+class _EscapeRecorder(torch.overrides.TorchFunctionMode):
+    """Records, during the trace, every read of a tensor's values into Python (``_ESCAPES``)
+    with the fx node of the tensor read (None: unknown, refused); ``lower`` refuses the
+    model when a read tensor depends on the input."""
+
+    def __init__(self, out: List[tuple]):
+        super().__init__()
+        self.out = out
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _ESCAPES and args and torch.is_tensor(args[0]):
+            node = _escape_node(args[0])
+            name = getattr(func, "__name__", str(func))
+            self.out.append((f"Tensor.{name}", node))
+        return func(*args, **(kwargs or {}))
+
+
+def untraceable(model: nn.Module, example: torch.Tensor) -> Optional[str]:
+    """Why a trace of ``model(example)`` cannot stand for the model on other inputs (it
+    reads the input's values into Python, or data-dependent control flow fails the trace),
+    or None. Other bound engines that trace the model (auto_LiRPA's ``jit.trace``) bake such
+    branches in just the same; an op without a native bound operator is no reason here."""
+    try:
+        lower(model, example)
+    except UnsupportedLayer as exc:
+        if getattr(exc, "untraceable", False):
+            return str(exc.what)
+    return None
 
 
 def _locate(model: nn.Module, x, target) -> Optional[str]:
@@ -416,7 +479,13 @@ def _lower_nodes(gm, graph, values, depends, x, x_ph, param_ph, names, outs, nam
     from .registry import HANDLERS
 
     live = _fx_nodes_needed(graph, outs)
+    for n in graph.nodes:
+        # a random op (torch.rand inside forward, a random mask): each call of the model
+        # draws anew, so no bound of one draw is a bound of the model as it runs
+        if n in live and n.op == "call_function" and torch.Tag.nondeterministic_seeded in getattr(n.target, "tags", ()):
+            raise UnsupportedLayer(str(n.target), "a random op in forward (each call draws anew)")
     order = {n: i for i, n in enumerate(graph.nodes)}
+    _check_mutations(graph, order, depends)
     lw = _Lowering(gm, values, depends, u, mm_in, conv_in, {})
     lw.nodes.append(Node(ops.InputOp("input"), [], tuple(x.shape[1:])))
     lw.index[x_ph] = 0
@@ -467,6 +536,67 @@ def _lower_nodes(gm, graph, values, depends, x, x_ph, param_ph, names, outs, nam
         elif n not in lw.tuples:
             raise UnsupportedLayer(str(n.target), "handler produced nothing")
     return _finish(lw, outs, graph, depends, param_ph, names, gm, named, x, dtype, device)
+
+
+def _returns_alias(n) -> bool:
+    """Whether fx node ``n``'s value shares memory with its first argument (a view, an
+    in-place op, or an item of a view op's tuple)."""
+    if n.op != "call_function":
+        return False
+    if n.target is operator.getitem:
+        return bool(n.args) and isinstance(n.args[0], torch.fx.Node) and _returns_alias(n.args[0])
+    schema = getattr(n.target, "_schema", None)
+    if schema is None or not schema.returns:
+        return False
+    return schema.returns[0].alias_info is not None
+
+
+def _check_mutations(graph, order, depends) -> None:
+    """In-place ops are bounded as their out-of-place twins. That is only right when nothing
+    reads the memory they wrote through another node: a view of it taken before (``h[:, 1]
+    .relu_()`` writes into ``h``; ``h[:, 1] = v`` is a dead ``copy_`` into a view of ``h``),
+    its base, or the tensor itself before the op. Such a write is refused, live or dead, as
+    is a write into a parameter or buffer (a model whose state changes as it runs)."""
+    alias_users: Dict[torch.fx.Node, List[torch.fx.Node]] = {}
+    for n in graph.nodes:
+        if _returns_alias(n) and n.args and isinstance(n.args[0], torch.fx.Node):
+            alias_users.setdefault(n.args[0], []).append(n)
+
+    def family(root):
+        out, stack = set(), [root]
+        while stack:
+            v = stack.pop()
+            if v in out:
+                continue
+            out.add(v)
+            stack.extend(alias_users.get(v, []))
+        return out
+
+    for n in graph.nodes:
+        if n.op != "call_function" or n.target is operator.getitem:
+            continue
+        schema = getattr(n.target, "_schema", None)
+        if schema is None or not schema.is_mutable:
+            continue
+        for i, a in enumerate(schema.arguments):
+            if a.alias_info is None or not a.alias_info.is_write:
+                continue
+            v = n.args[i] if i < len(n.args) else n.kwargs.get(a.name)
+            if not isinstance(v, torch.fx.Node):
+                continue
+            base = v
+            while _returns_alias(base) and base.args and isinstance(base.args[0], torch.fx.Node):
+                base = base.args[0]
+            if base.op == "placeholder" and not depends.get(base, False):
+                raise UnsupportedLayer(str(n.target), "an in-place write into a parameter or buffer in forward "
+                                       "(the model changes as it runs)")
+            if not depends.get(v, False):
+                continue
+            stale = family(base) - family(n)
+            for s_ in stale:
+                if any(order[r] > order[n] for r in s_.users):
+                    raise UnsupportedLayer(str(n.target), "an in-place op whose memory is read again through "
+                                           "another tensor (a view of it, its base, or the tensor itself)")
 
 
 def _lower_one(lw, n, handler, order, live):

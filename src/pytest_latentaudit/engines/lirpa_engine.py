@@ -26,6 +26,19 @@ def make_bound_fn(model, problem, engine: str, notes: List[str]):
     if not isinstance(model, torch.nn.Module):
         notes.append("auto_LiRPA needs an nn.Module; falling back to falsification only")
         return None
+    from . import lirpa as _lirpa
+    from .graph import untraceable
+
+    # auto_LiRPA traces the model once (jit.trace) and bounds that trace: a model whose
+    # forward branches in Python on the input's values is baked in for the example only
+    why = untraceable(model, problem.x0[:2].to(problem.x_dtype))
+    if why is not None:
+        notes.append(f"auto_LiRPA cannot bound this model: {why}; falling back to falsification only")
+        return None
+    # and no BoundedModule built by an earlier call: it copied the model as it was then
+    # (a Python attribute read in forward, a swapped slope are not in its fingerprint)
+    with _lirpa._LOCK:
+        _lirpa._CACHE.pop(model, None)
     V = problem.V.reshape(problem.V.shape[0], problem.k, -1)
     if not bool(((V != 0).sum(-1) <= 1).all()):
         notes.append("auto_LiRPA bounds the input-space bounding box of a non-axis direction (looser)")

@@ -43,6 +43,15 @@ def unit(dtype) -> float:
     return _UNIT[dtype]
 
 
+_SMALLEST_NORMAL = {2.0 ** -24: 2.0 ** -126, 2.0 ** -53: 2.0 ** -1022, 2.0 ** -11: 2.0 ** -14, 2.0 ** -8: 2.0 ** -126}
+
+
+def underflow(u: float) -> float:
+    """Absolute error of one rounding below the normal range, for the dtype of unit
+    roundoff ``u``: the smallest normal number (covers flush-to-zero too)."""
+    return _SMALLEST_NORMAL.get(u, 2.0 ** -126)
+
+
 def tiny(dtype) -> float:
     return torch.finfo(dtype).tiny
 
@@ -142,7 +151,11 @@ class BoundOp:
         if self.fan == 0 or not self.rounding:
             return None
         factor = 2 * self.u_in + gamma(self.fan + 4, self.u) + (gamma(self.fan + 6, self.u_ours) if ours else 0.0)
-        return factor * self.magnitude(*[_mag(b) for b in pre])
+        # relative bounds hold only for normal numbers: a product or sum that underflows
+        # (gradual underflow, or flushed to zero) is off by up to the smallest normal
+        # number, whatever its size: 0.7 * 2**-146 is 0.75 * 2**-146 in float32
+        under = (2 * self.fan + 4) * underflow(self.u) + ((2 * self.fan + 6) * underflow(self.u_ours) if ours else 0.0)
+        return factor * self.magnitude(*[_mag(b) for b in pre]) + under
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"
@@ -198,6 +211,28 @@ class LinearMapOp(BoundOp):
         # a transpose can sum entries (expand, repeat, overlapping windows)
         m = _mag(pre[0])
         return gamma(m[0].numel() + d_out + 4, u) * self.fn(m)
+
+
+class InterpolationOp(LinearMapOp):
+    """Linear/bilinear upsampling (``fn`` runs the model's own ATen op). Its weights are
+    computed by the model's kernel in the model's dtype: the source coordinate
+    ``scale * (dst + 0.5) - 0.5`` carries an absolute error of a few ulps of the *input
+    size* (4 u (n + 2) is generous), so an interpolation weight can be off by that much,
+    not by a few ulps of itself: with 65536 positions and values +-1000 the float32 output
+    is off by 2.6. Per output, the error is at most ``2 sum_d |d lambda_d|`` times the
+    largest ``|x|`` among the neighbours (a rounded coordinate can also move the floor by
+    one), plus the arithmetic of the weighted sum; ``magnitude`` is that neighbourhood
+    maximum (interpolated from a 5-wide windowed max, so it covers every neighbour)."""
+
+    def __init__(self, name: str, fn, in_spatial):
+        self.in_spatial = tuple(int(v) for v in in_spatial)
+        fan = 8 * sum(n + 2 for n in self.in_spatial) + 16
+        super().__init__(name, fn, "interpolate", fan=fan)
+
+    def magnitude(self, m):
+        nd = len(self.in_spatial)
+        pool = F.max_pool1d if nd == 1 else F.max_pool2d
+        return self.fn(pool(m, 5, stride=1, padding=2))
 
 
 class AffineOp(BoundOp):
@@ -318,9 +353,18 @@ class ChannelAffineOp(AffineOp):
     ``t`` broadcast against the per-sample shape). ``fan`` is the number of float
     operations the model's kernel rounds (``n_ops``)."""
 
+    #: extra rounded terms per element (batch norm: ``|mean s| + |b|``, which the kernel
+    #: rounds and which cancel in the shift ``t = b - mean s``: mean 1e4 and bias 1e4 s
+    #: give t = 0 and rounding errors of 1e-3); None: only ``|x s| + |t|``
+    terms = None
+
     def __init__(self, name, n_ops=2):
         super().__init__(name)
         self.n_ops = n_ops
+
+    def magnitude(self, m):
+        out = super().magnitude(m)
+        return out if self.terms is None else out + self.terms
 
     def lin(self, x, w):
         return x * w

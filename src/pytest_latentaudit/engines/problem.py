@@ -64,8 +64,13 @@ class Problem:
 
     def model_forward(self, x):
         y = self.model(x)
-        if isinstance(y, (tuple, list)):
+        if isinstance(y, (tuple, list)) and y:
             y = y[0]
+        if not torch.is_tensor(y):
+            from ..latent import LatentAuditError
+
+            raise LatentAuditError(f"the model returned a {type(y).__name__}; it must return a tensor of outputs "
+                                   f"(or a tuple or list whose first item is that tensor)")
         return y.reshape(y.shape[0], -1)
 
     def _labels(self, idx):

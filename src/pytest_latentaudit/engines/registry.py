@@ -304,10 +304,19 @@ def _batch_norm(ctx, eps):
         t = -mean(env).double() * s
         return view(t if b(env) is None else t + b(env).double())
 
+    def terms(env):
+        # what the kernel rounds besides x * scale: mean * scale and the bias (their
+        # difference, the exact shift, can be far smaller than either)
+        s = 1.0 / torch.sqrt(var(env).double() + eps)
+        s = s if w(env) is None else s * w(env).double()
+        t = (mean(env).double() * s).abs()
+        return view(t if b(env) is None else t + b(env).double().abs())
+
     op = ops.ChannelAffineOp(ctx.name, n_ops=6)  # (x - mean) * invstd * w + b, invstd = rsqrt(var + eps)
     op.u = ctx.u_elem
     op.consts["weight"] = scale
     op.consts["bias"] = shift
+    op.consts["terms"] = terms
     i = ctx.emit(op, [x])
     return ctx.tuple_outputs({0: i}) if ctx.returns_tuple() else i
 
@@ -526,30 +535,52 @@ def _adaptive_avg(ctx):
     return ctx.emit(op, [ctx.data_arg("self")])
 
 
+def _upsample_call(ctx):
+    """The data argument and a function that runs this very ATen op with the model's own
+    arguments (output size, scale factors, align_corners): scale factors that are not
+    ``out / in`` map coordinates differently from a size-only call."""
+    data = "input" if "input" in ctx.schema_names else "self"
+    names = [a.name for a in ctx.schema.arguments]
+    rest = [ctx.arg(k) for k in names[1:]]
+    target = ctx.target
+    x = ctx.data_arg(data)
+
+    def call(t):
+        return target(t, *rest)
+
+    return x, call
+
+
 @register(*_ov(aten.upsample_nearest2d, "default", "vec"), *_ov(aten.upsample_nearest1d, "default", "vec"),
           *_ov(aten._upsample_nearest_exact2d, "default", "vec"), *_ov(aten._upsample_nearest_exact1d, "default", "vec"))
 def _upsample_nearest(ctx):
-    for k in ("output_size", "scales", "scales_h", "scales_w", "scale_factors"):
-        if k in ctx.schema_names:
-            ctx.arg(k)
-    size = list(ctx.out_shape()[1:])
-    mode = "nearest-exact" if "exact" in str(ctx.target) else "nearest"
-    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: F.interpolate(x, size=size, mode=mode), "upsample"),
-                    [ctx.data_arg("input" if "input" in ctx.schema_names else "self")])
+    # The source index of each output is computed by the kernel in the model's dtype
+    # (float32: a rounded scale), which for some sizes picks another source element than a
+    # float64 evaluation would. Ask the kernel itself: run it in the model's dtype on the
+    # positions 0..n-1, then bound the op as that exact selection.
+    x, call = _upsample_call(ctx)
+    v = ctx.in_value()
+    sp = tuple(v.shape[2:])
+    n = int(math.prod(sp))
+    if n >= 2 ** 24 or v.dtype not in (torch.float32, torch.float64):
+        raise UnsupportedLayer(ctx.name, "nearest upsampling of this size or dtype")
+    pos = torch.arange(n, dtype=v.dtype, device=v.device).reshape(1, 1, *sp)
+    with torch.no_grad():
+        src = call(pos).round().long().reshape(-1)
+    out_sp = tuple(ctx.out_shape()[1:])
+
+    def fn(t):
+        flat = t.reshape(*t.shape[:2], -1)
+        return flat.index_select(2, src.to(t.device)).reshape(*t.shape[:2], *out_sp)
+
+    return ctx.emit(ops.LinearMapOp(ctx.name, fn, "upsample"), [x])
 
 
 @register(*_ov(aten.upsample_bilinear2d, "default", "vec"), *_ov(aten.upsample_linear1d, "default", "vec"))
 def _upsample_linear(ctx):
-    for k in ("output_size", "scales", "scales_h", "scales_w", "scale_factors"):
-        if k in ctx.schema_names:
-            ctx.arg(k)
-    align = bool(ctx.arg("align_corners"))
-    size = list(ctx.out_shape()[1:])
-    mode = "bilinear" if len(size) == 2 else "linear"
-    op = ops.LinearMapOp(ctx.name, lambda x: F.interpolate(x, size=size, mode=mode, align_corners=align),
-                         "upsample", fan=12)  # interpolation weights are computed too: a generous count
-    op.u = ctx.u_elem
-    return ctx.emit(op, [ctx.data_arg("input" if "input" in ctx.schema_names else "self")])
+    x, call = _upsample_call(ctx)
+    in_sp = tuple(ctx.in_shape()[1:])
+    return ctx.emit(ops.InterpolationOp(ctx.name, call, in_sp), [x])
 
 
 @register(*_ov(aten.max_pool2d_with_indices, "default"))
