@@ -20,8 +20,8 @@ from pytest_latentaudit.plugin import _warm_up
 _warm_up()  # torch's tracer registers operators once per process: not inside an in-process run
 from pytest_latentaudit import cli, schema, vocab
 from pytest_latentaudit.coverage import compare, coverage_summary
-from pytest_latentaudit.records import (CounterexampleRecord, Counts, SheetFormatError, SweepPoint, TestRecord,
-                                        largest_proved_eps)
+from pytest_latentaudit.records import (CounterexampleRecord, Counts, PixelCrosscheckRecord, SheetFormatError,
+                                        SweepPoint, TestRecord, largest_proved_eps)
 from pytest_latentaudit.specsheet import SpecSheet, read_sheet
 
 
@@ -46,6 +46,12 @@ def full_record(**changes) -> TestRecord:
                           seconds=0.1)],
         certified_radius={"n": 4, "eps_max": 1.0, "mean": 0.5, "quantiles": {"median": 0.5},
                           "histogram": {"edges": [0.0, 1.0], "counts": [4]}},
+        pixel_crosscheck=PixelCrosscheckRecord(
+            eps=0.05, n_proved=3, n_attackable=1, fraction_attackable=1 / 3, n_seeds=4, n_attackable_at_nominal=0,
+            direction="pose", latent_eps=0.5, nodeid="tests/test_x.py::test_pose",
+            counterexamples=[{"seed": 1, "label": 0, "predicted": 1, "linf": 0.05, "margin": 0.1, "at_nominal": False}],
+            extra={"steps": 40, "step_size": 0.003, "restarts": 1, "seed": 0, "clip": [0.0, 1.0],
+                   "label_source": "labels"}),
         cut_short=["certified radius (searched 2/4 seeds)"],
         interrupted={"reason": "pytest-timeout (Timeout >5.0s)", "stage": "certified radius", "after_s": 4.0},
         outcome="failed", attempts=2, carried_over={"from": "2026-01-01T00:00:00+00:00"},
@@ -93,7 +99,7 @@ def test_record_round_trip_and_schema():
 def test_every_record_field_is_in_the_schema():
     defs = schema.load_schema()["$defs"]
     for cls, name in ((TestRecord, "test"), (SweepPoint, "sweep_point"), (CounterexampleRecord, "counterexample"),
-                      (Counts, "counts")):
+                      (Counts, "counts"), (PixelCrosscheckRecord, "pixel_crosscheck")):
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         assert names <= set(defs[name]["properties"]), (name, names - set(defs[name]["properties"]))
 
