@@ -17,8 +17,7 @@ from .engines.ops import UnsupportedLayer
 from .engines.problem import Problem
 from .latent import Direction, LatentAuditError, LatentSpace
 from .specs import Accuracy, Invariance, Prediction, Spec, as_spec
-
-PROVED, VIOLATED, UNPROVEN, ESTIMATED = "proved", "violated", "unproven", "estimated"
+from .vocab import ATTACKS, ESTIMATED, LIRPA_PREFIX, PROVED, UNPROVEN, VIOLATED  # noqa: F401  (names live in vocab)
 
 
 # ----------------------------------------------------------------------------- results
@@ -232,14 +231,14 @@ def _run_ladder(model, problem, input_shape, device, engine, budget_s, seed, pre
     if bound_factory is not None:  # an engine registered through the pytest_latentaudit_engines hook
         bound_fn = bound_factory(model, problem, notes)
         name = engine if bound_fn is not None else "falsify"
-    elif engine.startswith("auto_lirpa"):
+    elif engine.startswith(LIRPA_PREFIX):
         from .engines.lirpa_engine import make_bound_fn
 
         bound_fn = make_bound_fn(model, problem, engine, notes)
         name = engine if bound_fn is not None else "falsify"
     elif engine != "falsify":
         graph = _graph_or_note(model, problem, device, notes)
-    if engine not in ENGINES and not engine.startswith("auto_lirpa") and bound_factory is None:
+    if engine not in ENGINES and not engine.startswith(LIRPA_PREFIX) and bound_factory is None:
         raise LatentAuditError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)} "
                                f"or auto_lirpa:<ibp|crown|crown-ibp|alpha-crown>")
     ladder = Ladder(problem, graph, engine=engine if bound_fn is None else name, deadline=deadline,
@@ -464,7 +463,7 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
     ``bound_factory`` / ``falsifier``: a custom engine / attack (see hooks.py), used under
     the names ``engine`` / ``attack``.
     """
-    if attack not in ("sign", "adam", "blackbox") and falsifier is None:
+    if attack not in ATTACKS and falsifier is None:
         raise LatentAuditError(f"unknown attack {attack!r}; use sign, adam or blackbox")
     t0 = time.perf_counter()
     spec = as_spec(spec if spec is not None else Invariance())

@@ -29,7 +29,7 @@ def cmd_show(args) -> int:
         print(f"({len(carried)} test(s) carried over from an earlier run: marked * in the table)")
     print()
     print("per direction (largest eps proved by a test or a sweep point):")
-    section = d.get("directions") or {}
+    section = sheet.direction_entries()
     for name, info in sorted(sheet.directions().items()):
         proved = "none" if info["proved_eps"] is None else f"{info['proved_eps']:g}"
         verdicts = ", ".join(f"{k} {v}" for k, v in sorted(info["verdicts"].items()))
@@ -74,7 +74,7 @@ def cmd_html(args) -> int:
 
     sheet = read_sheet(args.sheet)
     kw = {"title": args.title} if args.title else {}
-    out = render_html(sheet.data, args.out, images=not args.no_images, base_dir=Path(args.sheet).parent, **kw)
+    out = render_html(sheet, args.out, images=not args.no_images, base_dir=Path(args.sheet).parent, **kw)
     print(f"wrote {out}")
     return 0
 

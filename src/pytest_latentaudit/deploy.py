@@ -30,7 +30,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .latent import LatentAuditError
-from .specsheet import directions_section, read_sheet
+from .vocab import PROVED
+from .specsheet import directions_section, read_sheet  # noqa: F401  (directions_section: re-exported)
 
 __all__ = ["latent_ranges", "in_spec", "range_score", "project", "basis_json", "directions_section", "data_fingerprint",
            "certified_radius_summary", "DeployError"]
@@ -163,12 +164,8 @@ def latent_ranges(z_seeds, eps: float, V, *, with_basis: bool = False) -> dict:
 # ------------------------------------------------------------------------ the guard
 def _sheet_directions(sheet) -> Dict[str, dict]:
     """The sheet's ``directions`` section (``specsheet.read_sheet`` loads and checks the sheet;
-    without the section it is rebuilt from the records by ``specsheet.directions_section``)."""
-    sh = read_sheet(sheet)
-    dirs = sh.data.get("directions")
-    if dirs:
-        return dict(dirs)
-    return directions_section(sh.records)
+    ``SpecSheet.direction_entries`` rebuilds a missing section from the records)."""
+    return read_sheet(sheet).direction_entries()
 
 
 def _pick_range(name: str, entry: Mapping, eps: Optional[float]) -> Mapping:
@@ -183,7 +180,7 @@ def _pick_range(name: str, entry: Mapping, eps: Optional[float]) -> Mapping:
         have = sorted({float(g.get("eps", 0)) for g in entry.get("ranges") or []})
         raise DeployError(f"direction {name!r} has no latent range recorded at eps={eps:g} "
                           f"(recorded: {', '.join(f'{e:g}' for e in have) or 'none'})")
-    proved = [g for g in matches if g.get("verdict") == "proved"]
+    proved = [g for g in matches if g.get("verdict") == PROVED]
     return (proved or matches)[0]
 
 

@@ -47,6 +47,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .vocab import VERIFIED
+
 from .deploy import DeployError, _to_numpy, in_spec, range_score
 
 __all__ = ["GuardError", "DeepValidationGuard", "fit_guard", "fit_guard_from_space", "guard_features",
@@ -1053,7 +1055,7 @@ def pixel_crosscheck(classifier, decoder, z, labels=None, *, eps: float, proved=
     if proved is None:
         mask = np.ones(n, dtype=bool)
     elif hasattr(proved, "status"):
-        mask = np.asarray([s == "verified" for s in proved.status], dtype=bool)
+        mask = np.asarray([s == VERIFIED for s in proved.status], dtype=bool)
     else:
         mask = np.asarray(_to_numpy(proved), dtype=bool).reshape(-1)
     if mask.shape[0] != n:

@@ -214,6 +214,15 @@ class SpecSheet:
     def load(cls, path) -> "SpecSheet":
         return read_sheet(Path(path))
 
+    def direction_entries(self) -> Dict[str, dict]:
+        """The sheet's ``directions`` section (ranges, bases, proved eps, certified radius per
+        direction); rebuilt from the records by ``directions_section`` when the sheet has none.
+        ``deploy.in_spec``, the exports and ``latentaudit show`` read it through this."""
+        dirs = self.data.get("directions")
+        if isinstance(dirs, Mapping) and dirs:
+            return dict(dirs)
+        return directions_section(self.records)
+
     def directions(self) -> Dict[str, dict]:
         """Per direction: the largest eps proved (by a test or a sweep point), and the verdicts seen."""
         out: Dict[str, dict] = {}

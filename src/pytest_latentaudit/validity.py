@@ -24,6 +24,7 @@ from typing import Callable, Dict, Mapping, Optional, Union
 
 import torch
 
+from .directions import _as_latents as _latents  # one reader of [N, latent_dim] codes
 from .latent import Direction, LatentAuditError
 
 __all__ = [
@@ -34,15 +35,6 @@ __all__ = [
 
 class DirectionValidityWarning(UserWarning):
     """A direction failed a validity check: tests along it may not mean what they say."""
-
-
-def _latents(z) -> torch.Tensor:
-    z = torch.as_tensor(z).detach()
-    if not z.is_floating_point():
-        z = z.float()
-    if z.dim() != 2:
-        raise LatentAuditError(f"latent codes must be [N, latent_dim]; got shape {tuple(z.shape)}")
-    return z
 
 
 def _basis(direction, dim: int, dtype=torch.float32) -> torch.Tensor:

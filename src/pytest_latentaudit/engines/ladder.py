@@ -22,10 +22,7 @@ from .bounds import spec_upper_bound
 from .forms import tolerance
 from .graph import BoundGraph
 from .problem import Problem
-
-VERIFIED, FALSIFIED, UNKNOWN = "verified", "falsified", "unknown"
-
-ENGINES = ("auto", "ibp", "linear", "bab", "exact", "falsify")
+from ..vocab import ENGINES, FALSIFIED, UNKNOWN, VERIFIED  # noqa: F401  (the names live in vocab)
 
 #: share of the remaining budget the CROWN rung may use before branch and bound: with
 #: k <= 2 perturbed dims splitting pays sooner, with more dims CROWN's tightness does
