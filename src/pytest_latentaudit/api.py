@@ -6,7 +6,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -16,7 +16,7 @@ from .engines.ladder import ENGINES, FALSIFIED, UNKNOWN, VERIFIED, Ladder
 from .engines.ops import UnsupportedLayer
 from .engines.problem import Problem
 from .latent import Direction, LatentAuditError, LatentSpace
-from .specs import Accuracy, Invariance, Prediction, Spec, as_spec
+from .specs import Accuracy, ConfidentTargeted, Invariance, Linear, Prediction, PredictionNotIn, Spec, as_spec
 from .vocab import ATTACKS, ESTIMATED, LIRPA_PREFIX, PROVED, UNPROVEN, VIOLATED  # noqa: F401  (names live in vocab)
 
 
@@ -105,7 +105,10 @@ class AuditResult:
 def resolve_device(device: Any = "auto") -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise LatentAuditError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise LatentAuditError("device 'cuda' was requested but CUDA is not available on this machine "
                                "(use --latent-device auto or cpu)")
@@ -164,6 +167,62 @@ def _check_model(model):
                 raise LatentAuditError(f"model parameter {name!r} contains NaN or inf")
     elif not callable(model):
         raise LatentAuditError(f"model must be an nn.Module or a callable, got {type(model).__name__}")
+
+
+def _logits(y, n: int) -> torch.Tensor:
+    """The model's output for a batch of ``n`` inputs as ``[n, outputs]``, or a
+    ``LatentAuditError`` that names what it returned and what to change."""
+    if isinstance(y, (tuple, list)) and y and torch.is_tensor(y[0]):
+        y = y[0]  # (logits, extras): the first element, as the engines bound it
+    fix = "forward() must return the logits tensor, one row per input: [N, classes]"
+    if y is None:
+        raise LatentAuditError(f"the model returned None for a batch of {n} inputs; {fix} (a missing 'return'?)")
+    if isinstance(y, Mapping):
+        keys = ", ".join(repr(k) for k in list(y)[:5])
+        first = repr(next(iter(y), "logits"))
+        raise LatentAuditError(f"the model returned a dict (keys {keys}); {fix}: wrap it, e.g. "
+                               f"lambda z: model(z)[{first}]")
+    if not torch.is_tensor(y):
+        raise LatentAuditError(f"the model returned {type(y).__name__}, not a tensor; {fix}")
+    if y.dim() == 0:
+        raise LatentAuditError(f"the model returned a scalar for a batch of {n} inputs; {fix} (did it reduce over "
+                               f"the batch, e.g. with .sum() or .mean()?)")
+    if y.shape[0] != n:
+        raise LatentAuditError(f"the model returned shape {tuple(y.shape)} for a batch of {n} inputs: the first "
+                               f"dimension must be the batch ({n}); {fix}")
+    if not y.is_floating_point():
+        raise LatentAuditError(f"the model returned {y.dtype} outputs; {fix} (floating point, before any argmax)")
+    return y.reshape(n, -1)
+
+
+_CLASSIFICATION = (Accuracy, Invariance, Prediction, PredictionNotIn, ConfidentTargeted)
+
+
+def _check_spec_outputs(spec: Spec, n_out: int, labels=None) -> None:
+    """Class indices of ``spec`` (and ``labels``) must name outputs of the model; a spec about
+    classes needs at least two of them."""
+    if isinstance(spec, _CLASSIFICATION) and n_out < 2:
+        raise LatentAuditError(f"{spec.describe()} compares classes but the model has {n_out} output; return one "
+                               f"logit per class (for a single score use OutputRange or Linear)")
+
+    def check(what, idx, fix):
+        idx = torch.as_tensor(idx).reshape(-1)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_out):
+            bad = sorted({int(i) for i in idx.tolist() if i < 0 or i >= n_out})[:5]
+            raise LatentAuditError(f"{what} {', '.join(map(str, bad))} out of range for a model with {n_out} outputs "
+                                   f"(classes 0..{n_out - 1}); {fix}")
+
+    if labels is not None and (spec.needs_labels or isinstance(spec, Prediction)):
+        check("label(s)", labels, "labels are class indices of the model's outputs")
+    if isinstance(spec, Prediction) and spec.label is not None:
+        check("Prediction label(s)", spec.label, "pass class indices of the model's outputs")
+    if isinstance(spec, PredictionNotIn):
+        check("PredictionNotIn class(es)", spec.classes, "list class indices of the model's outputs")
+    if isinstance(spec, ConfidentTargeted):
+        check("ConfidentTargeted target", [spec.target], "pass a class index of the model's outputs")
+    if isinstance(spec, Linear) and spec.C.shape[1] != n_out:
+        raise LatentAuditError(f"Linear spec: C has {spec.C.shape[1]} columns but the model has {n_out} outputs; "
+                               f"C must be [rows, {n_out}]")
 
 
 def _check_points(problem: Problem, max_boxes: int = 32, generator=None) -> torch.Tensor:
@@ -270,6 +329,15 @@ def verify_box(model, lower, upper, spec, *, engine: str = "auto", device="auto"
         raise LatentAuditError("lower > upper in some box")
     _check_model(model)
     n, shape = lower.shape[0], tuple(lower.shape[1:])
+    with _eval_mode(model), torch.no_grad():  # one plain forward pass: what the model returns, checked
+        try:
+            y_lo = _logits(_on_device(model, dev)(lower), n)
+        except LatentAuditError:
+            raise
+        except Exception as exc:
+            raise LatentAuditError(f"the model failed on the boxes' lower corners (shape {tuple(lower.shape)}): "
+                                   f"{exc}") from exc
+    _check_spec_outputs(spec, y_lo.shape[1])
     box_spec, labels = _split_spec(spec, n, dev)
     flat_w = (upper - lower).reshape(n, -1)
     dims = torch.nonzero((flat_w > 0).any(0)).reshape(-1)
@@ -304,6 +372,10 @@ def _as_seeds(seeds, labels):
         z = z.float()
     if z.dim() < 2:
         raise LatentAuditError(f"seeds must be latent codes shaped [N, latent_dim]; got shape {tuple(z.shape)}")
+    if z.dim() == 3 and z.shape[1] == 1:
+        raise LatentAuditError(f"seeds shaped {tuple(z.shape)} = [N, 1, latent_dim]: latent codes are [N, latent_dim]; "
+                               f"drop the middle dimension (z.squeeze(1), or torch.cat of the [1, d] codes instead "
+                               f"of torch.stack)")
     if z.shape[0] == 0:
         raise LatentAuditError("no seeds: a semantic test needs at least one latent code")
     if labels is not None:
@@ -392,11 +464,8 @@ def _prepare(model, seeds, labels, direction, spec: Spec, latent_space, device) 
                 y0 = m(z)
             except Exception as exc:  # the user's model rejects these seeds: say so clearly
                 raise LatentAuditError(f"the model failed on the seeds (shape {tuple(z.shape)}): {exc}") from exc
-    if isinstance(y0, (tuple, list)):
-        y0 = y0[0]
-    y0 = y0.reshape(n, -1)
-    if labels is not None and spec.needs_labels and n and (int(labels.max()) >= y0.shape[1] or int(labels.min()) < 0):
-        raise LatentAuditError(f"labels must lie in [0, {y0.shape[1] - 1}] for a model with {y0.shape[1]} outputs")
+    y0 = _logits(y0, n)
+    _check_spec_outputs(spec, y0.shape[1], labels if spec.needs_labels else None)
     seed_spec = spec.seed_spec(labels, y0.argmax(1))
     if isinstance(seed_spec, Prediction):
         box_spec = Prediction()
