@@ -106,3 +106,44 @@ def test_budget_grants():
     m.saw_call(2.0)
     m.saw_call(1.0)
     assert m.min_call() == 1.0
+
+
+def test_first_latent_test_is_warm_when_torch_comes_with_its_fixtures(pytester):
+    """torch imported only inside a fixture (not at collection): the tracer is still warmed up in
+    the first latent test's setup, before its call and its budget start."""
+    pytester.makeconftest('''
+        import pytest
+
+
+        @pytest.fixture(scope="session")
+        def latent_space():
+            import torch  # noqa: F401  (first import of torch in this process)
+            from pytest_latentaudit import Direction, LatentSpace
+            return LatentSpace(directions={"pose": Direction.axis(0)})
+    ''')
+    pytester.makepyfile(test_lazy='''
+        import sys
+
+        import pytest
+        from pytest_latentaudit import Accuracy
+
+
+        def test_plain():
+            assert "torch" not in sys.modules
+
+
+        @pytest.mark.latent(direction="pose", eps=0.1, spec=Accuracy(), budget=5)
+        def test_first_latent(latent_space, latent_audit):
+            from pytest_latentaudit import plugin
+
+            assert plugin._WARM["done"], "the tracer was not warmed up before the first latent call"
+            import torch
+            head = torch.nn.Linear(2, 2)
+            with torch.no_grad():  # class 0 iff z0 > 0: holds on the box, the falsifier cannot prove it
+                head.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+                head.bias.zero_()
+            latent_audit(head, (torch.tensor([[1.0, 0.0]]), torch.tensor([0])), engine="falsify",
+                         unproven="xfail")
+    ''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=1, xfailed=1)

@@ -219,6 +219,17 @@ def pytest_runtest_protocol(item, nextitem):
     yield
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    yield
+    # the first latent test of a process whose torch came in with its fixtures (not at
+    # collection): warm up now, in its setup, so neither its call nor its budget pays for it
+    import sys
+
+    if not _WARM["done"] and "torch" in sys.modules and item.get_closest_marker("latent") is not None:
+        _warm_up()
+
+
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_call(item):
     item.stash.setdefault(START_KEY, {})["call"] = time.perf_counter()
