@@ -113,6 +113,14 @@ def test_every_record_field_is_in_the_schema():
     ({"sweep": [{"eps": 0.1}]}, r"tests\[0\]\.sweep\[0\]: missing 'verdict'"),
     ({"counterexamples": ["x"]}, r"counterexamples\[0\]: must be an object"),
     ({"nodeid": None}, r"missing 'nodeid'"),
+    # the range guard's keys (deploy.in_spec reads them): checked against each other
+    ({"latent_range": {"lower": [-1.0], "upper": [1.0, 2.0]}}, r"latent_range: 'upper' has 2 coordinate\(s\)"),
+    ({"latent_range": {"lower": [-1.0], "upper": [1.0], "kind": "axis"}}, r"latent_range: an axis direction needs"),
+    ({"latent_range": {"lower": [0.0], "upper": [1.0], "kind": "vector", "k": 1, "basis": [[1.0, 0.0]]}},
+     r"'basis' rows must have k=1"),
+    ({"latent_range": {"lower": [0.0], "upper": [1.0], "kind": "cone"}}, r"'kind' must be one of axis"),
+    ({"pixel_crosscheck": {"eps": 0.1, "n_proved": 1, "n_attackable": 2, "fraction_attackable": 1.0}},
+     r"pixel_crosscheck: 'n_attackable' \(2\) exceeds 'n_proved' \(1\)"),
 ])
 def test_malformed_records_name_the_field(change, message):
     good = full_record().to_json()

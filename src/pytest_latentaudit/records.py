@@ -122,6 +122,43 @@ def _extra(d: Mapping, cls) -> dict:
     return {k: v for k, v in d.items() if k not in known}
 
 
+def _numbers(v, where: str, key: str) -> List[float]:
+    if not isinstance(v, (list, tuple)) or not all(_is_num(x) and math.isfinite(x) for x in v):
+        _fail(where, f"{key!r} must be a list of finite numbers")
+    return [float(x) for x in v]
+
+
+def _latent_range(d: Mapping, where: str) -> Optional[dict]:
+    """A test's deployment range (``deploy.latent_ranges(..., with_basis=True)``), checked: the
+    range guard (``deploy.in_spec``) reads ``lower``/``upper`` and the basis keys ``kind``,
+    ``k``, ``axis`` / ``basis`` from it, so they must agree with each other."""
+    rng = _obj(d, "latent_range", where)
+    if rng is None:
+        return None
+    where = f"{where}.latent_range"
+    for key in ("lower", "upper"):
+        if key not in rng:
+            _fail(where, f"missing {key!r}")
+    k = len(_numbers(rng["lower"], where, "lower"))
+    for key in ("upper", "mean", "std"):
+        if key in rng and len(_numbers(rng[key], where, key)) != k:
+            _fail(where, f"{key!r} has {len(rng[key])} coordinate(s), 'lower' has {k}")
+    kind = _str(rng, "kind", where, choices=("axis", "vector", "subspace"))
+    if _int(rng, "k", where, lo=1, default=k) != k:
+        _fail(where, f"'k' is {rng['k']} but the range has {k} coordinate(s)")
+    _int(rng, "axis", where, lo=0)
+    if kind == "axis" and "axis" not in rng:
+        _fail(where, "an axis direction needs 'axis'")
+    if rng.get("basis") is not None:
+        rows = rng["basis"]
+        if not isinstance(rows, list) or not rows:
+            _fail(where, "'basis' must be a [d][k] list of rows")
+        for row in rows:
+            if len(_numbers(row, where, "basis")) != k:
+                _fail(where, f"'basis' rows must have k={k} entries")
+    return rng
+
+
 # ------------------------------------------------------------------ parts of a record
 @dataclass
 class Counts:
@@ -504,7 +541,7 @@ class TestRecord:
             failing_bound=_num(d, "failing_bound", where, allow_none=True, nan_as_none=True),
             counterexamples=cexs, notes=[str(x) for x in notes], segment=_obj(d, "segment", where),
             estimate=_obj(d, "estimate", where), declared_directions=[str(x) for x in declared],
-            latent_range=_obj(d, "latent_range", where), data_fingerprint=d.get("data_fingerprint"),
+            latent_range=_latent_range(d, where), data_fingerprint=d.get("data_fingerprint"),
             validity=_obj(d, "validity", where), sweep=sweep, certified_radius=_obj(d, "certified_radius", where),
             cut_short=[str(x) for x in cut], interrupted=_obj(d, "interrupted", where),
             outcome=_str(d, "outcome", where, choices=OUTCOMES), attempts=_int(d, "attempts", where, lo=1),
