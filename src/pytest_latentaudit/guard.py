@@ -47,6 +47,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .report import pct
 from .vocab import VERIFIED
 
 from .deploy import DeployError, _to_numpy, in_spec, range_score
@@ -905,7 +906,7 @@ def combined_score(range_scores, joint, guard: DeepValidationGuard) -> np.ndarra
 
 
 def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
+    return pct(v, missing="-")  # one percentage format (report.pct)
 
 
 def format_guard_report(rep: Mapping) -> List[str]:

@@ -33,6 +33,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from .coverage import coverage_summary
 from .images import write_atomic
 from .records import CounterexampleRecord, Counts, TestRecord, radius_stat, widest_radius
+from .report import pct
 from .specsheet import directions_section, read_sheet
 from .vocab import ESTIMATED, PROVED, UNPROVEN, UNTESTED, VERDICT_RANK, VERDICTS, VIOLATED, is_worse
 
@@ -79,9 +80,7 @@ def _int(x, default: int = 0) -> int:
     return default if v is None else int(v)
 
 
-def _pct(x) -> str:
-    v = _num(x)
-    return "\u2013" if v is None else f"{100 * v:.1f}%"
+_pct = pct  # one percentage format (report.pct)
 
 
 def _g(x, spec: str = "g") -> str:
