@@ -79,6 +79,8 @@ def test_budget_3_test_call_ends_within_3_3_s(pytester, mode):
     assert big["budget"] == 3 and big["seconds"] <= 3.3
     assert big["cut_short"], big  # 3 s is not enough for this head: something was cut, and said so
     assert f"test_big_everything: budget 3 s cut short {', '.join(big['cut_short'])}" in result.stdout.str()
+    only = recs["test_big_audit_only"]  # the deadline stopped the audit with seeds undecided: said so
+    assert any(c.startswith("audit (") and "undecided at its deadline" in c for c in only["cut_short"]), only
     small = recs["test_small_everything"]  # enough budget: nothing cut, every extra recorded
     assert "cut_short" not in small and [p["eps"] for p in small["sweep"]] == [0.25, 1.0]
     assert small["certified_radius"]["n"] == 4 and small["validity"]["direction"] == "light"
