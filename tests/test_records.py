@@ -247,3 +247,17 @@ def test_compare_function_is_shared():
     worse["tests"][0]["verdict"] = "estimated"
     assert cli.diff_sheets(sheet, worse) == [r["message"] for r in compare(sheet, worse).regressions]
     assert cli.diff_sheets(sheet, worse) == ["t.py::test_a: verdict proved -> estimated"]
+
+
+def test_unknown_margins_read_as_none_and_print_as_unknown():
+    from pytest_latentaudit.report import failure_message
+
+    d = full_record().to_json()
+    d["counterexamples"][0]["margin"] = float("nan")
+    d["failing_bound"] = float("nan")
+    r = TestRecord.from_json(d)
+    assert r.counterexamples[0].margin is None and r.failing_bound is None
+    assert "(margin unknown; re-checked" in failure_message(r)
+    d["counterexamples"][0].pop("margin")
+    with pytest.raises(SheetFormatError, match=r"counterexamples\[0\]: missing 'margin'"):
+        TestRecord.from_json(d)

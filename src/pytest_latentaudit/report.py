@@ -61,7 +61,8 @@ def failure_message(rec: Union[TestRecord, Mapping], *, sheet: Optional[Path] = 
         off_eps = ", ".join(f"{o:+.2f}" for o in w.offset_eps)
         exp = "" if w.expected is None else f", expected {w.expected}"
         lines.append(f"  worst counterexample: seed {w.seed_index}, offset ({off}) = ({off_eps}) eps "
-                     f"along {r.direction!r}: predicted {w.predicted}{exp} (margin {w.margin:.4g}; "
+                     f"along {r.direction!r}: predicted {w.predicted}{exp} "
+                     f"(margin {'unknown' if w.margin is None else format(w.margin, '.4g')}; "
                      f"re-checked by a plain forward pass)")
         if w.image:
             img = Path(w.image)
