@@ -451,3 +451,13 @@ def test_guard_and_pixel_crosscheck_in_the_sheet(tmp_path, fitted):
         read_sheet(bad)
     with pytest.raises(schema.SheetValidationError, match="threshold"):
         schema.validate(bad)
+    # latentaudit merge keeps them: the guard (its path re-anchored to the output), each check once
+    from pytest_latentaudit import cli
+
+    (tmp_path / "merged").mkdir()
+    out = tmp_path / "merged" / "sheet.json"
+    assert cli.main(["merge", str(path), str(path), "-o", str(out)]) == 0
+    merged = read_sheet(out)
+    schema.validate(merged.data)
+    assert merged.guard.path == "../sheet.guard.json" and merged.guard.threshold == g.threshold
+    assert len(merged.data["pixel_crosscheck"]) == 1 and len(merged.pixel_crosschecks) == 2
