@@ -75,6 +75,8 @@ class AuditResult:
     #: sampling evidence (stats.estimated_verdict): fraction of the seeds' boxes where the
     #: spec holds, with a Clopper-Pearson interval; drives the ``estimated`` verdict
     estimate: Optional[dict] = None
+    #: the budget stopped the proof attempt before it ran out of work (``Outcome.cut``)
+    cut_by_budget: bool = False
 
     @property
     def counts(self) -> Dict[str, int]:
@@ -220,7 +222,7 @@ def _check_spec_outputs(spec: Spec, n_out: int, labels=None) -> None:
         check("PredictionNotIn class(es)", spec.classes, "list class indices of the model's outputs")
     if isinstance(spec, ConfidentTargeted):
         check("ConfidentTargeted target", [spec.target], "pass a class index of the model's outputs")
-    if isinstance(spec, Linear) and spec.C.shape[1] != n_out:
+    if isinstance(spec, Linear) and getattr(spec, "C", None) is not None and spec.C.shape[1] != n_out:
         raise LatentAuditError(f"Linear spec: C has {spec.C.shape[1]} columns but the model has {n_out} outputs; "
                                f"C must be [rows, {n_out}]")
 
@@ -574,7 +576,7 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
     return AuditResult(verdict=verdict, status=out.status, rung=out.rung, n=n, at_least=spec.at_least,
                        seconds=time.perf_counter() - t0, engine=name, direction=dname, eps=eps,
                        spec=spec.describe(), counterexamples=cexs, bound=out.bound.cpu().tolist(),
-                       notes=notes + out.notes, estimate=estimate, **_segment_fields(out))
+                       notes=notes + out.notes, estimate=estimate, cut_by_budget=bool(out.cut), **_segment_fields(out))
 
 
 def _segment_fields(out) -> dict:

@@ -305,7 +305,7 @@ class TestRunner:
         budget.observe("audit", granted, took)
         budget.saw_call(took)
         undecided = result.counts[UNKNOWN]
-        if granted is not None and undecided and took >= granted:  # the deadline, not the ladder, stopped it
+        if undecided and getattr(result, "cut_by_budget", False):  # the budget, not the ladder's work, ended it
             self.cut.append(f"audit ({undecided} of {result.n} seeds undecided at its deadline)")
         self._store_replay(result)
         record = self.record = self.make_record(result)

@@ -51,6 +51,8 @@ class Outcome:
     sample_holds: Optional[List[Optional[int]]] = None
     sample_n: int = 0
     notes: List[str] = field(default_factory=list)
+    #: the budget stopped the ladder (a rung cut, or the deadline passed) before it ran out of work
+    cut: bool = False
 
 
 def _oom(exc: BaseException) -> bool:
@@ -411,4 +413,5 @@ class Ladder:
             self.run_sampling()
         return Outcome(self.status, self.rung, self.bound, self.cex_t, self.cex_x, self.cex_margin,
                        fraction=self.fraction, bad_intervals=self.bad_intervals, bab_boxes=self.bab_boxes,
-                       sample_holds=self.sample_holds, sample_n=self.sample_n, notes=self.notes)
+                       sample_holds=self.sample_holds, sample_n=self.sample_n, notes=self.notes,
+                       cut=self._time_up())
