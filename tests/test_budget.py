@@ -79,6 +79,8 @@ def test_budget_3_test_call_ends_within_3_3_s(pytester, mode):
     assert big["budget"] == 3 and big["seconds"] <= 3.3
     assert big["cut_short"], big  # 3 s is not enough for this head: something was cut, and said so
     assert f"test_big_everything: budget 3 s cut short {', '.join(big['cut_short'])}" in result.stdout.str()
+    only = recs["test_big_audit_only"]  # the deadline stopped the audit with seeds undecided: said so
+    assert any(c.startswith("audit (") and "undecided at its deadline" in c for c in only["cut_short"]), only
     small = recs["test_small_everything"]  # enough budget: nothing cut, every extra recorded
     assert "cut_short" not in small and [p["eps"] for p in small["sweep"]] == [0.25, 1.0]
     assert small["certified_radius"]["n"] == 4 and small["validity"]["direction"] == "light"
@@ -106,3 +108,44 @@ def test_budget_grants():
     m.saw_call(2.0)
     m.saw_call(1.0)
     assert m.min_call() == 1.0
+
+
+def test_first_latent_test_is_warm_when_torch_comes_with_its_fixtures(pytester):
+    """torch imported only inside a fixture (not at collection): the tracer is still warmed up in
+    the first latent test's setup, before its call and its budget start."""
+    pytester.makeconftest('''
+        import pytest
+
+
+        @pytest.fixture(scope="session")
+        def latent_space():
+            import torch  # noqa: F401  (first import of torch in this process)
+            from pytest_latentaudit import Direction, LatentSpace
+            return LatentSpace(directions={"pose": Direction.axis(0)})
+    ''')
+    pytester.makepyfile(test_lazy='''
+        import sys
+
+        import pytest
+        from pytest_latentaudit import Accuracy
+
+
+        def test_plain():
+            assert "torch" not in sys.modules
+
+
+        @pytest.mark.latent(direction="pose", eps=0.1, spec=Accuracy(), budget=5)
+        def test_first_latent(latent_space, latent_audit):
+            from pytest_latentaudit import plugin
+
+            assert plugin._WARM["done"], "the tracer was not warmed up before the first latent call"
+            import torch
+            head = torch.nn.Linear(2, 2)
+            with torch.no_grad():  # class 0 iff z0 > 0: holds on the box, the falsifier cannot prove it
+                head.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+                head.bias.zero_()
+            latent_audit(head, (torch.tensor([[1.0, 0.0]]), torch.tensor([0])), engine="falsify",
+                         unproven="xfail")
+    ''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=1, xfailed=1)

@@ -85,6 +85,13 @@ def test_real_sheet_validates(real_sheet):
                         "test_light_not_in": "proved"}
     assert any(c.get("image") for t in real_sheet["tests"] for c in t["counterexamples"])
     schema.validate(real_sheet)
+    # the range guard's keys the session writes (deploy.latent_ranges with_basis) are in the schema
+    rng = next(t["latent_range"] for t in real_sheet["tests"] if t.get("latent_range"))
+    assert rng["kind"] in ("axis", "vector", "subspace") and rng["k"] == len(rng["lower"])
+    bad = copy.deepcopy(real_sheet)
+    next(t for t in bad["tests"] if t.get("latent_range"))["latent_range"]["kind"] = "cone"
+    with pytest.raises(schema.SheetValidationError, match="cone"):
+        schema.validate(bad)
 
 
 def test_enriched_sheet_validates(real_sheet):

@@ -250,3 +250,20 @@ def test_validity_report_on_a_latent_space(seeds):
     assert rep["direction"] == "A" and not rep["ok"] and rep["continuity"]["ok"] and not rep["independence"]["ok"]
     assert any(issubclass(w.category, Vd.DirectionValidityWarning) for w in caught)
     json.dumps(rep)
+
+
+@pytest.mark.parametrize("n", [2, 4, 5])
+def test_validity_report_with_few_seeds(n):
+    # the knn realism score needs the k-th neighbour among the other codes: with 4 seeds and
+    # k=5 there is none (topk raised "selected index k out of range"); it uses N - 1
+    space = LatentSpace(decoder=Generator(), directions={"A": Direction.axis(0)})
+    z = torch.randn(n, 4, generator=torch.Generator().manual_seed(n))
+    rep = Vd.validity_report(space, "A", 0.3, z, warn=False)
+    assert rep["realism"]["k"] == min(5, n - 1) and rep["realism"]["eps"] >= 0
+    json.dumps(rep)
+
+
+def test_validity_report_with_one_seed_names_the_fix():
+    space = LatentSpace(decoder=Generator(), directions={"A": Direction.axis(0)})
+    with pytest.raises(LatentAuditError, match="at least 2 data latent codes.*data_latents"):
+        Vd.validity_report(space, "A", 0.3, torch.zeros(1, 4), warn=False)

@@ -413,3 +413,51 @@ print("ok", int(s["in_distribution"].sum()))
     assert out.stdout.split() == ["ok", str(int(g.in_distribution(
         {n: (np.load(data)["z"] if n == "z" else np.load(data)["feature:" + n]) for n in g.layer_names},
         np.load(data)["pred"]).sum()))]
+
+
+def test_guard_and_pixel_crosscheck_in_the_sheet(tmp_path, fitted):
+    """What the guard writes for a sheet (its ``sheet_entry`` at the top level, a cross-check per
+    proved test and at the top level) is carried by the typed records and valid under the schema."""
+    pytest.importorskip("jsonschema")
+    from pytest_latentaudit import schema
+    from pytest_latentaudit.records import SheetFormatError, TestRecord
+    from pytest_latentaudit.specsheet import SpecSheet, read_sheet
+
+    g, _, _ = fitted
+    gpath = g.save(tmp_path / "sheet.guard.json")
+    torch.manual_seed(0)
+    decoder = nn.Sequential(nn.Linear(2, 4), nn.Sigmoid()).eval()
+    classifier = nn.Linear(4, 2).eval()
+    z = torch.randn(12, 2)
+    pc = G.pixel_crosscheck(classifier, decoder, z, None, eps=0.05, steps=5, direction="pose", latent_eps=0.3,
+                            nodeid="t.py::test_pose")
+    rec = TestRecord(nodeid="t.py::test_pose", direction="pose", eps=0.3, verdict="proved",
+                     pixel_crosscheck=pc.to_dict())
+    sheet = SpecSheet.build([rec.to_json()], tool_version="0", guard=g.sheet_entry(gpath), pixel_crosscheck=[pc])
+    schema.validate(sheet.data)
+    path = sheet.save(tmp_path / "sheet.json")
+    back = read_sheet(path)
+    assert back.guard.threshold == g.threshold and back.guard.path == "sheet.guard.json"
+    assert [p.n_proved for p in back.pixel_crosschecks] == [12, 12]
+    assert back.records[0].pixel_crosscheck.fraction_attackable == pc.fraction_attackable
+    # structurally wrong entries: the records layer and the schema both reject them
+    bad = json.loads(path.read_text())
+    bad["tests"][0]["pixel_crosscheck"]["n_attackable"] = 99
+    with pytest.raises(SheetFormatError, match="n_attackable"):
+        read_sheet(bad)
+    bad = json.loads(path.read_text())
+    del bad["guard"]["threshold"]
+    with pytest.raises(SheetFormatError, match="guard: missing 'threshold'"):
+        read_sheet(bad)
+    with pytest.raises(schema.SheetValidationError, match="threshold"):
+        schema.validate(bad)
+    # latentaudit merge keeps them: the guard (its path re-anchored to the output), each check once
+    from pytest_latentaudit import cli
+
+    (tmp_path / "merged").mkdir()
+    out = tmp_path / "merged" / "sheet.json"
+    assert cli.main(["merge", str(path), str(path), "-o", str(out)]) == 0
+    merged = read_sheet(out)
+    schema.validate(merged.data)
+    assert merged.guard.path == "../sheet.guard.json" and merged.guard.threshold == g.threshold
+    assert len(merged.data["pixel_crosscheck"]) == 1 and len(merged.pixel_crosschecks) == 2

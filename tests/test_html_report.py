@@ -303,8 +303,6 @@ def test_missing_and_nan_numbers_render_as_dashes(sheet, tmp_path):
     assert "margin \u2013" in text and not re.search(r"\bnan\b", text.replace(str(tmp_path), ""), re.I)
 
 
-@pytest.mark.xfail(reason="the records layer (specsheet.read_sheet) rejects NaN/None counterexample margins before "
-                          "the report sees them; for the pytest-layer engineer", strict=False)
 def test_cli_html_renders_sheets_with_nan_margins(sheet, tmp_path):
     from pytest_latentaudit import cli
 

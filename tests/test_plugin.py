@@ -801,3 +801,12 @@ def test_import_plugin_does_not_import_torch_or_numpy():
     ''')
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_help_lists_the_latent_options(pytester):
+    """``pytest --help`` works (a '%' in a help text crashed argparse) and shows the choices."""
+    result = pytester.runpytest_inprocess("--help")
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines(["*--latent-device=auto|cpu|cuda*", "*--latent-budget=SECONDS*",
+                                 "*--latent-unproven=fail|xfail|skip*", "*--latent-estimated=pass|fail|xfail|skip*"])
+    assert "10%" in result.stdout.str()

@@ -20,8 +20,8 @@ from pytest_latentaudit.plugin import _warm_up
 _warm_up()  # torch's tracer registers operators once per process: not inside an in-process run
 from pytest_latentaudit import cli, schema, vocab
 from pytest_latentaudit.coverage import compare, coverage_summary
-from pytest_latentaudit.records import (CounterexampleRecord, Counts, SheetFormatError, SweepPoint, TestRecord,
-                                        largest_proved_eps)
+from pytest_latentaudit.records import (CounterexampleRecord, Counts, PixelCrosscheckRecord, SheetFormatError,
+                                        SweepPoint, TestRecord, largest_proved_eps)
 from pytest_latentaudit.specsheet import SpecSheet, read_sheet
 
 
@@ -46,6 +46,12 @@ def full_record(**changes) -> TestRecord:
                           seconds=0.1)],
         certified_radius={"n": 4, "eps_max": 1.0, "mean": 0.5, "quantiles": {"median": 0.5},
                           "histogram": {"edges": [0.0, 1.0], "counts": [4]}},
+        pixel_crosscheck=PixelCrosscheckRecord(
+            eps=0.05, n_proved=3, n_attackable=1, fraction_attackable=1 / 3, n_seeds=4, n_attackable_at_nominal=0,
+            direction="pose", latent_eps=0.5, nodeid="tests/test_x.py::test_pose",
+            counterexamples=[{"seed": 1, "label": 0, "predicted": 1, "linf": 0.05, "margin": 0.1, "at_nominal": False}],
+            extra={"steps": 40, "step_size": 0.003, "restarts": 1, "seed": 0, "clip": [0.0, 1.0],
+                   "label_source": "labels"}),
         cut_short=["certified radius (searched 2/4 seeds)"],
         interrupted={"reason": "pytest-timeout (Timeout >5.0s)", "stage": "certified radius", "after_s": 4.0},
         outcome="failed", attempts=2, carried_over={"from": "2026-01-01T00:00:00+00:00"},
@@ -93,7 +99,7 @@ def test_record_round_trip_and_schema():
 def test_every_record_field_is_in_the_schema():
     defs = schema.load_schema()["$defs"]
     for cls, name in ((TestRecord, "test"), (SweepPoint, "sweep_point"), (CounterexampleRecord, "counterexample"),
-                      (Counts, "counts")):
+                      (Counts, "counts"), (PixelCrosscheckRecord, "pixel_crosscheck")):
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         assert names <= set(defs[name]["properties"]), (name, names - set(defs[name]["properties"]))
 
@@ -107,6 +113,14 @@ def test_every_record_field_is_in_the_schema():
     ({"sweep": [{"eps": 0.1}]}, r"tests\[0\]\.sweep\[0\]: missing 'verdict'"),
     ({"counterexamples": ["x"]}, r"counterexamples\[0\]: must be an object"),
     ({"nodeid": None}, r"missing 'nodeid'"),
+    # the range guard's keys (deploy.in_spec reads them): checked against each other
+    ({"latent_range": {"lower": [-1.0], "upper": [1.0, 2.0]}}, r"latent_range: 'upper' has 2 coordinate\(s\)"),
+    ({"latent_range": {"lower": [-1.0], "upper": [1.0], "kind": "axis"}}, r"latent_range: an axis direction needs"),
+    ({"latent_range": {"lower": [0.0], "upper": [1.0], "kind": "vector", "k": 1, "basis": [[1.0, 0.0]]}},
+     r"'basis' rows must have k=1"),
+    ({"latent_range": {"lower": [0.0], "upper": [1.0], "kind": "cone"}}, r"'kind' must be one of axis"),
+    ({"pixel_crosscheck": {"eps": 0.1, "n_proved": 1, "n_attackable": 2, "fraction_attackable": 1.0}},
+     r"pixel_crosscheck: 'n_attackable' \(2\) exceeds 'n_proved' \(1\)"),
 ])
 def test_malformed_records_name_the_field(change, message):
     good = full_record().to_json()
@@ -233,3 +247,17 @@ def test_compare_function_is_shared():
     worse["tests"][0]["verdict"] = "estimated"
     assert cli.diff_sheets(sheet, worse) == [r["message"] for r in compare(sheet, worse).regressions]
     assert cli.diff_sheets(sheet, worse) == ["t.py::test_a: verdict proved -> estimated"]
+
+
+def test_unknown_margins_read_as_none_and_print_as_unknown():
+    from pytest_latentaudit.report import failure_message
+
+    d = full_record().to_json()
+    d["counterexamples"][0]["margin"] = float("nan")
+    d["failing_bound"] = float("nan")
+    r = TestRecord.from_json(d)
+    assert r.counterexamples[0].margin is None and r.failing_bound is None
+    assert "(margin unknown; re-checked" in failure_message(r)
+    d["counterexamples"][0].pop("margin")
+    with pytest.raises(SheetFormatError, match=r"counterexamples\[0\]: missing 'margin'"):
+        TestRecord.from_json(d)

@@ -354,3 +354,61 @@ def test_certified_radius_never_crashes(extra):
     r = _certified_radius()(model, z, direction=Direction.axis(0), spec=Invariance(), eps_max=2.0)
     assert r.shape == (2,) and bool((r >= 0).all())
     assert model.training
+
+
+# ------------------------------------------------------------ bad input: named problem, named fix
+class _Wrap(nn.Module):
+    """sign_head's logits passed through ``post`` (a model that returns the wrong thing)."""
+
+    def __init__(self, post):
+        super().__init__()
+        self.head, self.post = sign_head(bare=True), post
+
+    def forward(self, z):
+        return self.post(self.head(z))
+
+
+_Z = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [2.0, 1.0]])
+_Y = torch.tensor([0, 1, 0])
+_AX = dict(direction=Direction.axis(0), eps=0.1, budget_s=5)
+BAD_MODEL_INPUT = {
+    "wrong batch": (lambda: audit(_Wrap(lambda y: y[:1]), (_Z, _Y), spec=Accuracy(), **_AX),
+                    r"returned shape \(1, 2\) for a batch of 3 inputs: the first dimension must be the batch.*\[N, classes\]"),
+    "scalar": (lambda: audit(_Wrap(lambda y: y.sum()), (_Z, _Y), spec=Accuracy(), **_AX),
+               r"returned a scalar for a batch of 3 inputs.*\.sum\(\) or \.mean\(\)"),
+    "dict": (lambda: audit(_Wrap(lambda y: {"logits": y}), (_Z, _Y), spec=Accuracy(), **_AX),
+             r"returned a dict \(keys 'logits'\).*lambda z: model\(z\)\['logits'\]"),
+    "None": (lambda: audit(_Wrap(lambda y: None), (_Z, _Y), spec=Accuracy(), **_AX),
+             r"returned None for a batch of 3 inputs.*missing 'return'"),
+    "one output": (lambda: audit(_Wrap(lambda y: y[:, :1]), (_Z, _Y), spec=Accuracy(), **_AX),
+                   r"compares classes but the model has 1 output.*OutputRange or Linear"),
+    "int outputs": (lambda: audit(_Wrap(lambda y: y.argmax(1, keepdim=True).expand(-1, 2)), (_Z, _Y),
+                                  spec=Accuracy(), **_AX), r"torch.int64 outputs.*before any argmax"),
+    "box: None": (lambda: verify_box(_Wrap(lambda y: None), _Z - 0.1, _Z + 0.1, Prediction(0)),
+                  r"returned None for a batch of 3 inputs"),
+    "box: wrong batch": (lambda: verify_box(_Wrap(lambda y: y[:1]), _Z - 0.1, _Z + 0.1, Prediction(0)),
+                         r"returned shape \(1, 2\) for a batch of 3 inputs"),
+    "Prediction label": (lambda: audit(sign_head(), _Z, spec=Prediction(2), **_AX),
+                         r"Prediction label\(s\) 2 out of range for a model with 2 outputs \(classes 0\.\.1\)"),
+    "Prediction labels": (lambda: verify_box(sign_head(), _Z - 0.1, _Z + 0.1, Prediction(torch.tensor([0, -1, 5]))),
+                          r"Prediction label\(s\) -1, 5 out of range for a model with 2 outputs"),
+    "PredictionNotIn": (lambda: audit(sign_head(), _Z, spec=PredictionNotIn([1, 3]), **_AX),
+                        r"PredictionNotIn class\(es\) 3 out of range for a model with 2 outputs.*class indices"),
+    "box: PredictionNotIn": (lambda: verify_box(sign_head(), _Z - 0.1, _Z + 0.1, PredictionNotIn([2])),
+                             r"PredictionNotIn class\(es\) 2 out of range"),
+    "Linear width": (lambda: audit(sign_head(), _Z, spec=Linear([[1.0, 0.0, 0.0]]), **_AX),
+                     r"Linear spec: C has 3 columns but the model has 2 outputs; C must be \[rows, 2\]"),
+    "seeds [N, 1, d]": (lambda: audit(sign_head(), (_Z[:, None, :], _Y), spec=Accuracy(), **_AX),
+                        r"seeds shaped \(3, 1, 2\) = \[N, 1, latent_dim\].*z\.squeeze\(1\)"),
+    "device gpu": (lambda: audit(sign_head(), (_Z, _Y), spec=Accuracy(), device="gpu", **_AX),
+                   r"unknown device 'gpu'; use auto, cpu, cuda or cuda:N"),
+    "box: device gpu": (lambda: verify_box(sign_head(), _Z - 0.1, _Z + 0.1, Prediction(0), device="gpu"),
+                        r"unknown device 'gpu'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MODEL_INPUT))
+def test_bad_input_is_a_latent_audit_error_naming_the_fix(case):
+    call, message = BAD_MODEL_INPUT[case]
+    with pytest.raises(LatentAuditError, match=message):
+        call()

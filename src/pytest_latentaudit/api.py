@@ -6,7 +6,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -16,9 +16,8 @@ from .engines.ladder import ENGINES, FALSIFIED, UNKNOWN, VERIFIED, Ladder
 from .engines.ops import UnsupportedLayer
 from .engines.problem import Problem
 from .latent import Direction, LatentAuditError, LatentSpace
-from .specs import Accuracy, Invariance, Prediction, Spec, as_spec
-
-PROVED, VIOLATED, UNPROVEN, ESTIMATED = "proved", "violated", "unproven", "estimated"
+from .specs import Accuracy, ConfidentTargeted, Invariance, Linear, Prediction, PredictionNotIn, Spec, as_spec
+from .vocab import ATTACKS, ESTIMATED, LIRPA_PREFIX, PROVED, UNPROVEN, VIOLATED  # noqa: F401  (names live in vocab)
 
 
 # ----------------------------------------------------------------------------- results
@@ -76,6 +75,8 @@ class AuditResult:
     #: sampling evidence (stats.estimated_verdict): fraction of the seeds' boxes where the
     #: spec holds, with a Clopper-Pearson interval; drives the ``estimated`` verdict
     estimate: Optional[dict] = None
+    #: the budget stopped the proof attempt before it ran out of work (``Outcome.cut``)
+    cut_by_budget: bool = False
 
     @property
     def counts(self) -> Dict[str, int]:
@@ -106,7 +107,10 @@ class AuditResult:
 def resolve_device(device: Any = "auto") -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise LatentAuditError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise LatentAuditError("device 'cuda' was requested but CUDA is not available on this machine "
                                "(use --latent-device auto or cpu)")
@@ -167,6 +171,62 @@ def _check_model(model):
         raise LatentAuditError(f"model must be an nn.Module or a callable, got {type(model).__name__}")
 
 
+def _logits(y, n: int) -> torch.Tensor:
+    """The model's output for a batch of ``n`` inputs as ``[n, outputs]``, or a
+    ``LatentAuditError`` that names what it returned and what to change."""
+    if isinstance(y, (tuple, list)) and y and torch.is_tensor(y[0]):
+        y = y[0]  # (logits, extras): the first element, as the engines bound it
+    fix = "forward() must return the logits tensor, one row per input: [N, classes]"
+    if y is None:
+        raise LatentAuditError(f"the model returned None for a batch of {n} inputs; {fix} (a missing 'return'?)")
+    if isinstance(y, Mapping):
+        keys = ", ".join(repr(k) for k in list(y)[:5])
+        first = repr(next(iter(y), "logits"))
+        raise LatentAuditError(f"the model returned a dict (keys {keys}); {fix}: wrap it, e.g. "
+                               f"lambda z: model(z)[{first}]")
+    if not torch.is_tensor(y):
+        raise LatentAuditError(f"the model returned {type(y).__name__}, not a tensor; {fix}")
+    if y.dim() == 0:
+        raise LatentAuditError(f"the model returned a scalar for a batch of {n} inputs; {fix} (did it reduce over "
+                               f"the batch, e.g. with .sum() or .mean()?)")
+    if y.shape[0] != n:
+        raise LatentAuditError(f"the model returned shape {tuple(y.shape)} for a batch of {n} inputs: the first "
+                               f"dimension must be the batch ({n}); {fix}")
+    if not y.is_floating_point():
+        raise LatentAuditError(f"the model returned {y.dtype} outputs; {fix} (floating point, before any argmax)")
+    return y.reshape(n, -1)
+
+
+_CLASSIFICATION = (Accuracy, Invariance, Prediction, PredictionNotIn, ConfidentTargeted)
+
+
+def _check_spec_outputs(spec: Spec, n_out: int, labels=None) -> None:
+    """Class indices of ``spec`` (and ``labels``) must name outputs of the model; a spec about
+    classes needs at least two of them."""
+    if isinstance(spec, _CLASSIFICATION) and n_out < 2:
+        raise LatentAuditError(f"{spec.describe()} compares classes but the model has {n_out} output; return one "
+                               f"logit per class (for a single score use OutputRange or Linear)")
+
+    def check(what, idx, fix):
+        idx = torch.as_tensor(idx).reshape(-1)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_out):
+            bad = sorted({int(i) for i in idx.tolist() if i < 0 or i >= n_out})[:5]
+            raise LatentAuditError(f"{what} {', '.join(map(str, bad))} out of range for a model with {n_out} outputs "
+                                   f"(classes 0..{n_out - 1}); {fix}")
+
+    if labels is not None and (spec.needs_labels or isinstance(spec, Prediction)):
+        check("label(s)", labels, "labels are class indices of the model's outputs")
+    if isinstance(spec, Prediction) and spec.label is not None:
+        check("Prediction label(s)", spec.label, "pass class indices of the model's outputs")
+    if isinstance(spec, PredictionNotIn):
+        check("PredictionNotIn class(es)", spec.classes, "list class indices of the model's outputs")
+    if isinstance(spec, ConfidentTargeted):
+        check("ConfidentTargeted target", [spec.target], "pass a class index of the model's outputs")
+    if isinstance(spec, Linear) and getattr(spec, "C", None) is not None and spec.C.shape[1] != n_out:
+        raise LatentAuditError(f"Linear spec: C has {spec.C.shape[1]} columns but the model has {n_out} outputs; "
+                               f"C must be [rows, {n_out}]")
+
+
 def _check_points(problem: Problem, max_boxes: int = 32, generator=None) -> torch.Tensor:
     """Points of the boxes being verified for the trace check: centre, corners (k <= 4)
     and random interior points of up to ``max_boxes`` boxes spread over the batch."""
@@ -225,21 +285,25 @@ def _split_spec(spec: Spec, n: int, device):
 
 
 def _run_ladder(model, problem, input_shape, device, engine, budget_s, seed, precision, notes, replay=None,
-                attack="sign", bound_factory=None, falsifier=None, progress=None):
-    deadline = time.perf_counter() + (budget_s if budget_s is not None else float("inf"))
+                attack="sign", bound_factory=None, falsifier=None, progress=None,
+                t_start: Optional[float] = None):
+    # the budget counts from the caller's start (``t_start``: input checks, the first forward
+    # pass and lowering the graph are part of the call the budget is for)
+    start = time.perf_counter() if t_start is None else t_start
+    deadline = start + (budget_s if budget_s is not None else float("inf"))
     bound_fn, graph = None, None
     name = engine
     if bound_factory is not None:  # an engine registered through the pytest_latentaudit_engines hook
         bound_fn = bound_factory(model, problem, notes)
         name = engine if bound_fn is not None else "falsify"
-    elif engine.startswith("auto_lirpa"):
+    elif engine.startswith(LIRPA_PREFIX):
         from .engines.lirpa_engine import make_bound_fn
 
         bound_fn = make_bound_fn(model, problem, engine, notes)
         name = engine if bound_fn is not None else "falsify"
     elif engine != "falsify":
         graph = _graph_or_note(model, problem, device, notes)
-    if engine not in ENGINES and not engine.startswith("auto_lirpa") and bound_factory is None:
+    if engine not in ENGINES and not engine.startswith(LIRPA_PREFIX) and bound_factory is None:
         raise LatentAuditError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)} "
                                f"or auto_lirpa:<ibp|crown|crown-ibp|alpha-crown>")
     # ``name``: the engine asked for, or "falsify" where an external engine gave no bounds
@@ -275,6 +339,15 @@ def verify_box(model, lower, upper, spec, *, engine: str = "auto", device="auto"
         raise LatentAuditError("lower > upper in some box")
     _check_model(model)
     n, shape = lower.shape[0], tuple(lower.shape[1:])
+    with _eval_mode(model), torch.no_grad():  # one plain forward pass: what the model returns, checked
+        try:
+            y_lo = _logits(_on_device(model, dev)(lower), n)
+        except LatentAuditError:
+            raise
+        except Exception as exc:
+            raise LatentAuditError(f"the model failed on the boxes' lower corners (shape {tuple(lower.shape)}): "
+                                   f"{exc}") from exc
+    _check_spec_outputs(spec, y_lo.shape[1])
     box_spec, labels = _split_spec(spec, n, dev)
     flat_w = (upper - lower).reshape(n, -1)
     dims = torch.nonzero((flat_w > 0).any(0)).reshape(-1)
@@ -294,7 +367,8 @@ def verify_box(model, lower, upper, spec, *, engine: str = "auto", device="auto"
         m = _on_device(model, dev)
         problem = Problem(m, x0, V.reshape(1, k, *shape), -half, half, box_spec, labels,
                           clamp_lower=lower, clamp_upper=upper, x_dtype=x_dtype)
-        out, name = _run_ladder(m, problem, shape, dev, engine, budget_s, seed, precision, notes, progress=progress)
+        out, name = _run_ladder(m, problem, shape, dev, engine, budget_s, seed, precision, notes,
+                                progress=progress, t_start=t0)
     return BoxResult(out.status, out.cex_x, out.rung, out.bound.cpu(), time.perf_counter() - t0, name,
                      notes + out.notes)
 
@@ -309,6 +383,10 @@ def _as_seeds(seeds, labels):
         z = z.float()
     if z.dim() < 2:
         raise LatentAuditError(f"seeds must be latent codes shaped [N, latent_dim]; got shape {tuple(z.shape)}")
+    if z.dim() == 3 and z.shape[1] == 1:
+        raise LatentAuditError(f"seeds shaped {tuple(z.shape)} = [N, 1, latent_dim]: latent codes are [N, latent_dim]; "
+                               f"drop the middle dimension (z.squeeze(1), or torch.cat of the [1, d] codes instead "
+                               f"of torch.stack)")
     if z.shape[0] == 0:
         raise LatentAuditError("no seeds: a semantic test needs at least one latent code")
     if labels is not None:
@@ -397,14 +475,8 @@ def _prepare(model, seeds, labels, direction, spec: Spec, latent_space, device) 
                 y0 = m(z)
             except Exception as exc:  # the user's model rejects these seeds: say so clearly
                 raise LatentAuditError(f"the model failed on the seeds (shape {tuple(z.shape)}): {exc}") from exc
-    if isinstance(y0, (tuple, list)) and y0:
-        y0 = y0[0]
-    if not torch.is_tensor(y0):
-        raise LatentAuditError(f"the model returned a {type(y0).__name__}; it must return a tensor of outputs "
-                               f"(or a tuple or list whose first item is that tensor)")
-    y0 = y0.reshape(n, -1)
-    if labels is not None and spec.needs_labels and n and (int(labels.max()) >= y0.shape[1] or int(labels.min()) < 0):
-        raise LatentAuditError(f"labels must lie in [0, {y0.shape[1] - 1}] for a model with {y0.shape[1]} outputs")
+    y0 = _logits(y0, n)
+    _check_spec_outputs(spec, y0.shape[1], labels if spec.needs_labels else None)
     seed_spec = spec.seed_spec(labels, y0.argmax(1))
     if isinstance(seed_spec, Prediction):
         box_spec = Prediction()
@@ -473,7 +545,7 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
     ``progress``: an optional ``fn(rung, decided, total)`` (seeds decided so far, out of N),
     called as the proof ladder moves on; it only observes.
     """
-    if attack not in ("sign", "adam", "blackbox") and falsifier is None:
+    if attack not in ATTACKS and falsifier is None:
         raise LatentAuditError(f"unknown attack {attack!r}; use sign, adam or blackbox")
     t0 = time.perf_counter()
     spec = as_spec(spec if spec is not None else Invariance())
@@ -485,7 +557,7 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
         problem = Problem(prep.model, prep.z, prep.Vt, tl, -tl, prep.box_spec, prep.box_labels)
         out, name = _run_ladder(prep.model, problem, prep.input_shape, prep.dev, engine, budget_s, seed, precision,
                                 notes, replay=replay, attack=attack, bound_factory=bound_factory,
-                                falsifier=falsifier, progress=progress)
+                                falsifier=falsifier, progress=progress, t_start=t0)
     z, n, box_labels, dname = prep.z, prep.n, prep.box_labels, prep.dname
 
     cexs: List[Counterexample] = []
@@ -512,7 +584,7 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
     return AuditResult(verdict=verdict, status=out.status, rung=out.rung, n=n, at_least=spec.at_least,
                        seconds=time.perf_counter() - t0, engine=name, direction=dname, eps=eps,
                        spec=spec.describe(), counterexamples=cexs, bound=out.bound.cpu().tolist(),
-                       notes=notes + out.notes, estimate=estimate, **_segment_fields(out))
+                       notes=notes + out.notes, estimate=estimate, cut_by_budget=bool(out.cut), **_segment_fields(out))
 
 
 def _segment_fields(out) -> dict:

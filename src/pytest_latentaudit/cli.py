@@ -37,7 +37,7 @@ def cmd_show(args) -> int:
         print(f"({len(carried)} test(s) carried over from an earlier run: marked * in the table)")
     print()
     print("per direction (largest eps proved by a test or a sweep point):")
-    section = d.get("directions") or {}
+    section = sheet.direction_entries()
     for name, info in sorted(sheet.directions().items()):
         proved = "none" if info["proved_eps"] is None else f"{info['proved_eps']:g}"
         verdicts = ", ".join(f"{k} {v}" for k, v in sorted(info["verdicts"].items()))
@@ -82,7 +82,7 @@ def cmd_html(args) -> int:
 
     sheet = read_sheet(args.sheet)
     kw = {"title": args.title} if args.title else {}
-    out = render_html(sheet.data, args.out, images=not args.no_images, base_dir=Path(args.sheet).parent, **kw)
+    out = render_html(sheet, args.out, images=not args.no_images, base_dir=Path(args.sheet).parent, **kw)
     print(f"wrote {out}")
     return 0
 
@@ -146,7 +146,7 @@ def cmd_merge(args) -> int:
     from pathlib import Path
 
     from . import __version__
-    from .specsheet import SpecSheet, merge_sheets, relative_image_paths
+    from .specsheet import SpecSheet, _relpath, merge_sheets, relative_image_paths
 
     sheets = [read_sheet(p) for p in args.sheets]
     prefer = args.prefer or "fail"
@@ -161,8 +161,25 @@ def cmd_merge(args) -> int:
     for r in result.records:
         relative_image_paths([r], Path(result.sources[r.nodeid]).parent, out.parent)
     first = sheets[0].data
+    extra = {}
+    # the sheet-level guard (the first shard's that has one, its file path re-anchored to the
+    # output) and every shard's pixel cross-checks (each once)
+    with_guard = [(sh, p) for sh, p in zip(sheets, args.sheets) if sh.guard is not None]
+    if with_guard:
+        sh, p = with_guard[0]
+        g = sh.guard
+        if g.path is not None:
+            g.path = _relpath(Path(p).parent / g.path, out.parent)
+        extra["guard"] = g
+    pixel = []
+    for sh in sheets:
+        for pc in sh.data.get("pixel_crosscheck") or []:
+            if pc not in pixel:
+                pixel.append(pc)
+    if pixel:
+        extra["pixel_crosscheck"] = pixel
     merged = SpecSheet.build(result.records, tool_version=__version__, settings=dict(first.get("settings") or {}),
-                             machine=first.get("machine") or None, commit=first.get("commit") or {})
+                             machine=first.get("machine") or None, commit=first.get("commit") or {}, **extra)
     merged.save(out)
     carried = sum(1 for r in result.records if not r.ran)
     print(f"merged {len(sheets)} sheet(s) into {out}: {len(result.records)} test(s)"

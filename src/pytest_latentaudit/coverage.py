@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .records import EPS_TOL, TestRecord, largest_proved_eps
+from .records import EPS_TOL, TestRecord, largest_proved_eps, radius_stat
 from .specsheet import read_sheet
 from .vocab import PROVED, UNTESTED, VERDICT_RANK, is_worse, worst
 
@@ -139,25 +139,13 @@ def _reg(kind, message, *, direction=None, nodeid=None, eps=None, old=None, new=
             "new": new, "message": message}
 
 
-def _radius_stat(cr: Optional[Mapping]) -> Tuple[Optional[str], Optional[float]]:
-    if not cr:
-        return None, None
-    q = cr.get("quantiles") or {}
-    for key in ("median", "p50"):
-        if q.get(key) is not None:
-            return "median", float(q[key])
-    if cr.get("mean") is not None:
-        return "mean", float(cr["mean"])
-    return None, None
-
-
 def _radius_regression(old_cr, new_cr, radius_tol, *, label, direction, nodeid=None, eps=None) -> Optional[dict]:
     """A shrunk median (else mean) certified radius; only comparable when both searched the
     same range (``eps_max``), since the search caps every radius."""
-    stat, before = _radius_stat(old_cr)
+    stat, before = radius_stat(old_cr)
     if before is None:
         return None
-    stat2, after = _radius_stat(new_cr)
+    stat2, after = radius_stat(new_cr)
     if after is None:
         return _reg("certified_radius", f"{label}: certified radius no longer recorded ({stat} was {before:.4g})",
                     direction=direction, nodeid=nodeid, eps=eps, old=before, new=None)
@@ -253,7 +241,7 @@ def compare(old, new, *, tol: float = 1e-12, radius_tol: float = 1e-9) -> Compar
             now = "nothing proved" if after is None else f"eps={after:g}"
             out.append(_reg("proved_eps", f"direction {d!r} ({kind}): proved up to eps={before:g} -> {now}",
                             direction=d, spec=kind, eps=before, old=before, new=after))
-    o_dirs, n_dirs = o_sheet.data.get("directions") or {}, n_sheet.data.get("directions") or {}
+    o_dirs, n_dirs = o_sheet.data.get("directions") or {}, n_sheet.data.get("directions") or {}  # as recorded
     for d in sorted(set(o_dirs) & set(n_dirs) & tested_now):  # untested now: reported as missing tests
         reg = _radius_regression((o_dirs[d] or {}).get("certified_radius"), (n_dirs[d] or {}).get("certified_radius"),
                                  radius_tol, label=f"direction {d!r}", direction=d)

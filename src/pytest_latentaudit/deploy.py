@@ -24,18 +24,20 @@ seed's box. Codes outside the range are where the model's verified behaviour say
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .latent import LatentAuditError
+from .vocab import PROVED
+from .specsheet import directions_section, read_sheet  # noqa: F401  (directions_section: re-exported)
 
 __all__ = ["latent_ranges", "in_spec", "range_score", "project", "basis_json", "directions_section", "data_fingerprint",
            "certified_radius_summary", "DeployError"]
 
 
-class DeployError(ValueError):
+class DeployError(LatentAuditError):
     """The sheet or the input cannot answer the in-spec question; the message says why."""
 
 
@@ -159,94 +161,11 @@ def latent_ranges(z_seeds, eps: float, V, *, with_basis: bool = False) -> dict:
     return out
 
 
-def directions_section(records: Iterable[Mapping], declared: Optional[Iterable[str]] = None) -> Dict[str, dict]:
-    """The sheet's top-level ``directions`` section from test records.
-
-    Per direction: ``kind``, ``k``, ``axis`` or ``basis`` (from the records' ``latent_range`` or
-    ``direction_info``), ``proved_eps`` (largest eps proved by a test or a sweep point), ``certified_radius`` (the
-    summary of the test that searched the widest radius, with its ``nodeid``), ``ranges`` (every test's
-    range and the range at each of its sweep radii, with ``eps``, ``nodeid`` and ``verdict``) and
-    ``latent_range``: the proved range with the largest eps, i.e. the verified operating range a deployer checks
-    inputs against (``None`` when nothing along the direction is proved). ``declared`` names
-    without tests get an entry with ``proved_eps`` and ``latent_range`` ``None``."""
-    out: Dict[str, dict] = {}
-    for name in declared or ():
-        out.setdefault(str(name), {"proved_eps": None, "latent_range": None, "ranges": []})
-    best_radius: Dict[str, tuple] = {}
-    for r in sorted(records, key=lambda r: str(r.get("nodeid", ""))):
-        name = str(r.get("direction"))
-        entry = out.setdefault(name, {"proved_eps": None, "latent_range": None, "ranges": []})
-        info = dict(r.get("direction_info") or {})
-        rng = r.get("latent_range")
-        for src in (info, rng or {}):
-            for key in ("kind", "k", "axis", "basis"):
-                if key in src and key not in entry:
-                    entry[key] = src[key]
-        val = r.get("validity")
-        if isinstance(val, Mapping) and isinstance(val.get("realism"), Mapping):
-            real = val["realism"]
-            # the most conservative realism limit over the tests; a saturated search only
-            # says "at least eps_max", which bounds nothing
-            if not real.get("saturated") and real.get("eps") is not None:
-                cur = entry.get("realism_limit")
-                entry["realism_limit"] = float(real["eps"]) if cur is None else min(cur, float(real["eps"]))
-            entry["validity"] = {k: val.get(k) for k in ("ok", "eps") if k in val}
-            entry["validity"]["problems"] = [p for c in ("continuity", "independence", "realism")
-                                             if isinstance(val.get(c), Mapping)
-                                             for p in val[c].get("problems", [])]
-        cr = r.get("certified_radius")
-        if cr:  # the widest search (largest eps_max) represents the direction; then proved; then node id
-            key = (float(cr.get("eps_max") or 0.0), r.get("verdict") == "proved")
-            if name not in best_radius or key > best_radius[name]:
-                best_radius[name] = key
-                entry["certified_radius"] = dict(cr, nodeid=str(r.get("nodeid", "")))
-        points = [(float(r["eps"]), r.get("verdict", "unproven"), False)]
-        points += [(float(p["eps"]), p.get("verdict", "unproven"), True) for p in r.get("sweep") or []
-                   if abs(float(p["eps"]) - float(r["eps"])) > 1e-12]
-        for eps, verdict, from_sweep in points:
-            if verdict == "proved" and (entry["proved_eps"] is None or eps > entry["proved_eps"]):
-                entry["proved_eps"] = eps
-        if rng:
-            item = {k: rng[k] for k in ("lower", "upper", "mean", "std", "eps", "n_seeds") if k in rng}
-            item.setdefault("eps", float(r.get("eps", 0.0)))
-            item["nodeid"] = str(r.get("nodeid", ""))
-            item["verdict"] = r.get("verdict", "unproven")
-            entry["ranges"].append(item)
-            if "mean" in rng and "std" in rng:  # the range at a sweep radius: mean -+ (eps + std)
-                for eps, verdict, from_sweep in points[1:]:
-                    entry["ranges"].append({
-                        "lower": [m - eps - sd for m, sd in zip(rng["mean"], rng["std"])],
-                        "upper": [m + eps + sd for m, sd in zip(rng["mean"], rng["std"])],
-                        "mean": rng["mean"], "std": rng["std"], "eps": eps, "n_seeds": rng.get("n_seeds", 0),
-                        "nodeid": item["nodeid"], "verdict": verdict})
-    for entry in out.values():
-        entry["ranges"].sort(key=lambda g: (g["eps"], g["nodeid"]))
-        limit = entry.get("realism_limit")
-        for g in entry["ranges"]:
-            if limit is not None and g["eps"] > limit + 1e-12:
-                g["beyond_realism"] = True
-        # never offer a deployer a range that goes beyond where the generator stays realistic
-        proved = [g for g in entry["ranges"] if g["verdict"] == "proved" and not g.get("beyond_realism")]
-        entry["latent_range"] = max(proved, key=lambda g: g["eps"]) if proved else None
-    return dict(sorted(out.items()))
-
-
 # ------------------------------------------------------------------------ the guard
-def _sheet_data(sheet) -> dict:
-    if isinstance(sheet, (str, Path)):
-        with open(sheet, encoding="utf-8") as f:
-            sheet = json.load(f)
-    data = getattr(sheet, "data", sheet)
-    if not isinstance(data, Mapping):
-        raise DeployError(f"expected a spec sheet (dict, SpecSheet or path), got {type(sheet).__name__}")
-    return data  # type: ignore[return-value]
-
-
-def _sheet_directions(data: Mapping) -> Dict[str, dict]:
-    dirs = data.get("directions")
-    if dirs:
-        return dict(dirs)
-    return directions_section(data.get("tests") or [])
+def _sheet_directions(sheet) -> Dict[str, dict]:
+    """The sheet's ``directions`` section (``specsheet.read_sheet`` loads and checks the sheet;
+    ``SpecSheet.direction_entries`` rebuilds a missing section from the records)."""
+    return read_sheet(sheet).direction_entries()
 
 
 def _pick_range(name: str, entry: Mapping, eps: Optional[float]) -> Mapping:
@@ -261,7 +180,7 @@ def _pick_range(name: str, entry: Mapping, eps: Optional[float]) -> Mapping:
         have = sorted({float(g.get("eps", 0)) for g in entry.get("ranges") or []})
         raise DeployError(f"direction {name!r} has no latent range recorded at eps={eps:g} "
                           f"(recorded: {', '.join(f'{e:g}' for e in have) or 'none'})")
-    proved = [g for g in matches if g.get("verdict") == "proved"]
+    proved = [g for g in matches if g.get("verdict") == PROVED]
     return (proved or matches)[0]
 
 
@@ -282,8 +201,7 @@ def _direction_names(dirs: Mapping[str, dict], directions: Optional[Sequence[str
 
 def _coordinates(sheet, a: np.ndarray, directions, bases, eps):
     """Per checked direction: ``(name, coordinates [N, k], lower [k], upper [k])``."""
-    data = _sheet_data(sheet)
-    dirs = _sheet_directions(data)
+    dirs = _sheet_directions(sheet)
     names = _direction_names(dirs, directions, eps)
     bases = dict(bases or {})
     out = []

@@ -30,7 +30,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from .records import Point, TestRecord, spec_kind
+from .records import Point, TestRecord, radius_stat, spec_kind
 from .vocab import ESTIMATED, UNPROVEN, VIOLATED
 
 __all__ = ["to_model_card", "to_model_index", "to_yaml", "model_index_yaml", "write_model_card",
@@ -72,21 +72,13 @@ def _interval(p: Point):
     return vf, vf, upper
 
 
-def _directions(data: Mapping) -> Dict[str, dict]:
-    if data.get("directions"):
-        return dict(data["directions"])
-    from .deploy import directions_section
-
-    return directions_section(data.get("tests") or [])
-
-
 def _radii(directions: Mapping[str, Mapping]):
-    """``(direction, median certified radius, summary)`` for directions that record one."""
+    """``(direction, median certified radius, summary)`` for directions that record one
+    (``records.radius_stat``)."""
     for name, entry in sorted(directions.items()):
         cr = (entry or {}).get("certified_radius") or {}
-        q = cr.get("quantiles") or {}
-        med = q.get("median", q.get("p50"))
-        if med is not None:
+        stat, med = radius_stat(cr)
+        if stat == "median":
             yield name, float(med), cr
 
 
@@ -121,7 +113,7 @@ def to_model_card(sheet, *, name: Optional[str] = None, overview: Optional[str] 
                 f"{r.spec_text or r.spec_kind} along {r.direction!r} at eps={r.eps:g} is "
                 f"{r.verdict}: {c.verified}/{r.n_seeds} seeds verified, "
                 f"{c.falsified} falsified, {c.unknown} undecided ({r.nodeid}).")})
-    directions = _directions(data)
+    directions = sh.direction_entries()
     for dname, med, cr in _radii(directions):
         metrics.append({"type": "median certified radius", "value": _num(med), "slice": dname})
     use_cases = []
@@ -213,7 +205,7 @@ def to_model_index(sheet, model_name: Optional[str] = None, *, task_type: Option
                 "args": {"direction": r.direction, "eps": p.eps,
                          "spec": str(r.spec_text or r.spec_kind), "verdict": p.verdict},
             })
-    for dname, med, cr in _radii(_directions(data)):
+    for dname, med, cr in _radii(sh.direction_entries()):
         by_dir.setdefault(dname, []).append({
             "type": "median_certified_radius", "value": round(med, 6),
             "name": f"median certified radius along {dname} (latent units)", "verified": False,

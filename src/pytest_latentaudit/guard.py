@@ -47,6 +47,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .report import pct
+from .vocab import VERIFIED
+
 from .deploy import DeployError, _to_numpy, in_spec, range_score
 
 __all__ = ["GuardError", "DeepValidationGuard", "fit_guard", "fit_guard_from_space", "guard_features",
@@ -903,7 +906,7 @@ def combined_score(range_scores, joint, guard: DeepValidationGuard) -> np.ndarra
 
 
 def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
+    return pct(v, missing="-")  # one percentage format (report.pct)
 
 
 def format_guard_report(rep: Mapping) -> List[str]:
@@ -1053,7 +1056,7 @@ def pixel_crosscheck(classifier, decoder, z, labels=None, *, eps: float, proved=
     if proved is None:
         mask = np.ones(n, dtype=bool)
     elif hasattr(proved, "status"):
-        mask = np.asarray([s == "verified" for s in proved.status], dtype=bool)
+        mask = np.asarray([s == VERIFIED for s in proved.status], dtype=bool)
     else:
         mask = np.asarray(_to_numpy(proved), dtype=bool).reshape(-1)
     if mask.shape[0] != n:

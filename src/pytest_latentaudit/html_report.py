@@ -24,17 +24,18 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import io
-import json
 import math
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .coverage import coverage_summary, radius_points
-from .deploy import directions_section
+from .coverage import coverage_summary
 from .images import write_atomic
-from .vocab import VERDICT_RANK
+from .records import CounterexampleRecord, Counts, TestRecord, radius_stat, widest_radius
+from .report import pct
+from .specsheet import directions_section, read_sheet
+from .vocab import ESTIMATED, PROVED, UNPROVEN, UNTESTED, VERDICT_RANK, VERDICTS, VIOLATED, is_worse
 
 __all__ = ["render_html", "build_html", "VERDICT_RANK"]
 
@@ -46,9 +47,9 @@ DOT = " \u00b7 "
 # verified / falsified / unknown in charts
 C_VERIFIED, C_FALSIFIED, C_UNKNOWN = "#2e9d57", "#d93f33", "#c4c8cc"
 C_EXPECTED, C_CAP = "#6b5ca5", "#8a9099"
-VERDICT_MARK = {"proved": "\u2713", "violated": "\u2717", "unproven": "?", "estimated": "\u2248", "untested": "\u2013"}
-VERDICT_TEXT_COLOUR = {"proved": "#146c2e", "violated": "#a5221a", "unproven": "#7a4f00", "estimated": "#1a56a8",
-                       "untested": "#5a5f66"}
+VERDICT_MARK = {PROVED: "\u2713", VIOLATED: "\u2717", UNPROVEN: "?", ESTIMATED: "\u2248", UNTESTED: "\u2013"}
+VERDICT_TEXT_COLOUR = {PROVED: "#146c2e", VIOLATED: "#a5221a", UNPROVEN: "#7a4f00", ESTIMATED: "#1a56a8",
+                       UNTESTED: "#5a5f66"}
 
 # pytest outcome -> (words, tone); tones: ok, expected, fail, xpass, skip
 OUTCOMES = {
@@ -79,9 +80,7 @@ def _int(x, default: int = 0) -> int:
     return default if v is None else int(v)
 
 
-def _pct(x) -> str:
-    v = _num(x)
-    return "\u2013" if v is None else f"{100 * v:.1f}%"
+_pct = pct  # one percentage format (report.pct)
 
 
 def _g(x, spec: str = "g") -> str:
@@ -94,17 +93,15 @@ def _slug(s: str) -> str:
 
 
 # ------------------------------------------------------------------------ outcomes and tones
-def _outcome(r: Mapping) -> Tuple[str, str]:
+def _outcome(r: TestRecord) -> Tuple[str, str]:
     """(words, tone) of a record's pytest outcome; without one, what the default options do
     with its verdict (proved passes, everything else fails)."""
-    o = r.get("outcome")
-    if o in OUTCOMES:
-        return OUTCOMES[o]
-    v = r.get("verdict")
-    return ("\u2013", "ok") if v == "proved" else ("\u2013", "fail")
+    if r.outcome in OUTCOMES:
+        return OUTCOMES[r.outcome]
+    return ("\u2013", "ok") if r.verdict == PROVED else ("\u2013", "fail")
 
 
-def _tone(r: Mapping) -> str:
+def _tone(r: TestRecord) -> str:
     return _outcome(r)[1]
 
 
@@ -113,14 +110,10 @@ def _worst_tone(tones: Iterable[str]) -> str:
     return min(ts, key=lambda t: TONE_RANK.get(t, 0)) if ts else "ok"
 
 
-def _vrank(v) -> int:
-    return VERDICT_RANK.get(v, VERDICT_RANK.get("unproven", 1))
-
-
 def _badge(verdict: str, tone: str = "") -> dict:
     """A verdict badge: a violation that pytest expected (xfail) is drawn muted and says so."""
-    verdict = str(verdict or "untested")
-    expected = tone == "expected" and verdict != "proved"
+    verdict = str(verdict or UNTESTED)
+    expected = tone == "expected" and verdict != PROVED
     return {"verdict": verdict, "mark": VERDICT_MARK.get(verdict, ""), "expected": expected}
 
 
@@ -154,42 +147,39 @@ def _style_axes(ax):
 
 
 # ------------------------------------------------------------------------ series per model and direction
-def _fractions(counts: Mapping, n) -> Tuple[float, float, float]:
-    v, f, u = (_int((counts or {}).get(k)) for k in ("verified", "falsified", "unknown"))
-    tot = _int(n) or (v + f + u)
+def _fractions(counts: Counts, n) -> Tuple[float, float, float]:
+    v, f, u = counts.verified, counts.falsified, counts.unknown
+    tot = _int(n) or counts.total
     if not tot:
         return 0.0, 0.0, 0.0
     return v / tot, f / tot, u / tot
 
 
-def _series(records: Sequence[Mapping]) -> Dict[str, List[dict]]:
-    """Per spec kind: the radii of the records (their own eps and sweep points) sorted by eps,
-    counts summed over the tests at the same eps, the worst verdict and the tone of its tests."""
+def _series(records: Sequence[TestRecord]) -> Dict[str, List[dict]]:
+    """Per spec kind: the radii of the records (``TestRecord.points``: their own eps and sweep
+    points) sorted by eps, counts summed over the tests at the same eps, the worst verdict and
+    the tone of its tests."""
     out: Dict[str, Dict[float, dict]] = {}
     for r in records:
-        kind = (r.get("spec") or {}).get("kind") or "spec"
-        for p in radius_points(_coverage_input([r])[0]):
-            key = round(float(p["eps"]), 12)
-            pt = out.setdefault(kind, {}).setdefault(key, {
-                "eps": float(p["eps"]), "counts": {"verified": 0, "falsified": 0, "unknown": 0}, "n": 0,
-                "verdict": p["verdict"], "at_least": [], "tones": [], "sweep": True})
-            c = p.get("counts") or {}
-            for k in pt["counts"]:
-                pt["counts"][k] += _int(c.get(k))
-            pt["n"] += _int(p.get("n_seeds")) or sum(_int(c.get(k)) for k in pt["counts"])
-            q = _num(r.get("at_least"))
-            if q is not None:
-                pt["at_least"].append(q)
+        for p in r.points():
+            pt = out.setdefault(r.spec_kind, {}).setdefault(round(p.eps, 12), {
+                "eps": p.eps, "counts": Counts(), "n": 0, "verdict": p.verdict, "at_least": [], "tones": [],
+                "sweep": True})
+            pt["counts"] = Counts(pt["counts"].verified + p.counts.verified, pt["counts"].falsified + p.counts.falsified,
+                                  pt["counts"].unknown + p.counts.unknown)
+            pt["n"] += p.n_seeds or p.counts.total
+            pt["at_least"].append(r.at_least)
             pt["tones"].append(_tone(r))
-            pt["sweep"] = pt["sweep"] and bool(p.get("sweep"))
-            if _vrank(p["verdict"]) < _vrank(pt["verdict"]):
-                pt["verdict"] = p["verdict"]
+            pt["sweep"] = pt["sweep"] and p.sweep
+            if is_worse(p.verdict, pt["verdict"]):
+                pt["verdict"] = p.verdict
     result = {}
     for kind, pts in sorted(out.items()):
         rows = []
         for e in sorted(pts):
             p = pts[e]
             v, f, u = _fractions(p["counts"], p["n"])
+            p["counts"] = p["counts"].to_json()
             p.update(v=v, f=f, u=u, tone=_worst_tone(p["tones"]), badge=_badge(p["verdict"], _worst_tone(p["tones"])),
                      needs=", ".join(f"\u2265 {_pct(q)}" for q in sorted(set(p["at_least"]))) or "\u2013")
             rows.append(p)
@@ -339,8 +329,7 @@ def _radius_caption(cr: Mapping) -> str:
     cap = _num(cr.get("eps_max"))
     lo, hi = _at_cap(cr)
     src = str(cr.get("nodeid", "")).split("::")[-1]
-    qs = cr.get("quantiles") or {}
-    med = _num(qs.get("median", qs.get("p50")))
+    stat, med = radius_stat(cr)
     parts = [f"Largest certified radius per seed ({n} seeds" + (f" of {src}" if src else "")
              + (f", searched up to {cap:g}" if cap is not None else "") + ")."]
     if cap is not None and hi:
@@ -353,7 +342,7 @@ def _radius_caption(cr: Mapping) -> str:
         parts.append(f"{reach[:1].upper()}{reach[1:]} reached the cap: their radius is at least {cap:g}, the search "
                      f"stopped there.")
     if med is not None:
-        parts.append(f"Median {med:.3g}" + (" (the cap)" if cap is not None and med >= cap * (1 - 1e-6) else "")
+        parts.append(f"{stat.capitalize()} {med:.3g}" + (" (the cap)" if cap is not None and med >= cap * (1 - 1e-6) else "")
                      + ".")
     if counts and counts[0]:
         parts.append(f"{counts[0]} near 0 (not even a small box certified: falsified or misclassified seeds).")
@@ -451,23 +440,23 @@ def _range_view(rng: Optional[Mapping], direction: str) -> Optional[dict]:
     return {"text": text, "rows": rows if len(rows) > 1 else []}
 
 
-def _cex_view(c: Mapping, r: Mapping, images: bool, base_dir: Optional[Path]) -> dict:
-    off = ", ".join(_g(o, "+.3g") for o in c.get("offset") or [])
-    off_eps = ", ".join(_g(o, "+.2f") for o in c.get("offset_eps") or [])
-    pred, exp = c.get("predicted"), c.get("expected")
-    bits = [f"seed {c.get('seed_index', '?')}", f"offset ({off}) = ({off_eps}) eps" if off_eps else f"offset ({off})"]
+def _cex_view(c: CounterexampleRecord, images: bool, base_dir: Optional[Path]) -> dict:
+    off = ", ".join(_g(o, "+.3g") for o in c.offset)
+    off_eps = ", ".join(_g(o, "+.2f") for o in c.offset_eps)
+    pred, exp = c.predicted, c.expected
+    bits = [f"seed {c.seed_index}", f"offset ({off}) = ({off_eps}) eps" if off_eps else f"offset ({off})"]
     if pred is not None:
         bits.append(f"predicted {pred}" + (f", expected {exp}" if exp is not None else ""))
-    margin = _num(c.get("margin"))
+    margin = _num(c.margin)
     bits.append(f"margin {margin:.3g}" if margin is not None else "margin \u2013")
     caption = DOT.join(bits)
-    fig = {"caption": caption, "uri": None, "why": "", "path": str(c.get("image")), "left": "", "right": "",
-           "labelled": bool(c.get("frames"))}
+    fig = {"caption": caption, "uri": None, "why": "", "path": str(c.image), "left": "", "right": "",
+           "labelled": bool(c.extra.get("frames"))}
     if not fig["labelled"]:  # an unlabelled strip: label its two ends
         fig["left"] = "nominal" + (f" \u00b7 expected {exp}" if exp is not None else "")
         fig["right"] = f"t=({off})" + (f" \u00b7 predicted {pred}" if pred is not None else "")
     if images:
-        fig["uri"], fig["why"] = _image_uri(str(c["image"]), base_dir)
+        fig["uri"], fig["why"] = _image_uri(str(c.image), base_dir)
     return fig
 
 
@@ -486,48 +475,38 @@ def _image_uri(path: str, base_dir: Optional[Path]) -> Tuple[Optional[str], str]
     return _png_uri(data), ""
 
 
-def _notes(r: Mapping) -> List[str]:
-    c = r.get("counts") or {}
+def _notes(r: TestRecord) -> List[str]:
     notes = []
-    fb = _num(r.get("failing_bound"))
-    if fb is not None and _int(c.get("unknown")):
+    fb = _num(r.failing_bound)
+    if fb is not None and r.counts.unknown:
         notes.append(f"failing bound {fb:.3g} (a proof needs < 0)")
-    est = r.get("estimate")
+    est = r.estimate
     if isinstance(est, Mapping) and est:
         conf = _num(est.get("confidence"))
         notes.append(f"sampled: {_pct(est.get('fraction'))} [{_pct(est.get('lower'))}, {_pct(est.get('upper'))}]"
                      + (f" ({conf * 100:g}%" if conf is not None else " (")
                      + (f", {est.get('samples')} samples)" if est.get("samples") is not None else ")"))
-    seg = r.get("segment")
+    seg = r.segment
     if isinstance(seg, Mapping) and seg:
         notes.append(f"exact: {_pct(seg.get('mean_fraction'))} of each segment holds (mean)")
-    if r.get("sweep"):
-        notes.append(f"sweep over {len(r['sweep'])} radii")
-    cr = r.get("certified_radius") or {}
-    qs = cr.get("quantiles") or {}
-    med = _num(qs.get("median", qs.get("p50")))
+    if r.sweep:
+        notes.append(f"sweep over {len(r.sweep)} radii")
+    cr = r.certified_radius or {}
+    stat, med = radius_stat(cr)
     if med is not None:
         cap = _num(cr.get("eps_max"))
         at_cap = cap is not None and med >= cap * (1 - 1e-6)
-        notes.append(f"radius: median {med:.3g}" + (" = cap" if at_cap else (f", cap {cap:g}" if cap is not None
+        notes.append(f"radius: {stat} {med:.3g}" + (" = cap" if at_cap else (f", cap {cap:g}" if cap is not None
                                                                               else "")))
-    notes += [str(n) for n in r.get("notes") or []]
+    if r.pixel_crosscheck is not None and r.pixel_crosscheck.fraction_attackable is not None:
+        pc = r.pixel_crosscheck
+        notes.append(f"pixel cross-check: {pc.n_attackable}/{pc.n_proved} proved seeds attackable within "
+                     f"L-inf {pc.eps:g}")
+    notes += [str(n) for n in r.notes]
     return notes
 
 
 # ------------------------------------------------------------------------ the page's data
-def _coverage_input(records: Sequence[Mapping]) -> List[dict]:
-    """Records as coverage and the directions section read them: counterexamples (whose margins
-    may be NaN or None in hand-edited or older sheets) are not needed there."""
-    out = []
-    for r in records:
-        d = {k: v for k, v in r.items() if k != "counterexamples"}
-        if "failing_bound" in d and _num(d["failing_bound"]) is None:
-            d["failing_bound"] = None
-        out.append(d)
-    return out
-
-
 def _matrix_view(cov: Mapping, tone_of: Mapping[str, str], prefix: str) -> dict:
     m = cov["matrix"]
     radii = list(m["radii"])
@@ -558,9 +537,9 @@ def _matrix_view(cov: Mapping, tone_of: Mapping[str, str], prefix: str) -> dict:
     return {"radii": [_g(e) for e in radii], "rows": rows}
 
 
-def _direction_panel(name: str, recs: List[Mapping], entry: Mapping, pd: Mapping, prefix: str, Figure,
+def _direction_panel(name: str, recs: List[TestRecord], entry: Mapping, pd: Mapping, prefix: str, Figure,
                      want_tables: bool) -> dict:
-    info = dict(recs[0].get("direction_info") or {}) if recs else {}
+    info = dict(recs[0].direction_info or {}) if recs else {}
     info.update({k: entry[k] for k in ("kind", "k", "axis") if k in entry})
     tones = [_tone(r) for r in recs]
     tone = _worst_tone(tones)
@@ -575,18 +554,14 @@ def _direction_panel(name: str, recs: List[Mapping], entry: Mapping, pd: Mapping
         meta.append(f"realistic up to eps\u2248{_g(entry['realism_limit'], '.3g')}")
     series = _series(recs)
     # the certified-radius curve of each spec kind: the test that searched the widest range
-    survivals: Dict[str, Tuple[Mapping, dict]] = {}
-    for r in recs:
-        cr = r.get("certified_radius")
-        if not isinstance(cr, Mapping) or not (cr.get("histogram") or {}).get("counts"):
-            continue
-        kind = (r.get("spec") or {}).get("kind") or "spec"
-        key = (_num(cr.get("eps_max")) or 0.0, r.get("verdict") == "proved")
-        if kind not in survivals or key > survivals[kind][0]:
-            s = _survival(cr)
-            if s is not None:
-                survivals[kind] = (key, s)
-    kinds = [{"kind": k, "points": pts, "survival": survivals.get(k, (None, None))[1]} for k, pts in series.items()]
+    survivals: Dict[str, dict] = {}
+    for kind in series:
+        drawable = [r for r in recs if r.spec_kind == kind and r.certified_radius
+                    and _survival(r.certified_radius) is not None]
+        best = widest_radius(drawable)
+        if best is not None:
+            survivals[kind] = _survival(best.certified_radius)  # type: ignore[arg-type]
+    kinds = [{"kind": k, "points": pts, "survival": survivals.get(k)} for k, pts in series.items()]
     curve = any(len(k["points"]) > 1 or k["survival"] for k in kinds)
     panel: Dict[str, Any] = {
         "name": name, "id": f"{prefix}-{_slug(name)}", "status": _badge(pd.get("status", "untested"), tone),
@@ -617,29 +592,28 @@ def _direction_panel(name: str, recs: List[Mapping], entry: Mapping, pd: Mapping
                 rows.append({"bin": f"\u2265 {_g(edges[-1], '.3g')} (the cap)", "count": lo})
             panel["hist_table"] = rows
     # validity: the full report of the test with the largest eps that has one
-    with_val = [r for r in recs if isinstance(r.get("validity"), Mapping)]
-    best = max(with_val, key=lambda r: _num(r.get("eps")) or 0.0) if with_val else None
-    panel["validity"] = _validity_sentences(best.get("validity") if best else None, entry.get("validity"), name,
-                                            _num(best.get("eps")) if best else None)
+    with_val = [r for r in recs if isinstance(r.validity, Mapping)]
+    best = max(with_val, key=lambda r: r.eps) if with_val else None
+    panel["validity"] = _validity_sentences(best.validity if best else None, entry.get("validity"), name,
+                                            best.eps if best else None)
     return panel
 
 
-def _test_row(r: Mapping) -> dict:
-    c = r.get("counts") or {}
-    v, f, u = _fractions(c, r.get("n_seeds"))
+def _test_row(r: TestRecord) -> dict:
+    c = r.counts
+    v, f, u = _fractions(c, r.n_seeds)
     words, tone = _outcome(r)
-    nodeid = str(r.get("nodeid", ""))
+    nodeid = r.nodeid
     file, _, name = nodeid.rpartition("::")
-    rungs = ", ".join(f"{k} {val}" for k, val in sorted((r.get("rungs") or {}).items()))
-    spec = str(r.get("spec_text") or (r.get("spec") or {}).get("kind") or "")
-    return {"nodeid": nodeid, "name": name or nodeid, "file": file, "direction": str(r.get("direction")),
+    rungs = ", ".join(f"{k} {val}" for k, val in sorted(r.rungs.items()))
+    spec = str(r.spec_text or r.spec_kind)
+    return {"nodeid": nodeid, "name": name or nodeid, "file": file, "direction": r.direction,
             "name_parts": _break_parts(name or nodeid), "spec_wrapped": spec.replace("(", "(\u200b"),
-            "eps": _g(r.get("eps")), "spec": str(r.get("spec_text") or (r.get("spec") or {}).get("kind") or ""),
-            "badge": _badge(r.get("verdict"), tone), "outcome": words, "tone": tone,
-            "counts": (_int(c.get("verified")), _int(c.get("falsified")), _int(c.get("unknown"))),
-            "bar": (100 * v, 100 * u, 100 * f), "verified": _pct(r.get("verified_fraction")),
-            "needs": _pct(r.get("at_least")), "engine": str(r.get("engine") or ""), "rungs": rungs,
-            "seconds": _g(r.get("seconds"), ".2f"), "notes": _notes(r), "evidence": str(r.get("evidence") or ""),
+            "eps": _g(r.eps), "spec": spec, "badge": _badge(r.verdict, tone), "outcome": words, "tone": tone,
+            "counts": (c.verified, c.falsified, c.unknown),
+            "bar": (100 * v, 100 * u, 100 * f), "verified": _pct(r.verified_fraction),
+            "needs": _pct(r.at_least), "engine": str(r.engine or ""), "rungs": rungs,
+            "seconds": _g(r.seconds, ".2f"), "notes": _notes(r), "evidence": str(r.evidence or ""),
             "model": ""}
 
 
@@ -658,39 +632,36 @@ def build_html(sheet, images: bool = True, *, title: Optional[str] = None, base_
     and paths only). ``base_dir``: where relative counterexample image paths are resolved
     (default: the current directory). ``declared``: directions the LatentSpace declares
     (default: what the sheet records)."""
-    data = getattr(sheet, "data", sheet)
-    if isinstance(data, (str, Path)):
-        with open(data, encoding="utf-8") as f:
-            data = json.load(f)
+    sh = read_sheet(sheet)  # the one loader: a path, a dict or a SpecSheet, checked
+    data = sh.data
     base = Path(base_dir) if base_dir is not None else None
-    tests = sorted((dict(r) for r in data.get("tests") or []), key=lambda r: str(r.get("nodeid", "")))
+    tests = sorted(sh.records, key=lambda r: r.nodeid)
     Figure = _matplotlib() if images else None
     declared = None if declared is None else sorted({str(d) for d in declared})
-    tone_of = {str(r.get("nodeid")): _tone(r) for r in tests}
+    tone_of = {r.nodeid: _tone(r) for r in tests}
 
     # ---- models: one block each (fingerprint, and a name when a record gives one)
-    groups: Dict[Optional[str], List[dict]] = {}
+    groups: Dict[Optional[str], List[TestRecord]] = {}
     for r in tests:
-        groups.setdefault(r.get("model_fingerprint") or None, []).append(r)
+        groups.setdefault(r.model_fingerprint or None, []).append(r)
     if not groups:
         groups[None] = []
     sheet_dirs = data.get("directions") if isinstance(data.get("directions"), Mapping) else None
     models = []
     for gi, (fp, recs) in enumerate(groups.items(), 1):
-        names = [str(r["model_name"]) for r in recs if r.get("model_name")]
+        names = [str(r.extra["model_name"]) for r in recs if r.extra.get("model_name")]
         name = Counter(names).most_common(1)[0][0] if names else None
         label = name or (f"model {gi}" if len(groups) > 1 else "model")
-        cov_recs = _coverage_input(recs)
         if len(groups) == 1:
-            cov = coverage_summary(dict(data, tests=cov_recs), declared)
-            dirs = sheet_dirs or directions_section(cov_recs, cov["directions_declared"])
+            cov = coverage_summary(sh, declared)
+            dirs = sheet_dirs or directions_section(recs, cov["directions_declared"])
         else:
-            cov = coverage_summary({"tests": cov_recs}, declared)
-            dirs = directions_section(cov_recs, cov["directions_declared"])
+            cov = coverage_summary(recs, declared)
+            dirs = directions_section(recs, cov["directions_declared"])
         prefix = f"m{gi}"
-        by_dir: Dict[str, List[dict]] = {}
+        by_dir: Dict[str, List[TestRecord]] = {}
         for r in recs:
-            by_dir.setdefault(str(r.get("direction")), []).append(r)
+            by_dir.setdefault(r.direction, []).append(r)
         panels = []
         for d in cov["matrix"]["directions"]:
             if by_dir.get(d):
@@ -699,19 +670,19 @@ def build_html(sheet, images: bool = True, *, title: Optional[str] = None, base_
         chips = []
         for d in cov["matrix"]["directions"]:
             pd = cov["per_direction"][d]
-            t = _worst_tone(tone_of.get(str(r.get("nodeid")), "ok") for r in by_dir.get(d, []))
+            t = _worst_tone(tone_of.get(r.nodeid, "ok") for r in by_dir.get(d, []))
             if not by_dir.get(d):
-                chips.append({"name": d, "badge": _badge("untested"), "detail": "untested", "href": ""})
+                chips.append({"name": d, "badge": _badge(UNTESTED), "detail": UNTESTED, "href": ""})
                 continue
             detail = (f"proved to {_g(pd['proved_eps'])}" if pd.get("proved_eps") is not None else "nothing proved")
-            if pd["status"] != "proved":
-                worst = min(by_dir[d], key=lambda r: _vrank(r.get("verdict")))
-                detail = f"{pd['status']} at {_g(worst.get('eps'))}" + (
+            if pd["status"] != PROVED:
+                worst = min(by_dir[d], key=lambda r: VERDICT_RANK.get(r.verdict, VERDICT_RANK[UNPROVEN]))
+                detail = f"{pd['status']} at {_g(worst.eps)}" + (
                     f", proved to {_g(pd['proved_eps'])}" if pd.get("proved_eps") is not None else "")
             chips.append({"name": d, "badge": _badge(pd["status"], t), "detail": detail,
                           "href": f"#{prefix}-{_slug(d)}", "tone": t})
         oc = Counter(_tone(r) for r in recs)
-        files = sorted({str(r.get("nodeid", "")).rpartition("::")[0] for r in recs} - {""})
+        files = sorted({r.nodeid.rpartition("::")[0] for r in recs} - {""})
         c = cov["counts"]
         models.append({
             "id": prefix, "label": label, "name": name, "fingerprint": fp or "", "short": _short_fp(fp),
@@ -721,28 +692,28 @@ def build_html(sheet, images: bool = True, *, title: Optional[str] = None, base_
                 "declared": c["declared"], "percent": _g(cov.get("percent_proved"), ".1f"),
                 "untested": list(cov.get("untested") or [])},
             "matrix": _matrix_view(cov, tone_of, prefix), "panels": panels, "chips": chips,
-            "test_names": [str(r.get("nodeid", "")).rpartition("::")[2] for r in recs][:8]
+            "test_names": [r.nodeid.rpartition("::")[2] for r in recs][:8]
             + (["\u2026"] if len(recs) > 8 else []),
         })
-    label_of = {str(r.get("nodeid")): m["label"] for m, (_, recs) in zip(models, groups.items()) for r in recs}
+    label_of = {r.nodeid: m["label"] for m, (_, recs) in zip(models, groups.items()) for r in recs}
 
     # ---- counterexamples, all tests
     cex_blocks = []
     for m, (_, recs) in zip(models, groups.items()):
         for r in recs:
-            cexs = [c for c in r.get("counterexamples") or [] if isinstance(c, Mapping) and c.get("image")]
+            cexs = [c for c in r.counterexamples if c.image]
             if not cexs:
                 continue
             row = _test_row(r)
-            cex_blocks.append({"row": row, "model": m["label"], "open": r.get("verdict") != "proved", "text": f"{row['spec']} along {row['direction']}, "
-                               f"eps={row['eps']}", "figs": [_cex_view(c, r, images, base)
-                                                             for c in cexs[:MAX_CEX_IMAGES_PER_TEST]]})
+            cex_blocks.append({"row": row, "model": m["label"], "open": r.verdict != PROVED,
+                               "text": f"{row['spec']} along {row['direction']}, eps={row['eps']}",
+                               "figs": [_cex_view(c, images, base) for c in cexs[:MAX_CEX_IMAGES_PER_TEST]]})
     rows = []
     for r in tests:
         row = _test_row(r)
         row["model"] = label_of.get(row["nodeid"], "")
         rows.append(row)
-    show_evidence = any(r.get("evidence") and r["evidence"] != r.get("verdict") for r in tests)
+    show_evidence = any(r.evidence and r.evidence != r.verdict for r in tests)
     cex_blocks.sort(key=lambda b: not b["open"])  # tests that were not proved first
 
     # ---- headline and cards
@@ -758,11 +729,10 @@ def build_html(sheet, images: bool = True, *, title: Optional[str] = None, base_
     else:
         headline = {"tone": "ok", "text": f"All {n} latent test{'s' if n != 1 else ''} went as declared: "
                     f"{_outcome_words(oc_all)}."}
-    verdicts = Counter(str(r.get("verdict")) for r in tests)
-    seeds = Counter()
+    verdicts = Counter(r.verdict for r in tests)
+    seeds: Counter = Counter()
     for r in tests:
-        for k, v in (r.get("counts") or {}).items():
-            seeds[k] += _int(v)
+        seeds.update(r.counts.to_json())
     cards = [{"k": "tests", "v": n, "cls": ""}, {"k": "passed", "v": oc_all.get("ok", 0), "cls": "ok"}]
     if oc_all.get("expected"):
         cards.append({"k": "expected (xfail)", "v": oc_all["expected"], "cls": "expected"})
@@ -770,7 +740,7 @@ def build_html(sheet, images: bool = True, *, title: Optional[str] = None, base_
     for k, words in (("skip", "skipped"), ("xpass", "xpassed")):
         if oc_all.get(k):
             cards.append({"k": words, "v": oc_all[k], "cls": ""})
-    cards.append({"k": "proved", "v": verdicts.get("proved", 0), "cls": ""})
+    cards.append({"k": PROVED, "v": verdicts.get(PROVED, 0), "cls": ""})
     cards.append({"k": "seeds verified", "v": f"{seeds.get('verified', 0)}/{sum(seeds.values())}", "cls": ""})
     if len(models) > 1:
         cards.append({"k": "models", "v": len(models), "cls": ""})
@@ -781,8 +751,7 @@ def build_html(sheet, images: bool = True, *, title: Optional[str] = None, base_
               "branch": str(commit.get("branch") or "")}
     sub = [f"{tool.get('name', 'pytest-latentaudit')} {tool.get('version', '')}".strip(),
            f"created {data.get('created', '?')}"]
-    verdict_line = ", ".join(f"{verdicts[v]} {v}" for v in ("proved", "violated", "unproven", "estimated")
-                             if verdicts.get(v))
+    verdict_line = ", ".join(f"{verdicts[v]} {v}" for v in VERDICTS if verdicts.get(v))
     ctx = {
         "title": title or "Latent audit report", "sub": sub, "commit": commit, "headline": headline,
         "verdict_line": verdict_line, "cards": cards, "models": models, "cex_blocks": cex_blocks, "rows": rows,

@@ -16,15 +16,15 @@ ENGINE_CHOICES = ENGINES
 
 # name: (ini help, default)
 OPTIONS = {
-    "engine": ("proof engine: auto, ibp, linear, bab, exact, falsify or auto_lirpa:<method>", "auto"),
+    "engine": (f"proof engine: {', '.join(ENGINES)} or {LIRPA_PREFIX}:<method>", "auto"),
     "device": ("device for bounds and attacks: auto (CUDA when present), cpu or cuda", "auto"),
     "budget": ("seconds per latent test, shared by its audit, radius sweep, certified-radius search and validity "
                "checks (the whole test call ends within about 10% of it; what the budget cut short is recorded)",
                "60"),
     "spec_sheet": ("write the spec sheet JSON to this path", ""),
-    "unproven": ("what an unproven verdict does: fail, xfail or skip", "fail"),
+    "unproven": (f"what an unproven verdict does: {', '.join(UNPROVEN_ACTIONS)}", "fail"),
     "estimated": ("what an estimated verdict (sampling evidence only, with a confidence interval) does: "
-                  "pass, fail, xfail or skip", "fail"),
+                  f"{', '.join(ESTIMATED_ACTIONS)}", "fail"),
     "seed": ("random seed for attacks and sampling (per test: derived from this and the node id)", "0"),
     "artifacts": ("directory for counterexample images (default: next to the spec sheet)", ""),
     "precision": ("bound arithmetic: float32 (with a safety margin) or float64", "float32"),

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from .options import OPTIONS, UsageError, check_device_available, from_config
-from .vocab import ESTIMATED, PROVED, UNPROVEN, VIOLATED
+from .vocab import (DEVICES, ESTIMATED, ESTIMATED_ACTIONS, PRECISIONS, PROVED, UNPROVEN, UNPROVEN_ACTIONS,
+                    VIOLATED)
 
 SESSION_KEY = pytest.StashKey["LatentSession"]()
 RECORD_KEY = pytest.StashKey[dict]()
@@ -30,17 +31,19 @@ MARKER_DOC = ("latent(direction, eps, spec, engine=None, budget=None, device=Non
 def pytest_addoption(parser):
     group = parser.getgroup("latentaudit", "semantic unit tests (pytest-latentaudit)")
     flags = {
-        "engine": dict(metavar="ENGINE"), "device": dict(metavar="auto|cpu|cuda"),
+        "engine": dict(metavar="ENGINE"), "device": dict(metavar="|".join(DEVICES)),
         "budget": dict(metavar="SECONDS"), "spec_sheet": dict(metavar="PATH"),
-        "unproven": dict(metavar="fail|xfail|skip"), "estimated": dict(metavar="pass|fail|xfail|skip"), "seed": dict(metavar="INT"),
-        "artifacts": dict(metavar="DIR"), "precision": dict(metavar="float32|float64"),
+        "unproven": dict(metavar="|".join(UNPROVEN_ACTIONS)), "estimated": dict(metavar="|".join(ESTIMATED_ACTIONS)),
+        "seed": dict(metavar="INT"), "artifacts": dict(metavar="DIR"), "precision": dict(metavar="|".join(PRECISIONS)),
         "report": dict(metavar="PATH"), "coverage_fail_under": dict(metavar="PCT"),
         "compare": dict(metavar="OLD_SHEET"), "progress": dict(metavar="auto|on|off"),
     }
     for name, (help_, default) in OPTIONS.items():
         flag = "--latent-" + name.replace("_", "-")
         group.addoption(flag, dest=f"latent_{name}", default=None,
-                        help=f"{help_} (default: {default or 'none'}; ini: latent_{name})", **flags[name])
+                        # argparse %-formats help texts ("10% of it" crashed pytest --help)
+                        help=f"{help_} (default: {default or 'none'}; ini: latent_{name})".replace("%", "%%"),
+                        **flags[name])
         parser.addini(f"latent_{name}", help_, default="")
     group.addoption("--latent-junit-properties", dest="latent_junit_properties", action="store_true",
                     default=False, help="add per-test <properties> (verdict, counts) to JUnit XML; strict "
@@ -225,6 +228,17 @@ def latent_audit(request):
 def pytest_runtest_protocol(item, nextitem):
     item.stash[START_KEY] = {"protocol": time.perf_counter()}
     yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    yield
+    # the first latent test of a process whose torch came in with its fixtures (not at
+    # collection): warm up now, in its setup, so neither its call nor its budget pays for it
+    import sys
+
+    if not _WARM["done"] and "torch" in sys.modules and item.get_closest_marker("latent") is not None:
+        _warm_up()
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Optional, Tuple
 
 from .latent import LatentAuditError
 from .vocab import OUTCOMES, PROVED, STATUSES, VERDICTS
 
 __all__ = ["SheetFormatError", "Counts", "SweepPoint", "CounterexampleRecord", "Point", "TestRecord",
+           "PixelCrosscheckRecord", "GuardRecord", "radius_stat", "widest_radius",
            "parse_records", "largest_proved_eps", "spec_kind", "TIMING_FIELDS", "EPS_TOL"]
 
 #: two radii closer than this are the same radius
@@ -48,9 +49,14 @@ def _is_num(v) -> bool:
 
 
 def _num(d: Mapping, key: str, where: str, *, default=None, required=False, lo=None, hi=None,
-         allow_none=False) -> Optional[float]:
+         allow_none=False, nan_as_none=False) -> Optional[float]:
+    """A number field. ``nan_as_none``: for numbers that only describe (a counterexample's
+    margin, a failing bound, a time), NaN, like null, means "not known" (hand-edited or older
+    sheets; strict JSON writes null). Never used for a field a verdict or range is read from."""
+    if nan_as_none and key in d and _is_num(d[key]) and math.isnan(d[key]):
+        d = {**d, key: None}
     if key not in d or (d[key] is None and (allow_none or not required)):
-        if required:
+        if required and not (allow_none and key in d):
             _fail(where, f"missing {key!r}")
         return default
     v = d[key]
@@ -116,6 +122,43 @@ def _extra(d: Mapping, cls) -> dict:
     return {k: v for k, v in d.items() if k not in known}
 
 
+def _numbers(v, where: str, key: str) -> List[float]:
+    if not isinstance(v, (list, tuple)) or not all(_is_num(x) and math.isfinite(x) for x in v):
+        _fail(where, f"{key!r} must be a list of finite numbers")
+    return [float(x) for x in v]
+
+
+def _latent_range(d: Mapping, where: str) -> Optional[dict]:
+    """A test's deployment range (``deploy.latent_ranges(..., with_basis=True)``), checked: the
+    range guard (``deploy.in_spec``) reads ``lower``/``upper`` and the basis keys ``kind``,
+    ``k``, ``axis`` / ``basis`` from it, so they must agree with each other."""
+    rng = _obj(d, "latent_range", where)
+    if rng is None:
+        return None
+    where = f"{where}.latent_range"
+    for key in ("lower", "upper"):
+        if key not in rng:
+            _fail(where, f"missing {key!r}")
+    k = len(_numbers(rng["lower"], where, "lower"))
+    for key in ("upper", "mean", "std"):
+        if key in rng and len(_numbers(rng[key], where, key)) != k:
+            _fail(where, f"{key!r} has {len(rng[key])} coordinate(s), 'lower' has {k}")
+    kind = _str(rng, "kind", where, choices=("axis", "vector", "subspace"))
+    if _int(rng, "k", where, lo=1, default=k) != k:
+        _fail(where, f"'k' is {rng['k']} but the range has {k} coordinate(s)")
+    _int(rng, "axis", where, lo=0)
+    if kind == "axis" and "axis" not in rng:
+        _fail(where, "an axis direction needs 'axis'")
+    if rng.get("basis") is not None:
+        rows = rng["basis"]
+        if not isinstance(rows, list) or not rows:
+            _fail(where, "'basis' must be a [d][k] list of rows")
+        for row in rows:
+            if len(_numbers(row, where, "basis")) != k:
+                _fail(where, f"'basis' rows must have k={k} entries")
+    return rng
+
+
 # ------------------------------------------------------------------ parts of a record
 @dataclass
 class Counts:
@@ -173,7 +216,7 @@ class SweepPoint:
                    verified_fraction=_num(d, "verified_fraction", where, lo=0, hi=1,
                                           default=(counts.verified / n if n else 1.0)),
                    evidence=_str(d, "evidence", where), estimate=_obj(d, "estimate", where),
-                   segment=_obj(d, "segment", where), seconds=_num(d, "seconds", where, lo=0),
+                   segment=_obj(d, "segment", where), seconds=_num(d, "seconds", where, lo=0, nan_as_none=True),
                    extra=_extra(d, cls))
 
 
@@ -181,7 +224,8 @@ class SweepPoint:
 class CounterexampleRecord:
     seed_index: int
     offset: List[float]
-    margin: float
+    #: how far the spec is violated at the point (> 0); None when not known (NaN/null in a sheet)
+    margin: Optional[float]
     offset_eps: List[float] = field(default_factory=list)
     predicted: Optional[int] = None
     expected: Optional[int] = None
@@ -204,10 +248,98 @@ class CounterexampleRecord:
         if not all(_is_num(v) for v in offset):
             _fail(where, "'offset' must be a list of numbers")
         return cls(seed_index=_int(d, "seed_index", where, required=True, lo=0), offset=[float(v) for v in offset],
-                   margin=_num(d, "margin", where, required=True),
+                   margin=_num(d, "margin", where, required=True, allow_none=True, nan_as_none=True),
                    offset_eps=[float(v) for v in _list(d, "offset_eps", where)],
                    predicted=_int(d, "predicted", where), expected=_int(d, "expected", where),
                    image=_str(d, "image", where), extra=_extra(d, cls))
+
+
+@dataclass
+class PixelCrosscheckRecord:
+    """``guard.pixel_crosscheck(...).to_dict()`` as a record (AuditAI section 4.5): how many of
+    the latent-proved seeds a pixel-space attack within ``eps`` (L-inf) still breaks. It
+    describes the proof's reach; it never changes a verdict. ``$defs/pixel_crosscheck``."""
+
+    eps: float
+    n_proved: int
+    n_attackable: int
+    fraction_attackable: Optional[float]
+    attack: str = "pgd"
+    norm: str = "linf"
+    n_seeds: Optional[int] = None
+    n_attackable_at_nominal: Optional[int] = None
+    direction: Optional[str] = None
+    latent_eps: Optional[float] = None
+    nodeid: Optional[str] = None
+    counterexamples: List[dict] = field(default_factory=list)
+    #: steps, step_size, restarts, seed, clip, label_source, ...
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        out: Dict[str, Any] = {"kind": "pixel_crosscheck", "attack": self.attack, "norm": self.norm, "eps": self.eps}
+        out.update(self.extra)
+        out.update({"n_proved": self.n_proved, "n_attackable": self.n_attackable,
+                    "fraction_attackable": self.fraction_attackable})
+        for key in ("n_seeds", "n_attackable_at_nominal", "direction", "latent_eps", "nodeid"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out["counterexamples"] = [dict(c) for c in self.counterexamples]
+        return out
+
+    @classmethod
+    def from_json(cls, d, where: str) -> "PixelCrosscheckRecord":
+        d = _mapping(getattr(d, "to_dict", lambda: d)(), where)  # a guard.PixelCheck passes as it is
+        _str(d, "kind", where, choices=("pixel_crosscheck",))
+        n_proved = _int(d, "n_proved", where, required=True, lo=0)
+        n_att = _int(d, "n_attackable", where, required=True, lo=0)
+        if n_att > n_proved:  # type: ignore[operator]
+            _fail(where, f"'n_attackable' ({n_att}) exceeds 'n_proved' ({n_proved})")
+        cxs = _list(d, "counterexamples", where)
+        if not all(isinstance(c, Mapping) for c in cxs):
+            _fail(where, "'counterexamples' must be a list of objects")
+        return cls(eps=_num(d, "eps", where, required=True, lo=0), n_proved=n_proved, n_attackable=n_att,
+                   fraction_attackable=_num(d, "fraction_attackable", where, lo=0, hi=1, allow_none=True),
+                   attack=_str(d, "attack", where, default="pgd"), norm=_str(d, "norm", where, default="linf"),
+                   n_seeds=_int(d, "n_seeds", where, lo=0),
+                   n_attackable_at_nominal=_int(d, "n_attackable_at_nominal", where, lo=0),
+                   direction=_str(d, "direction", where), latent_eps=_num(d, "latent_eps", where, lo=0),
+                   nodeid=_str(d, "nodeid", where), counterexamples=[dict(c) for c in cxs],
+                   extra={k: v for k, v in _extra(d, cls).items() if k != "kind"})
+
+
+@dataclass
+class GuardRecord:
+    """The sheet's top-level ``guard`` entry (``guard.DeepValidationGuard.sheet_entry``): the
+    Deep Validation guard stored beside the sheet. ``$defs/guard``."""
+
+    threshold: float
+    layers: List[dict]
+    classes: List[Any]
+    kind: str = "deep_validation"
+    #: the guard's JSON beside the sheet (relative to the sheet's folder)
+    path: Optional[str] = None
+    #: format, format_version, target_false_alarm, held_out_false_alarm, n_held_out, sha256, ...
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        out: Dict[str, Any] = {"kind": self.kind, "threshold": self.threshold, "layers": [dict(L) for L in self.layers],
+                               "classes": list(self.classes)}
+        out.update(self.extra)
+        if self.path is not None:
+            out["path"] = self.path
+        return out
+
+    @classmethod
+    def from_json(cls, d, where: str) -> "GuardRecord":
+        d = _mapping(getattr(d, "sheet_entry", lambda: d)(), where)  # a DeepValidationGuard passes as it is
+        layers = _list(d, "layers", where)
+        for i, L in enumerate(layers):
+            L = _mapping(L, f"{where}.layers[{i}]")
+            _str(L, "name", f"{where}.layers[{i}]", required=True)
+            _int(L, "width", f"{where}.layers[{i}]", lo=1)
+        return cls(threshold=_num(d, "threshold", where, required=True), layers=[dict(L) for L in layers],
+                   classes=_list(d, "classes", where), kind=_str(d, "kind", where, default="deep_validation"),
+                   path=_str(d, "path", where), extra=_extra(d, cls))
 
 
 @dataclass(frozen=True)
@@ -272,6 +404,9 @@ class TestRecord:
     # -- extra radii
     sweep: List[SweepPoint] = field(default_factory=list)
     certified_radius: Optional[dict] = None
+    #: the pixel-space cross-check of this test's proved seeds (``guard.pixel_crosscheck``,
+    #: added by a ``pytest_latentaudit_record`` hook or the caller); describes, never decides
+    pixel_crosscheck: Optional[PixelCrosscheckRecord] = None
     # -- how the run went
     #: what the shared budget cut short (``"sweep eps=0.5"``, ``"certified radius"``, ...)
     cut_short: List[str] = field(default_factory=list)
@@ -285,6 +420,11 @@ class TestRecord:
     carried_over: Optional[dict] = None
     #: fields added by ``pytest_latentaudit_record`` hooks (and by newer versions)
     extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.pixel_crosscheck is not None and not isinstance(self.pixel_crosscheck, PixelCrosscheckRecord):
+            # a guard.PixelCheck or its to_dict(): checked like a sheet's
+            self.pixel_crosscheck = PixelCrosscheckRecord.from_json(self.pixel_crosscheck, "pixel_crosscheck")
 
     # ---------------------------------------------------------------- rules
     @property
@@ -336,6 +476,8 @@ class TestRecord:
         for key in self._OPTIONAL:
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.pixel_crosscheck is not None:
+            out["pixel_crosscheck"] = self.pixel_crosscheck.to_json()
         out.update(self.extra)
         return out
 
@@ -377,6 +519,8 @@ class TestRecord:
                     for i, c in enumerate(_list(d, "counterexamples", where))]
         except (KeyError, TypeError) as exc:  # pragma: no cover - the checks above name the field
             raise SheetFormatError(f"{where}: malformed ({exc})") from None
+        pixel = d.get("pixel_crosscheck")
+        pixel = None if pixel is None else PixelCrosscheckRecord.from_json(pixel, f"{where}.pixel_crosscheck")
         notes = _list(d, "notes", where)
         declared = _list(d, "declared_directions", where)
         cut = _list(d, "cut_short", where)
@@ -390,17 +534,18 @@ class TestRecord:
             at_least=_num(d, "at_least", where, lo=0, hi=1, default=at_least_default),
             spec=spec, spec_text=_str(d, "spec_text", where), direction_info=_obj(d, "direction_info", where),
             evidence=_str(d, "evidence", where), engine=_str(d, "engine", where), rungs=dict(rungs),
-            seconds=_num(d, "seconds", where, lo=0, default=0.0), budget=_num(d, "budget", where, allow_none=True),
+            seconds=_num(d, "seconds", where, lo=0, default=0.0, nan_as_none=True),
+            budget=_num(d, "budget", where, allow_none=True),
             device=_str(d, "device", where), precision=_str(d, "precision", where), seed=_int(d, "seed", where),
             model_fingerprint=_str(d, "model_fingerprint", where),
-            failing_bound=_num(d, "failing_bound", where, allow_none=True),
+            failing_bound=_num(d, "failing_bound", where, allow_none=True, nan_as_none=True),
             counterexamples=cexs, notes=[str(x) for x in notes], segment=_obj(d, "segment", where),
             estimate=_obj(d, "estimate", where), declared_directions=[str(x) for x in declared],
-            latent_range=_obj(d, "latent_range", where), data_fingerprint=d.get("data_fingerprint"),
+            latent_range=_latent_range(d, where), data_fingerprint=d.get("data_fingerprint"),
             validity=_obj(d, "validity", where), sweep=sweep, certified_radius=_obj(d, "certified_radius", where),
             cut_short=[str(x) for x in cut], interrupted=_obj(d, "interrupted", where),
             outcome=_str(d, "outcome", where, choices=OUTCOMES), attempts=_int(d, "attempts", where, lo=1),
-            carried_over=_obj(d, "carried_over", where), extra=_extra(d, cls),
+            carried_over=_obj(d, "carried_over", where), pixel_crosscheck=pixel, extra=_extra(d, cls),
         )
 
 
@@ -426,3 +571,39 @@ def largest_proved_eps(records: Iterable[TestRecord],
                 best = p.eps
         out[k] = best
     return out
+
+
+# ------------------------------------------------------------------ certified-radius summaries
+def radius_stat(cr: Optional[Mapping]) -> Tuple[Optional[str], Optional[float]]:
+    """The number a certified-radius summary (``deploy.certified_radius_summary``) is read by:
+    ``("median", q["median"])`` (older sheets: ``p50``), else ``("mean", mean)``; ``(None, None)``
+    when it has neither. Comparison, the report and the exports read a radius through this."""
+    if not isinstance(cr, Mapping):
+        return None, None
+    q = cr.get("quantiles") if isinstance(cr.get("quantiles"), Mapping) else {}
+    for key in ("median", "p50"):
+        if _finite_num(q.get(key)):
+            return "median", float(q[key])
+    if _finite_num(cr.get("mean")):
+        return "mean", float(cr["mean"])
+    return None, None
+
+
+def _finite_num(v) -> bool:
+    return _is_num(v) and math.isfinite(v)
+
+
+def widest_radius(records: Iterable[TestRecord]) -> Optional[TestRecord]:
+    """The record whose certified-radius search represents a group of tests (a direction, a
+    spec kind): the widest search (largest ``eps_max``), then a proved one, then the first by
+    node id. None when no record searched."""
+    best, best_key = None, None
+    for r in sorted(records, key=lambda r: r.nodeid):
+        cr = r.certified_radius
+        if not cr:
+            continue
+        cap = cr.get("eps_max")
+        key = (float(cap) if _finite_num(cap) else 0.0, r.verdict == PROVED)
+        if best_key is None or key > best_key:
+            best, best_key = r, key
+    return best

@@ -5,14 +5,27 @@ controller and in the CLI without torch.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterable, List, Mapping, Optional, Union
 
 from .records import TestRecord
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+def pct(x, missing: str = "\u2013") -> str:
+    """A fraction as a percentage with one decimal (``0.953`` -> ``95.3%``); ``missing`` for
+    None, NaN, inf or anything not a number. The terminal, the HTML report and the guard
+    report all format fractions with this."""
+    if isinstance(x, bool) or x is None:
+        return missing
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return missing
+    return f"{100 * v:.1f}%" if math.isfinite(v) else missing
+
+
+_pct = pct
 
 
 def _rec(rec: Union[TestRecord, Mapping]) -> TestRecord:
@@ -48,7 +61,8 @@ def failure_message(rec: Union[TestRecord, Mapping], *, sheet: Optional[Path] = 
         off_eps = ", ".join(f"{o:+.2f}" for o in w.offset_eps)
         exp = "" if w.expected is None else f", expected {w.expected}"
         lines.append(f"  worst counterexample: seed {w.seed_index}, offset ({off}) = ({off_eps}) eps "
-                     f"along {r.direction!r}: predicted {w.predicted}{exp} (margin {w.margin:.4g}; "
+                     f"along {r.direction!r}: predicted {w.predicted}{exp} "
+                     f"(margin {'unknown' if w.margin is None else format(w.margin, '.4g')}; "
                      f"re-checked by a plain forward pass)")
         if w.image:
             img = Path(w.image)

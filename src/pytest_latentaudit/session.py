@@ -308,8 +308,12 @@ class TestRunner:
         granted = budget.grant(AUDIT_SHARE if extras else 1.0)
         t0 = time.perf_counter()
         result = self.result = self._audit(eps, granted, replay)
-        budget.observe("audit", granted, time.perf_counter() - t0)
-        budget.saw_call(time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        budget.observe("audit", granted, took)
+        budget.saw_call(took)
+        undecided = result.counts[UNKNOWN]
+        if undecided and getattr(result, "cut_by_budget", False):  # the budget, not the ladder's work, ended it
+            self.cut.append(f"audit ({undecided} of {result.n} seeds undecided at its deadline)")
         self._store_replay(result)
         record = self.record = self.make_record(result)
         for key, value in _deployment_fields(self.seeds, self.labels, kw["direction"], self.space, result.eps).items():

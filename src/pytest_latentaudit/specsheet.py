@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from .records import SheetFormatError, TestRecord, largest_proved_eps, parse_records
-from .vocab import VERDICTS
+from .records import (EPS_TOL, GuardRecord, PixelCrosscheckRecord, SheetFormatError, TestRecord, largest_proved_eps,
+                      parse_records, widest_radius)
+from .vocab import PROVED, VERDICTS
 
 __all__ = ["SCHEMA_VERSION", "SpecSheet", "SheetFormatError", "read_sheet", "check_sheet", "summarize",
-           "carry_over", "merge_sheets", "MergeResult", "relative_image_paths"]
+           "carry_over", "merge_sheets", "MergeResult", "relative_image_paths", "directions_section"]
 
 SCHEMA_VERSION = 1
 
@@ -85,6 +86,14 @@ def check_sheet(data, source: str = "spec sheet", *, require_header: bool = True
     if dirs is not None and (not isinstance(dirs, Mapping)
                              or not all(isinstance(e, Mapping) or e is None for e in dirs.values())):
         raise SheetFormatError(f"{source}: 'directions' must map direction names to objects")
+    if data.get("guard") is not None:
+        GuardRecord.from_json(data["guard"], f"{source}: guard")
+    if data.get("pixel_crosscheck") is not None:
+        if not isinstance(data["pixel_crosscheck"], list):
+            raise SheetFormatError(f"{source}: 'pixel_crosscheck' must be a list of cross-check results, got "
+                                   f"{type(data['pixel_crosscheck']).__name__}")
+        for i, p in enumerate(data["pixel_crosscheck"]):
+            PixelCrosscheckRecord.from_json(p, f"{source}: pixel_crosscheck[{i}]")
     if not isinstance(data["tests"], list):
         raise SheetFormatError(f"{source}: 'tests' must be a list of test records, got "
                                f"{type(data['tests']).__name__}")
@@ -136,8 +145,17 @@ class SpecSheet:
     def build(cls, records: Iterable[Union[TestRecord, Mapping]], *, tool_version: str,
               rootdir: Optional[Path] = None, settings: Optional[dict] = None, **header) -> "SpecSheet":
         """A sheet from records (typed or JSON), sorted by node id; ``header``: extra top-level
-        fields (``created``, ``machine``, ``commit`` replace the computed ones)."""
+        fields (``created``, ``machine``, ``commit`` replace the computed ones; ``guard``: a
+        ``DeepValidationGuard``, its ``sheet_entry()`` or a ``GuardRecord``; ``pixel_crosscheck``:
+        a list of ``PixelCheck`` results, their ``to_dict()`` or ``PixelCrosscheckRecord``s)."""
         recs = sorted(parse_records(list(records)), key=lambda r: r.nodeid)
+        if header.get("guard") is not None:
+            g = header["guard"]
+            header["guard"] = (g if isinstance(g, GuardRecord) else GuardRecord.from_json(g, "guard")).to_json()
+        if header.get("pixel_crosscheck") is not None:
+            header["pixel_crosscheck"] = [
+                (p if isinstance(p, PixelCrosscheckRecord) else PixelCrosscheckRecord.from_json(
+                    p, f"pixel_crosscheck[{i}]")).to_json() for i, p in enumerate(header["pixel_crosscheck"])]
         tests = [r.to_json() for r in recs]
         data = {
             "schema_version": SCHEMA_VERSION,
@@ -152,7 +170,6 @@ class SpecSheet:
         }
         data.update(header)
         from .coverage import coverage_summary
-        from .deploy import directions_section
 
         declared = sorted({d for r in recs for d in r.declared_directions})
         data["directions"] = directions_section(tests, declared=declared)
@@ -165,6 +182,19 @@ class SpecSheet:
         from .deploy import in_spec
 
         return in_spec(self.data, z, directions, **kw)
+
+    @property
+    def guard(self) -> Optional[GuardRecord]:
+        """The Deep Validation guard stored beside the sheet (top-level ``guard``), if recorded."""
+        g = self.data.get("guard")
+        return None if g is None else GuardRecord.from_json(g, "guard")
+
+    @property
+    def pixel_crosschecks(self) -> List[PixelCrosscheckRecord]:
+        """The sheet's pixel-space cross-checks (top-level ``pixel_crosscheck``) and its records'."""
+        out = [PixelCrosscheckRecord.from_json(p, f"pixel_crosscheck[{i}]")
+               for i, p in enumerate(self.data.get("pixel_crosscheck") or [])]
+        return out + [r.pixel_crosscheck for r in self.records if r.pixel_crosscheck is not None]
 
     @property
     def tests(self) -> List[dict]:
@@ -183,6 +213,15 @@ class SpecSheet:
     @classmethod
     def load(cls, path) -> "SpecSheet":
         return read_sheet(Path(path))
+
+    def direction_entries(self) -> Dict[str, dict]:
+        """The sheet's ``directions`` section (ranges, bases, proved eps, certified radius per
+        direction); rebuilt from the records by ``directions_section`` when the sheet has none.
+        ``deploy.in_spec``, the exports and ``latentaudit show`` read it through this."""
+        dirs = self.data.get("directions")
+        if isinstance(dirs, Mapping) and dirs:
+            return dict(dirs)
+        return directions_section(self.records)
 
     def directions(self) -> Dict[str, dict]:
         """Per direction: the largest eps proved (by a test or a sweep point), and the verdicts seen."""
@@ -313,3 +352,83 @@ def _difference(a: dict, b: dict) -> str:
     if "verdict" in keys:
         return f"verdicts ({a.get('verdict')} vs {b.get('verdict')})"
     return "fields: " + ", ".join(keys)
+
+
+# ------------------------------------------------------------------ the directions section
+def _new_entry() -> dict:
+    return {"proved_eps": None, "latent_range": None, "ranges": []}
+
+
+def directions_section(records: Iterable[Union[TestRecord, Mapping]],
+                       declared: Optional[Iterable[str]] = None) -> Dict[str, dict]:
+    """The sheet's top-level ``directions`` section from test records (typed or JSON).
+
+    Per direction: ``kind``, ``k``, ``axis`` or ``basis`` (from the records' ``latent_range`` or
+    ``direction_info``), ``proved_eps`` (``records.largest_proved_eps``: a test or a sweep point),
+    ``certified_radius`` (``records.widest_radius``: the summary of the test that searched the
+    widest radius, with its ``nodeid``), ``ranges`` (every test's range and the range at each of
+    its sweep radii, ``mean -+ (eps + std)``, with ``eps``, ``nodeid`` and ``verdict``) and
+    ``latent_range``: the proved range with the largest eps that stays within the realism limit,
+    i.e. the verified operating range a deployer checks inputs against (``None`` when nothing
+    along the direction is proved). ``declared`` names without tests get an entry with
+    ``proved_eps`` and ``latent_range`` ``None``. ``deploy.in_spec`` reads this section."""
+    recs = sorted(parse_records(list(records)), key=lambda r: r.nodeid)
+    out: Dict[str, dict] = {}
+    for name in declared or ():
+        out.setdefault(str(name), _new_entry())
+    proved_eps = largest_proved_eps(recs)
+    by_dir: Dict[str, List[TestRecord]] = {}
+    for r in recs:
+        by_dir.setdefault(r.direction, []).append(r)
+    for name, group in by_dir.items():
+        entry = out.setdefault(name, _new_entry())
+        entry["proved_eps"] = proved_eps[name]
+        widest = widest_radius(group)
+        if widest is not None:
+            entry["certified_radius"] = dict(widest.certified_radius or {}, nodeid=widest.nodeid)
+        for r in group:
+            rng = r.latent_range
+            for src in (r.direction_info or {}, rng or {}):
+                for key in ("kind", "k", "axis", "basis"):
+                    if key in src and key not in entry:
+                        entry[key] = src[key]
+            _add_validity(entry, r.validity)
+            if rng:
+                item = {k: rng[k] for k in ("lower", "upper", "mean", "std", "eps", "n_seeds") if k in rng}
+                item.setdefault("eps", r.eps)
+                item["nodeid"], item["verdict"] = r.nodeid, r.verdict
+                entry["ranges"].append(item)
+                if "mean" in rng and "std" in rng:  # the range at a sweep radius: mean -+ (eps + std)
+                    for p in r.points():
+                        if not p.sweep:
+                            continue
+                        entry["ranges"].append({
+                            "lower": [m - p.eps - sd for m, sd in zip(rng["mean"], rng["std"])],
+                            "upper": [m + p.eps + sd for m, sd in zip(rng["mean"], rng["std"])],
+                            "mean": rng["mean"], "std": rng["std"], "eps": p.eps, "n_seeds": rng.get("n_seeds", 0),
+                            "nodeid": r.nodeid, "verdict": p.verdict})
+    for entry in out.values():
+        entry["ranges"].sort(key=lambda g: (g["eps"], g["nodeid"]))
+        limit = entry.get("realism_limit")
+        for g in entry["ranges"]:
+            if limit is not None and g["eps"] > limit + EPS_TOL:
+                g["beyond_realism"] = True
+        # never offer a deployer a range that goes beyond where the generator stays realistic
+        proved = [g for g in entry["ranges"] if g["verdict"] == PROVED and not g.get("beyond_realism")]
+        entry["latent_range"] = max(proved, key=lambda g: g["eps"]) if proved else None
+    return dict(sorted(out.items()))
+
+
+def _add_validity(entry: dict, val: Optional[Mapping]) -> None:
+    """Fold one test's validity report into its direction's entry: the most conservative
+    realism limit over the tests (a saturated search only says "at least eps_max", which bounds
+    nothing), and the problems of every check."""
+    if not isinstance(val, Mapping) or not isinstance(val.get("realism"), Mapping):
+        return
+    real = val["realism"]
+    if not real.get("saturated") and real.get("eps") is not None:
+        cur = entry.get("realism_limit")
+        entry["realism_limit"] = float(real["eps"]) if cur is None else min(cur, float(real["eps"]))
+    entry["validity"] = {k: val.get(k) for k in ("ok", "eps") if k in val}
+    entry["validity"]["problems"] = [p for c in ("continuity", "independence", "realism")
+                                     if isinstance(val.get(c), Mapping) for p in val[c].get("problems", [])]

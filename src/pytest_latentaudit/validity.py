@@ -24,6 +24,7 @@ from typing import Callable, Dict, Mapping, Optional, Union
 
 import torch
 
+from .directions import _as_latents as _latents  # one reader of [N, latent_dim] codes
 from .latent import Direction, LatentAuditError
 from .options import DirectionValidityWarning  # its torch-free home; re-exported here
 
@@ -31,15 +32,6 @@ __all__ = [
     "DirectionValidityWarning", "check_continuity", "check_independence", "realism_limit", "check_realism",
     "validity_report",
 ]
-
-
-def _latents(z) -> torch.Tensor:
-    z = torch.as_tensor(z).detach()
-    if not z.is_floating_point():
-        z = z.float()
-    if z.dim() != 2:
-        raise LatentAuditError(f"latent codes must be [N, latent_dim]; got shape {tuple(z.shape)}")
-    return z
 
 
 def _basis(direction, dim: int, dtype=torch.float32) -> torch.Tensor:
@@ -314,6 +306,13 @@ def realism_limit(data_latents, direction, seeds=None, *, method: str = "knn", q
         raise LatentAuditError(f"quantile must be in (0, 1), got {quantile!r}")
     V = _basis(direction, data.shape[1], data.dtype)
     kdim = V.shape[1]
+    if method == "knn":
+        # the k-th neighbour of a data code among the *others*: at most N - 1 of them (with 4
+        # seeds and the default k=5 there is no 5th neighbour: use the farthest there is)
+        if data.shape[0] < 2:
+            raise LatentAuditError(f"realism (knn) needs at least 2 data latent codes, got {data.shape[0]}: "
+                                   f"give the LatentSpace data_latents, or more seeds")
+        k = max(1, min(int(k), data.shape[0] - 1))
     if eps_max is None:
         eps_max = 4.0 * float((data @ V).std(0).max())
     fit: dict = {}
@@ -359,6 +358,8 @@ def realism_limit(data_latents, direction, seeds=None, *, method: str = "knn", q
               "eps_max": float(eps_max), "saturated": bool(saturated), "threshold": thr, "quantile": quantile,
               "max_outside": max_outside, "allowed_outside": allowed, "outside_at_zero": curve[0][1],
               "n_seeds": int(z.shape[0]), "curve": curve, "problems": []}
+    if method == "knn":
+        report["k"] = int(k)
     if eps is not None and float(eps) > limit and not saturated:
         frac = _outside_at(curve, float(eps))
         report["problems"].append(f"eps={float(eps):g} is beyond its realism limit {limit:.3g} ({method}): "

@@ -39,6 +39,8 @@ from __future__ import annotations
 import time
 import torch
 
+from ..vocab import FALSIFIED, UNKNOWN, VERIFIED
+
 #: bounded children of one seed before it is deferred to the next pass (x4 per pass)
 QUOTA0 = 1024
 #: the first leaf attack of a seed after this many bounded children (x4 after each)
@@ -300,8 +302,8 @@ class BranchAndBound:
             touched = torch.zeros(n, dtype=torch.bool, device=dev)
             touched[q_seed] = True
             for i in torch.nonzero(touched & (count == 0)).reshape(-1).tolist():
-                if L.status[i] == "unknown":
-                    L.status[i], L.rung[i] = "verified", "bab"
+                if L.status[i] == UNKNOWN:
+                    L.status[i], L.rung[i] = VERIFIED, "bab"
             L.tick()
             if self.cut or L.out_of_time():
                 self.cut = True
@@ -339,7 +341,7 @@ class BranchAndBound:
             open_max.scatter_reduce_(0, self.o_seed, self.o_ub, "amax")
         part = torch.maximum(open_max, closed_max)
         for i in idx.tolist():
-            if L.status[i] == "falsified" or not bool(torch.isfinite(part[i])):
+            if L.status[i] == FALSIFIED or not bool(torch.isfinite(part[i])):
                 continue
             L.bound[i] = torch.minimum(L.bound[i], part[i].to(L.bound.dtype))
 

@@ -26,10 +26,7 @@ from .bounds import spec_upper_bound
 from .forms import tolerance
 from .graph import BoundGraph
 from .problem import Problem
-
-VERIFIED, FALSIFIED, UNKNOWN = "verified", "falsified", "unknown"
-
-ENGINES = ("auto", "ibp", "linear", "bab", "exact", "falsify")
+from ..vocab import ENGINES, FALSIFIED, UNKNOWN, VERIFIED  # noqa: F401  (the names live in vocab)
 
 #: share of the remaining budget the CROWN rung may use before branch and bound: with
 #: k <= 2 perturbed dims splitting pays sooner, with more dims CROWN's tightness does
@@ -62,6 +59,8 @@ class Outcome:
     sample_holds: Optional[List[Optional[int]]] = None
     sample_n: int = 0
     notes: List[str] = field(default_factory=list)
+    #: the budget stopped the ladder (a rung cut, or the deadline passed) before it ran out of work
+    cut: bool = False
 
 
 def _oom(exc: BaseException) -> bool:
@@ -482,4 +481,5 @@ class Ladder:
         self.tick("done")
         return Outcome(self.status, self.rung, self.bound, self.cex_t, self.cex_x, self.cex_margin,
                        fraction=self.fraction, bad_intervals=self.bad_intervals, bab_boxes=self.bab_boxes,
-                       sample_holds=self.sample_holds, sample_n=self.sample_n, notes=self.notes)
+                       sample_holds=self.sample_holds, sample_n=self.sample_n, notes=self.notes,
+                       cut=self._time_up())
