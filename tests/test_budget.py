@@ -63,6 +63,8 @@ TESTS = '''
 '''
 
 
+# a wall-clock bound: another process on the same cores can steal the time (pytest-rerunfailures)
+@pytest.mark.flaky(reruns=2)
 @pytest.mark.parametrize("mode", MODES)
 def test_budget_3_test_call_ends_within_3_3_s(pytester, mode):
     write_project(pytester.path, {"test_budget_use.py": TESTS}, conftest=PROJECT_CONFTEST + BIG)
