@@ -6,7 +6,8 @@
   latent coordinate 0, and a ``seeds`` fixture.
 * ``run_pytest``: run pytest in a subprocess on a directory and return a
   ``pytest.RunResult`` (used by module-scoped fixtures that share one expensive run
-  between many assertions; pytester itself is function-scoped).
+  between many assertions; pytester itself is function-scoped); ``shared_run``: the same,
+  once per session even under xdist (the workers share it).
 * ``MODES`` / ``mode_args``: every integration test runs without xdist and with ``-n 2``.
 """
 from __future__ import annotations
