@@ -178,7 +178,14 @@ def shared_run(tmp_path_factory, name: str, files: dict, *args: str,
 
 
 # ---------------------------------------------------------------- order of this suite
+# Wall-clock budget checks (a test call within 3.3 s, ...) go last instead: run next to the
+# pytester runs with xdist (which oversubscribe the cores) they overshoot under load.
+TIMING_MODULES = {"test_budget", "test_bab"}
+
+
 def _slowness(item) -> int:
+    if getattr(getattr(item, "module", None), "__name__", "") in TIMING_MODULES:
+        return 3
     params = getattr(getattr(item, "callspec", None), "params", {})
     if params.get("mode") == "xdist":
         return 0
@@ -191,6 +198,7 @@ def _slowness(item) -> int:
 def pytest_collection_modifyitems(config, items):
     """Speed only (every test still runs): under xdist the slow tests (pytester runs with
     xdist workers, then the other pytester runs) go out first, so that none of them starts
-    last and ends the run alone. Without xdist the order stays pytest's."""
+    last and ends the run alone; the wall-clock budget tests go last. Without xdist the order
+    stays pytest's."""
     if hasattr(config, "workerinput"):  # an xdist worker: every worker sorts alike, as xdist requires
         items.sort(key=_slowness)  # stable
