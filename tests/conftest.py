@@ -6,7 +6,8 @@
   latent coordinate 0, and a ``seeds`` fixture.
 * ``run_pytest``: run pytest in a subprocess on a directory and return a
   ``pytest.RunResult`` (used by module-scoped fixtures that share one expensive run
-  between many assertions; pytester itself is function-scoped).
+  between many assertions; pytester itself is function-scoped); ``shared_run``: the same,
+  once per session even under xdist (the workers share it).
 * ``MODES`` / ``mode_args``: every integration test runs without xdist and with ``-n 2``.
 """
 from __future__ import annotations
@@ -111,6 +112,18 @@ def _lean_inner_pytest(request):
     if "pytester" not in request.fixturenames:
         yield
         return
+    # torch's tracer imports much of torch (dynamo, sympy) on its first use in a process and
+    # registers operators then: do it before pytester snapshots sys.modules, never inside an
+    # in-process run (that restores sys.modules, and a second import would register them again),
+    # whatever order the tests run in
+    # (the same for the package's modules that an in-process run would otherwise import first)
+    import pytest_latentaudit.api  # noqa: F401
+    import pytest_latentaudit.latent  # noqa: F401
+    import pytest_latentaudit.session  # noqa: F401
+    import pytest_latentaudit.specs  # noqa: F401
+    from pytest_latentaudit.plugin import _warm_up
+
+    _warm_up()
     request.getfixturevalue("pytester")
     mp = pytest.MonkeyPatch()
     mp.setenv("PYTEST_ADDOPTS", LEAN_ADDOPTS)
@@ -140,3 +153,52 @@ def load_sheet(path) -> dict:
 def records_by_test(sheet: dict) -> dict:
     """Spec-sheet records keyed by the test function name (last part of the node id)."""
     return {r["nodeid"].split("::")[-1]: r for r in sheet["tests"]}
+
+
+def shared_run(tmp_path_factory, name: str, files: dict, *args: str,
+               conftest: str = PROJECT_CONFTEST) -> tuple[pytest.RunResult, Path]:
+    """``run_pytest(root, *args)`` on a project written from ``files``, once per session:
+    ``(RunResult, root)``. Under xdist the workers share it (the first to ask runs it, the
+    others wait for it, then read its result and use its files), so that a module-scoped
+    fixture built on it costs one run in the suite, not one per worker that needs it."""
+    from filelock import FileLock  # a dependency of torch
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above every worker's own
+    root, done = base / f"shared-{name}", base / f"shared-{name}.json"
+    with FileLock(str(done) + ".lock"):
+        if not done.exists():
+            write_project(root, files, conftest)
+            r = run_pytest(root, *args)
+            done.write_text(json.dumps({"ret": int(r.ret), "outlines": r.outlines, "errlines": r.errlines,
+                                        "duration": r.duration}))
+    d = json.loads(done.read_text())
+    return pytest.RunResult(d["ret"], d["outlines"], d["errlines"], d["duration"]), root
+
+
+# ---------------------------------------------------------------- order of this suite
+# Wall-clock budget checks (a test call within 3.3 s, ...) go last instead: run next to the
+# pytester runs with xdist (which oversubscribe the cores) they overshoot under load.
+TIMING_MODULES = {"test_budget", "test_bab"}
+
+
+def _slowness(item) -> int:
+    if getattr(getattr(item, "module", None), "__name__", "") in TIMING_MODULES:
+        return 3
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if params.get("mode") == "xdist":
+        return 0
+    if "pytester" in item.fixturenames:
+        return 1
+    return 2
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Speed only (every test still runs): under xdist the slow tests (pytester runs with
+    xdist workers, then the other pytester runs) go out first, so that none of them starts
+    last and ends the run alone; the wall-clock budget tests go last. Without xdist the order
+    stays pytest's."""
+    if hasattr(config, "workerinput"):  # an xdist worker: every worker sorts alike, as xdist requires
+        items.sort(key=_slowness)  # stable

@@ -55,10 +55,14 @@ def junit_cases(path):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_ctrl_c_keeps_the_earlier_sheet_byte_identical(pytester, mode, monkeypatch):
+def test_ctrl_c_keeps_the_earlier_sheet_byte_identical_and_a_missing_baseline_is_a_note(pytester, mode, monkeypatch):
     write_project(pytester.path, {"test_art.py": TESTS})
-    first = run(pytester, mode, "--latent-spec-sheet", "sheet.json", "--latent-report", "report.html")
+    first = run(pytester, mode, "--latent-spec-sheet", "sheet.json", "--latent-report", "report.html",
+                "--latent-compare", "nope.json")
     first.assert_outcomes(passed=4)
+    # a missing baseline is a note, not a failure
+    assert first.ret == pytest.ExitCode.OK
+    assert "latent compare: no baseline at" in first.stdout.str()
     sheet, report = pytester.path / "sheet.json", pytester.path / "report.html"
     before, report_before = sheet.read_bytes(), report.read_bytes()
     monkeypatch.setenv("LATENT_CTRL_C", "1")  # a subprocess: xdist's Interrupted would stop this session too
@@ -111,14 +115,6 @@ def test_broken_baseline_is_one_error_and_junit_survives(pytester, mode, baselin
     assert len(errors) == 1 and message in errors[0], result.stdout.str()
     assert len(junit_cases(pytester.path / "junit.xml")) == 4
     assert len(load_sheet(pytester.path / "sheet.json")["tests"]) == 3
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_missing_baseline_is_a_note_not_a_failure(pytester, mode):
-    write_project(pytester.path, {"test_art.py": TESTS})
-    result = run(pytester, mode, "--latent-compare", "nope.json")
-    assert result.ret == pytest.ExitCode.OK
-    assert "latent compare: no baseline at" in result.stdout.str()
 
 
 @pytest.mark.parametrize("mode", MODES)

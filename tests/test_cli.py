@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import load_sheet, run_pytest, write_project
+from conftest import load_sheet, shared_run
 
 from pytest_latentaudit import SpecSheet
 from pytest_latentaudit import cli as cli_mod
@@ -48,8 +48,7 @@ CLI_PROJECT = {
 
 @pytest.fixture(scope="module")
 def sheet_path(tmp_path_factory):
-    root = write_project(tmp_path_factory.mktemp("cli-project"), CLI_PROJECT)
-    result = run_pytest(root, "--latent-spec-sheet", "sheet.json")
+    result, root = shared_run(tmp_path_factory, "cli-project", CLI_PROJECT, "--latent-spec-sheet", "sheet.json")
     result.assert_outcomes(passed=3, failed=1)
     return root / "sheet.json"
 

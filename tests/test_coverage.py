@@ -6,7 +6,7 @@ import json
 import sys
 
 import pytest
-from conftest import load_sheet, run_pytest, write_project
+from conftest import load_sheet, shared_run
 
 from pytest_latentaudit import deploy, schema
 from pytest_latentaudit.coverage import compare_sheets, coverage_gate, coverage_summary, regressions_gate
@@ -43,8 +43,7 @@ PROJECT = {"test_cov.py": '''
 
 @pytest.fixture(scope="module")
 def real_sheet(tmp_path_factory):
-    root = write_project(tmp_path_factory.mktemp("coverage-project"), PROJECT)
-    result = run_pytest(root, "--latent-spec-sheet", "out/sheet.json")
+    result, root = shared_run(tmp_path_factory, "coverage-project", PROJECT, "--latent-spec-sheet", "out/sheet.json")
     assert result.ret == 1, "\n".join(result.outlines + result.errlines)  # test_pose_violated fails
     return load_sheet(root / "out" / "sheet.json")
 

@@ -93,19 +93,19 @@ REPLAY_TESTS = textwrap.dedent('''
 def test_counterexamples_replay_from_the_cache_on_the_next_run(pytester, mode):
     write_project(pytester.path, {"test_replay.py": REPLAY_TESTS.format(engine="falsify")})
     args = ["--latent-spec-sheet", "sheet.json", *mode_args(mode)]
-    first = pytester.runpytest_subprocess(*args)
+    first = pytester.runpytest_inprocess(*args)
     first.assert_outcomes(failed=1)
     rec1 = json.loads((pytester.path / "sheet.json").read_text())["tests"][0]
     assert rec1["counts"]["falsified"] > 0 and "replay" not in rec1["rungs"]
     cache = list((pytester.path / ".pytest_cache" / "v" / "latentaudit" / "counterexamples").iterdir())
     assert cache, "counterexamples are stored in pytest's cache (under a hash of the node id)"
-    second = pytester.runpytest_subprocess(*args)
+    second = pytester.runpytest_inprocess(*args)
     second.assert_outcomes(failed=1)
     rec2 = json.loads((pytester.path / "sheet.json").read_text())["tests"][0]
     # every stored counterexample is re-checked first and still fails: decided by replay
     assert rec2["rungs"].get("replay", 0) == rec1["counts"]["falsified"]
     assert rec2["counts"]["falsified"] >= rec1["counts"]["falsified"]
     # with the cache off nothing is replayed
-    third = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    third = pytester.runpytest_inprocess("-p", "no:cacheprovider", *args)
     rec3 = json.loads((pytester.path / "sheet.json").read_text())["tests"][0]
     assert "replay" not in rec3["rungs"]

@@ -55,20 +55,6 @@ def test_ini_paths_are_relative_to_the_rootdir(pytester, mode, monkeypatch):
     assert all((pytester.path / "out" / i).is_file() for i in images)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_replay_cache_keys_are_hashed(pytester, mode):
-    write_project(pytester.path, {"test_cache.py": TESTS})
-    result = pytester.runpytest_inprocess(*mode_args(mode))
-    result.assert_outcomes(passed=1, failed=1)
-    entries = list((pytester.path / ".pytest_cache" / "v" / "latentaudit" / "counterexamples").iterdir())
-    assert entries and all(re.fullmatch(r"[0-9a-f]{32}", p.name) for p in entries), entries
-    stored = json.loads((pytester.path / ".pytest_cache" / "v" / cache_key(VIOLATED_ID)).read_text())
-    assert stored["nodeid"] == VIOLATED_ID and stored["counterexamples"]
-    # nothing named after the test, inside the cache or out of it (a raw key would climb out of it)
-    assert not list(pytester.path.rglob("*escaped*"))
-    assert not list(pytester.path.parent.parent.glob("escaped*")) and not list(pytester.path.parent.glob("escaped*"))
-
-
 MALFORMED = [
     "not json at all {",
     json.dumps("a string"),
@@ -81,9 +67,21 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_malformed_cache_entries_are_dropped_with_a_warning(pytester, mode):
+def test_replay_cache_keys_are_hashed_and_malformed_entries_dropped_with_a_warning(pytester, mode):
+    """(One project, one first run for both: the runs after it rewrite its cache entry.)"""
     write_project(pytester.path, {"test_cache.py": TESTS})
-    pytester.runpytest_inprocess(*mode_args(mode)).assert_outcomes(passed=1, failed=1)
+    result = pytester.runpytest_inprocess(*mode_args(mode))
+    result.assert_outcomes(passed=1, failed=1)
+    # the replay-cache keys are hashes
+    entries = list((pytester.path / ".pytest_cache" / "v" / "latentaudit" / "counterexamples").iterdir())
+    assert entries and all(re.fullmatch(r"[0-9a-f]{32}", p.name) for p in entries), entries
+    stored = json.loads((pytester.path / ".pytest_cache" / "v" / cache_key(VIOLATED_ID)).read_text())
+    assert stored["nodeid"] == VIOLATED_ID and stored["counterexamples"]
+    # nothing named after the test, inside the cache or out of it (a raw key would climb out of it)
+    assert not list(pytester.path.rglob("*escaped*"))
+    assert not list(pytester.path.parent.parent.glob("escaped*")) and not list(pytester.path.parent.glob("escaped*"))
+
+    # a malformed cache entry is dropped with a warning
     entry = pytester.path / ".pytest_cache" / "v" / cache_key(VIOLATED_ID)
     for text in (MALFORMED if mode == "serial" else MALFORMED[3:4]):  # xdist: the workers read it alike
         entry.write_text(text)

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import JUNIT_XSD, MODES, load_sheet, mode_args, records_by_test, run_pytest, write_project
+from conftest import JUNIT_XSD, MODES, load_sheet, mode_args, records_by_test, shared_run, write_project
 
 # In-process pytester runs restore sys.modules afterwards; modules first imported during a
 # run would be re-imported by the next one while the package caches the old classes
@@ -305,9 +305,8 @@ def _main_runs(tmp_path_factory):
     cache = {}
 
     def get(mode):
-        if mode not in cache:
-            root = write_project(tmp_path_factory.mktemp(f"main-{mode}"), MAIN_FILES)
-            cache[mode] = (run_pytest(root, *MAIN_ARGS, *mode_args(mode)), root)
+        if mode not in cache:  # once per session, whichever worker asks first
+            cache[mode] = shared_run(tmp_path_factory, f"plugin-main-{mode}", MAIN_FILES, *MAIN_ARGS, *mode_args(mode))
         return cache[mode]
 
     return get

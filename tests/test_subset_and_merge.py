@@ -60,7 +60,7 @@ def names(sheet, carried=None):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_subset_compare_exits_0_and_keeps_the_full_sheet(pytester, mode, capsys):
+def test_subset_compare_exits_0_and_keeps_the_full_sheet_deleted_tests_go(pytester, mode, capsys):
     write_project(pytester.path, FILES)
     full = run(pytester, mode, "--latent-spec-sheet", "full.json")
     assert full.ret == pytest.ExitCode.TESTS_FAILED  # test_one_b is violated
@@ -100,16 +100,17 @@ def test_subset_compare_exits_0_and_keeps_the_full_sheet(pytester, mode, capsys)
     run(pytester, mode, "--latent-spec-sheet", "full.json")
     assert names(load_sheet(pytester.path / "full.json"), carried=True) == set()
 
+    # (the same project on: deleted tests go, other files stay)
+    _deleted_tests_go_other_files_stay(pytester, mode, "full.json")
 
-@pytest.mark.parametrize("mode", MODES)
-def test_deleted_tests_go_other_files_stay(pytester, mode):
-    write_project(pytester.path, FILES)
-    run(pytester, mode, "--latent-spec-sheet", "sheet.json")
-    # delete test_one_b from its file, and run only that file: test_two.py was not collected
+
+def _deleted_tests_go_other_files_stay(pytester, mode, sheet_name):
+    """After a full run wrote ``sheet_name``: delete test_one_b from its file, and run only
+    that file (test_two.py is not collected)."""
     src = (pytester.path / "test_one.py").read_text()
     (pytester.path / "test_one.py").write_text(src.split("@pytest.mark.latent(direction=\"pose\", eps=2.5")[0])
-    result = run(pytester, mode, "test_one.py", "--latent-spec-sheet", "sheet.json", "--latent-compare", "sheet.json")
-    sheet = load_sheet(pytester.path / "sheet.json")
+    result = run(pytester, mode, "test_one.py", "--latent-spec-sheet", sheet_name, "--latent-compare", sheet_name)
+    sheet = load_sheet(pytester.path / sheet_name)
     assert names(sheet) == {"test_one_a", "test_two_a"} and names(sheet, carried=True) == {"test_two_a"}
     assert result.ret == pytest.ExitCode.TESTS_FAILED  # the deleted test is missing: a regression
     assert "test_one.py::test_one_b: test missing from the new sheet" in result.stdout.str()
