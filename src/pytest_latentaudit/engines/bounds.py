@@ -303,10 +303,12 @@ def _feeds_relaxation(graph: BoundGraph) -> List[bool]:
 
 def _crown_refine(graph: BoundGraph, conc, center, gens, j):
     """Tighten node ``j``'s bounds on its unstable neurons (lower < 0 < upper) with a
-    backward pass per neuron, over the bounds of the nodes before it. Upper bounds come
-    first; when only (leaky) ReLUs read node ``j``, a neuron the upper bound shows dead
-    needs no lower bound (its relaxation is exact whatever its lower bound), so the lower
-    pass takes only the others: about a quarter fewer rows on deep layers."""
+    backward pass per neuron, over the bounds of the nodes before it. With many unstable
+    neurons (``UPPER_FIRST_MIN``) that only (leaky) ReLUs read, upper bounds come first: a
+    neuron they show dead needs no lower bound (its relaxation is exact whatever its lower
+    bound), so the lower pass takes only the others (about a quarter fewer rows on the deep
+    layers of a wide head). With few, one pass bounds both sides: on small networks a second
+    pass costs more in per-layer overhead than it saves."""
     lo, hi = conc[j]
     n = lo.shape[0]
     flo, fhi = lo.reshape(n, -1), hi.reshape(n, -1)
@@ -317,21 +319,33 @@ def _crown_refine(graph: BoundGraph, conc, center, gens, j):
     order = torch.argsort(uns.to(torch.int8), dim=1, descending=True, stable=True)[:, :U]  # unstable first
     valid = uns.gather(1, order)
     big = torch.full((n, U), torch.inf, dtype=lo.dtype, device=lo.device)
+    if U < UPPER_FIRST_MIN or not _only_relus_read(graph, j):
+        # few neurons (small networks, shallow layers): one pass for both sides costs less
+        # than two passes' per-layer overhead
+        ones = torch.ones(U, dtype=lo.dtype, device=lo.device)
+        ub = _neuron_bounds(graph, conc, center, gens, j, torch.cat([order, order], 1),
+                            torch.cat([valid, valid], 1), torch.cat([ones, -ones]))
+        new_lo, new_hi = _round_out(-ub[:, U:], ub[:, :U], lo.dtype)
+        fhi = fhi.scatter_reduce(1, order, torch.where(valid, new_hi, big), "amin")
+        flo = flo.scatter_reduce(1, order, torch.where(valid, new_lo, -big), "amax")
+        return flo.reshape(lo.shape), fhi.reshape(hi.shape)
     ub = _neuron_bounds(graph, conc, center, gens, j, order, valid, 1.0)
     _, new_hi = _round_out(ub, ub, lo.dtype)
     fhi = fhi.scatter_reduce(1, order, torch.where(valid, new_hi, big), "amin")
-    need = valid
-    if _only_relus_read(graph, j):
-        need = valid & (new_hi > 0)
-        U2 = int(need.sum(1).max())
-        if U2 == 0:
-            return flo.reshape(lo.shape), fhi.reshape(hi.shape)
-        pick = torch.argsort(need.to(torch.int8), dim=1, descending=True, stable=True)[:, :U2]
-        order, need = order.gather(1, pick), need.gather(1, pick)
+    need = valid & (new_hi > 0)
+    U2 = int(need.sum(1).max())
+    if U2 == 0:
+        return flo.reshape(lo.shape), fhi.reshape(hi.shape)
+    pick = torch.argsort(need.to(torch.int8), dim=1, descending=True, stable=True)[:, :U2]
+    order, need = order.gather(1, pick), need.gather(1, pick)
     ub = _neuron_bounds(graph, conc, center, gens, j, order, need, -1.0)  # bounds of -x
     new_lo, _ = _round_out(-ub, -ub, lo.dtype)
     flo = flo.scatter_reduce(1, order, torch.where(need, new_lo, -big[:, :order.shape[1]]), "amax")
     return flo.reshape(lo.shape), fhi.reshape(hi.shape)
+
+
+#: below this many unstable neurons in a node, CROWN bounds both sides in one pass
+UPPER_FIRST_MIN = 64
 
 
 def _only_relus_read(graph: BoundGraph, j: int) -> bool:
@@ -339,9 +353,10 @@ def _only_relus_read(graph: BoundGraph, j: int) -> bool:
     return bool(readers) and all(isinstance(nd.op, ops.ReLUOp) for nd in readers)
 
 
-def _neuron_bounds(graph: BoundGraph, conc, center, gens, j, order, valid, s: float):
+def _neuron_bounds(graph: BoundGraph, conc, center, gens, j, order, valid, s):
     """Upper bounds of ``s * x_i`` for the neurons ``order`` of node ``j`` (rows where
-    ``valid`` is false are zero rows, their bounds unused), by one backward pass."""
+    ``valid`` is false are zero rows, their bounds unused), by one backward pass; ``s`` is
+    +-1, or a tensor of signs per row."""
     n, U = order.shape
     lo = conc[j][0]
     sign = valid.to(lo.dtype) * s
