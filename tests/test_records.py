@@ -181,13 +181,23 @@ def test_radius_summary_has_one_quantile_rule():
 
 
 # ------------------------------------------------------------------ diff and --latent-compare agree
+def _indented_block(lines):
+    """The lines indented under a header, up to the first that is not (what follows, e.g.
+    pytest's untruncated failure messages under CI=true, is not part of the list)."""
+    block = []
+    for line in lines:
+        if not line.startswith("  "):
+            break
+        block.append(line.strip())
+    return sorted(block)
+
+
 def _regressions_of_compare(out: str):
-    lines = out.split("regression(s) against the baseline", 1)[1].splitlines()[1:]
-    return sorted(line.strip() for line in lines if line.startswith("  "))
+    return _indented_block(out.split("regression(s) against the baseline", 1)[1].splitlines()[1:])
 
 
 def _regressions_of_diff(out: str):
-    return sorted(line.strip() for line in out.splitlines()[1:] if line.startswith("  "))
+    return _indented_block(out.splitlines()[1:])
 
 
 PAIR_OLD = '''
