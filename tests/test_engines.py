@@ -1,5 +1,6 @@
 """Engine-level checks that need no pytester: exact segments against dense sampling,
 native bounds against auto_LiRPA on the same queries, and the ladder's rungs."""
+import copy
 import math
 
 import pytest
@@ -203,3 +204,39 @@ def test_alpha_crown_is_sound_and_no_looser_than_crown():
     margins = torch.einsum("nmo,sno->snm", C, y) + d
     assert bool((margins.amax(0) <= alpha).all())
     assert all(nd.op.alpha_slope is None for nd in g.nodes if hasattr(nd.op, "alpha_slope"))
+
+
+def test_crown_with_rounding_off_is_the_exact_arithmetic_bound_and_below_the_sound_one():
+    """``bind(rounding=False)`` (the measure of what float soundness costs) bounds the exact
+    function: CROWN runs (it crashed on the missing radius), its bound holds on samples of
+    the float64 model, and the float-sound bound is never tighter."""
+    from pytest_latentaudit.engines import bounds as B
+    from pytest_latentaudit.engines.graph import get_graph
+
+    net = _mlp(7, d_in=6, width=96, depth=4, n_out=4)  # > 64 unstable neurons: the upper-first path
+    torch.manual_seed(7)
+    n, k = 4, 3
+    z = torch.randn(n, 6, dtype=torch.float64)
+    G = torch.zeros(n, k, 6, dtype=torch.float64)
+    G[:, range(k), range(k)] = 1.5
+    with torch.no_grad():
+        lab = net(z.float()).argmax(1)
+    eye = torch.eye(4, dtype=torch.float64)
+    C = eye[None] - eye[lab][:, None]
+    d = torch.zeros(n, 4, dtype=torch.float64)
+    g = get_graph(net, (6,))
+    try:
+        g.bind(dtype=torch.float32, rounding=False)
+        exact = B.spec_upper_bound(g, z, G, C, d, method="crown")
+    finally:
+        g.bind(dtype=torch.float32, rounding=True)
+    sound = B.spec_upper_bound(g, z, G, C, d, method="crown")
+    assert bool((sound >= exact).all())
+    s = torch.rand(2000, n, k, dtype=torch.float64) * 2 - 1
+    x = z[None].repeat(2000, 1, 1)
+    x[..., :k] += s * 1.5
+    net64 = copy.deepcopy(net).double()
+    with torch.no_grad():
+        y = net64(x.reshape(-1, 6)).reshape(2000, n, 4)
+    rows = torch.einsum("nmo,sno->snm", C, y) + d
+    assert bool((rows <= exact[None] + 1e-9).all())

@@ -366,7 +366,8 @@ def _neuron_bounds(graph: BoundGraph, conc, center, gens, j, order, valid, s):
         # product (exact), with the bias and the node's own error radius as constants
         A = op.weight[order] * sign[:, :, None]  # [n, U, D_in]
         R = op.radius(_in_bounds(conc, graph.nodes[j]), ours=False)
-        const = R.gather(1, order).double() * sign.double().abs()
+        const = torch.zeros(n, U, dtype=torch.float64, device=lo.device) if R is None else \
+            R.gather(1, order).double() * sign.double().abs()  # no radius when rounding is off
         if op.bias is not None:
             const = const + op.bias[order].double() * sign.double()
         return backward_bound(graph, conc, center, gens, graph.nodes[j].inputs[0], A, const, fast=True)
