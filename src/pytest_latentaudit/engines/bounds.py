@@ -318,7 +318,6 @@ def _crown_refine(graph: BoundGraph, conc, center, gens, j):
         return lo, hi
     order = torch.argsort(uns.to(torch.int8), dim=1, descending=True, stable=True)[:, :U]  # unstable first
     valid = uns.gather(1, order)
-    big = torch.full((n, U), torch.inf, dtype=lo.dtype, device=lo.device)
     if U < UPPER_FIRST_MIN or not _only_relus_read(graph, j):
         # few neurons (small networks, shallow layers): one pass for both sides costs less
         # than two passes' per-layer overhead
@@ -326,12 +325,12 @@ def _crown_refine(graph: BoundGraph, conc, center, gens, j):
         ub = _neuron_bounds(graph, conc, center, gens, j, torch.cat([order, order], 1),
                             torch.cat([valid, valid], 1), torch.cat([ones, -ones]))
         new_lo, new_hi = _round_out(-ub[:, U:], ub[:, :U], lo.dtype)
-        fhi = fhi.scatter_reduce(1, order, torch.where(valid, new_hi, big), "amin")
-        flo = flo.scatter_reduce(1, order, torch.where(valid, new_lo, -big), "amax")
+        fhi = _tighten(fhi, order, valid, new_hi, upper=True)
+        flo = _tighten(flo, order, valid, new_lo, upper=False)
         return flo.reshape(lo.shape), fhi.reshape(hi.shape)
     ub = _neuron_bounds(graph, conc, center, gens, j, order, valid, 1.0)
     _, new_hi = _round_out(ub, ub, lo.dtype)
-    fhi = fhi.scatter_reduce(1, order, torch.where(valid, new_hi, big), "amin")
+    fhi = _tighten(fhi, order, valid, new_hi, upper=True)
     need = valid & (new_hi > 0)
     U2 = int(need.sum(1).max())
     if U2 == 0:
@@ -340,8 +339,15 @@ def _crown_refine(graph: BoundGraph, conc, center, gens, j):
     order, need = order.gather(1, pick), need.gather(1, pick)
     ub = _neuron_bounds(graph, conc, center, gens, j, order, need, -1.0)  # bounds of -x
     new_lo, _ = _round_out(-ub, -ub, lo.dtype)
-    flo = flo.scatter_reduce(1, order, torch.where(need, new_lo, -big[:, :order.shape[1]]), "amax")
+    flo = _tighten(flo, order, need, new_lo, upper=False)
     return flo.reshape(lo.shape), fhi.reshape(hi.shape)
+
+
+def _tighten(flat, order, valid, new, upper: bool):
+    """``flat`` ``[n, D]`` with ``new`` ``[n, U]`` at positions ``order`` where ``valid``:
+    the smaller of the two for an upper bound, the larger for a lower one."""
+    fill = torch.full_like(new, torch.inf if upper else -torch.inf)
+    return flat.scatter_reduce(1, order, torch.where(valid, new, fill), "amin" if upper else "amax")
 
 
 #: below this many unstable neurons in a node, CROWN bounds both sides in one pass

@@ -260,9 +260,7 @@ class Ladder:
         p = self.p
         with torch.no_grad():
             c, _ = p.center_gens(idx, p.tl[idx], p.tu[idx])
-            y = p.model_forward(c.to(p.x_dtype)).to(torch.float64)
-            C, d = p.rows(y, idx)
-            m = (torch.einsum("nmo,no->nm", C.to(y), y) + d.to(y)).amax(1)
+            m = p.margin(p.model_forward(c.to(p.x_dtype)), idx).to(torch.float64)
         score = self.bound[idx].to(torch.float64) / m.abs().clamp(min=1e-12)
         return idx[torch.argsort(torch.nan_to_num(score, nan=torch.inf), stable=True)]
 
