@@ -202,3 +202,31 @@ def pytest_collection_modifyitems(config, items):
     stays pytest's."""
     if hasattr(config, "workerinput"):  # an xdist worker: every worker sorts alike, as xdist requires
         items.sort(key=_slowness)  # stable
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small batches on a shared, busy CPU are many times faster with one thread (modules
+    opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def hat_model(a, w, n_in=1):
+    """Two logits: y0 = w / 4 and y1 = a hat of height w / 2 on [a, a + w] along x0, over
+    ``n_in`` inputs: label 0 is violated exactly on (a + w / 4, a + 3 w / 4)."""
+    import torch
+    from torch import nn
+
+    l1, l2 = nn.Linear(n_in, 3), nn.Linear(3, 2)
+    with torch.no_grad():
+        l1.weight.zero_()
+        l1.weight[:, 0] = 1.0
+        l1.bias.copy_(torch.tensor([-a, -a - w / 2, -a - w]))
+        l2.weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [1.0, -2.0, 1.0]]))
+        l2.bias.copy_(torch.tensor([w / 4, 0.0]))
+    return nn.Sequential(l1, nn.ReLU(), l2).eval()

@@ -16,19 +16,15 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import hat_model
+
 from pytest_latentaudit import Prediction, verify_box
 from pytest_latentaudit.engines.ladder import Ladder
 from pytest_latentaudit.engines.problem import Problem
 from pytest_latentaudit.specs import Prediction as PredictionSpec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small batches on a shared, busy CPU are many times faster with one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def mlp(n_in=5, width=50, depth=6, classes=3, seed=0):
@@ -169,23 +165,12 @@ def test_seeds_are_decided_one_after_another(monkeypatch):
 
 
 # ------------------------------------------------------------ (b) soundness
-def hat_model(a, w, n_in=2):
-    """y0 = w / 4 and y1 = a hat of height w / 2 on [a, a + w] along x0: label 0 is
-    violated exactly on (a + w / 4, a + 3 w / 4)."""
-    l1, l2 = nn.Linear(n_in, 3), nn.Linear(3, 2)
-    with torch.no_grad():
-        l1.weight.zero_()
-        l1.weight[:, 0] = 1.0
-        l1.bias.copy_(torch.tensor([-a, -a - w / 2, -a - w]))
-        l2.weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [1.0, -2.0, 1.0]]))
-        l2.bias.copy_(torch.tensor([w / 4, 0.0]))
-    return nn.Sequential(l1, nn.ReLU(), l2).eval()
 
 
 @pytest.mark.parametrize("engine", ["bab", "auto"])
 @pytest.mark.parametrize("a,w", [(0.61, 2e-3), (0.137, 5e-4)])
 def test_planted_narrow_violation_is_never_verified(engine, a, w):
-    model = hat_model(a, w)
+    model = hat_model(a, w, n_in=2)
     with torch.no_grad():
         assert int(model(torch.tensor([[a + w / 2, 0.0]])).argmax()) == 1  # the violation is real
     # the hole next to seeds that verify: it must not be verified at any budget

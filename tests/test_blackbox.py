@@ -12,13 +12,7 @@ from pytest_latentaudit.engines import blackbox, falsify
 from pytest_latentaudit.engines.problem import Problem
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small batches on a shared, busy CPU are many times faster with one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 class Staircase(nn.Module):

@@ -12,6 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from conftest import hat_model
+
 from pytest_latentaudit import Direction, Invariance, OutputRange, Prediction, audit, verify_box
 from pytest_latentaudit.api import decide_verdict
 from pytest_latentaudit.engines.bounds import output_bounds
@@ -240,17 +242,6 @@ def test_audit_sound(data, net, spec_kind, engine):
 
 
 # ------------------------------------------------------- (d) branch and bound
-def hat_model(a, w, n_in=1):
-    """Two logits: y0 = w / 4 and y1 = a hat of height w / 2 on [a, a + w] (along x0).
-    Label 0 is violated exactly on (a + w / 4, a + 3 w / 4)."""
-    l1, l2 = nn.Linear(n_in, 3), nn.Linear(3, 2)
-    with torch.no_grad():
-        l1.weight.zero_()
-        l1.weight[:, 0] = 1.0
-        l1.bias.copy_(torch.tensor([-a, -a - w / 2, -a - w]))
-        l2.weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [1.0, -2.0, 1.0]]))
-        l2.bias.copy_(torch.tensor([w / 4, 0.0]))
-    return nn.Sequential(l1, nn.ReLU(), l2).eval()
 
 
 @SLOW

@@ -17,13 +17,7 @@ from pytest_latentaudit.engines.segment import certify
 from pytest_latentaudit.specs import Prediction
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small batches on a shared, busy CPU are many times faster with one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 @pytest.fixture(params=["scipy", "numpy"])

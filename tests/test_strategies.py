@@ -10,13 +10,7 @@ from pytest_latentaudit import Direction, LatentAuditError, LatentSpace, Predict
 from pytest_latentaudit.strategies import LatentBox, LatentPoint, latent_boxes, latent_points
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small batches on a shared, busy CPU are many times faster with one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 SEEDS = torch.tensor([[0.3, 1.0, -0.5, 0.0], [0.8, -1.0, 0.2, 0.1], [1.2, 0.0, 0.0, 0.5]])
 LABELS = torch.tensor([0, 0, 0])
