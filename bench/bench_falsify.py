@@ -35,7 +35,7 @@ from pytest_latentaudit.engines import blackbox, falsify
 from pytest_latentaudit.engines.graph import trace
 from pytest_latentaudit.engines.problem import Problem
 from pytest_latentaudit.engines.segment import certify
-from pytest_latentaudit.specs import Prediction
+from pytest_latentaudit.core.specs import Prediction
 
 
 def _he(linear):

@@ -16,7 +16,7 @@ from pytest_latentaudit.api import _check_points, _generator
 from pytest_latentaudit.engines.bounds import check_graph, spec_upper_bound
 from pytest_latentaudit.engines.graph import get_graph
 from pytest_latentaudit.engines.problem import Problem
-from pytest_latentaudit.specs import Prediction
+from pytest_latentaudit.core.specs import Prediction
 
 
 def best(fn, repeats):

@@ -118,9 +118,9 @@ def _lean_inner_pytest(request):
     # whatever order the tests run in
     # (the same for the package's modules that an in-process run would otherwise import first)
     import pytest_latentaudit.api  # noqa: F401
-    import pytest_latentaudit.latent  # noqa: F401
-    import pytest_latentaudit.session  # noqa: F401
-    import pytest_latentaudit.specs  # noqa: F401
+    import pytest_latentaudit.core.latent  # noqa: F401
+    import pytest_latentaudit.plugin.session  # noqa: F401
+    import pytest_latentaudit.core.specs  # noqa: F401
     from pytest_latentaudit.plugin import _warm_up
 
     _warm_up()

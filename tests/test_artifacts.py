@@ -11,9 +11,9 @@ import pytest
 from conftest import MODES, load_sheet, mode_args, write_project
 
 import pytest_latentaudit.api  # noqa: F401  (see test_plugin.py: shared modules for in-process runs)
-import pytest_latentaudit.latent  # noqa: F401
-import pytest_latentaudit.session  # noqa: F401
-import pytest_latentaudit.specs  # noqa: F401
+import pytest_latentaudit.core.latent  # noqa: F401
+import pytest_latentaudit.plugin.session  # noqa: F401
+import pytest_latentaudit.core.specs  # noqa: F401
 from pytest_latentaudit.plugin import _warm_up
 
 _warm_up()  # torch's tracer registers operators once per process: not inside an in-process run
@@ -122,7 +122,7 @@ def test_image_failure_is_a_warning(pytester, mode):
     write_project(pytester.path, {"test_art.py": TESTS})
     (pytester.path / "blocker").write_text("not a folder\n")
     result = run(pytester, mode, "--latent-spec-sheet", "sheet.json", "--latent-artifacts", "blocker/pictures",
-                 "-W", "always::pytest_latentaudit.options.CounterexampleImageWarning")
+                 "-W", "always::pytest_latentaudit.CounterexampleImageWarning")
     result.assert_outcomes(passed=4)  # the proved test with counterexamples still passes
     assert result.ret == pytest.ExitCode.OK
     out = result.stdout.str()

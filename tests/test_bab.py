@@ -21,7 +21,7 @@ from conftest import hat_model
 from pytest_latentaudit import Prediction, verify_box
 from pytest_latentaudit.engines.ladder import Ladder
 from pytest_latentaudit.engines.problem import Problem
-from pytest_latentaudit.specs import Prediction as PredictionSpec
+from pytest_latentaudit.core.specs import Prediction as PredictionSpec
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py

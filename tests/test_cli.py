@@ -15,8 +15,8 @@ from conftest import load_sheet, shared_run
 
 from pytest_latentaudit import SpecSheet
 from pytest_latentaudit import cli as cli_mod
-from pytest_latentaudit import images as images_mod
-from pytest_latentaudit.specsheet import SCHEMA_VERSION
+from pytest_latentaudit.core import files as files_mod
+from pytest_latentaudit.sheet.specsheet import SCHEMA_VERSION
 
 CLI_PROJECT = {
     "test_sheet.py": '''
@@ -139,7 +139,7 @@ def test_no_command_lists_the_commands(capsys):
 
 
 def test_export_hf_by_suffix_with_the_task_given(sheet_path, tmp_path, capsys):
-    from pytest_latentaudit import exports
+    from pytest_latentaudit.report import exports
 
     expected = exports.to_model_index(sheet_path, "org/m", task_type="tabular-classification")
     code, out, _ = main(capsys, "export", sheet_path, tmp_path / "index.json", "--format", "hf", "--task",
@@ -281,7 +281,7 @@ def test_save_keeps_old_file_when_rename_fails(old_sheet, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(images_mod.os, "replace", boom)
+    monkeypatch.setattr(files_mod.os, "replace", boom)
     with pytest.raises(OSError, match="disk on fire"):
         _sheet().save(old_sheet)
     monkeypatch.undo()
@@ -293,7 +293,7 @@ def test_save_keeps_old_file_when_write_fails_midway(old_sheet, monkeypatch):
     def boom(fd):
         raise OSError("fsync failed")
 
-    monkeypatch.setattr(images_mod.os, "fsync", boom)  # after the data was (partly) written
+    monkeypatch.setattr(files_mod.os, "fsync", boom)  # after the data was (partly) written
     with pytest.raises(OSError, match="fsync failed"):
         _sheet().save(old_sheet)
     monkeypatch.undo()

@@ -8,8 +8,10 @@ import sys
 import pytest
 from conftest import load_sheet, shared_run
 
-from pytest_latentaudit import deploy, schema
-from pytest_latentaudit.coverage import compare_sheets, coverage_gate, coverage_summary, regressions_gate
+from pytest_latentaudit.sheet import deploy
+from pytest_latentaudit.sheet import schema
+from pytest_latentaudit.sheet.coverage import compare_sheets, coverage_gate, coverage_summary, regressions_gate
+
 
 # a project that produces every kind of record: proved, violated (with counterexample
 # images), unproven (xfail), a Linear spec and PredictionNotIn on a subset of the seeds
@@ -273,8 +275,8 @@ def test_proved_radius_regression_per_direction_and_spec():
 
 def test_real_sheet_end_to_end(real_sheet, tmp_path):
     """The sheet of a real run renders, exports and answers the deployment question."""
-    from pytest_latentaudit import exports
-    from pytest_latentaudit.html_report import render_html
+    from pytest_latentaudit.report import exports
+    from pytest_latentaudit.report.html import render_html
 
     s = enriched(real_sheet)
     text = render_html(s, tmp_path / "report.html").read_text(encoding="utf-8")

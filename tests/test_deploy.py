@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from pytest_latentaudit import deploy
-from pytest_latentaudit.deploy import DeployError, certified_radius_summary, directions_section, in_spec, latent_ranges
-from pytest_latentaudit.latent import Direction
+from pytest_latentaudit.sheet import deploy
+from pytest_latentaudit.sheet.deploy import DeployError, certified_radius_summary, directions_section, in_spec, latent_ranges
+from pytest_latentaudit.core.latent import Direction
 
 
 # ------------------------------------------------------------------------ latent_ranges
@@ -135,7 +135,7 @@ def test_in_spec_at_a_recorded_eps(sheet):
 
 
 def test_in_spec_single_code_and_sources(sheet, tmp_path):
-    from pytest_latentaudit.specsheet import SpecSheet
+    from pytest_latentaudit.sheet.specsheet import SpecSheet
 
     path = tmp_path / "sheet.json"
     path.write_text(json.dumps(sheet))
@@ -180,7 +180,7 @@ def test_in_spec_torch_in_torch_out(sheet):
 
 def test_numpy_path_does_not_import_torch():
     code = ("import sys, numpy as np\n"
-            "from pytest_latentaudit import deploy\n"
+            "from pytest_latentaudit.sheet import deploy\n"
             "r = [{'nodeid': 'a', 'direction': 'p', 'eps': 0.1, 'verdict': 'proved',\n"
             "      'latent_range': deploy.latent_ranges(np.eye(3), 0.1, [1.0, 1.0, 0.0], with_basis=True)}]\n"
             "out = deploy.in_spec({'tests': r}, np.eye(3))\n"

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from pytest_latentaudit import Direction, LatentAuditError, LatentSpace
-from pytest_latentaudit import directions as D
-from pytest_latentaudit import validity as Vd
+from pytest_latentaudit.toolkit import directions as D
+from pytest_latentaudit.toolkit import validity as Vd
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from pytest_latentaudit import exports, schema
+from pytest_latentaudit.report import exports
+from pytest_latentaudit.sheet import schema
+
 
 yaml = pytest.importorskip("yaml")
 

@@ -11,9 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_latentaudit import cli, deploy
-from pytest_latentaudit import guard as G
-from pytest_latentaudit.guard import DeepValidationGuard, GuardError, fit_guard
+from pytest_latentaudit import cli
+from pytest_latentaudit.sheet import deploy
+from pytest_latentaudit.sheet import guard as G
+from pytest_latentaudit.sheet.guard import DeepValidationGuard, GuardError, fit_guard
+
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.metrics import roc_auc_score  # noqa: E402
@@ -397,7 +399,7 @@ def test_serving_needs_neither_torch_nor_sklearn(deployed):
     sheet, data, g = deployed
     code = f'''
 import sys, numpy as np
-from pytest_latentaudit import guard
+from pytest_latentaudit.sheet import guard
 g = guard.load_guard({str(sheet)!r})
 d = guard.load_guard_data({str(data)!r})
 feats = {{n: (d["z"] if n == "z" else d["feature:" + n]) for n in g.layer_names}}
@@ -419,9 +421,9 @@ def test_guard_and_pixel_crosscheck_in_the_sheet(tmp_path, fitted):
     """What the guard writes for a sheet (its ``sheet_entry`` at the top level, a cross-check per
     proved test and at the top level) is carried by the typed records and valid under the schema."""
     pytest.importorskip("jsonschema")
-    from pytest_latentaudit import schema
-    from pytest_latentaudit.records import SheetFormatError, TestRecord
-    from pytest_latentaudit.specsheet import SpecSheet, read_sheet
+    from pytest_latentaudit.sheet import schema
+    from pytest_latentaudit.sheet.records import SheetFormatError, TestRecord
+    from pytest_latentaudit.sheet.specsheet import SpecSheet, read_sheet
 
     g, _, _ = fitted
     gpath = g.save(tmp_path / "sheet.guard.json")

@@ -12,9 +12,12 @@ import sys
 import numpy as np
 import pytest
 
-from pytest_latentaudit import deploy, html_report, images
-from pytest_latentaudit.html_report import build_html, render_html
-from pytest_latentaudit.images import save_strip
+from pytest_latentaudit.sheet import deploy
+from pytest_latentaudit.report import html as html_report
+from pytest_latentaudit.report import images
+from pytest_latentaudit.report.html import build_html, render_html
+from pytest_latentaudit.report.images import save_strip
+
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
@@ -319,10 +322,10 @@ def test_templates_are_package_data():
     assert sorted(n for n in os.listdir(tpl) if n.endswith(".j2")) == ["report.css.j2", "report.html.j2"]
     tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(html_report.__file__))))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(html_report.__file__)))))
     with open(os.path.join(root, "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)
-    assert "templates/*.j2" in project["tool"]["setuptools"]["package-data"]["pytest_latentaudit"]
+    assert "report/templates/*.j2" in project["tool"]["setuptools"]["package-data"]["pytest_latentaudit"]
     assert any(d.lower().startswith("jinja2") for d in project["project"]["dependencies"])
 
 

@@ -7,9 +7,9 @@ import pytest
 from conftest import MODES, load_sheet, mode_args, write_project
 
 import pytest_latentaudit.api  # noqa: F401  (see test_plugin.py: shared modules for in-process runs)
-import pytest_latentaudit.latent  # noqa: F401
-import pytest_latentaudit.session  # noqa: F401
-import pytest_latentaudit.specs  # noqa: F401
+import pytest_latentaudit.core.latent  # noqa: F401
+import pytest_latentaudit.plugin.session  # noqa: F401
+import pytest_latentaudit.core.specs  # noqa: F401
 from pytest_latentaudit.plugin import _warm_up
 
 _warm_up()  # torch's tracer registers operators once per process: not inside an in-process run

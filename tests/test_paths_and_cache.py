@@ -11,11 +11,11 @@ import pytest
 from conftest import MODES, load_sheet, mode_args, write_project
 
 import pytest_latentaudit.api  # noqa: F401  (see test_plugin.py: shared modules for in-process runs)
-import pytest_latentaudit.latent  # noqa: F401
-import pytest_latentaudit.session  # noqa: F401
-import pytest_latentaudit.specs  # noqa: F401
+import pytest_latentaudit.core.latent  # noqa: F401
+import pytest_latentaudit.plugin.session  # noqa: F401
+import pytest_latentaudit.core.specs  # noqa: F401
 from pytest_latentaudit.plugin import _warm_up
-from pytest_latentaudit.session import cache_key
+from pytest_latentaudit.plugin.runner import cache_key
 
 _warm_up()  # torch's tracer registers operators once per process: not inside an in-process run
 
@@ -85,7 +85,7 @@ def test_replay_cache_keys_are_hashed_and_malformed_entries_dropped_with_a_warni
     entry = pytester.path / ".pytest_cache" / "v" / cache_key(VIOLATED_ID)
     for text in (MALFORMED if mode == "serial" else MALFORMED[3:4]):  # xdist: the workers read it alike
         entry.write_text(text)
-        result = pytester.runpytest_inprocess(*mode_args(mode), "-W", "always::pytest_latentaudit.options.CacheWarning")
+        result = pytester.runpytest_inprocess(*mode_args(mode), "-W", "always::pytest_latentaudit.CacheWarning")
         result.assert_outcomes(passed=1, failed=1)  # the same outcomes: the violated test fails for its verdict
         out = result.stdout.str()
         assert "latent spec VIOLATED" in out

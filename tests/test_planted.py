@@ -1126,7 +1126,7 @@ def test_batch_norm_whose_shift_cancels_is_bounded_as_it_runs(seed):
 
 
 def test_model_returning_a_dict_gets_a_usage_error_not_an_attribute_error():
-    from pytest_latentaudit.latent import LatentAuditError
+    from pytest_latentaudit.core.errors import LatentAuditError
 
     class DictOut(nn.Module):
         def __init__(self):

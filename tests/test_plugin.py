@@ -15,9 +15,9 @@ from conftest import JUNIT_XSD, MODES, load_sheet, mode_args, records_by_test, s
 # run would be re-imported by the next one while the package caches the old classes
 # (``from pytest_latentaudit import LatentSpace``). Import them here so every run shares them.
 import pytest_latentaudit.api  # noqa: E402,F401
-import pytest_latentaudit.latent  # noqa: E402,F401
-import pytest_latentaudit.session  # noqa: E402,F401
-import pytest_latentaudit.specs  # noqa: E402,F401
+import pytest_latentaudit.core.latent  # noqa: E402,F401
+import pytest_latentaudit.plugin.session  # noqa: E402,F401
+import pytest_latentaudit.core.specs  # noqa: E402,F401
 
 try:
     import torch
@@ -790,9 +790,9 @@ def test_import_plugin_does_not_import_torch_or_numpy():
     code = textwrap.dedent('''
         import sys
         import pytest_latentaudit.plugin
-        import pytest_latentaudit.options, pytest_latentaudit.report, pytest_latentaudit.specsheet
-        import pytest_latentaudit.session, pytest_latentaudit.cli, pytest_latentaudit.coverage
-        import pytest_latentaudit.records, pytest_latentaudit.vocab, pytest_latentaudit.hooks
+        import pytest_latentaudit.plugin.options, pytest_latentaudit.report.terminal, pytest_latentaudit.sheet.specsheet
+        import pytest_latentaudit.plugin.session, pytest_latentaudit.cli, pytest_latentaudit.sheet.coverage
+        import pytest_latentaudit.sheet.records, pytest_latentaudit.core.vocab, pytest_latentaudit.plugin.hookspecs
         from pytest_latentaudit import __version__
         bad = [m for m in ("torch", "numpy", "auto_LiRPA") if m in sys.modules]
         print("IMPORTED", bad)

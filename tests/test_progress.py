@@ -20,7 +20,7 @@ import time
 import pytest
 from conftest import LEAN_ADDOPTS, write_project
 
-from pytest_latentaudit import progress as P
+from pytest_latentaudit.plugin import progress as P
 
 # ------------------------------------------------------------------ the status line, unit level
 

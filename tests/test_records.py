@@ -12,17 +12,19 @@ import pytest
 from conftest import MODES, load_sheet, mode_args, write_project
 
 import pytest_latentaudit.api  # noqa: F401  (see test_plugin.py: shared modules for in-process runs)
-import pytest_latentaudit.latent  # noqa: F401
-import pytest_latentaudit.session  # noqa: F401
-import pytest_latentaudit.specs  # noqa: F401
+import pytest_latentaudit.core.latent  # noqa: F401
+import pytest_latentaudit.plugin.session  # noqa: F401
+import pytest_latentaudit.core.specs  # noqa: F401
 from pytest_latentaudit.plugin import _warm_up
 
 _warm_up()  # torch's tracer registers operators once per process: not inside an in-process run
-from pytest_latentaudit import cli, schema, vocab
-from pytest_latentaudit.coverage import compare, coverage_summary
-from pytest_latentaudit.records import (CounterexampleRecord, Counts, PixelCrosscheckRecord, SheetFormatError,
+from pytest_latentaudit import cli
+from pytest_latentaudit.sheet import schema
+from pytest_latentaudit.core import vocab
+from pytest_latentaudit.sheet.coverage import compare, coverage_summary
+from pytest_latentaudit.sheet.records import (CounterexampleRecord, Counts, PixelCrosscheckRecord, SheetFormatError,
                                         SweepPoint, TestRecord, largest_proved_eps)
-from pytest_latentaudit.specsheet import SpecSheet, read_sheet
+from pytest_latentaudit.sheet.specsheet import SpecSheet, read_sheet
 
 
 def full_record(**changes) -> TestRecord:
@@ -61,7 +63,8 @@ def full_record(**changes) -> TestRecord:
 
 # ------------------------------------------------------------------ vocabulary
 def test_vocabulary_is_spelled_once():
-    from pytest_latentaudit import api, options
+    from pytest_latentaudit import api
+    from pytest_latentaudit.plugin import options
     from pytest_latentaudit.engines import ladder
 
     assert (api.PROVED, api.VIOLATED, api.UNPROVEN, api.ESTIMATED) == (
@@ -79,7 +82,8 @@ def test_one_verdict_ranking():
     assert vocab.is_worse("violated", "estimated") and vocab.is_worse("unproven", "estimated")
     assert not vocab.is_worse("estimated", "unproven") and not vocab.is_worse("proved", "violated")
     assert vocab.worst(["proved", "estimated", "unproven"]) == "unproven"
-    from pytest_latentaudit import coverage, html_report
+    from pytest_latentaudit.sheet import coverage
+    from pytest_latentaudit.report import html as html_report
 
     assert coverage.VERDICT_RANK is vocab.VERDICT_RANK and html_report.VERDICT_RANK is vocab.VERDICT_RANK
 
@@ -159,7 +163,7 @@ def _sheet_with_sweep():
 
 
 def test_largest_proved_eps_is_one_rule(tmp_path, capsys):
-    from pytest_latentaudit.html_report import build_html
+    from pytest_latentaudit.report.html import build_html
 
     sheet = _sheet_with_sweep()
     assert largest_proved_eps(sheet.records) == {"pose": 0.3}
@@ -173,7 +177,8 @@ def test_largest_proved_eps_is_one_rule(tmp_path, capsys):
 
 
 def test_radius_summary_has_one_quantile_rule():
-    from pytest_latentaudit import deploy, session
+    from pytest_latentaudit.sheet import deploy
+    from pytest_latentaudit.plugin import session
 
     assert not hasattr(session, "radius_summary")  # the session records deploy.certified_radius_summary
     s = deploy.certified_radius_summary([0.5, 0.7, 1.0, 1.2], 2.0)
@@ -260,7 +265,7 @@ def test_compare_function_is_shared():
 
 
 def test_unknown_margins_read_as_none_and_print_as_unknown():
-    from pytest_latentaudit.report import failure_message
+    from pytest_latentaudit.report.terminal import failure_message
 
     d = full_record().to_json()
     d["counterexamples"][0]["margin"] = float("nan")

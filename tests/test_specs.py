@@ -12,7 +12,7 @@ from torch import nn
 from pytest_latentaudit import (Accuracy, Direction, Invariance, LatentAuditError, LatentSpace, Linear,
                                 OutputRange, Prediction, PredictionNotIn, audit, verify_box)
 from pytest_latentaudit.api import PROVED, UNPROVEN, VIOLATED, decide_verdict
-from pytest_latentaudit.specs import as_spec, spec_from_json
+from pytest_latentaudit.core.specs import as_spec, spec_from_json
 
 FAST = settings(max_examples=25, deadline=None)
 
@@ -341,8 +341,6 @@ def test_certified_radius_matches_the_boundary():
     # the decision boundary is z0 = 0: the largest certified radius is |z0| (up to bisection)
     for got, want in zip(r.tolist(), [1.0, 0.5, 0.25]):
         assert want - 2.0 / 2 ** 10 - 1e-6 <= got <= want + 1e-6  # sound: never beyond the boundary
-
-
 
 
 @pytest.mark.skipif(_certified_radius() is None, reason="no certified_radius in this version")

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_latentaudit import stats
+from pytest_latentaudit.engines import stats
 from pytest_latentaudit.engines.graph import trace
 from pytest_latentaudit.engines.problem import Problem
 from pytest_latentaudit.engines.segment import certify
-from pytest_latentaudit.specs import Prediction
+from pytest_latentaudit.core.specs import Prediction
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py

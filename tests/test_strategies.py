@@ -7,7 +7,7 @@ from hypothesis import find, given, settings, strategies as st
 from torch import nn
 
 from pytest_latentaudit import Direction, LatentAuditError, LatentSpace, Prediction, verify_box
-from pytest_latentaudit.strategies import LatentBox, LatentPoint, latent_boxes, latent_points
+from pytest_latentaudit.toolkit.strategies import LatentBox, LatentPoint, latent_boxes, latent_points
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py

@@ -12,7 +12,7 @@ from pytest_latentaudit import Accuracy, Direction, LatentAuditError, Prediction
 from pytest_latentaudit.engines import bounds as EB
 from pytest_latentaudit.engines.graph import get_graph
 from pytest_latentaudit.engines.ops import UnsupportedLayer
-from pytest_latentaudit.training import (
+from pytest_latentaudit.toolkit.training import (
     EpsSchedule, bound_gap, bound_graph, box, certified_loss, interval_bounds, layers_of, logit_bounds,
     margin_bounds, margin_matrix, margin_upper_bounds, spec_loss, verified_fraction,
 )

@@ -89,7 +89,7 @@ def test_direction_validity_warning_is_exported_without_torch():
     import sys
 
     import pytest_latentaudit
-    from pytest_latentaudit import validity
+    from pytest_latentaudit.toolkit import validity
 
     assert pytest_latentaudit.DirectionValidityWarning is validity.DirectionValidityWarning
     assert "DirectionValidityWarning" in pytest_latentaudit.__all__

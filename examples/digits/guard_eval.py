@@ -56,8 +56,10 @@ sys.path.insert(0, str(HERE))
 from digits_data import load  # noqa: E402
 from digits_models import direction_objects, load as load_weights  # noqa: E402
 
-from pytest_latentaudit import Accuracy, audit, deploy  # noqa: E402
-from pytest_latentaudit import guard as G  # noqa: E402
+from pytest_latentaudit import Accuracy, audit  # noqa: E402
+from pytest_latentaudit.sheet import deploy  # noqa: E402
+from pytest_latentaudit.sheet import guard as G  # noqa: E402
+
 
 DOC = ROOT / "docs" / "guard.md"
 PLOT = ROOT / "docs" / "img" / "digits-guard-roc.png"

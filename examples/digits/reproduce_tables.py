@@ -41,7 +41,7 @@ from digits_data import ATTRIBUTES, load  # noqa: E402
 from digits_models import direction_objects, load as load_weights  # noqa: E402
 
 from pytest_latentaudit import Accuracy, audit  # noqa: E402
-from pytest_latentaudit import validity  # noqa: E402
+from pytest_latentaudit.toolkit import validity  # noqa: E402
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 DOC = ROOT / "docs" / "digits-results.md"

@@ -13,7 +13,7 @@ import warnings
 import pytest
 
 from pytest_latentaudit import Accuracy
-from pytest_latentaudit import validity
+from pytest_latentaudit.toolkit import validity
 
 
 # Thicker or thinner strokes: both heads keep 94% verified accuracy (nominal 425, certified

@@ -35,9 +35,9 @@ from digits_data import ATTRIBUTES, augment, load  # noqa: E402
 from digits_models import LATENT_DIM, N_CLASSES, WEIGHTS_PATH, DigitVAE, direction_objects, make_head  # noqa: E402
 
 from pytest_latentaudit import Accuracy, audit  # noqa: E402
-from pytest_latentaudit import directions as dirs  # noqa: E402
-from pytest_latentaudit import validity  # noqa: E402
-from pytest_latentaudit.training import AUDITAI_HPARAMS, EpsSchedule, certified_loss  # noqa: E402
+from pytest_latentaudit.toolkit import directions as dirs  # noqa: E402
+from pytest_latentaudit.toolkit import validity  # noqa: E402
+from pytest_latentaudit.toolkit.training import AUDITAI_HPARAMS, EpsSchedule, certified_loss  # noqa: E402
 
 SEED = 0
 VAE_EPOCHS, VAE_LR, BATCH = 200, 2e-3, 64

@@ -48,7 +48,7 @@ def sprite_seeds(sprite_models, shape_head):
 @pytest.fixture(scope="session")
 def certified_head():
     """A second head of the same architecture on the same latent space, trained with
-    pytest_latentaudit.training.certified_loss (CROWN-IBP) over rotation (eps 0.5) and
+    pytest_latentaudit.toolkit.training.certified_loss (CROWN-IBP) over rotation (eps 0.5) and
     scale (eps 2.0) by train_certified.py; weights/sprites_certified.pt."""
     return load_certified_head()
 

@@ -7,7 +7,7 @@
 The VAE is *not* retrained: the shipped encoder of weights/sprites.pt encodes the same
 training sprites as train.py (``make_sprites(30000, seed=0)``) once, and a second head of
 the same architecture (``models.make_head()``) is trained on those frozen latent means with
-``pytest_latentaudit.training.certified_loss`` (CROWN-IBP margin bounds) over the rotation
+``pytest_latentaudit.toolkit.training.certified_loss`` (CROWN-IBP margin bounds) over the rotation
 and scale axes at TRAIN_EPS, following examples/digits/train.py: plain warm-up epochs, then
 eps and kappa (the weight of the clean loss) ramped linearly. The nominal head of
 weights/sprites.pt (cross-entropy with Gaussian latent noise) is left untouched, so the two
@@ -42,7 +42,7 @@ from sprites_data import make_sprites  # noqa: E402
 from train import N_TEST, N_TRAIN, TEST_DATA_SEED, TRAIN_DATA_SEED  # noqa: E402
 
 from pytest_latentaudit import Accuracy, Direction, audit  # noqa: E402
-from pytest_latentaudit.training import EpsSchedule, certified_loss  # noqa: E402
+from pytest_latentaudit.toolkit.training import EpsSchedule, certified_loss  # noqa: E402
 
 SEED = 0
 TRAIN_EPS = {"rotation": 0.5, "scale": 2.0}  # training radius per direction (factor std units)

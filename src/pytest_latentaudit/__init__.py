@@ -9,13 +9,13 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "verify_box": "api", "audit": "api", "BoxResult": "api", "AuditResult": "api", "Counterexample": "api",
-    "LatentSpace": "latent", "Direction": "latent", "LatentAuditError": "latent",
-    "Accuracy": "specs", "Invariance": "specs", "Prediction": "specs", "PredictionNotIn": "specs",
-    "OutputRange": "specs", "Linear": "specs", "Spec": "specs", "ConfidentTargeted": "specs",
-    "SpecSheet": "specsheet",
+    "LatentSpace": "core.latent", "Direction": "core.latent", "LatentAuditError": "core.errors",
+    "Accuracy": "core.specs", "Invariance": "core.specs", "Prediction": "core.specs", "PredictionNotIn": "core.specs",
+    "OutputRange": "core.specs", "Linear": "core.specs", "Spec": "core.specs", "ConfidentTargeted": "core.specs",
+    "SpecSheet": "sheet.specsheet",
     # warnings (torch-free, for filterwarnings): what the plugin could not do, and direction validity
-    "LatentAuditWarning": "options", "CounterexampleImageWarning": "options", "CacheWarning": "options",
-    "DirectionValidityWarning": "options",
+    "LatentAuditWarning": "core.errors", "CounterexampleImageWarning": "core.errors", "CacheWarning": "core.errors",
+    "DirectionValidityWarning": "core.errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -15,9 +15,10 @@ from .engines.graph import get_graph
 from .engines.ladder import ENGINES, FALSIFIED, UNKNOWN, VERIFIED, Ladder
 from .engines.ops import UnsupportedLayer
 from .engines.problem import Problem
-from .latent import Direction, LatentAuditError, LatentSpace
-from .specs import Accuracy, ConfidentTargeted, Invariance, Linear, Prediction, PredictionNotIn, Spec, as_spec
-from .vocab import ATTACKS, ESTIMATED, LIRPA_PREFIX, PROVED, UNPROVEN, VIOLATED  # noqa: F401  (names live in vocab)
+from .core.errors import LatentAuditError
+from .core.latent import Direction, LatentSpace
+from .core.specs import Accuracy, ConfidentTargeted, Invariance, Linear, Prediction, PredictionNotIn, Spec, as_spec
+from .core.vocab import ATTACKS, ESTIMATED, LIRPA_PREFIX, PROVED, UNPROVEN, VIOLATED  # noqa: F401  (names live in vocab)
 
 
 # ----------------------------------------------------------------------------- results
@@ -276,7 +277,7 @@ def _split_spec(spec: Spec, n: int, device):
         raise LatentAuditError(f"{spec.describe()} is a test-level spec; use it with audit() or the "
                                f"latent marker. For boxes use Prediction(labels).")
     if isinstance(spec, Prediction):
-        from .specs import _as_labels
+        from .core.specs import _as_labels
 
         if spec.label is None:
             raise LatentAuditError("Prediction() needs a label (an int or one per box)")
@@ -576,7 +577,7 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
     verdict = decide_verdict(n, counts[VERIFIED], counts[FALSIFIED], spec.at_least)
     estimate = None
     if out.sample_holds is not None:
-        from .stats import estimated_verdict
+        from .engines.stats import estimated_verdict
 
         estimate = estimated_verdict(out.status, out.sample_holds, out.sample_n, spec.at_least, confidence)
         if verdict == UNPROVEN and estimate["verdict"] == ESTIMATED:

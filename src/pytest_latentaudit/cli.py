@@ -21,8 +21,8 @@ import argparse
 import sys
 from typing import List, Optional, Tuple
 
-from .report import summary_table
-from .specsheet import read_sheet
+from .report.terminal import summary_table
+from .sheet.specsheet import read_sheet
 
 def cmd_show(args) -> int:
     sheet = read_sheet(args.sheet)
@@ -53,13 +53,13 @@ def cmd_show(args) -> int:
 
 def diff_sheets(old, new) -> List[str]:
     """Regression messages from ``old`` to ``new`` (``coverage.compare``, as ``--latent-compare``)."""
-    from .coverage import compare
+    from .sheet.coverage import compare
 
     return [r["message"] for r in compare(old, new).regressions]
 
 
 def cmd_diff(args) -> int:
-    from .coverage import compare, format_regression
+    from .sheet.coverage import compare, format_regression
 
     comp = compare(read_sheet(args.old), read_sheet(args.new))
     if not comp.regressions:
@@ -78,7 +78,7 @@ def cmd_diff(args) -> int:
 def cmd_html(args) -> int:
     from pathlib import Path
 
-    from .html_report import render_html
+    from .report.html import render_html
 
     sheet = read_sheet(args.sheet)
     kw = {"title": args.title} if args.title else {}
@@ -88,7 +88,7 @@ def cmd_html(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from . import exports
+    from .report import exports
 
     if args.format == "hf" and not args.task:
         print("latentaudit: export --format hf needs --task, the Hugging Face task id of the model (e.g. "
@@ -128,7 +128,7 @@ def no_command(ap: argparse.ArgumentParser, commands: List[Tuple[str, str]]) -> 
 
 
 def cmd_coverage(args) -> int:
-    from .coverage import coverage_gate, coverage_summary
+    from .sheet.coverage import coverage_gate, coverage_summary
 
     declared = args.declared.split(",") if args.declared else None
     cov = coverage_summary(read_sheet(args.sheet), declared)
@@ -146,7 +146,7 @@ def cmd_merge(args) -> int:
     from pathlib import Path
 
     from . import __version__
-    from .specsheet import SpecSheet, _relpath, merge_sheets, relative_image_paths
+    from .sheet.specsheet import SpecSheet, _relpath, merge_sheets, relative_image_paths
 
     sheets = [read_sheet(p) for p in args.sheets]
     prefer = args.prefer or "fail"
@@ -237,7 +237,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # latentaudit guard SHEET DATA: both deployment guards on a batch (implemented in guard.py,
     # imported only when the command runs: it needs numpy)
     def cmd_guard(args) -> int:
-        from .guard import run_guard_command
+        from .sheet.guard import run_guard_command
 
         return run_guard_command(args)
 

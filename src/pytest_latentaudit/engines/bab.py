@@ -39,7 +39,7 @@ from __future__ import annotations
 import time
 import torch
 
-from ..vocab import FALSIFIED, UNKNOWN, VERIFIED
+from ..core.vocab import FALSIFIED, UNKNOWN, VERIFIED
 
 #: bounded children of one seed before it is deferred to the next pass (x4 per pass)
 QUOTA0 = 1024

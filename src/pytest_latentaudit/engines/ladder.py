@@ -26,7 +26,7 @@ from .bounds import spec_upper_bound
 from .forms import tolerance
 from .graph import BoundGraph
 from .problem import Problem
-from ..vocab import ENGINES, FALSIFIED, UNKNOWN, VERIFIED  # noqa: F401  (the names live in vocab)
+from ..core.vocab import ENGINES, FALSIFIED, UNKNOWN, VERIFIED  # noqa: F401  (the names live in vocab)
 
 #: share of the remaining budget the CROWN rung may use before branch and bound: with
 #: k <= 2 perturbed dims splitting pays sooner, with more dims CROWN's tightness does
@@ -371,7 +371,7 @@ class Ladder:
         if not self._sampling_fits(idx, n * n_samples):
             self.notes.append(f"sampling skipped: {n * n_samples} forward passes do not fit in the budget left")
             return
-        from .. import stats
+        from . import stats
 
         per = max(1, chunk_rows // n)
         holds = torch.zeros(n, dtype=torch.long, device=idx.device)

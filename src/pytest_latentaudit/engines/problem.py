@@ -67,7 +67,7 @@ class Problem:
         if isinstance(y, (tuple, list)) and y:
             y = y[0]
         if not torch.is_tensor(y):
-            from ..latent import LatentAuditError
+            from ..core.errors import LatentAuditError
 
             raise LatentAuditError(f"the model returned a {type(y).__name__}; it must return a tensor of outputs "
                                    f"(or a tuple or list whose first item is that tensor)")

@@ -210,7 +210,7 @@ def walk(graph: BoundGraph, x0: torch.Tensor, v: torch.Tensor, tl: torch.Tensor,
 def _row_groups(spec, labels, n_out: int, n: int, device, dtype):
     """Violation = OR over groups of AND over the group's rows (``row >= 0``); rows are
     ``[N, G, R, n_out]`` coefficient tensors with offsets ``[N, G, R]``."""
-    from ..specs import ConfidentTargeted, Linear, Prediction, PredictionNotIn
+    from ..core.specs import ConfidentTargeted, Linear, Prediction, PredictionNotIn
 
     eye = torch.eye(n_out, dtype=dtype, device=device)
     if isinstance(spec, Prediction):

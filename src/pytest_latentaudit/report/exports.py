@@ -30,8 +30,8 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from .records import Point, TestRecord, radius_stat, spec_kind
-from .vocab import ESTIMATED, UNPROVEN, VIOLATED
+from ..sheet.records import Point, TestRecord, radius_stat, spec_kind
+from ..core.vocab import ESTIMATED, UNPROVEN, VIOLATED
 
 __all__ = ["to_model_card", "to_model_index", "to_yaml", "model_index_yaml", "write_model_card",
            "write_model_index", "metric_type", "MCT_SCHEMA_VERSION"]
@@ -41,7 +41,7 @@ MCT_SCHEMA_VERSION = "0.0.2"
 
 def _sheet(sheet):
     """The one sheet loader (``specsheet.read_sheet``): a dict, a SpecSheet or a path."""
-    from .specsheet import read_sheet
+    from ..sheet.specsheet import read_sheet
 
     return read_sheet(sheet)
 
@@ -125,7 +125,7 @@ def to_model_card(sheet, *, name: Optional[str] = None, overview: Optional[str] 
         use_cases.append({"description": (
             f"Inputs whose latent coordinate(s) along {dname!r} lie in {coords} (the verified operating "
             f"range: mean of the seeds +/- (eps + std), eps={float(rng.get('eps', 0)):g}); check with "
-            f"pytest_latentaudit.deploy.in_spec.")})
+            f"pytest_latentaudit.sheet.deploy.in_spec.")})
     tool = data.get("tool") or {}
     commit = data.get("commit") or {}
     summary = data.get("summary") or {}
@@ -309,7 +309,7 @@ def model_index_yaml(sheet, model_name: Optional[str] = None, *, front_matter: b
 # ------------------------------------------------------------------------ files
 def write_model_card(sheet, path, **kw) -> Path:
     """Write ``to_model_card`` as JSON (atomically)."""
-    from .images import write_atomic
+    from ..core.files import write_atomic
 
     path = Path(path)
     write_atomic(path, (json.dumps(to_model_card(sheet, **kw), indent=2) + "\n").encode())
@@ -325,7 +325,7 @@ def write_model_index(sheet, path, model_name: Optional[str] = None, **kw) -> Pa
     """Write the model-index (atomically) in the format its name says: JSON for ``.json``, bare
     YAML for ``.yaml``/``.yml``, YAML fenced by ``---`` (the top of a Hugging Face README.md)
     for ``.md``/``.markdown``; any other suffix is a ``ValueError``, before anything is written."""
-    from .images import write_atomic
+    from ..core.files import write_atomic
 
     path = Path(path)
     suffix = path.suffix.lower()

@@ -47,8 +47,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .report import pct
-from .vocab import VERIFIED
+from ..report.terminal import pct
+from ..core.vocab import VERIFIED
 
 from .deploy import DeployError, _to_numpy, in_spec, range_score
 
@@ -274,7 +274,7 @@ class DeepValidationGuard:
         """Write ``path`` (JSON: layers, classes, intercepts, gammas, threshold, fit info) and the
         arrays beside it (``path`` with suffix ``.npz``: standardisation, support vectors, dual
         coefficients), both atomically. The JSON records the npz's sha256, checked on load."""
-        from .images import write_atomic
+        from ..core.files import write_atomic
 
         path = Path(path)
         if path.suffix != ".json":
@@ -618,7 +618,7 @@ def _split(n: int, frac: float, y: np.ndarray, seed: int) -> Tuple[np.ndarray, n
 
 def _fingerprint(m) -> Optional[str]:
     try:
-        from .session import model_fingerprint
+        from ..plugin.runner import model_fingerprint
 
         return model_fingerprint(m)
     except Exception:  # pragma: no cover - only informative
@@ -740,7 +740,7 @@ def write_guard_data(path, guard: DeepValidationGuard, head, z=None, *, x=None, 
     """Write a deployment batch for ``latentaudit guard``: an ``.npz`` with ``z``, ``pred``, one
     ``feature:<layer>`` array per guard layer (``z`` itself is not repeated) and ``labels`` if
     given. Uses the model to compute the features."""
-    from .images import write_atomic
+    from ..core.files import write_atomic
 
     feats, pred = guard_features(guard, head, z, x=x, encoder=encoder)
     zz = feats.get(LATENT)
@@ -793,7 +793,7 @@ def load_guard(sheet_or_guard_path) -> DeepValidationGuard:
     gp = p if p.name.endswith(".guard.json") else guard_path_for(p)
     if not gp.is_file():
         raise GuardError(f"no Deep Validation guard beside {p} (looked for {gp}); fit one with "
-                         f"pytest_latentaudit.guard.fit_guard(...) and save it there")
+                         f"pytest_latentaudit.sheet.guard.fit_guard(...) and save it there")
     return DeepValidationGuard.load(gp)
 
 
@@ -856,7 +856,7 @@ def guard_report(sheet, data, *, guard: Optional[DeepValidationGuard] = None, la
             key = "z" if name == LATENT else FEATURE_PREFIX + name
             if key not in data:
                 raise GuardError(f"the data has no {key!r} array, which the guard's layer {name!r} needs "
-                                 f"(write the batch with pytest_latentaudit.guard.write_guard_data)")
+                                 f"(write the batch with pytest_latentaudit.sheet.guard.write_guard_data)")
             feats[name] = data[key]
         sc = guard.score(feats, p, strict=strict)
         masks["distribution"] = sc["in_distribution"]

@@ -28,7 +28,7 @@ _FPMIN = 1e-300
 _EPS = 1e-16
 _MAXIT = 100_000
 
-from .vocab import ESTIMATED, FALSIFIED, PROVED, UNKNOWN, UNPROVEN, VERIFIED, VIOLATED  # noqa: E402,F401
+from ..core.vocab import ESTIMATED, FALSIFIED, PROVED, UNKNOWN, UNPROVEN, VERIFIED, VIOLATED  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------- incomplete beta

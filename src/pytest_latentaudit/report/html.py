@@ -30,12 +30,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .coverage import coverage_summary
-from .images import write_atomic
-from .records import CounterexampleRecord, Counts, TestRecord, radius_stat, widest_radius
-from .report import pct
-from .specsheet import directions_section, read_sheet
-from .vocab import ESTIMATED, PROVED, UNPROVEN, UNTESTED, VERDICT_RANK, VERDICTS, VIOLATED, is_worse
+from ..sheet.coverage import coverage_summary
+from ..core.files import write_atomic
+from ..sheet.records import CounterexampleRecord, Counts, TestRecord, radius_stat, widest_radius
+from .terminal import pct
+from ..sheet.specsheet import directions_section, read_sheet
+from ..core.vocab import ESTIMATED, PROVED, UNPROVEN, UNTESTED, VERDICT_RANK, VERDICTS, VIOLATED, is_worse
 
 __all__ = ["render_html", "build_html", "VERDICT_RANK"]
 

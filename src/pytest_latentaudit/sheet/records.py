@@ -22,8 +22,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Optional, Tuple
 
-from .latent import LatentAuditError
-from .vocab import OUTCOMES, PROVED, STATUSES, VERDICTS
+from ..core.errors import LatentAuditError
+from ..core.vocab import OUTCOMES, PROVED, STATUSES, VERDICTS
 
 __all__ = ["SheetFormatError", "Counts", "SweepPoint", "CounterexampleRecord", "Point", "TestRecord",
            "PixelCrosscheckRecord", "GuardRecord", "radius_stat", "widest_radius",

@@ -12,7 +12,7 @@ Example (a user's property test; ``head`` and ``SEEDS`` built at import time)::
 
     from hypothesis import given, settings
     from pytest_latentaudit import Direction
-    from pytest_latentaudit.strategies import latent_points
+    from pytest_latentaudit.toolkit.strategies import latent_points
 
     @settings(max_examples=200, deadline=None)
     @given(p=latent_points(None, Direction.axis(3), eps=0.5, seeds=(SEEDS, LABELS)))
@@ -29,7 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
-from .latent import Direction, LatentAuditError, LatentSpace
+from ..core.errors import LatentAuditError
+
+from ..core.latent import Direction, LatentSpace
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """pytest entry point: options, the ``latent`` marker, the ``latent_audit`` fixture and
-reporting hooks. Kept thin: one latent test is a ``session.TestRunner``, the session end is
+reporting hooks. Kept thin: one latent test is a ``runner.TestRunner``, the session end is
 ``session.LatentSession.finish``; nothing here imports torch or numpy, so loading the plugin
 stays cheap for suites that never use it."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from .options import OPTIONS, UsageError, check_device_available, from_config
-from .vocab import (DEVICES, ESTIMATED, ESTIMATED_ACTIONS, PRECISIONS, PROVED, UNPROVEN, UNPROVEN_ACTIONS,
+from ..core.vocab import (DEVICES, ESTIMATED, ESTIMATED_ACTIONS, PRECISIONS, PROVED, UNPROVEN, UNPROVEN_ACTIONS,
                     VIOLATED)
 
 SESSION_KEY = pytest.StashKey["LatentSession"]()
@@ -53,9 +53,9 @@ def pytest_addoption(parser):
 
 
 def pytest_addhooks(pluginmanager):
-    from . import hooks
+    from . import hookspecs
 
-    pluginmanager.add_hookspecs(hooks)
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 def registry(config, kind: str) -> dict:
@@ -100,9 +100,9 @@ def _warm_up() -> None:
     try:
         import torch
 
-        from .api import audit
-        from .latent import Direction
-        from .specs import Invariance
+        from ..api import audit
+        from ..core.latent import Direction
+        from ..core.specs import Invariance
 
         audit(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()), torch.ones(1, 2),
               direction=Direction.axis(0), eps=0.1, spec=Invariance(), engine="linear", device="cpu", budget_s=1.0)
@@ -154,8 +154,9 @@ class LatentAudit:
         if space is _MISSING:  # failed outside the except block so the message shows once
             pytest.fail(f"latent_audit needs a fixture named {name!r} that returns a LatentSpace "
                         f"(define it in conftest.py, or set the ini option latent_space_fixture)", pytrace=False)
-        from .latent import LatentAuditError, LatentSpace
-        from .records import TestRecord
+        from ..core.errors import LatentAuditError
+        from ..core.latent import LatentSpace
+        from ..sheet.records import TestRecord
 
         if not isinstance(space, LatentSpace):
             pytest.fail(f"fixture {name!r} returned {type(space).__name__}, not a LatentSpace", pytrace=False)
@@ -196,7 +197,7 @@ class LatentAudit:
                 request.node.user_properties.append((f"latent_{key}", getattr(record, key)))
             for key, val in record.counts.to_json().items():
                 request.node.user_properties.append((f"latent_{key}", val))
-        from .report import failure_message
+        from ..report.terminal import failure_message
 
         msg = lambda: failure_message(record, sheet=settings.spec_sheet,  # noqa: E731
                                       image_base=settings.spec_sheet.parent if settings.spec_sheet else None)
@@ -290,8 +291,8 @@ class _VerdictWords:
         res = outcome.get_result()
         if not data or not res or len(res) != 3:
             return
-        from .records import TestRecord
-        from .report import verdict_badge
+        from ..sheet.records import TestRecord
+        from ..report.terminal import verdict_badge
 
         try:
             badge = verdict_badge(TestRecord.from_json(data, report.nodeid))
@@ -354,7 +355,7 @@ class _SessionHooks:
         if data is None:
             self.ls.drop(report.nodeid)  # the last attempt wins, even when it left no record
             return
-        from .records import SheetFormatError, TestRecord
+        from ..sheet.records import SheetFormatError, TestRecord
 
         try:
             rec = TestRecord.from_json(data, report.nodeid)
@@ -389,7 +390,7 @@ class _SessionHooks:
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         if hasattr(config, "workerinput") or not (self.ls.records or self.ls.messages or self.ls.carried):
             return
-        from .report import cut_short_lines, summary_table
+        from ..report.terminal import cut_short_lines, summary_table
 
         tr = terminalreporter
         tr.section("latent audit summary")

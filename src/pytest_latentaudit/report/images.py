@@ -18,14 +18,14 @@ Without Pillow the strip is written unlabelled (the HTML report labels its two e
 from __future__ import annotations
 
 import math
-import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from ..core.files import write_atomic
 
 __all__ = ["strip", "encode_png", "write_atomic", "save_strip", "frame_labels", "save_counterexample_strip",
            "pillow_available"]
@@ -209,24 +209,6 @@ def encode_png(img: np.ndarray) -> bytes:
             + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file owner-only; keep an existing file's mode, else rw-r--r--
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def save_strip(path: Path, images, labels: Optional[Sequence[Label]] = None, *, title: Optional[str] = None) -> Path:

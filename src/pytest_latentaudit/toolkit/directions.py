@@ -21,7 +21,9 @@ from typing import Callable, Dict, Mapping, Optional
 
 import torch
 
-from .latent import Direction, LatentAuditError
+from ..core.errors import LatentAuditError
+
+from ..core.latent import Direction
 
 __all__ = [
     "LinearProbe", "fit_probe", "from_attribute", "from_decoder_jacobian", "jacobian_directions", "from_pca",

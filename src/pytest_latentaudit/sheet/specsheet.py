@@ -28,7 +28,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 from .records import (EPS_TOL, GuardRecord, PixelCrosscheckRecord, SheetFormatError, TestRecord, largest_proved_eps,
                       parse_records, widest_radius)
-from .vocab import PROVED, VERDICTS
+from ..core.vocab import PROVED, VERDICTS
 
 __all__ = ["SCHEMA_VERSION", "SpecSheet", "SheetFormatError", "read_sheet", "check_sheet", "summarize",
            "carry_over", "merge_sheets", "MergeResult", "relative_image_paths", "directions_section"]
@@ -178,7 +178,7 @@ class SpecSheet:
 
     def in_spec(self, z, directions=None, **kw):
         """Deployment guard: which latent codes ``z`` lie in the verified operating range
-        (``pytest_latentaudit.deploy.in_spec``): ``{direction: bool [N], ..., "all": bool [N]}``."""
+        (``pytest_latentaudit.sheet.deploy.in_spec``): ``{direction: bool [N], ..., "all": bool [N]}``."""
         from .deploy import in_spec
 
         return in_spec(self.data, z, directions, **kw)
@@ -204,7 +204,7 @@ class SpecSheet:
         return json.dumps(_finite(self.data), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
     def save(self, path) -> Path:
-        from .images import write_atomic  # numpy: only when a sheet is written
+        from ..core.files import write_atomic  # numpy: only when a sheet is written
 
         path = Path(path)
         write_atomic(path, self.text().encode())

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .progress import PROGRESS_MODES
-from .vocab import DEVICES, ENGINES, ESTIMATED_ACTIONS, LIRPA_METHODS, LIRPA_PREFIX, PRECISIONS, UNPROVEN_ACTIONS
+from ..core.vocab import DEVICES, ENGINES, ESTIMATED_ACTIONS, LIRPA_METHODS, LIRPA_PREFIX, PRECISIONS, UNPROVEN_ACTIONS
 
 ENGINE_CHOICES = ENGINES
 
@@ -44,25 +44,6 @@ MARKER_KEYWORDS = ("direction", "eps", "spec", "engine", "budget", "device", "un
 
 class UsageError(ValueError):
     pass
-
-
-class LatentAuditWarning(UserWarning):
-    """Something the plugin could not do, that does not change a verdict."""
-
-
-class CounterexampleImageWarning(LatentAuditWarning):
-    """A counterexample picture could not be saved (the test's verdict stands)."""
-
-
-class CacheWarning(LatentAuditWarning):
-    """A replay-cache entry was malformed (dropped) or could not be stored."""
-
-
-class DirectionValidityWarning(UserWarning):
-    """A direction failed a validity check: tests along it may not mean what they say.
-
-    Defined here (no torch) so ``filterwarnings = error::pytest_latentaudit.DirectionValidityWarning``
-    resolves without importing torch; ``pytest_latentaudit.validity`` re-exports it."""
 
 
 def check_device_available(device: str) -> None:

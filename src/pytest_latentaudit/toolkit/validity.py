@@ -25,8 +25,9 @@ from typing import Callable, Dict, Mapping, Optional, Union
 import torch
 
 from .directions import _as_latents as _latents  # one reader of [N, latent_dim] codes
-from .latent import Direction, LatentAuditError
-from .options import DirectionValidityWarning  # its torch-free home; re-exported here
+from ..core.errors import LatentAuditError
+from ..core.latent import Direction
+from ..core.errors import DirectionValidityWarning  # its torch-free home; re-exported here
 
 __all__ = [
     "DirectionValidityWarning", "check_continuity", "check_independence", "realism_limit", "check_realism",

@@ -25,7 +25,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .records import EPS_TOL, TestRecord, largest_proved_eps, radius_stat
 from .specsheet import read_sheet
-from .vocab import PROVED, UNTESTED, VERDICT_RANK, is_worse, worst
+from ..core.vocab import PROVED, UNTESTED, VERDICT_RANK, is_worse, worst
 
 __all__ = ["VERDICT_RANK", "coverage_summary", "coverage_gate", "compare", "Comparison", "compare_sheets",
            "format_regression", "regressions_gate", "comparison_lines", "radius_points"]

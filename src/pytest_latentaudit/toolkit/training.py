@@ -10,7 +10,7 @@ logits over each seed's latent box ``z + V t, t in [-eps, eps]^k`` (the same box
 or, CROWN-IBP style, ``kappa * L_task + (1 - kappa) * L_spec``. Plain torch, usable from any
 training loop::
 
-    from pytest_latentaudit.training import EpsSchedule, certified_loss
+    from pytest_latentaudit.toolkit.training import EpsSchedule, certified_loss
 
     sched = EpsSchedule(eps=0.5, warmup_epochs=5, ramp_epochs=20)   # AuditAI: 5 warm-up epochs
     opt = torch.optim.Adam(head.parameters(), lr=5e-4)              # AuditAI: Adam, lr 5e-4
@@ -64,11 +64,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .engines import bounds as EB
-from .engines.graph import TRACE_BATCH, BoundGraph, lower
-from .engines.ops import UnsupportedLayer
-from .latent import Direction, LatentAuditError
-from .specs import Prediction
+from ..engines import bounds as EB
+from ..engines.graph import TRACE_BATCH, BoundGraph, lower
+from ..engines.ops import UnsupportedLayer
+from ..core.errors import LatentAuditError
+from ..core.latent import Direction
+from ..core.specs import Prediction
 
 __all__ = [
     "METHODS", "EpsSchedule", "certified_loss", "spec_loss", "margin_bounds", "margin_upper_bounds",
@@ -556,7 +557,7 @@ _LIRPA_CACHE_SIZE = 8
 def _lirpa_spec_upper(head, center, gens, C, d, method):
     """auto_LiRPA's bound of ``C y + d`` (differentiable: the BoundedModule shares the head's
     parameters). Boxes come from one direction: ``gens`` must be ``eps * V^T``."""
-    from .engines.lirpa_compat import import_auto_lirpa
+    from ..engines.lirpa_compat import import_auto_lirpa
 
     al = import_auto_lirpa()
     name = {"auto_lirpa:ibp": "IBP", "auto_lirpa:crown-ibp": "CROWN-IBP", "auto_lirpa:crown": "CROWN"}.get(method)

@@ -12,9 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional
 
-
-class LatentAuditError(ValueError):
-    """A usage error: the message says what to change."""
+from .errors import LatentAuditError
 
 
 @dataclass
@@ -137,7 +135,7 @@ class LatentSpace:
         """Deployment guard: encode ``x`` (or take latent codes with ``encoded=True``) and check
         them against the spec sheet's verified latent ranges, projecting with this space's
         directions. Returns ``{direction: bool [N], ..., "all": bool [N]}``."""
-        from .deploy import in_spec
+        from ..sheet.deploy import in_spec
 
         z = x if encoded else self.encode(x)
         return in_spec(sheet, z, directions, bases=dict(self.directions), eps=eps)

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Iterable, List, Mapping, Optional, Union
 
-from .records import TestRecord
+from ..sheet.records import TestRecord
 
 
 def pct(x, missing: str = "\u2013") -> str:

@@ -2,7 +2,7 @@
 attack and device names, and the one verdict ranking every comparison uses.
 
 Pure Python (no torch, no numpy): the plugin, the xdist controller, the CLI and the report
-all import it, and so do ``api.py``, ``stats.py``, ``guard.py`` and the engines (``engines/ladder.py``
+all import it, and so do ``api.py``, ``engines/stats.py``, ``sheet/guard.py`` and the engines (``engines/ladder.py``
 re-exports ``ENGINES`` and the statuses under their old names); no other module spells them.
 """
 from __future__ import annotations

@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .latent import LatentAuditError
-from .vocab import PROVED
+from ..core.errors import LatentAuditError
+from ..core.vocab import PROVED
 from .specsheet import directions_section, read_sheet  # noqa: F401  (directions_section: re-exported)
 
 __all__ = ["latent_ranges", "in_spec", "range_score", "project", "basis_json", "directions_section", "data_fingerprint",
