@@ -240,3 +240,105 @@ def test_crown_with_rounding_off_is_the_exact_arithmetic_bound_and_below_the_sou
         y = net64(x.reshape(-1, 6)).reshape(2000, n, 4)
     rows = torch.einsum("nmo,sno->snm", C, y) + d
     assert bool((rows <= exact[None] + 1e-9).all())
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 4), span=st.floats(0.01, 2.0), leaky=st.booleans(),
+       depth=st.integers(2, 5))
+def test_backward_cuts_hold_on_samples_and_never_loosen_the_bound(seed, k, span, leaky, depth):
+    """A backward pass with cuts through the forward forms: rows that leave at a cut (here:
+    all of them at the first, with an infinite threshold) get a bound that holds on samples
+    of the float32 model; with no row leaving, the result is the plain pass's or smaller."""
+    from pytest_latentaudit.engines import bounds as B
+    from pytest_latentaudit.engines.graph import get_graph
+
+    net = _mlp(seed, d_in=6, width=32, depth=depth, n_out=5, act=(lambda: nn.LeakyReLU(0.1)) if leaky else nn.ReLU)
+    gen = torch.Generator().manual_seed(seed)
+    n = 3
+    z = torch.randn(n, 6, generator=gen, dtype=torch.float64)
+    G = torch.zeros(n, k, 6, dtype=torch.float64)
+    G[:, range(k), range(k)] = span
+    C = torch.randn(n, 4, 5, generator=gen, dtype=torch.float64)
+    d = torch.randn(n, 4, generator=gen, dtype=torch.float64)
+    g = get_graph(net, (6,))
+    c32, G32, C32, d32 = z.float(), G.float(), C.float(), d.float()
+    forms, conc = B.linear_bounds(g, c32, G32)
+    plain = B.backward_upper(g, conc, c32, G32, C32, d32)
+    at_first_cut = B.backward_upper(g, conc, c32, G32, C32, d32, forms=forms,
+                                    threshold=torch.full((n,), torch.inf))
+    no_exit = B.backward_upper(g, conc, c32, G32, C32, d32, forms=forms, threshold=torch.full((n,), -torch.inf))
+    per_row = B.backward_upper(g, conc, c32, G32, C32, d32, forms=forms,
+                               threshold=torch.randn(n, 4, generator=gen, dtype=torch.float64))
+    assert bool((no_exit <= plain).all())
+    s = torch.rand(4000, n, k, generator=gen, dtype=torch.float64) * 2 - 1
+    s[:2 ** k] = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0], dtype=torch.float64)] * k).reshape(-1, 1, k)
+    x = (z[None] + torch.einsum("snk,nkd->snd", s, G)).float()
+    with torch.no_grad():
+        y = net(x.reshape(-1, 6)).reshape(-1, n, 5).double()
+    rows = (torch.einsum("nmo,sno->snm", C32.double(), y) + d32.double()).amax(0)
+    for name, ub in [("plain", plain), ("first cut", at_first_cut), ("no exit", no_exit), ("per row", per_row)]:
+        assert bool((rows <= ub).all()), (name, float((rows - ub).max()))
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+def test_relu_backward_with_few_unstable_neurons_matches_the_general_form(slope):
+    """The backward step that touches only the unstable columns (at most a quarter) gives the
+    general form's ``A+ au + A- al`` and ``A+ . cu``."""
+    from pytest_latentaudit.engines import ops
+
+    op = ops.LeakyReLUOp("r", slope) if slope else ops.ReLUOp("r")
+    gen = torch.Generator().manual_seed(3)
+    n, m, D = 4, 5, 64
+    sign = torch.where(torch.rand(n, D, generator=gen) < 0.5, -1.0, 1.0)
+    lo = sign * (torch.rand(n, D, generator=gen) + 0.3) - 0.1  # stable: active or dead
+    hi = lo + torch.rand(n, D, generator=gen) * 0.2
+    hi[:, :9], lo[:, :9] = lo[:, :9].abs() + 0.5, -lo[:, :9].abs() - 0.5  # a few unstable neurons per box
+    perm = torch.stack([torch.randperm(D, generator=gen) for _ in range(n)])  # at different places
+    lo, hi = lo.gather(1, perm), hi.gather(1, perm)
+    assert 0 < int(((lo < 0) & (hi > 0)).sum(1).max()) <= D // 4
+    A = torch.randn(n * m, D, generator=gen)
+    (A_in,), const = op.backward(A, pre=[(lo, hi)])
+    al, _, au, cu = (v.double() for v in op.relax(lo, hi))
+    A3 = A.double().reshape(n, m, D)
+    ref = (A3.clamp(min=0) * au[:, None] + A3.clamp(max=0) * al[:, None]).reshape(n * m, D)
+    cref = torch.einsum("nmd,nd->nm", A3.clamp(min=0), cu).reshape(-1)
+    assert torch.allclose(A_in.double(), ref, atol=1e-6)
+    assert torch.allclose(const.double(), cref, atol=1e-5)
+
+
+def test_a_relaxation_is_recomputed_after_an_in_place_change_of_its_bounds():
+    from pytest_latentaudit.engines import ops
+
+    op = ops.ReLUOp("r")
+    lo, hi = torch.tensor([[-1.0, 0.5]]), torch.tensor([[1.0, 2.0]])
+    first = [v.clone() for v in op.relaxed(lo, hi)]
+    assert op.relaxed(lo, hi)[2] is op.relaxed(lo, hi)[2]  # remembered
+    lo.add_(1.5)  # now both neurons are active: slope 1, no intercept
+    au, cu = op.relaxed(lo, hi)[2:]
+    assert not torch.equal(au, first[2]) and bool((au == 1).all()) and bool((cu == 0).all())
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_a_cut_through_forward_forms_is_the_exact_maximum_up_to_rounding(k):
+    """``_cut_upper`` bounds ``a . x`` over ``l(s) <= x <= u(s)``, ``s`` in the unit box: the
+    exact maximum is ``max over corners s of sum(a+ u(s) + a- l(s))`` (affine in ``s``); the
+    cut must be above it, by no more than its rounding slack."""
+    from pytest_latentaudit.engines.bounds import _cut_upper
+    from pytest_latentaudit.engines.forms import LinForm
+
+    gen = torch.Generator().manual_seed(k)
+    n, m, D = 3, 5, 40
+    lw, uw = torch.randn(n, k, D, generator=gen), torch.randn(n, k, D, generator=gen)
+    lb = torch.randn(n, D, generator=gen)
+    ub = lb + 3 + torch.rand(n, D, generator=gen)  # u(s) >= l(s) on the whole box
+    A = torch.randn(n * m, D, generator=gen)
+    const = torch.randn(n * m, generator=gen, dtype=torch.float64)
+    cut = _cut_upper([None] * 4, [A, None], [LinForm(lw, lb, uw, ub), None], const, const.abs(), n, m)
+    corners = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0], dtype=torch.float64)] * k).reshape(-1, k)
+    a = A.double().reshape(n, m, D)
+    u = lb.double()[None] * 0 + ub.double()[None] + torch.einsum("ck,nkd->cnd", corners, uw.double())
+    lo = lb.double()[None] + torch.einsum("ck,nkd->cnd", corners, lw.double())
+    exact = (torch.einsum("nmd,cnd->cnm", a.clamp(min=0), u) + torch.einsum("nmd,cnd->cnm", a.clamp(max=0), lo)).amax(0)
+    exact = exact + const.reshape(n, m)
+    assert bool((cut >= exact).all())
+    assert float((cut - exact).max()) <= 5e-4 * float(exact.abs().max())  # the float32 slack, no more

@@ -169,7 +169,8 @@ def radii(graph: BoundGraph, conc) -> List[Optional[torch.Tensor]]:
 U32 = 2.0 ** -24
 
 
-def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d, fast=False):
+def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d, fast=False, forms=None,
+                   threshold=None):
     """CROWN-style backward pass: an upper bound of ``A_start . x_start + d`` over the box,
     for ``A_start`` ``[n, m, *S_start]`` (rows per box) and ``d`` ``[n, m]``, using the
     intermediate bounds ``conc`` of the nodes before ``start``.
@@ -178,7 +179,14 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
     our own products ``A W`` (``|A W - fl(A W)| |h| <= gamma |A| |W| |h|``, inside R).
     With ``fast`` the coefficients ``A`` travel in float32 (twice the speed, half the
     memory); each op then adds ``op.our_radius`` for float32 rounding, and constants are
-    summed in float64."""
+    summed in float64.
+
+    With ``forms`` (the forward forms of the nodes) and ``threshold`` (``[n]`` per box or
+    ``[n, m]`` per row), before each costly step (an affine layer) the pass also bounds its
+    rows through the forms of the nodes it has reached (a cut of the graph, ``_cut_upper``);
+    a row whose bound is below its threshold there leaves the pass, so the layers nearer the
+    input, where forward forms are still tight, are paid only for the rows that need them.
+    Every row's result is the smallest bound it got (a cut's or the full pass's)."""
     n, m = A_start.shape[:2]
     nodes = graph.nodes
     fast = fast or graph.dtype == torch.float32
@@ -186,14 +194,45 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
     A[start] = A_start.reshape(n * m, *nodes[start].shape)
     if fast:
         A[start] = A[start].float()
-    const_dt = torch.float64  # constants are summed in float64 whatever A's dtype
-    const = d.reshape(n * m).to(const_dt).clone()
+    const = d.reshape(n * m).to(torch.float64).clone()  # constants are summed in float64
     const_abs = const.abs()
+    cuts = forms is not None and threshold is not None
+    if cuts:
+        dev = A_start.device
+        out = torch.full((n, m), torch.inf, dtype=torch.float64, device=dev)
+        best = torch.full((n, m), torch.inf, dtype=torch.float64, device=dev)
+        thr = (threshold[:, None].expand(n, m) if threshold.dim() == 1 else threshold).to(torch.float64)
+        alive = torch.arange(n, device=dev)  # the boxes still in the pass
+        pos = torch.arange(m, device=dev).expand(n, m)  # the rows still in the pass, per box
     for j in range(start, 0, -1):
         Aj = A[j]
         if Aj is None:
             continue
         node = nodes[j]
+        if cuts and j < start and isinstance(node.op, ops.AffineOp):
+            u = _cut_upper(nodes, A, forms, const, const_abs, n, m)
+            if u is not None:
+                best = torch.minimum(best, u)
+                left = ~(best < thr)
+                rem = left.sum(1)
+                m2 = int(rem.max())
+                keep = rem > 0
+                n2 = int(keep.sum())
+                if m2 == 0 or (4 * m2 <= 3 * m) or (16 * n2 <= 15 * n):
+                    _record(out, alive, pos, best)
+                    if m2 == 0:
+                        return out
+                    # the rows still open first in each box, the boxes with none left dropped
+                    order = torch.argsort(left.to(torch.int8), dim=1, descending=True, stable=True)[:, :m2][keep]
+                    A = [None if a is None else _rows(a, n, m, keep, order) for a in A]
+                    const = const.reshape(n, m)[keep].gather(1, order).reshape(-1)
+                    const_abs = const_abs.reshape(n, m)[keep].gather(1, order).reshape(-1)
+                    best, thr, pos = (x[keep].gather(1, order) for x in (best, thr, pos))
+                    conc = [None if b is None else (b[0][keep], b[1][keep]) for b in conc]
+                    forms = _forms_of(forms, keep)
+                    center, gens, alive = center[keep], gens[keep], alive[keep]
+                    n, m = n2, m2
+                    Aj = A[j]
         pre = _in_bounds(conc, node)
         Rj = node.op.radius(pre, ours=not fast)  # fast: our rounding comes from our_radius
         if fast and node.op.rounding:
@@ -215,8 +254,30 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
         for i, a in zip(node.inputs, A_in):
             A[i] = a if A[i] is None else A[i] + a
         A[j] = None
-    # the last step in float64: exact products of the float32 values, few roundings
-    A0 = A[0].reshape(n, m, -1).double()
+    full = _input_step(nodes, A[0], const, const_abs, center, gens, n, m)
+    if not cuts:
+        return full
+    _record(out, alive, pos, torch.minimum(best, full))
+    return out
+
+
+def _rows(a, n, m, keep, order):
+    """Rows ``order`` (``[n2, m2]``) of the boxes ``keep`` of ``a`` ``[n * m, *S]``."""
+    S = a.shape[1:]
+    a = a.reshape(n, m, -1)[keep]
+    return a.gather(1, order[:, :, None].expand(-1, -1, a.shape[2])).reshape(-1, *S)
+
+
+def _record(out, alive, pos, bound):
+    """``out[box, row] = min(out, bound)`` for the rows ``pos`` of the boxes ``alive``."""
+    sub = out[alive]
+    out[alive] = sub.scatter_reduce(1, pos, bound, "amin")
+
+
+def _input_step(nodes, A0, const, const_abs, center, gens, n, m):
+    """The last step of a backward pass, at the input, in float64: exact products of the
+    float32 values, few roundings."""
+    A0 = A0.reshape(n, m, -1).double()
     k = gens.shape[1]
     c0 = center.reshape(n, -1).double()
     G0 = gens.reshape(n, k, -1).double()
@@ -231,9 +292,56 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
     return val + spread + slack
 
 
-def backward_upper(graph: BoundGraph, conc, center, gens, C, d):
+def backward_upper(graph: BoundGraph, conc, center, gens, C, d, forms=None, threshold=None):
     """Upper bound of every row of ``C y + d`` by a backward pass from the output."""
-    return backward_bound(graph, conc, center, gens, len(graph.nodes) - 1, C, d)
+    return backward_bound(graph, conc, center, gens, len(graph.nodes) - 1, C, d, forms=forms, threshold=threshold)
+
+
+def _cut_upper(nodes, A, forms, const, const_abs, n, m):
+    """Upper bound of ``sum_i A_i . x_i + const`` over the box, for the nodes ``i`` with
+    pending coefficients, through their forward forms (``lw s + lb <= x_i <= uw s + ub``
+    for every ``s`` in the unit box). Per ``s``, ``a.x <= a.mid(s) + |a|.rad(s)`` with
+    ``mid, rad`` the forms' midpoint and half-gap (affine in ``s``); the terms are summed
+    per ``s`` and then maximised over ``s``. ``None`` when a pending node has no form.
+
+    The products run in the coefficients' dtype (float32 on a float32 graph: a cut only
+    decides which rows may leave the pass early, so a few ulps of looseness cost little).
+    Each of the ``2k + 2`` dot products (length ``D``, any order) and the rounding of mid
+    and rad is within ``gamma_{D+1} |a| . M`` of exact, ``M`` the forms' absolute sum (it
+    dominates every column); ``|a| . M`` itself is computed to within ``2 gamma``: so
+    ``(2k + 4) gamma_{D+2k+8}`` of the computed ``|a| . M`` covers them all; underflow adds
+    ``D`` smallest normals; the float64 sums of the constants add their own ``gamma``."""
+    val = const.reshape(n, m).clone()
+    cabs = const_abs.reshape(n, m)
+    coef, mag = None, None
+    length = 0
+    for i, Ai in enumerate(A):
+        if Ai is None:
+            continue
+        f = forms[i]
+        if f is None:
+            return None
+        k = f.k
+        a = Ai.reshape(n, m, -1)
+        dt = a.dtype
+        uw, lw = f.uw.reshape(n, k, -1).to(dt), f.lw.reshape(n, k, -1).to(dt)
+        ub, lb = f.ub.reshape(n, 1, -1).to(dt), f.lb.reshape(n, 1, -1).to(dt)
+        mid = torch.cat([ub + lb, uw + lw], 1) / 2  # [n, 1 + k, D]: constant, then per generator
+        rad = torch.cat([(ub - lb) / 2, (uw - lw) / 2, ub.abs() + lb.abs() + (uw.abs() + lw.abs()).sum(1, keepdim=True)],
+                        1)  # [n, 2 + k, D]: half-gaps, then M
+        am = torch.bmm(a, mid.transpose(1, 2)).double()  # [n, m, 1 + k]
+        ar = torch.bmm(a.abs(), rad.transpose(1, 2)).double()  # [n, m, 2 + k]
+        c_i = am[..., 1:] + ar[..., 1:-1]
+        coef = c_i if coef is None else coef + c_i
+        val = val + am[..., 0] + ar[..., 0]
+        mag = ar[..., -1] if mag is None else mag + ar[..., -1]
+        length += a.shape[-1] + k
+    if coef is None:
+        return None
+    val = val + coef.abs().sum(-1)
+    kk = coef.shape[-1]
+    return val + (2 * kk + 4) * gamma(length + 2 * kk + 8, unit(dt)) * mag + length * tiny(dt) + \
+        gamma(2 * len(nodes) + 12, unit(torch.float64)) * (cabs + val.abs() + mag)
 
 
 def _round_out(lo, hi, dtype):
@@ -424,13 +532,24 @@ def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", thr
     need = open_(ub)
     if bool(need.any()):
         sub = [(b[0][need], b[1][need]) for b in conc]
-        ub[need] = torch.minimum(ub[need], backward_upper(graph, sub, center[need], gens[need], C[need], d[need]))
+        ub[need] = torch.minimum(ub[need], backward_upper(graph, sub, center[need], gens[need], C[need], d[need],
+                                                          forms=_forms_of(forms, need), threshold=_at(thr, need)))
     need = open_(ub) if crown else torch.zeros_like(need)
     if bool(need.any()):
         # what stays open: CROWN intermediate bounds on the unstable neurons, then backward
-        _, conc2 = linear_bounds(graph, center[need], gens[need], crown=True)
-        ub[need] = torch.minimum(ub[need], backward_upper(graph, conc2, center[need], gens[need], C[need], d[need]))
+        forms2, conc2 = linear_bounds(graph, center[need], gens[need], crown=True)
+        ub[need] = torch.minimum(ub[need], backward_upper(graph, conc2, center[need], gens[need], C[need], d[need],
+                                                          forms=forms2, threshold=_at(thr, need)))
     return ub
+
+
+def _forms_of(forms, idx):
+    """The forward forms of the boxes ``idx`` (a mask or indices)."""
+    return [None if f is None else LinForm(f.lw[idx], f.lb[idx], f.uw[idx], f.ub[idx], exact=f.exact) for f in forms]
+
+
+def _at(t, idx):
+    return None if t is None else t[idx]
 
 
 def output_bounds(graph: BoundGraph, center, gens, method="linear"):

@@ -39,6 +39,8 @@ BAB_METHOD = "crown"
 #: at least PROBE_SHARE of them (IBP costs about a fifth of the linear bound)
 PROBE_BOXES = 16
 PROBE_SHARE = 0.25
+#: gradient steps of the attack between the linear and the CROWN rungs
+SHORT_ATTACK_STEPS = 5
 
 
 @dataclass
@@ -446,9 +448,10 @@ class Ladder:
             attacked = False
             if e in ("auto", "linear") and not self._time_up():
                 # what the cheap bounds left: a short attack first, as a falsified box needs
-                # no CROWN (costly per box) and no splitting
+                # no CROWN (costly per box) and no splitting; short, as on a box that CROWN
+                # proves it costs about half a CROWN bound (the full attack comes later)
                 if self.undecided().numel():
-                    self.run_attack(steps=10, restarts=2, rung="attack")
+                    self.run_attack(steps=SHORT_ATTACK_STEPS, restarts=2, rung="attack")
                     attacked = True
                 # few perturbed dims: splitting with cheap bounds pays more than CROWN per box
                 self.run_crown(share=CROWN_SHARE_SMALL_K if self.p.k <= 2 else CROWN_SHARE_LARGE_K)

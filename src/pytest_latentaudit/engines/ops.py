@@ -112,6 +112,7 @@ class BoundOp:
             setattr(self, attr, v)
         if dtype is not None:
             self.u_ours = unit(dtype)
+        self.__dict__.pop("_relaxed", None)  # relaxations depend on the bound dtype
         self._bound()
         return self
 
@@ -499,6 +500,18 @@ class ActivationOp(BoundOp):
     def relax(self, lo, hi):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def relaxed(self, lo, hi):
+        """``relax(lo, hi)``, remembered for the last pair of bounds: the forward pass, the
+        error radius and the backward step of a node all relax the same bounds. Keyed on the
+        tensors themselves and their version counters, so an in-place change misses."""
+        key = (lo, hi, lo._version, hi._version)
+        c = self.__dict__.get("_relaxed")
+        if c is not None and c[0] is lo and c[1] is hi and c[2] == key[2] and c[3] == key[3]:
+            return c[4]
+        out = self.relax(lo, hi)
+        self._relaxed = (*key, out)
+        return out
+
     def _pad(self, lo, hi, al, cl, au, cu):
         """Outward padding of intercepts: the model's error of f plus our rounding in
         evaluating the lines (a few float64 ulps of the terms)."""
@@ -508,7 +521,7 @@ class ActivationOp(BoundOp):
         return al, cl - e, au, cu + e
 
     def linear(self, form, pre=None):
-        al, cl, au, cu = self.relax(*pre[0])
+        al, cl, au, cu = self.relaxed(*pre[0])
         lwa, lwb = form.lw * al.unsqueeze(1), form.uw * al.unsqueeze(1)
         uwa, uwb = form.uw * au.unsqueeze(1), form.lw * au.unsqueeze(1)
         # a slope may be negative (non-monotone f): then the other form bounds the product
@@ -522,12 +535,12 @@ class ActivationOp(BoundOp):
     def our_radius(self, pre, u, d_out):
         # slopes rounded to A's dtype and the products: a few u of |a| |x|; intercepts
         # rounded and summed over d_out terms into the constant
-        al, cl, au, cu = self.relax(*pre[0])
+        al, cl, au, cu = self.relaxed(*pre[0])
         m = _mag(pre[0])
         return 3 * u * (al.abs() + au.abs()) * m + gamma(d_out + 2, u) * (cl.abs() + cu.abs())
 
     def backward(self, A, pre=None, in_shapes=None):
-        al, cl, au, cu = self.relax(*pre[0])
+        al, cl, au, cu = self.relaxed(*pre[0])
         n = al.shape[0]
         m = A.shape[0] // n  # A rows are grouped per box: [n * m, *S]; broadcast, not repeat
         A3 = A.reshape(n, m, -1)
@@ -552,7 +565,7 @@ class ReLUOp(ActivationOp):
         return F.relu(x) if self.negative_slope == 0 else F.leaky_relu(x, self.negative_slope)
 
     def our_radius(self, pre, u, d_out):
-        al, cl, au, cu = self.relax(*pre[0])
+        al, cl, au, cu = self.relaxed(*pre[0])
         m = _mag(pre[0])
         return 3 * u * (1 + au.abs()) * m + gamma(d_out + 2, u) * cu.abs()  # |al| <= 1 for any alpha
 
@@ -581,10 +594,15 @@ class ReLUOp(ActivationOp):
         # the lower intercept is 0: A_in = A al + A+ (au - al), const = A+ . cu (fewer passes
         # over A than the general form; A is the largest tensor of a backward pass)
         lo, hi = pre[0]
-        al, _, au, cu = self.relax(lo, hi)
+        al, _, au, cu = self.relaxed(lo, hi)
         n = al.shape[0]
         m = A.shape[0] // n
         A3 = A.reshape(n, m, -1)
+        if self.alpha_slope is None:
+            uns = ((lo < 0) & (hi > 0)).reshape(n, -1)
+            U = int(uns.sum(1).max()) if uns.numel() else 0
+            if 4 * U <= uns.shape[1]:
+                return self._backward_few_unstable(A, A3, al, au, cu, uns, U)
         al, au, cu = (_like(v, A).reshape(n, 1, -1) for v in (al, au, cu))
         if self.alpha_slope is not None:
             # any lower line through the origin with slope in [a, 1] is below the (leaky) ReLU
@@ -594,6 +612,26 @@ class ReLUOp(ActivationOp):
         Ap = A3.clamp(min=0)
         A_in = torch.addcmul(A3 * al, Ap, au - al)
         const = torch.einsum("nmd,nd->nm", Ap, cu[:, 0]).reshape(-1)
+        return [A_in.reshape(A.shape)], const
+
+    def _backward_few_unstable(self, A, A3, al, au, cu, uns, U):
+        """The same pass when at most a quarter of the neurons are unstable (the usual case
+        near a proof): a stable neuron's line is exact (``al = au``, ``cu = 0``), so one
+        product ``A al`` does for all, and only the ``U`` unstable columns of each box (a
+        gather) take the ``A+ (au - al)`` and ``A+ . cu`` terms. The same roundings as the
+        general form (a product, then one addition), so ``our_radius`` covers it."""
+        n, m, D = A3.shape
+        A_in = A3 * _like(al, A).reshape(n, 1, D)
+        if U == 0:
+            return [A_in.reshape(A.shape)], torch.zeros(n * m, dtype=A.dtype, device=A.device)
+        idx = torch.argsort(uns.to(torch.int8), dim=1, descending=True, stable=True)[:, :U]  # unstable first
+        valid = uns.gather(1, idx)
+        gap = torch.where(valid, (au - al).reshape(n, D).gather(1, idx), torch.zeros((), dtype=au.dtype))
+        cu_u = torch.where(valid, cu.reshape(n, D).gather(1, idx), torch.zeros((), dtype=cu.dtype))
+        cols = idx[:, None, :].expand(n, m, U)
+        Ap = A3.gather(2, cols).clamp(min=0)  # [n, m, U]
+        A_in = A_in.scatter_add(2, cols, Ap * _like(gap, A)[:, None, :])
+        const = torch.einsum("nmu,nu->nm", Ap, _like(cu_u, A)).reshape(-1)
         return [A_in.reshape(A.shape)], const
 
 
