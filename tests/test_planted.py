@@ -1191,3 +1191,26 @@ def test_in_place_relu_on_a_reshaped_tensor_is_still_provable():
 
     res = run_box(ViewRelu().eval(), torch.zeros(2), torch.full((2,), 0.5), P0, V0, budget_s=CONTROL_BUDGET)
     assert_verified(res, "in-place ReLU on a view whose base is not read again")
+
+
+# ------------------------------------------------ 17. the eps asked for, not a rounding of it
+@pytest.mark.parametrize("engine", ["auto", "bab"])
+def test_audit_box_reaches_the_eps_asked_for(engine):
+    """``eps = 0.7`` rounds *down* in float32 (to 0.69999998807907). Seed ``z0 = fl32(-0.7)``:
+    the box's upper end ``z0 + 0.7 = 1.19e-8`` is a float32 number where ``y1 = 1e9 x > 5``
+    (a violation), while every point of the rounded box has ``x <= 0`` (fine). A box built
+    from the float32 eps is a proof about a smaller box than the one asked for."""
+    model = nn.Sequential(linear(1, 1, [1.0], [0.0]), nn.ReLU(), linear(1, 2, [0.0, 1e9], [5.0, 0.0])).eval()
+    eps = 0.7
+    z0 = f32([-0.7])
+    assert float(f32(eps)) < eps
+    x = torch.tensor([float(z0) + eps], dtype=torch.float64).float()  # on the box, exactly
+    assert float(x) > 0 and float(x) - float(z0) == pytest.approx(eps, abs=1e-12)
+    assert V0(forward(model, x)), "planted point does not violate"
+    assert not V0(forward(model, z0 + f32(eps)))  # the rounded box's end is fine
+    res = audit(model, z0[None], torch.zeros(1, dtype=torch.long), Direction.axis(0), eps, Accuracy(at_least=1.0),
+                engine=engine, device="cpu", budget_s=BAB_BUDGET)
+    assert res.status != ["verified"], f"proof of a box shrunk to the float32 eps: {res.status} {res.rung}"
+    for cex in res.counterexamples:
+        assert V0(forward(model, cex.z.reshape(-1)))
+        assert abs(float(cex.z.reshape(-1)[0].double() - z0.double())) <= eps * (1 + 1e-12)

@@ -554,7 +554,7 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
     prep = _prepare(model, seeds, labels, direction, spec, latent_space, device)
     notes: List[str] = []
     with _eval_mode(model):
-        tl = torch.full((prep.n, prep.k), -eps, device=prep.dev)
+        tl = torch.full((prep.n, prep.k), -eps, dtype=torch.float64, device=prep.dev)  # the eps asked for, not its float32 rounding
         problem = Problem(prep.model, prep.z, prep.Vt, tl, -tl, prep.box_spec, prep.box_labels)
         out, name = _run_ladder(prep.model, problem, prep.input_shape, prep.dev, engine, budget_s, seed, precision,
                                 notes, replay=replay, attack=attack, bound_factory=bound_factory,
