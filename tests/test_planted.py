@@ -1214,3 +1214,37 @@ def test_audit_box_reaches_the_eps_asked_for(engine):
     for cex in res.counterexamples:
         assert V0(forward(model, cex.z.reshape(-1)))
         assert abs(float(cex.z.reshape(-1)[0].double() - z0.double())) <= eps * (1 + 1e-12)
+
+
+# ------------------------------------------------ 18. overflow in a low-precision model
+class OverflowTent(nn.Module):
+    """``t`` a tent of half-width 0.05 at 0.3 (one ReLU layer: interval bounds are tight),
+    ``y1 = ((t A) B) C`` with ``A B = max / 0.99`` of the dtype and ``A B C = 30``: in exact
+    arithmetic ``y1 <= 30 < 40 = y0``; in the model's dtype ``(t A) B`` overflows to inf on the
+    tent's top (``t > 0.99``) and ``y1 = inf``. Bounds computed in float32 for a float16 model
+    (or a bfloat16 one, whose largest number is below float32's) never see the overflow."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        c, w = 0.3, 0.05
+        top = float(torch.finfo(dtype).max)
+        self.A = 64.0
+        self.B = float(torch.tensor(top / 0.99 / self.A, dtype=dtype))
+        self.C = float(torch.tensor(30.0 / (self.A * self.B), dtype=dtype))
+        self.a = linear(1, 2, [1.0, -1.0], [-c, c])
+        self.b = linear(2, 1, [-1.0 / w, -1.0 / w], [1.0])
+        self.k = linear(1, 1, [0.0], [40.0])
+
+    def forward(self, x):
+        t = torch.relu(self.b(torch.relu(self.a(x))))
+        return torch.cat([self.k(x), ((t * self.A) * self.B) * self.C], 1)
+
+
+@pytest.mark.parametrize("dtype,engine", [(torch.float16, "ibp"), (torch.float16, "auto"), (torch.bfloat16, "auto")])
+def test_overflow_to_inf_in_a_low_precision_model(dtype, engine):
+    model = OverflowTent(dtype).to(dtype).eval()
+    lo, hi = torch.zeros(1, dtype=dtype), torch.ones(1, dtype=dtype)
+    x = torch.tensor([0.3], dtype=dtype)
+    assert torch.isinf(forward(model, x)[1]), "the planted point does not overflow"
+    plant(model, x, lo, hi, V0)
+    assert_not_verified(run_box(model, lo, hi, P0, V0, engine=engine, budget_s=BAB_BUDGET), f"overflow ({dtype})")
