@@ -1248,3 +1248,13 @@ def test_overflow_to_inf_in_a_low_precision_model(dtype, engine):
     assert torch.isinf(forward(model, x)[1]), "the planted point does not overflow"
     plant(model, x, lo, hi, V0)
     assert_not_verified(run_box(model, lo, hi, P0, V0, engine=engine, budget_s=BAB_BUDGET), f"overflow ({dtype})")
+
+
+# ------------------------------------- 19. auto_LiRPA bounds the exact function, not the model
+@pytest.mark.parametrize("sign,gap,d", [(-1, 2e-4, 1), (+1, 3e-4, 2)])
+def test_auto_lirpa_bound_covers_the_models_float32_rounding(sign, gap, d):
+    """Section 4's cancellation model through auto_LiRPA's alpha-CROWN (which computes in
+    float64): its bound is of the exact function, ~4.8e-4 below what the float32 model
+    outputs at ``x = m``. The native bound on the model's rounding must be added to it."""
+    _need_auto_lirpa()
+    test_float32_cancellation_around_large_biases("auto_lirpa:alpha-crown", sign, gap, d)

@@ -300,7 +300,9 @@ def _run_ladder(model, problem, input_shape, device, engine, budget_s, seed, pre
     elif engine.startswith(LIRPA_PREFIX):
         from .engines.lirpa_engine import make_bound_fn
 
-        bound_fn = make_bound_fn(model, problem, engine, notes)
+        # the checked native lowering bounds the model's float rounding around auto_LiRPA's bound
+        rounding_graph = _graph_or_note(model, problem, device, notes)
+        bound_fn = make_bound_fn(model, problem, engine, notes, graph=rounding_graph)
         name = engine if bound_fn is not None else "falsify"
     elif engine != "falsify":
         graph = _graph_or_note(model, problem, device, notes)
