@@ -1191,3 +1191,70 @@ def test_in_place_relu_on_a_reshaped_tensor_is_still_provable():
 
     res = run_box(ViewRelu().eval(), torch.zeros(2), torch.full((2,), 0.5), P0, V0, budget_s=CONTROL_BUDGET)
     assert_verified(res, "in-place ReLU on a view whose base is not read again")
+
+
+# ------------------------------------------------ 17. the eps asked for, not a rounding of it
+@pytest.mark.parametrize("engine", ["auto", "bab"])
+def test_audit_box_reaches_the_eps_asked_for(engine):
+    """``eps = 0.7`` rounds *down* in float32 (to 0.69999998807907). Seed ``z0 = fl32(-0.7)``:
+    the box's upper end ``z0 + 0.7 = 1.19e-8`` is a float32 number where ``y1 = 1e9 x > 5``
+    (a violation), while every point of the rounded box has ``x <= 0`` (fine). A box built
+    from the float32 eps is a proof about a smaller box than the one asked for."""
+    model = nn.Sequential(linear(1, 1, [1.0], [0.0]), nn.ReLU(), linear(1, 2, [0.0, 1e9], [5.0, 0.0])).eval()
+    eps = 0.7
+    z0 = f32([-0.7])
+    assert float(f32(eps)) < eps
+    x = torch.tensor([float(z0) + eps], dtype=torch.float64).float()  # on the box, exactly
+    assert float(x) > 0 and float(x) - float(z0) == pytest.approx(eps, abs=1e-12)
+    assert V0(forward(model, x)), "planted point does not violate"
+    assert not V0(forward(model, z0 + f32(eps)))  # the rounded box's end is fine
+    res = audit(model, z0[None], torch.zeros(1, dtype=torch.long), Direction.axis(0), eps, Accuracy(at_least=1.0),
+                engine=engine, device="cpu", budget_s=BAB_BUDGET)
+    assert res.status != ["verified"], f"proof of a box shrunk to the float32 eps: {res.status} {res.rung}"
+    for cex in res.counterexamples:
+        assert V0(forward(model, cex.z.reshape(-1)))
+        assert abs(float(cex.z.reshape(-1)[0].double() - z0.double())) <= eps * (1 + 1e-12)
+
+
+# ------------------------------------------------ 18. overflow in a low-precision model
+class OverflowTent(nn.Module):
+    """``t`` a tent of half-width 0.05 at 0.3 (one ReLU layer: interval bounds are tight),
+    ``y1 = ((t A) B) C`` with ``A B = max / 0.99`` of the dtype and ``A B C = 30``: in exact
+    arithmetic ``y1 <= 30 < 40 = y0``; in the model's dtype ``(t A) B`` overflows to inf on the
+    tent's top (``t > 0.99``) and ``y1 = inf``. Bounds computed in float32 for a float16 model
+    (or a bfloat16 one, whose largest number is below float32's) never see the overflow."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        c, w = 0.3, 0.05
+        top = float(torch.finfo(dtype).max)
+        self.A = 64.0
+        self.B = float(torch.tensor(top / 0.99 / self.A, dtype=dtype))
+        self.C = float(torch.tensor(30.0 / (self.A * self.B), dtype=dtype))
+        self.a = linear(1, 2, [1.0, -1.0], [-c, c])
+        self.b = linear(2, 1, [-1.0 / w, -1.0 / w], [1.0])
+        self.k = linear(1, 1, [0.0], [40.0])
+
+    def forward(self, x):
+        t = torch.relu(self.b(torch.relu(self.a(x))))
+        return torch.cat([self.k(x), ((t * self.A) * self.B) * self.C], 1)
+
+
+@pytest.mark.parametrize("dtype,engine", [(torch.float16, "ibp"), (torch.float16, "auto"), (torch.bfloat16, "auto")])
+def test_overflow_to_inf_in_a_low_precision_model(dtype, engine):
+    model = OverflowTent(dtype).to(dtype).eval()
+    lo, hi = torch.zeros(1, dtype=dtype), torch.ones(1, dtype=dtype)
+    x = torch.tensor([0.3], dtype=dtype)
+    assert torch.isinf(forward(model, x)[1]), "the planted point does not overflow"
+    plant(model, x, lo, hi, V0)
+    assert_not_verified(run_box(model, lo, hi, P0, V0, engine=engine, budget_s=BAB_BUDGET), f"overflow ({dtype})")
+
+
+# ------------------------------------- 19. auto_LiRPA bounds the exact function, not the model
+@pytest.mark.parametrize("sign,gap,d", [(-1, 2e-4, 1), (+1, 3e-4, 2)])
+def test_auto_lirpa_bound_covers_the_models_float32_rounding(sign, gap, d):
+    """Section 4's cancellation model through auto_LiRPA's alpha-CROWN (which computes in
+    float64): its bound is of the exact function, ~4.8e-4 below what the float32 model
+    outputs at ``x = m``. The native bound on the model's rounding must be added to it."""
+    _need_auto_lirpa()
+    test_float32_cancellation_around_large_biases("auto_lirpa:alpha-crown", sign, gap, d)

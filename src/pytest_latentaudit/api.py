@@ -300,7 +300,9 @@ def _run_ladder(model, problem, input_shape, device, engine, budget_s, seed, pre
     elif engine.startswith(LIRPA_PREFIX):
         from .engines.lirpa_engine import make_bound_fn
 
-        bound_fn = make_bound_fn(model, problem, engine, notes)
+        # the checked native lowering bounds the model's float rounding around auto_LiRPA's bound
+        rounding_graph = _graph_or_note(model, problem, device, notes)
+        bound_fn = make_bound_fn(model, problem, engine, notes, graph=rounding_graph)
         name = engine if bound_fn is not None else "falsify"
     elif engine != "falsify":
         graph = _graph_or_note(model, problem, device, notes)
@@ -554,7 +556,7 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
     prep = _prepare(model, seeds, labels, direction, spec, latent_space, device)
     notes: List[str] = []
     with _eval_mode(model):
-        tl = torch.full((prep.n, prep.k), -eps, device=prep.dev)
+        tl = torch.full((prep.n, prep.k), -eps, dtype=torch.float64, device=prep.dev)  # the eps asked for, not its float32 rounding
         problem = Problem(prep.model, prep.z, prep.Vt, tl, -tl, prep.box_spec, prep.box_labels)
         out, name = _run_ladder(prep.model, problem, prep.input_shape, prep.dev, engine, budget_s, seed, precision,
                                 notes, replay=replay, attack=attack, bound_factory=bound_factory,

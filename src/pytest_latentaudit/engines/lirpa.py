@@ -55,6 +55,7 @@ def lirpa_spec_bounds(
     *,
     conv_mode: Optional[str] = None,
     alpha_iters: int = 20,
+    dtype: Optional["torch.dtype"] = None,
 ) -> Tuple["torch.Tensor", "torch.Tensor"]:
     """Lower and upper bounds ``[N, m]`` of ``C @ model(x)``, valid for every ``x`` in
     the box ``lower[i] <= x <= upper[i]`` of each row ``i``.
@@ -73,6 +74,8 @@ def lirpa_spec_bounds(
             has a ``ConvTranspose2d`` (0.3's patches mode rejects padded ones), else
             auto_LiRPA's default ``"patches"``.
         alpha_iters: optimisation steps for ``"alpha-crown"``.
+        dtype: the dtype auto_LiRPA computes in (a private copy of the model is cast to
+            it); default: the model's floating dtype.
 
     Returns ``(lb, ub)``, detached, on ``lower.device``. Raises :class:`LirpaUnsupported`
     when auto_LiRPA cannot handle the model, ValueError on malformed arguments.
@@ -86,7 +89,7 @@ def lirpa_spec_bounds(
     _check_eval_mode(model)
 
     device = lower.device
-    dtype = _floating_dtype(model) or (lower.dtype if lower.is_floating_point() else torch.get_default_dtype())
+    dtype = dtype or _floating_dtype(model) or (lower.dtype if lower.is_floating_point() else torch.get_default_dtype())
     lower = _cast_outward(lower.detach(), dtype, -1.0)
     upper = _cast_outward(upper.detach().to(device), dtype, +1.0)
     C = C.detach().to(device=device, dtype=dtype)

@@ -11,9 +11,16 @@ from typing import List
 import torch
 
 
-def make_bound_fn(model, problem, engine: str, notes: List[str]):
+def make_bound_fn(model, problem, engine: str, notes: List[str], graph=None):
     """Return ``(idx, tl, tu, C, d) -> upper [n, m]``, or None (with a note) when
-    auto_LiRPA is missing or cannot handle the model: the ladder then only falsifies."""
+    auto_LiRPA is missing or cannot handle the model: the ladder then only falsifies.
+
+    auto_LiRPA bounds the exact real function of the weights (in its own arithmetic); the
+    model as it runs rounds every op. So auto_LiRPA computes in float64 on a private copy,
+    and each bound gets ``|C| . D`` added, ``D`` the native bound on how far the model's
+    float evaluation can be from the exact function over the box (``segment.float_deviation``
+    over ``graph``, the checked native lowering). Without ``graph`` (a model the native engine
+    cannot lower) there is no such bound, and so no proof."""
     method = engine.partition(":")[2] or "crown"
     try:
         from .lirpa import LirpaUnsupported, lirpa_spec_bounds
@@ -28,6 +35,13 @@ def make_bound_fn(model, problem, engine: str, notes: List[str]):
         return None
     from . import lirpa as _lirpa
     from .graph import untraceable
+    from .ops import UnsupportedLayer
+    from .segment import float_deviation
+
+    if graph is None:
+        notes.append("auto_LiRPA bounds the exact function, not the model's float rounding, and the native engine "
+                     "could not lower the model to bound that rounding; falling back to falsification only")
+        return None
 
     # auto_LiRPA traces the model once (jit.trace) and bounds that trace: a model whose
     # forward branches in Python on the input's values is baked in for the example only
@@ -50,15 +64,17 @@ def make_bound_fn(model, problem, engine: str, notes: List[str]):
         if state["failed"]:
             return torch.full(C.shape[:2], torch.inf, dtype=c.dtype, device=c.device)
         try:
-            lo64, hi64 = c - rad, c + rad
-            lo, hi = lo64.float(), hi64.float()  # rounded outward: the float32 box covers the float64 one
-            lo = torch.where(lo.double() > lo64, torch.nextafter(lo, torch.full_like(lo, -torch.inf)), lo)
-            hi = torch.where(hi.double() < hi64, torch.nextafter(hi, torch.full_like(hi, torch.inf)), hi)
-            _, ub = lirpa_spec_bounds(model, lo, hi, C.float(), method=method)
-        except LirpaUnsupported as exc:
+            # the float64 box itself (float64 arithmetic: auto_LiRPA's own rounding is ~1e-16
+            # relative, far inside the ladder's final margin)
+            _, ub = lirpa_spec_bounds(model, c - rad, c + rad, C.double(), method=method, dtype=torch.float64)
+            gd = graph.dtype or c.dtype
+            dev = float_deviation(graph, c.to(gd), G.to(gd)).reshape(c.shape[0], -1).to(c.dtype)
+        except (LirpaUnsupported, UnsupportedLayer) as exc:
             notes.append(f"auto_LiRPA: {exc}; falling back to falsification only")
             state["failed"] = True
             return torch.full(C.shape[:2], torch.inf, dtype=c.dtype, device=c.device)
-        return ub.to(c.dtype) + d.to(c.dtype)
+        slack = torch.einsum("nmo,no->nm", C.abs().to(c.dtype), dev)  # the model's rounding, row by row
+        out = ub.to(c.dtype) + d.to(c.dtype) + slack
+        return torch.nan_to_num(out, nan=torch.inf)
 
     return bound_fn

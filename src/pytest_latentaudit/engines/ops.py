@@ -52,6 +52,24 @@ def underflow(u: float) -> float:
     return _SMALLEST_NORMAL.get(u, 2.0 ** -126)
 
 
+#: the largest finite number of the dtype of unit roundoff ``u``
+_LARGEST = {2.0 ** -24: float(torch.finfo(torch.float32).max), 2.0 ** -53: float(torch.finfo(torch.float64).max),
+            2.0 ** -11: float(torch.finfo(torch.float16).max), 2.0 ** -8: float(torch.finfo(torch.bfloat16).max)}
+
+
+def largest(u: float) -> float:
+    """The largest finite number of the dtype of unit roundoff ``u`` (float32's if unknown)."""
+    return _LARGEST.get(u, _LARGEST[2.0 ** -24])
+
+
+def overflow_guard(r: torch.Tensor, mag: torch.Tensor, u: float) -> torch.Tensor:
+    """``r``, or ``inf`` where the model's evaluation (dtype of unit roundoff ``u``) may
+    overflow: relative error bounds hold only below the dtype's largest number, and a sum
+    whose terms' magnitudes ``mag`` reach it may round to inf (or give inf - inf = nan) in
+    the model while our bound arithmetic (float32 for a float16 model) stays finite."""
+    return torch.where(mag + r >= largest(u), torch.full_like(r, torch.inf), r)
+
+
 def tiny(dtype) -> float:
     return torch.finfo(dtype).tiny
 
@@ -156,7 +174,8 @@ class BoundOp:
         # (gradual underflow, or flushed to zero) is off by up to the smallest normal
         # number, whatever its size: 0.7 * 2**-146 is 0.75 * 2**-146 in float32
         under = (2 * self.fan + 4) * underflow(self.u) + ((2 * self.fan + 6) * underflow(self.u_ours) if ours else 0.0)
-        return factor * self.magnitude(*[_mag(b) for b in pre]) + under
+        mag = self.magnitude(*[_mag(b) for b in pre])
+        return overflow_guard(factor * mag + under, mag, self.u)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"
@@ -662,7 +681,7 @@ class SampledActivationOp(ActivationOp):
         fm = torch.maximum(self.f(lo).abs(), self.f(hi).abs())
         if not self.monotone:
             fm = (self.f0 + self.lipschitz * torch.maximum(lo.abs(), hi.abs()))
-        return self.ulps * (self.u + self.u_ours) * fm + tiny(lo.dtype)
+        return overflow_guard(self.ulps * (self.u + self.u_ours) * fm + tiny(lo.dtype), fm, self.u)
 
     def relax(self, lo, hi):
         w = hi - lo

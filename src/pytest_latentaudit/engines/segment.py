@@ -108,8 +108,9 @@ def margin_deviation(graph: BoundGraph, center, gens, C, crown=False) -> torch.T
 def float_deviation(graph: BoundGraph, center, gens) -> torch.Tensor:
     """Per box, a bound on ``|y_fl - y|``: the model's float evaluation against the exact
     function, over the whole box. Errors enter at each op (its radius) and are carried
-    forward with Lipschitz factors (|W| for affine ops, 1 for ReLU-like kinks), which is
-    sound whatever the activation pattern."""
+    forward with Lipschitz factors (|W| for affine ops, 1 for ReLU-like kinks, ``sup |f'|``
+    plus the kernel's own error for smooth activations), which is sound whatever the
+    activation pattern. An op without a rule raises ``UnsupportedLayer``."""
     from .bounds import _input_bounds, linear_bounds, radii
 
     _, conc = linear_bounds(graph, center, gens)
@@ -131,8 +132,15 @@ def float_deviation(graph: BoundGraph, center, gens) -> torch.Tensor:
             # the negative slope's share of the error; any other passes at most all of it
             lo_in, hi_in = conc[node.inputs[0]]
             d = torch.where(hi_in <= 0, op.negative_slope * ds[0], ds[0])
-        else:  # a kinked elementwise op with slopes in [-1, 1]
-            d = ds[0]
+        elif isinstance(op, ops.MaxPoolOp):  # |max a - max b| <= max |a - b|
+            d = op.forward(ds[0])
+        elif isinstance(op, ops.ActivationOp):
+            # |fl(f(a)) - f(b)| <= |fl(f(a)) - f(a)| + L |a - b|: the kernel's error of f over
+            # the input's bounds (which hold the float value) plus the carried error
+            lo_in, hi_in = conc[node.inputs[0]]
+            d = op.lipschitz * ds[0] + op.f_err(lo_in, hi_in)
+        else:
+            raise ops.UnsupportedLayer(op.name, "no float-deviation rule for this op")
         D.append(d if R[j] is None else d + R[j])
     return D[-1]
 
