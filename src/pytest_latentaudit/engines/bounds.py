@@ -520,10 +520,12 @@ def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", thr
     forms, conc = linear_bounds(graph, center, gens)
     ub = _upper_from_output_form(forms[-1], C, d)
     ub = torch.minimum(ub, _interval_upper(*conc[-1], C, d))
-    if dense_last:
+    thr = None if threshold is None else threshold.to(dt)
+    if dense_last and thr is None:
+        # with a threshold the backward pass's first cut gives this bound's equal, and only
+        # for the boxes that need it
         ub = torch.minimum(ub, _fold_last_linear(graph, forms, conc, C, d))
     ub = ub.double()  # backward passes return float64
-    thr = None if threshold is None else threshold.to(dt)
 
     def open_(u):
         return torch.ones(u.shape[0], dtype=torch.bool, device=u.device) if thr is None else \
