@@ -1258,3 +1258,23 @@ def test_auto_lirpa_bound_covers_the_models_float32_rounding(sign, gap, d):
     outputs at ``x = m``. The native bound on the model's rounding must be added to it."""
     _need_auto_lirpa()
     test_float32_cancellation_around_large_biases("auto_lirpa:alpha-crown", sign, gap, d)
+
+
+# ------------------------------------------ 20. underflow of a smooth activation in float16
+def test_a_float16_sigmoid_that_underflows_is_inside_the_bounds():
+    """float16's sigmoid at -17 is its smallest subnormal (6e-8) where the exact value is 4e-8;
+    times 60000 that is off by 1.4e-3, which an activation error of a few float16 ulps of
+    the output (plus float32's smallest normal) misses: the trace check then finds the graph's
+    bounds disagreeing with the model. The model dtype's own smallest normal covers it."""
+    from pytest_latentaudit.engines.bounds import check_graph
+    from pytest_latentaudit.engines.graph import get_graph
+
+    model = nn.Sequential(nn.Sigmoid(), nn.Linear(1, 1)).half().eval()
+    with torch.no_grad():
+        model[1].weight.fill_(60000.0)
+        model[1].bias.zero_()
+    x = torch.linspace(-17.1, -17.0, 5, dtype=torch.float16)[:, None]
+    with torch.no_grad():
+        assert float(model(x).float().min()) > 3.5e-3 > 60000 * float(torch.sigmoid(x.float()).max())
+    g = get_graph(model, (1,))
+    assert check_graph(g, model, x) is None

@@ -681,7 +681,10 @@ class SampledActivationOp(ActivationOp):
         fm = torch.maximum(self.f(lo).abs(), self.f(hi).abs())
         if not self.monotone:
             fm = (self.f0 + self.lipschitz * torch.maximum(lo.abs(), hi.abs()))
-        return overflow_guard(self.ulps * (self.u + self.u_ours) * fm + tiny(lo.dtype), fm, self.u)
+        # a result below the normal range (flushed, or subnormal) is off by up to the model
+        # dtype's smallest normal number: float16's is 6e-5, far above float32's
+        return overflow_guard(self.ulps * (self.u + self.u_ours) * fm + max(tiny(lo.dtype), underflow(self.u)), fm,
+                              self.u)
 
     def relax(self, lo, hi):
         w = hi - lo
