@@ -342,3 +342,48 @@ def test_a_cut_through_forward_forms_is_the_exact_maximum_up_to_rounding(k):
     exact = exact + const.reshape(n, m)
     assert bool((cut >= exact).all())
     assert float((cut - exact).max()) <= 5e-4 * float(exact.abs().max())  # the float32 slack, no more
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Softplus])
+def test_spec_deviation_bounds_the_float32_model_against_the_exact_function(act):
+    """``segment.spec_deviation`` (what the auto_LiRPA engine adds to a bound of the exact
+    function): on samples of the box, ``|C (y_float32 - y_float64)|`` never exceeds it, for
+    ReLU and for smooth activations (whose slopes may exceed 1 and whose kernels round);
+    the weights are scaled up so that the rounding is large enough to see."""
+    from pytest_latentaudit.engines.graph import get_graph
+    from pytest_latentaudit.engines.segment import spec_deviation
+
+    net = _mlp(5, d_in=6, width=48, depth=4, n_out=4, act=act)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(3.0)
+    gen = torch.Generator().manual_seed(1)
+    n, k = 3, 2
+    z = torch.randn(n, 6, generator=gen, dtype=torch.float64)
+    G = torch.zeros(n, k, 6, dtype=torch.float64)
+    G[:, range(k), range(k)] = 0.3
+    C = torch.randn(n, 5, 4, generator=gen, dtype=torch.float64)
+    g = get_graph(net, (6,))
+    for crown in (False, True):
+        dev = spec_deviation(g, z.float(), G.float(), C.float(), crown=crown)
+        s = torch.rand(3000, n, k, generator=gen, dtype=torch.float64) * 2 - 1
+        x = (z[None] + torch.einsum("snk,nkd->snd", s, G)).float()  # the float32 points the model sees
+        with torch.no_grad():
+            y32 = net(x.reshape(-1, 6)).double()
+            y64 = copy.deepcopy(net).double()(x.reshape(-1, 6).double())
+        diff = torch.einsum("nmo,sno->snm", C, (y32 - y64).reshape(-1, n, 4)).abs().amax(0)
+        assert bool((diff <= dev).all()), (act.__name__, crown, float((diff - dev).max()))
+        assert bool((diff > 0).any())  # the test sees rounding at all
+
+
+def test_spec_deviation_falls_back_where_an_op_has_no_signed_rule():
+    from pytest_latentaudit.engines.graph import get_graph
+    from pytest_latentaudit.engines.segment import spec_deviation
+
+    net = nn.Sequential(nn.Unflatten(1, (1, 4, 4)), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4, 3)).eval()
+    g = get_graph(net, (16,))
+    z = torch.randn(2, 16)
+    G = torch.zeros(2, 1, 16)
+    G[:, 0, 0] = 0.1
+    dev = spec_deviation(g, z, G, torch.randn(2, 2, 3))
+    assert dev.shape == (2, 2) and bool(torch.isfinite(dev).all()) and bool((dev > 0).all())

@@ -18,7 +18,7 @@ def make_bound_fn(model, problem, engine: str, notes: List[str], graph=None):
     auto_LiRPA bounds the exact real function of the weights (in its own arithmetic); the
     model as it runs rounds every op. So auto_LiRPA computes in float64 on a private copy,
     and each bound gets ``|C| . D`` added, ``D`` the native bound on how far the model's
-    float evaluation can be from the exact function over the box (``segment.float_deviation``
+    float evaluation can be from the exact function over the box (``segment.spec_deviation``
     over ``graph``, the checked native lowering). Without ``graph`` (a model the native engine
     cannot lower) there is no such bound, and so no proof."""
     method = engine.partition(":")[2] or "crown"
@@ -36,7 +36,7 @@ def make_bound_fn(model, problem, engine: str, notes: List[str], graph=None):
     from . import lirpa as _lirpa
     from .graph import untraceable
     from .ops import UnsupportedLayer
-    from .segment import float_deviation
+    from .segment import spec_deviation
 
     if graph is None:
         notes.append("auto_LiRPA bounds the exact function, not the model's float rounding, and the native engine "
@@ -68,12 +68,12 @@ def make_bound_fn(model, problem, engine: str, notes: List[str], graph=None):
             # relative, far inside the ladder's final margin)
             _, ub = lirpa_spec_bounds(model, c - rad, c + rad, C.double(), method=method, dtype=torch.float64)
             gd = graph.dtype or c.dtype
-            dev = float_deviation(graph, c.to(gd), G.to(gd)).reshape(c.shape[0], -1).to(c.dtype)
+            # the model's rounding, per row (CROWN intermediate bounds: auto_LiRPA's class of bound)
+            slack = spec_deviation(graph, c.to(gd), G.to(gd), C.to(gd), crown=True).to(c.dtype)
         except (LirpaUnsupported, UnsupportedLayer) as exc:
             notes.append(f"auto_LiRPA: {exc}; falling back to falsification only")
             state["failed"] = True
             return torch.full(C.shape[:2], torch.inf, dtype=c.dtype, device=c.device)
-        slack = torch.einsum("nmo,no->nm", C.abs().to(c.dtype), dev)  # the model's rounding, row by row
         out = ub.to(c.dtype) + d.to(c.dtype) + slack
         return torch.nan_to_num(out, nan=torch.inf)
 
