@@ -80,10 +80,9 @@ def test_ctrl_c_keeps_the_earlier_sheet_byte_identical_and_a_missing_baseline_is
     monkeypatch.setenv("LATENT_CTRL_C", "1")
     args = ("-p", "no:cacheprovider", *mode_args(mode), "--latent-spec-sheet", "sheet.json", "--latent-report",
             "report.html")
-    if mode == "serial":  # in-process: pytest turns the KeyboardInterrupt into its exit code (not re-raised here)
-        second = pytester.runpytest_inprocess(*args, no_reraise_ctrlc=True)
-    else:  # a subprocess: xdist's Interrupted would stop this session too
-        second = pytester.runpytest_subprocess(*args)
+    # in-process, with xdist too: pytest (the controller under xdist) turns the KeyboardInterrupt into
+    # exit code 2, and no_reraise_ctrlc keeps pytester from re-raising it into this session
+    second = pytester.runpytest_inprocess(*args, no_reraise_ctrlc=True)
     assert second.ret == pytest.ExitCode.INTERRUPTED
     assert sheet.read_bytes() == before and report.read_bytes() == report_before
     assert "spec sheet not written: the run was interrupted" in second.stdout.str()
