@@ -204,10 +204,14 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=_slowness)  # stable
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
-    """Small batches on a shared, busy CPU are many times faster with one thread (modules
-    opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    """Speed only: small batches on a shared, busy CPU are many times faster with one thread, and
+    under xdist each worker has a core of its own (with torch's default of one thread per core,
+    two workers oversubscribe the cores and spin). For every test of this suite's processes; the
+    runs it starts (subprocesses, xdist workers) keep torch's default, as users run them. (Some
+    modules still name it in ``pytest.mark.usefixtures("one_torch_thread")``, from when they
+    opted in one by one.)"""
     import torch
 
     n = torch.get_num_threads()

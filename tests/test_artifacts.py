@@ -55,19 +55,34 @@ def junit_cases(path):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_ctrl_c_keeps_the_earlier_sheet_byte_identical_and_a_missing_baseline_is_a_note(pytester, mode, monkeypatch):
+def test_ctrl_c_keeps_the_earlier_sheet_byte_identical_and_a_missing_baseline_is_a_note_and_image_failure_a_warning(
+        pytester, mode, monkeypatch):
+    """(The first run is also the image-failure check: like a missing baseline, a picture that
+    cannot be saved must leave the exit code at OK, so one run checks both.)"""
     write_project(pytester.path, {"test_art.py": TESTS})
+    (pytester.path / "blocker").write_text("not a folder\n")
     first = run(pytester, mode, "--latent-spec-sheet", "sheet.json", "--latent-report", "report.html",
-                "--latent-compare", "nope.json")
-    first.assert_outcomes(passed=4)
-    # a missing baseline is a note, not a failure
+                "--latent-compare", "nope.json", "--latent-artifacts", "blocker/pictures",
+                "-W", "always::pytest_latentaudit.CounterexampleImageWarning")
+    first.assert_outcomes(passed=4)  # the proved test with counterexamples still passes
+    # a missing baseline is a note, not a failure; a picture that cannot be saved is a warning, not a failure
     assert first.ret == pytest.ExitCode.OK
     assert "latent compare: no baseline at" in first.stdout.str()
+    out = first.stdout.str()
+    assert "CounterexampleImageWarning" in out and "could not save the counterexample image" in out
+    rec = {r["nodeid"].split("::")[-1]: r for r in load_sheet(pytester.path / "sheet.json")["tests"]}
+    cexs = rec["test_b_proved_with_counterexamples"]["counterexamples"]
+    assert rec["test_b_proved_with_counterexamples"]["verdict"] == "proved" and cexs
+    assert all("image" not in c for c in cexs)
+
     sheet, report = pytester.path / "sheet.json", pytester.path / "report.html"
     before, report_before = sheet.read_bytes(), report.read_bytes()
-    monkeypatch.setenv("LATENT_CTRL_C", "1")  # a subprocess: xdist's Interrupted would stop this session too
-    second = pytester.runpytest_subprocess("-p", "no:cacheprovider", *mode_args(mode), "--latent-spec-sheet",
-                                           "sheet.json", "--latent-report", "report.html")
+    monkeypatch.setenv("LATENT_CTRL_C", "1")
+    args = ("-p", "no:cacheprovider", *mode_args(mode), "--latent-spec-sheet", "sheet.json", "--latent-report",
+            "report.html")
+    # in-process, with xdist too: pytest (the controller under xdist) turns the KeyboardInterrupt into
+    # exit code 2, and no_reraise_ctrlc keeps pytester from re-raising it into this session
+    second = pytester.runpytest_inprocess(*args, no_reraise_ctrlc=True)
     assert second.ret == pytest.ExitCode.INTERRUPTED
     assert sheet.read_bytes() == before and report.read_bytes() == report_before
     assert "spec sheet not written: the run was interrupted" in second.stdout.str()
@@ -115,22 +130,6 @@ def test_broken_baseline_is_one_error_and_junit_survives(pytester, mode, baselin
     assert len(errors) == 1 and message in errors[0], result.stdout.str()
     assert len(junit_cases(pytester.path / "junit.xml")) == 4
     assert len(load_sheet(pytester.path / "sheet.json")["tests"]) == 3
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_image_failure_is_a_warning(pytester, mode):
-    write_project(pytester.path, {"test_art.py": TESTS})
-    (pytester.path / "blocker").write_text("not a folder\n")
-    result = run(pytester, mode, "--latent-spec-sheet", "sheet.json", "--latent-artifacts", "blocker/pictures",
-                 "-W", "always::pytest_latentaudit.CounterexampleImageWarning")
-    result.assert_outcomes(passed=4)  # the proved test with counterexamples still passes
-    assert result.ret == pytest.ExitCode.OK
-    out = result.stdout.str()
-    assert "CounterexampleImageWarning" in out and "could not save the counterexample image" in out
-    rec = {r["nodeid"].split("::")[-1]: r for r in load_sheet(pytester.path / "sheet.json")["tests"]}
-    cexs = rec["test_b_proved_with_counterexamples"]["counterexamples"]
-    assert rec["test_b_proved_with_counterexamples"]["verdict"] == "proved" and cexs
-    assert all("image" not in c for c in cexs)
 
 
 def test_session_end_hook_errors_do_not_lose_junit(pytester):

@@ -37,8 +37,8 @@ def test_estimated_verdict_follows_the_option(pytester, mode):
     cli_action = CLI_ACTION[mode]
     marked = [a for a in OUTCOME if a != cli_action]
     write_project(pytester.path, {"test_est.py": TESTS + "".join(BY_MARKER.format(action=a) for a in marked)})
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "--latent-spec-sheet", "sheet.json",
-                                           "--latent-estimated", cli_action, *mode_args(mode))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rA", "--latent-spec-sheet", "sheet.json",
+                                          "--latent-estimated", cli_action, *mode_args(mode))
     # the violated test always fails; each estimated one follows its option
     expected = {"failed": 1}
     for a in OUTCOME:
@@ -71,6 +71,6 @@ def test_estimated_verdict_follows_the_option(pytester, mode):
 
 def test_bad_estimated_option_is_a_usage_error(pytester):
     write_project(pytester.path, {"test_est.py": TESTS})
-    result = pytester.runpytest_subprocess("--latent-estimated", "maybe")
+    result = pytester.runpytest_inprocess("--latent-estimated", "maybe")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "estimated" in result.stderr.str() and "maybe" in result.stderr.str()

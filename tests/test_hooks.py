@@ -75,8 +75,8 @@ TESTS = textwrap.dedent('''
 @pytest.mark.parametrize("mode", MODES)
 def test_hooks_register_engines_falsifiers_fields_and_exporters(pytester, mode):
     write_project(pytester.path, {"test_hooks_use.py": TESTS}, conftest=PROJECT_CONFTEST + HOOKS)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--latent-spec-sheet", "sheet.json",
-                                           *mode_args(mode))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--latent-spec-sheet", "sheet.json",
+                                          *mode_args(mode))
     result.assert_outcomes(passed=1, failed=2)
     out = result.stdout.str()
     assert "unknown engine 'nope'" in out and "intervals" in out  # registered names are offered
@@ -96,7 +96,7 @@ def test_hooks_register_engines_falsifiers_fields_and_exporters(pytester, mode):
 
 def test_cli_engine_may_name_a_registered_engine(pytester):
     write_project(pytester.path, {"test_hooks_use.py": TESTS}, conftest=PROJECT_CONFTEST + HOOKS)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--latent-engine", "intervals",
-                                           "-k", "custom_falsifier")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--latent-engine", "intervals",
+                                          "-k", "custom_falsifier")
     result.assert_outcomes(failed=1)  # violated whatever the engine
     assert "engine=intervals" in result.stdout.str()

@@ -52,8 +52,8 @@ TESTS = textwrap.dedent('''
 def test_validity_is_recorded_and_caps_the_deployable_range(pytester, mode):
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_v=TESTS)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--latent-spec-sheet", "sheet.json",
-                                           "-W", "always", *mode_args(mode))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--latent-spec-sheet", "sheet.json",
+                                          "-W", "always", *mode_args(mode))
     result.assert_outcomes(passed=2)  # both proved: the head ignores direction "a"
     out = result.stdout.str()
     assert "DirectionValidityWarning" in out and "beyond its realism limit" in out
@@ -78,7 +78,8 @@ def test_show_reports_the_realism_cap(pytester, capsys):
 
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_v=TESTS)
-    pytester.runpytest_subprocess("-p", "no:cacheprovider", "--latent-spec-sheet", "sheet.json")
+    pytester.runpytest_inprocess("-p", "no:cacheprovider", "--latent-spec-sheet", "sheet.json")
+    capsys.readouterr()  # only what `show` prints below
     assert main(["show", str(pytester.path / "sheet.json")]) == 0
     out = capsys.readouterr().out
     assert "a: proved up to eps=5" in out and "deployable range up to eps=0.1" in out
