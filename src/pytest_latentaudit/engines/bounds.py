@@ -209,7 +209,7 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
         if Aj is None:
             continue
         node = nodes[j]
-        if cuts and j < start and isinstance(node.op, ops.AffineOp):
+        if cuts and j < start and isinstance(node.op, ops.AffineOp) and _worth_a_cut(node.op):
             u = _cut_upper(nodes, A, forms, const, const_abs, n, m)
             if u is not None:
                 best = torch.minimum(best, u)
@@ -259,6 +259,16 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
         return full
     _record(out, alive, pos, torch.minimum(best, full))
     return out
+
+
+#: a cut costs about ten small tensor ops: before an affine layer of fewer weights than this
+#: (a 6x50 network's) the layer itself costs less than the cut, which is then skipped
+CUT_MIN_WEIGHTS = 128 * 128
+
+
+def _worth_a_cut(op) -> bool:
+    w = getattr(op, "weight", None)
+    return w is None or w.numel() >= CUT_MIN_WEIGHTS
 
 
 def _rows(a, n, m, keep, order):

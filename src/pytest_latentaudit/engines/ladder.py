@@ -455,18 +455,16 @@ class Ladder:
                 self.run_bound("ibp", "ibp", probe=e in ("auto", "linear", "bab"))
             if e in ("auto", "linear", "bab"):
                 self.run_bound("linear", "linear")
-            attacked = False
             if e in ("auto", "linear") and not self._time_up():
                 # what the cheap bounds left: a short attack first, as a falsified box needs
                 # no CROWN (costly per box) and no splitting; short, as on a box that CROWN
                 # proves it costs about half a CROWN bound (the full attack comes later)
-                if self.undecided().numel():
-                    self.run_attack(steps=SHORT_ATTACK_STEPS, restarts=2, rung="attack")
-                    attacked = True
+                self.run_attack(steps=SHORT_ATTACK_STEPS, restarts=2, rung="attack")
                 # few perturbed dims: splitting with cheap bounds pays more than CROWN per box
                 self.run_crown(share=CROWN_SHARE_SMALL_K if self.p.k <= 2 else CROWN_SHARE_LARGE_K)
-            # what the cheap bounds left: attack before spending the budget on splitting
-            if not attacked and not self._time_up():
+            # what the bounds left: attack before spending the budget on splitting (after the
+            # short attack before CROWN too: the boxes CROWN left are few, and worth 10 steps)
+            if not self._time_up():
                 self.run_attack(steps=10, restarts=2, rung="attack")
             exact = e in ("auto", "exact") and self.can_run_exact() and not self._time_up()
             if exact:
