@@ -488,7 +488,7 @@ def _neuron_bounds(graph: BoundGraph, conc, center, gens, j, order, valid, s):
     if isinstance(op, ops.DenseOp) and len(graph.nodes[j].shape) == 1:
         # the first backward step of a one-hot row is a row of W: gather it instead of a
         # product (exact), with the bias and the node's own error radius as constants
-        A = op.weight[order] * sign[:, :, None]  # [n, U, D_in]
+        A = op.weight[order].mul_(sign[:, :, None].to(op.weight.dtype))  # [n, U, D_in]; the gather is a copy
         R = op.radius(_in_bounds(conc, graph.nodes[j]), ours=False)
         const = torch.zeros(n, U, dtype=torch.float64, device=lo.device) if R is None else \
             R.gather(1, order).double() * sign.double().abs()  # no radius when rounding is off

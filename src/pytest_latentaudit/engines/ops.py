@@ -629,7 +629,7 @@ class ReLUOp(ActivationOp):
             unstable = ((lo < 0) & (hi > 0)).reshape(n, 1, -1)
             al = torch.where(unstable, a + (1 - a) * self.alpha_slope.to(A.dtype), al)
         Ap = A3.clamp(min=0)
-        A_in = torch.addcmul(A3 * al, Ap, au - al)
+        A_in = (A3 * al).addcmul_(Ap, au - al)  # in place on our own product: one big tensor less
         const = torch.einsum("nmd,nd->nm", Ap, cu[:, 0]).reshape(-1)
         return [A_in.reshape(A.shape)], const
 
@@ -649,7 +649,7 @@ class ReLUOp(ActivationOp):
         cu_u = torch.where(valid, cu.reshape(n, D).gather(1, idx), torch.zeros((), dtype=cu.dtype))
         cols = idx[:, None, :].expand(n, m, U)
         Ap = A3.gather(2, cols).clamp(min=0)  # [n, m, U]
-        A_in = A_in.scatter_add(2, cols, Ap * _like(gap, A)[:, None, :])
+        A_in.scatter_add_(2, cols, Ap * _like(gap, A)[:, None, :])  # A_in is our own product
         const = torch.einsum("nmu,nu->nm", Ap, _like(cu_u, A)).reshape(-1)
         return [A_in.reshape(A.shape)], const
 
