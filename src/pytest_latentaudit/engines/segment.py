@@ -127,9 +127,9 @@ def spec_deviation(graph: BoundGraph, center, gens, C, crown=False) -> torch.Ten
     deviation falls from about 0.06 to 0.004)."""
     n, m = C.shape[:2]
     dev = float_deviation(graph, center, gens).reshape(n, -1)
-    out = torch.einsum("nmo,no->nm", C.abs().to(dev.dtype), dev).double()
+    out = torch.einsum("nmo,no->nm", C.abs().double(), dev.double())  # float64: a float32 sum could round down
     try:
-        signed = margin_deviation(graph, center, gens, C.reshape(n, m, -1).to(graph.dtype or center.dtype), crown=crown)
+        signed = margin_deviation(graph, center, gens, C.reshape(n, m, -1), crown=crown)
     except ops.UnsupportedLayer:
         return out
     return torch.minimum(out, signed)
