@@ -271,6 +271,14 @@ def _worth_a_cut(op) -> bool:
     return w is None or w.numel() >= CUT_MIN_WEIGHTS
 
 
+def _first_cut_runs(graph: BoundGraph) -> bool:
+    """Whether a backward pass from the output cuts before the first affine layer it meets."""
+    for node in reversed(graph.nodes[:-1]):
+        if isinstance(node.op, ops.AffineOp):
+            return _worth_a_cut(node.op)
+    return False
+
+
 def _rows(a, n, m, keep, order):
     """Rows ``order`` (``[n2, m2]``) of the boxes ``keep`` of ``a`` ``[n * m, *S]``."""
     S = a.shape[1:]
@@ -531,9 +539,9 @@ def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", thr
     ub = _upper_from_output_form(forms[-1], C, d)
     ub = torch.minimum(ub, _interval_upper(*conc[-1], C, d))
     thr = None if threshold is None else threshold.to(dt)
-    if dense_last and thr is None:
-        # with a threshold the backward pass's first cut gives this bound's equal, and only
-        # for the boxes that need it
+    if dense_last and (thr is None or not _first_cut_runs(graph)):
+        # with a threshold the backward pass's first cut gives a bound of this kind, and
+        # only for the boxes that need it
         ub = torch.minimum(ub, _fold_last_linear(graph, forms, conc, C, d))
     ub = ub.double()  # backward passes return float64
 
