@@ -5,6 +5,7 @@
   (``--latent-budget`` seconds per latent test; see ``Budget``), with the same engine,
   falsifier, attack and replayed counterexamples for every audit, and builds the test's
   ``records.TestRecord`` (saving counterexample pictures, where a failure is a warning).
+
 Importing this module imports neither torch nor numpy.
 """
 from __future__ import annotations
@@ -60,21 +61,6 @@ def derive_seed(global_seed: int, nodeid: str) -> int:
 def cache_key(nodeid: str) -> str:
     """The replay-cache key of a test: a hash, never the raw node id (which may hold ``../``)."""
     return CACHE_PREFIX + hashlib.sha256(nodeid.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-
-
-def model_fingerprint(model) -> Optional[str]:
-    """sha256 over parameter names, shapes and bytes (None for plain callables)."""
-    import torch
-
-    if not isinstance(model, torch.nn.Module):
-        return None
-    h = hashlib.sha256()
-    for name, t in list(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else
-                 t.detach().float().cpu().numpy().tobytes())
-    return "sha256:" + h.hexdigest()[:32]
 
 
 def _segment_summary(result) -> Optional[dict]:
@@ -286,6 +272,8 @@ class TestRunner:
         from ..api import check_eps
 
         s, kw = self.settings, self.kw
+        from ..sheet.deploy import model_fingerprint
+
         self.fingerprint = model_fingerprint(self.model)
         budget = self.budget = Budget(s.budget, start=self.started, lags=self.session.lags,
                                       model_key=(self.fingerprint or id(self.model), _direction_k(kw["direction"],

@@ -34,7 +34,7 @@ from ..core.vocab import PROVED
 from .specsheet import directions_section, read_sheet  # noqa: F401  (directions_section: re-exported)
 
 __all__ = ["latent_ranges", "in_spec", "range_score", "project", "basis_json", "directions_section", "data_fingerprint",
-           "certified_radius_summary", "DeployError"]
+           "model_fingerprint", "certified_radius_summary", "DeployError"]
 
 
 class DeployError(LatentAuditError):
@@ -284,6 +284,21 @@ def _like(mask: np.ndarray, z, single: bool):
 
 
 # ------------------------------------------------------------------------ helpers for the sheet
+def model_fingerprint(model) -> Optional[str]:
+    """sha256 over parameter names, shapes and bytes (None for plain callables)."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return None
+    h = hashlib.sha256()
+    for name, t in list(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else
+                 t.detach().float().cpu().numpy().tobytes())
+    return "sha256:" + h.hexdigest()[:32]
+
+
 def data_fingerprint(z, labels=None) -> str:
     """``sha256:...`` over the seeds' shape and float32 bytes (and the labels'), to tell
     whether two sheets were computed on the same seeds."""

@@ -50,7 +50,7 @@ import numpy as np
 from ..report.terminal import pct
 from ..core.vocab import VERIFIED
 
-from .deploy import DeployError, _to_numpy, in_spec, range_score
+from .deploy import DeployError, _to_numpy, in_spec, model_fingerprint, range_score
 
 __all__ = ["GuardError", "DeepValidationGuard", "fit_guard", "fit_guard_from_space", "guard_features",
            "write_guard_data", "load_guard_data", "guard_path_for", "load_guard", "guard_report",
@@ -618,8 +618,6 @@ def _split(n: int, frac: float, y: np.ndarray, seed: int) -> Tuple[np.ndarray, n
 
 def _fingerprint(m) -> Optional[str]:
     try:
-        from ..plugin.runner import model_fingerprint
-
         return model_fingerprint(m)
     except Exception:  # pragma: no cover - only informative
         return None
