@@ -36,17 +36,19 @@ def mode_args(mode: str):
 # predicted class is 0 iff z0 > 0 and nothing but z0 matters. Seeds have |z0| >= 1, so a
 # test along an axis other than 0 holds for every eps, and along axis 0 it holds exactly
 # for eps < min |z0| = 1 and is violated for every seed once eps > max |z0| = 2.
+# torch is imported inside the fixtures, as a lazy user's conftest would: the xdist controller
+# (which loads conftest.py but runs no test) then never imports torch, which saves about
+# 3 CPU-seconds per inner ``-n 2`` run and shows the controller's side of the plugin needs none.
 PROJECT_CONFTEST = textwrap.dedent('''
     import pytest
-    import torch
-    from torch import nn
-
-    from pytest_latentaudit import Direction, LatentSpace
 
     LATENT_DIM = 3
 
 
     def make_head():
+        import torch
+        from torch import nn
+
         lin1, lin2 = nn.Linear(3, 4), nn.Linear(4, 2)
         with torch.no_grad():
             lin1.weight.copy_(torch.tensor([[1.0, 0, 0], [-1.0, 0, 0], [0, 1.0, 0], [0, -1.0, 0]]))
@@ -57,6 +59,9 @@ PROJECT_CONFTEST = textwrap.dedent('''
 
 
     def make_decoder():
+        import torch
+        from torch import nn
+
         g = torch.Generator().manual_seed(0)
         lin = nn.Linear(LATENT_DIM, 16)
         with torch.no_grad():
@@ -67,6 +72,8 @@ PROJECT_CONFTEST = textwrap.dedent('''
 
     @pytest.fixture(scope="session")
     def latent_space():
+        from pytest_latentaudit import Direction, LatentSpace
+
         return LatentSpace(decoder=make_decoder(), directions={
             "pose": Direction.axis(0),
             "light": Direction.vector([0.0, 1.0, 1.0]),
@@ -82,6 +89,8 @@ PROJECT_CONFTEST = textwrap.dedent('''
 
     @pytest.fixture
     def seeds():
+        import torch
+
         z = torch.tensor([[1.0, 0.5, 0.0], [-1.0, 0.0, 0.3], [1.5, -0.2, 0.1], [-2.0, 0.1, 0.1]])
         return z, torch.tensor([0, 1, 0, 1])
 ''')
@@ -103,6 +112,10 @@ def write_project(root: Path, files: dict, conftest: str = PROJECT_CONFTEST) -> 
 # Speed only: hypothesis's pytest plugin imports all of hypothesis in every session's terminal
 # summary (about 0.8 s of CPU per pytest process); the projects the suite runs never use it.
 LEAN_ADDOPTS = "-p no:hypothesispytest"
+# Speed only: one torch thread in the runs the suite starts. Their xdist workers share the two
+# cores with this suite's own workers, and torch's default (a thread per core) spins on the tiny
+# ops of the test projects; the plugin never reads or sets the thread count.
+LEAN_ENV = {"OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(autouse=True)
@@ -127,6 +140,8 @@ def _lean_inner_pytest(request):
     request.getfixturevalue("pytester")
     mp = pytest.MonkeyPatch()
     mp.setenv("PYTEST_ADDOPTS", LEAN_ADDOPTS)
+    for key, value in LEAN_ENV.items():
+        mp.setenv(key, value)
     yield
     mp.undo()
 
@@ -136,6 +151,7 @@ def run_pytest(cwd: Path, *args: str, env: dict | None = None, timeout: float = 
     full_env = dict(os.environ)
     full_env.pop("PYTEST_ADDOPTS", None)
     full_env.pop("PYTEST_XDIST_WORKER", None)
+    full_env.update(LEAN_ENV)
     full_env.update(env or {})
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *LEAN_ADDOPTS.split(),
@@ -209,7 +225,7 @@ def one_torch_thread():
     """Speed only: small batches on a shared, busy CPU are many times faster with one thread, and
     under xdist each worker has a core of its own (with torch's default of one thread per core,
     two workers oversubscribe the cores and spin). For every test of this suite's processes; the
-    runs it starts (subprocesses, xdist workers) keep torch's default, as users run them. (Some
+    runs it starts (subprocesses, xdist workers) get ``LEAN_ENV`` for the same reason. (Some
     modules still name it in ``pytest.mark.usefixtures("one_torch_thread")``, from when they
     opted in one by one.)"""
     import torch

@@ -23,6 +23,9 @@ BIG = textwrap.dedent('''
 
     @pytest.fixture
     def big_head():
+        import torch
+        from torch import nn
+
         g = torch.Generator().manual_seed(0)
         layers, d = [], 3
         for w in (256, 256, 256):
@@ -40,6 +43,8 @@ BIG = textwrap.dedent('''
 
     @pytest.fixture
     def big_seeds(big_head):
+        import torch
+
         z = torch.randn(48, 3, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             return z, big_head(z).argmax(1)

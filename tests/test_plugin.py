@@ -467,6 +467,11 @@ def test_spec_sheet_content(main_run):
     assert sheet["schema_version"] == 1
     assert sheet["tool"] == {"name": "pytest-latentaudit", "version": pytest_latentaudit.__version__}
     assert {"python", "platform", "machine", "torch"} <= set(sheet["machine"])
+    # the torch that ran the tests, also under xdist, where the controller never imports torch
+    # (the project's conftest imports it lazily) and the workers report it
+    import torch
+
+    assert sheet["machine"]["torch"] == torch.__version__ and sheet["machine"]["cuda"] is torch.cuda.is_available()
     assert "commit" in sheet and isinstance(sheet["commit"], dict)
     assert sheet["settings"]["engine"] == "linear"
     recs = records_by_test(sheet)

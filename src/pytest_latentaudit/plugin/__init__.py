@@ -340,6 +340,8 @@ class _SessionHooks:
     def pytest_testnodedown(self, node, error):
         out = getattr(node, "workeroutput", None) or {}
         self.ls.deselected_ids.update(out.get("latentaudit_deselected", []))
+        if out.get("latentaudit_torch") and not self.ls.torch_of_tests:
+            self.ls.torch_of_tests = dict(out["latentaudit_torch"])
 
     def _collected(self, ids):
         self.ls.collected_ids.update(ids)
@@ -371,7 +373,12 @@ class _SessionHooks:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session, exitstatus):
         if hasattr(self.config, "workerinput"):
-            return  # xdist worker: records travel with the reports; the controller writes
+            # xdist worker: records travel with the reports; the controller writes the sheet, and
+            # may never import torch itself, so the worker says which torch ran the tests
+            from ..sheet.specsheet import torch_info
+
+            self.config.workeroutput["latentaudit_torch"] = torch_info()
+            return
         status = session.exitstatus
         interrupted = {pytest.ExitCode.INTERRUPTED: "interrupted",
                        pytest.ExitCode.INTERNAL_ERROR: "stopped by an internal error"}.get(status)

@@ -39,6 +39,8 @@ class LatentSession:
         self.lags: Dict[Any, float] = {}  # what stages overran by / cost, learned per process (see Budget)
         self._validity: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
         self.carried: List[TestRecord] = []
+        #: torch's version and device where the tests ran (from xdist workers; else this process's)
+        self.torch_of_tests: Dict[str, Any] = {}
 
     @property
     def records(self) -> List[TestRecord]:
@@ -136,7 +138,7 @@ class LatentSession:
     def finish(self, interrupted: Optional[str] = None) -> bool:
         """Everything at session end, none of which raises: compare baseline, spec sheet, hooks,
         HTML report, coverage and compare gates. True when the run must fail."""
-        from ..sheet.specsheet import SpecSheet, read_sheet
+        from ..sheet.specsheet import SpecSheet, machine_info, read_sheet
 
         s = self.settings
         if interrupted:
@@ -162,7 +164,8 @@ class LatentSession:
         self.carried = [r for r in records if not r.ran]
         try:
             self.sheet = SpecSheet.build(records, tool_version=__version__, rootdir=self.rootdir,
-                                         settings=self._settings_json())
+                                         settings=self._settings_json(),
+                                         machine=machine_info(self.torch_of_tests or None))
         except Exception as exc:  # noqa: BLE001
             self.error(f"spec sheet: could not be built: {type(exc).__name__}: {exc}")
             return True

@@ -36,16 +36,34 @@ __all__ = ["SCHEMA_VERSION", "SpecSheet", "SheetFormatError", "read_sheet", "che
 SCHEMA_VERSION = 1
 
 
-def machine_info() -> Dict[str, object]:
+def torch_info() -> Dict[str, object]:
+    """torch's version and CUDA device in this process, if a test already imported torch (never
+    imported here); ``{}`` otherwise."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {}
+    info: Dict[str, object] = {"torch": str(torch.__version__), "cuda": bool(torch.cuda.is_available())}
+    if info["cuda"]:
+        info["gpu"] = str(torch.cuda.get_device_name(0))
+    return info
+
+
+def machine_info(torch_of_tests: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+    """Where the tests ran. ``torch_of_tests``: ``torch_info()`` of the processes that ran them
+    (xdist workers; the controller may never import torch); without it, this process's, or at
+    least the installed version (read from the package metadata, not by importing torch)."""
     info = {"python": platform.python_version(), "platform": platform.platform(),
             "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count()}
-    torch = sys.modules.get("torch")  # only report torch if a test already imported it
-    if torch is not None:
-        info["torch"] = torch.__version__
-        info["cuda"] = bool(torch.cuda.is_available())
-        if info["cuda"]:
-            info["gpu"] = torch.cuda.get_device_name(0)
+    found = torch_of_tests or torch_info()
+    if not found:
+        from importlib import metadata
+
+        try:
+            found = {"torch": metadata.version("torch")}
+        except metadata.PackageNotFoundError:
+            found = {}
+    info.update(found)
     return info
 
 
