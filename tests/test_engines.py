@@ -387,3 +387,88 @@ def test_spec_deviation_falls_back_where_an_op_has_no_signed_rule():
     G[:, 0, 0] = 0.1
     dev = spec_deviation(g, z, G, torch.randn(2, 2, 3))
     assert dev.shape == (2, 2) and bool(torch.isfinite(dev).all()) and bool((dev > 0).all())
+
+
+def _float32_sums(terms32, bias32, order):
+    """``bias + sum(terms)`` summed in float32 one addition at a time in ``order`` (a name),
+    or as a pairwise tree: the orders a BLAS kernel might use, and the adversarial one where
+    the partial sums climb to the sum of the positive terms before the negative ones come."""
+    t = terms32
+    if order == "pairwise":
+        t = torch.cat([t, bias32[..., None]], -1)
+        while t.shape[-1] > 1:
+            if t.shape[-1] % 2:
+                t = torch.cat([t, torch.zeros_like(t[..., :1])], -1)
+            t = t[..., 0::2] + t[..., 1::2]
+        return t[..., 0]
+    if order == "reversed":
+        t = t.flip(-1)
+    elif order == "positives_first":
+        t = t.sort(-1, descending=True).values
+    elif order == "small_first":
+        t = t.gather(-1, t.abs().argsort(-1))
+    s = bias32.clone()
+    for j in range(t.shape[-1]):
+        s = s + t[..., j]
+    return s
+
+
+@pytest.mark.parametrize("case", ["mixed", "relu_input", "one_sign", "cancelling"])
+def test_dense_rounding_radius_covers_float32_sums_in_any_order(case):
+    """The model's rounding radius of a dense layer (``DenseOp.model_radius``: the summation
+    tree bound ``gamma max(P, N)`` where the terms have both signs, never above ``gamma sum
+    |terms|``) against float32 dot products summed by the BLAS kernel and in four other orders,
+    each against the exact sum of the same float32 values. In the cancelling case (+-1000
+    terms, positives first) the error reaches about a twentieth of the bound: the bound is the
+    worst case of every rounding going one way, which real sums do not reach; the test shows
+    that no order exceeds it, and that the sharper bound is below the general one."""
+    from pytest_latentaudit.engines import ops
+    from pytest_latentaudit.engines.graph import get_graph
+
+    gen = torch.Generator().manual_seed(3)
+    n, d_in, d_out = 6, 301, 24
+    W = torch.randn(d_out, d_in, generator=gen)
+    b = torch.randn(d_out, generator=gen)
+    c = torch.randn(n, d_in, generator=gen)
+    w = torch.rand(n, d_in, generator=gen) * 0.2
+    if case == "relu_input":  # a ReLU layer's outputs: non-negative inputs, weights of both signs
+        c = c.abs()
+        w = torch.minimum(w, c)
+    elif case == "one_sign":  # every term positive: max(P, N) is the whole sum, no gain
+        W, b, c = W.abs(), b.abs(), c.abs() + 1
+        w = torch.minimum(w, c - 0.5)
+    elif case == "cancelling":  # +-1000 terms that cancel: large partial sums, a small result
+        W = torch.where(torch.arange(d_in) % 2 == 0, 1.0, -1.0).expand(d_out, d_in).clone()
+        W[:, 0] = 0.0
+        b = torch.zeros(d_out)
+        c = 1000 + torch.rand(n, d_in, generator=gen)
+        w = torch.full((n, d_in), 1e-3)
+    lo, hi = c - w, c + w
+    lin = nn.Linear(d_in, d_out)
+    with torch.no_grad():
+        lin.weight.copy_(W)
+        lin.bias.copy_(b)
+    g = get_graph(nn.Sequential(lin).eval(), (d_in,))
+    op = next(nd.op for nd in g.nodes if isinstance(nd.op, ops.DenseOp))
+    mag, R = op.model_radius([(lo.to(g.dtype), hi.to(g.dtype))])
+    general = (2 * op.u_in + ops.gamma(op.fan + 4, op.u)) * mag
+    assert bool((R <= general * (1 + 1e-6) + 1e-30).all())
+    if case != "one_sign":
+        assert bool((R < 0.75 * general).all()), float((R / general).max())  # the sharper bound is in use
+
+    worst = 0.0
+    s = torch.rand(64, n, d_in, generator=gen)
+    pts = (lo + (hi - lo) * torch.where(s < 0.25, 0.0, torch.where(s > 0.75, 1.0, s))).float()  # corners too
+    terms32 = pts[:, :, None, :] * W.float()  # [S, n, out, in]: each product rounded to float32
+    exact = (pts.double()[:, :, None, :] * W.double()).sum(-1) + b.double()
+    for order in ("blas", "forward", "reversed", "positives_first", "small_first", "pairwise"):
+        if order == "blas":
+            y32 = lin(pts.reshape(-1, d_in)).detach().reshape(-1, n, d_out)
+        else:
+            y32 = _float32_sums(terms32, b.float().expand(*terms32.shape[:-1]).contiguous(), order)
+        err = (y32.double() - exact).abs()
+        assert bool((err <= R.double()).all()), (case, order, float((err / R.double()).max()))
+        worst = max(worst, float((err / R.double()).max()))
+    assert worst > 0  # rounding is seen at all
+    if case == "cancelling":
+        assert worst > 0.03, worst  # the adversarial order comes near the bound

@@ -99,10 +99,11 @@ def linear_bounds(graph: BoundGraph, center: torch.Tensor, gens: torch.Tensor, s
         pre = _in_bounds(conc, node)
         f = op.linear(*in_forms, pre=pre)
         if op.fan:
-            # the radius from the forms' magnitudes covers the model's rounding and ours
-            # the forms' magnitudes dominate the concrete bounds' (these are intersected
-            # with the forms), so one radius covers the forms and the interval bound alike
-            R = op.radius([_form_magnitude(g) for g in in_forms])
+            # the model's rounding depends on its inputs' values (inside ``pre``), our own
+            # evaluation of the forms on their coefficients: that part takes the forms'
+            # magnitudes, which dominate the concrete bounds' (these are intersected with the
+            # forms), so one radius covers the forms and the interval bound alike
+            R = op.radius(pre, ours_pre=[_form_magnitude(g) for g in in_forms])
             R_ibp = R
             if R is not None:
                 f = LinForm(f.lw, f.lb - R, f.uw, f.ub + R)

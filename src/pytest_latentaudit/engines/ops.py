@@ -131,6 +131,7 @@ class BoundOp:
         if dtype is not None:
             self.u_ours = unit(dtype)
         self.__dict__.pop("_relaxed", None)  # relaxations depend on the bound dtype
+        self.__dict__.pop("_radius_cache", None)  # and radii on the constants
         self._bound()
         return self
 
@@ -163,19 +164,28 @@ class BoundOp:
         # each entry of A_in (and the constant A . b) sums d_out products
         return gamma(d_out + 2, u) * self.magnitude(*[_mag(b) for b in pre])
 
-    def radius(self, pre, ours: bool = True) -> Optional[torch.Tensor]:
+    def radius(self, pre, ours: bool = True, ours_pre=None) -> Optional[torch.Tensor]:
         """Error radius of this op's output for inputs in ``pre`` (None: exact): the
         model's rounding, and with ``ours`` the rounding of our own evaluation in the
-        bound dtype (products, the mid/radius split, the bias add)."""
+        bound dtype (products, the mid/radius split, the bias add), for inputs of
+        magnitudes ``ours_pre`` where that differs (forward forms: their own magnitudes)."""
         if self.fan == 0 or not self.rounding:
             return None
-        factor = 2 * self.u_in + gamma(self.fan + 4, self.u) + (gamma(self.fan + 6, self.u_ours) if ours else 0.0)
+        mag, R = self.model_radius(pre)
+        if ours:
+            m = mag if ours_pre is None else self.magnitude(*[_mag(b) for b in ours_pre])
+            R = R + gamma(self.fan + 6, self.u_ours) * m + (2 * self.fan + 6) * underflow(self.u_ours)
+        return overflow_guard(R, mag, self.u)
+
+    def model_radius(self, pre):
+        """``(magnitude, radius of the model's own rounding)`` for inputs in ``pre``: the
+        dot-product bound ``gamma_fan sum |terms|`` (and TF32's rounding of the inputs)."""
+        mag = self.magnitude(*[_mag(b) for b in pre])
         # relative bounds hold only for normal numbers: a product or sum that underflows
         # (gradual underflow, or flushed to zero) is off by up to the smallest normal
         # number, whatever its size: 0.7 * 2**-146 is 0.75 * 2**-146 in float32
-        under = (2 * self.fan + 4) * underflow(self.u) + ((2 * self.fan + 6) * underflow(self.u_ours) if ours else 0.0)
-        mag = self.magnitude(*[_mag(b) for b in pre])
-        return overflow_guard(factor * mag + under, mag, self.u)
+        under = (2 * self.fan + 4) * underflow(self.u)
+        return mag, (2 * self.u_in + gamma(self.fan + 4, self.u)) * mag + under
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"
@@ -328,6 +338,59 @@ class DenseOp(AffineOp):
         super()._bound()
         self._w_low = None
         self.fan = self.weight.shape[1] + (self.bias is not None)
+        # the weights split by sign, stacked: [W+; W-] as one [2 out, in] product (see radius)
+        w = self.weight
+        self._w_signed = torch.cat([w.clamp(min=0), (-w).clamp(min=0)], 0)
+        b = self.bias
+        self._b_signed = None if b is None else torch.cat([b.clamp(min=0), (-b).clamp(min=0)], 0)
+
+    def _model_radius(self, lo, hi):
+        """``(magnitude, the model's rounding radius)`` for inputs in ``[lo, hi]``, remembered
+        for the last pair of bounds (the passes of one CROWN refinement ask for the same node's
+        radius many times); keyed like ``ActivationOp.relaxed``, and on the weights' versions."""
+        w = self.weight
+        key = (lo, hi, lo._version, hi._version, w, w._version)
+        c = self.__dict__.get("_radius_cache")
+        if c is not None and all(x is y if torch.is_tensor(x) else x == y for x, y in zip(c[:6], key)):
+            return c[6]
+        mag = self.magnitude(_mag((lo, hi)))
+        P, N = self.signed_sums((lo, hi))
+        g = gamma(self.fan + 4, self.u)
+        tree = (1 + self.u) * (1 + 2 * self.u_in) * g * torch.maximum(P, N) + self.u * mag
+        under = (2 * self.fan + 4) * underflow(self.u)
+        out = (mag, torch.minimum(g * mag, tree) + 2 * self.u_in * mag + under)
+        self._radius_cache = (*key, out)
+        return out
+
+    def signed_sums(self, b):
+        """Bounds ``(P, N)`` of the sums of the positive and of the negative terms of each dot
+        product (the bias a term too) for inputs in ``b = (lo, hi)``: ``P`` bounds
+        ``sum_j max(w_j x_j, 0)`` and ``N`` ``sum_j max(-w_j x_j, 0)`` at every point."""
+        lo, hi = b
+        hp, ln = hi.clamp(min=0), (-lo).clamp(min=0)
+        o = self.weight.shape[0]
+        y = torch.cat([hp, ln], 0) @ self._w_signed.T  # [2n, 2 out]: (hp | ln) x (W+ | W-)
+        n = hp.shape[0]
+        P = y[:n, :o] + y[n:, o:]  # w > 0 with x > 0, w < 0 with x < 0
+        N = y[n:, :o] + y[:n, o:]
+        if self._b_signed is not None:
+            P, N = P + self._b_signed[:o], N + self._b_signed[o:]
+        return P, N
+
+    def model_radius(self, pre):
+        """As ``BoundOp.model_radius``, sharper. However a
+        BLAS kernel orders and groups a dot product's additions (a tree of roundings, fused
+        multiply-adds or not), every partial sum it rounds is the exact sum of a subset of the
+        (rounded) terms, so it lies in ``[-N, P]``: by induction over the tree the sums' error
+        is at most ``gamma_{fan-1} max(P, N)`` (each rounding adds ``u`` times a partial sum
+        plus the errors below it, and ``(1+u)^a (1+u)^b`` bounds the product of two
+        subtrees), and rounding the products themselves adds ``u sum |w_j x_j|``. With terms
+        of both signs (a ReLU layer's input times weights of either sign) ``max(P, N)`` is
+        about half of ``sum |w_j x_j|``, which the general bound multiplies by
+        ``gamma_fan``; the smaller of the two bounds is taken."""
+        if getattr(self, "_w_signed", None) is None or len(pre) != 1:
+            return super().model_radius(pre)
+        return self._model_radius(*pre[0])
 
     def backward(self, A, pre=None, in_shapes=None):
         if A.dim() == 2:  # explicit transpose: faster than a vjp for the dense layers of heads
