@@ -20,7 +20,7 @@ import torch
 from . import ops
 from .forms import LinForm
 from .graph import BoundGraph
-from .ops import gamma, tiny, unit
+from .ops import gamma, rowdot, tiny, unit
 
 
 def _input_slack(center, gens):
@@ -127,11 +127,11 @@ def _fold_last_linear(graph: BoundGraph, forms, conc, C, d):
     b = d if op.bias is None else d + C @ op.bias.to(C)
     Wp, Wn = W.clamp(min=0), W.clamp(max=0)
     coef = torch.einsum("nmh,nkh->nmk", Wp, h.uw) + torch.einsum("nmh,nkh->nmk", Wn, h.lw)
-    const = torch.einsum("nmh,nh->nm", Wp, h.ub) + torch.einsum("nmh,nh->nm", Wn, h.lb) + b
+    const = rowdot(Wp, h.ub) + rowdot(Wn, h.lb) + b
     R = op.radius([conc[node.inputs[0]]])
     mag = _form_magnitude(h)[1]
     slack = _weighted(C, R) + \
-        gamma(W.shape[-1] + h.k + 6, unit(W.dtype)) * (torch.einsum("nmh,nh->nm", W.abs(), mag) + b.abs())
+        gamma(W.shape[-1] + h.k + 6, unit(W.dtype)) * (rowdot(W.abs(), mag) + b.abs())
     return const + coef.abs().sum(-1) + slack
 
 
@@ -139,7 +139,7 @@ def _weighted(C, R):
     """``|C| . R`` per row (0 without a radius)."""
     if R is None:
         return torch.zeros(C.shape[:2], dtype=C.dtype, device=C.device)
-    return torch.einsum("nmo,no->nm", C.abs(), R.reshape(R.shape[0], -1))
+    return rowdot(C.abs(), R.reshape(R.shape[0], -1))
 
 
 def _upper_from_output_form(form: LinForm, C, d):
@@ -147,19 +147,18 @@ def _upper_from_output_form(form: LinForm, C, d):
     Cp, Cn = C.clamp(min=0), C.clamp(max=0)
     coef = torch.einsum("nmo,nko->nmk", Cp, form.uw.reshape(n, form.k, -1)) + \
         torch.einsum("nmo,nko->nmk", Cn, form.lw.reshape(n, form.k, -1))
-    const = torch.einsum("nmo,no->nm", Cp, form.ub.reshape(n, -1)) + \
-        torch.einsum("nmo,no->nm", Cn, form.lb.reshape(n, -1)) + d
+    const = rowdot(Cp, form.ub.reshape(n, -1)) + rowdot(Cn, form.lb.reshape(n, -1)) + d
     mag = _form_magnitude(form)[1].reshape(n, -1)
-    slack = gamma(C.shape[-1] + form.k + 6, unit(C.dtype)) * (torch.einsum("nmo,no->nm", C.abs(), mag) + d.abs())
+    slack = gamma(C.shape[-1] + form.k + 6, unit(C.dtype)) * (rowdot(C.abs(), mag) + d.abs())
     return const + coef.abs().sum(-1) + slack
 
 
 def _interval_upper(lo, hi, C, d):
     n = C.shape[0]
     lo, hi = lo.reshape(n, -1), hi.reshape(n, -1)
-    val = torch.einsum("nmo,no->nm", C.clamp(min=0), hi) + torch.einsum("nmo,no->nm", C.clamp(max=0), lo) + d
+    val = rowdot(C.clamp(min=0), hi) + rowdot(C.clamp(max=0), lo) + d
     mag = torch.maximum(lo.abs(), hi.abs())
-    return val + gamma(C.shape[-1] + 6, unit(C.dtype)) * (torch.einsum("nmo,no->nm", C.abs(), mag) + d.abs())
+    return val + gamma(C.shape[-1] + 6, unit(C.dtype)) * (rowdot(C.abs(), mag) + d.abs())
 
 
 def radii(graph: BoundGraph, conc) -> List[Optional[torch.Tensor]]:
@@ -242,7 +241,8 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
             Rj = Ro if Rj is None else (Rj if Ro is None else Rj + Ro)
         if Rj is not None:
             Rf = Rj.reshape(n, -1).to(Aj.dtype)
-            s = torch.einsum("nmd,nd->nm", Aj.reshape(n, m, -1).abs(), Rf).reshape(-1).double()
+            # |A| R = |A R| as R >= 0: one product, in place abs, a sum (no |A| kept)
+            s = (Aj.reshape(n, m, -1) * Rf[:, None, :]).abs_().sum(-1).reshape(-1).double()
             if fast:  # a float32 sum of non-negative terms, and R rounded to float32
                 s = s * (1 + gamma(Rf.shape[1] + 4, U32)) * (1 + 2 * U32)
             const = const + s
@@ -300,13 +300,13 @@ def _input_step(nodes, A0, const, const_abs, center, gens, n, m):
     k = gens.shape[1]
     c0 = center.reshape(n, -1).double()
     G0 = gens.reshape(n, k, -1).double()
-    val = torch.einsum("nmd,nd->nm", A0, c0) + const.reshape(n, m)
+    val = rowdot(A0, c0) + const.reshape(n, m)
     spread = torch.einsum("nmd,nkd->nmk", A0, G0).abs().sum(-1)
     e_in = _input_slack(center, gens).reshape(n, -1).double()  # the input's rounding slack
     absA = A0.abs()
-    mag = torch.einsum("nmd,nd->nm", absA, c0.abs()) + torch.einsum("nmd,nkd->nmk", absA, G0.abs()).sum(-1) + \
+    mag = rowdot(absA, c0.abs()) + torch.einsum("nmd,nkd->nmk", absA, G0.abs()).sum(-1) + \
         const_abs.reshape(n, m)
-    slack = torch.einsum("nmd,nd->nm", absA, e_in) + \
+    slack = rowdot(absA, e_in) + \
         gamma(A0.shape[-1] + k + 2 * len(nodes) + 6, unit(torch.float64)) * mag
     return val + spread + slack
 

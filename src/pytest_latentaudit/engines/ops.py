@@ -91,6 +91,14 @@ class UnsupportedLayer(Exception):
         super().__init__(f"layer {name!r} ({what}) is not supported by the native bound engines")
 
 
+def rowdot(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``sum_d A[n, m, d] v[n, d]``, ``[n, m]``: a product and a sum, several times faster on
+    CPU than ``einsum``/``bmm``, which take a slow batched matrix-vector path here. The same
+    roundings (products, then a sum of ``d`` terms in some order) as those, so the error
+    factors written for them hold."""
+    return (A * v[:, None, :]).sum(-1)
+
+
 def _mag(b):
     return torch.maximum(b[0].abs(), b[1].abs())
 
@@ -693,7 +701,7 @@ class ReLUOp(ActivationOp):
             al = torch.where(unstable, a + (1 - a) * self.alpha_slope.to(A.dtype), al)
         Ap = A3.clamp(min=0)
         A_in = (A3 * al).addcmul_(Ap, au - al)  # in place on our own product: one big tensor less
-        const = torch.einsum("nmd,nd->nm", Ap, cu[:, 0]).reshape(-1)
+        const = rowdot(Ap, cu[:, 0]).reshape(-1)
         return [A_in.reshape(A.shape)], const
 
     def _backward_few_unstable(self, A, A3, al, au, cu, uns, U):
@@ -713,7 +721,7 @@ class ReLUOp(ActivationOp):
         cols = idx[:, None, :].expand(n, m, U)
         Ap = A3.gather(2, cols).clamp(min=0)  # [n, m, U]
         A_in.scatter_add_(2, cols, Ap * _like(gap, A)[:, None, :])  # A_in is our own product
-        const = torch.einsum("nmu,nu->nm", Ap, _like(cu_u, A)).reshape(-1)
+        const = rowdot(Ap, _like(cu_u, A)).reshape(-1)
         return [A_in.reshape(A.shape)], const
 
 
