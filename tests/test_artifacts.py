@@ -89,35 +89,47 @@ def test_ctrl_c_keeps_the_earlier_sheet_byte_identical_and_a_missing_baseline_is
     assert not [p.name for p in pytester.path.iterdir() if p.name.startswith(".sheet.json")]  # no temp files
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("what", ["sheet", "report"])
+# Each failure alone without xdist; with xdist (where the controller writes what the workers
+# sent) both in one run, each reported once: the runs would differ only by these options.
+@pytest.mark.parametrize("mode, what", [("serial", ("sheet",)), ("serial", ("report",)),
+                                        ("xdist", ("sheet", "report"))],
+                         ids=["serial-sheet", "serial-report", "xdist-sheet-and-report"])
 def test_unwritable_path_is_one_error_and_junit_survives(pytester, mode, what):
     write_project(pytester.path, {"test_art.py": TESTS})
     (pytester.path / "blocker").write_text("a file where a folder should be\n")
-    target = ["--latent-spec-sheet", "blocker/sheet.json"] if what == "sheet" else \
-        ["--latent-spec-sheet", "out/sheet.json", "--latent-report", "blocker/report.html"]
+    target = ["--latent-spec-sheet", "blocker/sheet.json" if "sheet" in what else "out/sheet.json"]
+    if "report" in what:
+        target += ["--latent-report", "blocker/report.html"]
     result = run(pytester, mode, *target, "--junitxml", "junit.xml")
     result.assert_outcomes(passed=4)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     no_crash(result)
     out = result.stdout.str()
     errors = [line for line in result.outlines if line.startswith("latentaudit: cannot write")]
-    assert len(errors) == 1, out
-    assert ("the spec sheet" if what == "sheet" else "the HTML report") in errors[0]
-    assert "blocker" in errors[0]
+    assert len(errors) == len(what), out
+    for artifact, line in zip(what, errors):  # the sheet is written (and fails) before the report
+        assert ("the spec sheet" if artifact == "sheet" else "the HTML report") in line
+        assert "blocker" in line
     assert "latent audit summary" in out and "test_a_proved" in out.split("latent audit summary")[1]
     assert junit_cases(pytester.path / "junit.xml") == {"test_a_proved", "test_b_proved_with_counterexamples",
                                                          "test_c_stop", "test_d_after"}
-    if what == "report":  # the sheet itself was written
+    if what == ("report",):  # the sheet itself was written
         assert len(load_sheet(pytester.path / "out" / "sheet.json")["tests"]) == 3
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("baseline, message", [
+BROKEN_BASELINES = [
     ({"schema_version": 1, "tests": [{"nodeid": "x"}]}, "tests[0]: missing 'direction'"),
     ([1, 2], "is not a latentaudit spec sheet"),
     ({"schema_version": 1, "tests": "all of them"}, "'tests' must be a list"),
-])
+]
+
+
+# Every kind of broken baseline without xdist; with xdist one (the controller reads the
+# baseline the same way whatever the workers do; what xdist could change is how often the
+# error is reported and whether the JUnit XML survives).
+@pytest.mark.parametrize("mode, baseline, message", [("serial", *b) for b in BROKEN_BASELINES] +
+                         [("xdist", *BROKEN_BASELINES[0])],
+                         ids=["serial-entry", "serial-not-a-sheet", "serial-tests-not-a-list", "xdist-entry"])
 def test_broken_baseline_is_one_error_and_junit_survives(pytester, mode, baseline, message):
     write_project(pytester.path, {"test_art.py": TESTS})
     (pytester.path / "old.json").write_text(json.dumps(baseline))
