@@ -1278,3 +1278,38 @@ def test_a_float16_sigmoid_that_underflows_is_inside_the_bounds():
         assert float(model(x).float().min()) > 3.5e-3 > 60000 * float(torch.sigmoid(x.float()).max())
     g = get_graph(model, (1,))
     assert check_graph(g, model, x) is None
+
+
+# --------------------------------------------- 21. addmm's alpha scales the products' underflow
+class _ScaledAddmm(nn.Module):
+    """``addmm(b, x, W, alpha)``: the kernel forms the products of ``x`` and ``W``, then
+    scales; the bound engines folded ``alpha`` into ``W``."""
+
+    def __init__(self, W, alpha):
+        super().__init__()
+        self.W = nn.Parameter(torch.as_tensor(W, dtype=torch.float32).reshape(1, 1))
+        self.b = nn.Parameter(torch.zeros(1))
+        self.alpha = alpha
+
+    def forward(self, x):
+        return torch.addmm(self.b, x, self.W, alpha=self.alpha)
+
+
+def test_addmm_alpha_does_not_hide_the_products_underflow():
+    """``h(x) = 4 - 0.7 s(x)`` with a narrow spike ``s``, then ``addmm(0, h, 2**-149,
+    alpha=2**60)``, then times ``2**80``: exactly ``h 2**-9 >= 3.3 * 2**-9`` on the whole
+    box, but the float32 product ``3.3 * 2**-149`` is subnormal and rounds to ``3 * 2**-149``,
+    so at the spike the model outputs ``3 * 2**-9``, below ``lower = 3.2 * 2**-9`` (off the
+    spike ``h = 4`` and the product is exact, so the trace check sees nothing). Folding alpha
+    into the weight (``2**-89``, normal) left the model's underflow, 2**60 times larger, out."""
+    L1, L2 = spike_linears(C_IN[:1], NARROW)
+    model = nn.Sequential(L1, nn.ReLU(), L2, nn.Hardtanh(0.0, 1.0), linear(1, 1, [-0.7], [4.0]),
+                          _ScaledAddmm(2.0 ** -149, 2.0 ** 60), linear(1, 1, [2.0 ** 80], [0.0])).eval()
+    lower = 3.2 * 2.0 ** -9
+    spec, violates = OutputRange(lower=lower), viol_range(lower=lower)
+    lo, hi = unit_box(1)
+    plant(model, f32(C_IN[:1]), lo, hi, violates)
+    assert holds_everywhere_sampled(model, lo, hi, violates, n=200)  # a falsifier's samples miss it
+    for engine in ("linear", "ibp"):  # budgets that a first, cold call cannot run out
+        assert_not_verified(run_box(model, lo, hi, spec, violates, engine=engine, budget_s=CONTROL_BUDGET),
+                            f"addmm alpha=2**60 on subnormal products ({engine})")

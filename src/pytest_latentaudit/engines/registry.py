@@ -249,6 +249,11 @@ def _addmm(ctx):
     bias_val = ctx.value_of("self")
     if torch.is_tensor(bias_val) and bias_val.dim() == 2 and bias_val.shape[0] != 1:
         raise UnsupportedLayer(ctx.name, "addmm with a batch-shaped bias")
+    if alpha != 1:
+        # the kernel scales the sum of its products (or one factor) by alpha: folded into W,
+        # the products' underflow (2**-149 each in float32) would be counted unscaled, and an
+        # alpha * W that underflows or a product that overflows before the scaling not at all
+        raise UnsupportedLayer(ctx.name, f"addmm with alpha={alpha!r} (only alpha=1 is bounded)")
     return _dense(ctx, x, lambda env: (alpha * W(env)).T,
                   lambda env: (beta * b(env)).reshape(-1) if torch.is_tensor(b(env)) else None)
 
