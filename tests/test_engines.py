@@ -472,3 +472,42 @@ def test_dense_rounding_radius_covers_float32_sums_in_any_order(case):
     assert worst > 0  # rounding is seen at all
     if case == "cancelling":
         assert worst > 0.03, worst  # the adversarial order comes near the bound
+
+
+def test_reduced_float32_matmul_precision_is_counted_and_our_arithmetic_goes_float64(monkeypatch):
+    """Under ``set_float32_matmul_precision("high")`` torch may round float32 matmul inputs to
+    TF32 (2^-11): the model's dense ops count it (``u_in``), and as our own float32 products
+    would be rounded too, the graph binds in float64 and backward passes keep float64
+    coefficients. A setting torch refuses to report counts as the coarsest (bfloat16)."""
+    from pytest_latentaudit.engines import graph as G
+    from pytest_latentaudit.engines import ops
+
+    net = _mlp(2, d_in=6, width=16, depth=2, n_out=3)
+    z = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        g = G.get_graph(net, (6,))
+        dense = [nd.op for nd in g.nodes if isinstance(nd.op, ops.DenseOp)]
+        assert dense and all(op.u_in == 2.0 ** -11 for op in dense)
+        assert g.reduced_float32 and g.dtype == torch.float64
+        seen = []
+        orig = ops.DenseOp.backward
+        monkeypatch.setattr(ops.DenseOp, "backward", lambda self, A, *a, **k: seen.append(A.dtype) or orig(self, A, *a, **k))
+        G_ = torch.zeros(4, 1, 6)
+        G_[:, 0, 0] = 0.1
+        ub_high = spec_upper_bound(g, z, G_, torch.randn(4, 2, 3), torch.zeros(4, 2), method="crown")
+        assert seen and set(seen) == {torch.float64}
+        assert torch.get_float32_matmul_precision() == "high"  # the user's setting is left as it was
+    finally:
+        torch.set_float32_matmul_precision(before)
+    g0 = G.get_graph(net, (6,))
+    assert not g0.reduced_float32 and g0.dtype == torch.float32
+    assert all(nd.op.u_in == 0 for nd in g0.nodes)
+    assert bool(torch.isfinite(ub_high).all())
+
+    def refuse():
+        raise RuntimeError("mix of the legacy and new APIs")
+
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", refuse)
+    assert G.reduced_float32_inputs("cpu")[0] == 2.0 ** -8

@@ -189,7 +189,8 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
     Every row's result is the smallest bound it got (a cut's or the full pass's)."""
     n, m = A_start.shape[:2]
     nodes = graph.nodes
-    fast = fast or graph.dtype == torch.float32
+    # float32 coefficients only where float32 products are full float32 (no TF32/bfloat16)
+    fast = (fast or graph.dtype == torch.float32) and not graph.reduced_float32
     A: List[Optional[torch.Tensor]] = [None] * len(nodes)
     A[start] = A_start.reshape(n * m, *nodes[start].shape)
     if fast:

@@ -49,6 +49,10 @@ class BoundGraph:
     dtype: Optional[torch.dtype] = None
     device: Optional[torch.device] = None
     notes: List[str] = field(default_factory=list)
+    #: float32 products of the ops in this graph may have their inputs rounded (TF32 or
+    #: bfloat16, ``reduced_float32_inputs``) on its device: then our own bound arithmetic is
+    #: done in float64 (bind), as the radii of our rounding assume full float32 products
+    reduced_float32: bool = False
 
     @property
     def out_index(self) -> int:
@@ -60,6 +64,12 @@ class BoundGraph:
         certified training through the same operators. ``rounding=False`` drops the
         floating-point error radii: never for proofs; for training, where the bound is a
         loss, not a claim, and to measure what float soundness costs."""
+        if device is not None and torch.device(device).type == "cuda":
+            mm_in, conv_in = reduced_float32_inputs(device)
+            self.reduced_float32 = mm_in > 0 or (conv_in > 0 and any(isinstance(n.op, ops.ConvOp)
+                                                                      for n in self.nodes))
+        if dtype == torch.float32 and self.reduced_float32:
+            dtype = torch.float64  # float64 products are never rounded to TF32 or bfloat16
         env = self.const_env(self.params if params is None else params)
         for node in self.nodes:
             node.op.bind(env, dtype=dtype, device=device, detach=detach)
@@ -109,15 +119,62 @@ def _roundoffs(dtype, device) -> Tuple[float, float, float, float]:
         raise UnsupportedLayer("model", f"parameters of dtype {dtype}")
     mm_in = conv_in = 0.0
     if dtype == torch.float32:
-        prec = torch.get_float32_matmul_precision()
-        low = {"high": 2.0 ** -11, "medium": 2.0 ** -8}.get(prec, 0.0)
-        mm_in = conv_in = low
-        if device is not None and torch.device(device).type == "cuda":
-            if torch.backends.cuda.matmul.allow_tf32:
-                mm_in = max(mm_in, 2.0 ** -11)
-            if torch.backends.cudnn.allow_tf32:
-                conv_in = max(conv_in, 2.0 ** -11)
+        mm_in, conv_in = reduced_float32_inputs(device)
     return u, mm_in, conv_in, u
+
+
+#: input rounding of a float32 product under each reduced-precision setting
+_REDUCED = {"high": 2.0 ** -11, "medium": 2.0 ** -8, "tf32": 2.0 ** -11, "bf16": 2.0 ** -8}
+
+
+def _setting(path: str):
+    """A precision setting of torch by dotted path (``None`` where this torch lacks it);
+    ``"unreadable"`` where reading it raises (torch refuses to answer once the legacy and
+    the new TF32 APIs have both been used)."""
+    obj = torch
+    try:
+        for part in path.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        return None
+    except RuntimeError:
+        return "unreadable"
+    return obj
+
+
+def reduced_float32_inputs(device) -> Tuple[float, float]:
+    """``(matmul, convolution)``: how coarsely float32 matmul and convolution inputs may be
+    rounded on ``device`` under torch's current settings (TF32: ``2^-11``, bfloat16: ``2^-8``;
+    0: full float32). Both the legacy flags (``allow_tf32``, ``set_float32_matmul_precision``)
+    and the newer ``fp32_precision`` settings are read; a setting torch will not report counts
+    as the coarsest. The model's own products and our bound arithmetic on that device both
+    run under these settings (see ``BoundGraph.reduced_float32``)."""
+    cuda = device is not None and torch.device(device).type == "cuda"
+    backend = "cuda.matmul" if cuda else "mkldnn.matmul"
+    conv_backend = ("cudnn", "cudnn.conv") if cuda else ("mkldnn", "mkldnn.conv")
+    mm = ["get_float32_matmul_precision", "backends.fp32_precision", f"backends.{backend}.fp32_precision",
+          "backends.mkldnn.fp32_precision" if not cuda else "backends.cuda.matmul.fp32_precision"]
+    cv = ["backends.fp32_precision"] + [f"backends.{b}.fp32_precision" for b in conv_backend]
+
+    def level(paths, legacy_flag=None):
+        low = 0.0
+        for path in paths:
+            v = _setting(path)
+            if callable(v):
+                try:
+                    v = v()
+                except RuntimeError:
+                    v = "unreadable"
+            if v == "unreadable":
+                return 2.0 ** -8
+            low = max(low, _REDUCED.get(v, 0.0) if isinstance(v, str) else 0.0)
+        if cuda and legacy_flag is not None:
+            flag = _setting(legacy_flag)
+            if flag == "unreadable" or flag is True:
+                low = max(low, 2.0 ** -11 if flag is True else 2.0 ** -8)
+        return low
+
+    return level(mm, "backends.cuda.matmul.allow_tf32"), level(cv, "backends.cudnn.allow_tf32")
 
 
 # ---------------------------------------------------------------------------- lowering
@@ -656,6 +713,8 @@ def _finish(lw, outs, graph, depends, param_ph, names, gm, named, x, dtype, devi
             if vals[-1].shape[0] != TRACE_BATCH:
                 raise UnsupportedLayer(node.op.name, "an op that changes the batch dimension")
     g.output_shape = g.nodes[-1].shape
+    # set after the shape pass above, which runs in the model's dtype
+    g.reduced_float32 = lw.mm_in > 0 or (lw.conv_in > 0 and any(isinstance(n.op, ops.ConvOp) for n in g.nodes))
     return g
 
 

@@ -235,6 +235,7 @@ def _split(ctx):
 def _dense(ctx, x, w_fn, b_fn, fan_hint=None):
     op = ops.DenseOp(ctx.name)
     op.u = ctx.u_matmul
+    op.u_in = ctx.u_in_matmul  # TF32/bfloat16 rounding of the inputs when torch allows it
     op.consts["weight"] = w_fn
     op.consts["bias"] = b_fn
     return ctx.emit(op, [x])
@@ -282,6 +283,7 @@ def _convolution(ctx):
         raise UnsupportedLayer(ctx.name, "output_padding on a forward convolution")
     op = ops.ConvOp(ctx.name, transposed, kw)
     op.u = ctx.u_conv
+    op.u_in = ctx.u_in_conv  # cuDNN's TF32 (on by default for convolutions on CUDA)
     op.consts["weight"] = W
     op.consts["bias"] = b
     return ctx.emit(op, [x])
