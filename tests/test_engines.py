@@ -511,3 +511,18 @@ def test_reduced_float32_matmul_precision_is_counted_and_our_arithmetic_goes_flo
 
     monkeypatch.setattr(torch, "get_float32_matmul_precision", refuse)
     assert G.reduced_float32_inputs("cpu")[0] == 2.0 ** -8
+
+
+def test_verify_box_under_inference_mode_matches_a_plain_run():
+    """Tensors made under ``torch.inference_mode`` track no version counters: the per-op caches
+    (relaxations, dense radii) then remember nothing instead of raising, and the result is the
+    same as outside."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 200), nn.ReLU(), nn.Linear(200, 160), nn.ReLU(), nn.Linear(160, 3)).eval()
+    z = torch.randn(6, 4)
+    with torch.no_grad():
+        lab = m(z).argmax(1)
+    plain = verify_box(m, z - 0.05, z + 0.05, Prediction(lab), engine="linear", budget_s=10)
+    with torch.inference_mode():
+        inf = verify_box(m, z - 0.05, z + 0.05, Prediction(lab), engine="linear", budget_s=10)
+    assert inf.status == plain.status and plain.counts()["verified"] > 0

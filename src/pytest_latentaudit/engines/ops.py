@@ -91,6 +91,16 @@ class UnsupportedLayer(Exception):
         super().__init__(f"layer {name!r} ({what}) is not supported by the native bound engines")
 
 
+def versions(*ts) -> Optional[tuple]:
+    """The version counters of ``ts`` (a cache key with the tensors' identities), or None where
+    a tensor tracks none (made under ``torch.inference_mode``): then nothing is remembered, as
+    an in-place change could not be told."""
+    try:
+        return tuple(t._version for t in ts)
+    except RuntimeError:
+        return None
+
+
 def rowdot(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``sum_d A[n, m, d] v[n, d]``, ``[n, m]``: a product and a sum, several times faster on
     CPU than ``einsum``/``bmm``, which take a slow batched matrix-vector path here. The same
@@ -364,16 +374,16 @@ class DenseOp(AffineOp):
         for the last pair of bounds (the passes of one CROWN refinement ask for the same node's
         radius many times); keyed like ``ActivationOp.relaxed``, and on the weights' versions."""
         w = self.weight
-        key = (lo, hi, lo._version, hi._version, w, w._version)
+        v = versions(lo, hi, w)
         c = self.__dict__.get("_radius_cache")
-        if c is not None and all(x is y if torch.is_tensor(x) else x == y for x, y in zip(c[:6], key)):
-            return c[6]
+        if v is not None and c is not None and c[0] is lo and c[1] is hi and c[2] is w and c[3] == v:
+            return c[4]
         mag = self.magnitude(_mag((lo, hi)))
         g = gamma(self.fan + 4, self.u)
         tree = (1 + self.u) * (1 + 2 * self.u_in) * g * self.largest_signed_sum(lo, hi, mag) + self.u * mag
         under = (2 * self.fan + 4) * underflow(self.u)
         out = (mag, torch.minimum(g * mag, tree) + 2 * self.u_in * mag + under)
-        self._radius_cache = (*key, out)
+        self._radius_cache = None if v is None else (lo, hi, w, v, out)
         return out
 
     def largest_signed_sum(self, lo, hi, mag):
@@ -608,12 +618,12 @@ class ActivationOp(BoundOp):
         """``relax(lo, hi)``, remembered for the last pair of bounds: the forward pass, the
         error radius and the backward step of a node all relax the same bounds. Keyed on the
         tensors themselves and their version counters, so an in-place change misses."""
-        key = (lo, hi, lo._version, hi._version)
+        v = versions(lo, hi)
         c = self.__dict__.get("_relaxed")
-        if c is not None and c[0] is lo and c[1] is hi and c[2] == key[2] and c[3] == key[3]:
-            return c[4]
+        if v is not None and c is not None and c[0] is lo and c[1] is hi and c[2] == v:
+            return c[3]
         out = self.relax(lo, hi)
-        self._relaxed = (*key, out)
+        self._relaxed = None if v is None else (lo, hi, v, out)
         return out
 
     def _pad(self, lo, hi, al, cl, au, cu):
