@@ -152,8 +152,9 @@ def reduced_float32_inputs(device) -> Tuple[float, float]:
     cuda = device is not None and torch.device(device).type == "cuda"
     backend = "cuda.matmul" if cuda else "mkldnn.matmul"
     conv_backend = ("cudnn", "cudnn.conv") if cuda else ("mkldnn", "mkldnn.conv")
-    mm = ["get_float32_matmul_precision", "backends.fp32_precision", f"backends.{backend}.fp32_precision",
-          "backends.mkldnn.fp32_precision" if not cuda else "backends.cuda.matmul.fp32_precision"]
+    mm = ["get_float32_matmul_precision", "backends.fp32_precision", f"backends.{backend}.fp32_precision"]
+    if not cuda:
+        mm.append("backends.mkldnn.fp32_precision")
     cv = ["backends.fp32_precision"] + [f"backends.{b}.fp32_precision" for b in conv_backend]
 
     def level(paths, legacy_flag=None):
