@@ -280,6 +280,33 @@ def test_hook_that_changes_the_output_is_part_of_the_model(case, when):
     assert_not_verified(run_box(model, lo, hi, P0, V0), case)
 
 
+class GradModeBranch(nn.Module):
+    """A spike head whose spike flips sign in one grad mode: a user's plain call runs with
+    autograd on, ``torch.no_grad`` (where a verifier traces) without it."""
+
+    def __init__(self, flip_with_grad):
+        super().__init__()
+        self.head, self.flip_with_grad = spike_head(C_IN[:2], 1e-2, -3.0), flip_with_grad
+
+    def forward(self, x):
+        y = self.head(x)
+        if torch.is_grad_enabled() == self.flip_with_grad:
+            y = y * torch.tensor([1.0, -1.0])
+        return y
+
+
+@pytest.mark.parametrize("flip_with_grad", [True, False])
+def test_a_forward_that_branches_on_the_grad_mode_is_not_proved(flip_with_grad):
+    lo, hi = unit_box(2)
+    model = GradModeBranch(flip_with_grad).eval()
+    x = f32(C_IN[:2])
+    with torch.set_grad_enabled(flip_with_grad):  # the mode in which the spike violates
+        y = model(x[None]).detach().reshape(-1)
+    assert V0(y), y.tolist()
+    res = run_box(model, lo, hi, P0, V0, budget_s=SPIKE_BUDGET)
+    assert_not_verified(res, f"grad-mode branch (flip with grad: {flip_with_grad})")
+
+
 # --------------------------------------------------------------- 2. dropped arguments
 class DroppedArg(nn.Module):
     """A spike ``s`` ``[N, 1]`` and a data-dependent constant ``a = [1, 0]`` combined by an

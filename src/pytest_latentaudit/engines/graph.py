@@ -383,6 +383,10 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
     try:
         with torch.no_grad(), _EscapeRecorder(escapes):
             gm = make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, x)
+        # a user's plain call runs with autograd on, this trace without it: a forward that
+        # branches on torch.is_grad_enabled() is a different function in each mode
+        with torch.enable_grad(), _EscapeRecorder(escapes):
+            gm_grad = make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, x)
     except UnsupportedLayer:
         raise
     except Exception as exc:  # noqa: BLE001 - tracing raises many types; we refuse by name
@@ -391,6 +395,9 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
         err.untraceable = True
         raise err from exc
 
+    if not _same_trace(gm, gm_grad):
+        raise UnsupportedLayer(type(model).__name__, "computes a different function with autograd on than under "
+                               "torch.no_grad (forward branches on the grad mode)")
     graph = gm.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     param_ph, x_ph = placeholders[:-1], placeholders[-1]
@@ -440,6 +447,22 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
         if layer is None:
             raise
         raise UnsupportedLayer(layer, f"{exc.what}; op {where}") from None
+
+
+def _same_trace(a: torch.fx.GraphModule, b: torch.fx.GraphModule) -> bool:
+    """Whether two traces of one model are the same program: the same code and equal constants."""
+    if a.code != b.code:
+        return False
+    for n in a.graph.nodes:
+        if n.op == "get_attr":
+            u, v = getattr(a, n.target, None), getattr(b, n.target, None)
+            if torch.is_tensor(u) or torch.is_tensor(v):
+                if not (torch.is_tensor(u) and torch.is_tensor(v) and u.dtype == v.dtype and u.shape == v.shape
+                        and torch.equal(u, v)):
+                    return False
+            elif u is not v and u != v:
+                return False
+    return True
 
 
 #: Tensor methods that hand a tensor's values to Python without an ATen op, so make_fx's
