@@ -526,3 +526,25 @@ def test_verify_box_under_inference_mode_matches_a_plain_run():
     with torch.inference_mode():
         inf = verify_box(m, z - 0.05, z + 0.05, Prediction(lab), engine="linear", budget_s=10)
     assert inf.status == plain.status and plain.counts()["verified"] > 0
+
+
+def test_dense_radius_cache_misses_after_an_in_place_edit():
+    """The dense radius is remembered per input bounds, weights and bias (identity and version
+    counters): an in-place edit of any of them between two calls gives a fresh radius."""
+    from pytest_latentaudit.engines import ops
+    from pytest_latentaudit.engines.graph import get_graph
+
+    lin = nn.Linear(200, 8)
+    g = get_graph(nn.Sequential(lin).eval(), (200,))
+    op = next(nd.op for nd in g.nodes if isinstance(nd.op, ops.DenseOp))
+    lo = torch.randn(3, 200, dtype=g.dtype)
+    hi = lo + 0.1
+    first = op.model_radius([(lo, hi)])[1].clone()
+    assert op.model_radius([(lo, hi)])[1] is op.model_radius([(lo, hi)])[1]  # remembered
+    with torch.no_grad():
+        op.bias.add_(1e4)  # a bias edit alone
+    after_bias = op.model_radius([(lo, hi)])[1]
+    assert bool((after_bias > first).all())
+    with torch.no_grad():
+        hi.add_(5.0)  # the bounds edited in place
+    assert bool((op.model_radius([(lo, hi)])[1] > after_bias).all())

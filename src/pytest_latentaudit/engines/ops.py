@@ -372,18 +372,18 @@ class DenseOp(AffineOp):
     def _model_radius(self, lo, hi):
         """``(magnitude, the model's rounding radius)`` for inputs in ``[lo, hi]``, remembered
         for the last pair of bounds (the passes of one CROWN refinement ask for the same node's
-        radius many times); keyed like ``ActivationOp.relaxed``, and on the weights' versions."""
-        w = self.weight
-        v = versions(lo, hi, w)
+        radius many times); keyed like ``ActivationOp.relaxed``, and on the weight's and bias's."""
+        w, b = self.weight, self.bias
+        v = versions(lo, hi, w) if b is None else versions(lo, hi, w, b)
         c = self.__dict__.get("_radius_cache")
-        if v is not None and c is not None and c[0] is lo and c[1] is hi and c[2] is w and c[3] == v:
-            return c[4]
+        if v is not None and c is not None and c[0] is lo and c[1] is hi and c[2] is w and c[3] is b and c[4] == v:
+            return c[5]
         mag = self.magnitude(_mag((lo, hi)))
         g = gamma(self.fan + 4, self.u)
         tree = (1 + self.u) * (1 + 2 * self.u_in) * g * self.largest_signed_sum(lo, hi, mag) + self.u * mag
         under = (2 * self.fan + 4) * underflow(self.u)
         out = (mag, torch.minimum(g * mag, tree) + 2 * self.u_in * mag + under)
-        self._radius_cache = None if v is None else (lo, hi, w, v, out)
+        self._radius_cache = None if v is None else (lo, hi, w, b, v, out)
         return out
 
     def largest_signed_sum(self, lo, hi, mag):
