@@ -498,6 +498,13 @@ def test_reduced_float32_matmul_precision_is_counted_and_our_arithmetic_goes_flo
         G_[:, 0, 0] = 0.1
         ub_high = spec_upper_bound(g, z, G_, torch.randn(4, 2, 3), torch.zeros(4, 2), method="crown")
         assert seen and set(seen) == {torch.float64}
+        # a float64 model too: its own products are full float64, but our fast passes are float32
+        g64 = G.get_graph(copy.deepcopy(net).double(), (6,))
+        assert g64.reduced_float32 and all(nd.op.u_in == 0 for nd in g64.nodes)
+        seen.clear()
+        spec_upper_bound(g64, z.double(), G_.double(), torch.randn(4, 2, 3).double(), torch.zeros(4, 2).double(),
+                         method="crown")
+        assert seen and set(seen) == {torch.float64}
         assert torch.get_float32_matmul_precision() == "high"  # the user's setting is left as it was
     finally:
         torch.set_float32_matmul_precision(before)

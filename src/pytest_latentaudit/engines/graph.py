@@ -64,7 +64,7 @@ class BoundGraph:
         certified training through the same operators. ``rounding=False`` drops the
         floating-point error radii: never for proofs; for training, where the bound is a
         loss, not a claim, and to measure what float soundness costs."""
-        if device is not None and torch.device(device).type == "cuda":
+        if device is not None:
             mm_in, conv_in = reduced_float32_inputs(device)
             self.reduced_float32 = mm_in > 0 or (conv_in > 0 and any(isinstance(n.op, ops.ConvOp)
                                                                       for n in self.nodes))
@@ -728,6 +728,7 @@ def _finish(lw, outs, graph, depends, param_ph, names, gm, named, x, dtype, devi
 
     g = BoundGraph(lw.nodes, tuple(x.shape[1:]), None, const_env=const_env, params=named)
     g.bind(dtype=dtype, device=device)
+    x = x.to(g.dtype)  # float64 where our float32 products may be rounded (bind): shapes only
     vals: List[torch.Tensor] = []
     with torch.no_grad():
         for node in g.nodes:
@@ -737,8 +738,6 @@ def _finish(lw, outs, graph, depends, param_ph, names, gm, named, x, dtype, devi
             if vals[-1].shape[0] != TRACE_BATCH:
                 raise UnsupportedLayer(node.op.name, "an op that changes the batch dimension")
     g.output_shape = g.nodes[-1].shape
-    # set after the shape pass above, which runs in the model's dtype
-    g.reduced_float32 = lw.mm_in > 0 or (lw.conv_in > 0 and any(isinstance(n.op, ops.ConvOp) for n in g.nodes))
     return g
 
 
