@@ -255,7 +255,7 @@ def _addmm(ctx):
         # the products' underflow (2**-149 each in float32) would be counted unscaled, and an
         # alpha * W that underflows or a product that overflows before the scaling not at all
         raise UnsupportedLayer(ctx.name, f"addmm with alpha={alpha!r} (only alpha=1 is bounded)")
-    return _dense(ctx, x, lambda env: (alpha * W(env)).T,
+    return _dense(ctx, x, lambda env: W(env).T,
                   lambda env: (beta * b(env)).reshape(-1) if torch.is_tensor(b(env)) else None)
 
 
