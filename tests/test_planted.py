@@ -35,8 +35,8 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_latentaudit import (Accuracy, Direction, Invariance, OutputRange, Prediction, PredictionNotIn, audit,
-                                verify_box)
+from pytest_latentaudit import (Accuracy, Direction, Invariance, Linear, OutputRange, Prediction, PredictionNotIn,
+                                audit, verify_box)
 
 ALLOWED = {"verified", "falsified", "unknown"}
 BUDGET = 1.0  # seconds per call where a sound engine may have to run out its budget
@@ -1340,3 +1340,51 @@ def test_addmm_alpha_does_not_hide_the_products_underflow():
     for engine in ("linear", "ibp"):  # budgets that a first, cold call cannot run out
         assert_not_verified(run_box(model, lo, hi, spec, violates, engine=engine, budget_s=CONTROL_BUDGET),
                             f"addmm alpha=2**60 on subnormal products ({engine})")
+
+
+# ------------------------------------------- 10. spec constants: the numbers written, not float32's
+class _Const(nn.Module):
+    """A model whose output is the constant ``value`` (in ``dtype``), whatever the input."""
+
+    def __init__(self, value, dtype=torch.float32):
+        super().__init__()
+        self.lin = nn.Linear(2, len(value)).to(dtype)
+        with torch.no_grad():
+            self.lin.weight.zero_()
+            self.lin.bias.copy_(torch.as_tensor(value, dtype=dtype))
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+@pytest.mark.parametrize("engine", ["auto", "linear", "ibp"])
+def test_float64_output_range_is_checked_against_the_bound_written(engine):
+    """A float64 model outputs ``1.00000000005`` and ``upper = 1.0000000001``: it holds. The
+    spec kept ``upper`` as a float32 (``1.0``), so every point became a counterexample."""
+    upper = 1.0000000001
+    model = _Const([1.00000000005], torch.float64).eval()
+    lo, hi = torch.zeros(2, dtype=torch.float64), torch.full((2,), 0.5, dtype=torch.float64)
+    violates = viol_range(upper=upper)
+    assert not violates(forward(model, lo))
+    res = run_box(model, lo, hi, OutputRange(upper=upper), violates, engine=engine)
+    assert res.status != ["falsified"], "a counterexample of the float32-rounded bound, not of the spec"
+    # and past the bound written, it is a violation
+    model = _Const([1.0000000002], torch.float64).eval()
+    plant(model, lo, lo, hi, violates)
+    assert run_box(model, lo, hi, OutputRange(upper=upper), violates, engine=engine).status == ["falsified"]
+
+
+def test_linear_spec_offset_is_the_one_written():
+    """``y = [5e-8, 0.70000005]`` (float32) violates ``y0 - y1 + 0.7 <= 0`` by 2.3e-9; with ``d``
+    rounded to float32 (0.69999999) it held, so the violation was neither found nor refused."""
+    y1 = float(torch.nextafter(torch.tensor(0.7), torch.tensor(1.0)))
+    model = _Const([5e-8, y1]).eval()
+    lo, hi = unit_box(2)
+    C, d = [[1.0, -1.0]], [0.7]
+
+    def violates(y):  # exact: float32 outputs are exact in float64, and so is this difference
+        return float(y[0]) - float(y[1]) + 0.7 > 0
+
+    plant(model, f32([0.5, 0.5]), lo, hi, violates)
+    res = run_box(model, lo, hi, Linear(C, d), violates, engine="auto")
+    assert res.status == ["falsified"], (res.status, res.notes)

@@ -6,6 +6,8 @@ lie in its box and really violate the spec, and branch and bound may drop no sub
 """
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +18,7 @@ from conftest import hat_model
 
 from pytest_latentaudit import Direction, Invariance, OutputRange, Prediction, audit, verify_box
 from pytest_latentaudit.api import decide_verdict
-from pytest_latentaudit.engines.bounds import output_bounds
+from pytest_latentaudit.engines.bounds import _spec_in, _spec_residual, output_bounds, spec_upper_bound
 from pytest_latentaudit.engines.graph import get_graph
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -377,3 +379,50 @@ def test_unsupported_layer_never_proves(engine):
     res = verify_box(model, z - 1e-4, z + 1e-4, Prediction(model(z).argmax(1)), engine=engine, budget_s=2.0)
     assert "verified" not in res.status
     assert any("Softmax" in n or "'out'" in n for n in res.notes), res.notes
+
+
+# ------------------------------------------------- spec rows rounded to the bound dtype
+@FAST
+@given(seed=st.integers(0, 2 ** 31 - 1), scale=st.sampled_from([1.0, 1e3, 1e7]))
+def test_spec_rows_rounded_to_float32_are_charged(seed, scale):
+    """A float32 graph bounds ``C_32 y + d_32``; ``C y + d <= C_32 y + d_32 + |C - C_32| max|y|``
+    must hold exactly for every ``y`` in the output's bounds (``d`` rounds up, the rest is the
+    residual), for rows that float32 cannot represent."""
+    g = torch.Generator().manual_seed(seed)
+    C = torch.randn(2, 2, 3, generator=g, dtype=torch.float64) * scale
+    d = torch.randn(2, 2, generator=g, dtype=torch.float64) * scale
+    lo = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    hi = lo + torch.rand(2, 3, generator=g, dtype=torch.float64)
+    Cl, dl, err = _spec_in(C, d, torch.float32)
+    assert Cl.dtype == dl.dtype == torch.float32 and err is not None
+    res = _spec_residual(err, (lo.float(), hi.float()))
+    for _ in range(20):
+        y = (lo + torch.rand(2, 3, generator=g, dtype=torch.float64) * (hi - lo)).float().double()
+        y = torch.minimum(torch.maximum(y, lo.float().double()), hi.float().double())
+        for n in range(2):
+            for r in range(2):
+                exact = sum(Fraction(float(C[n, r, j])) * Fraction(float(y[n, j])) for j in range(3)) + \
+                    Fraction(float(d[n, r]))
+                rounded = sum(Fraction(float(Cl[n, r, j])) * Fraction(float(y[n, j])) for j in range(3)) + \
+                    Fraction(float(dl[n, r]))
+                assert exact <= rounded + Fraction(float(res[n, r])), (n, r)
+    # exact rows (class and range specs) cost nothing
+    assert _spec_in(torch.tensor([[[1.0, -1.0]]], dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64),
+                    torch.float32)[2] is None
+
+
+def test_float32_graph_bounds_rows_float32_cannot_hold():
+    """On a point, the float32 graph's bound of ``C y + d`` with ``C`` of 1e4 and fractions no
+    float32 has, and ``d`` set so the exact value is 0, stays at or above 0 for every method."""
+    g = torch.Generator().manual_seed(3)
+    m = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    graph = get_graph(m, (3,))
+    x = torch.randn(4, 3, generator=g)
+    C = torch.randn(4, 2, 3, generator=g, dtype=torch.float64) * 1e4 + \
+        torch.rand(4, 2, 3, generator=g, dtype=torch.float64) * 1e-3
+    with torch.no_grad():
+        y = m(x).double()
+    d = -torch.einsum("nmo,no->nm", C, y)
+    for method in ("ibp", "linear", "crown"):
+        ub = spec_upper_bound(graph, x.double(), torch.zeros(4, 1, 3, dtype=torch.float64), C, d, method=method)
+        assert bool((ub >= -1e-9 * C.abs().sum(-1)).all()), method

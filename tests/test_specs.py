@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -125,11 +126,43 @@ def test_linear_spec(y, C, d):
     C = torch.tensor(C).reshape(2, 3)
     d = torch.tensor(d)
     spec = Linear(C, d)
-    vals = y @ C.T + d
-    assert spec.holds(y).tolist() == (vals <= 0).all(1).tolist()
+    exact = [max(sum(Fraction(float(C[r, j])) * Fraction(float(yi[j])) for j in range(3)) + Fraction(float(d[r]))
+                 for r in range(2)) for yi in y]
+    scale = [float(sum(abs(float(C[r, j]) * float(yi[j])) for r in range(2) for j in range(3)) + 6) for yi in y]
+    holds = spec.holds(y).tolist()
+    for h, e, s in zip(holds, exact, scale):
+        if e <= 0:
+            assert h, f"holds on exact margin {float(e)}"
+        elif e > 1e-12 * s:  # past the float64 evaluation's own error: a violation
+            assert not h, f"violation of exact margin {float(e)} missed"
     Cr, dr = spec.rows(y)
     assert Cr.shape == (3, 2, 3) and dr.shape == (3, 2)
-    assert torch.allclose(rows_value(spec, y, y), vals.amax(1))
+    assert torch.allclose(rows_value(spec, y, y).double(), (y.double() @ C.double().T + d.double()).amax(1))
+
+
+def test_linear_and_range_keep_the_numbers_written():
+    """The spec is the one written: 0.7 and 1.0000000001 are not rounded to float32 (to
+    0.69999999 and 1.0), so float64 outputs between the two are judged against the bound given."""
+    spec = Linear([[1.0, -1.0]], [0.7])
+    assert spec.C.dtype == spec.d.dtype == torch.float64 and float(spec.d[0]) == 0.7
+    y = torch.tensor([[1.00000000005], [1.0000000002]], dtype=torch.float64)
+    assert OutputRange(upper=1.0000000001).holds(y).tolist() == [True, False]
+    assert OutputRange(lower=1.0000000001).holds(y).tolist() == [False, True]
+    # float32 outputs: y0 - y1 + 0.7 = +2.3e-9 exactly, but -9.6e-9 with 0.7 rounded to float32
+    y1 = float(torch.nextafter(torch.tensor(0.7), torch.tensor(1.0)))
+    y32 = torch.tensor([[5e-8, y1]])
+    assert spec.holds(y32).tolist() == [False]
+    assert float(spec.margin(y32)) > 0
+
+
+def test_linear_holds_is_not_decided_by_a_rounding():
+    """A margin inside the float64 evaluation's own error is not a violation (no false
+    counterexample): exactly ``1e16 + 1 - 1e16 - 1 = 0`` holds, though float64 sums give 1 or -1."""
+    y = torch.tensor([[1e16, 1.0, -1e16]], dtype=torch.float64)
+    spec = Linear([[1.0, 1.0, 1.0]], [-1.0])
+    assert spec.holds(y).tolist() == [True]
+    assert Linear([[1.0, 1.0, 1.0]], [-1.0 + 2 ** -40]).holds(y).tolist() == [True]  # within the error
+    assert Linear([[1.0, 1.0, 1.0]], [100.0]).holds(y).tolist() == [False]  # a real violation of 99
 
 
 def test_linear_spec_errors():

@@ -236,13 +236,17 @@ class Linear(Spec):
     kind = "linear"
 
     def __init__(self, C, d=None):
+        # float64, as given: a float32 copy would change the spec itself (0.7 -> 0.69999999,
+        # an output range's bound -> its nearest float), and a counterexample of the rounded
+        # spec need not violate the one written
         torch = _torch()
-        C = torch.as_tensor(C, dtype=torch.float32)
+        C = torch.as_tensor(C, dtype=torch.float64)
         if C.dim() == 1:
             C = C[None]
         if C.dim() != 2:
             raise ValueError(f"Linear spec: C must be [m, n_out], got shape {tuple(C.shape)}")
-        d = torch.zeros(C.shape[0]) if d is None else torch.as_tensor(d, dtype=torch.float32).reshape(-1)
+        d = torch.zeros(C.shape[0], dtype=torch.float64) if d is None else \
+            torch.as_tensor(d, dtype=torch.float64).reshape(-1)
         if d.numel() != C.shape[0]:
             raise ValueError(f"Linear spec: d has {d.numel()} entries for {C.shape[0]} rows of C")
         if not (torch.isfinite(C).all() and torch.isfinite(d).all()):
@@ -261,9 +265,24 @@ class Linear(Spec):
                 f"Linear spec: C has {self.C.shape[1]} columns but the model has {y.shape[1]} outputs")
 
     def margin(self, y, labels=None):
+        """``max_row(C y + d)`` in float64 (the outputs of a float32 model are exact there)."""
         self._check(y)
+        y = y.double()
         C, d = self.C.to(y), self.d.to(y)
         return (y @ C.T + d).max(dim=1).values
+
+    def holds(self, y, labels=None):
+        # violated only where the float64 evaluation's margin exceeds its own rounding error
+        # (gamma_{n+1} of the terms' magnitudes): a rounding must not make a counterexample
+        self._check(y)
+        torch = _torch()
+        y = y.double()
+        C, d = self.C.to(y), self.d.to(y)
+        n = C.shape[1] + 1
+        u = 2.0 ** -53
+        err = (2 * n * u / (1 - 2 * n * u)) * (y.abs() @ C.abs().T + d.abs()) + n * 2.0 ** -1074
+        over = (y @ C.T + d) - err
+        return ~(over > 0).any(dim=1) & ~torch.isnan(over).any(dim=1)
 
     def rows(self, y_center, labels=None):
         self._check(y_center)
@@ -297,13 +316,13 @@ class OutputRange(Linear):
         if self._built_for == n_out:
             return
         torch = _torch()
-        eye = torch.eye(n_out)
+        eye = torch.eye(n_out, dtype=torch.float64)
         Cs, ds = [], []
         if self.upper is not None:
-            u = torch.as_tensor(self.upper, dtype=torch.float32).reshape(-1).expand(n_out)
+            u = torch.as_tensor(self.upper, dtype=torch.float64).reshape(-1).expand(n_out)
             Cs.append(eye), ds.append(-u)
         if self.lower is not None:
-            lo = torch.as_tensor(self.lower, dtype=torch.float32).reshape(-1).expand(n_out)
+            lo = torch.as_tensor(self.lower, dtype=torch.float64).reshape(-1).expand(n_out)
             Cs.append(-eye), ds.append(lo)
         self.C, self.d = torch.cat(Cs), torch.cat(ds)
         self._built_for = n_out

@@ -522,7 +522,8 @@ def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", thr
     ``threshold`` (``[N]``), each costlier stage runs only for boxes not already below it.
     """
     dt = graph.dtype or torch.float64
-    center, gens, C, d = center.to(dt), gens.to(dt), C.to(dt), d.to(dt)
+    center, gens = center.to(dt), gens.to(dt)
+    C, d, C_err = _spec_in(C, d, dt)
     if crown is None:
         crown = method == "crown"
     last = graph.nodes[-1]
@@ -536,11 +537,13 @@ def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", thr
             b = d if last.op.bias is None else d + C @ last.op.bias.to(C)
             R = last.op.radius([bounds[last.inputs[0]]])
             ub = torch.minimum(ub, _interval_upper(lo, hi, W, b) + _weighted(C, R))
-        return ub.double()
+        return ub.double() + _spec_residual(C_err, bounds[-1])
     forms, conc = linear_bounds(graph, center, gens)
+    residual = _spec_residual(C_err, conc[-1])
     ub = _upper_from_output_form(forms[-1], C, d)
     ub = torch.minimum(ub, _interval_upper(*conc[-1], C, d))
-    thr = None if threshold is None else threshold.to(dt)
+    # the stages below bound the rounded spec: it must beat the threshold by the residual
+    thr = None if threshold is None else (threshold.double() - residual.amax(1)).to(dt)
     if dense_last and (thr is None or not _first_cut_runs(graph)):
         # with a threshold the backward pass's first cut gives a bound of this kind, and
         # only for the boxes that need it
@@ -562,7 +565,31 @@ def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", thr
         forms2, conc2 = linear_bounds(graph, center[need], gens[need], crown=True)
         ub[need] = torch.minimum(ub[need], backward_upper(graph, conc2, center[need], gens[need], C[need], d[need],
                                                           forms=forms2, threshold=_at(thr, need)))
-    return ub
+    return ub + residual
+
+
+def _spec_in(C, d, dt):
+    """The spec rows in the bound dtype, and what that rounding costs. ``d`` is rounded up
+    (a larger offset bounds the row above); ``C`` to nearest, its error ``|C - C_dt|``
+    (None where every entry is exact, as in the 0/+-1 rows of class and range specs) is
+    charged by ``_spec_residual``: ``C y <= C_dt y + |C - C_dt| |y|``."""
+    C64, d64 = C.double(), d.double()
+    if dt == torch.float64:
+        return C64, d64, None
+    Cl, dl = C64.to(dt), d64.to(dt)
+    dl = torch.where(dl.double() < d64, torch.nextafter(dl, torch.full_like(dl, torch.inf)), dl)
+    err = (C64 - Cl.double()).abs()
+    return Cl, dl, (err if bool((err > 0).any()) else None)
+
+
+def _spec_residual(C_err, out_bounds):
+    """``|C - C_dt| . max|y|`` per row over the output's bounds (float64, rounded up)."""
+    lo, hi = out_bounds
+    n = lo.shape[0]
+    if C_err is None:
+        return torch.zeros(n, 1, dtype=torch.float64, device=lo.device)
+    mag = torch.maximum(lo.abs(), hi.abs()).reshape(n, -1).double()
+    return rowdot(C_err, mag) * (1 + 2.0 ** -40) + 2.0 ** -1000
 
 
 def _forms_of(forms, idx):

@@ -70,6 +70,8 @@ def make_bound_fn(model, problem, engine: str, notes: List[str], graph=None):
             gd = graph.dtype or c.dtype
             # the model's rounding, per row (CROWN intermediate bounds: auto_LiRPA's class of bound)
             slack = spec_deviation(graph, c.to(gd), G.to(gd), C.to(gd), crown=True).to(c.dtype)
+            if gd != torch.float64:  # |C| rounded to the graph's dtype: at most u relative
+                slack = slack * (1 + 2.0 ** -21)
         except (LirpaUnsupported, UnsupportedLayer) as exc:
             notes.append(f"auto_LiRPA: {exc}; falling back to falsification only")
             state["failed"] = True
