@@ -307,6 +307,34 @@ def test_a_forward_that_branches_on_the_grad_mode_is_not_proved(flip_with_grad):
     assert_not_verified(res, f"grad-mode branch (flip with grad: {flip_with_grad})")
 
 
+class RequiresGradBranch(nn.Module):
+    """Flips the spike's sign where a tensor requires grad, as it does in a user's plain
+    call (the parameters require grad, autograd is on) and did not in the traces, whose
+    parameters were detached, nor at the check points, run under ``torch.no_grad``."""
+
+    def __init__(self, what):
+        super().__init__()
+        self.head, self.what = spike_head(C_IN[:2], 1e-2, -3.0), what
+
+    def forward(self, x):
+        y = self.head(x)
+        flag = y.requires_grad if self.what == "activation" else self.head[-1].weight.requires_grad
+        if flag:
+            y = y * torch.tensor([1.0, -1.0])
+        return y
+
+
+@pytest.mark.parametrize("what", ["activation", "parameter"])
+def test_a_forward_that_branches_on_requires_grad_is_not_proved(what):
+    lo, hi = unit_box(2)
+    model = RequiresGradBranch(what).eval()
+    x = f32(C_IN[:2])
+    y = model(x[None]).detach().reshape(-1)  # a plain call: autograd on
+    assert V0(y), y.tolist()
+    res = run_box(model, lo, hi, P0, V0, budget_s=SPIKE_BUDGET)
+    assert_not_verified(res, f"requires_grad branch ({what})")
+
+
 # --------------------------------------------------------------- 2. dropped arguments
 class DroppedArg(nn.Module):
     """A spike ``s`` ``[N, 1]`` and a data-dependent constant ``a = [1, 0]`` combined by an

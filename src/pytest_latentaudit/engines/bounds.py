@@ -629,11 +629,15 @@ def check_graph(graph: BoundGraph, model_forward, points: torch.Tensor) -> Optio
     with torch.no_grad():
         lo, hi = ibp_bounds(graph, p64, gens)[-1]
         y = model_forward(points)
+    with torch.enable_grad():  # and as a user's plain call runs it, autograd on
+        y_grad = model_forward(points).detach()
     lo, hi = lo.reshape(y.shape[0], -1), hi.reshape(y.shape[0], -1)
-    if lo.shape != y.shape:
-        return f"the lowered graph gives outputs shaped {tuple(lo.shape[1:])}, the model {tuple(y.shape[1:])}"
-    lo, hi, y = lo.double(), hi.double(), y.to(torch.float64)
+    if lo.shape != y.shape or y_grad.shape != y.shape:
+        return f"the lowered graph gives outputs shaped {tuple(lo.shape[1:])}, the model {tuple(y_grad.shape[1:])}"
+    lo, hi, y, y_grad = lo.double(), hi.double(), y.to(torch.float64), y_grad.to(torch.float64)
     bad = ~((y >= lo) & (y <= hi)) | ~torch.isfinite(y)
+    y = torch.where(bad, y, y_grad)
+    bad |= ~((y_grad >= lo) & (y_grad <= hi)) | ~torch.isfinite(y_grad)
     # and one point at a time (the batch size of a re-check, and of a user calling the model
     # on one input): a forward that depends on the batch size was traced at another one
     with torch.no_grad():

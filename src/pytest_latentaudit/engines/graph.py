@@ -383,10 +383,12 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
     try:
         with torch.no_grad(), _EscapeRecorder(escapes):
             gm = make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, x)
-        # a user's plain call runs with autograd on, this trace without it: a forward that
-        # branches on torch.is_grad_enabled() is a different function in each mode
+        # a user's plain call runs with autograd on and parameters that require grad, this
+        # trace without either: a forward that branches on torch.is_grad_enabled() or on a
+        # tensor's requires_grad is a different function in each mode
         with torch.enable_grad(), _EscapeRecorder(escapes):
-            gm_grad = make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, x)
+            live = {k: v.detach().requires_grad_(v.requires_grad) for k, v in named.items()}
+            gm_grad = make_fx(fn, tracing_mode="real")(live, x)
     except UnsupportedLayer:
         raise
     except Exception as exc:  # noqa: BLE001 - tracing raises many types; we refuse by name
@@ -397,7 +399,7 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
 
     if not _same_trace(gm, gm_grad):
         raise UnsupportedLayer(type(model).__name__, "computes a different function with autograd on than under "
-                               "torch.no_grad (forward branches on the grad mode)")
+                               "torch.no_grad (forward branches on the grad mode or on requires_grad)")
     graph = gm.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     param_ph, x_ph = placeholders[:-1], placeholders[-1]
@@ -449,9 +451,22 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
         raise UnsupportedLayer(layer, f"{exc.what}; op {where}") from None
 
 
+def _program(gm: torch.fx.GraphModule) -> list:
+    """The nodes that can affect the result (ancestors of the output and of impure nodes),
+    in order, with arguments as positions: autograd adds dead ``detach`` nodes (the saved
+    outputs of relu, sigmoid, ...) to a trace with grad on, and they change nothing."""
+    nodes = list(gm.graph.nodes)
+    roots = [n for n in nodes if n.op == "output" or n.is_impure()]
+    live = _ancestors(roots)
+    keep = [n for n in nodes if n in live]
+    pos = {n: i for i, n in enumerate(keep)}
+    return [(n.op, str(n.target), repr(torch.fx.node.map_arg((n.args, n.kwargs), lambda m: ("node", pos[m]))))
+            for n in keep]
+
+
 def _same_trace(a: torch.fx.GraphModule, b: torch.fx.GraphModule) -> bool:
-    """Whether two traces of one model are the same program: the same code and equal constants."""
-    if a.code != b.code:
+    """Whether two traces of one model are the same program: the same live nodes and equal constants."""
+    if a.code != b.code and _program(a) != _program(b):
         return False
     for n in a.graph.nodes:
         if n.op == "get_attr":
