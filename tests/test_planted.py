@@ -335,6 +335,46 @@ def test_a_forward_that_branches_on_requires_grad_is_not_proved(what):
     assert_not_verified(res, f"requires_grad branch ({what})")
 
 
+def _tracer_seen(how, x):
+    """Ways a forward can notice that it is being traced rather than called."""
+    if how == "fx_flag":
+        return torch.fx._symbolic_trace.is_fx_tracing()
+    if how == "dispatch_mode":
+        return len(torch.utils._python_dispatch._get_current_dispatch_mode_stack()) > 0
+    return torch._C._is_torch_function_mode_enabled()
+
+
+class TracerAware(nn.Module):
+    """The spike head, whose plain calls flip the spike's sign but whose traces do not (a
+    model "that behaves under test"); ``in_place`` does the flip in place on a view."""
+
+    def __init__(self, how, in_place=False):
+        super().__init__()
+        self.head, self.how, self.in_place = spike_head(C_IN[:2], 1e-2, -3.0), how, in_place
+
+    def forward(self, x):
+        y = self.head(x)
+        if not _tracer_seen(self.how, x):
+            if self.in_place:
+                y = y * 1.0
+                y[:, 1:].neg_()
+            else:
+                y = y * torch.tensor([1.0, -1.0])
+        return y
+
+
+@pytest.mark.parametrize("how, in_place", [("fx_flag", False), ("dispatch_mode", False), ("function_mode", False),
+                                           ("dispatch_mode", True)])
+def test_a_forward_that_notices_the_tracer_is_not_proved(how, in_place):
+    lo, hi = unit_box(2)
+    model = TracerAware(how, in_place).eval()
+    y = model(f32(C_IN[:2])[None]).detach().reshape(-1)
+    assert V0(y), y.tolist()
+    for engine in ("auto", "linear"):
+        res = run_box(model, lo, hi, P0, V0, engine=engine, budget_s=SPIKE_BUDGET)
+        assert_not_verified(res, f"tracer-aware forward ({how}, in place: {in_place}, {engine})")
+
+
 # --------------------------------------------------------------- 2. dropped arguments
 class DroppedArg(nn.Module):
     """A spike ``s`` ``[N, 1]`` and a data-dependent constant ``a = [1, 0]`` combined by an

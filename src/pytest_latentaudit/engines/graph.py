@@ -18,7 +18,10 @@ forward output to lie inside them (see api.py).
 """
 from __future__ import annotations
 
+import contextlib
 import operator
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -377,16 +380,20 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
     names = list(named)
 
     def fn(params, inp):
-        return torch.func.functional_call(model, params, (inp,))
+        # the tracer sets torch.fx's "tracing" flag; a forward that reads it (to skip a check,
+        # or as nn.MultiheadAttention does, to leave its fused path) would be traced on a
+        # path that a plain call does not take
+        with _not_fx_tracing():
+            return torch.func.functional_call(model, params, (inp,))
 
     escapes: List[tuple] = []
     try:
-        with torch.no_grad(), _EscapeRecorder(escapes):
+        with torch.no_grad(), _EscapeRecorder(escapes), _one_fake_mode():
             gm = make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, x)
         # a user's plain call runs with autograd on and parameters that require grad, this
         # trace without either: a forward that branches on torch.is_grad_enabled() or on a
         # tensor's requires_grad is a different function in each mode
-        with torch.enable_grad(), _EscapeRecorder(escapes):
+        with torch.enable_grad(), _EscapeRecorder(escapes), _one_fake_mode():
             live = {k: v.detach().requires_grad_(v.requires_grad) for k, v in named.items()}
             gm_grad = make_fx(fn, tracing_mode="real")(live, x)
     except UnsupportedLayer:
@@ -429,6 +436,9 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
         depends[n] = n is x_ph or any(depends.get(a, False) for a in n.all_input_nodes)
     if not depends[outs]:
         raise UnsupportedLayer(type(model).__name__, "the output does not depend on the input")
+    why = _plain_call_differs(model, x, graph, x_ph)
+    if why is not None:
+        raise UnsupportedLayer(type(model).__name__, why)
     for what, node in escapes:
         # a value read into Python (numpy, tolist, ...) escapes the trace: whatever the model
         # did with it (a branch, a Python-side computation) is baked in for the example only
@@ -449,6 +459,114 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
         if layer is None:
             raise
         raise UnsupportedLayer(layer, f"{exc.what}; op {where}") from None
+
+
+def _one_fake_mode():
+    """One fake-tensor mode for a trace's metadata: without one, make_fx builds a new mode
+    (and records a Python stack) for every node, half of a small model's trace time."""
+    try:
+        from torch._guards import TracingContext, tracing
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        return tracing(TracingContext(FakeTensorMode(allow_fallback_kernels=True)))
+    except Exception:  # noqa: BLE001 - a torch without these internals: the slower default
+        return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _not_fx_tracing():
+    st = getattr(torch.fx, "_symbolic_trace", None)
+    if st is None or not hasattr(st, "_is_fx_tracing_flag"):
+        yield
+        return
+    old = st._is_fx_tracing_flag
+    st._is_fx_tracing_flag = False
+    try:
+        yield
+    finally:
+        st._is_fx_tracing_flag = old
+
+
+def _op_key(name: str) -> str:
+    """One spelling for an ATen op's name and its autograd node's: ``_native_batch_norm_legit_
+    no_training`` and ``NativeBatchNormBackward0`` are both ``batchnorm``; ``relu_`` is ``relu``."""
+    key = re.sub(r"Backwards?\d*$", "", name).replace("_", "").lower()
+    return "batchnorm" if "batchnorm" in key else key
+
+
+#: ATen ops whose results autograd never records as depending on the input
+_NOT_RECORDED = {"detach", "liftfreshcopy"}
+#: views that only alias their input (autograd may record them as AsStrided instead)
+_ALIASING = {"view", "unsafeview", "asstrided", "alias", "reshape", "expand", "squeeze", "unsqueeze", "t",
+             "transpose", "permute", "slice", "select", "split", "splitwithsizes", "unbind", "narrow"}
+
+
+def _plain_call_differs(model: nn.Module, x: torch.Tensor, graph: torch.fx.Graph, x_ph) -> Optional[str]:
+    """Why the trace is not the program a plain call runs, or None. The call ``model(x)``
+    with autograd on, outside any tracer, records every differentiable op that its output
+    took from the input (autograd's graph); the traced ops on that path must be the same
+    ones. A forward that notices the tracer (a dispatch or torch-function mode, a flag) and
+    takes another path there is caught here, wherever in the box the paths differ, where the
+    check points see only where they look."""
+    ops_trace: Counter = Counter()
+    grad_dep: Dict[torch.fx.Node, bool] = {}
+    for n in graph.nodes:
+        if n.op == "placeholder":
+            grad_dep[n] = n is x_ph
+            continue
+        val = n.meta.get("val")
+        val = val[0] if isinstance(val, (tuple, list)) and val else val
+        floating = isinstance(val, torch.Tensor) and val.is_floating_point()
+        name = _op_key(n.target._overloadpacket.__name__) if hasattr(n.target, "_overloadpacket") else None
+        grad_dep[n] = floating and name not in _NOT_RECORDED and n.op == "call_function" and \
+            any(grad_dep.get(a, False) for a in n.all_input_nodes)
+        if grad_dep[n] and name is not None:
+            ops_trace[name] += 1
+    try:
+        # autograd records nothing in inference mode: leave it for this one call
+        with torch.inference_mode(False), torch.enable_grad():
+            xg = x.detach().clone().requires_grad_(True)
+            y = model(xg)
+    except Exception as exc:  # noqa: BLE001 - the traces ran; a plain call that fails is refused
+        return f"a plain call on the trace's example failed ({type(exc).__name__})"
+    if isinstance(y, (tuple, list)) and y:
+        y = y[0]
+    if not torch.is_tensor(y):
+        return None  # the lowering refuses outputs that are not tensors
+    ops_plain: Counter = Counter()
+    if y.grad_fn is not None:
+        reach: Dict[int, bool] = {}
+        stack = [(y.grad_fn, False)]
+        while stack:  # iterative post-order: deep models overflow a recursion
+            fn_, done = stack.pop()
+            k = id(fn_)
+            if done:
+                r = type(fn_).__name__ == "AccumulateGrad" and getattr(fn_, "variable", None) is xg
+                r = r or any(nxt is not None and reach.get(id(nxt), False) for nxt, _ in fn_.next_functions)
+                reach[k] = r
+                if r and type(fn_).__name__ != "AccumulateGrad":
+                    ops_plain[_op_key(type(fn_).__name__)] += 1
+                continue
+            if k in reach:
+                continue
+            reach[k] = False
+            stack.append((fn_, True))
+            stack.extend((nxt, False) for nxt, _ in fn_.next_functions if nxt is not None and id(nxt) not in reach)
+    if ops_plain == ops_trace:
+        return None
+    wild = ops_plain.pop("copyslices", 0)
+    if wild:
+        # an in-place op on a view is recorded as CopySlices (the op's name hidden) and the
+        # view as AsStrided: compare without the aliasing views, each CopySlices one op
+        for c in (ops_plain, ops_trace):
+            for key in _ALIASING:
+                c.pop(key, None)
+        if not (ops_plain - ops_trace) and sum((ops_trace - ops_plain).values()) == wild:
+            return None
+    more = ", ".join(f"{k} x{v}" for k, v in sorted((ops_plain - ops_trace).items()))
+    less = ", ".join(f"{k} x{v}" for k, v in sorted((ops_trace - ops_plain).items()))
+    return (f"runs other ops in a plain call than when traced (a forward that notices the tracer, or "
+            f"ops under no_grad/detach in forward): plain call only [{more}], trace only [{less}]")
 
 
 def _program(gm: torch.fx.GraphModule) -> list:
