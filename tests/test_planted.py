@@ -305,6 +305,27 @@ def test_a_forward_that_branches_on_the_grad_mode_is_not_proved(flip_with_grad):
     assert V0(y), y.tolist()
     res = run_box(model, lo, hi, P0, V0, budget_s=SPIKE_BUDGET)
     assert_not_verified(res, f"grad-mode branch (flip with grad: {flip_with_grad})")
+    # nor a counterexample: in the other mode the point is fine, and either may be the user's
+    assert res.status == ["unknown"], (res.status, res.notes)
+
+
+class BroadGradModeBranch(nn.Module):
+    """``[1, -2]`` (class 0) with autograd on, ``[1, 2]`` (class 1) under ``torch.no_grad``, on
+    the whole box: every point violates in one mode and none in the other."""
+
+    def forward(self, x):
+        y = x[:, :1] * 0 + torch.tensor([1.0, -2.0])
+        return y if torch.is_grad_enabled() else y * torch.tensor([1.0, -1.0])
+
+
+def test_a_counterexample_must_violate_with_autograd_on_and_off():
+    lo, hi = unit_box(2)
+    model = BroadGradModeBranch().eval()
+    with torch.no_grad():
+        assert V0(model(f32(C_IN[:2])[None]).reshape(-1))
+    assert not V0(model(f32(C_IN[:2])[None]).detach().reshape(-1))
+    res = verify_box(model, lo[None], hi[None], P0, device="cpu", budget_s=BUDGET)
+    assert res.status == ["unknown"], (res.status, res.notes)
 
 
 class RequiresGradBranch(nn.Module):

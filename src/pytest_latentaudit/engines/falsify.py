@@ -34,6 +34,13 @@ def confirm(problem: Problem, idx: torch.Tensor, t: torch.Tensor, tl: torch.Tens
         y = problem.model_forward(x)
         ok = ~problem.holds(y, idx)
         margin = problem.margin(y, idx)
+    if bool(ok.any()):
+        # and as a plain call runs it, autograd on: a forward that is another function in the
+        # two modes has a counterexample only where both violate
+        with torch.enable_grad():
+            y_grad = problem.model_forward(x).detach()
+        with torch.no_grad():
+            ok &= ~problem.holds(y_grad, idx)
     return ok, x, margin, t
 
 
