@@ -396,6 +396,30 @@ def test_a_forward_that_notices_the_tracer_is_not_proved(how, in_place):
         assert_not_verified(res, f"tracer-aware forward ({how}, in place: {in_place}, {engine})")
 
 
+class CountingForward(nn.Module):
+    """Counts its calls in a Python attribute and flips the spike's sign after ``after`` of
+    them: the first calls, a verifier's, are fine; the user's thousandth is not."""
+
+    def __init__(self, after=1000):
+        super().__init__()
+        self.head, self.calls, self.after = spike_head(C_IN[:2], 1e-2, -3.0), 0, after
+
+    def forward(self, x):
+        self.calls += 1
+        y = self.head(x)
+        return y * torch.tensor([1.0, -1.0]) if self.calls > self.after else y
+
+
+def test_a_forward_that_counts_its_calls_is_not_proved():
+    lo, hi = unit_box(2)
+    model = CountingForward().eval()
+    res = run_box(model, lo, hi, P0, V0, budget_s=BUDGET)
+    assert_not_verified(res, "stateful forward")
+    assert any("Python state" in n for n in res.notes), res.notes
+    model.calls = model.after  # and the next plain call violates
+    assert V0(forward(model, f32(C_IN[:2])))
+
+
 # --------------------------------------------------------------- 2. dropped arguments
 class DroppedArg(nn.Module):
     """A spike ``s`` ``[N, 1]`` and a data-dependent constant ``a = [1, 0]`` combined by an

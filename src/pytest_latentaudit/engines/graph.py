@@ -387,6 +387,7 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
             return torch.func.functional_call(model, params, (inp,))
 
     escapes: List[tuple] = []
+    state = _python_state(model)
     try:
         with torch.no_grad(), _EscapeRecorder(escapes), _one_fake_mode():
             gm = make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, x)
@@ -439,6 +440,10 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
     why = _plain_call_differs(model, x, graph, x_ph)
     if why is not None:
         raise UnsupportedLayer(type(model).__name__, why)
+    changed = [k for k, v in _python_state(model).items() if k not in state or state[k] != v]
+    if changed:
+        raise UnsupportedLayer(type(model).__name__, f"forward changes the module's Python state "
+                               f"({', '.join(changed[:3])}): a proof of these calls says nothing of the next")
     for what, node in escapes:
         # a value read into Python (numpy, tolist, ...) escapes the trace: whatever the model
         # did with it (a branch, a Python-side computation) is baked in for the example only
@@ -459,6 +464,17 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
         if layer is None:
             raise
         raise UnsupportedLayer(layer, f"{exc.what}; op {where}") from None
+
+
+def _python_state(model: nn.Module) -> Dict[str, object]:
+    """The plain Python scalars (numbers, strings, flags) held by every submodule: a forward
+    that counts its calls or flips a flag is another function on every call."""
+    out: Dict[str, object] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        for k, v in vars(m).items():
+            if v is None or isinstance(v, (bool, int, float, str)):
+                out[f"{name or type(m).__name__}.{k}"] = v
+    return out
 
 
 def _one_fake_mode():
