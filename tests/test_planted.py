@@ -420,6 +420,29 @@ def test_a_forward_that_counts_its_calls_is_not_proved():
     assert V0(forward(model, f32(C_IN[:2])))
 
 
+class ClampsItsInput(nn.Module):
+    """Clamps its input in place (the plain-call check must still run it: a leaf that
+    requires grad cannot be written in place)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = linear(2, 2, [[1, 0], [0, 1]], [1.0, 0.0])
+
+    def forward(self, x):
+        x.clamp_(0.0, 0.5)
+        return self.lin(x)
+
+
+def test_control_a_forward_that_writes_its_input_in_place_is_verified():
+    lo, hi = unit_box(2)
+    res = run_box(ClampsItsInput().eval(), lo, hi, P0, V0, budget_s=CONTROL_BUDGET)
+    assert_verified(res, "in-place clamp of the input")
+    # and its counterexamples are the points fed, not what the forward clamped them to
+    lo, hi = f32([0.6, 0.6]), f32([1.0, 1.0])  # y = [1.5, 0.5] everywhere: class 0, so
+    res = run_box(ClampsItsInput().eval(), lo, hi, Prediction(1), viol_prediction(1), budget_s=BUDGET)
+    assert res.status == ["falsified"], (res.status, res.notes)  # run_box checks the point is in the box
+
+
 # --------------------------------------------------------------- 2. dropped arguments
 class DroppedArg(nn.Module):
     """A spike ``s`` ``[N, 1]`` and a data-dependent constant ``a = [1, 0]`` combined by an

@@ -541,8 +541,11 @@ def _plain_call_differs(model: nn.Module, x: torch.Tensor, graph: torch.fx.Graph
     try:
         # autograd records nothing in inference mode: leave it for this one call
         with torch.inference_mode(False), torch.enable_grad():
+            # a non-leaf copy, so a forward that writes into its input in place still runs
             xg = x.detach().clone().requires_grad_(True)
-            y = model(xg)
+            xin = xg * 1
+            base = xin.grad_fn
+            y = model(xin)
     except Exception as exc:  # noqa: BLE001 - the traces ran; a plain call that fails is refused
         return f"a plain call on the trace's example failed ({type(exc).__name__})"
     if isinstance(y, (tuple, list)) and y:
@@ -557,17 +560,17 @@ def _plain_call_differs(model: nn.Module, x: torch.Tensor, graph: torch.fx.Graph
             fn_, done = stack.pop()
             k = id(fn_)
             if done:
-                r = type(fn_).__name__ == "AccumulateGrad" and getattr(fn_, "variable", None) is xg
-                r = r or any(nxt is not None and reach.get(id(nxt), False) for nxt, _ in fn_.next_functions)
+                r = fn_ is base or any(nxt is not None and reach.get(id(nxt), False) for nxt, _ in fn_.next_functions)
                 reach[k] = r
-                if r and type(fn_).__name__ != "AccumulateGrad":
+                if r and fn_ is not base:
                     ops_plain[_op_key(type(fn_).__name__)] += 1
                 continue
             if k in reach:
                 continue
             reach[k] = False
             stack.append((fn_, True))
-            stack.extend((nxt, False) for nxt, _ in fn_.next_functions if nxt is not None and id(nxt) not in reach)
+            if fn_ is not base:
+                stack.extend((nxt, False) for nxt, _ in fn_.next_functions if nxt is not None and id(nxt) not in reach)
     if ops_plain == ops_trace:
         return None
     wild = ops_plain.pop("copyslices", 0)

@@ -63,7 +63,7 @@ class Problem:
         return V.expand(idx.numel(), -1, -1)
 
     def model_forward(self, x):
-        y = self.model(x)
+        y = self.model(x.clone())  # a forward may write into its input: not into our points
         if isinstance(y, (tuple, list)) and y:
             y = y[0]
         if not torch.is_tensor(y):
