@@ -1416,3 +1416,25 @@ def test_linear_spec_offset_is_the_one_written():
     plant(model, f32([0.5, 0.5]), lo, hi, violates)
     res = run_box(model, lo, hi, Linear(C, d), violates, engine="auto")
     assert res.status == ["falsified"], (res.status, res.notes)
+
+
+# ------------------------------- 22. a low-precision model is fed its dtype's rounding of a point
+@pytest.mark.parametrize("dtype,eps", [(torch.bfloat16, 0.006), (torch.float16, 0.0006)])
+@pytest.mark.parametrize("engine", ["ibp", "auto"])
+def test_low_precision_input_rounding_of_a_segment_point(dtype, eps, engine):
+    """``audit`` feeds the model ``z0 + t`` rounded to the model's dtype: for bfloat16 at
+    ``z0 = 1``, ``t = 0.006`` the model sees ``1.0078125`` (its spacing at 1 is 2^-7), above
+    ``upper = 1 + 1.3 eps``. The bounds padded the box by a few float32 ulps only, so a ReLU
+    (exact: no later radius to cover it) was proved below ``upper`` on the exact segment."""
+    model = nn.Sequential(nn.ReLU()).eval()
+    z0 = torch.tensor([1.0], dtype=dtype)
+    upper = 1.0 + 1.3 * eps
+    x = torch.tensor([1.0 + eps], dtype=torch.float64).to(dtype)  # what the model is fed at t = eps
+    violates = lambda y: bool((y.double() > upper).any())  # noqa: E731  (a bf16 compare rounds upper)
+    assert violates(forward(model, x)), "the rounded end of the segment does not violate"
+    res = audit(model, z0[None], None, direction=Direction.axis(0), eps=eps, spec=OutputRange(upper=upper),
+                engine=engine, device="cpu", budget_s=BUDGET)
+    assert res.status != ["verified"], (f"proof that misses the {dtype} rounding of the input: "
+                                        f"{res.status} {res.rung} {res.notes}")
+    for cex in res.counterexamples:
+        assert violates(forward(model, cex.z.reshape(-1).to(dtype)))
