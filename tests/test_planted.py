@@ -1524,3 +1524,63 @@ def test_linear_spec_offset_is_the_one_written():
     plant(model, f32([0.5, 0.5]), lo, hi, violates)
     res = run_box(model, lo, hi, Linear(C, d), violates, engine="auto")
     assert res.status == ["falsified"], (res.status, res.notes)
+
+
+# ------------------------------- 22. a low-precision model is fed its dtype's rounding of a point
+@pytest.mark.parametrize("dtype,eps", [(torch.bfloat16, 0.006), (torch.float16, 0.0006)])
+@pytest.mark.parametrize("engine", ["ibp", "auto"])
+def test_low_precision_input_rounding_of_a_segment_point(dtype, eps, engine):
+    """``audit`` feeds the model ``z0 + t`` rounded to the model's dtype: for bfloat16 at
+    ``z0 = 1``, ``t = 0.006`` the model sees ``1.0078125`` (its spacing at 1 is 2^-7), above
+    ``upper = 1 + 1.3 eps``. The bounds padded the box by a few float32 ulps only, so a ReLU
+    (exact: no later radius to cover it) was proved below ``upper`` on the exact segment."""
+    model = nn.Sequential(nn.ReLU()).eval()
+    z0 = torch.tensor([1.0], dtype=dtype)
+    upper = 1.0 + 1.3 * eps
+    x = torch.tensor([1.0 + eps], dtype=torch.float64).to(dtype)  # what the model is fed at t = eps
+    violates = lambda y: bool((y.double() > upper).any())  # noqa: E731  (a bf16 compare rounds upper)
+    assert violates(forward(model, x)), "the rounded end of the segment does not violate"
+    res = audit(model, z0[None], None, direction=Direction.axis(0), eps=eps, spec=OutputRange(upper=upper),
+                engine=engine, device="cpu", budget_s=BUDGET)
+    assert res.status != ["verified"], (f"proof that misses the {dtype} rounding of the input: "
+                                        f"{res.status} {res.rung} {res.notes}")
+    for cex in res.counterexamples:
+        assert violates(forward(model, cex.z.reshape(-1).to(dtype)))
+
+
+# ------------------------------------ 23. a float64 box for a float32 model: its float32 points
+def _run_box64(model, lo, hi):
+    """run_box for a float64 box and a float32 model: a counterexample is a float32 input
+    inside the float64 box that violates."""
+    res = verify_box(model, lo[None], hi[None], P0, device="cpu", budget_s=SPIKE_BUDGET)
+    for s, x in zip(res.status, res.counterexamples):
+        if s == "falsified":
+            assert x.dtype == torch.float32
+            x = x.reshape(lo.shape)
+            assert bool((lo <= x.double()).all() and (x.double() <= hi).all()), f"counterexample {x} outside the box"
+            assert V0(forward(model, x))
+    return res
+
+
+def test_float64_box_is_rounded_into_itself_for_a_float32_model():
+    """``upper = 0.3`` (float64) rounds to nearest as ``fl32(0.3) = 0.30000001192 > 0.3``: the
+    box grew by half an ulp, and a spike at that one float32 number (outside the box the user
+    wrote) came back as the box's counterexample. The model is fed float32, so the box's
+    inputs are the float32 numbers in ``[0, 0.3]``: its bounds are rounded inwards."""
+    from pytest_latentaudit.core.errors import LatentAuditError
+
+    out = f32([0.3])
+    assert float(out) > 0.3
+    inside = torch.nextafter(out, f32([0.0]))  # the largest float32 number of the box
+    lo, hi = torch.zeros(1, dtype=torch.float64), torch.tensor([0.3], dtype=torch.float64)
+    model = spike_head([float(out)], 2e-8, 3.0)
+    assert V0(forward(model, out)) and not V0(forward(model, inside))
+    res = _run_box64(model, lo, hi)
+    assert res.status != ["falsified"], "a counterexample outside the float64 box"
+    # a spike on the box's own last float32 number is still found
+    model = spike_head([float(inside)], 2e-8, 3.0)
+    plant(model, inside, lo, hi, V0)
+    assert_not_verified(_run_box64(model, lo, hi), "spike at the float32 upper end")
+    # a box that holds no float32 number is refused, not widened to one
+    with pytest.raises(LatentAuditError, match="no torch.float32 number"):
+        verify_box(model, hi[None], hi[None], P0, device="cpu", budget_s=BUDGET)

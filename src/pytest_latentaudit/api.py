@@ -158,6 +158,17 @@ def _input_dtype(model, like=None) -> torch.dtype:
     return torch.float32
 
 
+def _round_into(t: torch.Tensor, dtype, device, up: bool) -> torch.Tensor:
+    """``t`` in ``dtype``, rounded up (``up``) or down where the conversion is inexact: the
+    nearest ``dtype`` number at or above (below) each value."""
+    ref = t.to(device=device, dtype=torch.float64)  # exact for every float dtype below it
+    out = t.to(device=device, dtype=dtype)
+    bad = out.double() < ref if up else out.double() > ref
+    if bool(bad.any()):
+        out = torch.where(bad, torch.nextafter(out, torch.full_like(out, torch.inf if up else -torch.inf)), out)
+    return out
+
+
 def _check_finite(name, t):
     if not torch.isfinite(t).all():
         raise LatentAuditError(f"{name} contains NaN or inf")
@@ -331,15 +342,23 @@ def verify_box(model, lower, upper, spec, *, engine: str = "auto", device="auto"
     spec = as_spec(spec)
     dev = resolve_device(device)
     x_dtype = _input_dtype(model, lower)
-    lower = torch.as_tensor(lower).to(device=dev, dtype=x_dtype)
-    upper = torch.as_tensor(upper).to(device=dev, dtype=x_dtype)
-    if lower.shape != upper.shape or lower.dim() < 2 or lower.shape[0] == 0:
+    lower_in, upper_in = torch.as_tensor(lower), torch.as_tensor(upper)
+    if lower_in.shape != upper_in.shape or lower_in.dim() < 2 or lower_in.shape[0] == 0:
         raise LatentAuditError(f"lower and upper must both be [N, *input_shape] with N >= 1; got "
-                               f"{tuple(lower.shape)} and {tuple(upper.shape)}")
-    _check_finite("lower", lower)
-    _check_finite("upper", upper)
-    if (lower > upper).any():
+                               f"{tuple(lower_in.shape)} and {tuple(upper_in.shape)}")
+    _check_finite("lower", lower_in)
+    _check_finite("upper", upper_in)
+    if (lower_in > upper_in).any():
         raise LatentAuditError("lower > upper in some box")
+    # the model is fed x_dtype: the box's inputs are the x_dtype numbers inside [lower, upper],
+    # so the bounds are rounded inwards (to nearest, fl32(0.3) > 0.3 put a point outside a
+    # float64 box in it, and a violation there was reported as a counterexample of the box)
+    lower = _round_into(lower_in, x_dtype, dev, up=True)
+    upper = _round_into(upper_in, x_dtype, dev, up=False)
+    if (lower > upper).any():
+        i = int((lower > upper).reshape(lower.shape[0], -1).any(1).nonzero()[0])
+        raise LatentAuditError(f"box {i} contains no {x_dtype} number in some coordinate (the model is fed "
+                               f"{x_dtype}); pass its bounds in that dtype")
     _check_model(model)
     n, shape = lower.shape[0], tuple(lower.shape[1:])
     with _eval_mode(model), torch.no_grad():  # one plain forward pass: what the model returns, checked

@@ -23,16 +23,24 @@ from .graph import BoundGraph
 from .ops import gamma, rowdot, tiny, unit
 
 
-def _input_slack(center, gens):
+def _input_slack(center, gens, u_in=2.0 ** -24):
     """The box arrives as float64 centre and generators, rounded to the bound dtype: a
-    few ulps of it (and of the input dtype's rounding of a box point) cover that."""
-    u = max(unit(center.dtype), 2.0 ** -24)
+    few ulps of it (and of the input dtype's rounding of a box point, ``u_in``: the model
+    is fed ``x0 + V t`` rounded to its input dtype, float16/bfloat16 for a low-precision
+    model, whose rounding float32's unit roundoff does not cover) cover that."""
+    u = max(unit(center.dtype), 2.0 ** -24, u_in)
     return 4 * u * (center.abs() + gens.abs().sum(1)) + tiny(center.dtype)
 
 
-def _input_bounds(center, gens):
+def _input_u(graph_or_nodes) -> float:
+    """Unit roundoff of the dtype the model is fed (the lowering sets it on the input op)."""
+    nodes = getattr(graph_or_nodes, "nodes", graph_or_nodes)
+    return float(getattr(nodes[0].op, "u", 2.0 ** -24))
+
+
+def _input_bounds(center, gens, u_in=2.0 ** -24):
     rad = gens.abs().sum(1)
-    e = _input_slack(center, gens)
+    e = _input_slack(center, gens, u_in)
     return center - rad - e, center + rad + e
 
 
@@ -57,7 +65,7 @@ def ibp_bounds(graph: BoundGraph, center: torch.Tensor, gens: torch.Tensor, pad=
     bounds: List[Tuple[torch.Tensor, torch.Tensor]] = []
     for node in graph.nodes:
         if isinstance(node.op, ops.InputOp):
-            bounds.append(_input_bounds(center, gens) if pad else
+            bounds.append(_input_bounds(center, gens, node.op.u) if pad else
                           (center - gens.abs().sum(1), center + gens.abs().sum(1)))
             continue
         pre = _in_bounds(bounds, node)
@@ -88,8 +96,8 @@ def linear_bounds(graph: BoundGraph, center: torch.Tensor, gens: torch.Tensor, s
     for j, node in enumerate(graph.nodes):
         op = node.op
         if isinstance(op, ops.InputOp):
-            forms.append(LinForm.input(center, gens, _input_slack(center, gens)))
-            conc.append(_input_bounds(center, gens))
+            forms.append(LinForm.input(center, gens, _input_slack(center, gens, op.u)))
+            conc.append(_input_bounds(center, gens, op.u))
             continue
         if stop_before_last and j == last:
             forms.append(None)
@@ -303,7 +311,7 @@ def _input_step(nodes, A0, const, const_abs, center, gens, n, m):
     G0 = gens.reshape(n, k, -1).double()
     val = rowdot(A0, c0) + const.reshape(n, m)
     spread = torch.einsum("nmd,nkd->nmk", A0, G0).abs().sum(-1)
-    e_in = _input_slack(center, gens).reshape(n, -1).double()  # the input's rounding slack
+    e_in = _input_slack(center, gens, _input_u(nodes)).reshape(n, -1).double()  # the input's rounding slack
     absA = A0.abs()
     mag = rowdot(absA, c0.abs()) + torch.einsum("nmd,nkd->nmk", absA, G0.abs()).sum(-1) + \
         const_abs.reshape(n, m)

@@ -720,7 +720,9 @@ def _lower_nodes(gm, graph, values, depends, x, x_ph, param_ph, names, outs, nam
     order = {n: i for i, n in enumerate(graph.nodes)}
     _check_mutations(graph, order, depends)
     lw = _Lowering(gm, values, depends, u, mm_in, conv_in, {})
-    lw.nodes.append(Node(ops.InputOp("input"), [], tuple(x.shape[1:])))
+    inp = ops.InputOp("input")
+    inp.u = u  # the model is fed its own dtype: the input rounding of a box point (bounds._input_slack)
+    lw.nodes.append(Node(inp, [], tuple(x.shape[1:])))
     lw.index[x_ph] = 0
     for n in graph.nodes:
         if n not in live or not depends[n] or n is x_ph:

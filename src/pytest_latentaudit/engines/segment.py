@@ -47,7 +47,7 @@ def margin_deviation(graph: BoundGraph, center, gens, C, crown=False) -> torch.T
     box (their bounds cover the float values too) and somewhere in ``[a, 1]`` on the
     others. ``[A_lo, A_hi]`` encloses every such ``c J_j``, so ``sum_j max|A| . R_j``
     bounds the deviation, with the layers' signs kept (no ``|W|`` product per layer)."""
-    from .bounds import _input_slack, linear_bounds
+    from .bounds import _input_slack, _input_u, linear_bounds
 
     center, gens = center.to(graph.dtype), gens.to(graph.dtype)
     _, conc = linear_bounds(graph, center, gens, crown=crown)
@@ -113,7 +113,7 @@ def margin_deviation(graph: BoundGraph, center, gens, C, crown=False) -> torch.T
             raise ops.UnsupportedLayer(op.name, "no signed float-deviation rule for this op")
         Alo[j] = Ahi[j] = None
     # the input's own rounding, and a generous allowance for our float64 walk
-    e_in = _input_slack(center, gens).reshape(n, 1, -1).double()
+    e_in = _input_slack(center, gens, _input_u(graph)).reshape(n, 1, -1).double()
     amax0 = torch.maximum(Alo[0].abs(), Ahi[0].abs()).reshape(n, m, -1).double()
     return slack.reshape(n, m) + (amax0 * e_in).sum(2)
 
@@ -141,11 +141,11 @@ def float_deviation(graph: BoundGraph, center, gens) -> torch.Tensor:
     forward with Lipschitz factors (|W| for affine ops, 1 for ReLU-like kinks, ``sup |f'|``
     plus the kernel's own error for smooth activations), which is sound whatever the
     activation pattern. An op without a rule raises ``UnsupportedLayer``."""
-    from .bounds import _input_bounds, linear_bounds, radii
+    from .bounds import _input_bounds, _input_u, linear_bounds, radii
 
     _, conc = linear_bounds(graph, center, gens)
     R = radii(graph, conc)
-    lo0, hi0 = _input_bounds(center, gens)
+    lo0, hi0 = _input_bounds(center, gens, _input_u(graph))
     D: list = [((hi0 - lo0) / 2 - gens.abs().sum(1)).abs()]
     for j, node in enumerate(graph.nodes[1:], start=1):
         op, ds = node.op, [D[i] for i in node.inputs]
