@@ -355,10 +355,13 @@ def verify_box(model, lower, upper, spec, *, engine: str = "auto", device="auto"
     # float64 box in it, and a violation there was reported as a counterexample of the box)
     lower = _round_into(lower_in, x_dtype, dev, up=True)
     upper = _round_into(upper_in, x_dtype, dev, up=False)
-    if (lower > upper).any():
-        i = int((lower > upper).reshape(lower.shape[0], -1).any(1).nonzero()[0])
-        raise LatentAuditError(f"box {i} contains no {x_dtype} number in some coordinate (the model is fed "
-                               f"{x_dtype}); pass its bounds in that dtype")
+    empty = lower > upper
+    if bool(empty.any()):
+        # a coordinate that holds no x_dtype number (a point, or a sliver, given in float64,
+        # as the unperturbed coordinates of a float64 seed are) is the x_dtype number nearest
+        # to it: the one input a cast of the user's value feeds the model there
+        lower = torch.where(empty, lower_in.to(device=dev, dtype=x_dtype), lower)
+        upper = torch.where(empty, upper_in.to(device=dev, dtype=x_dtype), upper)
     _check_model(model)
     n, shape = lower.shape[0], tuple(lower.shape[1:])
     with _eval_mode(model), torch.no_grad():  # one plain forward pass: what the model returns, checked
