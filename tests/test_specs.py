@@ -106,6 +106,11 @@ def test_output_range_scalar_and_per_output():
     assert OutputRange(lower=[0.0, -0.75], upper=[2.0, 0.0]).holds(y).tolist() == [True, True, False]
     with pytest.raises(ValueError):
         OutputRange()
+    for bad in (float("nan"), float("inf"), [0.0, float("nan")]):  # a NaN bound made every point violate
+        with pytest.raises(ValueError, match="finite"):
+            OutputRange(upper=bad)
+        with pytest.raises(ValueError, match="finite"):
+            OutputRange(lower=bad)
 
 
 @FAST

@@ -299,6 +299,10 @@ class OutputRange(Linear):
     def __init__(self, lower=None, upper=None):
         if lower is None and upper is None:
             raise ValueError("OutputRange needs lower and/or upper")
+        torch = _torch()
+        for name, v in (("lower", lower), ("upper", upper)):
+            if v is not None and not bool(torch.isfinite(torch.as_tensor(v, dtype=torch.float64)).all()):
+                raise ValueError(f"OutputRange: {name} must be finite numbers (None for no {name} bound), got {v!r}")
         self.lower, self.upper = lower, upper
         self._built_for: Optional[int] = None
 
