@@ -355,6 +355,23 @@ def test_audit_rejects_bad_labels():
             audit(sign_head(), z, labels, direction=Direction.axis(0), eps=0.1, spec=Accuracy())
     with pytest.raises(LatentAuditError, match="2 seeds but 3 labels"):
         audit(sign_head(), z, torch.tensor([0, 1, 1]), direction=Direction.axis(0), eps=0.1, spec=Accuracy())
+    # fractional labels were truncated to a class (0.5 -> 0) and proved against it
+    with pytest.raises(LatentAuditError, match="class indices"):
+        audit(sign_head(), z, torch.tensor([0.5, 1.0]), direction=Direction.axis(0), eps=0.1, spec=Accuracy())
+    with pytest.raises(ValueError, match="class indices"):
+        verify_box(sign_head(), z, z + 0.1, Prediction(torch.tensor([0.5, 1.0])))
+    audit(sign_head(), z, torch.tensor([0.0, 1.0]), direction=Direction.axis(0), eps=0.1, spec=Accuracy())  # whole
+
+
+@pytest.mark.parametrize("budget", [-1.0, 0.0, float("nan"), "soon"])
+def test_bad_budget_is_a_usage_error(budget):
+    """A negative budget ended every box unknown; a NaN one meant no limit."""
+    z = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    with pytest.raises(LatentAuditError, match="budget"):
+        verify_box(sign_head(), z, z + 0.1, Prediction(torch.tensor([0, 1])), budget_s=budget)
+    with pytest.raises(LatentAuditError, match="budget"):
+        audit(sign_head(), z, torch.tensor([0, 1]), direction=Direction.axis(0), eps=0.1, spec=Accuracy(),
+              budget_s=budget)
 
 
 def test_no_seeds_or_boxes_is_a_usage_error():

@@ -17,8 +17,9 @@ from .engines.ops import UnsupportedLayer
 from .engines.problem import Problem
 from .core.errors import LatentAuditError
 from .core.latent import Direction, LatentSpace
-from .core.specs import Accuracy, ConfidentTargeted, Invariance, Linear, Prediction, PredictionNotIn, Spec, as_spec
-from .core.vocab import ATTACKS, ESTIMATED, LIRPA_PREFIX, PROVED, UNPROVEN, VIOLATED  # noqa: F401  (names live in vocab)
+from .core.specs import (Accuracy, ConfidentTargeted, Invariance, Linear, Prediction, PredictionNotIn, Spec, as_spec,
+                         class_indices)
+from .core.vocab import ATTACKS, ESTIMATED, LIRPA_PREFIX, PROVED, UNPROVEN, VIOLATED, parse_budget  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- results
@@ -338,6 +339,7 @@ def verify_box(model, lower, upper, spec, *, engine: str = "auto", device="auto"
     Only the coordinates that vary in some box become bound-propagation coordinates, so a
     box that moves 2 of 128 latent dims costs a few forward passes per bound.
     """
+    budget_s = check_budget(budget_s)
     t0 = time.perf_counter()
     spec = as_spec(spec)
     dev = resolve_device(device)
@@ -415,7 +417,10 @@ def _as_seeds(seeds, labels):
     if z.shape[0] == 0:
         raise LatentAuditError("no seeds: a semantic test needs at least one latent code")
     if labels is not None:
-        labels = torch.as_tensor(labels).long().reshape(-1)
+        try:
+            labels = class_indices(labels)
+        except ValueError as exc:
+            raise LatentAuditError(str(exc)) from None
         if labels.numel() != z.shape[0]:
             raise LatentAuditError(f"got {z.shape[0]} seeds but {labels.numel()} labels")
     return z, labels
@@ -443,6 +448,14 @@ def check_eps(eps) -> float:
     if math.isnan(e) or math.isinf(e) or e < 0:
         raise LatentAuditError(f"eps must be a finite number >= 0, got {eps!r}")
     return e
+
+
+def check_budget(budget_s) -> Optional[float]:
+    """``budget_s`` as seconds, or None (no limit): ``vocab.parse_budget``, as a usage error."""
+    try:
+        return parse_budget(budget_s)
+    except ValueError as exc:
+        raise LatentAuditError(f"budget_s: {exc}") from None
 
 
 def decide_verdict(n: int, verified: int, falsified: int, at_least: float) -> str:
@@ -518,6 +531,7 @@ def certified_radius(model, seeds, labels=None, direction=None, spec: Spec = Non
     """Per seed, the largest radius (within ``eps_max / 2**iters``) whose box a sound bound
     verifies; 0 where not even the smallest box is proved. AuditAI's iterative search for the
     largest verified set, by bisection on all seeds at once. Bounds only: no attacks."""
+    budget_s = check_budget(budget_s)
     spec = as_spec(spec if spec is not None else Invariance())
     eps_max = check_eps(eps_max)
     if engine not in ("ibp", "linear"):
@@ -570,6 +584,7 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
     ``progress``: an optional ``fn(rung, decided, total)`` (seeds decided so far, out of N),
     called as the proof ladder moves on; it only observes.
     """
+    budget_s = check_budget(budget_s)
     if attack not in ATTACKS and falsifier is None:
         raise LatentAuditError(f"unknown attack {attack!r}; use sign, adam or blackbox")
     t0 = time.perf_counter()

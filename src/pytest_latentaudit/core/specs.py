@@ -70,11 +70,20 @@ class Spec:
         return self.describe()
 
 
-def _as_labels(labels, n: int, device):
+def class_indices(labels, device=None):
+    """``labels`` as a flat long tensor of class indices; ``ValueError`` for fractional ones
+    (``.long()`` would truncate 0.5 to class 0)."""
     torch = _torch()
+    t = torch.as_tensor(labels, device=device)
+    if t.is_floating_point() and not bool((t == t.round()).all()):
+        raise ValueError(f"labels must be class indices (integers), got {t.reshape(-1)[:4].tolist()}")
+    return t.long().reshape(-1)
+
+
+def _as_labels(labels, n: int, device):
     if labels is None:
         raise ValueError("this spec needs one label per box")
-    t = torch.as_tensor(labels, device=device).long().reshape(-1)
+    t = class_indices(labels, device)
     if t.numel() == 1 and n != 1:
         t = t.expand(n)
     if t.numel() != n:

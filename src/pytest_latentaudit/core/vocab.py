@@ -55,3 +55,21 @@ def worst(verdicts: Iterable[str]) -> Optional[str]:
     """The worst of ``verdicts`` (None for none)."""
     vs = list(verdicts)
     return min(vs, key=verdict_rank) if vs else None
+
+
+# ------------------------------------------------------------------ values users pass
+def parse_budget(value) -> Optional[float]:
+    """A time budget as seconds (a finite number > 0), or None for no limit (``None``, ``""``,
+    ``"none"``, ``"inf"``, infinity); ``ValueError`` naming what was given otherwise. The
+    plugin's option, the marker keyword and the API's ``budget_s`` all read it here."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "inf")):
+        return None
+    try:
+        b = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"budget must be a number of seconds, got {value!r}") from None
+    if b == float("inf"):
+        return None
+    if not b > 0:  # NaN too
+        raise ValueError(f"budget must be a positive number of seconds, got {value!r}")
+    return b

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .progress import PROGRESS_MODES
-from ..core.vocab import DEVICES, ENGINES, ESTIMATED_ACTIONS, LIRPA_METHODS, LIRPA_PREFIX, PRECISIONS, UNPROVEN_ACTIONS
+from ..core.vocab import (DEVICES, ENGINES, ESTIMATED_ACTIONS, LIRPA_METHODS, LIRPA_PREFIX, PRECISIONS, UNPROVEN_ACTIONS,
+                          parse_budget)
 
 ENGINE_CHOICES = ENGINES
 
@@ -89,15 +90,10 @@ def valid_device(value: str) -> str:
 
 
 def valid_budget(value) -> Optional[float]:
-    if value in (None, "", "none", "inf"):
-        return None
     try:
-        b = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"budget must be a number of seconds, got {value!r}") from None
-    if math.isnan(b) or b <= 0:
-        raise UsageError(f"budget must be a positive number of seconds, got {value!r}")
-    return b
+        return parse_budget(value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def valid_unproven(value: str) -> str:
