@@ -440,7 +440,8 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
     why = _plain_call_differs(model, x, graph, x_ph)
     if why is not None:
         raise UnsupportedLayer(type(model).__name__, why)
-    changed = [k for k, v in _python_state(model).items() if k not in state or state[k] != v]
+    changed = [k for k, v in _python_state(model).items()
+               if k not in state or (state[k] != v and not (v != v and state[k] != state[k]))]  # NaN == NaN here
     if changed:
         raise UnsupportedLayer(type(model).__name__, f"forward changes the module's Python state "
                                f"({', '.join(changed[:3])}): a proof of these calls says nothing of the next")
@@ -491,6 +492,7 @@ def _one_fake_mode():
 
 @contextlib.contextmanager
 def _not_fx_tracing():
+    """torch.fx's tracing flag off for the model's own code under the tracer, restored after."""
     st = getattr(torch.fx, "_symbolic_trace", None)
     if st is None or not hasattr(st, "_is_fx_tracing_flag"):
         yield
