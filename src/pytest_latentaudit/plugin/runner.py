@@ -381,7 +381,7 @@ class TestRunner:
 
     # ---------------------------------------------------------------- extras
     def _validity(self, direction: str, eps: float, budget: Budget) -> Optional[dict]:
-        if not self.session.validity_cached(self.space, direction, eps) and budget.total is not None:
+        if not self.session.validity_cached(self.space, direction, eps, self.seeds) and budget.total is not None:
             known = self.session.lags.get("validity")
             need = max(VALIDITY_START_SHARE * budget.total, VALIDITY_START_MIN_S) if known is None else 1.2 * known
             if budget.left() < need:
