@@ -159,3 +159,26 @@ def pytest_latentaudit_sheet(sheet, config):
             if "pytest_latentaudit_sheet hook: RuntimeError: my exporter is broken" in line]
     assert len(junit_cases(pytester.path / "junit.xml")) == 4
     assert (pytester.path / "sheet.json").exists()
+
+
+def test_an_interrupted_run_leaves_the_pictures_of_the_earlier_sheet_alone(pytester, monkeypatch):
+    """The earlier sheet is kept after Ctrl-C, and so must be what it shows: a test that ran
+    before the interrupt and found other counterexamples wrote its pictures under the names the
+    kept sheet points to, so the sheet (and a report rendered from it) showed pictures of
+    counterexamples it does not record."""
+    write_project(pytester.path, {"test_art.py": TESTS})
+    args = ("-p", "no:cacheprovider", "--latent-spec-sheet", "sheet.json")
+    assert pytester.runpytest_inprocess(*args).ret == pytest.ExitCode.OK
+    sheet = pytester.path / "sheet.json"
+    before = sheet.read_bytes()
+    cexs = {r["nodeid"].split("::")[-1]: r for r in json.loads(before)["tests"]}[
+        "test_b_proved_with_counterexamples"]["counterexamples"]
+    pictures = {c["image"]: (pytester.path / c["image"]).read_bytes() for c in cexs if c.get("image")}
+    assert pictures
+    src = pytester.path / "test_art.py"
+    src.write_text(src.read_text().replace("eps=1.2", "eps=1.6"))  # other counterexamples
+    monkeypatch.setenv("LATENT_CTRL_C", "1")
+    second = pytester.runpytest_inprocess(*args, no_reraise_ctrlc=True)
+    assert second.ret == pytest.ExitCode.INTERRUPTED
+    assert sheet.read_bytes() == before
+    assert {name: (pytester.path / name).read_bytes() for name in pictures} == pictures

@@ -273,6 +273,20 @@ def test_proved_radius_regression_per_direction_and_spec():
     assert msg == "direction 'pose' (accuracy): proved up to eps=1 -> eps=0.5"
 
 
+def test_a_test_moved_to_another_direction_or_spec_takes_its_proof_with_it():
+    """The only test proving accuracy along pose is edited to another spec kind (or direction)
+    and a far smaller eps: per test its verdict is unchanged, but nothing proves accuracy along
+    pose any more, which is a regression (it passed before: the key was skipped as if missing)."""
+    old = sheet_of(rec("t::a", "pose", 0.5, "proved"))
+    for new in (sheet_of(rec("t::a", "pose", 0.01, "proved", kind="invariance")),
+                sheet_of(rec("t::a", "light", 0.01, "proved"))):
+        regs = compare_sheets(old, new)
+        assert [r["message"] for r in regs] == ["direction 'pose' (accuracy): proved up to eps=0.5 -> nothing proved"]
+    # a test of the key that did not run (carried over) still keeps its radius: nothing compared
+    carried = dict(rec("t::a", "pose", 0.5, "proved"), carried_over={"from": "earlier"})
+    assert compare_sheets(old, sheet_of(carried, rec("t::b", "pose", 0.1, "proved", kind="invariance"))) == []
+
+
 def test_real_sheet_end_to_end(real_sheet, tmp_path):
     """The sheet of a real run renders, exports and answers the deployment question."""
     from pytest_latentaudit.report import exports

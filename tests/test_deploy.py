@@ -129,7 +129,13 @@ def test_in_spec_every_recorded_direction(sheet):
 def test_in_spec_at_a_recorded_eps(sheet):
     z = np.array([[3.0, 0.0, 0.0]])
     assert in_spec(sheet, z, ["pose"])["pose"].tolist() == [False]
-    assert in_spec(sheet, z, ["pose"], eps=1.5)["pose"].tolist() == [True]
+    assert in_spec(sheet, z, ["pose"], eps=0.5)["pose"].tolist() == [False]
+    # the test at eps=1.5 is violated: its range is no verified operating range, so no code is
+    # "in spec" there (the old answer was True for this code)
+    with pytest.raises(DeployError, match="nothing is proved at eps=1.5"):
+        in_spec(sheet, z, ["pose"], eps=1.5)
+    with pytest.raises(DeployError, match="nothing is proved at eps=1.5"):
+        deploy.range_score(sheet, z, ["pose"], eps=1.5)
     with pytest.raises(DeployError, match="eps=0.7"):
         in_spec(sheet, z, ["pose"], eps=0.7)
 

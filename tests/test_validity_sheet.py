@@ -98,3 +98,32 @@ def test_direction_validity_warning_is_exported_without_torch():
             "assert issubclass(DirectionValidityWarning, UserWarning); "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_validity_of_a_test_is_measured_on_its_own_seeds(pytester):
+    """Two tests along one direction and eps with other seeds: the second must not record the
+    first's checks (the realism limit is measured around the seeds), or what it records would
+    depend on which test a process ran first: a serial run and an xdist run would differ."""
+    from conftest import PROJECT_CONFTEST, write_project
+
+    write_project(pytester.path, {"test_v.py": '''
+        import pytest, torch
+        from pytest_latentaudit import Invariance
+
+        @pytest.mark.latent(direction="light", eps=0.5, spec=Invariance(), radius=False)
+        def test_a(latent_audit, head, seeds):
+            latent_audit(head, seeds)
+
+        @pytest.mark.latent(direction="light", eps=0.5, spec=Invariance(), radius=False)
+        def test_b(latent_audit, head):
+            latent_audit(head, torch.tensor([[1.0, 5.0, 0.0], [1.2, 6.0, 0.3], [1.5, 7.0, 0.1], [1.1, 8.0, 0.1]]))
+    '''}, PROJECT_CONFTEST)
+
+    def validity_of_b(*args):
+        result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--latent-spec-sheet", "sheet.json", *args)
+        assert result.ret == 0, result.stdout.str()
+        recs = {r["nodeid"].split("::")[-1]: r for r in json.loads((pytester.path / "sheet.json").read_text())["tests"]}
+        return recs["test_b"]["validity"]
+
+    together, alone = validity_of_b(), validity_of_b("-k", "test_b")
+    assert together == alone

@@ -246,7 +246,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("data", help=".npz with z [N, d]; optional labels [N], pred [N] and feature:<layer> arrays")
     p.add_argument("--guard", help="the Deep Validation guard JSON (default: beside the sheet, if present)")
     p.add_argument("--range-only", action="store_true", help="check the verified range only")
-    p.add_argument("--eps", type=float, help="check the range recorded at this radius (default: largest proved)")
+    p.add_argument("--eps", type=float, help="check the proved range recorded at this radius (default: largest proved)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(fn=cmd_guard)
     args = ap.parse_args(argv)

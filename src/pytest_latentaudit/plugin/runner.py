@@ -96,9 +96,13 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:120]
 
 
-def _image_name(nodeid: str, seed_index: int) -> str:
+def _image_name(nodeid: str, seed_index: int, offset=()) -> str:
+    """The picture's file name names the counterexample (its offset too), so a later run that
+    finds another one never overwrites a picture an earlier sheet shows (a sheet kept after an
+    interrupted run, another sheet sharing --latent-artifacts) under that sheet's caption."""
     digest = hashlib.sha256(nodeid.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return f"{_safe(nodeid)[:100]}-{digest}-seed{seed_index}.png"
+    point = hashlib.sha256(repr([float(v) for v in offset]).encode()).hexdigest()[:8]
+    return f"{_safe(nodeid)[:100]}-{digest}-seed{seed_index}-{point}.png"
 
 
 def _deployment_fields(seeds, labels, direction, latent_space, eps) -> dict:
@@ -381,7 +385,7 @@ class TestRunner:
 
     # ---------------------------------------------------------------- extras
     def _validity(self, direction: str, eps: float, budget: Budget) -> Optional[dict]:
-        if not self.session.validity_cached(self.space, direction, eps) and budget.total is not None:
+        if not self.session.validity_cached(self.space, direction, eps, self.seeds) and budget.total is not None:
             known = self.session.lags.get("validity")
             need = max(VALIDITY_START_SHARE * budget.total, VALIDITY_START_MIN_S) if known is None else 1.2 * known
             if budget.left() < need:
@@ -511,7 +515,7 @@ class TestRunner:
             with torch.no_grad():
                 imgs = self.space.decode(path_z.to(next(_params(self.space.decoder), cex.z).device))
             imgs = imgs.detach().float().cpu().numpy()
-            path = save_strip(img_dir / _image_name(self.nodeid, cex.seed_index), list(imgs))
+            path = save_strip(img_dir / _image_name(self.nodeid, cex.seed_index, cex.offset), list(imgs))
         except Exception as exc:  # noqa: BLE001 - a picture must never fail the test it illustrates
             warnings.warn(CounterexampleImageWarning(
                 f"could not save the counterexample image of seed {cex.seed_index} under {img_dir}: "

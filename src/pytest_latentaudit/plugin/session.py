@@ -59,22 +59,36 @@ class LatentSession:
         r.prepare()
         return r.run()
 
-    def validity_cached(self, space, direction, eps) -> bool:
+    @staticmethod
+    def _validity_key(direction: str, eps: float, seeds) -> tuple:
+        """The checks depend on the seeds (the realism limit is measured around them), so two
+        tests along one direction and eps with other seeds must not share a report: which test
+        came first in a process (serial vs xdist) would decide what the second records."""
+        from ..sheet.deploy import data_fingerprint
+
+        z = seeds[0] if isinstance(seeds, tuple) and len(seeds) == 2 else seeds
         try:
-            return (direction, eps) in self._validity.get(space, {})
+            fp = data_fingerprint(z)
+        except Exception:  # noqa: BLE001 - unhashable seeds: the check itself reports them
+            fp = None
+        return direction, eps, fp
+
+    def validity_cached(self, space, direction, eps, seeds=None) -> bool:
+        try:
+            return self._validity_key(direction, eps, seeds) in self._validity.get(space, {})
         except TypeError:
             return False
 
     def validity(self, latent_space, direction: str, eps: float, seeds, budget: Optional[Budget] = None):
-        """Continuity and realism of the direction at this eps (once per session, latent space
-        and direction/eps); problems are also emitted as DirectionValidityWarning in the test."""
+        """Continuity and realism of the direction at this eps (once per session, latent space,
+        direction/eps and seeds); problems are also emitted as DirectionValidityWarning in the test."""
         from ..toolkit.validity import validity_report
 
         try:
             cache = self._validity.setdefault(latent_space, {})
         except TypeError:  # not weak-referenceable: no caching
             cache = {}
-        key = (direction, eps)
+        key = self._validity_key(direction, eps, seeds)
         if key not in cache:
             data = getattr(latent_space, "data_latents", None)
             t0 = time.perf_counter()

@@ -233,10 +233,15 @@ def compare(old, new, *, tol: float = 1e-12, radius_tol: float = 1e-9) -> Compar
     key = lambda r: (r.direction, r.spec_kind)  # noqa: E731
     o_pe, n_pe = largest_proved_eps(o_tests.values(), key), largest_proved_eps(n_all.values(), key)
     tested_now = {r.direction for r in n_tests.values()}
+    # keys of the baseline's tests that ran again: a test edited to another direction or spec
+    # kind takes its proof away from its old key, which then counts as "nothing proved"
+    rerun = {key(o) for nodeid, o in o_tests.items() if nodeid in n_tests}
     for (d, kind), before in sorted(o_pe.items()):
-        if before is None or (d, kind) not in n_pe or d not in tested_now:
-            continue  # never proved; vanished (reported as missing tests); or nothing along it ran
-        after = n_pe[(d, kind)]
+        if before is None:
+            continue  # never proved
+        if (d, kind) not in rerun and ((d, kind) not in n_pe or d not in tested_now):
+            continue  # none of its tests ran again: not run (carried over), or missing (reported as such)
+        after = n_pe.get((d, kind))
         if after is None or after + EPS_TOL < before:
             now = "nothing proved" if after is None else f"eps={after:g}"
             out.append(_reg("proved_eps", f"direction {d!r} ({kind}): proved up to eps={before:g} -> {now}",

@@ -181,7 +181,11 @@ def _pick_range(name: str, entry: Mapping, eps: Optional[float]) -> Mapping:
         raise DeployError(f"direction {name!r} has no latent range recorded at eps={eps:g} "
                           f"(recorded: {', '.join(f'{e:g}' for e in have) or 'none'})")
     proved = [g for g in matches if g.get("verdict") == PROVED]
-    return (proved or matches)[0]
+    if not proved:  # a range nothing proved is no verified operating range: never "in spec"
+        verdicts = ", ".join(sorted({str(g.get("verdict")) for g in matches}))
+        raise DeployError(f"direction {name!r}: nothing is proved at eps={eps:g} (recorded: {verdicts}), so there "
+                          f"is no verified operating range there")
+    return proved[0]
 
 
 def _direction_names(dirs: Mapping[str, dict], directions: Optional[Sequence[str]], eps: Optional[float]) -> List[str]:
@@ -235,7 +239,8 @@ def in_spec(sheet, z, directions: Optional[Sequence[str]] = None, *, bases: Opti
     torch; ``[d]`` for one code). ``directions``: names to check (default: every direction with
     a recorded range). ``bases``: ``{name: axis | vector | [d, k] | Direction}`` overriding or
     supplying the basis (sheets without a stored basis for a vector/subspace direction).
-    ``eps``: check against the range recorded at this radius instead of the largest proved one.
+    ``eps``: check against the proved range recorded at this radius instead of the largest proved one
+    (``DeployError`` when nothing is proved there).
 
     Returns ``{name: bool array [N], ..., "all": bool array [N]}``; numpy arrays for numpy input,
     torch bool tensors (same device) for torch input; scalars for a single code.
