@@ -273,24 +273,26 @@ class Linear(Spec):
             raise ValueError(
                 f"Linear spec: C has {self.C.shape[1]} columns but the model has {y.shape[1]} outputs")
 
-    def margin(self, y, labels=None):
-        """``max_row(C y + d)`` in float64 (the outputs of a float32 model are exact there)."""
+    def _values(self, y):
+        """``(C y + d, y, C, d)`` in float64 (a float32 model's outputs are exact there)."""
         self._check(y)
         y = y.double()
         C, d = self.C.to(y), self.d.to(y)
-        return (y @ C.T + d).max(dim=1).values
+        return y @ C.T + d, y, C, d
+
+    def margin(self, y, labels=None):
+        """``max_row(C y + d)`` in float64."""
+        return self._values(y)[0].max(dim=1).values
 
     def holds(self, y, labels=None):
         # violated only where the float64 evaluation's margin exceeds its own rounding error
         # (gamma_{n+1} of the terms' magnitudes): a rounding must not make a counterexample
-        self._check(y)
         torch = _torch()
-        y = y.double()
-        C, d = self.C.to(y), self.d.to(y)
+        vals, y, C, d = self._values(y)
         n = C.shape[1] + 1
         u = 2.0 ** -53
         err = (2 * n * u / (1 - 2 * n * u)) * (y.abs() @ C.abs().T + d.abs()) + n * 2.0 ** -1074
-        over = (y @ C.T + d) - err
+        over = vals - err
         return ~(over > 0).any(dim=1) & ~torch.isnan(over).any(dim=1)
 
     def rows(self, y_center, labels=None):

@@ -644,7 +644,7 @@ def check_graph(graph: BoundGraph, model_forward, points: torch.Tensor) -> Optio
         return f"the lowered graph gives outputs shaped {tuple(lo.shape[1:])}, the model {tuple(y_grad.shape[1:])}"
     lo, hi, y, y_grad = lo.double(), hi.double(), y.to(torch.float64), y_grad.to(torch.float64)
     bad = ~((y >= lo) & (y <= hi)) | ~torch.isfinite(y)
-    y = torch.where(bad, y, y_grad)
+    y = torch.where(bad, y, y_grad)  # the output the note reports: no_grad's where it is off, else grad-on's
     bad |= ~((y_grad >= lo) & (y_grad <= hi)) | ~torch.isfinite(y_grad)
     # and one point at a time (the batch size of a re-check, and of a user calling the model
     # on one input): a forward that depends on the batch size was traced at another one

@@ -440,8 +440,7 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
     why = _plain_call_differs(model, x, graph, x_ph)
     if why is not None:
         raise UnsupportedLayer(type(model).__name__, why)
-    changed = [k for k, v in _python_state(model).items()
-               if k not in state or (state[k] != v and not (v != v and state[k] != state[k]))]  # NaN == NaN here
+    changed = _state_changes(state, _python_state(model))
     if changed:
         raise UnsupportedLayer(type(model).__name__, f"forward changes the module's Python state "
                                f"({', '.join(changed[:3])}): a proof of these calls says nothing of the next")
@@ -476,6 +475,14 @@ def _python_state(model: nn.Module) -> Dict[str, object]:
             if v is None or isinstance(v, (bool, int, float, str)):
                 out[f"{name or type(m).__name__}.{k}"] = v
     return out
+
+
+def _state_changes(before: Dict[str, object], after: Dict[str, object]) -> List[str]:
+    """The attributes of ``after`` that are new or hold another value (NaN equals NaN here)."""
+    def same(a, b):
+        return a == b or (a != a and b != b)
+
+    return [k for k, v in after.items() if k not in before or not same(before[k], v)]
 
 
 def _one_fake_mode():
