@@ -426,3 +426,87 @@ def test_float32_graph_bounds_rows_float32_cannot_hold():
     for method in ("ibp", "linear", "crown"):
         ub = spec_upper_bound(graph, x.double(), torch.zeros(4, 1, 3, dtype=torch.float64), C, d, method=method)
         assert bool((ub >= -1e-9 * C.abs().sum(-1)).all()), method
+
+
+# ------------------------------------------------- Linear over positions (3-d inputs)
+class PerPosition(nn.Module):
+    """``nn.Linear`` (and ``x @ W``) applied at every position of ``[N, P, d]``: torch traces
+    it as view to ``[N * P, d]``, addmm, view back, which the lowering fuses into one dense op
+    over the last dimension; the rows of the product are positions, never mixed batch items."""
+
+    def __init__(self, P, d, w, act, matmul, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.P, self.d, self.matmul = P, d, matmul
+        self.fc = nn.Linear(d, w)
+        self.act = act
+        self.W = nn.Parameter(torch.randn(w, w, generator=g) / w ** 0.5)
+        self.out = nn.Linear(P * w, 3)
+        with torch.no_grad():
+            for m in (self.fc, self.out):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features ** 0.5 * 1.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
+
+    def forward(self, x):
+        h = self.act(self.fc(x.view(x.shape[0], self.P, self.d)))
+        h = self.act(h @ self.W) if self.matmul else h
+        return self.out(h.flatten(1))
+
+    def flat(self):
+        """The same function with 2-d ops only (block-diagonal weights), for a cross-check."""
+        P, w = self.P, self.fc.out_features
+        first = nn.Linear(P * self.d, P * w)
+        with torch.no_grad():
+            first.weight.copy_(torch.block_diag(*[self.fc.weight] * P))
+            first.bias.copy_(self.fc.bias.repeat(P))
+        layers = [first, self.act]
+        if self.matmul:
+            mid = nn.Linear(P * w, P * w, bias=False)
+            with torch.no_grad():
+                mid.weight.copy_(torch.block_diag(*[self.W.T] * P))
+            layers += [mid, self.act]
+        return nn.Sequential(*layers, self.out).eval()
+
+
+@FAST
+@given(P=st.integers(2, 3), d=st.integers(1, 3), w=st.integers(2, 5), act=st.sampled_from(["relu", "tanh"]),
+       matmul=st.booleans(), seed=st.integers(0, 2 ** 31 - 1), eps=st.floats(0.0, 1.0))
+def test_linear_over_positions_is_lowered_and_sound(P, d, w, act, matmul, seed, eps):
+    model = PerPosition(P, d, w, _act(act), matmul, seed).eval()
+    g = torch.Generator().manual_seed(seed + 3)
+    center = torch.randn(2, P * d, generator=g)
+    gens = torch.randn(2, 2, P * d, generator=g) * eps / 2
+    graph = get_graph(model, (P * d,))
+    flat = get_graph(model.flat(), (P * d,))
+    y = forward_all(model, sample_box(center, gens))
+    for method in ("ibp", "linear"):
+        lo, hi = output_bounds(graph, center, gens, method=method)
+        assert_inside(y, lo, hi)
+        # the fused op bounds what the block-diagonal network bounds (their float radii differ
+        # a little: the flat layers' fan-in counts the zero blocks)
+        lo_f, hi_f = output_bounds(flat, center, gens, method=method)
+        tol = 1e-4 * (1 + hi_f.abs() + lo_f.abs())
+        assert torch.allclose(lo, lo_f, atol=0, rtol=0) or bool(((lo - lo_f).abs() <= tol).all())
+        assert bool(((hi - hi_f).abs() <= tol).all())
+
+
+def test_linear_over_positions_keeps_a_narrow_violation():
+    """Between the box centre's output and the largest sampled one: a violation that exists
+    (a sampled point shows it) is never proved away; far above the largest, it is proved."""
+    model = PerPosition(2, 2, 4, nn.ReLU(), True, 7).eval()
+    z = torch.randn(1, 4, generator=torch.Generator().manual_seed(1))
+    lo, up = z - 0.3, z + 0.3
+    x = lo + torch.rand(20000, 4, generator=torch.Generator().manual_seed(2)) * (up - lo)
+    with torch.no_grad():
+        y_c, y = model(z)[0, 0].item(), model(x)[:, 0]
+    top = float(y.max())
+    assert top > y_c + 1e-3  # the box has room above its centre
+    spec = OutputRange(upper=[(y_c + top) / 2, 1e6, 1e6])
+    res = verify_box(model, lo, up, spec, engine="auto", budget_s=5)
+    assert res.status[0] == "falsified"
+    cex = res.counterexamples[0]
+    assert bool(((cex >= lo[0]) & (cex <= up[0])).all())
+    with torch.no_grad():
+        assert float(model(cex[None])[0, 0]) > (y_c + top) / 2
+    far = verify_box(model, lo, up, OutputRange(upper=[top + 0.5, 1e6, 1e6]), engine="auto", budget_s=5)
+    assert far.status == ["verified"], far.notes

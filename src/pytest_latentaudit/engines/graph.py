@@ -333,6 +333,7 @@ class _Lowering:
         self.index: Dict[torch.fx.Node, int] = {}
         self.tuples: Dict[torch.fx.Node, tuple] = {}
         self.needed: set = set()
+        self.merged: set = set()  # products whose rows are (batch x positions): _merged_batch_dense
 
     def scope_of(self, n) -> str:
         s = self.scopes.get(n.name)
@@ -763,7 +764,9 @@ def _lower_nodes(gm, graph, values, depends, x, x_ph, param_ph, names, outs, nam
         if not ok:
             raise UnsupportedLayer(n.name, f"data-dependent Python value from {n.target}")
         lead = v[0] if isinstance(v, (tuple, list)) else v
-        if lead.dim() == 0 or lead.shape[0] != TRACE_BATCH:
+        if (lead.dim() == 0 or lead.shape[0] != TRACE_BATCH) and n not in lw.merged:
+            if _merged_batch_dense(lw, n, values, live):
+                continue
             raise UnsupportedLayer(str(n.target), "an op that changes the batch dimension")
         handler = HANDLERS.get(n.target)
         if handler is None:
@@ -780,6 +783,53 @@ def _lower_nodes(gm, graph, values, depends, x, x_ph, param_ph, names, outs, nam
         elif n not in lw.tuples:
             raise UnsupportedLayer(str(n.target), "handler produced nothing")
     return _finish(lw, outs, graph, depends, param_ph, names, gm, named, x, dtype, device)
+
+
+_VIEWS = None
+
+
+def _merged_batch_dense(lw, n, values, live) -> bool:
+    """``nn.Linear`` (or ``x @ W``) on an input of more than two dims traces as ``view`` to
+    ``[batch * positions, in]``, ``addmm``/``mm``, and ``view`` back to ``[batch, *positions,
+    out]``. The rows of the product are then the positions of the batch, each its own dot
+    product, so the three are one dense op over the last dimension of the unflattened input.
+    True when ``n`` is the first view of exactly that pattern (the view is then an alias of its
+    input and the product is lowered as a dense op on it); anything else is left to the caller
+    to refuse."""
+    global _VIEWS
+    aten = torch.ops.aten
+    if _VIEWS is None:
+        _VIEWS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
+    if n.target not in _VIEWS or not n.args or not isinstance(n.args[0], torch.fx.Node):
+        return False
+    src = n.args[0]
+    sv, v = values.get(src), values.get(n)
+    if not (torch.is_tensor(sv) and torch.is_tensor(v)) or sv.dim() < 3 or sv.shape[0] != TRACE_BATCH:
+        return False
+    if tuple(v.shape) != (sv[..., 0].numel(), sv.shape[-1]) or src not in lw.index:
+        return False
+    users = [u for u in n.users if u in live]
+    if len(users) != 1:
+        return False
+    mm = users[0]
+    if mm.target is aten.addmm.default:
+        ok = len(mm.args) >= 3 and mm.args[1] is n and mm.args[0] is not n and mm.args[2] is not n
+    elif mm.target is aten.mm.default:
+        ok = len(mm.args) == 2 and mm.args[0] is n and mm.args[1] is not n
+    else:
+        ok = False
+    if not ok or any(lw.depends.get(a, False) for a in mm.all_input_nodes if a is not n):
+        return False  # the weight (and bias) must be constants of the model
+    back = [u for u in mm.users if u in live]
+    mv = values.get(mm)
+    if len(back) != 1 or back[0].target not in _VIEWS or not torch.is_tensor(mv) or back[0].args[0] is not mm:
+        return False
+    bv = values.get(back[0])
+    if not torch.is_tensor(bv) or tuple(bv.shape) != (*sv.shape[:-1], mv.shape[-1]):
+        return False
+    lw.index[n] = lw.index[src]
+    lw.merged.add(mm)
+    return True
 
 
 def _returns_alias(n) -> bool:
