@@ -187,6 +187,8 @@ class LatentAudit:
             partial = runner.partial_record(exc)
             if partial is not None:
                 partial.model_key = model_key
+                if call > 1:
+                    partial.call = call
                 _keep_record(done, partial, call)
             raise
         finally:
