@@ -173,7 +173,9 @@ def test_largest_proved_eps_is_one_rule(tmp_path, capsys):
     assert "proved up to eps=0.3" in build_html(sheet.data, images=False)
     p = sheet.save(tmp_path / "s.json")
     assert cli.main(["show", str(p)]) == 0
-    assert "  pose: proved up to eps=0.3 (proved 1)" in capsys.readouterr().out.splitlines()
+    # the operating range says which spec (and threshold) it is a range of
+    assert ("  pose: proved up to eps=0.3 (proved 1); operating range for Accuracy(at_least=0.75)"
+            in capsys.readouterr().out.splitlines())
 
 
 def test_radius_summary_has_one_quantile_rule():

@@ -15,7 +15,7 @@ _EXPORTS = {
     "SpecSheet": "sheet.specsheet",
     # warnings (torch-free, for filterwarnings): what the plugin could not do, and direction validity
     "LatentAuditWarning": "core.errors", "CounterexampleImageWarning": "core.errors", "CacheWarning": "core.errors",
-    "DirectionValidityWarning": "core.errors",
+    "DirectionValidityWarning": "core.errors", "VacuousSpecWarning": "sheet.records",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

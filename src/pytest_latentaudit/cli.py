@@ -33,10 +33,18 @@ def cmd_show(args) -> int:
     for line in summary_table(sheet.records):
         print(line)
     carried = [r for r in sheet.records if not r.ran]
+    stale = [r for r in sheet.records if r.stale is not None]
+    vacuous = [r for r in sheet.records if r.vacuous is not None]
     if carried:
         print(f"({len(carried)} test(s) carried over from an earlier run: marked * in the table)")
+    if stale:
+        print(f"({len(stale)} stale: proved for an older model, re-run them; marked ! in the table; they prove no "
+              f"range of the current model)")
+    if vacuous:
+        print(f"({len(vacuous)} vacuous: the spec holds whatever the model does (" + "; ".join(
+            sorted({r.vacuous for r in vacuous})) + "); marked ~ in the table; they prove no range)")
     print()
-    print("per direction (largest eps proved by a test or a sweep point):")
+    print("per direction (largest eps proved by a test or a sweep point that is neither stale nor vacuous):")
     section = sheet.direction_entries()
     for name, info in sorted(sheet.directions().items()):
         proved = "none" if info["proved_eps"] is None else f"{info['proved_eps']:g}"
@@ -47,6 +55,9 @@ def cmd_show(args) -> int:
             rng = entry.get("latent_range") or {}
             deploy = "none" if not rng else f"{rng.get('eps', 0):g}"
             extra = f"; realistic up to eps={entry['realism_limit']:.3g}, deployable range up to eps={deploy}"
+        rng = entry.get("latent_range") or {}
+        if rng and rng.get("spec_text"):
+            extra += f"; operating range for {rng['spec_text']}"
         print(f"  {name}: proved up to eps={proved} ({verdicts}){extra}")
     return 0
 
@@ -154,12 +165,12 @@ def cmd_merge(args) -> int:
     for line in result.conflicts:
         print(f"conflict: {line}", file=sys.stderr)
     if result.conflicts and prefer == "fail":
-        print(f"latentaudit: {len(result.conflicts)} conflict(s); nothing written (choose one side with "
-              f"--prefer first|last)", file=sys.stderr)
+        print(f"latentaudit: {len(result.conflicts)} conflict(s); nothing written (resolve with --prefer worse, "
+              f"or first|last)", file=sys.stderr)
         return 1
     out = Path(args.out)
     for r in result.records:
-        relative_image_paths([r], Path(result.sources[r.nodeid]).parent, out.parent)
+        relative_image_paths([r], Path(result.sources[r.key]).parent, out.parent)
     first = sheets[0].data
     extra = {}
     # the sheet-level guard (the first shard's that has one, its file path re-anchored to the
@@ -230,9 +241,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = add("merge", help="join the spec sheets of CI shards into one")
     p.add_argument("sheets", nargs="+", metavar="SHEET")
     p.add_argument("-o", "--out", required=True, help="the merged sheet")
-    p.add_argument("--prefer", choices=("first", "last"),
-                   help="resolve conflicts (a test recorded differently by two shards) with the first or last "
-                        "sheet's record; default: report them, write nothing and exit 1")
+    p.add_argument("--prefer", choices=("worse", "first", "last"),
+                   help="resolve conflicts (a test recorded differently by two shards) and write: worse keeps the "
+                        "record that claims less; first / last pick a side, but of one model (the same "
+                        "fingerprint) the worse is kept whatever is asked, so a merge never raises a claim; "
+                        "default: report them, write nothing and exit 1")
     p.set_defaults(fn=cmd_merge)
     # latentaudit guard SHEET DATA: both deployment guards on a batch (implemented in guard.py,
     # imported only when the command runs: it needs numpy)

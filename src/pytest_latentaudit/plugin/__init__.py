@@ -4,6 +4,7 @@ reporting hooks. Kept thin: one latent test is a ``runner.TestRunner``, the sess
 stays cheap for suites that never use it."""
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from ..core.vocab import (DEVICES, ESTIMATED, ESTIMATED_ACTIONS, PRECISIONS, PRO
                     VIOLATED)
 
 SESSION_KEY = pytest.StashKey["LatentSession"]()
-RECORD_KEY = pytest.StashKey[dict]()
+#: the JSON records of the test's ``latent_audit`` calls so far (one per call)
+RECORD_KEY = pytest.StashKey[list]()
 START_KEY = pytest.StashKey[dict]()
 
 MARKER_DOC = ("latent(direction, eps, spec, engine=None, budget=None, device=None, unproven=None, estimated=None, "
@@ -161,10 +163,16 @@ class LatentAudit:
         if not isinstance(space, LatentSpace):
             pytest.fail(f"fixture {name!r} returned {type(space).__name__}, not a LatentSpace", pytrace=False)
         left, what = _time_left(request.node)
+        done = request.node.stash.get(RECORD_KEY, None)
+        if done is None:
+            done = request.node.stash[RECORD_KEY] = []
+        call = len(done) + 1  # the second call of a test keeps its own record (``call`` 2)
+        model_key = _model_key(request, model)
         runner = session.runner(request.node.nodeid, kwargs, space, model, seeds, labels, overrides=overrides,
                                 cache=getattr(request.config, "cache", None),
                                 engines=registry(request.config, "engines"),
-                                falsifiers=registry(request.config, "falsifiers"), time_left=left, timeout_note=what)
+                                falsifiers=registry(request.config, "falsifiers"), time_left=left, timeout_note=what,
+                                call=call)
         error = None
         try:
             runner.prepare()
@@ -178,25 +186,45 @@ class LatentAudit:
         except BaseException as exc:  # pytest-timeout's Failed, KeyboardInterrupt: record what finished
             partial = runner.partial_record(exc)
             if partial is not None:
-                request.node.stash[RECORD_KEY] = partial.to_json()
+                partial.model_key = model_key
+                if call > 1:
+                    partial.call = call
+                _keep_record(done, partial, call)
             raise
         finally:
             if runner.progress is not None:  # erased before pytest writes the outcome
                 runner.progress.close()
         if error is not None:
             pytest.fail(error, pytrace=False)
-        data = record.to_json()
+        record.model_key = model_key
+        if call > 1:
+            record.call = call
+        before = record.to_json()
+        data = copy.deepcopy(before)  # the hook's own copy: nothing it does reaches ``record``
         request.config.hook.pytest_latentaudit_record(record=data, item=request.node)
-        try:  # what a hook added lands in the record's ``extra``; what it changed is checked
-            record = TestRecord.from_json(data, "record (after pytest_latentaudit_record hooks)")
-        except LatentAuditError as exc:
-            pytest.fail(f"latent_audit: {exc}", pytrace=False)
-        request.node.stash[RECORD_KEY] = record.to_json()
-        if session.settings.junit_properties:
-            for key in ("verdict", "eps", "direction"):
-                request.node.user_properties.append((f"latent_{key}", getattr(record, key)))
-            for key, val in record.counts.to_json().items():
-                request.node.user_properties.append((f"latent_{key}", val))
+        changed = _hook_changes(before, data)
+        hooked = None
+        if not changed:
+            try:  # what a hook added lands in the record's ``extra``; what it changed is checked
+                hooked = TestRecord.from_json(data, "record (after pytest_latentaudit_record hooks)")
+            except LatentAuditError as exc:
+                changed = str(exc)
+        if hooked is None:  # the audit's own record goes to the sheet; the test fails
+            _keep_record(done, record, call)
+            _junit_properties(request.node, session, done)
+            pytest.fail(f"latent_audit: {changed}", pytrace=False)
+        record = hooked
+        _keep_record(done, record, call)
+        _junit_properties(request.node, session, done)
+        if record.vacuous is not None:
+            import warnings
+
+            from ..sheet.records import VacuousSpecWarning
+
+            warnings.warn(VacuousSpecWarning(
+                f"{record.spec_text or record.spec_kind} along {record.direction!r} at eps={record.eps:g} holds "
+                f"vacuously ({record.vacuous}): the test passes but proves no operating range; the spec sheet "
+                f"marks it vacuous"), stacklevel=2)
         from ..report.terminal import failure_message
 
         msg = lambda: failure_message(record, sheet=settings.spec_sheet,  # noqa: E731
@@ -212,6 +240,90 @@ class LatentAudit:
             elif action == "fail":
                 pytest.fail(msg(), pytrace=False)
         return result
+
+
+def _model_key(request, model) -> str:
+    """Which model this is across retraining (``TestRecord.model_key``, read by the staleness
+    rule ``records.mark_stale``): the fixture that gave it (``fixture:head``, with the index of
+    its parameter when parametrized), else its class."""
+    for name, value in (getattr(request.node, "funcargs", None) or {}).items():
+        if value is model and name not in ("request", "latent_audit"):
+            key = f"fixture:{name}"
+            callspec = getattr(request.node, "callspec", None)
+            if callspec is not None and name in getattr(callspec, "indices", {}):
+                key += f"[{callspec.indices[name]}]"
+            return key
+    cls = type(model)
+    return f"class:{cls.__module__}.{cls.__qualname__}"
+
+
+def _keep_record(done: list, record, call: int) -> None:
+    """Stash ``record`` as the JSON record of call ``call``; a second call gives the first
+    ``call`` 1, so the sheet keys both (``TestRecord.key``)."""
+    if call == 2 and done and done[0].get("call") is None:
+        done[0]["call"] = 1
+    data = record.to_json()
+    del done[call - 1:]
+    done.append(data)
+
+
+#: what a ``pytest_latentaudit_record`` hook may change of a record it is handed: add fields
+#: (any name that is not a record field), append notes, and set a pixel cross-check
+_HOOK_APPENDS = ("notes",)
+_HOOK_SETS = ("pixel_crosscheck",)
+
+
+def _hook_changes(before: dict, after) -> "str | None":
+    """None, or a message naming the record fields a hook changed (the verdict, the counts,
+    the range, ...: what the audit found; a hook adds fields, it never edits findings)."""
+    import json
+    from dataclasses import fields as dc_fields
+
+    from ..sheet.records import TestRecord
+
+    if not isinstance(after, dict):
+        return "a pytest_latentaudit_record hook replaced the record with a non-dict"
+    known = {f.name for f in dc_fields(TestRecord)} - {"extra"} | set(TestRecord._DERIVED)
+    same = lambda a, b: json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)  # noqa: E731
+    bad = []
+    for key in sorted(known | set(before)):
+        if key not in known and key in after:
+            continue  # an earlier field a hook is free to have added
+        old, new = before.get(key, _MISSING), after.get(key, _MISSING)
+        if old is _MISSING and new is _MISSING:
+            continue
+        if key in _HOOK_APPENDS and isinstance(new, list) and isinstance(old, list) and same(new[:len(old)], old):
+            continue
+        if key in _HOOK_SETS and old in (_MISSING, None):
+            continue
+        if old is _MISSING or new is _MISSING or not same(old, new):
+            bad.append(key)
+    if not bad:
+        return None
+    bad.sort(key=lambda k: k != "verdict")  # the verdict first: what a reader needs to see
+    what = ", ".join(repr(k) for k in bad)
+    detail = ""
+    if "verdict" in bad:
+        detail = f" ({before.get('verdict')} -> {after.get('verdict')})"
+    return (f"pytest_latentaudit_record hook changed {what}{detail}: a hook may add fields (and append notes), "
+            f"not change what the audit found; the spec sheet keeps the audit's record")
+
+
+def _junit_properties(node, session, done: list) -> None:
+    """``--latent-junit-properties``: one ``latent_verdict`` per test case, the worst of its
+    calls (with its direction, eps and counts), and ``latent_calls`` when more than one."""
+    if not session.settings.junit_properties or not done:
+        return
+    from ..core.vocab import verdict_rank
+
+    node.user_properties[:] = [(k, v) for k, v in node.user_properties if not str(k).startswith("latent_")]
+    worst = min(done, key=lambda d: verdict_rank(d.get("verdict")))
+    for key in ("verdict", "eps", "direction"):
+        node.user_properties.append((f"latent_{key}", worst.get(key)))
+    for key, val in (worst.get("counts") or {}).items():
+        node.user_properties.append((f"latent_{key}", val))
+    if len(done) > 1:
+        node.user_properties.append(("latent_calls", len(done)))
 
 
 @pytest.fixture
@@ -253,10 +365,12 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if call.when == "call":
-        record = item.stash.get(RECORD_KEY, None)
-        if record is not None:
-            # travels with the report, so xdist workers need no extra channel
-            report.latentaudit = record
+        records = item.stash.get(RECORD_KEY, None)
+        if records:
+            # travels with the report, so xdist workers need no extra channel; one call: its
+            # record, as before; several: the list
+            report.latentaudit = records[0] if len(records) == 1 else list(records)
+        if records is not None:
             del item.stash[RECORD_KEY]  # a rerun (pytest-rerunfailures) makes its own
 
 
@@ -295,7 +409,10 @@ class _VerdictWords:
         from ..report.terminal import verdict_badge
 
         try:
-            badge = verdict_badge(TestRecord.from_json(data, report.nodeid))
+            from ..core.vocab import verdict_rank
+
+            recs = [TestRecord.from_json(d, report.nodeid) for d in (data if isinstance(data, list) else [data])]
+            badge = verdict_badge(min(recs, key=lambda r: verdict_rank(r.verdict)))  # the worst call
         except Exception:  # noqa: BLE001 - a malformed record is reported at session end
             return
         category, letter, word = res
@@ -360,14 +477,15 @@ class _SessionHooks:
         from ..sheet.records import SheetFormatError, TestRecord
 
         try:
-            rec = TestRecord.from_json(data, report.nodeid)
+            recs = [TestRecord.from_json(d, report.nodeid) for d in (data if isinstance(data, list) else [data])]
         except SheetFormatError as exc:  # a hook wrote something unreadable
             self.ls.error(f"latentaudit: the record of {report.nodeid} is malformed: {exc}")
             return
         xfail = hasattr(report, "wasxfail")
         outcome = "failed" if report.outcome == "rerun" else report.outcome
-        rec.outcome = ("xfailed" if report.skipped else "xpassed") if xfail else outcome
-        self.ls.add(rec)
+        for rec in recs:
+            rec.outcome = ("xfailed" if report.skipped else "xpassed") if xfail else outcome
+        self.ls.add(recs)
 
     # -------------------------------------------------------------- the end
     @pytest.hookimpl(tryfirst=True)
@@ -397,7 +515,7 @@ class _SessionHooks:
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         if hasattr(config, "workerinput") or not (self.ls.records or self.ls.messages or self.ls.carried):
             return
-        from ..report.terminal import cut_short_lines, summary_table
+        from ..report.terminal import claim_lines, cut_short_lines, summary_table
 
         tr = terminalreporter
         tr.section("latent audit summary")
@@ -409,6 +527,8 @@ class _SessionHooks:
         if self.ls.carried:
             tr.write_line(f"{len(self.ls.carried)} test(s) did not run: their records are carried over from the "
                           f"earlier spec sheet (marked carried_over)")
+        for line in claim_lines(self.ls.sheet_records or self.ls.records):
+            tr.write_line(line, yellow=True)
         if self.ls.written:
             tr.write_line(f"spec sheet: {self.ls.written}")
         for line, failed in self.ls.messages:
@@ -434,6 +554,6 @@ def _junit_suite_properties(config, records):
         xml.add_global_property(f"latentaudit_{v}", verdicts.get(v, 0))
     for r in records:
         c = r.counts
-        xml.add_global_property(f"latentaudit:{r.nodeid}",
+        xml.add_global_property(f"latentaudit:{r.key}",
                                 f"{r.verdict} direction={r.direction} eps={r.eps:g} "
                                 f"verified={c.verified} falsified={c.falsified} unknown={c.unknown}")

@@ -14,8 +14,10 @@ Extension points, each with the same soundness rules as the built-in parts:
   any counterexample. Use it with ``@pytest.mark.latent(attack="name")``.
 * ``pytest_latentaudit_record(record, item)``: add fields to one test's spec-sheet record
   (runs where the test runs: on the xdist worker; keep values JSON-serialisable). ``record``
-  is the JSON form of a ``records.TestRecord``: added fields are kept (``TestRecord.extra``),
-  changed known fields are checked again (a malformed one fails the test with a message).
+  is a copy of the JSON form of a ``records.TestRecord``: added fields are kept
+  (``TestRecord.extra``), notes may be appended and a ``pixel_crosscheck`` set; changing any
+  other record field (the verdict, the counts, the range, ...: what the audit found) fails the
+  test with a message naming the fields, and the sheet keeps the audit's own record.
 * ``pytest_latentaudit_sheet(sheet, config)``: add fields to the whole sheet before it is
   written.
 * ``pytest_latentaudit_export(sheet, path, config)``: write other formats after the sheet

@@ -216,8 +216,11 @@ class TestRunner:
 
     def __init__(self, session: "LatentSession", nodeid: str, marker: Dict[str, Any], latent_space, model, seeds,
                  labels=None, overrides: Optional[Dict[str, Any]] = None, cache=None, engines=None, falsifiers=None,
-                 time_left: Optional[float] = None, timeout_note: Optional[str] = None):
+                 time_left: Optional[float] = None, timeout_note: Optional[str] = None, call: int = 1):
         self.session, self.nodeid = session, nodeid
+        #: the test's n-th ``latent_audit`` call: its own replay-cache entry from the second on
+        self.call = call
+        self.cache_id = nodeid if call == 1 else f"{nodeid}#call{call}"
         self.space, self.model, self.seeds, self.labels = latent_space, model, seeds, labels
         self.marker, self.overrides = dict(marker), dict(overrides or {})
         self.cache, self.engines, self.falsifiers = cache, dict(engines or {}), dict(falsifiers or {})
@@ -343,7 +346,7 @@ class TestRunner:
         dropped with a warning (and overwritten after this run)."""
         if self.cache is None:
             return []
-        key = cache_key(self.nodeid)
+        key = cache_key(self.cache_id)
         stored = self.cache.get(key, None)
         if stored is None:
             return []
@@ -354,7 +357,7 @@ class TestRunner:
                                        f"it is rewritten after this test"), stacklevel=5)
             return []
 
-        if not isinstance(stored, dict) or stored.get("nodeid") != self.nodeid:
+        if not isinstance(stored, dict) or stored.get("nodeid") != self.cache_id:
             return bad("not this test's entry")
         items = stored.get("counterexamples")
         if not isinstance(items, list):
@@ -378,7 +381,7 @@ class TestRunner:
         if self.cache is None:
             return
         try:
-            self.cache.set(cache_key(self.nodeid), {"nodeid": self.nodeid, "counterexamples": [
+            self.cache.set(cache_key(self.cache_id), {"nodeid": self.cache_id, "counterexamples": [
                 {"seed_index": c.seed_index, "offset": c.offset} for c in result.counterexamples]})
         except (OSError, TypeError, ValueError) as exc:  # a read-only cache must not fail the test
             warnings.warn(CacheWarning(f"could not store counterexamples for replay: {exc}"), stacklevel=4)

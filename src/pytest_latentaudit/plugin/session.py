@@ -26,7 +26,7 @@ class LatentSession:
         self.settings = settings
         self.config = config  # only for the pytest_latentaudit_sheet / _export hooks
         self.rootdir = rootdir
-        self._records: Dict[str, TestRecord] = {}  # node id -> the last attempt's record
+        self._records: Dict[str, List[TestRecord]] = {}  # node id -> the last attempt's records (one per call)
         self._attempts: Dict[str, int] = {}
         self.ran_ids: Set[str] = set()  # tests that ran (with or without a record)
         self.collected_ids: Set[str] = set()
@@ -44,8 +44,15 @@ class LatentSession:
 
     @property
     def records(self) -> List[TestRecord]:
-        """One record per test that ran (the last attempt), sorted by node id."""
-        return [self._records[k] for k in sorted(self._records)]
+        """The records of the tests that ran (the last attempt; one per ``latent_audit`` call),
+        sorted by node id and call."""
+        return [r for k in sorted(self._records) for r in self._records[k]]
+
+    @property
+    def sheet_records(self) -> List[TestRecord]:
+        """The records of the sheet this session built (its own and those carried over, with the
+        records rule applied); empty before ``finish``."""
+        return self.sheet.records if self.sheet is not None else []
 
     # ---------------------------------------------------------------- fixture side
     def runner(self, nodeid: str, marker: Dict[str, Any], latent_space, model, seeds, labels=None, **kw) -> TestRunner:
@@ -112,13 +119,19 @@ class LatentSession:
         self._attempts[nodeid] = self._attempts.get(nodeid, 0) + 1
         self.ran_ids.add(nodeid)
 
-    def add(self, record: TestRecord) -> None:
-        """A test's record (the latest attempt replaces an earlier one: pytest-rerunfailures)."""
-        n = self._attempts.get(record.nodeid, 1)
-        if n > 1:
-            record.attempts = n
-        self._records[record.nodeid] = record
-        self.ran_ids.add(record.nodeid)
+    def add(self, records) -> None:
+        """A test's records, one per ``latent_audit`` call (the latest attempt replaces an earlier
+        one: pytest-rerunfailures)."""
+        records = [records] if isinstance(records, TestRecord) else list(records)
+        if not records:
+            return
+        nodeid = records[0].nodeid
+        n = self._attempts.get(nodeid, 1)
+        for record in records:
+            if n > 1:
+                record.attempts = n
+        self._records[nodeid] = records
+        self.ran_ids.add(nodeid)
 
     def drop(self, nodeid: str) -> None:
         """A later attempt of ``nodeid`` left no record: the earlier attempt's is no longer its."""

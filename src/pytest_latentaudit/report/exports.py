@@ -103,6 +103,11 @@ def to_model_card(sheet, *, name: Optional[str] = None, overview: Optional[str] 
     metrics: List[dict] = []
     limitations: List[dict] = []
     for r in tests:
+        if r.stale is not None:  # the records rule: proved for an older model, nothing about this one
+            limitations.append({"description": (
+                f"{r.spec_text or r.spec_kind} along {r.direction!r} at eps={r.eps:g} was recorded for an older "
+                f"model ({r.model_fingerprint}) and not re-run: it says nothing about this model ({r.nodeid}).")})
+            continue
         for p in r.points():
             value, lo, hi = _interval(p)
             metrics.append({"type": metric_type(r), "value": _num(value), "slice": _slice(r.direction, p.eps),
@@ -124,7 +129,8 @@ def to_model_card(sheet, *, name: Optional[str] = None, overview: Optional[str] 
         coords = ", ".join(f"[{lo:.4g}, {hi:.4g}]" for lo, hi in zip(rng["lower"], rng["upper"]))
         use_cases.append({"description": (
             f"Inputs whose latent coordinate(s) along {dname!r} lie in {coords} (the verified operating "
-            f"range: mean of the seeds +/- (eps + std), eps={float(rng.get('eps', 0)):g}); check with "
+            f"range: mean of the seeds +/- (eps + std), eps={float(rng.get('eps', 0)):g}"
+            + (f", for {rng['spec_text']}" if rng.get("spec_text") else "") + "); check with "
             f"pytest_latentaudit.sheet.deploy.in_spec.")})
     tool = data.get("tool") or {}
     commit = data.get("commit") or {}
@@ -195,6 +201,8 @@ def to_model_index(sheet, model_name: Optional[str] = None, *, task_type: Option
     data = sh.data
     by_dir: Dict[str, List[dict]] = {}
     for r in sorted(sh.records, key=lambda r: (r.direction, r.eps, r.nodeid)):
+        if r.stale is not None:  # proved for an older model: no metric of this one
+            continue
         for p in r.points():
             value, _, _ = _interval(p)
             by_dir.setdefault(r.direction, []).append({

@@ -477,6 +477,11 @@ def _image_uri(path: str, base_dir: Optional[Path]) -> Tuple[Optional[str], str]
 
 def _notes(r: TestRecord) -> List[str]:
     notes = []
+    if r.stale is not None:
+        notes.append(f"stale: proved for an older model ({_short_fp(r.model_fingerprint)}; the model is now "
+                     f"{_short_fp(r.stale.get('model_fingerprint'))}): counts towards no range; re-run this test")
+    if r.vacuous is not None:
+        notes.append(f"vacuous: {r.vacuous}; proves no operating range")
     fb = _num(r.failing_bound)
     if fb is not None and r.counts.unknown:
         notes.append(f"failing bound {fb:.3g} (a proof needs < 0)")
@@ -603,7 +608,7 @@ def _test_row(r: TestRecord) -> dict:
     c = r.counts
     v, f, u = _fractions(c, r.n_seeds)
     words, tone = _outcome(r)
-    nodeid = r.nodeid
+    nodeid = r.key
     file, _, name = nodeid.rpartition("::")
     rungs = ", ".join(f"{k} {val}" for k, val in sorted(r.rungs.items()))
     spec = str(r.spec_text or r.spec_kind)
@@ -638,7 +643,10 @@ def build_html(sheet, images: bool = True, *, title: Optional[str] = None, base_
     tests = sorted(sh.records, key=lambda r: r.nodeid)
     Figure = _matplotlib() if images else None
     declared = None if declared is None else sorted({str(d) for d in declared})
-    tone_of = {r.nodeid: _tone(r) for r in tests}
+    tone_of = {r.key: _tone(r) for r in tests}
+    for r in tests:  # matrix cells list node ids: a test with several calls takes its worst tone
+        if r.key != r.nodeid:
+            tone_of[r.nodeid] = _worst_tone([tone_of.get(r.nodeid, "ok"), tone_of[r.key]])
 
     # ---- models: one block each (fingerprint, and a name when a record gives one)
     groups: Dict[Optional[str], List[TestRecord]] = {}
@@ -670,7 +678,7 @@ def build_html(sheet, images: bool = True, *, title: Optional[str] = None, base_
         chips = []
         for d in cov["matrix"]["directions"]:
             pd = cov["per_direction"][d]
-            t = _worst_tone(tone_of.get(r.nodeid, "ok") for r in by_dir.get(d, []))
+            t = _worst_tone(tone_of.get(r.key, "ok") for r in by_dir.get(d, []))
             if not by_dir.get(d):
                 chips.append({"name": d, "badge": _badge(UNTESTED), "detail": UNTESTED, "href": ""})
                 continue
@@ -695,7 +703,7 @@ def build_html(sheet, images: bool = True, *, title: Optional[str] = None, base_
             "test_names": [r.nodeid.rpartition("::")[2] for r in recs][:8]
             + (["\u2026"] if len(recs) > 8 else []),
         })
-    label_of = {r.nodeid: m["label"] for m, (_, recs) in zip(models, groups.items()) for r in recs}
+    label_of = {r.key: m["label"] for m, (_, recs) in zip(models, groups.items()) for r in recs}
 
     # ---- counterexamples, all tests
     cex_blocks = []
@@ -711,7 +719,7 @@ def build_html(sheet, images: bool = True, *, title: Optional[str] = None, base_
     rows = []
     for r in tests:
         row = _test_row(r)
-        row["model"] = label_of.get(row["nodeid"], "")
+        row["model"] = label_of.get(r.key, "")
         rows.append(row)
     show_evidence = any(r.evidence and r.evidence != r.verdict for r in tests)
     cex_blocks.sort(key=lambda b: not b["open"])  # tests that were not proved first
@@ -752,6 +760,12 @@ def build_html(sheet, images: bool = True, *, title: Optional[str] = None, base_
     sub = [f"{tool.get('name', 'pytest-latentaudit')} {tool.get('version', '')}".strip(),
            f"created {data.get('created', '?')}"]
     verdict_line = ", ".join(f"{verdicts[v]} {v}" for v in VERDICTS if verdicts.get(v))
+    stale = [r for r in tests if r.stale is not None]
+    if stale:  # the records rule: what no longer describes the model
+        verdict_line += (f". {len(stale)} stale record{'s' if len(stale) != 1 else ''} (proved for an older model; "
+                         f"re-run {'them' if len(stale) != 1 else 'it'}): "
+                         + ", ".join(r.key.rpartition('::')[2] for r in stale[:6])
+                         + (", …" if len(stale) > 6 else "") + "; they count towards no range")
     ctx = {
         "title": title or "Latent audit report", "sub": sub, "commit": commit, "headline": headline,
         "verdict_line": verdict_line, "cards": cards, "models": models, "cex_blocks": cex_blocks, "rows": rows,

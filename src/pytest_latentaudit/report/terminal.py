@@ -102,13 +102,15 @@ def verdict_badge(rec: Union[TestRecord, Mapping]) -> str:
 def summary_table(records: Iterable[Union[TestRecord, Mapping]]) -> List[str]:
     """One row per record, by node id, with the pytest outcome beside the verdict (an expected
     violation shows ``xfailed``, not as a failure); records carried over from an earlier sheet
-    are marked ``*`` (their outcome is the earlier run's)."""
+    are marked ``*`` (their outcome is the earlier run's), stale ones (proved for an older model,
+    ``records.mark_stale``) ``!``, vacuous ones (the spec holds whatever the model does) ``~``;
+    a test that called ``latent_audit`` more than once has a row per call (``(call N)``)."""
     rows = [("test", "outcome", "direction", "eps", "spec", "verdict", "verified", "falsified", "unknown",
              "seconds")]
     for rec in records:
         r = _rec(rec)
         c = r.counts
-        name = r.nodeid + ("" if r.ran else " *")
+        name = r.key + (" !" if r.stale is not None else ("" if r.ran else " *")) + (" ~" if r.vacuous else "")
         rows.append((name, r.outcome or "-", r.direction, f"{r.eps:g}", r.spec_text or r.spec_kind, r.verdict,
                      str(c.verified), str(c.falsified), str(c.unknown), f"{r.seconds:.2f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -118,11 +120,27 @@ def summary_table(records: Iterable[Union[TestRecord, Mapping]]) -> List[str]:
     return out
 
 
+def claim_lines(records: Iterable[TestRecord]) -> List[str]:
+    """What the terminal summary says about records that prove no range: stale ones (re-run
+    them) and vacuous ones."""
+    recs = list(records)
+    stale = [r for r in recs if r.stale is not None]
+    vac = [r for r in recs if r.vacuous is not None and r.ran]
+    out = []
+    if stale:
+        out.append(f"{len(stale)} carried-over record(s) are stale: proved for an older model (their model has "
+                   f"another fingerprint in the tests that ran); they prove no range of the current model, "
+                   f"re-run them: " + ", ".join(r.key for r in stale))
+    for r in vac:
+        out.append(f"{r.key}: vacuous spec ({r.vacuous}); it proves no operating range")
+    return out
+
+
 def cut_short_lines(records: Iterable[TestRecord]) -> List[str]:
     """One line per test whose budget cut something short, or that was interrupted."""
     out = []
     for r in records:
-        name = r.nodeid
+        name = r.key
         if r.interrupted:
             out.append(f"{name}: interrupted ({r.interrupted.get('reason', 'stopped')}) before its audit finished")
         if r.cut_short:

@@ -57,13 +57,19 @@ def coverage_summary(sheet, declared: Optional[Iterable[str]] = None) -> dict:
         {"directions_declared": [...], "directions_tested": [...], "directions_proved": [...],
          "untested": [...], "percent_proved": float,
          "counts": {"declared", "tested", "proved", "untested", "tests"},
-         "per_direction": {name: {"status", "declared", "tests", "verdicts", "proved_eps", "max_eps"}},
+         "per_direction": {name: {"status", "declared", "tests", "verdicts", "proved_eps", "max_eps",
+                                  "stale", "vacuous"}},
          "matrix": {"directions": [...], "specs": [...], "radii": [...],
                     "cells": [{"direction", "spec", "eps", "verdict", "verdicts", "verified_fraction",
                                "nodeids"}]}}
 
     ``status`` of a direction: ``untested``, or the worst verdict of its tests
-    (``violated`` < ``unproven`` < ``estimated`` < ``proved``)."""
+    (``violated`` < ``unproven`` < ``estimated`` < ``proved``) as they may claim it
+    (``TestRecord.claimed``): a stale record (proved for an older model) counts as ``unproven``,
+    a vacuous one is left out (unless every test is vacuous: ``unproven``). ``proved_eps``
+    follows the same rule (``records.largest_proved_eps``); ``stale`` / ``vacuous`` count them.
+    A matrix cell's ``verdict`` is the worst claimed one (its ``verdicts`` count the recorded
+    verdicts; ``stale`` / ``vacuous`` list node ids)."""
     sh = read_sheet(sheet)
     data, records = sh.data, sh.records
     decl = _declared(data, records, declared)
@@ -72,28 +78,40 @@ def coverage_summary(sheet, declared: Optional[Iterable[str]] = None) -> dict:
     proved_eps = largest_proved_eps(records)
     for r in records:
         name = r.direction
-        d = per.setdefault(name, {"tests": 0, "verdicts": {}, "proved_eps": proved_eps[name], "max_eps": None})
+        d = per.setdefault(name, {"tests": 0, "verdicts": {}, "proved_eps": proved_eps[name], "max_eps": None,
+                                  "stale": 0, "vacuous": 0, "_claimed": [], "_all": []})
         d["tests"] += 1
         d["verdicts"][r.verdict] = d["verdicts"].get(r.verdict, 0) + 1
+        d["stale"] += r.stale is not None
+        d["vacuous"] += r.vacuous is not None
+        # the records rule: a stale record counts as unproven, a vacuous one claims nothing
+        d["_all"].append(r.claimed())
+        if r.vacuous is None:
+            d["_claimed"].append(r.claimed())
         kind = r.spec_kind
         for p in r.points():
             eps = p.eps
             d["max_eps"] = eps if d["max_eps"] is None else max(d["max_eps"], eps)
             key = (name, kind, round(eps, 12))
-            c = cells.setdefault(key, {"direction": name, "spec": kind, "eps": eps, "verdict": p.verdict,
+            c = cells.setdefault(key, {"direction": name, "spec": kind, "eps": eps, "verdict": p.claimed,
                                        "verdicts": {}, "verified_fraction": None, "nodeids": []})
             c["verdicts"][p.verdict] = c["verdicts"].get(p.verdict, 0) + 1
-            c["verdict"] = worst([c["verdict"], p.verdict])
+            c["verdict"] = worst([c["verdict"], p.claimed])
             vf = p.verified_fraction
             c["verified_fraction"] = vf if c["verified_fraction"] is None else min(c["verified_fraction"], vf)
             if r.nodeid not in c["nodeids"]:
                 c["nodeids"].append(r.nodeid)
+            for flag, on in (("stale", r.stale is not None), ("vacuous", r.vacuous is not None)):
+                if on and r.nodeid not in c.setdefault(flag, []):
+                    c[flag].append(r.nodeid)
     tested = sorted(per)
     universe = sorted(set(decl) | set(tested))
     for name in universe:
-        d = per.setdefault(name, {"tests": 0, "verdicts": {}, "proved_eps": None, "max_eps": None})
+        d = per.setdefault(name, {"tests": 0, "verdicts": {}, "proved_eps": None, "max_eps": None, "stale": 0,
+                                  "vacuous": 0, "_claimed": [], "_all": []})
         d["declared"] = name in decl
-        d["status"] = worst(d["verdicts"]) if d["tests"] else UNTESTED
+        claimed, every = d.pop("_claimed"), d.pop("_all")
+        d["status"] = (worst(claimed or every) if d["tests"] else UNTESTED)
     proved = [n for n in universe if per[n]["status"] == PROVED]
     untested = [n for n in universe if per[n]["status"] == UNTESTED]
     pct = 100.0 * len(proved) / len(universe) if universe else 0.0
@@ -190,8 +208,8 @@ def compare(old, new, *, tol: float = 1e-12, radius_tol: float = 1e-9) -> Compar
     same ``eps_max``). Each is ``{"kind", "direction", "spec", "nodeid", "eps", "old", "new",
     "message"}``; the list is worst kind first."""
     o_sheet, n_sheet = read_sheet(old, source="old sheet"), read_sheet(new, source="new sheet")
-    o_tests = {r.nodeid: r for r in o_sheet.records}
-    n_all = {r.nodeid: r for r in n_sheet.records}
+    o_tests = {r.key: r for r in o_sheet.records}
+    n_all = {r.key: r for r in n_sheet.records}
     n_tests = {k: r for k, r in n_all.items() if r.ran}
     comp = Comparison(not_run=sorted(k for k, r in n_all.items() if not r.ran and k in o_tests))
     out = comp.regressions

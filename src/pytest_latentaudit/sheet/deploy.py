@@ -172,7 +172,12 @@ def _pick_range(name: str, entry: Mapping, eps: Optional[float]) -> Mapping:
     if eps is None:
         rng = entry.get("latent_range")
         if not rng:
-            raise DeployError(f"direction {name!r} has no proved test with a recorded latent range, so no "
+            why = ""
+            if any(g.get("stale") and g.get("verdict") == PROVED for g in entry.get("ranges") or []):
+                why = " (its proved records are stale: proved for an older model; re-run them)"
+            elif any(g.get("vacuous") and g.get("verdict") == PROVED for g in entry.get("ranges") or []):
+                why = " (its proved records hold vacuously)"
+            raise DeployError(f"direction {name!r} has no proved test with a recorded latent range{why}, so no "
                               f"verified operating range to check against")
         return rng
     matches = [g for g in entry.get("ranges") or [] if abs(float(g.get("eps", -1)) - float(eps)) <= 1e-12]
@@ -180,11 +185,15 @@ def _pick_range(name: str, entry: Mapping, eps: Optional[float]) -> Mapping:
         have = sorted({float(g.get("eps", 0)) for g in entry.get("ranges") or []})
         raise DeployError(f"direction {name!r} has no latent range recorded at eps={eps:g} "
                           f"(recorded: {', '.join(f'{e:g}' for e in have) or 'none'})")
-    proved = [g for g in matches if g.get("verdict") == PROVED]
+    # ``proves``: the records rule (``TestRecord.claimed``), written by ``directions_section``;
+    # ``direction_entries`` rebuilds a section written without it
+    proved = [g for g in matches if g.get("proves") is True]
     if not proved:  # a range nothing proved is no verified operating range: never "in spec"
-        verdicts = ", ".join(sorted({str(g.get("verdict")) for g in matches}))
-        raise DeployError(f"direction {name!r}: nothing is proved at eps={eps:g} (recorded: {verdicts}), so there "
-                          f"is no verified operating range there")
+        verdicts = ", ".join(sorted({str(g.get("verdict")) + (" (stale: proved for an older model)" if g.get("stale")
+                                                              else " (vacuous)" if g.get("vacuous") else "")
+                                     for g in matches}))
+        raise DeployError(f"direction {name!r}: nothing is proved at eps={eps:g} of the current model (recorded: "
+                          f"{verdicts}), so there is no verified operating range there")
     return proved[0]
 
 

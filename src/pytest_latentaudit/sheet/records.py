@@ -12,6 +12,18 @@ The rules:
   sweep's (the one place sweep points are read);
 * ``largest_proved_eps(records, key)``: the largest eps proved per direction (or per any
   key), sweep points included;
+* what a record may **claim** (``Point.claimed``, ``TestRecord.claims_proof``): a record
+  counts towards a proved eps, an operating range, a direction's coverage status and the
+  deployment guard only when it is neither *stale* nor *vacuous*:
+
+  - ``mark_stale(records)`` (applied by ``parse_records``, so by every reader): a record
+    carried over from an earlier run is stale when a record of the same model that ran in the
+    run that wrote the sheet has another fingerprint (the model was retrained or edited since
+    it was proved); a stale mark is kept until this run says otherwise;
+  - ``TestRecord.vacuous``: the spec holds whatever the model does (``at_least=0``, no seeds,
+    an ``OutputRange`` without bounds, a ``Linear`` whose rows are constants <= 0, ...);
+* ``TestRecord.key``: what identifies a record in a sheet (the node id, and the call index when
+  one test called ``latent_audit`` more than once);
 * ``vocab.verdict_rank`` / ``vocab.is_worse``: the verdict ordering.
 
 Pure Python, no torch or numpy.
@@ -20,14 +32,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ..core.errors import LatentAuditError
-from ..core.vocab import OUTCOMES, PROVED, STATUSES, VERDICTS
+from ..core.errors import LatentAuditError, LatentAuditWarning
+from ..core.vocab import OUTCOMES, PROVED, STATUSES, UNPROVEN, VERDICTS
 
-__all__ = ["SheetFormatError", "Counts", "SweepPoint", "CounterexampleRecord", "Point", "TestRecord",
+__all__ = ["SheetFormatError", "VacuousSpecWarning", "Counts", "SweepPoint", "CounterexampleRecord", "Point", "TestRecord",
            "PixelCrosscheckRecord", "GuardRecord", "radius_stat", "widest_radius",
-           "parse_records", "largest_proved_eps", "spec_kind", "TIMING_FIELDS", "EPS_TOL"]
+           "parse_records", "largest_proved_eps", "spec_kind", "TIMING_FIELDS", "EPS_TOL", "mark_stale",
+           "vacuity", "model_identity"]
 
 #: two radii closer than this are the same radius
 EPS_TOL = 1e-12
@@ -37,6 +50,11 @@ TIMING_FIELDS = ("seconds",)
 
 class SheetFormatError(LatentAuditError):
     """A file or dict is not a spec sheet (or a record is malformed); the message names where."""
+
+
+class VacuousSpecWarning(LatentAuditWarning):
+    """A latent test's spec holds whatever the model does (``vacuity``): the test passes, but the
+    spec sheet counts it towards no operating range."""
 
 
 # ------------------------------------------------------------------ field checks
@@ -354,6 +372,9 @@ class Point:
     sweep: bool
     evidence: Optional[str] = None
     estimate: Optional[dict] = None
+    #: the verdict as it counts for what the sheet claims (``TestRecord.claimed``): ``unproven``
+    #: for a stale record, and for a vacuous one that is proved; else the verdict
+    claimed: Optional[str] = None
 
 
 def spec_kind(spec: Optional[Mapping], spec_text: Optional[str] = None) -> str:
@@ -418,6 +439,15 @@ class TestRecord:
     #: this test did not run in the session that wrote the sheet: the record is the earlier
     #: sheet's, kept so a subset run does not shrink the sheet (``{"from": created}``)
     carried_over: Optional[dict] = None
+    #: which model this is across retraining (the fixture that gave it, ``fixture:head``, or its
+    #: class): a carried-over record is stale when a re-run record of the same model has another
+    #: fingerprint. A ``model_name`` field (set by a record hook) takes precedence.
+    model_key: Optional[str] = None
+    #: the call index (1, 2, ...) when the test called ``latent_audit`` more than once
+    call: Optional[int] = None
+    #: set on a carried-over record whose model has changed since it was proved (``mark_stale``):
+    #: ``{"model_fingerprint": <the model's fingerprint now>, "reason": ...}``
+    stale: Optional[dict] = None
     #: fields added by ``pytest_latentaudit_record`` hooks (and by newer versions)
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -436,22 +466,50 @@ class TestRecord:
         """False for a record carried over from an earlier sheet."""
         return self.carried_over is None
 
+    @property
+    def key(self) -> str:
+        """The record's key in a sheet: the node id, with `` (call N)`` when the test called
+        ``latent_audit`` more than once (each call has its own record)."""
+        return self.nodeid if self.call is None else f"{self.nodeid} (call {self.call})"
+
+    @property
+    def vacuous(self) -> Optional[str]:
+        """Why the spec holds whatever the model does (``vacuity``), or None."""
+        return vacuity(self)
+
+    @property
+    def claims_proof(self) -> bool:
+        """Whether this record's proved points count towards a proved eps, an operating range
+        and the deployment guard: neither stale nor vacuous."""
+        return self.stale is None and self.vacuous is None
+
+    def claimed(self, verdict: Optional[str] = None) -> str:
+        """``verdict`` (default: the record's) as it counts for what the sheet claims about the
+        current model: ``unproven`` when the record is stale (it says nothing about the model as
+        it is now) or when a vacuous spec is proved (it proves nothing); else the verdict."""
+        v = self.verdict if verdict is None else verdict
+        if self.stale is not None or (self.vacuous is not None and v == PROVED):
+            return UNPROVEN
+        return v
+
     def points(self) -> List[Point]:
         """This record's radii: its own point, then its sweep's other radii (the record's own
         point wins at its eps), sorted by eps. The one reader of sweep points."""
         own = Point(self.eps, self.verdict, self.counts, self.verified_fraction, self.n_seeds, False, self.evidence,
-                    self.estimate)
+                    self.estimate, self.claimed())
         pts = [own]
         for p in self.sweep:
             if abs(p.eps - self.eps) <= EPS_TOL:
                 continue
             pts.append(Point(p.eps, p.verdict, p.counts, p.verified_fraction, self.n_seeds, True, p.evidence,
-                             p.estimate))
+                             p.estimate, self.claimed(p.verdict)))
         return sorted(pts, key=lambda p: p.eps)
 
     # ---------------------------------------------------------------- JSON
     _OPTIONAL = ("latent_range", "data_fingerprint", "validity", "certified_radius", "interrupted", "outcome",
-                 "attempts", "carried_over")
+                 "attempts", "carried_over", "model_key", "call", "stale")
+    #: written for readers, recomputed on load (never read back)
+    _DERIVED = ("vacuous",)
 
     def to_json(self) -> dict:
         out: Dict[str, Any] = {
@@ -478,6 +536,9 @@ class TestRecord:
                 out[key] = getattr(self, key)
         if self.pixel_crosscheck is not None:
             out["pixel_crosscheck"] = self.pixel_crosscheck.to_json()
+        vac = self.vacuous
+        if vac is not None:
+            out["vacuous"] = vac
         out.update(self.extra)
         return out
 
@@ -486,7 +547,7 @@ class TestRecord:
         inputs (timing, where pictures were written, how it was collected): what shard merging
         and run-to-run identity compare."""
         d = self.to_json()
-        for key in TIMING_FIELDS + ("outcome", "attempts", "carried_over"):
+        for key in TIMING_FIELDS + ("outcome", "attempts", "carried_over", "stale"):
             d.pop(key, None)
         for p in d.get("sweep") or []:
             for key in TIMING_FIELDS:
@@ -545,29 +606,128 @@ class TestRecord:
             validity=_obj(d, "validity", where), sweep=sweep, certified_radius=_obj(d, "certified_radius", where),
             cut_short=[str(x) for x in cut], interrupted=_obj(d, "interrupted", where),
             outcome=_str(d, "outcome", where, choices=OUTCOMES), attempts=_int(d, "attempts", where, lo=1),
-            carried_over=_obj(d, "carried_over", where), pixel_crosscheck=pixel, extra=_extra(d, cls),
+            carried_over=_obj(d, "carried_over", where), pixel_crosscheck=pixel,
+            model_key=_str(d, "model_key", where), call=_int(d, "call", where, lo=1), stale=_stale(d, where),
+            extra={k: v for k, v in _extra(d, cls).items() if k not in cls._DERIVED},
         )
 
 
+def _stale(d: Mapping, where: str) -> Optional[dict]:
+    st = _obj(d, "stale", where)
+    if st is not None:
+        _str(st, "model_fingerprint", f"{where}.stale")
+        _str(st, "reason", f"{where}.stale")
+    return st
+
+
+# ------------------------------------------------------------------ what a record may claim
+def _all_zero(rows) -> bool:
+    try:
+        return all(float(v) == 0.0 for row in rows for v in (row if isinstance(row, (list, tuple)) else [row]))
+    except (TypeError, ValueError):
+        return False
+
+
+def _flat(v) -> list:
+    if isinstance(v, (list, tuple)):
+        return [x for item in v for x in _flat(item)]
+    return [v]
+
+
+def vacuity(rec: "TestRecord") -> Optional[str]:
+    """Why ``rec``'s spec holds whatever the model does (so a proof of it proves no operating
+    range), or None. Read from the record's JSON alone (the spec's ``to_json``), so it applies to
+    any sheet: ``at_least`` 0 (a fraction of seeds >= 0 always holds); an
+    ``OutputRange`` with neither bound finite; a ``Linear`` spec with no rows, or whose rows
+    ``C y + d`` are constants (``C`` zero) that are <= 0; ``PredictionNotIn([])``."""
+    # (no seeds would be vacuous too, but the audit refuses them: a record without seed counts is
+    # a hand-written or minimal one, not a vacuous test)
+    if rec.at_least <= 0:
+        return f"at_least={rec.at_least:g}: a fraction of seeds >= 0 holds whatever the model does"
+    spec = rec.spec if isinstance(rec.spec, Mapping) else {}
+    kind = spec.get("kind")
+    if kind == "output_range" and ("lower" in spec or "upper" in spec):
+        bounds = [b for key in ("lower", "upper") for b in _flat(spec.get(key))]
+        if all(not (_is_num(b) and math.isfinite(b)) for b in bounds):
+            return "OutputRange without a finite bound: every output is in range"
+    if kind == "linear" and "C" in spec and "d" in spec:
+        C, d = spec.get("C"), _flat(spec.get("d"))
+        if isinstance(C, list) and (not C or _all_zero(C)) and all(_is_num(v) and v <= 0 for v in d):
+            return "Linear spec whose rows C y + d are constants <= 0: it holds for every output"
+    if kind == "prediction_not_in" and isinstance(spec.get("classes"), list) and not spec["classes"]:
+        return "PredictionNotIn([]): no class is excluded"
+    return None
+
+
+def model_identity(rec: "TestRecord") -> Optional[str]:
+    """Which model ``rec`` is about, across retraining: a ``model_name`` field (a record hook's,
+    the name the HTML report shows), else ``model_key`` (the plugin's: the fixture that gave the
+    model, or its class); None for records written before either existed."""
+    name = rec.extra.get("model_name")
+    if isinstance(name, str) and name:
+        return "name:" + name
+    return rec.model_key
+
+
+def mark_stale(records: Sequence["TestRecord"]) -> List["TestRecord"]:
+    """THE staleness rule (in place; returns ``records``). A record that ran in the run that
+    wrote the sheet is never stale. A carried-over record with a fingerprint is stale when
+    records of the same model (``model_identity``) ran and none of them has its fingerprint:
+    that model was retrained or edited since, and the record describes it as it was. When no
+    record of its model ran, the earlier judgement (its ``stale`` mark, or none) stands.
+    A record with no model identity (older sheets) counts as the same model as every record
+    that ran: the conservative reading. Records without a fingerprint (plain callables) can
+    never be shown to be stale."""
+    current: Dict[Optional[str], set] = {}
+    every: set = set()
+    for r in records:
+        if r.ran:
+            r.stale = None
+            if r.model_fingerprint:
+                current.setdefault(model_identity(r), set()).add(r.model_fingerprint)
+                every.add(r.model_fingerprint)
+    for r in records:
+        if r.ran or not r.model_fingerprint:
+            continue
+        ident = model_identity(r)
+        now = every if ident is None else current.get(ident)
+        if not now:
+            continue  # no evidence in this run: keep what an earlier run decided
+        if r.model_fingerprint in now:
+            r.stale = None
+            continue
+        fp = sorted(now)[0]
+        what = "the model" if ident is None else f"the model ({ident.split(':', 1)[-1]})"
+        r.stale = {"model_fingerprint": fp,
+                   "reason": f"proved for an older model ({r.model_fingerprint}); {what} now has fingerprint {fp} "
+                             f"in the tests that ran: re-run this test"}
+        if len(now) > 1:
+            r.stale["model_fingerprints"] = sorted(now)
+    return list(records)
+
+
 def parse_records(items: Iterable, where: str = "tests") -> List[TestRecord]:
-    """``TestRecord`` objects from JSON dicts (records already parsed pass through)."""
+    """``TestRecord`` objects from JSON dicts (records already parsed pass through), with the
+    staleness rule (``mark_stale``) applied over them: every reader of a sheet goes through it."""
     if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
         raise SheetFormatError(f"{where}: must be a list of test records, got {type(items).__name__}")
-    return [r if isinstance(r, TestRecord) else TestRecord.from_json(r, f"{where}[{i}]")
+    recs = [r if isinstance(r, TestRecord) else TestRecord.from_json(r, f"{where}[{i}]")
             for i, r in enumerate(items)]
+    return mark_stale(recs)
 
 
 def largest_proved_eps(records: Iterable[TestRecord],
                        key: Callable[[TestRecord], Hashable] = lambda r: r.direction) -> Dict[Any, Optional[float]]:
     """Per ``key`` (default: the direction), the largest eps at which a test *or a point of its
-    sweep* is proved; None where nothing is. ``latentaudit show``, coverage (and through it the
-    HTML report) and the comparison of two sheets all call this."""
+    sweep* is proved and may claim it (``Point.claimed``: not stale, not vacuous); None where
+    nothing is. ``latentaudit show``, coverage (and through it the HTML report), the directions
+    section (the deployment guard) and the comparison of two sheets all call this."""
     out: Dict[Any, Optional[float]] = {}
     for r in records:
         k = key(r)
         best = out.get(k)
         for p in r.points():
-            if p.verdict == PROVED and (best is None or p.eps > best):
+            if p.claimed == PROVED and (best is None or p.eps > best):
                 best = p.eps
         out[k] = best
     return out
@@ -596,11 +756,11 @@ def _finite_num(v) -> bool:
 def widest_radius(records: Iterable[TestRecord]) -> Optional[TestRecord]:
     """The record whose certified-radius search represents a group of tests (a direction, a
     spec kind): the widest search (largest ``eps_max``), then a proved one, then the first by
-    node id. None when no record searched."""
+    node id. None when no record searched (stale records do not count: ``mark_stale``)."""
     best, best_key = None, None
-    for r in sorted(records, key=lambda r: r.nodeid):
+    for r in sorted(records, key=lambda r: r.key):
         cr = r.certified_radius
-        if not cr:
+        if not cr or r.stale is not None:  # a stale record's radii are the old model's
             continue
         cap = cr.get("eps_max")
         key = (float(cap) if _finite_num(cap) else 0.0, r.verdict == PROVED)

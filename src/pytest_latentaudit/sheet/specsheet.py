@@ -12,7 +12,11 @@ Subset runs and shards (see docs/spec-sheet.md):
 
 * ``carry_over(ran, earlier, ...)``: the records of a run plus the earlier sheet's records of
   tests that did not run, marked ``carried_over`` (a ``-k`` run does not shrink the sheet);
-* ``merge_sheets([...])``: the sheets of CI shards joined into one, with conflicts reported.
+* ``merge_sheets([...])``: the sheets of CI shards joined into one, with conflicts reported;
+  of two differing records of one test and model the worse is kept (a merge never raises a claim).
+
+What a record may claim (stale and vacuous records prove no range) is ``records.mark_stale`` /
+``TestRecord.claimed``: ``parse_records`` applies it, so every reader here goes through it.
 """
 from __future__ import annotations
 
@@ -26,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from .records import (EPS_TOL, GuardRecord, PixelCrosscheckRecord, SheetFormatError, TestRecord, largest_proved_eps,
-                      parse_records, widest_radius)
-from ..core.vocab import PROVED, VERDICTS
+from .records import (EPS_TOL, GuardRecord, PixelCrosscheckRecord, SheetFormatError, SweepPoint, TestRecord,
+                      largest_proved_eps, mark_stale, parse_records, widest_radius)
+from ..core.vocab import PROVED, VERDICTS, is_worse
 
 __all__ = ["SCHEMA_VERSION", "SpecSheet", "SheetFormatError", "read_sheet", "check_sheet", "summarize",
            "carry_over", "merge_sheets", "MergeResult", "relative_image_paths", "directions_section"]
@@ -118,10 +122,11 @@ def check_sheet(data, source: str = "spec sheet", *, require_header: bool = True
     records = parse_records(data["tests"], where=f"{source}: tests")
     seen: Dict[str, int] = {}
     for i, r in enumerate(records):
-        if r.nodeid in seen:
-            raise SheetFormatError(f"{source}: tests[{i}]: node id {r.nodeid!r} already recorded at "
-                                   f"tests[{seen[r.nodeid]}]")
-        seen[r.nodeid] = i
+        if r.key in seen:
+            what = "node id" if r.call is None else "node id and call"
+            raise SheetFormatError(f"{source}: tests[{i}]: {what} {r.key!r} already recorded at "
+                                   f"tests[{seen[r.key]}]")
+        seen[r.key] = i
     return records
 
 
@@ -166,7 +171,7 @@ class SpecSheet:
         fields (``created``, ``machine``, ``commit`` replace the computed ones; ``guard``: a
         ``DeepValidationGuard``, its ``sheet_entry()`` or a ``GuardRecord``; ``pixel_crosscheck``:
         a list of ``PixelCheck`` results, their ``to_dict()`` or ``PixelCrosscheckRecord``s)."""
-        recs = sorted(parse_records(list(records)), key=lambda r: r.nodeid)
+        recs = sorted(parse_records(list(records)), key=_order)
         if header.get("guard") is not None:
             g = header["guard"]
             header["guard"] = (g if isinstance(g, GuardRecord) else GuardRecord.from_json(g, "guard")).to_json()
@@ -234,12 +239,16 @@ class SpecSheet:
 
     def direction_entries(self) -> Dict[str, dict]:
         """The sheet's ``directions`` section (ranges, bases, proved eps, certified radius per
-        direction); rebuilt from the records by ``directions_section`` when the sheet has none.
-        ``deploy.in_spec``, the exports and ``latentaudit show`` read it through this."""
+        direction); rebuilt from the records by ``directions_section`` when the sheet has none,
+        or when a stale or vacuous record (the records rule) may have fed its ranges
+        (``_section_current``: a sheet written before the rule, or records marked since). ``deploy.in_spec``, the exports and ``latentaudit
+        show`` read it through this."""
         dirs = self.data.get("directions")
-        if isinstance(dirs, Mapping) and dirs:
+        if isinstance(dirs, Mapping) and dirs and _section_current(dirs, self.records):
             return dict(dirs)
-        return directions_section(self.records)
+        recs = self.records
+        return directions_section(recs, declared=sorted({d for r in recs for d in r.declared_directions}
+                                                        | set(dirs or {})))
 
     def directions(self) -> Dict[str, dict]:
         """Per direction: the largest eps proved (by a test or a sweep point), and the verdicts seen."""
@@ -250,6 +259,33 @@ class SpecSheet:
             d["tests"] += 1
             d["verdicts"][t.verdict] = d["verdicts"].get(t.verdict, 0) + 1
         return out
+
+
+def _order(r: TestRecord):
+    return (r.nodeid, r.call or 0)
+
+
+def _section_current(dirs: Mapping, records: List[TestRecord]) -> bool:
+    """May this stored ``directions`` section be used as it is? Not when one of its ranges
+    comes from a record that may not claim a proof (stale, vacuous: the records rule), or when it
+    was written before the rule (its ranges do not say whether they ``prove``) and a direction
+    holds such records. A section with nothing to doubt is kept as written (older sheets too)."""
+    doubtful: Dict[str, set] = {}
+    for r in records:
+        if not r.claims_proof:
+            doubtful.setdefault(r.direction, set()).add(r.nodeid)
+    for name, entry in dirs.items():
+        if not isinstance(entry, Mapping) or name not in doubtful:
+            continue
+        items = list(entry.get("ranges") or [])
+        if entry.get("latent_range"):
+            items.append(entry["latent_range"])
+        for g in items:
+            if not isinstance(g, Mapping) or "proves" not in g:
+                return False
+            if g.get("proves") and g.get("nodeid") in doubtful[name]:
+                return False
+    return True
 
 
 def _finite(obj):
@@ -275,6 +311,12 @@ def summarize(records: Sequence[Union[TestRecord, Mapping]]) -> dict:
     carried = sum(1 for r in recs if not r.ran)
     if carried:
         out["carried_over"] = carried
+    stale = sum(1 for r in recs if r.stale is not None)
+    if stale:
+        out["stale"] = stale
+    vacuous = sum(1 for r in recs if r.vacuous is not None)
+    if vacuous:
+        out["vacuous"] = vacuous
     return out
 
 
@@ -308,7 +350,8 @@ def carry_over(ran: Sequence[TestRecord], earlier: Sequence[TestRecord], *, ran_
     and left none, say an error before its audit, loses its earlier record). ``keep(record)``:
     whether a test that did not run still exists (deselected, or in a file this run did not
     collect); records of deleted tests are dropped. Kept records are marked ``carried_over``
-    (``{"from": <the earlier sheet's created>}``, the original date kept on later carries)."""
+    (``{"from": <the earlier sheet's created>}``, the original date kept on later carries) and,
+    when this run shows their model has changed since, ``stale`` (``records.mark_stale``)."""
     ran_ids = set(ran_ids) | {r.nodeid for r in ran}
     out = list(ran)
     for r in earlier:
@@ -317,23 +360,71 @@ def carry_over(ran: Sequence[TestRecord], earlier: Sequence[TestRecord], *, ran_
         if r.carried_over is None:
             r.carried_over = {"from": earlier_created}
         out.append(r)
-    return sorted(out, key=lambda r: r.nodeid)
+    return sorted(mark_stale(out), key=_order)
 
 
 @dataclass
 class MergeResult:
     records: List[TestRecord]
     conflicts: List[str] = field(default_factory=list)
-    #: node id -> the name of the sheet its record came from
+    #: record key (``TestRecord.key``) -> the name of the sheet its record came from
     sources: Dict[str, str] = field(default_factory=dict)
 
 
+#: how ``merge_sheets`` may resolve a conflict
+PREFER = ("fail", "worse", "first", "last")
+
+
+def _worse(a: TestRecord, b: TestRecord) -> bool:
+    """Does ``a`` claim less than ``b``? A worse verdict; then a lower verified fraction; then a
+    smaller largest proved eps over its points."""
+    if a.verdict != b.verdict:
+        return is_worse(a.verdict, b.verdict)
+    if abs(a.verified_fraction - b.verified_fraction) > 1e-12:
+        return a.verified_fraction < b.verified_fraction
+    pa, pb = largest_proved_eps([a], key=lambda r: 0)[0], largest_proved_eps([b], key=lambda r: 0)[0]
+    return (pa or -1.0) < (pb or -1.0)
+
+
+def _cap_sweep(kept: TestRecord, other: TestRecord) -> bool:
+    """Never let the kept record claim more at a sweep radius than the other record of the same
+    test and model: a sweep point of ``kept`` better than ``other``'s at the same eps is replaced
+    by ``other``'s (in place). True when something was replaced."""
+    theirs = {round(p.eps, 12): p for p in other.sweep}
+    own = round(other.eps, 12)
+    changed = False
+    for i, p in enumerate(kept.sweep):
+        q = theirs.get(round(p.eps, 12))
+        if q is None and round(p.eps, 12) == own:
+            q = other
+        if q is not None and is_worse(q.verdict, p.verdict):
+            kept.sweep[i] = q if isinstance(q, SweepPoint) else SweepPoint(
+                eps=p.eps, verdict=q.verdict, counts=q.counts, verified_fraction=q.verified_fraction,
+                evidence=q.evidence, estimate=q.estimate)
+            changed = True
+    return changed
+
+
 def merge_sheets(sheets: Sequence[SpecSheet], names: Sequence[str], *, prefer: str = "fail") -> MergeResult:
-    """Join the records of several sheets (CI shards). A test recorded by two sheets is a
-    *conflict* when the records differ in anything but timing (``TestRecord.comparable``) and
-    both ran; a record that ran beats a carried-over one. ``prefer``: ``"fail"`` (report, keep
-    the first), ``"first"`` or ``"last"``. Differences in ``settings`` or ``tool.version`` are
-    conflicts too."""
+    """Join the records of several sheets (CI shards), one per record key (``TestRecord.key``).
+
+    The rule (docs/spec-sheet.md, "Shards"):
+
+    * identical records (``TestRecord.comparable``: timing, pictures, outcome aside) are one;
+    * a record that ran beats a carried-over one;
+    * two records that ran and differ are a *conflict* (listed). Of one model (the same
+      ``model_fingerprint``) the **worse** is kept whatever ``prefer`` says (``_worse``: verdict,
+      then verified fraction, then proved eps), and its sweep points are capped by the other's:
+      a merge never claims more than every record of the test supports. Of different models
+      (shards that ran different code), ``prefer`` picks: ``"fail"`` and ``"worse"`` keep the
+      worse, ``"first"`` / ``"last"`` that side;
+    * two carried-over records that differ (no conflict: neither ran) keep the worse of one
+      model, else the one carried from the later run.
+
+    ``prefer="fail"`` resolves like ``"worse"`` and reports; the CLI then writes nothing. Differences
+    in ``settings`` are conflicts too."""
+    if prefer not in PREFER:
+        raise ValueError(f"prefer must be one of {', '.join(PREFER)}, got {prefer!r}")
     chosen: Dict[str, tuple] = {}
     out = MergeResult([])
     base_settings, base_name = None, None
@@ -345,22 +436,43 @@ def merge_sheets(sheets: Sequence[SpecSheet], names: Sequence[str], *, prefer: s
             diff = sorted(k for k in set(settings) | set(base_settings) if settings.get(k) != base_settings.get(k))
             out.conflicts.append(f"settings differ between {base_name} and {name}: {', '.join(diff)}")
         for r in sheet.records:
-            if r.nodeid not in chosen:
-                chosen[r.nodeid] = (r, name)
+            k = r.key
+            if k not in chosen:
+                chosen[k] = (r, name)
                 continue
-            prev, prev_name = chosen[r.nodeid]
+            prev, prev_name = chosen[k]
             if prev.ran != r.ran:
                 if r.ran:
-                    chosen[r.nodeid] = (r, name)
+                    chosen[k] = (r, name)
                 continue
             if prev.comparable() == r.comparable():
                 continue
-            if prev.ran:  # both ran and disagree
+            same_model = prev.model_fingerprint == r.model_fingerprint
+            worse_new = _worse(r, prev)
+            if not prev.ran:  # both carried over: no conflict
+                later = str((r.carried_over or {}).get("from") or "") > str((prev.carried_over or {}).get("from") or "")
+                take_new = worse_new if same_model else later
+            elif same_model or prefer in ("fail", "worse"):
+                take_new = worse_new
+            else:
+                take_new = prefer == "last"
+            kept, kept_name, other = (r, name, prev) if take_new else (prev, prev_name, r)
+            capped = same_model and _cap_sweep(kept, other)
+            if prev.ran:
                 what = _difference(prev.comparable(), r.comparable())
-                out.conflicts.append(f"{r.nodeid}: recorded by {prev_name} and {name} with different {what}")
-            if prefer == "last" or (not prev.ran and not r.ran):
-                chosen[r.nodeid] = (r, name)
-    out.records = sorted((r for r, _ in chosen.values()), key=lambda r: r.nodeid)
+                line = f"{k}: recorded by {prev_name} and {name} with different {what}"
+                if same_model:
+                    line += f"; kept the worse ({kept_name}'s, {kept.verdict})"
+                    if prefer in ("first", "last") and kept_name != (prev_name if prefer == "first" else name):
+                        line += f", not the {prefer} (a merge never raises a claim of one model)"
+                    if capped:
+                        line += ", its sweep capped by the other's"
+                else:
+                    line += (f" of different models ({prev.model_fingerprint} vs {r.model_fingerprint}); kept "
+                             f"{kept_name}'s")
+                out.conflicts.append(line)
+            chosen[k] = (kept, kept_name)
+    out.records = sorted((r for r, _ in chosen.values()), key=_order)
     out.sources = {k: name for k, (_, name) in chosen.items()}
     return out
 
@@ -382,15 +494,19 @@ def directions_section(records: Iterable[Union[TestRecord, Mapping]],
     """The sheet's top-level ``directions`` section from test records (typed or JSON).
 
     Per direction: ``kind``, ``k``, ``axis`` or ``basis`` (from the records' ``latent_range`` or
-    ``direction_info``), ``proved_eps`` (``records.largest_proved_eps``: a test or a sweep point),
-    ``certified_radius`` (``records.widest_radius``: the summary of the test that searched the
-    widest radius, with its ``nodeid``), ``ranges`` (every test's range and the range at each of
-    its sweep radii, ``mean -+ (eps + std)``, with ``eps``, ``nodeid`` and ``verdict``) and
-    ``latent_range``: the proved range with the largest eps that stays within the realism limit,
-    i.e. the verified operating range a deployer checks inputs against (``None`` when nothing
-    along the direction is proved). ``declared`` names without tests get an entry with
-    ``proved_eps`` and ``latent_range`` ``None``. ``deploy.in_spec`` reads this section."""
-    recs = sorted(parse_records(list(records)), key=lambda r: r.nodeid)
+    ``direction_info``), ``proved_eps`` (``records.largest_proved_eps``: a test or a sweep point
+    that may claim it), ``proved`` (per spec, ``spec_text``: the largest such eps with its
+    ``at_least``), ``certified_radius`` (``records.widest_radius``: the summary of the test that
+    searched the widest radius, with its ``nodeid``), ``ranges`` (every test's range and the range
+    at each of its sweep radii, ``mean -+ (eps + std)``, with ``eps``, ``nodeid``, ``verdict``,
+    the spec it is a range of (``spec``, ``spec_text``, ``at_least``), ``proves`` (the records
+    rule ``Point.claimed``: proved, and neither stale nor vacuous) and ``stale`` / ``vacuous``
+    when so) and ``latent_range``: the range that ``proves`` with the largest eps that stays
+    within the realism limit, i.e. the verified operating range a deployer checks inputs against
+    (``None`` when nothing along the direction may claim a proof). ``declared`` names without
+    tests get an entry with ``proved_eps`` and ``latent_range`` ``None``. ``deploy.in_spec``
+    reads this section."""
+    recs = sorted(parse_records(list(records)), key=_order)
     out: Dict[str, dict] = {}
     for name in declared or ():
         out.setdefault(str(name), _new_entry())
@@ -401,6 +517,9 @@ def directions_section(records: Iterable[Union[TestRecord, Mapping]],
     for name, group in by_dir.items():
         entry = out.setdefault(name, _new_entry())
         entry["proved_eps"] = proved_eps[name]
+        by_spec = largest_proved_eps(group, key=lambda r: (r.spec_text or r.spec_kind, r.at_least))
+        entry["proved"] = [{"spec_text": st, "at_least": q, "eps": e} for (st, q), e in sorted(by_spec.items())
+                           if e is not None]
         widest = widest_radius(group)
         if widest is not None:
             entry["certified_radius"] = dict(widest.certified_radius or {}, nodeid=widest.nodeid)
@@ -411,28 +530,37 @@ def directions_section(records: Iterable[Union[TestRecord, Mapping]],
                     if key in src and key not in entry:
                         entry[key] = src[key]
             _add_validity(entry, r.validity)
-            if rng:
-                item = {k: rng[k] for k in ("lower", "upper", "mean", "std", "eps", "n_seeds") if k in rng}
-                item.setdefault("eps", r.eps)
-                item["nodeid"], item["verdict"] = r.nodeid, r.verdict
-                entry["ranges"].append(item)
-                if "mean" in rng and "std" in rng:  # the range at a sweep radius: mean -+ (eps + std)
-                    for p in r.points():
-                        if not p.sweep:
-                            continue
-                        entry["ranges"].append({
-                            "lower": [m - p.eps - sd for m, sd in zip(rng["mean"], rng["std"])],
+            if not rng:
+                continue
+            about = {"nodeid": r.nodeid, "spec": r.spec_kind, "spec_text": r.spec_text or r.spec_kind,
+                     "at_least": r.at_least}
+            if r.call is not None:
+                about["call"] = r.call
+            if r.stale is not None:
+                about["stale"] = True
+            if r.vacuous is not None:
+                about["vacuous"] = r.vacuous
+            for p in r.points():
+                if not p.sweep:
+                    item = {k: rng[k] for k in ("lower", "upper", "mean", "std", "eps", "n_seeds") if k in rng}
+                    item.setdefault("eps", r.eps)
+                elif "mean" in rng and "std" in rng:  # the range at a sweep radius: mean -+ (eps + std)
+                    item = {"lower": [m - p.eps - sd for m, sd in zip(rng["mean"], rng["std"])],
                             "upper": [m + p.eps + sd for m, sd in zip(rng["mean"], rng["std"])],
-                            "mean": rng["mean"], "std": rng["std"], "eps": p.eps, "n_seeds": rng.get("n_seeds", 0),
-                            "nodeid": r.nodeid, "verdict": p.verdict})
+                            "mean": rng["mean"], "std": rng["std"], "eps": p.eps, "n_seeds": rng.get("n_seeds", 0)}
+                else:
+                    continue
+                item.update(about, verdict=p.verdict, proves=p.claimed == PROVED)
+                entry["ranges"].append(item)
     for entry in out.values():
-        entry["ranges"].sort(key=lambda g: (g["eps"], g["nodeid"]))
+        entry["ranges"].sort(key=lambda g: (g["eps"], g["nodeid"], g.get("call") or 0))
         limit = entry.get("realism_limit")
         for g in entry["ranges"]:
             if limit is not None and g["eps"] > limit + EPS_TOL:
                 g["beyond_realism"] = True
-        # never offer a deployer a range that goes beyond where the generator stays realistic
-        proved = [g for g in entry["ranges"] if g["verdict"] == PROVED and not g.get("beyond_realism")]
+        # never offer a deployer a range that goes beyond where the generator stays realistic,
+        # nor one that a stale or vacuous record "proved"
+        proved = [g for g in entry["ranges"] if g["proves"] and not g.get("beyond_realism")]
         entry["latent_range"] = max(proved, key=lambda g: g["eps"]) if proved else None
     return dict(sorted(out.items()))
 
