@@ -163,3 +163,61 @@ def test_old_style_spectral_norm_is_still_proved():
     res = verify_box(model, LOWER, LOWER + 1e-3, Prediction(int(model(LOWER).argmax())), engine="linear",
                      device="cpu", budget_s=5.0)
     assert res.status == ["verified"], res.notes
+
+
+# ------------------------------------------ 3. auto_LiRPA bounding another function
+class SpatialMean(nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3))  # any spatial size: a pooling parsed to another size still runs
+
+
+# auto_LiRPA 0.3 parses these poolings without the attribute that matters (ceil_mode,
+# count_include_pad=False, dilation), and its bound of that other function missed the
+# bright bottom-right pixel the real pooling sees.
+LIRPA_POOLS = {
+    "avg_ceil_mode": lambda: nn.AvgPool2d(2, ceil_mode=True),
+    "avg_count_include_pad": lambda: nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
+    "max_dilation": lambda: nn.MaxPool2d(2, stride=1, dilation=2),
+}
+# upper bounds of the spatial mean that auto_LiRPA 0.3 "proved" (its bound: 0.0, 0.049, 0.25)
+LIRPA_UPPER = {"avg_ceil_mode": 0.125, "avg_count_include_pad": 0.063, "max_dilation": 0.625}
+
+
+@pytest.mark.parametrize("pool", sorted(LIRPA_POOLS))
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+def test_auto_lirpa_does_not_prove_a_pooling_it_parses_differently(pool, method):
+    from pytest_latentaudit import OutputRange
+    from pytest_latentaudit.engines.lirpa_compat import auto_lirpa_version
+
+    if auto_lirpa_version() is None:
+        pytest.skip("auto_LiRPA is not installed")
+    model = nn.Sequential(LIRPA_POOLS[pool](), SpatialMean()).eval()
+    lower = torch.zeros(1, 1, 3, 3)
+    upper = lower.clone()
+    upper[0, 0, 2, 2] = 1.0  # one pixel varies
+    spec = OutputRange(upper=LIRPA_UPPER[pool])
+    with torch.no_grad():  # honesty: the box's corner violates
+        assert float(model(upper)) > LIRPA_UPPER[pool]
+    res = verify_box(model, lower, upper, spec, engine=f"auto_lirpa:{method}", device="cpu", budget_s=BUDGET)
+    _assert_not_verified(res, f"auto_LiRPA {method} on {pool}")
+    for s, x in zip(res.status, res.counterexamples):
+        if s == "falsified":
+            assert bool((lower <= x).all() and (x <= upper).all())
+            assert float(model(x.reshape(lower.shape))) > LIRPA_UPPER[pool]
+
+
+def test_auto_lirpa_still_proves_a_pooling_it_parses_right():
+    """Control: plain average pooling (no ceil_mode, padding counted) passes the parse check."""
+    from pytest_latentaudit import OutputRange
+    from pytest_latentaudit.engines.lirpa_compat import auto_lirpa_version
+
+    if auto_lirpa_version() is None:
+        pytest.skip("auto_LiRPA is not installed")
+    model = nn.Sequential(nn.Conv2d(1, 2, 2), nn.ReLU(), nn.AvgPool2d(2, stride=1), SpatialMean()).eval()
+    lower = torch.zeros(1, 1, 4, 4)
+    upper = lower + 0.01
+    with torch.no_grad():
+        top = float(model(upper).max()) + 1.0
+    res = verify_box(model, lower, upper, OutputRange(upper=top), engine="auto_lirpa:crown", device="cpu",
+                     budget_s=5.0)
+    assert res.status == ["verified"], res.notes
