@@ -389,6 +389,7 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
 
     escapes: List[tuple] = []
     state = _python_state(model)
+    rng = _rng_states()
     try:
         with torch.no_grad(), _EscapeRecorder(escapes), _one_fake_mode():
             gm = make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, x)
@@ -441,6 +442,10 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
     why = _plain_call_differs(model, x, graph, x_ph)
     if why is not None:
         raise UnsupportedLayer(type(model).__name__, why)
+    drawn = _rng_drawn(rng)
+    if drawn:
+        raise UnsupportedLayer(type(model).__name__, f"forward draws random numbers ({', '.join(drawn)}'s global "
+                               f"generator): each call draws anew, and a trace bakes in one draw")
     changed = _state_changes(state, _python_state(model))
     if changed:
         raise UnsupportedLayer(type(model).__name__, f"forward changes the module's Python state "
@@ -467,23 +472,131 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
         raise UnsupportedLayer(layer, f"{exc.what}; op {where}") from None
 
 
+#: nn.Module's own bookkeeping (parameter, buffer, module and hook dicts): not model state
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+#: containers held by a module are compared up to this depth and length (longer: by length)
+_STATE_DEPTH, _STATE_LEN = 3, 1000
+#: tensors held as plain attributes are compared by value up to this size (larger: by identity)
+_STATE_NUMEL = 1 << 20
+_SKIP = object()
+
+
+def _state_value(v, depth: int = 0):
+    """A snapshot of one attribute for ``_state_changes``: scalars as they are, tensors (not
+    parameters or buffers: those are graph inputs, and writes into them are refused by the
+    trace) by value, containers item by item; anything else (functions, modules, objects)
+    is ``_SKIP``."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if torch.is_tensor(v):
+        small = v.numel() <= _STATE_NUMEL
+        return ("tensor", v, ops.versions(v), v.detach().clone() if small else None)
+    if isinstance(v, (list, tuple, dict, set, frozenset)):
+        if depth >= _STATE_DEPTH or len(v) > _STATE_LEN:
+            return ("container", type(v), len(v))
+        if isinstance(v, dict):
+            items = [(k, _state_value(x, depth + 1)) for k, x in v.items() if isinstance(k, (bool, int, float, str))]
+            return ("dict", type(v), len(v), tuple(i for i in items if i[1] is not _SKIP))
+        if isinstance(v, (set, frozenset)):
+            return ("set", type(v), frozenset(x for x in v if isinstance(x, (bool, int, float, str))), len(v))
+        items = [_state_value(x, depth + 1) for x in v]
+        return ("seq", type(v), tuple(i if i is not _SKIP else ("skipped",) for i in items))
+    return _SKIP
+
+
 def _python_state(model: nn.Module) -> Dict[str, object]:
-    """The plain Python scalars (numbers, strings, flags) held by every submodule: a forward
-    that counts its calls or flips a flag is another function on every call."""
+    """What the model's modules hold besides parameters and buffers: plain Python scalars
+    (numbers, strings, flags), tensors held as plain attributes, and containers of them. A
+    forward that counts its calls (in an attribute, a dict, a list or a tensor) or flips a
+    flag is another function on every call."""
     out: Dict[str, object] = {}
     for name, m in model.named_modules(remove_duplicate=False):
         for k, v in vars(m).items():
-            if v is None or isinstance(v, (bool, int, float, str)):
-                out[f"{name or type(m).__name__}.{k}"] = v
+            if k in _MODULE_INTERNALS and not (v is None or isinstance(v, (bool, int, float, str))):
+                continue
+            s = _state_value(v)
+            if s is not _SKIP:
+                out[f"{name or type(m).__name__}.{k}"] = s
     return out
+
+
+def _same_state(a, b) -> bool:
+    """Whether two ``_state_value`` snapshots are equal (NaN equals NaN, tensors by value
+    where both were copied, else by identity and version counter)."""
+    if isinstance(a, tuple) and isinstance(b, tuple) and a and b and a[0] == "tensor" == b[0]:
+        ta, tb = a[3], b[3]
+        if ta is not None and tb is not None:
+            return ta.shape == tb.shape and ta.dtype == tb.dtype and ta.device == tb.device and \
+                bool(torch.equal(ta, tb) or (ta.is_floating_point() and
+                                             bool(((ta == tb) | (ta.isnan() & tb.isnan())).all())))
+        return a[1] is b[1] and a[2] == b[2] and a[2] is not None
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # noqa: BLE001 - odd values: treat as different
+        return False
 
 
 def _state_changes(before: Dict[str, object], after: Dict[str, object]) -> List[str]:
     """The attributes of ``after`` that are new or hold another value (NaN equals NaN here)."""
-    def same(a, b):
-        return a == b or (a != a and b != b)
+    return [k for k, v in after.items() if k not in before or not _same_state(before[k], v)]
 
-    return [k for k, v in after.items() if k not in before or not same(before[k], v)]
+
+def _rng_states() -> Dict[str, object]:
+    """The global random number generators a forward can draw from outside ATen's random
+    ops (which the trace refuses): Python's ``random``, NumPy's legacy global one, and
+    torch's own (a draw turned into a Python value, ``torch.rand(1).tolist()``, is baked
+    into the trace)."""
+    import random
+    import sys
+
+    out: Dict[str, object] = {"random": random.getstate(), "torch": torch.get_rng_state()}
+    np = sys.modules.get("numpy")
+    if np is not None:
+        try:
+            out["numpy.random"] = np.random.get_state()
+        except Exception:  # noqa: BLE001 - a numpy without the legacy global generator
+            pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["torch.cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def _rng_drawn(before: Dict[str, object]) -> List[str]:
+    """The generators of ``before`` (``_rng_states``) that have moved since; each is put
+    back where it was, so the verifier's calls do not shift the user's random streams."""
+    import random
+    import sys
+
+    now = _rng_states()
+    moved = []
+
+    def same(a, b):
+        if torch.is_tensor(a) or torch.is_tensor(b):
+            return torch.is_tensor(a) and torch.is_tensor(b) and bool(torch.equal(a, b))
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        if type(a).__module__ == "numpy" or type(b).__module__ == "numpy":
+            import numpy
+
+            return bool(numpy.array_equal(a, b))
+        return a == b
+
+    for key, v in before.items():
+        if key in now and not same(v, now[key]):
+            moved.append(key)
+            if key == "random":
+                random.setstate(v)
+            elif key == "torch":
+                torch.set_rng_state(v)
+            elif key == "numpy.random":
+                sys.modules["numpy"].random.set_state(v)
+            elif key == "torch.cuda":
+                torch.cuda.set_rng_state_all(v)
+    return moved
 
 
 def _one_fake_mode():

@@ -276,7 +276,47 @@ def _build(model, lower, upper, conv_mode: str, key: Tuple, fingerprint: Tuple) 
             if _is_oom(exc):
                 raise
             raise LirpaUnsupported(_describe_failure(entry, exc, "building the bound graph", records)) from exc
+    _check_parse(entry, lower, upper)
     return entry
+
+
+#: points of the parse check besides the building batch's lower, upper and centre
+_PARSE_POINTS = 8
+
+
+def _check_parse(entry: _Entry, lower, upper) -> None:
+    """auto_LiRPA bounds the graph it parsed, not the model: 0.3 drops attributes it does not
+    implement (``ceil_mode``, ``count_include_pad=False`` and ``divisor_override`` of average
+    pooling, the ``dilation`` of max pooling) and then bounds another function, soundly. So the
+    parsed graph's own forward pass must give the private copy's outputs, at the building
+    batch's corners and centre and at random points in and around its boxes; where it does not,
+    no bound of it is a bound of the model (``LirpaUnsupported``)."""
+    import torch
+
+    g = torch.Generator(device="cpu").manual_seed(0x1A77)
+    n = min(lower.shape[0], 4)
+    lo, hi = lower[:n], upper[:n]
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    shape = (_PARSE_POINTS // 2, *lo.shape)
+
+    def rand(fn):
+        return fn(shape, generator=g, dtype=torch.float64).to(device=lo.device, dtype=lo.dtype)
+
+    inside = mid[None] + half[None] * (2 * rand(torch.rand) - 1)
+    around = mid[None] + (1 + mid.abs()[None] + half[None]) * rand(torch.randn)
+    pts = torch.cat([lo, hi, mid, inside.reshape(-1, *lo.shape[1:]), around.reshape(-1, *lo.shape[1:])])
+    with torch.no_grad():
+        want = entry.work(pts).reshape(pts.shape[0], -1)
+        got = entry.bounded(pts).reshape(pts.shape[0], -1)
+    u = torch.finfo(want.dtype).eps
+    tol = 2 ** 20 * u * (1 + want.abs().amax(1, keepdim=True))  # 2e-10 relative in float64
+    gap = (got - want).abs() if got.shape == want.shape else None
+    if gap is None or not bool((gap <= tol).all()):
+        size = "other shapes" if gap is None else f"up to {float(gap.max()):.3g}"
+        raise LirpaUnsupported(
+            f"auto_LiRPA {auto_lirpa_version()}'s parse of the model computes another function than the model "
+            f"({size} apart at check points; pooling with ceil_mode, count_include_pad=False, divisor_override "
+            f"or dilation is parsed without them): its bounds would not be of this model")
 
 
 def _new_bounded(work, example, conv_mode: str):
