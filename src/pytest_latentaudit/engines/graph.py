@@ -898,9 +898,6 @@ def _lower_nodes(gm, graph, values, depends, x, x_ph, param_ph, names, outs, nam
     return _finish(lw, outs, graph, depends, param_ph, names, gm, named, x, dtype, device)
 
 
-_VIEWS = None
-
-
 def _merged_batch_dense(lw, n, values, live) -> bool:
     """``nn.Linear`` (or ``x @ W``) on an input of more than two dims traces as ``view`` to
     ``[batch * positions, in]``, ``addmm``/``mm``, and ``view`` back to ``[batch, *positions,
@@ -908,12 +905,10 @@ def _merged_batch_dense(lw, n, values, live) -> bool:
     product, so the three are one dense op over the last dimension of the unflattened input.
     True when ``n`` is the first view of exactly that pattern (the view is then an alias of its
     input and the product is lowered as a dense op on it); anything else is left to the caller
-    to refuse."""
-    global _VIEWS
-    aten = torch.ops.aten
-    if _VIEWS is None:
-        _VIEWS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
-    if n.target not in _VIEWS or not n.args or not isinstance(n.args[0], torch.fx.Node):
+    to refuse. A view is what the registry lowers as one (``registry._view``)."""
+    from .registry import HANDLERS, _addmm, _mm, _view
+
+    if HANDLERS.get(n.target) is not _view or not n.args or not isinstance(n.args[0], torch.fx.Node):
         return False
     src = n.args[0]
     sv, v = values.get(src), values.get(n)
@@ -925,9 +920,10 @@ def _merged_batch_dense(lw, n, values, live) -> bool:
     if len(users) != 1:
         return False
     mm = users[0]
-    if mm.target is aten.addmm.default:
+    kind = HANDLERS.get(mm.target)
+    if kind is _addmm:
         ok = len(mm.args) >= 3 and mm.args[1] is n and mm.args[0] is not n and mm.args[2] is not n
-    elif mm.target is aten.mm.default:
+    elif kind is _mm:
         ok = len(mm.args) == 2 and mm.args[0] is n and mm.args[1] is not n
     else:
         ok = False
@@ -935,7 +931,7 @@ def _merged_batch_dense(lw, n, values, live) -> bool:
         return False  # the weight (and bias) must be constants of the model
     back = [u for u in mm.users if u in live]
     mv = values.get(mm)
-    if len(back) != 1 or back[0].target not in _VIEWS or not torch.is_tensor(mv) or back[0].args[0] is not mm:
+    if len(back) != 1 or HANDLERS.get(back[0].target) is not _view or not torch.is_tensor(mv) or back[0].args[0] is not mm:
         return False
     bv = values.get(back[0])
     if not torch.is_tensor(bv) or tuple(bv.shape) != (*sv.shape[:-1], mv.shape[-1]):
