@@ -112,12 +112,14 @@ def test_a_larger_budget_runs_a_longer_prefix_of_the_same_work(hard, monkeypatch
     assert again.status == results[2].status and torch.equal(again.bound, results[2].bound)
 
 
-def synthetic_ladder(need, deadline, max_boxes=2_000_000):
+def synthetic_ladder(need, deadline, max_boxes=2_000_000, costly=None):
     """A ladder over ``len(need)`` seeds whose engine proves a sub-box of seed ``i`` once
     its widest side is at most ``need[i]`` (a loose but sound bound elsewhere); the spec
     holds everywhere, so no attack ends a seed. Returns the ladder and the log of bounded
-    seeds."""
+    seeds. ``costly``: a ``TickClock`` that each bounded sub-box advances by a second, every
+    box counted as one that needed the CROWN stage (as on a wide head at a large eps)."""
     n, k = need.numel(), 2
+    held = []
     model = nn.Sequential(nn.Linear(k, 2)).eval()
     with torch.no_grad():
         model[0].weight.zero_()
@@ -126,6 +128,9 @@ def synthetic_ladder(need, deadline, max_boxes=2_000_000):
 
     def bound_fn(idx, btl, btu, C, d):
         log.append(idx.clone())
+        if costly is not None:
+            costly.t += float(idx.numel())
+            held[0].stage_count.crown += idx.numel()
         w = (btu - btl).amax(1)
         ub = torch.where(w <= need[idx].to(w), -torch.ones_like(w), torch.ones_like(w))
         return ub[:, None].expand(-1, C.shape[1]).to(btl.dtype)
@@ -134,6 +139,7 @@ def synthetic_ladder(need, deadline, max_boxes=2_000_000):
                       PredictionSpec(), torch.zeros(n, dtype=torch.long))
     ladder = Ladder(problem, None, engine="bab", bound_fn=bound_fn, deadline=deadline,
                     generator=torch.Generator().manual_seed(0), max_boxes=max_boxes)
+    held.append(ladder)
     return ladder, log
 
 
@@ -162,6 +168,32 @@ def test_seeds_are_decided_one_after_another(monkeypatch):
     assert len(set(decided)) >= 8, decided  # many steps, not one jump at the end
     quarter = next(v for (v, _, w) in runs if w >= 0.25 * work)
     assert len(quarter) >= 0.15 * need.numel(), decided
+
+
+def test_costly_sub_boxes_still_decide_seed_after_seed(monkeypatch):
+    """Where every sub-box needs the costly CROWN stage (tens of milliseconds each on a
+    5x512 head at eps 1.0, k 4), rounds of a thousand sub-boxes and a first quota for every
+    seed before any seed's second one outlast the budget: 256 seeds, every one closing
+    after about 130 bounded sub-boxes, and a budget for a tenth of all that work decided
+    none. Rounds sized in work units and the easiest seeds' deeper passes first must
+    decide seeds while the budget lasts, the more the larger the budget."""
+    need = torch.full((256,), 0.25)
+
+    def run(budget):
+        clock = TickClock(1e-6)
+        monkeypatch.setattr(time, "perf_counter", clock)
+        try:
+            ladder, log = synthetic_ladder(need, clock() + budget, costly=clock)
+            ladder.run_bab()
+        finally:
+            monkeypatch.undo()
+        return {i for i, s in enumerate(ladder.status) if s == "verified"}, sum(map(len, log))
+
+    full, work = run(1e9)
+    assert len(full) == need.numel()
+    tenth, fifth = run(0.1 * work)[0], run(0.2 * work)[0]
+    assert len(tenth) >= 0.04 * need.numel(), (len(tenth), work)
+    assert tenth <= fifth and len(fifth) >= 1.5 * len(tenth), (len(tenth), len(fifth))
 
 
 # ------------------------------------------------------------ (b) soundness

@@ -17,11 +17,22 @@ Which boxes a round takes:
 * seeds in a fixed order, easiest first (the root bound relative to the margin at the
   centre); a round fills its batch with the open boxes of the first seeds in that order,
   so seeds finish one after another (a ramp, not a cliff at the end of the budget);
-* at most ``cap`` boxes of one seed per tier: boxes beyond that come after the first
-  ``cap`` boxes of every other seed, so a seed whose boxes multiply cannot fill the batch;
-* a seed that used up its quota of bounded boxes moves back one pass (behind every seed
-  of the earlier passes), and its quota grows fourfold;
+* a seed that used up its quota of work moves on to its next pass, and its quota grows
+  fourfold; the seed's pass ``p`` is scheduled at key ``(rank + SEED_OFFSET) * 4**p``: seed
+  ``r``'s work is about ``1 / (r + 1)`` of the easiest seed's (a harmonic schedule, within a
+  log factor of the best order for any budget when the easiest-first order is right), so
+  the easiest seeds go deeper before the last ones start, and what a budget covers is a
+  few seeds decided, not every seed a little further and none done;
+* at most ``cap`` boxes of one seed per tier among seeds of one key: a seed whose boxes
+  multiply cannot fill the batch;
 * within a seed, the worst (largest) bound first.
+
+Work is counted in units: a bounded child is one, plus ``CROWN_UNITS`` if its bound needed
+the CROWN stage. Quotas are in units, and a round's size follows the units per child of
+the round before (starting at ``FIRST_ROUND`` parents and at most doubling), so where every
+sub-box needs CROWN (tens of milliseconds each) a round is a few boxes, not a thousand, and
+seeds close while the budget lasts. Units count work done, so the order stays a function
+of the boxes and bounds, never of the clock.
 
 The split dimension (``split="probe"``, the default): a root box is split along every
 dimension and the best split is kept (fewest open children, then the least violation);
@@ -41,8 +52,21 @@ import torch
 
 from ..core.vocab import FALSIFIED, UNKNOWN, VERIFIED
 
-#: bounded children of one seed before it is deferred to the next pass (x4 per pass)
+#: work units (below) one seed may use before it is deferred to its next pass (x4 per pass)
 QUOTA0 = 1024
+#: a bounded child is one work unit, plus this many if it needed the CROWN stage (about
+#: the cost ratio of that stage to the cheap ones on a 5x512 head): rounds and quotas are
+#: sized in units, which count the work done, never the clock
+CROWN_UNITS = 32
+#: a seed's pass p is scheduled at key ``(rank + SEED_OFFSET) * 4**p`` (rank: its place in
+#: the easiest-first order): the first passes of the ``3 * SEED_OFFSET`` easiest seeds come
+#: before any seed's second pass, and with many seeds the easiest get their deeper passes
+#: before the last get a first one, so a budget that covers a few seeds decides a few
+#: (a seed whose boxes multiply without end still takes under half the work before the
+#: others are done: tests/test_bab.py)
+SEED_OFFSET = 1
+#: parents of the first round; each later round may double it, up to the batch size
+FIRST_ROUND = 16
 #: the first leaf attack of a seed after this many bounded children (x4 after each)
 ATTACK0 = 16
 #: leaf attacks wait for this many seeds, or at most this many rounds
@@ -202,14 +226,15 @@ class BranchAndBound:
         prio = torch.full((n,), n, dtype=torch.long, device=dev)
         prio[order] = torch.arange(order.numel(), device=dev)
 
-        spent = torch.zeros(n, dtype=torch.long, device=dev)
+        spent = torch.zeros(n, dtype=torch.long, device=dev)  # bounded children (for the attacks)
+        work = torch.zeros(n, dtype=torch.float64, device=dev)  # units (for the quotas)
         passno = torch.zeros(n, dtype=torch.long, device=dev)
         next_attack = torch.full((n,), ATTACK0, dtype=torch.long, device=dev)
         closed_max = torch.full((n,), -torch.inf, dtype=dt, device=dev)
         pending = torch.zeros(n, dtype=torch.bool, device=dev)
 
-        per_round = max(1, L.batch_size // (2 * k if self.split == "best" else 2))  # parents per round
-        cap = max(1, per_round // 4)  # a seed's boxes per tier
+        most = max(1, L.batch_size // (2 * k if self.split == "best" else 2))  # parents per round
+        per_round = min(FIRST_ROUND, most)
 
         L.tick("bab")
         while True:
@@ -229,18 +254,22 @@ class BranchAndBound:
                 break
             self.rounds += 1
 
-            # ---- choose the batch: (pass, tier, seed order, worst bound first), sorting only
-            # the boxes of the passes the batch reaches (a deferred seed's pool is not touched)
+            # ---- choose the batch: (key, tier, seed order, worst bound first), sorting only
+            # the boxes of the seeds whose keys the batch reaches (the others are not touched)
             s = self.o_seed
-            bp = passno[s]
-            cum = torch.bincount(bp).cumsum(0)
+            cap = max(1, per_round // 4)  # a seed's boxes per tier
+            skey = (prio + SEED_OFFSET) * torch.pow(4, passno.clamp(max=12))
+            by_key = torch.sort(skey, stable=True).indices
+            cum = torch.bincount(s, minlength=n)[by_key].cumsum(0)
             hit = torch.nonzero(cum >= per_round).reshape(-1)
-            reach = int(hit[0]) if hit.numel() else cum.numel() - 1
-            cand = torch.arange(B, device=dev) if reach == cum.numel() - 1 else torch.nonzero(bp <= reach).reshape(-1)
+            bk = skey[s]
+            cand = torch.arange(B, device=dev) if not hit.numel() else \
+                torch.nonzero(bk <= skey[by_key[int(hit[0])]]).reshape(-1)
             o1 = cand[torch.sort(-self.o_ub[cand], stable=True).indices]
             o1 = o1[torch.sort(prio[s[o1]], stable=True).indices]
             tier = _group_rank(s[o1]) // cap
-            o2 = o1[torch.sort(bp[o1] * (B + 1) + tier, stable=True).indices]
+            krank = torch.unique(bk[o1], return_inverse=True)[1]  # small ints: no overflow below
+            o2 = o1[torch.sort(krank * (B + 1) + tier, stable=True).indices]
             sel = o2[:per_round]
             rest = torch.ones(B, dtype=torch.bool, device=dev)
             rest[sel] = False
@@ -264,6 +293,7 @@ class BranchAndBound:
             a_tl, a_tu = self._split_all(q_tl[pr], q_tu[pr])
             n_tl, n_tu = self._split_one(q_tl[nr], q_tu[nr], dim[nr])
             b_seed = torch.cat([q_seed[pr].repeat_interleave(2 * k), q_seed[nr].repeat_interleave(2)])
+            crown0 = L.stage_count.crown
             b_ub, b_tol, done = self._bound(b_seed, torch.cat([a_tl.reshape(-1, k), n_tl.reshape(-1, k)]),
                                             torch.cat([a_tu.reshape(-1, k), n_tu.reshape(-1, k)]))
             na = pr.numel() * 2 * k
@@ -282,7 +312,12 @@ class BranchAndBound:
                 ch_ub[pr], ch_tol[pr] = ub[ap, best], tol[ap, best]
             ch_tl, ch_tu = ch_tl.reshape(-1, k), ch_tu.reshape(-1, k)
             ch_ub, ch_tol = ch_ub.reshape(-1), ch_tol.reshape(-1)
-            spent.scatter_add_(0, q_seed, torch.where(probe, 2 * k, 2))
+            kids = torch.where(probe, 2 * k, 2)
+            spent.scatter_add_(0, q_seed, kids)
+            # units per child of this round (the CROWN stage's boxes spread over its children)
+            per_kid = 1.0 + CROWN_UNITS * (L.stage_count.crown - crown0) / max(done, 1)
+            work.scatter_add_(0, q_seed, kids.to(torch.float64) * per_kid)
+            per_round = max(1, min(2 * per_round, most, int(most / per_kid)))
             ch_seed = q_seed.repeat_interleave(2)
             ch_closed = ch_ub < -ch_tol
             if bool(ch_closed.any()):
@@ -313,7 +348,7 @@ class BranchAndBound:
             # gathered over a few rounds so that each call has many boxes
             live = touched & (count > 0)
             quota = QUOTA0 * torch.pow(4, passno.clamp(max=12))
-            defer = live & (spent >= quota)
+            defer = live & (work >= quota)
             due = live & (spent >= next_attack)
             while bool((due & (spent >= next_attack)).any()):
                 next_attack = torch.where(due & (spent >= next_attack), next_attack * 4, next_attack)

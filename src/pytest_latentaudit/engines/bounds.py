@@ -13,6 +13,7 @@ smaller upper bound. All are sound, so their minimum is.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
@@ -519,15 +520,24 @@ def _neuron_bounds(graph: BoundGraph, conc, center, gens, j, order, valid, s):
     return backward_bound(graph, conc, center, gens, j, rows.reshape(n, U, *graph.nodes[j].shape), zeros, fast=True)
 
 
-def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", threshold=None, crown=None):
+@dataclass
+class StageCount:
+    """How many boxes each costly stage of ``spec_upper_bound`` bounded (a count of the
+    work, not of the clock: branch and bound sizes its rounds by it)."""
+
+    crown: int = 0
+
+
+def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", threshold=None, crown=None,
+                     count: Optional[StageCount] = None):
     """Sound upper bound of every row of ``C y + d`` over the box; ``[N, m]``.
 
     ``method``: ``"ibp"`` (intervals only), ``"linear"`` (forward forms, folded spec and a
     backward pass; the minimum of all of them) or ``"crown"`` (the same, then for boxes
     still open CROWN intermediate bounds on unstable neurons and another backward pass:
-    tighter, and much costlier per box, so the ladder runs it once on the root boxes and
-    branch and bound uses ``"linear"``). ``crown`` overrides the method's choice. With
+    tighter, and much costlier per box). ``crown`` overrides the method's choice. With
     ``threshold`` (``[N]``), each costlier stage runs only for boxes not already below it.
+    ``count`` (a ``StageCount``) is told how many boxes reached the CROWN stage.
     """
     dt = graph.dtype or torch.float64
     center, gens = center.to(dt), gens.to(dt)
@@ -570,6 +580,8 @@ def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", thr
     need = open_(ub) if crown else torch.zeros_like(need)
     if bool(need.any()):
         # what stays open: CROWN intermediate bounds on the unstable neurons, then backward
+        if count is not None:
+            count.crown += int(need.sum())
         forms2, conc2 = linear_bounds(graph, center[need], gens[need], crown=True)
         ub[need] = torch.minimum(ub[need], backward_upper(graph, conc2, center[need], gens[need], C[need], d[need],
                                                           forms=forms2, threshold=_at(thr, need)))

@@ -22,7 +22,7 @@ from typing import List, Optional
 import torch
 
 from . import blackbox, falsify
-from .bounds import spec_upper_bound
+from .bounds import StageCount, spec_upper_bound
 from .forms import tolerance
 from .graph import BoundGraph
 from .problem import Problem
@@ -102,6 +102,8 @@ class Ladder:
         self.cex_margin = torch.full((n,), torch.nan, dtype=dt, device=dev)
         self.notes: List[str] = []
         self.bab_boxes = 0
+        #: boxes that reached the costly CROWN stage of a bound (branch and bound's work units)
+        self.stage_count = StageCount()
         self.fraction = torch.full((n,), torch.nan, dtype=torch.float64)
         self.sample_holds: Optional[List[Optional[int]]] = None
         self.sample_n = 0
@@ -151,7 +153,8 @@ class Ladder:
             if self.bound_fn is not None:
                 ub = self.bound_fn(idx, tl, tu, C, d)
             else:
-                ub = spec_upper_bound(self.graph, c, G, C, d, method=method, threshold=-tol)
+                ub = spec_upper_bound(self.graph, c, G, C, d, method=method, threshold=-tol,
+                                      count=self.stage_count)
         return ub.amax(1).to(tl.dtype), tol.to(tl.dtype), y_c
 
     def chunked_upper(self, idx, tl, tu, method):
