@@ -12,8 +12,9 @@ box, as 0.3 fails on the model's own normalisation). Times are the best of --rep
 
 Part 2, decided versus budget: ``verify_box(engine="auto", budget_s=B)`` for B in
 --budgets, counting decided (verified + falsified) boxes: on the AuditAI-style head
-(bench_matrix.py's seeds) at eps 1.0, k 2, and on bench_acas.py's 16 instances
-(per-instance budget B).
+(bench_matrix.py's seeds) at eps 1.0, k 2 (``--head-cell``: another eps,k, e.g. 1.0,4 where
+every sub-box needs CROWN), and on bench_acas.py's 16 instances (per-instance budget B;
+``--instances none`` skips them).
 
     python bench/bench_throughput.py [--sizes 1000,2000,5000,10000] [--budgets 1,2,5,10,20]
                                      [--seeds 256] [--acas-variant plain] [--quick]
@@ -136,7 +137,8 @@ def budget_curve(args):
 
     print("\nPart 2: decided (verified + falsified) versus budget, verify_box(engine='auto')")
     model, z, labels = M.build(args.seeds)
-    lower, upper = M.box(z, 1.0, 2)
+    eps, k = args.head_cell
+    lower, upper = M.box(z, eps, k)
     verify_box(model, lower[:2], upper[:2], Prediction(labels[:2]), engine="auto", budget_s=1)  # warm-up
     head_rows = []
     for b in args.budgets:
@@ -145,8 +147,8 @@ def budget_curve(args):
         head_rows.append((b, c, r.seconds))
         print(f"  head budget {b}: {c} {r.seconds:.1f}s", file=sys.stderr, flush=True)
 
-    nets = [A.train(s, args.steps)[0] for s in range(A.N_NETS)]
-    insts = [i for i in A.make_instances(nets) if i["id"] in A.parse_range(args.instances, 16)]
+    nets = [A.train(s, args.steps)[0] for s in range(A.N_NETS)] if args.instances != "none" else []
+    insts = [i for i in A.make_instances(nets) if i["id"] in A.parse_range(args.instances, 16)] if nets else []
     acas_rows = []
     for b in args.budgets:
         dec = ver = 0
@@ -162,7 +164,7 @@ def budget_curve(args):
         print(f"  acas budget {b}: decided {dec}/{len(insts)} {secs:.1f}s", file=sys.stderr, flush=True)
 
     n = z.shape[0]
-    print(f"{'budget s':>8s} | {'head eps 1.0 k 2 (' + str(n) + ' seeds)':>34s} | "
+    print(f"{'budget s':>8s} | {f'head eps {eps:g} k {k} (' + str(n) + ' seeds)':>34s} | "
           f"{'acas-like ' + args.acas_variant + ' (' + str(len(insts)) + ' instances)':>34s}")
     print(f"{'':>8s} | {'decided':>8s} {'v/f/u':>13s} {'seconds':>10s} | {'decided':>8s} {'verified':>9s} "
           f"{'seconds':>15s}")
@@ -181,7 +183,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budgets", default="1,2,5,10,20")
     ap.add_argument("--seeds", type=int, default=256)
-    ap.add_argument("--instances", default="0-15")
+    ap.add_argument("--instances", default="0-15", help="bench_acas instances for part 2, or none")
+    ap.add_argument("--head-cell", default="1.0,2", help="eps,k of the head for part 2")
     ap.add_argument("--acas-variant", default="plain", choices=["plain", "cat"])
     ap.add_argument("--steps", type=int, default=1500, help="bench_acas training steps per network")
     ap.add_argument("--no-lirpa", action="store_true")
@@ -198,6 +201,8 @@ def main(argv=None):
                 setattr(args, opt, val)
     args.sizes = [int(s) for s in str(args.sizes).split(",")]
     args.budgets = [float(b) for b in str(args.budgets).split(",")]
+    e, kk = str(args.head_cell).split(",")
+    args.head_cell = (float(e), int(kk))
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}")
     if args.part in ("1", "both"):
