@@ -935,3 +935,178 @@ class MaxPoolOp(BoundOp):
             return self._pick(x, j)
 
         return [_vjp(pick, use_sel, in_shape)], const
+
+
+# ------------------------------------------------------------------- products of data
+class BilinearOp(BoundOp):
+    """``x * y`` for two data tensors (broadcast against each other, e.g. a squeeze-and-
+    excitation gate ``[N, C, 1, 1] * [N, C, H, W]``): the gated products of GLU, SE blocks
+    and ``sigmoid(g(x)) * h(x)``.
+
+    Relaxation on the box ``[lx, ux] x [ly, uy]`` of the operands' concrete bounds (McCormick):
+    two planes with slopes ``(a, b)`` per element, ``a x + b y + cl <= x y <= a x + b y + cu``,
+    with the slopes those of the average of the two McCormick planes on each side,
+    ``a = (ly + uy) / 2``, ``b = (lx + ux) / 2`` (the average of two sound planes is sound; here
+    it is the linearisation at the box centre, ``x y = a x + b y - a b + dx dy`` with
+    ``|dx dy| <= rx ry``), and the intercepts the exact extremes of ``x y - a x - b y`` over the
+    box: a bilinear function takes them at the four corners, so whatever ``a`` and ``b`` are
+    (rounded or not) the lines are sound once the corner values are padded by our rounding.
+
+    Floating point: the model rounds a product once, ``|fl(xy) - xy| <= u |xy|`` (plus the
+    smallest normal number for underflow), and so do our corner products in IBP: the radius
+    (``fan = 1``, ``magnitude = |x| |y|``) covers both. Our products of slopes and forms
+    (forward mode) and the backward step's ``A * a`` summed over the ``group`` output elements
+    that broadcast onto one input element are covered by the ``ours`` part of the radius
+    (``3 gamma_{group + 6}`` of ``|x| |y|``, which bounds ``|a| |x| + |b| |y| + |c|``) or, in a
+    float32 backward pass, by ``our_radius``."""
+
+    n_inputs = 2
+    fan = 1
+
+    def __init__(self, name: str, out_shape, in_shapes):
+        super().__init__(name)
+        self.out_shape = tuple(out_shape)
+        n_out = int(math.prod(self.out_shape))
+        #: output elements that broadcast onto one element of each input (summed in backward)
+        self.groups = tuple(max(1, n_out // max(1, int(math.prod(s)))) for s in in_shapes)
+        self.group = max(self.groups)
+
+    def forward(self, x, y):
+        return x * y
+
+    @staticmethod
+    def _corners(p, q):
+        (lx, ux), (ly, uy) = p, q
+        return torch.stack(torch.broadcast_tensors(lx * ly, lx * uy, ux * ly, ux * uy))
+
+    def ibp(self, p, q):
+        c = self._corners(p, q)
+        lo, hi = c.amin(0), c.amax(0)
+        # 0 * inf is nan: no bound there
+        lo = torch.where(torch.isnan(lo), torch.full_like(lo, -torch.inf), lo)
+        hi = torch.where(torch.isnan(hi), torch.full_like(hi, torch.inf), hi)
+        return lo, hi
+
+    def magnitude(self, mx, my):
+        return mx * my
+
+    def radius(self, pre, ours: bool = True, ours_pre=None) -> Optional[torch.Tensor]:
+        if not self.rounding:
+            return None
+        mag, R = self.model_radius(pre)
+        if ours:
+            m = mag if ours_pre is None else self.magnitude(*[_mag(b) for b in ours_pre])
+            R = R + 3 * gamma(self.group + 6, self.u_ours) * m + (2 * self.group + 16) * underflow(self.u_ours)
+        return overflow_guard(R, mag, self.u)
+
+    def relax(self, p, q):
+        """``(a, b, cl, cu)`` shaped like the output: ``a x + b y + cl <= x y <= a x + b y + cu``
+        on the box, for every ``x`` in ``p`` and ``y`` in ``q``."""
+        (lx, ux), (ly, uy) = p, q
+        a = (ly + uy) / 2  # slope on x
+        b = (lx + ux) / 2  # slope on y
+        xs, ys = (lx, lx, ux, ux), (ly, uy, ly, uy)
+        g = torch.stack(torch.broadcast_tensors(*[x * y - a * x - b * y for x, y in zip(xs, ys)]))
+        cl, cu = g.amin(0), g.amax(0)
+        mx, my = _mag(p), _mag(q)
+        e = 8 * self.u_ours * (mx * my + a.abs() * mx + b.abs() * my) + 4 * underflow(self.u_ours) + tiny(lx.dtype)
+        a, b, cl, cu = torch.broadcast_tensors(a, b, cl - e, cu + e)
+        bad = ~(torch.isfinite(cl) & torch.isfinite(cu) & torch.isfinite(a) & torch.isfinite(b))
+        if bool(bad.any()):  # infinite bounds: no line (a constant infinite intercept)
+            zero = torch.zeros_like(a)
+            a, b = torch.where(bad, zero, a), torch.where(bad, zero, b)
+            cl = torch.where(bad, torch.full_like(cl, -torch.inf), cl)
+            cu = torch.where(bad, torch.full_like(cu, torch.inf), cu)
+        return a, b, cl, cu
+
+    def relaxed(self, p, q):
+        """``relax(p, q)`` remembered for the last bounds (as ``ActivationOp.relaxed``)."""
+        ts = (p[0], p[1], q[0], q[1])
+        v = versions(*ts)
+        c = self.__dict__.get("_relaxed")
+        if v is not None and c is not None and all(x is y for x, y in zip(c[0], ts)) and c[1] == v:
+            return c[2]
+        out = self.relax(p, q)
+        self._relaxed = None if v is None else (ts, v, out)
+        return out
+
+    def linear(self, f, g, pre=None):
+        a, b, cl, cu = self.relaxed(*pre)
+        a1, b1 = a.unsqueeze(1), b.unsqueeze(1)
+        pa, pb = a >= 0, b >= 0
+        pa1, pb1 = pa.unsqueeze(1), pb.unsqueeze(1)
+        # a >= 0: a x >= a (lower form of x); a < 0: a x >= a (upper form of x)
+        lw = torch.where(pa1, a1 * f.lw, a1 * f.uw) + torch.where(pb1, b1 * g.lw, b1 * g.uw)
+        uw = torch.where(pa1, a1 * f.uw, a1 * f.lw) + torch.where(pb1, b1 * g.uw, b1 * g.lw)
+        lb = torch.where(pa, a * f.lb, a * f.ub) + torch.where(pb, b * g.lb, b * g.ub) + cl
+        ub = torch.where(pa, a * f.ub, a * f.lb) + torch.where(pb, b * g.ub, b * g.lb) + cu
+        return LinForm(lw, lb, uw, ub)
+
+    def our_radius(self, pre, u, d_out):
+        # A * a rounded (a rounded to A's dtype too) and summed over the broadcast group,
+        # for each input; the intercepts' products summed over d_out terms into the constant
+        a, b, cl, cu = self.relaxed(*pre)
+        mx, my = _mag(pre[0]), _mag(pre[1])
+        return gamma(self.group + 4, u) * 2 * (a.abs() * mx + b.abs() * my) + \
+            gamma(d_out + 2, u) * (cl.abs() + cu.abs())
+
+    def backward(self, A, pre=None, in_shapes=None):
+        a, b, cl, cu = self.relaxed(*pre)
+        n = a.shape[0]
+        m = A.shape[0] // n  # rows grouped per box: [n * m, *S]
+        A3 = A.reshape(n, m, -1)
+        a, b, cl, cu = (_like(v, A).reshape(n, 1, -1) for v in (a, b, cl, cu))
+        Ap, An = A3.clamp(min=0), A3.clamp(max=0)
+        Ax = (A3 * a).reshape(A.shape)
+        Ay = (A3 * b).reshape(A.shape)
+        const = (Ap * cu + An * cl).sum(2).reshape(-1)
+        return [_sum_to(Ax, (A.shape[0], *in_shapes[0])), _sum_to(Ay, (A.shape[0], *in_shapes[1]))], const
+
+
+class SquareOp(ActivationOp):
+    """``x * x`` (the same tensor twice) and ``x ** 2``: convex, so the chord is above and a
+    tangent below. Both lines take the chord's slope ``s = lo + hi`` (the tangent at the
+    midpoint has it too); the lower intercept is ``min_x x^2 - s x = -s^2 / 4`` (the global
+    minimum, sound for any rounded ``s``), the upper one the larger of ``x^2 - s x`` at the two
+    ends (a convex function's maximum on an interval), padded by our rounding. The model's
+    kernel rounds once for ``x * x`` (``ulps`` 2 here); ``pow`` is taken at 8 ulps like other
+    elementwise kernels (torch computes ``x ** 2`` as ``x * x``)."""
+
+    monotone = False
+    f0 = 0.0
+
+    def __init__(self, name, ulps: float = 2.0):
+        super().__init__(name)
+        self.ulps = float(ulps)
+
+    def f(self, x):
+        return x * x
+
+    def f_err(self, lo, hi):
+        m = torch.maximum(lo.abs(), hi.abs())
+        fm = m * m
+        return overflow_guard(self.ulps * (self.u + self.u_ours) * fm + 2 * max(tiny(lo.dtype), underflow(self.u)),
+                              fm, self.u)
+
+    def ibp(self, b):
+        lo, hi = b
+        m = torch.maximum(lo.abs(), hi.abs())
+        least = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(lo), torch.minimum(lo.abs(), hi.abs()))
+        e = self.f_err(lo, hi)
+        return (least * least - e).clamp(min=0), m * m + e
+
+    def relax(self, lo, hi):
+        s = lo + hi
+        cl = -(s * s) / 4
+        cu = torch.maximum(lo * lo - s * lo, hi * hi - s * hi)
+        al, cl, au, cu = self._pad(lo, hi, s, cl, s, cu)
+        # the padding counts our rounding of the lines' terms; |cl| is not among them here
+        extra = 4 * self.u_ours * (s * s / 4 + lo * lo + hi * hi)
+        cl, cu = cl - extra, cu + extra
+        bad = ~(torch.isfinite(cl) & torch.isfinite(cu) & torch.isfinite(s))
+        if bool(bad.any()):
+            zero = torch.zeros_like(s)
+            al = au = torch.where(bad, zero, s)
+            cl = torch.where(bad, torch.full_like(cl, -torch.inf), cl)
+            cu = torch.where(bad, torch.full_like(cu, torch.inf), cu)
+        return al, cl, au, cu
