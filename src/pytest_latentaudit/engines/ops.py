@@ -999,25 +999,43 @@ class BilinearOp(BoundOp):
             R = R + 3 * gamma(self.group + 6, self.u_ours) * m + (2 * self.group + 16) * underflow(self.u_ours)
         return overflow_guard(R, mag, self.u)
 
-    def relax(self, p, q):
-        """``(a, b, cl, cu)`` shaped like the output: ``a x + b y + cl <= x y <= a x + b y + cu``
-        on the box, for every ``x`` in ``p`` and ``y`` in ``q``."""
+    #: which sound planes (every choice is sound: the intercepts are the exact corner extremes)
+    planes = "avg"
+    #: forward mode also tries the single McCormick planes, per element
+    forward_choice = True
+
+    def _slopes(self, p, q):
         (lx, ux), (ly, uy) = p, q
-        a = (ly + uy) / 2  # slope on x
-        b = (lx + ux) / 2  # slope on y
+        if self.planes == "lirpa":
+            return ly, lx, uy, lx
+        a, b = (ly + uy) / 2, (lx + ux) / 2
+        return a, b, a, b
+
+    def _intercepts(self, p, q, a, b):
+        """The min and max of ``x y - a x - b y`` over the box, padded by our rounding: a
+        bilinear function's extremes on a box are at its corners."""
+        (lx, ux), (ly, uy) = p, q
         xs, ys = (lx, lx, ux, ux), (ly, uy, ly, uy)
         g = torch.stack(torch.broadcast_tensors(*[x * y - a * x - b * y for x, y in zip(xs, ys)]))
-        cl, cu = g.amin(0), g.amax(0)
         mx, my = _mag(p), _mag(q)
         e = 8 * self.u_ours * (mx * my + a.abs() * mx + b.abs() * my) + 4 * underflow(self.u_ours) + tiny(lx.dtype)
-        a, b, cl, cu = torch.broadcast_tensors(a, b, cl - e, cu + e)
-        bad = ~(torch.isfinite(cl) & torch.isfinite(cu) & torch.isfinite(a) & torch.isfinite(b))
+        return g.amin(0) - e, g.amax(0) + e
+
+    def relax(self, p, q):
+        """``(alx, aly, cl, aux, auy, cu)`` shaped like the output: ``alx x + aly y + cl <= x y
+        <= aux x + auy y + cu`` for every ``x`` in ``p`` and ``y`` in ``q``."""
+        alx, aly, aux, auy = self._slopes(p, q)
+        cl, _ = self._intercepts(p, q, alx, aly)
+        _, cu = self._intercepts(p, q, aux, auy)
+        out = list(torch.broadcast_tensors(alx, aly, cl, aux, auy, cu))
+        bad = ~torch.stack([torch.isfinite(v) for v in out]).all(0)
         if bool(bad.any()):  # infinite bounds: no line (a constant infinite intercept)
-            zero = torch.zeros_like(a)
-            a, b = torch.where(bad, zero, a), torch.where(bad, zero, b)
-            cl = torch.where(bad, torch.full_like(cl, -torch.inf), cl)
-            cu = torch.where(bad, torch.full_like(cu, torch.inf), cu)
-        return a, b, cl, cu
+            zero = torch.zeros_like(out[0])
+            for i in (0, 1, 3, 4):
+                out[i] = torch.where(bad, zero, out[i])
+            out[2] = torch.where(bad, torch.full_like(zero, -torch.inf), out[2])
+            out[5] = torch.where(bad, torch.full_like(zero, torch.inf), out[5])
+        return tuple(out)
 
     def relaxed(self, p, q):
         """``relax(p, q)`` remembered for the last bounds (as ``ActivationOp.relaxed``)."""
@@ -1030,35 +1048,62 @@ class BilinearOp(BoundOp):
         self._relaxed = None if v is None else (ts, v, out)
         return out
 
+    @staticmethod
+    def _times(c, f, lower: bool):
+        """A lower (``lower``) or upper form of ``c * x`` from x's form ``f``: ``(w, b)``."""
+        pos, pos1, c1 = c >= 0, (c >= 0).unsqueeze(1), c.unsqueeze(1)
+        if lower:
+            return torch.where(pos1, c1 * f.lw, c1 * f.uw), torch.where(pos, c * f.lb, c * f.ub)
+        return torch.where(pos1, c1 * f.uw, c1 * f.lw), torch.where(pos, c * f.ub, c * f.lb)
+
+    def _side(self, f, g, ax, ay, c, lower: bool):
+        w1, b1 = self._times(ax, f, lower)
+        w2, b2 = self._times(ay, g, lower)
+        return w1 + w2, b1 + b2 + c
+
     def linear(self, f, g, pre=None):
-        a, b, cl, cu = self.relaxed(*pre)
-        a1, b1 = a.unsqueeze(1), b.unsqueeze(1)
-        pa, pb = a >= 0, b >= 0
-        pa1, pb1 = pa.unsqueeze(1), pb.unsqueeze(1)
-        # a >= 0: a x >= a (lower form of x); a < 0: a x >= a (upper form of x)
-        lw = torch.where(pa1, a1 * f.lw, a1 * f.uw) + torch.where(pb1, b1 * g.lw, b1 * g.uw)
-        uw = torch.where(pa1, a1 * f.uw, a1 * f.lw) + torch.where(pb1, b1 * g.uw, b1 * g.lw)
-        lb = torch.where(pa, a * f.lb, a * f.ub) + torch.where(pb, b * g.lb, b * g.ub) + cl
-        ub = torch.where(pa, a * f.ub, a * f.lb) + torch.where(pb, b * g.ub, b * g.lb) + cu
+        """Forward mode: the default planes, and on each side the two single McCormick planes
+        as well; per element the form whose concretisation over the box is tightest is kept
+        (every candidate is a sound plane, so any choice is)."""
+        alx, aly, cl, aux, auy, cu = self.relaxed(*pre)
+        lw, lb = self._side(f, g, alx, aly, cl, True)
+        uw, ub = self._side(f, g, aux, auy, cu, False)
+        if self.forward_choice:
+            (lx, ux), (ly, uy) = pre
+            if bool(torch.isfinite(lx).all() and torch.isfinite(ux).all() and torch.isfinite(ly).all()
+                    and torch.isfinite(uy).all()):
+                # lower planes through (lx, ly) and (ux, uy); upper through (lx, uy) and (ux, ly)
+                for (ax, ay), lower in (((ly, lx), True), ((uy, ux), True), ((uy, lx), False), ((ly, ux), False)):
+                    ax, ay = torch.broadcast_tensors(ax, ay)
+                    ax, ay = ax.expand_as(alx), ay.expand_as(alx)
+                    c = self._intercepts(pre[0], pre[1], ax, ay)[0 if lower else 1]
+                    w, b = self._side(f, g, ax, ay, c, lower)
+                    if lower:
+                        better = (b - w.abs().sum(1)) > (lb - lw.abs().sum(1))
+                        lw, lb = torch.where(better.unsqueeze(1), w, lw), torch.where(better, b, lb)
+                    else:
+                        better = (b + w.abs().sum(1)) < (ub + uw.abs().sum(1))
+                        uw, ub = torch.where(better.unsqueeze(1), w, uw), torch.where(better, b, ub)
         return LinForm(lw, lb, uw, ub)
 
     def our_radius(self, pre, u, d_out):
-        # A * a rounded (a rounded to A's dtype too) and summed over the broadcast group,
-        # for each input; the intercepts' products summed over d_out terms into the constant
-        a, b, cl, cu = self.relaxed(*pre)
+        # A * slope rounded (the slope rounded to A's dtype too) and summed over the broadcast
+        # group, for each input; the intercepts' products summed over d_out terms into the constant
+        alx, aly, cl, aux, auy, cu = self.relaxed(*pre)
         mx, my = _mag(pre[0]), _mag(pre[1])
-        return gamma(self.group + 4, u) * 2 * (a.abs() * mx + b.abs() * my) + \
+        return gamma(self.group + 4, u) * ((alx.abs() + aux.abs()) * mx + (aly.abs() + auy.abs()) * my) + \
             gamma(d_out + 2, u) * (cl.abs() + cu.abs())
 
     def backward(self, A, pre=None, in_shapes=None):
-        a, b, cl, cu = self.relaxed(*pre)
-        n = a.shape[0]
+        alx, aly, cl, aux, auy, cu = self.relaxed(*pre)
+        n = alx.shape[0]
         m = A.shape[0] // n  # rows grouped per box: [n * m, *S]
         A3 = A.reshape(n, m, -1)
-        a, b, cl, cu = (_like(v, A).reshape(n, 1, -1) for v in (a, b, cl, cu))
+        alx, aly, cl, aux, auy, cu = (_like(v, A).reshape(n, 1, -1) for v in (alx, aly, cl, aux, auy, cu))
         Ap, An = A3.clamp(min=0), A3.clamp(max=0)
-        Ax = (A3 * a).reshape(A.shape)
-        Ay = (A3 * b).reshape(A.shape)
+        # backward bounds from above: the upper plane where A >= 0, the lower one where A < 0
+        Ax = (Ap * aux + An * alx).reshape(A.shape)
+        Ay = (Ap * auy + An * aly).reshape(A.shape)
         const = (Ap * cu + An * cl).sum(2).reshape(-1)
         return [_sum_to(Ax, (A.shape[0], *in_shapes[0])), _sum_to(Ay, (A.shape[0], *in_shapes[1]))], const
 
