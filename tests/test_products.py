@@ -24,7 +24,7 @@ from pytest_latentaudit.engines.ops import UnsupportedLayer
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-KINDS = ["two_branches", "square", "pow", "gate", "glu", "se", "chain"]
+KINDS = ["two_branches", "square", "pow", "gate", "glu", "se", "chain", "hard"]
 
 
 class ProductNet(nn.Module):
@@ -39,6 +39,9 @@ class ProductNet(nn.Module):
         self.conv = nn.Conv2d(2, 3, 3, padding=1)
         self.fc = nn.Linear(3, 3)
         self.out = nn.Linear(3 * 9 if kind == "se" else w, n_out)
+        self.prelu = nn.PReLU(w)
+        with torch.no_grad():  # slopes of either sign, some above 1 (concave pieces)
+            self.prelu.weight.uniform_(-1.5, 2.0)
 
     def forward(self, x):
         k = self.kind
@@ -57,6 +60,8 @@ class ProductNet(nn.Module):
             f = F.relu(self.conv(self.im(x).reshape(-1, 2, 3, 3)))
             s = torch.sigmoid(self.fc(f.mean((2, 3)))).reshape(-1, 3, 1, 1)
             h = (f * s).flatten(1)
+        elif k == "hard":  # Hardswish, Hardsigmoid and PReLU, gated
+            h = F.hardswish(3 * self.a(x)) * F.hardsigmoid(3 * self.b(x)) + self.prelu(2 * self.a(x))
         else:  # chain: a product of a product, with the first factor read twice
             p = self.a(x) * self.b(x)
             h = p * torch.tanh(p) + self.a(x)

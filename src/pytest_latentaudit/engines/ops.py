@@ -1155,3 +1155,57 @@ class SquareOp(ActivationOp):
             cl = torch.where(bad, torch.full_like(cl, -torch.inf), cl)
             cu = torch.where(bad, torch.full_like(cu, torch.inf), cu)
         return al, cl, au, cu
+
+
+class HardsigmoidOp(SampledActivationOp):
+    """``hardsigmoid(x) = clamp(x + 3, 0, 6) / 6``: piecewise linear, kinks at -3 and 3. The
+    kernel rounds ``x + 3`` and the scaling by 1/6 (relative errors of ``f``): 8 ulps."""
+
+    kinks = (-3.0, 3.0)
+    piecewise_linear = True
+    lipschitz = 1.0 / 6.0
+    f0 = 0.5
+    ulps = 8.0
+
+    def f(self, x):
+        return F.hardsigmoid(x)
+
+
+class HardswishOp(SampledActivationOp):
+    """``hardswish(x) = x clamp(x + 3, 0, 6) / 6``: 0 below -3, ``x`` above 3, the quadratic
+    ``x (x + 3) / 6`` between (``f'' = 1/3``), kinks at -3 and 3; not monotone, ``|f'| <= 1.5``,
+    ``|f(x)| <= |x|``. The sampled relaxation (chord slope, grid extremes widened by
+    ``f2 h^2 / 8``) is sound for it (docstring of ``SampledActivationOp``)."""
+
+    kinks = (-3.0, 3.0)
+    f2 = 1.0 / 3.0
+    monotone = False
+    lipschitz = 1.5
+    f0 = 0.0
+    ulps = 8.0
+
+    def f(self, x):
+        return F.hardswish(x)
+
+
+class PReLUOp(SampledActivationOp):
+    """``prelu(x, w)``: ``x`` where ``x > 0``, ``w x`` elsewhere, ``w`` a learned constant per
+    channel (any sign or size: the slope may exceed 1, making the function concave, or be
+    negative). Piecewise linear with a kink at 0, so the sampled relaxation is exact in its
+    intercepts for every slope. The model rounds ``w x`` once (2 ulps of ``max(1, |w|) |x|``)."""
+
+    kinks = (0.0,)
+    monotone = False
+    f0 = 0.0
+    ulps = 2.0
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.weight = None
+
+    def _bound(self):
+        self.lipschitz = max(1.0, float(self.weight.detach().abs().max())) if self.weight.numel() else 1.0
+
+    def f(self, x):
+        w = self.weight.to(x.dtype)
+        return torch.where(x > 0, x, w * x)

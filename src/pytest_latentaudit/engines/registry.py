@@ -530,6 +530,26 @@ def _softplus(ctx):
     return _elementwise(ctx, ops.SoftplusOp(ctx.name, float(ctx.arg("beta")), float(ctx.arg("threshold"))))
 
 
+@register(*_ov(aten.hardsigmoid, "default"), *_ov(aten.hardsigmoid_, "default"))
+def _hardsigmoid(ctx):
+    return _elementwise(ctx, ops.HardsigmoidOp(ctx.name))
+
+
+@register(*_ov(aten.hardswish, "default"), *_ov(aten.hardswish_, "default"))
+def _hardswish(ctx):
+    return _elementwise(ctx, ops.HardswishOp(ctx.name))
+
+
+@register(*_ov(aten._prelu_kernel, "default"))
+def _prelu(ctx):
+    x = ctx.data_arg("self")
+    w = ctx.const_ref("weight")
+    ctx.check_per_sample("weight")
+    op = ops.PReLUOp(ctx.name)
+    op.consts["weight"] = lambda env: _as_double(_per_sample_const(ctx, w(env)))
+    return _elementwise_node(ctx, op, x)
+
+
 @register(*_ov(aten.abs, "default"), *_ov(aten.abs_, "default"))
 def _abs(ctx):
     return _elementwise(ctx, ops.AbsOp(ctx.name))
