@@ -177,6 +177,7 @@ def test_output_range_near_the_sampled_maximum(data, net, engine):
     q = data.draw(st.sampled_from([-1e-3, 1e-3, 0.05]))
     spec = OutputRange(upper=(top.amax(0) + q * (1 + top.abs().amax(0))).tolist())
     res = verify_box(model, lower, upper, spec, engine=engine, budget_s=0.3, seed=seed)
+    assert not any("not supported" in note for note in res.notes), res.notes
     _check_box_result(model, spec, None, lower, upper, res, g)
 
 
@@ -213,6 +214,7 @@ def test_planted_narrow_violation_is_found_and_never_verified(c, square, engine)
         top = float(model(grid).max())
     # just below the sampled maximum: violated only where (x0 - c)^2 < 1e-6
     res = verify_box(model, lower, upper, OutputRange(upper=top - 1e-6), engine=engine, budget_s=2.0)
+    assert get_graph(model, (2,)) is not None  # the product is bounded, not refused
     assert res.status[0] != "verified"
     if engine in ("bab", "auto"):
         assert res.status[0] == "falsified"
