@@ -90,7 +90,31 @@ EXAMPLES = {
                                             nn.Upsample(scale_factor=2, mode="nearest-exact")), shape=(1, 8), out_in=64),
     "nearest_exact_2d": lambda: Fn(nn.Upsample(scale_factor=2, mode="nearest-exact"), shape=(2, 2, 2), out_in=32),
     "hooks": lambda: _hooked(),
+    # products of two data tensors (McCormick), squares, and the gates built from them
+    "products": lambda: Fn(L(lambda h: torch.cat([h[:, :4] * torch.tanh(h[:, 4:]), h[:, :4] * h[:, :4],
+                                                   h[:, 4:] ** 2, F.glu(h, 1)], 1)), out_in=16),
+    "squeeze_excite": lambda: Fn(_SqueezeExcite(), shape=(2, 2, 2), out_in=8),
+    "hard_prelu": lambda: Fn(nn.Sequential(nn.Hardswish(), _PReLUWide(), nn.Hardsigmoid())),
 }
+
+
+class _SqueezeExcite(nn.Module):
+    """``x * sigmoid(fc(mean(x)))``: a ``[N, C, 1, 1] * [N, C, H, W]`` product."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc(x.mean((2, 3)))).reshape(-1, 2, 1, 1)
+
+
+def _PReLUWide():
+    """A PReLU with per-channel slopes of either sign, some above 1."""
+    p = nn.PReLU(8)
+    with torch.no_grad():
+        p.weight.copy_(torch.linspace(-1.5, 2.0, 8))
+    return p
 
 
 class _ParamAdd(nn.Module):

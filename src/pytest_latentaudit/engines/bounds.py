@@ -426,7 +426,7 @@ def alpha_crown(graph: BoundGraph, conc, center, gens, C, d, steps: int = 20, lr
 def _feeds_relaxation(graph: BoundGraph) -> List[bool]:
     """Nodes whose bounds decide a relaxation (inputs of activations and max pooling) and
     that lie behind an earlier relaxation (before it, forward mode is already exact)."""
-    relaxing = [isinstance(nd.op, (ops.ActivationOp, ops.MaxPoolOp)) for nd in graph.nodes]
+    relaxing = [isinstance(nd.op, (ops.ActivationOp, ops.MaxPoolOp, ops.BilinearOp)) for nd in graph.nodes]
     behind = [False] * len(graph.nodes)
     for j, nd in enumerate(graph.nodes):
         behind[j] = any(behind[i] or relaxing[i] for i in nd.inputs)

@@ -935,3 +935,277 @@ class MaxPoolOp(BoundOp):
             return self._pick(x, j)
 
         return [_vjp(pick, use_sel, in_shape)], const
+
+
+# ------------------------------------------------------------------- products of data
+class BilinearOp(BoundOp):
+    """``x * y`` for two data tensors (broadcast against each other, e.g. a squeeze-and-
+    excitation gate ``[N, C, 1, 1] * [N, C, H, W]``): the gated products of GLU, SE blocks
+    and ``sigmoid(g(x)) * h(x)``.
+
+    Relaxation on the box ``[lx, ux] x [ly, uy]`` of the operands' concrete bounds (McCormick):
+    two planes with slopes ``(a, b)`` per element, ``a x + b y + cl <= x y <= a x + b y + cu``,
+    with the slopes those of the average of the two McCormick planes on each side,
+    ``a = (ly + uy) / 2``, ``b = (lx + ux) / 2`` (the average of two sound planes is sound; here
+    it is the linearisation at the box centre, ``x y = a x + b y - a b + dx dy`` with
+    ``|dx dy| <= rx ry``), and the intercepts the exact extremes of ``x y - a x - b y`` over the
+    box: a bilinear function takes them at the four corners, so whatever ``a`` and ``b`` are
+    (rounded or not) the lines are sound once the corner values are padded by our rounding.
+
+    Floating point: the model rounds a product once, ``|fl(xy) - xy| <= u |xy|`` (plus the
+    smallest normal number for underflow), and so do our corner products in IBP: the radius
+    (``fan = 1``, ``magnitude = |x| |y|``) covers both. Our products of slopes and forms
+    (forward mode) and the backward step's ``A * a`` summed over the ``group`` output elements
+    that broadcast onto one input element are covered by the ``ours`` part of the radius
+    (``3 gamma_{group + 6}`` of ``|x| |y|``, which bounds ``|a| |x| + |b| |y| + |c|``) or, in a
+    float32 backward pass, by ``our_radius``."""
+
+    n_inputs = 2
+    fan = 1
+
+    def __init__(self, name: str, out_shape, in_shapes):
+        super().__init__(name)
+        self.out_shape = tuple(out_shape)
+        n_out = int(math.prod(self.out_shape))
+        #: output elements that broadcast onto one element of each input (summed in backward)
+        self.groups = tuple(max(1, n_out // max(1, int(math.prod(s)))) for s in in_shapes)
+        self.group = max(self.groups)
+
+    def forward(self, x, y):
+        return x * y
+
+    @staticmethod
+    def _corners(p, q):
+        (lx, ux), (ly, uy) = p, q
+        return torch.stack(torch.broadcast_tensors(lx * ly, lx * uy, ux * ly, ux * uy))
+
+    def ibp(self, p, q):
+        c = self._corners(p, q)
+        lo, hi = c.amin(0), c.amax(0)
+        # 0 * inf is nan: no bound there
+        lo = torch.where(torch.isnan(lo), torch.full_like(lo, -torch.inf), lo)
+        hi = torch.where(torch.isnan(hi), torch.full_like(hi, torch.inf), hi)
+        return lo, hi
+
+    def magnitude(self, mx, my):
+        return mx * my
+
+    def radius(self, pre, ours: bool = True, ours_pre=None) -> Optional[torch.Tensor]:
+        if not self.rounding:
+            return None
+        mag, R = self.model_radius(pre)
+        if ours:
+            m = mag if ours_pre is None else self.magnitude(*[_mag(b) for b in ours_pre])
+            R = R + 3 * gamma(self.group + 6, self.u_ours) * m + (2 * self.group + 16) * underflow(self.u_ours)
+        return overflow_guard(R, mag, self.u)
+
+    #: which sound planes (every choice is sound: the intercepts are the exact corner extremes)
+    planes = "avg"
+    #: forward mode also tries the single McCormick planes, per element
+    forward_choice = True
+
+    def _slopes(self, p, q):
+        (lx, ux), (ly, uy) = p, q
+        if self.planes == "lirpa":
+            return ly, lx, uy, lx
+        a, b = (ly + uy) / 2, (lx + ux) / 2
+        return a, b, a, b
+
+    def _intercepts(self, p, q, a, b):
+        """The min and max of ``x y - a x - b y`` over the box, padded by our rounding: a
+        bilinear function's extremes on a box are at its corners."""
+        (lx, ux), (ly, uy) = p, q
+        xs, ys = (lx, lx, ux, ux), (ly, uy, ly, uy)
+        g = torch.stack(torch.broadcast_tensors(*[x * y - a * x - b * y for x, y in zip(xs, ys)]))
+        mx, my = _mag(p), _mag(q)
+        e = 8 * self.u_ours * (mx * my + a.abs() * mx + b.abs() * my) + 4 * underflow(self.u_ours) + tiny(lx.dtype)
+        return g.amin(0) - e, g.amax(0) + e
+
+    def relax(self, p, q):
+        """``(alx, aly, cl, aux, auy, cu)`` shaped like the output: ``alx x + aly y + cl <= x y
+        <= aux x + auy y + cu`` for every ``x`` in ``p`` and ``y`` in ``q``."""
+        alx, aly, aux, auy = self._slopes(p, q)
+        cl, _ = self._intercepts(p, q, alx, aly)
+        _, cu = self._intercepts(p, q, aux, auy)
+        out = list(torch.broadcast_tensors(alx, aly, cl, aux, auy, cu))
+        bad = ~torch.stack([torch.isfinite(v) for v in out]).all(0)
+        if bool(bad.any()):  # infinite bounds: no line (a constant infinite intercept)
+            zero = torch.zeros_like(out[0])
+            for i in (0, 1, 3, 4):
+                out[i] = torch.where(bad, zero, out[i])
+            out[2] = torch.where(bad, torch.full_like(zero, -torch.inf), out[2])
+            out[5] = torch.where(bad, torch.full_like(zero, torch.inf), out[5])
+        return tuple(out)
+
+    def relaxed(self, p, q):
+        """``relax(p, q)`` remembered for the last bounds (as ``ActivationOp.relaxed``)."""
+        ts = (p[0], p[1], q[0], q[1])
+        v = versions(*ts)
+        c = self.__dict__.get("_relaxed")
+        if v is not None and c is not None and all(x is y for x, y in zip(c[0], ts)) and c[1] == v:
+            return c[2]
+        out = self.relax(p, q)
+        self._relaxed = None if v is None else (ts, v, out)
+        return out
+
+    @staticmethod
+    def _times(c, f, lower: bool):
+        """A lower (``lower``) or upper form of ``c * x`` from x's form ``f``: ``(w, b)``."""
+        pos, pos1, c1 = c >= 0, (c >= 0).unsqueeze(1), c.unsqueeze(1)
+        if lower:
+            return torch.where(pos1, c1 * f.lw, c1 * f.uw), torch.where(pos, c * f.lb, c * f.ub)
+        return torch.where(pos1, c1 * f.uw, c1 * f.lw), torch.where(pos, c * f.ub, c * f.lb)
+
+    def _side(self, f, g, ax, ay, c, lower: bool):
+        w1, b1 = self._times(ax, f, lower)
+        w2, b2 = self._times(ay, g, lower)
+        return w1 + w2, b1 + b2 + c
+
+    def linear(self, f, g, pre=None):
+        """Forward mode: the default planes, and on each side the two single McCormick planes
+        as well; per element the form whose concretisation over the box is tightest is kept
+        (every candidate is a sound plane, so any choice is)."""
+        alx, aly, cl, aux, auy, cu = self.relaxed(*pre)
+        lw, lb = self._side(f, g, alx, aly, cl, True)
+        uw, ub = self._side(f, g, aux, auy, cu, False)
+        if self.forward_choice:
+            (lx, ux), (ly, uy) = pre
+            if bool(torch.isfinite(lx).all() and torch.isfinite(ux).all() and torch.isfinite(ly).all()
+                    and torch.isfinite(uy).all()):
+                # lower planes through (lx, ly) and (ux, uy); upper through (lx, uy) and (ux, ly)
+                for (ax, ay), lower in (((ly, lx), True), ((uy, ux), True), ((uy, lx), False), ((ly, ux), False)):
+                    ax, ay = torch.broadcast_tensors(ax, ay)
+                    ax, ay = ax.expand_as(alx), ay.expand_as(alx)
+                    c = self._intercepts(pre[0], pre[1], ax, ay)[0 if lower else 1]
+                    w, b = self._side(f, g, ax, ay, c, lower)
+                    if lower:
+                        better = (b - w.abs().sum(1)) > (lb - lw.abs().sum(1))
+                        lw, lb = torch.where(better.unsqueeze(1), w, lw), torch.where(better, b, lb)
+                    else:
+                        better = (b + w.abs().sum(1)) < (ub + uw.abs().sum(1))
+                        uw, ub = torch.where(better.unsqueeze(1), w, uw), torch.where(better, b, ub)
+        return LinForm(lw, lb, uw, ub)
+
+    def our_radius(self, pre, u, d_out):
+        # A * slope rounded (the slope rounded to A's dtype too) and summed over the broadcast
+        # group, for each input; the intercepts' products summed over d_out terms into the constant
+        alx, aly, cl, aux, auy, cu = self.relaxed(*pre)
+        mx, my = _mag(pre[0]), _mag(pre[1])
+        return gamma(self.group + 4, u) * ((alx.abs() + aux.abs()) * mx + (aly.abs() + auy.abs()) * my) + \
+            gamma(d_out + 2, u) * (cl.abs() + cu.abs())
+
+    def backward(self, A, pre=None, in_shapes=None):
+        alx, aly, cl, aux, auy, cu = self.relaxed(*pre)
+        n = alx.shape[0]
+        m = A.shape[0] // n  # rows grouped per box: [n * m, *S]
+        A3 = A.reshape(n, m, -1)
+        alx, aly, cl, aux, auy, cu = (_like(v, A).reshape(n, 1, -1) for v in (alx, aly, cl, aux, auy, cu))
+        Ap, An = A3.clamp(min=0), A3.clamp(max=0)
+        # backward bounds from above: the upper plane where A >= 0, the lower one where A < 0
+        Ax = (Ap * aux + An * alx).reshape(A.shape)
+        Ay = (Ap * auy + An * aly).reshape(A.shape)
+        const = (Ap * cu + An * cl).sum(2).reshape(-1)
+        return [_sum_to(Ax, (A.shape[0], *in_shapes[0])), _sum_to(Ay, (A.shape[0], *in_shapes[1]))], const
+
+
+class SquareOp(ActivationOp):
+    """``x * x`` (the same tensor twice) and ``x ** 2``: convex, so the chord is above and a
+    tangent below. Both lines take the chord's slope ``s = lo + hi`` (the tangent at the
+    midpoint has it too); the lower intercept is ``min_x x^2 - s x = -s^2 / 4`` (the global
+    minimum, sound for any rounded ``s``), the upper one the larger of ``x^2 - s x`` at the two
+    ends (a convex function's maximum on an interval), padded by our rounding. The model's
+    kernel rounds once for ``x * x`` (``ulps`` 2 here); ``pow`` is taken at 8 ulps like other
+    elementwise kernels (torch computes ``x ** 2`` as ``x * x``)."""
+
+    monotone = False
+    f0 = 0.0
+
+    def __init__(self, name, ulps: float = 2.0):
+        super().__init__(name)
+        self.ulps = float(ulps)
+
+    def f(self, x):
+        return x * x
+
+    def f_err(self, lo, hi):
+        m = torch.maximum(lo.abs(), hi.abs())
+        fm = m * m
+        return overflow_guard(self.ulps * (self.u + self.u_ours) * fm + 2 * max(tiny(lo.dtype), underflow(self.u)),
+                              fm, self.u)
+
+    def ibp(self, b):
+        lo, hi = b
+        m = torch.maximum(lo.abs(), hi.abs())
+        least = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(lo), torch.minimum(lo.abs(), hi.abs()))
+        e = self.f_err(lo, hi)
+        return (least * least - e).clamp(min=0), m * m + e
+
+    def relax(self, lo, hi):
+        s = lo + hi
+        cl = -(s * s) / 4
+        cu = torch.maximum(lo * lo - s * lo, hi * hi - s * hi)
+        al, cl, au, cu = self._pad(lo, hi, s, cl, s, cu)
+        # the padding counts our rounding of the lines' terms; |cl| is not among them here
+        extra = 4 * self.u_ours * (s * s / 4 + lo * lo + hi * hi)
+        cl, cu = cl - extra, cu + extra
+        bad = ~(torch.isfinite(cl) & torch.isfinite(cu) & torch.isfinite(s))
+        if bool(bad.any()):
+            zero = torch.zeros_like(s)
+            al = au = torch.where(bad, zero, s)
+            cl = torch.where(bad, torch.full_like(cl, -torch.inf), cl)
+            cu = torch.where(bad, torch.full_like(cu, torch.inf), cu)
+        return al, cl, au, cu
+
+
+class HardsigmoidOp(SampledActivationOp):
+    """``hardsigmoid(x) = clamp(x + 3, 0, 6) / 6``: piecewise linear, kinks at -3 and 3. The
+    kernel rounds ``x + 3`` and the scaling by 1/6 (relative errors of ``f``): 8 ulps."""
+
+    kinks = (-3.0, 3.0)
+    piecewise_linear = True
+    lipschitz = 1.0 / 6.0
+    f0 = 0.5
+    ulps = 8.0
+
+    def f(self, x):
+        return F.hardsigmoid(x)
+
+
+class HardswishOp(SampledActivationOp):
+    """``hardswish(x) = x clamp(x + 3, 0, 6) / 6``: 0 below -3, ``x`` above 3, the quadratic
+    ``x (x + 3) / 6`` between (``f'' = 1/3``), kinks at -3 and 3; not monotone, ``|f'| <= 1.5``,
+    ``|f(x)| <= |x|``. The sampled relaxation (chord slope, grid extremes widened by
+    ``f2 h^2 / 8``) is sound for it (docstring of ``SampledActivationOp``)."""
+
+    kinks = (-3.0, 3.0)
+    f2 = 1.0 / 3.0
+    monotone = False
+    lipschitz = 1.5
+    f0 = 0.0
+    ulps = 8.0
+
+    def f(self, x):
+        return F.hardswish(x)
+
+
+class PReLUOp(SampledActivationOp):
+    """``prelu(x, w)``: ``x`` where ``x > 0``, ``w x`` elsewhere, ``w`` a learned constant per
+    channel (any sign or size: the slope may exceed 1, making the function concave, or be
+    negative). Piecewise linear with a kink at 0, so the sampled relaxation is exact in its
+    intercepts for every slope. The model rounds ``w x`` once (2 ulps of ``max(1, |w|) |x|``)."""
+
+    kinks = (0.0,)
+    monotone = False
+    f0 = 0.0
+    ulps = 2.0
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.weight = None
+
+    def _bound(self):
+        self.lipschitz = max(1.0, float(self.weight.detach().abs().max())) if self.weight.numel() else 1.0
+
+    def f(self, x):
+        w = self.weight.to(x.dtype)
+        return torch.where(x > 0, x, w * x)

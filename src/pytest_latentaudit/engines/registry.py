@@ -377,11 +377,64 @@ def _add(ctx):
 def _mul(ctx):
     a, b = ctx.raw("self"), ctx.raw("other")
     if ctx.is_data(a) and ctx.is_data(b):
-        raise UnsupportedLayer(ctx.name, "product of two data-dependent tensors")
+        return _data_product(ctx, a, b)
     x, c = (a, "other") if ctx.is_data(a) else (b, "self")
     cref = ctx.const_ref(c)
     ctx.check_per_sample(c)
     return _affine_const(ctx, x, lambda env: _as_double(_per_sample_const(ctx, cref(env))), lambda env: None, 1)
+
+
+def _data_product(ctx, a, b):
+    """``a * b`` with both factors carrying the input: the square of one tensor
+    (``SquareOp``) or a McCormick-relaxed product (``BilinearOp``), broadcasting included."""
+    va, vb, out = ctx.lw.values[a], ctx.lw.values[b], ctx.out_value()
+    if not all(torch.is_tensor(v) and v.is_floating_point() and v.dtype == out.dtype for v in (va, vb)):
+        raise UnsupportedLayer(ctx.name, "a product of two data tensors of different or non-float dtypes")
+    if va.dim() != out.dim() or vb.dim() != out.dim() or va.shape[0] != out.shape[0] or vb.shape[0] != out.shape[0]:
+        raise UnsupportedLayer(ctx.name, "a product of two data tensors that broadcasts across the batch dimension")
+    if ctx.lw.index_of(a) == ctx.lw.index_of(b):
+        return _elementwise_node(ctx, ops.SquareOp(ctx.name, ulps=2.0), a)
+    op = ops.BilinearOp(ctx.name, out.shape[1:], [va.shape[1:], vb.shape[1:]])
+    op.u = ctx.u_elem
+    return ctx.emit(op, [a, b])
+
+
+@register(*_ov(aten.pow, "Tensor_Scalar"))
+def _pow(ctx):
+    e = ctx.arg("exponent")
+    if isinstance(e, bool) or not isinstance(e, (int, float)) or float(e) != 2.0:
+        raise UnsupportedLayer(ctx.name, f"a power with exponent {e!r} (only the square is bounded)")
+    x = ctx.data_arg("self")
+    v = ctx.lw.values[x]
+    if not v.is_floating_point() or v.dtype != ctx.out_value().dtype:
+        raise UnsupportedLayer(ctx.name, "a power of a non-float tensor")
+    return _elementwise_node(ctx, ops.SquareOp(ctx.name, ulps=8.0), x)
+
+
+@register(*_ov(aten.glu, "default"))
+def _glu(ctx):
+    # glu(x, dim) = a * sigmoid(b), a and b the two halves of x along dim
+    d = _dim(ctx, ctx.arg("dim"))
+    x = ctx.data_arg("self")
+    v = ctx.lw.values[x]
+    h = v.shape[d] // 2
+    if v.shape[d] % 2:
+        raise UnsupportedLayer(ctx.name, "glu over an odd-sized dimension")
+    first = ctx.emit(ops.LinearMapOp(ctx.name + ".a", lambda t: t.narrow(d, 0, h), "glu half"), [x])
+    second = ctx.emit(ops.LinearMapOp(ctx.name + ".b", lambda t: t.narrow(d, h, h), "glu half"), [x])
+    sig = ops.SigmoidOp(ctx.name + ".sigmoid")
+    sig.u = ctx.u_elem
+    gate = ctx.emit(sig, [second])
+    shape = list(v.shape[1:])
+    shape[d - 1] = h
+    op = ops.BilinearOp(ctx.name, shape, [shape, shape])
+    op.u = ctx.u_elem
+    return ctx.emit(op, [first, gate])
+
+
+def _elementwise_node(ctx, op, x):
+    op.u = ctx.u_elem
+    return ctx.emit(op, [x])
 
 
 @register(*_ov(aten.div, "Tensor", "Scalar", "Tensor_mode", "Scalar_mode"), *_ov(aten.div_, "Tensor", "Scalar"))
@@ -475,6 +528,26 @@ def _elu(ctx):
 @register(*_ov(aten.softplus, "default"))
 def _softplus(ctx):
     return _elementwise(ctx, ops.SoftplusOp(ctx.name, float(ctx.arg("beta")), float(ctx.arg("threshold"))))
+
+
+@register(*_ov(aten.hardsigmoid, "default"), *_ov(aten.hardsigmoid_, "default"))
+def _hardsigmoid(ctx):
+    return _elementwise(ctx, ops.HardsigmoidOp(ctx.name))
+
+
+@register(*_ov(aten.hardswish, "default"), *_ov(aten.hardswish_, "default"))
+def _hardswish(ctx):
+    return _elementwise(ctx, ops.HardswishOp(ctx.name))
+
+
+@register(*_ov(aten._prelu_kernel, "default"))
+def _prelu(ctx):
+    x = ctx.data_arg("self")
+    w = ctx.const_ref("weight")
+    ctx.check_per_sample("weight")
+    op = ops.PReLUOp(ctx.name)
+    op.consts["weight"] = lambda env: _as_double(_per_sample_const(ctx, w(env)))
+    return _elementwise_node(ctx, op, x)
 
 
 @register(*_ov(aten.abs, "default"), *_ov(aten.abs_, "default"))
