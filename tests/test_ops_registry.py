@@ -90,7 +90,15 @@ EXAMPLES = {
                                             nn.Upsample(scale_factor=2, mode="nearest-exact")), shape=(1, 8), out_in=64),
     "nearest_exact_2d": lambda: Fn(nn.Upsample(scale_factor=2, mode="nearest-exact"), shape=(2, 2, 2), out_in=32),
     "hooks": lambda: _hooked(),
+    "bmm_transposed": lambda: _bmm_transposed(),
 }
+
+
+def _bmm_transposed():
+    """``x^T @ W`` on ``[N, 2, 4]`` with a weight that does not require grad: torch.matmul
+    computes it with ``bmm`` (``W`` expanded over the batch), not ``view, mm, view``."""
+    W = torch.randn(2, 3)
+    return Fn(L(lambda h: h.view(h.shape[0], 2, 4).transpose(1, 2) @ W), out_in=12)
 
 
 class _ParamAdd(nn.Module):

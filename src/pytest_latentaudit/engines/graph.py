@@ -19,6 +19,7 @@ forward output to lie inside them (see api.py).
 from __future__ import annotations
 
 import contextlib
+import math
 import operator
 import re
 from collections import Counter
@@ -439,7 +440,10 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
         depends[n] = n is x_ph or any(depends.get(a, False) for a in n.all_input_nodes)
     if not depends[outs]:
         raise UnsupportedLayer(type(model).__name__, "the output does not depend on the input")
-    why = _plain_call_differs(model, x, graph, x_ph)
+    # the plain call runs in the grad-on trace's mode (the same program as ``gm`` up to
+    # ``_canonical``'s rewrites, which may take other ops: bmm there, view, mm, view here)
+    why = _plain_call_differs(model, x, gm_grad.graph,
+                              [n for n in gm_grad.graph.nodes if n.op == "placeholder"][-1])
     if why is not None:
         raise UnsupportedLayer(type(model).__name__, why)
     drawn = _rng_drawn(rng)
@@ -630,6 +634,8 @@ def _op_key(name: str) -> str:
     """One spelling for an ATen op's name and its autograd node's: ``_native_batch_norm_legit_
     no_training`` and ``NativeBatchNormBackward0`` are both ``batchnorm``; ``relu_`` is ``relu``."""
     key = re.sub(r"Backwards?\d*$", "", name).replace("_", "").lower()
+    if key == "reshapealias":  # autograd's name for some views traced as view (matmul's reshape)
+        return "view"
     return "batchnorm" if "batchnorm" in key else key
 
 
@@ -724,19 +730,110 @@ def _program(gm: torch.fx.GraphModule) -> list:
             for n in keep]
 
 
-def _same_trace(a: torch.fx.GraphModule, b: torch.fx.GraphModule) -> bool:
-    """Whether two traces of one model are the same program: the same live nodes and equal constants."""
-    if a.code != b.code and _program(a) != _program(b):
-        return False
-    for n in a.graph.nodes:
+_aten = torch.ops.aten
+#: ops that return their first argument's values when the shape is unchanged
+_SAME_SHAPE = {_aten.view.default, _aten._unsafe_view.default, _aten.reshape.default, _aten.expand.default}
+_RESHAPES = {_aten.view.default, _aten._unsafe_view.default, _aten.reshape.default}
+
+
+def _canonical(gm: torch.fx.GraphModule, table: dict) -> Optional[tuple]:
+    """The program of ``gm`` up to rewrites that keep every value: a view, reshape or expand to
+    the same shape and a ``clone`` are their input; ``view``, ``_unsafe_view`` and ``reshape``
+    are one op; and ``x @ W`` for a 2-d constant-or-data ``W`` at every position of ``x`` is one
+    op whether torch computed it as ``bmm(x, W expanded over x's leading dim)`` or as ``view(mm(
+    view(x, [-1, in]), W), [*x.shape[:-1], out])`` (``torch.matmul`` picks by the weight's
+    ``requires_grad``). Nodes are interned in ``table`` (shared by the two programs compared),
+    so two programs have the same result ids exactly when their rewritten expressions are the
+    same. None where a node mutates (aliasing makes the rewrites unsafe): compare exactly."""
+    ids: Dict[torch.fx.Node, int] = {}
+    info: Dict[int, tuple] = {}
+
+    def intern(key, shape, kind=None, args=()):
+        i = table.setdefault(key, len(table))
+        info.setdefault(i, (kind, args, shape))
+        return i
+
+    def shape_of(n):
+        v = n.meta.get("val")
+        return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+    placeholders = 0
+    roots = []
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            ids[n] = intern(("placeholder", placeholders), shape_of(n))
+            placeholders += 1
+            continue
         if n.op == "get_attr":
-            u, v = getattr(a, n.target, None), getattr(b, n.target, None)
-            if torch.is_tensor(u) or torch.is_tensor(v):
-                if not (torch.is_tensor(u) and torch.is_tensor(v) and u.dtype == v.dtype and u.shape == v.shape
-                        and torch.equal(u, v)):
-                    return False
-            elif u is not v and u != v:
+            ids[n] = intern(("get_attr", n.target), shape_of(n))
+            continue
+        if n.op == "output":
+            roots.append(("output", repr(torch.fx.node.map_arg(n.args, lambda m: ids[m]))))
+            continue
+        if n.op != "call_function":
+            return None
+        schema = getattr(n.target, "_schema", None)
+        if schema is not None and schema.is_mutable:
+            return None
+        shape = shape_of(n)
+        a0 = n.args[0] if n.args and isinstance(n.args[0], torch.fx.Node) else None
+        s0 = shape_of(a0) if a0 is not None else None
+        if a0 is not None and shape is not None and shape == s0 and (
+                (n.target in _SAME_SHAPE and not n.kwargs and len(n.args) == 2) or
+                (n.target is _aten.clone.default and len(n.args) == 1 and set(n.kwargs) <= {"memory_format"}
+                 and n.kwargs.get("memory_format", torch.contiguous_format) in (torch.contiguous_format,
+                                                                                torch.preserve_format))):
+            ids[n] = ids[a0]
+            continue
+        target = "reshape" if n.target in _RESHAPES else str(n.target)
+        dense = None
+        if n.target is _aten.bmm.default and len(n.args) == 2 and not n.kwargs:
+            x_id, m_id = ids[n.args[0]], ids[n.args[1]]
+            kind, margs, mshape = info[m_id]
+            xs = info[x_id][2]
+            if kind == str(_aten.expand.default) and xs is not None and len(xs) == 3 and mshape is not None:
+                w_shape = info[margs[0]][2]
+                if w_shape is not None and len(w_shape) == 2 and mshape == (xs[0], *w_shape) and w_shape[0] == xs[2]:
+                    dense = (x_id, margs[0])
+        elif target == "reshape" and a0 is not None and shape is not None:
+            kind, margs, _ = info[ids[a0]]
+            if kind == str(_aten.mm.default):
+                v_kind, v_args, v_shape = info[margs[0]]
+                if v_kind == "reshape":
+                    xs, w_shape = info[v_args[0]][2], info[margs[1]][2]
+                    if xs is not None and w_shape is not None and len(xs) >= 3 and len(w_shape) == 2 and \
+                            v_shape == (math.prod(xs[:-1]), xs[-1]) and w_shape[0] == xs[-1] and \
+                            shape == (*xs[:-1], w_shape[1]):
+                        dense = (v_args[0], margs[1])
+        if dense is not None:
+            ids[n] = intern(("matmul_last", *dense), shape, "matmul_last", dense)
+            continue
+        arg_ids = tuple(ids[m] for m in n.all_input_nodes)
+        key = (target, repr(torch.fx.node.map_arg((n.args, n.kwargs), lambda m: ("node", ids[m]))))
+        ids[n] = intern(key, shape, target, tuple(ids[m] for m in n.args if isinstance(m, torch.fx.Node))
+                        if n.args else arg_ids)
+        if n.is_impure():
+            roots.append(("impure", ids[n]))
+    return tuple(roots)
+
+
+def _same_trace(a: torch.fx.GraphModule, b: torch.fx.GraphModule) -> bool:
+    """Whether two traces of one model are the same program: the same live nodes and equal
+    constants, or (``_canonical``) the same values computed by differently spelled ops."""
+    if a.code != b.code and _program(a) != _program(b):
+        table: dict = {}
+        ca = _canonical(a, table)
+        if ca is None or ca != _canonical(b, table):
+            return False
+    attrs = {n.target for g in (a, b) for n in g.graph.nodes if n.op == "get_attr"}
+    for target in attrs:
+        u, v = getattr(a, target, None), getattr(b, target, None)
+        if torch.is_tensor(u) or torch.is_tensor(v):
+            if not (torch.is_tensor(u) and torch.is_tensor(v) and u.dtype == v.dtype and u.shape == v.shape
+                    and torch.equal(u, v)):
                 return False
+        elif u is not v and u != v:
+            return False
     return True
 
 
