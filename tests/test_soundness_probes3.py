@@ -185,3 +185,166 @@ def test_control_the_transposed_linear_is_proved():
     res = verify_box(model, lo, lo + 1e-3, OutputRange(upper=[float(y.max()) + 1.0] * 2), engine="linear",
                      device="cpu")
     assert res.status == ["verified"] * 2, res.notes
+
+
+# ------------------------------------------------------ the identity head's Prediction(0) box
+def _identity_head():
+    lin = nn.Linear(2, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.eye(2))
+        lin.bias.zero_()
+    return lin
+
+
+# Prediction(0) holds on this box for the identity head; a narrow spike at SPIKE (missed by
+# every check point) flips it where a forward adds the spike
+LOWER, UPPER = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.2, 0.1]])
+SPIKE = torch.tensor([1.13, 0.07])
+
+
+def _spike(x):
+    return torch.relu(1 - (x - SPIKE).abs().sum(1, keepdim=True) / 0.003) * 10 * torch.tensor([-1.0, 1.0])
+
+
+def _violates(y):
+    return bool((y[:, 1] >= y[:, 0]).any())
+
+
+def _assert_not_verified(model, n, what, engines=("ibp", "linear", "bab", "auto")):
+    for engine in engines:
+        res = verify_box(model, LOWER.repeat(n, 1), UPPER.repeat(n, 1), Prediction(0), engine=engine, device="cpu",
+                         budget_s=1)
+        assert "verified" not in res.status, (f"{what} ({engine}): claimed a proof for a model whose plain calls "
+                                              f"violate the spec; status={res.status} notes={res.notes}")
+
+
+# ------------------------------------------- 1. a forward that branches on its batch size
+class BatchSizeBranch(nn.Module):
+    """Adds the spike at some batch sizes only. The trace ran at batch 2, the check points
+    (at the check batch's size and one at a time) miss the spike: the user's batch of 3 boxes
+    (or one box) takes the other path, and a proof of the batch-2 program is none of it."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.lin, self.how = _identity_head(), how
+
+    def forward(self, x):
+        y = self.lin(x)
+        n = x.shape[0]
+        if self.how == "branch":  # another op at N > 2
+            return y + _spike(x) if n > 2 else y
+        if self.how == "scalar":  # the same ops, another literal
+            return y + _spike(x) * float(n != 2)
+        if self.how == "slice":  # a per-sample slice whose length follows the batch
+            return y + torch.cat([torch.zeros(n, 2), _spike(x), torch.zeros(n, 2)], 1)[:, :2 * (n - 1)].reshape(n, -1, 2).sum(1)
+        raise ValueError(self.how)
+
+
+@pytest.mark.parametrize("how", ["branch", "scalar", "slice"])
+def test_a_forward_that_branches_on_its_batch_size_is_not_proved(how):
+    model = BatchSizeBranch(how).eval()
+    n = 3
+    with torch.no_grad():
+        assert _violates(model(SPIKE.repeat(n, 1)))  # the user's batch of 3 boxes: violated there
+        assert not _violates(model(SPIKE.repeat(2, 1)))  # the traced batch: fine
+    _assert_not_verified(model, n, f"batch-size branch ({how})")
+    if how == "scalar":  # one box: batch 1 takes the spike too
+        _assert_not_verified(model, 1, "batch-size branch at one box")
+
+
+def test_control_a_model_that_uses_its_batch_size_only_for_shapes_is_proved():
+    class Shapes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = _identity_head()
+
+        def forward(self, x):
+            h = x.view(x.shape[0], 1, 2).expand(x.shape[0], 3, 2)
+            return self.lin(h.reshape(x.shape[0] * 3, 2)).view(x.shape[0], 3, 2).mean(1)
+
+    for n in (1, 3):
+        res = verify_box(Shapes().eval(), LOWER.repeat(n, 1), UPPER.repeat(n, 1), Prediction(0), engine="linear",
+                         device="cpu")
+        assert res.status == ["verified"] * n, res.notes
+
+
+# -------------------------------------- 2. state outside the modules: globals, closures, helpers
+CALLS = 0
+COUNTER = {"n": 0}
+
+
+class _Helper:
+    def __init__(self):
+        self.n = 0
+
+
+def _closure_counter():
+    n = [0]
+
+    def step():
+        n[0] += 1
+        return n[0]
+
+    return step
+
+
+class CountsOutside(nn.Module):
+    """Returns ``-y`` (violated) from its ``limit``-th call on, counting where ``_python_state``
+    did not look: a module-level global, a global dict, a closure cell, a helper object. The
+    verifier's own calls stay below the limit, so every one of them sees the identity head;
+    the user's next calls do not."""
+
+    def __init__(self, where, limit):
+        super().__init__()
+        self.lin, self.where, self.limit = _identity_head(), where, limit
+        self.step, self.helper = _closure_counter(), _Helper()
+
+    def count(self):
+        global CALLS
+        if self.where == "global":
+            CALLS += 1
+            return CALLS
+        if self.where == "global_dict":
+            COUNTER["n"] += 1
+            return COUNTER["n"]
+        if self.where == "closure":
+            return self.step()
+        self.helper.n += 1
+        return self.helper.n
+
+    def forward(self, x):
+        y = self.lin(x)
+        return -y if self.count() >= self.limit else y
+
+
+@pytest.mark.parametrize("where", ["global", "global_dict", "closure", "helper"])
+def test_a_forward_that_counts_its_calls_outside_its_modules_is_not_proved(where):
+    probe = CountsOutside(where, 10 ** 9).eval()
+    start = probe.count()
+    res = verify_box(probe, LOWER, UPPER, Prediction(0), engine="linear", device="cpu", budget_s=1)
+    used = probe.count() - start  # the verifier's calls
+    model = CountsOutside(where, 10 ** 9).eval()
+    model.limit = model.count() + used + 2  # its calls stay below the limit, the user's next ones do not
+    for engine in ("ibp", "linear", "bab", "auto"):
+        model.limit += 10 ** 4  # room for this engine's calls
+        res = verify_box(model, LOWER, UPPER, Prediction(0), engine=engine, device="cpu", budget_s=1)
+        assert "verified" not in res.status, (where, engine, res.status, res.notes)
+        assert any("Python state" in n for n in res.notes), res.notes
+
+
+def test_control_a_forward_reading_unchanging_globals_is_proved():
+    res = verify_box(ReadsGlobals().eval(), LOWER, UPPER, Prediction(0), engine="linear", device="cpu")
+    assert res.status == ["verified"], res.notes
+
+
+SCALE = {"factor": 1.0}
+OFFSET = torch.zeros(2)
+
+
+class ReadsGlobals(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = _identity_head()
+
+    def forward(self, x):
+        return self.lin(x) * SCALE["factor"] + OFFSET
