@@ -348,3 +348,27 @@ class ReadsGlobals(nn.Module):
 
     def forward(self, x):
         return self.lin(x) * SCALE["factor"] + OFFSET
+
+
+# ----------------------------------------------------- 3. a forward that branches on inference mode
+class InferenceModeBranch(nn.Module):
+    """Adds the spike under ``torch.inference_mode()`` (how a deployment often calls a model),
+    where no trace and no check point ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = _identity_head()
+
+    def forward(self, x):
+        y = self.lin(x)
+        return y + _spike(x) if torch.is_inference_mode_enabled() else y
+
+
+def test_a_forward_that_branches_on_inference_mode_is_not_proved():
+    model = InferenceModeBranch().eval()
+    with torch.inference_mode():
+        assert _violates(model(SPIKE[None]))
+    with torch.no_grad():
+        assert not _violates(model(SPIKE[None]))
+    for n in (1, 2, 3):
+        _assert_not_verified(model, n, f"inference-mode branch, {n} boxes", engines=("linear", "auto"))

@@ -360,10 +360,11 @@ def _fx_nodes_needed(graph: torch.fx.Graph, out_node) -> set:
 def lower(model: nn.Module, example: torch.Tensor, other_batch: Optional[int] = None) -> BoundGraph:
     """Lower ``model`` on per-sample inputs shaped like ``example[0]`` into a BoundGraph.
 
-    ``other_batch``: a batch size the model is also traced at (the user's number of boxes;
-    api.py passes it), whose program must be the batch-``TRACE_BATCH`` one with the batch
-    dimension scaled (``_same_up_to_batch``): a forward that branches on its batch size is
-    another function at the user's batch than at the one it was lowered at.
+    ``other_batch``: a batch size the model is also traced at, in inference mode (the user's
+    number of boxes; api.py passes it), whose program must be the batch-``TRACE_BATCH`` one
+    with the batch dimension scaled (``_same_up_to_batch``): a forward that branches on its
+    batch size (or on ``torch.is_inference_mode_enabled()``) is another function at the user's
+    batch (or in a deployment's inference mode) than the one lowered.
 
     Raises ``UnsupportedLayer`` naming the first op without a sound bound operator."""
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -408,7 +409,9 @@ def lower(model: nn.Module, example: torch.Tensor, other_batch: Optional[int] = 
         gm_other = None
         if other_batch is not None and int(other_batch) != TRACE_BATCH and int(other_batch) >= 1:
             xb = torch.cat([x] * (int(other_batch) // TRACE_BATCH + 1))[:int(other_batch)]
-            with torch.no_grad(), _EscapeRecorder(escapes), _one_fake_mode():
+            # and in inference mode, the third way a user may call the model (deployed, often):
+            # a forward that branches on torch.is_inference_mode_enabled() differs here too
+            with torch.inference_mode(), _EscapeRecorder(escapes), _one_fake_mode():
                 gm_other = make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, xb)
     except UnsupportedLayer:
         raise
@@ -425,7 +428,8 @@ def lower(model: nn.Module, example: torch.Tensor, other_batch: Optional[int] = 
         why = _same_up_to_batch(gm, gm_other, int(other_batch))
         if why is not None:
             raise UnsupportedLayer(type(model).__name__, f"computes another program at batch size {int(other_batch)} "
-                                   f"than at {TRACE_BATCH} ({why}): a forward that depends on its batch size")
+                                   f"under torch.inference_mode than at {TRACE_BATCH} under torch.no_grad ({why}): "
+                                   f"a forward that depends on its batch size or on the inference mode")
     graph = gm.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     param_ph, x_ph = placeholders[:-1], placeholders[-1]
