@@ -288,19 +288,44 @@ def _closure_counter():
     return step
 
 
+class _HookCounter:
+    def __init__(self, helper):
+        self.helper = helper
+
+    def pre(self, mod, inp):  # a bound method as a pre-hook: counts in a helper object
+        self.helper.n += 1
+
+
 class CountsOutside(nn.Module):
     """Returns ``-y`` (violated) from its ``limit``-th call on, counting where ``_python_state``
     did not look: a module-level global, a global dict, a closure cell, a helper object. The
     verifier's own calls stay below the limit, so every one of them sees the identity head;
     the user's next calls do not."""
 
+    calls = 0  # a class attribute
+
     def __init__(self, where, limit):
         super().__init__()
         self.lin, self.where, self.limit = _identity_head(), where, limit
         self.step, self.helper = _closure_counter(), _Helper()
+        if where in ("hook_closure", "hook_method"):
+            counter = _closure_counter() if where == "hook_closure" else _Helper()
+
+            def hook(mod, inp, out):
+                n = counter() if where == "hook_closure" else counter.n
+                return -out if n >= self.limit else out
+
+            self.lin.register_forward_hook(hook)
+            if where == "hook_method":
+                self.lin.register_forward_pre_hook(_HookCounter(counter).pre)
 
     def count(self):
         global CALLS
+        if self.where in ("hook_closure", "hook_method"):
+            return -1  # the hook counts (and flips)
+        if self.where == "class_attribute":
+            type(self).calls += 1
+            return type(self).calls
         if self.where == "global":
             CALLS += 1
             return CALLS
@@ -317,19 +342,20 @@ class CountsOutside(nn.Module):
         return -y if self.count() >= self.limit else y
 
 
-@pytest.mark.parametrize("where", ["global", "global_dict", "closure", "helper"])
+@pytest.mark.parametrize("where", ["global", "global_dict", "closure", "helper", "class_attribute", "hook_closure",
+                                   "hook_method"])
 def test_a_forward_that_counts_its_calls_outside_its_modules_is_not_proved(where):
-    probe = CountsOutside(where, 10 ** 9).eval()
-    start = probe.count()
-    res = verify_box(probe, LOWER, UPPER, Prediction(0), engine="linear", device="cpu", budget_s=1)
-    used = probe.count() - start  # the verifier's calls
     model = CountsOutside(where, 10 ** 9).eval()
-    model.limit = model.count() + used + 2  # its calls stay below the limit, the user's next ones do not
     for engine in ("ibp", "linear", "bab", "auto"):
-        model.limit += 10 ** 4  # room for this engine's calls
+        # the verifier makes fewer than 10**4 calls here: all of them see the identity head,
+        # and the user's calls from the limit on see -y
+        model.limit = max(model.count(), CountsOutside.calls) + 10 ** 4
         res = verify_box(model, LOWER, UPPER, Prediction(0), engine=engine, device="cpu", budget_s=1)
         assert "verified" not in res.status, (where, engine, res.status, res.notes)
         assert any("Python state" in n for n in res.notes), res.notes
+    model.limit = 0
+    with torch.no_grad():
+        assert _violates(model(LOWER))  # as the user's calls from the limit on
 
 
 def test_control_a_forward_reading_unchanging_globals_is_proved():

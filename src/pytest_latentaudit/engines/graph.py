@@ -617,7 +617,11 @@ def _code_state(model: nn.Module) -> Dict[str, object]:
             return
         st = _state_value(x)
         if st is not _SKIP:
-            out[where] = st
+            key, j = where, 1
+            while key in out:  # two closures of one function: each its own entry
+                j += 1
+                key = f"{where} #{j}"
+            out[key] = st
 
     def names(code):
         yield from code.co_names
@@ -633,6 +637,8 @@ def _code_state(model: nn.Module) -> Dict[str, object]:
             for k, v in vars(cls).items():
                 if isinstance(v, (types.FunctionType, staticmethod, classmethod, property)):
                     add(v, f"{cls.__name__}.{k}")
+                elif not (k.startswith("__") and k.endswith("__")):  # class attributes (a shared counter)
+                    visit_value(v, f"class {cls.__name__}.{k}")
         for k, v in vars(m).items():
             if k not in _MODULE_INTERNALS:
                 if isinstance(v, (types.FunctionType, types.MethodType, functools.partial)) or _plain_object(v):
@@ -976,14 +982,24 @@ def _sizes_of(schema) -> frozenset:
     return out
 
 
+_DETACH = {_aten.detach.default, _aten.detach_.default}
+
+
 def _batch_normal(gm: torch.fx.GraphModule):
     """The live nodes of ``gm`` without its clones (``{clone: its input}`` besides), where no
     node mutates: how torch spells a reshape depends on the strides, which differ at batch 1
     (``clone, _unsafe_view`` at batch 2 is one ``view`` there), and a clone keeps the values."""
     live = _live_nodes(gm)
-    if any(n.op == "call_function" and getattr(getattr(n.target, "_schema", None), "is_mutable", False) for n in live):
-        return live, {}
     keep, rep = [], {}
+    for n in live:  # detach keeps the values (inference mode adds a detach_ to each tensor constant)
+        if n.op == "call_function" and n.target in _DETACH and len(n.args) == 1 and not n.kwargs and \
+                isinstance(n.args[0], torch.fx.Node):
+            rep[n] = rep.get(n.args[0], n.args[0])
+        else:
+            keep.append(n)
+    if any(n.op == "call_function" and getattr(getattr(n.target, "_schema", None), "is_mutable", False) for n in keep):
+        return keep, rep
+    live, keep = keep, []
     for n in live:
         if n.op == "call_function" and n.target is _aten.clone.default and len(n.args) == 1 and \
                 isinstance(n.args[0], torch.fx.Node) and set(n.kwargs) <= {"memory_format"} and \
