@@ -360,11 +360,10 @@ def _fx_nodes_needed(graph: torch.fx.Graph, out_node) -> set:
 def lower(model: nn.Module, example: torch.Tensor, other_batch: Optional[int] = None) -> BoundGraph:
     """Lower ``model`` on per-sample inputs shaped like ``example[0]`` into a BoundGraph.
 
-    ``other_batch``: a batch size the model is also traced at, in inference mode (the user's
-    number of boxes; api.py passes it), whose program must be the batch-``TRACE_BATCH`` one
-    with the batch dimension scaled (``_same_up_to_batch``): a forward that branches on its
-    batch size (or on ``torch.is_inference_mode_enabled()``) is another function at the user's
-    batch (or in a deployment's inference mode) than the one lowered.
+    ``other_batch``: a batch size the model is also traced at (the user's number of boxes;
+    api.py passes it), whose program must be the batch-``TRACE_BATCH`` one with the batch
+    dimension scaled (``_same_up_to_batch``): a forward that branches on its batch size is
+    another function at the user's batch than the one lowered.
 
     Raises ``UnsupportedLayer`` naming the first op without a sound bound operator."""
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -409,9 +408,7 @@ def lower(model: nn.Module, example: torch.Tensor, other_batch: Optional[int] = 
         gm_other = None
         if other_batch is not None and int(other_batch) != TRACE_BATCH and int(other_batch) >= 1:
             xb = torch.cat([x] * (int(other_batch) // TRACE_BATCH + 1))[:int(other_batch)]
-            # and in inference mode, the third way a user may call the model (deployed, often):
-            # a forward that branches on torch.is_inference_mode_enabled() differs here too
-            with torch.inference_mode(), _EscapeRecorder(escapes), _one_fake_mode():
+            with torch.no_grad(), _EscapeRecorder(escapes), _one_fake_mode():
                 gm_other = make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, xb)
     except UnsupportedLayer:
         raise
@@ -428,8 +425,10 @@ def lower(model: nn.Module, example: torch.Tensor, other_batch: Optional[int] = 
         why = _same_up_to_batch(gm, gm_other, int(other_batch))
         if why is not None:
             raise UnsupportedLayer(type(model).__name__, f"computes another program at batch size {int(other_batch)} "
-                                   f"under torch.inference_mode than at {TRACE_BATCH} under torch.no_grad ({why}): "
-                                   f"a forward that depends on its batch size or on the inference mode")
+                                   f"than at {TRACE_BATCH} ({why}): a forward that depends on its batch size")
+    why = _inference_mode_differs(model, x)
+    if why is not None:
+        raise UnsupportedLayer(type(model).__name__, why)
     graph = gm.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     param_ph, x_ph = placeholders[:-1], placeholders[-1]
@@ -983,6 +982,73 @@ def _sizes_of(schema) -> frozenset:
 
 
 _DETACH = {_aten.detach.default, _aten.detach_.default}
+
+
+class _CallRecorder(torch.overrides.TorchFunctionMode):
+    """The torch functions a call runs (top level: what runs inside one is not seen), each
+    with its arguments: tensors made by an earlier call as that call's output, other tensors
+    (the input, parameters, attributes) by identity, everything else by value."""
+
+    def __init__(self, known=()):
+        super().__init__()
+        self.known = {id(t) for t in known}  # the input, parameters and buffers: by identity
+        self.calls: list = []
+        self.made: Dict[int, tuple] = {}
+        self.keep: list = []  # the tensors made, alive: their ids are not reused during the call
+
+    def enc(self, v, depth=0):
+        if torch.is_tensor(v):
+            if id(v) in self.made:
+                return ("made", self.made[id(v)])
+            if id(v) in self.known or v.numel() > 4096:
+                return ("tensor", id(v), tuple(v.shape), v.dtype)
+            # a tensor made outside torch's functions (torch.from_numpy, an attribute): by value
+            return ("value", tuple(v.shape), v.dtype, tuple(v.detach().reshape(-1).tolist()))
+        if isinstance(v, (list, tuple)) and depth < 4:
+            return (type(v).__name__, tuple(self.enc(x, depth + 1) for x in v))
+        if isinstance(v, dict) and depth < 4:
+            return ("dict", tuple((repr(k), self.enc(x, depth + 1)) for k, x in v.items()))
+        if v is None or isinstance(v, (bool, int, float, str, complex)):
+            return (type(v).__name__, repr(v))
+        return ("object", repr(v))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        idx = len(self.calls)
+        self.calls.append((getattr(func, "__qualname__", None) or repr(func), self.enc((args, kwargs))))
+        outs = out if isinstance(out, (list, tuple)) else (out,)
+        for j, t in enumerate(outs):
+            if torch.is_tensor(t):
+                self.made[id(t)] = (idx, j)
+                self.keep.append(t)
+        return out
+
+
+def _inference_mode_differs(model: nn.Module, x: torch.Tensor) -> Optional[str]:
+    """Why ``model(x)`` under ``torch.inference_mode()`` (how a deployment often calls it) is not
+    the call made under ``torch.no_grad()``, or None: the torch functions the two calls run,
+    with their arguments (``_CallRecorder``), must be the same. Traces cannot compare the two
+    modes op for op (inference mode dispatches some ops to their decompositions: nearest
+    upsampling as ``arange`` and indexing), the functions a forward calls can; a forward that
+    branches on ``torch.is_inference_mode_enabled()`` changes a call or an argument."""
+    recs = []
+    known = [x, *model.parameters(), *model.buffers()]
+    for mode in (torch.no_grad, torch.inference_mode):
+        rec = _CallRecorder(known)
+        try:
+            with mode(), rec:
+                model(x)
+        except Exception as exc:  # noqa: BLE001 - the traces ran; a call that fails in one mode is refused
+            return f"a call under torch.{mode.__name__}() failed ({type(exc).__name__})"
+        recs.append(rec.calls)
+    a, b = recs
+    if a == b:
+        return None
+    i = next((j for j, (p, q) in enumerate(zip(a, b)) if p != q), min(len(a), len(b)))
+    what = lambda c, j: c[j][0] if j < len(c) else "nothing"  # noqa: E731
+    return (f"computes another function under torch.inference_mode() than under torch.no_grad() (call {i}: "
+            f"{what(b, i)} against {what(a, i)}): a forward that branches on the inference mode")
 
 
 def _batch_normal(gm: torch.fx.GraphModule):
