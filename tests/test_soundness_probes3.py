@@ -398,3 +398,23 @@ def test_a_forward_that_branches_on_inference_mode_is_not_proved():
         assert not _violates(model(SPIKE[None]))
     for n in (1, 2, 3):
         _assert_not_verified(model, n, f"inference-mode branch, {n} boxes", engines=("linear", "auto"))
+
+
+class MakesConstants(nn.Module):
+    """Control: tensors made in forward (``torch.tensor``, ``from_numpy``, ``zeros``) and an
+    attribute tensor are the same in both modes; nothing branches: proved."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.c = _identity_head(), torch.zeros(2)
+
+    def forward(self, x):
+        import numpy as np
+
+        shift = torch.tensor([0.0, 0.0]) + torch.from_numpy(np.zeros(2, dtype=np.float32)) + torch.zeros(2)
+        return self.lin(x) + shift + self.c
+
+
+def test_control_constants_made_in_forward_are_proved():
+    res = verify_box(MakesConstants().eval(), LOWER, UPPER, Prediction(0), engine="linear", device="cpu")
+    assert res.status == ["verified"], res.notes
