@@ -95,6 +95,7 @@ EXAMPLES = {
                                                    h[:, 4:] ** 2, F.glu(h, 1)], 1)), out_in=16),
     "squeeze_excite": lambda: Fn(_SqueezeExcite(), shape=(2, 2, 2), out_in=8),
     "hard_prelu": lambda: Fn(nn.Sequential(nn.Hardswish(), _PReLUWide(), nn.Hardsigmoid())),
+    "bmm_transposed": lambda: _bmm_transposed(),
 }
 
 
@@ -115,6 +116,13 @@ def _PReLUWide():
     with torch.no_grad():
         p.weight.copy_(torch.linspace(-1.5, 2.0, 8))
     return p
+
+
+def _bmm_transposed():
+    """``x^T @ W`` on ``[N, 2, 4]`` with a weight that does not require grad: torch.matmul
+    computes it with ``bmm`` (``W`` expanded over the batch), not ``view, mm, view``."""
+    W = torch.randn(2, 3)
+    return Fn(L(lambda h: h.view(h.shape[0], 2, 4).transpose(1, 2) @ W), out_in=12)
 
 
 class _ParamAdd(nn.Module):

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 
 from .engines.bounds import check_graph
-from .engines.graph import get_graph
+from .engines.graph import TRACE_BATCH, get_graph
 from .engines.ladder import ENGINES, FALSIFIED, UNKNOWN, VERIFIED, Ladder
 from .engines.ops import UnsupportedLayer
 from .engines.problem import Problem
@@ -265,7 +265,10 @@ def _graph_or_note(model, problem: Problem, device, notes):
                      "falsification and sampling only")
         return None
     try:
-        graph = get_graph(model, problem.input_shape, device=device, example=problem.x0[:2].to(problem.x_dtype))
+        # traced at the user's batch size too (at 1 when that is the trace's own): a forward
+        # that branches on its batch size is another function there
+        graph = get_graph(model, problem.input_shape, device=device, example=problem.x0[:2].to(problem.x_dtype),
+                          other_batch=problem.n if problem.n != TRACE_BATCH else 1)
     except UnsupportedLayer as exc:
         notes.append(f"{exc}; falling back to falsification only (no proof possible)")
         return None

@@ -19,6 +19,7 @@ forward output to lie inside them (see api.py).
 from __future__ import annotations
 
 import contextlib
+import math
 import operator
 import re
 from collections import Counter
@@ -356,8 +357,13 @@ def _fx_nodes_needed(graph: torch.fx.Graph, out_node) -> set:
     return _ancestors([out_node])
 
 
-def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
+def lower(model: nn.Module, example: torch.Tensor, other_batch: Optional[int] = None) -> BoundGraph:
     """Lower ``model`` on per-sample inputs shaped like ``example[0]`` into a BoundGraph.
+
+    ``other_batch``: a batch size the model is also traced at (the user's number of boxes;
+    api.py passes it), whose program must be the batch-``TRACE_BATCH`` one with the batch
+    dimension scaled (``_same_up_to_batch``): a forward that branches on its batch size is
+    another function at the user's batch than the one lowered.
 
     Raises ``UnsupportedLayer`` naming the first op without a sound bound operator."""
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -399,6 +405,11 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
         with torch.enable_grad(), _EscapeRecorder(escapes), _one_fake_mode():
             live = {k: v.detach().requires_grad_(v.requires_grad) for k, v in named.items()}
             gm_grad = make_fx(fn, tracing_mode="real")(live, x)
+        gm_other = None
+        if other_batch is not None and int(other_batch) != TRACE_BATCH and int(other_batch) >= 1:
+            xb = torch.cat([x] * (int(other_batch) // TRACE_BATCH + 1))[:int(other_batch)]
+            with torch.no_grad(), _EscapeRecorder(escapes), _one_fake_mode():
+                gm_other = make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, xb)
     except UnsupportedLayer:
         raise
     except Exception as exc:  # noqa: BLE001 - tracing raises many types; we refuse by name
@@ -410,6 +421,14 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
     if not _same_trace(gm, gm_grad):
         raise UnsupportedLayer(type(model).__name__, "computes a different function with autograd on than under "
                                "torch.no_grad (forward branches on the grad mode or on requires_grad)")
+    if gm_other is not None:
+        why = _same_up_to_batch(gm, gm_other, int(other_batch))
+        if why is not None:
+            raise UnsupportedLayer(type(model).__name__, f"computes another program at batch size {int(other_batch)} "
+                                   f"than at {TRACE_BATCH} ({why}): a forward that depends on its batch size")
+    why = _inference_mode_differs(model, x)
+    if why is not None:
+        raise UnsupportedLayer(type(model).__name__, why)
     graph = gm.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     param_ph, x_ph = placeholders[:-1], placeholders[-1]
@@ -439,7 +458,10 @@ def lower(model: nn.Module, example: torch.Tensor) -> BoundGraph:
         depends[n] = n is x_ph or any(depends.get(a, False) for a in n.all_input_nodes)
     if not depends[outs]:
         raise UnsupportedLayer(type(model).__name__, "the output does not depend on the input")
-    why = _plain_call_differs(model, x, graph, x_ph)
+    # the plain call runs in the grad-on trace's mode (the same program as ``gm`` up to
+    # ``_canonical``'s rewrites, which may take other ops: bmm there, view, mm, view here)
+    why = _plain_call_differs(model, x, gm_grad.graph,
+                              [n for n in gm_grad.graph.nodes if n.op == "placeholder"][-1])
     if why is not None:
         raise UnsupportedLayer(type(model).__name__, why)
     drawn = _rng_drawn(rng)
@@ -506,10 +528,11 @@ def _state_value(v, depth: int = 0):
 
 def _python_state(model: nn.Module) -> Dict[str, object]:
     """What the model's modules hold besides parameters and buffers: plain Python scalars
-    (numbers, strings, flags), tensors held as plain attributes, and containers of them. A
-    forward that counts its calls (in an attribute, a dict, a list or a tensor) or flips a
-    flag is another function on every call."""
-    out: Dict[str, object] = {}
+    (numbers, strings, flags), tensors held as plain attributes, and containers of them; and
+    what their code reaches outside them (``_code_state``: globals, closure cells, helper
+    objects). A forward that counts its calls (in an attribute, a dict, a list, a tensor, a
+    global or a closure) or flips a flag is another function on every call."""
+    out: Dict[str, object] = _code_state(model)
     for name, m in model.named_modules(remove_duplicate=False):
         for k, v in vars(m).items():
             if k in _MODULE_INTERNALS and not (v is None or isinstance(v, (bool, int, float, str))):
@@ -517,6 +540,129 @@ def _python_state(model: nn.Module) -> Dict[str, object]:
             s = _state_value(v)
             if s is not _SKIP:
                 out[f"{name or type(m).__name__}.{k}"] = s
+    return out
+
+
+#: functions and objects followed from a forward's code, at most (a bound on the scan's cost)
+_CODE_REACH = 200
+
+
+def _user_code(obj) -> bool:
+    """Whether ``obj`` (a function, a class) is the user's code, not torch's, NumPy's or Python's."""
+    mod = getattr(obj, "__module__", None) or ""
+    return not (mod == "builtins" or mod.split(".")[0] in ("torch", "numpy", "typing", "functools", "abc",
+                                                            "collections", "contextlib", "pytest_latentaudit"))
+
+
+def _plain_object(v) -> bool:
+    """An instance of a user's class that is not a module, function, class or Python module."""
+    import types
+
+    return hasattr(v, "__dict__") and not isinstance(v, (nn.Module, type, types.ModuleType, types.FunctionType,
+                                                         types.MethodType, torch.Tensor)) \
+        and _user_code(type(v))
+
+
+def _code_state(model: nn.Module) -> Dict[str, object]:
+    """State a forward can keep outside its modules' own attributes: the globals its code names
+    (a module-level counter, a dict of flags), the cells its closures hold, and the attributes
+    of plain helper objects (instances of the user's classes) that modules, globals or cells
+    hold. Followed from the user's methods of every module's class (not torch's), the
+    functions and bound methods modules hold, and every forward hook and pre-hook (the
+    modules' and the global ones), through the user's functions they name, up to
+    ``_CODE_REACH`` functions and objects; snapshots as ``_state_value``'s."""
+    import functools
+    import types
+
+    from torch.nn.modules import module as _mm
+
+    out: Dict[str, object] = {}
+    seen: set = set()
+    todo: list = []
+
+    def add(v, where):
+        if id(v) in seen or len(seen) >= _CODE_REACH:
+            return
+        if isinstance(v, functools.partial):
+            seen.add(id(v))
+            add(v.func, where)
+            for a in (*v.args, *v.keywords.values()):
+                visit_value(a, f"{where}.partial")
+            return
+        if isinstance(v, types.MethodType):
+            add(v.__func__, where)
+            if _plain_object(v.__self__):
+                add(v.__self__, where)
+            return
+        if isinstance(v, (staticmethod, classmethod)):
+            add(v.__func__, where)
+            return
+        if isinstance(v, property):
+            for f in (v.fget, v.fset):
+                if f is not None:
+                    add(f, where)
+            return
+        if isinstance(v, types.FunctionType) and _user_code(v):
+            seen.add(id(v))
+            todo.append(v)
+        elif _plain_object(v):
+            seen.add(id(v))
+            for k, x in list(vars(v).items()):
+                visit_value(x, f"{where}.{k}")
+
+    def visit_value(x, where):
+        if isinstance(x, (types.FunctionType, types.MethodType, functools.partial)) or _plain_object(x):
+            add(x, where)
+            return
+        st = _state_value(x)
+        if st is not _SKIP:
+            key, j = where, 1
+            while key in out:  # two closures of one function: each its own entry
+                j += 1
+                key = f"{where} #{j}"
+            out[key] = st
+
+    def names(code):
+        yield from code.co_names
+        for c in code.co_consts:
+            if isinstance(c, types.CodeType):
+                yield from names(c)
+
+    for name, m in model.named_modules(remove_duplicate=False):
+        label = name or type(m).__name__
+        for cls in type(m).__mro__:
+            if not _user_code(cls):
+                continue
+            for k, v in vars(cls).items():
+                if isinstance(v, (types.FunctionType, staticmethod, classmethod, property)):
+                    add(v, f"{cls.__name__}.{k}")
+                elif not (k.startswith("__") and k.endswith("__")):  # class attributes (a shared counter)
+                    visit_value(v, f"class {cls.__name__}.{k}")
+        for k, v in vars(m).items():
+            if k not in _MODULE_INTERNALS:
+                if isinstance(v, (types.FunctionType, types.MethodType, functools.partial)) or _plain_object(v):
+                    add(v, f"{label}.{k}")
+        for d in (m._forward_hooks, m._forward_pre_hooks):
+            for h in list(d.values()):
+                add(h, f"{label} hook")
+    for d in (getattr(_mm, "_global_forward_hooks", {}), getattr(_mm, "_global_forward_pre_hooks", {})):
+        for h in list(d.values()):
+            add(h, "global hook")
+    while todo:
+        f = todo.pop()
+        where = getattr(f, "__qualname__", "function")
+        g = f.__globals__
+        for n in set(names(f.__code__)):
+            if n in g:
+                visit_value(g[n], f"global {n} (of {where})")
+        for cn, cell in zip(f.__code__.co_freevars, f.__closure__ or ()):
+            try:
+                v = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            visit_value(v, f"closure cell {cn} (of {where})")
+        for v in (f.__defaults__ or ()) + tuple((f.__kwdefaults__ or {}).values()):
+            visit_value(v, f"default argument (of {where})")
     return out
 
 
@@ -630,6 +776,8 @@ def _op_key(name: str) -> str:
     """One spelling for an ATen op's name and its autograd node's: ``_native_batch_norm_legit_
     no_training`` and ``NativeBatchNormBackward0`` are both ``batchnorm``; ``relu_`` is ``relu``."""
     key = re.sub(r"Backwards?\d*$", "", name).replace("_", "").lower()
+    if key == "reshapealias":  # autograd's name for some views traced as view (matmul's reshape)
+        return "view"
     return "batchnorm" if "batchnorm" in key else key
 
 
@@ -724,19 +872,310 @@ def _program(gm: torch.fx.GraphModule) -> list:
             for n in keep]
 
 
-def _same_trace(a: torch.fx.GraphModule, b: torch.fx.GraphModule) -> bool:
-    """Whether two traces of one model are the same program: the same live nodes and equal constants."""
-    if a.code != b.code and _program(a) != _program(b):
-        return False
-    for n in a.graph.nodes:
+_aten = torch.ops.aten
+#: ops that return their first argument's values when the shape is unchanged
+_SAME_SHAPE = {_aten.view.default, _aten._unsafe_view.default, _aten.reshape.default, _aten.expand.default}
+_RESHAPES = {_aten.view.default, _aten._unsafe_view.default, _aten.reshape.default}
+
+
+def _canonical(gm: torch.fx.GraphModule, table: dict) -> Optional[tuple]:
+    """The program of ``gm`` up to rewrites that keep every value: a view, reshape or expand to
+    the same shape and a ``clone`` are their input; ``view``, ``_unsafe_view`` and ``reshape``
+    are one op; and ``x @ W`` for a 2-d constant-or-data ``W`` at every position of ``x`` is one
+    op whether torch computed it as ``bmm(x, W expanded over x's leading dim)`` or as ``view(mm(
+    view(x, [-1, in]), W), [*x.shape[:-1], out])`` (``torch.matmul`` picks by the weight's
+    ``requires_grad``). Nodes are interned in ``table`` (shared by the two programs compared),
+    so two programs have the same result ids exactly when their rewritten expressions are the
+    same. None where a node mutates (aliasing makes the rewrites unsafe): compare exactly."""
+    ids: Dict[torch.fx.Node, int] = {}
+    info: Dict[int, tuple] = {}
+
+    def intern(key, shape, kind=None, args=()):
+        i = table.setdefault(key, len(table))
+        info.setdefault(i, (kind, args, shape))
+        return i
+
+    def shape_of(n):
+        v = n.meta.get("val")
+        return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+    placeholders = 0
+    roots = []
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            ids[n] = intern(("placeholder", placeholders), shape_of(n))
+            placeholders += 1
+            continue
         if n.op == "get_attr":
-            u, v = getattr(a, n.target, None), getattr(b, n.target, None)
-            if torch.is_tensor(u) or torch.is_tensor(v):
-                if not (torch.is_tensor(u) and torch.is_tensor(v) and u.dtype == v.dtype and u.shape == v.shape
-                        and torch.equal(u, v)):
-                    return False
-            elif u is not v and u != v:
+            ids[n] = intern(("get_attr", n.target), shape_of(n))
+            continue
+        if n.op == "output":
+            roots.append(("output", repr(torch.fx.node.map_arg(n.args, lambda m: ids[m]))))
+            continue
+        if n.op != "call_function":
+            return None
+        schema = getattr(n.target, "_schema", None)
+        if schema is not None and schema.is_mutable:
+            return None
+        shape = shape_of(n)
+        a0 = n.args[0] if n.args and isinstance(n.args[0], torch.fx.Node) else None
+        s0 = shape_of(a0) if a0 is not None else None
+        if a0 is not None and shape is not None and shape == s0 and (
+                (n.target in _SAME_SHAPE and not n.kwargs and len(n.args) == 2) or
+                (n.target is _aten.clone.default and len(n.args) == 1 and set(n.kwargs) <= {"memory_format"}
+                 and n.kwargs.get("memory_format", torch.contiguous_format) in (torch.contiguous_format,
+                                                                                torch.preserve_format))):
+            ids[n] = ids[a0]
+            continue
+        target = "reshape" if n.target in _RESHAPES else str(n.target)
+        dense = None
+        if n.target is _aten.bmm.default and len(n.args) == 2 and not n.kwargs:
+            x_id, m_id = ids[n.args[0]], ids[n.args[1]]
+            kind, margs, mshape = info[m_id]
+            xs = info[x_id][2]
+            if kind == str(_aten.expand.default) and xs is not None and len(xs) == 3 and mshape is not None:
+                w_shape = info[margs[0]][2]
+                if w_shape is not None and len(w_shape) == 2 and mshape == (xs[0], *w_shape) and w_shape[0] == xs[2]:
+                    dense = (x_id, margs[0])
+        elif target == "reshape" and a0 is not None and shape is not None:
+            kind, margs, _ = info[ids[a0]]
+            if kind == str(_aten.mm.default):
+                v_kind, v_args, v_shape = info[margs[0]]
+                if v_kind == "reshape":
+                    xs, w_shape = info[v_args[0]][2], info[margs[1]][2]
+                    if xs is not None and w_shape is not None and len(xs) >= 3 and len(w_shape) == 2 and \
+                            v_shape == (math.prod(xs[:-1]), xs[-1]) and w_shape[0] == xs[-1] and \
+                            shape == (*xs[:-1], w_shape[1]):
+                        dense = (v_args[0], margs[1])
+        if dense is not None:
+            ids[n] = intern(("matmul_last", *dense), shape, "matmul_last", dense)
+            continue
+        arg_ids = tuple(ids[m] for m in n.all_input_nodes)
+        key = (target, repr(torch.fx.node.map_arg((n.args, n.kwargs), lambda m: ("node", ids[m]))))
+        ids[n] = intern(key, shape, target, tuple(ids[m] for m in n.args if isinstance(m, torch.fx.Node))
+                        if n.args else arg_ids)
+        if n.is_impure():
+            roots.append(("impure", ids[n]))
+    return tuple(roots)
+
+
+def _live_nodes(gm: torch.fx.GraphModule) -> list:
+    nodes = list(gm.graph.nodes)
+    live = _ancestors([n for n in nodes if n.op == "output" or n.is_impure()])
+    return [n for n in nodes if n in live]
+
+
+_SIZES: Dict[str, frozenset] = {}
+
+
+def _sizes_of(schema) -> frozenset:
+    """The arguments of an ATen schema typed ``SymInt`` (sizes, slice bounds: what may scale
+    with the batch); Python's view of a schema prints them as ``int``, its text does not."""
+    key = str(schema)
+    out = _SIZES.get(key)
+    if out is None:
+        head = key.split(") ->")[0].split("(", 1)[-1]
+        out = frozenset(name for typ, name in re.findall(r"([\w\[\]?()!|]+) (\w+)(?:=[^,]*)?(?:,|$)", head)
+                        if "SymInt" in typ)
+        _SIZES[key] = out
+    return out
+
+
+_DETACH = {_aten.detach.default, _aten.detach_.default}
+
+
+class _CallRecorder(torch.overrides.TorchFunctionMode):
+    """The torch functions a call runs (top level: what runs inside one is not seen), each
+    with its arguments: tensors made by an earlier call as that call's output, other tensors
+    (the input, parameters, attributes) by identity, everything else by value."""
+
+    def __init__(self, known=()):
+        super().__init__()
+        self.known = {id(t) for t in known}  # the input, parameters and buffers: by identity
+        self.calls: list = []
+        self.made: Dict[int, tuple] = {}
+        self.keep: list = []  # the tensors made, alive: their ids are not reused during the call
+
+    def enc(self, v, depth=0):
+        if torch.is_tensor(v):
+            if id(v) in self.made:
+                return ("made", self.made[id(v)])
+            if id(v) in self.known or v.numel() > 4096:
+                return ("tensor", id(v), tuple(v.shape), v.dtype)
+            # a tensor made outside torch's functions (torch.from_numpy, an attribute): by value
+            return ("value", tuple(v.shape), v.dtype, tuple(v.detach().reshape(-1).tolist()))
+        if isinstance(v, (list, tuple)) and depth < 4:
+            return (type(v).__name__, tuple(self.enc(x, depth + 1) for x in v))
+        if isinstance(v, dict) and depth < 4:
+            return ("dict", tuple((repr(k), self.enc(x, depth + 1)) for k, x in v.items()))
+        if v is None or isinstance(v, (bool, int, float, str, complex)):
+            return (type(v).__name__, repr(v))
+        return ("object", repr(v))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        idx = len(self.calls)
+        self.calls.append((getattr(func, "__qualname__", None) or repr(func), self.enc((args, kwargs))))
+        outs = out if isinstance(out, (list, tuple)) else (out,)
+        for j, t in enumerate(outs):
+            if torch.is_tensor(t):
+                self.made[id(t)] = (idx, j)
+                self.keep.append(t)
+        return out
+
+
+def _inference_mode_differs(model: nn.Module, x: torch.Tensor) -> Optional[str]:
+    """Why ``model(x)`` under ``torch.inference_mode()`` (how a deployment often calls it) is not
+    the call made under ``torch.no_grad()``, or None: the torch functions the two calls run,
+    with their arguments (``_CallRecorder``), must be the same. Traces cannot compare the two
+    modes op for op (inference mode dispatches some ops to their decompositions: nearest
+    upsampling as ``arange`` and indexing), the functions a forward calls can; a forward that
+    branches on ``torch.is_inference_mode_enabled()`` changes a call or an argument."""
+    recs = []
+    known = [x, *model.parameters(), *model.buffers()]
+    for mode in (torch.no_grad, torch.inference_mode):
+        rec = _CallRecorder(known)
+        try:
+            with mode(), rec:
+                model(x)
+        except Exception as exc:  # noqa: BLE001 - the traces ran; a call that fails in one mode is refused
+            return f"a call under torch.{mode.__name__}() failed ({type(exc).__name__})"
+        recs.append(rec.calls)
+    a, b = recs
+    if a == b:
+        return None
+    i = next((j for j, (p, q) in enumerate(zip(a, b)) if p != q), min(len(a), len(b)))
+    what = lambda c, j: c[j][0] if j < len(c) else "nothing"  # noqa: E731
+    return (f"computes another function under torch.inference_mode() than under torch.no_grad() (call {i}: "
+            f"{what(b, i)} against {what(a, i)}): a forward that branches on the inference mode")
+
+
+def _batch_normal(gm: torch.fx.GraphModule):
+    """The live nodes of ``gm`` without its clones (``{clone: its input}`` besides), where no
+    node mutates: how torch spells a reshape depends on the strides, which differ at batch 1
+    (``clone, _unsafe_view`` at batch 2 is one ``view`` there), and a clone keeps the values."""
+    live = _live_nodes(gm)
+    keep, rep = [], {}
+    for n in live:  # detach keeps the values (inference mode adds a detach_ to each tensor constant)
+        if n.op == "call_function" and n.target in _DETACH and len(n.args) == 1 and not n.kwargs and \
+                isinstance(n.args[0], torch.fx.Node):
+            rep[n] = rep.get(n.args[0], n.args[0])
+        else:
+            keep.append(n)
+    if any(n.op == "call_function" and getattr(getattr(n.target, "_schema", None), "is_mutable", False) for n in keep):
+        return keep, rep
+    live, keep = keep, []
+    for n in live:
+        if n.op == "call_function" and n.target is _aten.clone.default and len(n.args) == 1 and \
+                isinstance(n.args[0], torch.fx.Node) and set(n.kwargs) <= {"memory_format"} and \
+                n.kwargs.get("memory_format", torch.contiguous_format) in (torch.contiguous_format,
+                                                                           torch.preserve_format):
+            rep[n] = rep.get(n.args[0], n.args[0])
+            continue
+        keep.append(n)
+    return keep, rep
+
+
+def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: int) -> Optional[str]:
+    """Why trace ``b`` (of batch size ``batch``) is not trace ``a`` (of ``TRACE_BATCH``) with the
+    batch scaled, or None. The live nodes must pair up in order with the same targets and
+    inputs; an integer of a size argument (``SymInt``/``int[]`` in the op's schema: view and
+    expand sizes, slice bounds) and every dimension of a node's shape must be the same or
+    scaled with the batch (``a = TRACE_BATCH q``, ``b = batch q``), the leading dimension of a
+    node that carries the input scaled; every other literal (a scalar of a product, a flag)
+    and every constant the same. So ``y * x.shape[0]``, ``x.reshape(2, -1)`` and any branch on
+    the batch size that changes an op or a literal are caught, wherever in the box it acts."""
+    (la, ra), (lb, rb) = _batch_normal(a), _batch_normal(b)
+    if len(la) != len(lb):
+        return f"{len(la)} live ops against {len(lb)}"
+    pa, pb = {n: i for i, n in enumerate(la)}, {n: i for i, n in enumerate(lb)}
+    for r, p in ((ra, pa), (rb, pb)):
+        for n, src in r.items():
+            p[n] = p[src]  # a dropped clone is its input
+    x_a = [n for n in a.graph.nodes if n.op == "placeholder"][-1]
+    data: Dict[torch.fx.Node, bool] = {}
+
+    def scaled(u, v) -> bool:
+        return u == v or (u * batch == v * TRACE_BATCH and u % TRACE_BATCH == 0)
+
+    def shapes(n):
+        v = n.meta.get("val")
+        vs = v if isinstance(v, (tuple, list)) else [v]
+        return [tuple(t.shape) if isinstance(t, torch.Tensor) else ("value", repr(t)) for t in vs]
+
+    def same_arg(u, v, sized) -> bool:
+        if isinstance(u, torch.fx.Node) or isinstance(v, torch.fx.Node):
+            return isinstance(u, torch.fx.Node) and isinstance(v, torch.fx.Node) and pa.get(u) == pb.get(v) \
+                and pa.get(u) is not None
+        if isinstance(u, (list, tuple)) and isinstance(v, (list, tuple)):
+            return type(u) is type(v) and len(u) == len(v) and all(same_arg(p, q, sized) for p, q in zip(u, v))
+        if sized and type(u) is int and type(v) is int:
+            return scaled(u, v)
+        return type(u) is type(v) and _same(u, v)
+
+    def target(n):
+        return "reshape" if n.target in _RESHAPES else n.target
+
+    for na, nb in zip(la, lb):
+        if na.op != nb.op or target(na) != target(nb):
+            return f"{na.target} against {nb.target}"
+        data[na] = na is x_a or any(data.get(m, False) for m in na.all_input_nodes)
+        sa, sb = shapes(na), shapes(nb)
+        if len(sa) != len(sb) or any(len(p) != len(q) or not all(
+                (isinstance(i, int) and isinstance(j, int) and scaled(i, j)) or i == j for i, j in zip(p, q))
+                for p, q in zip(sa, sb)):
+            return f"{na.target} gives shapes {sa} against {sb}"
+        if data[na] and any(p and isinstance(p[0], int) and (p[0] * batch != q[0] * TRACE_BATCH or p[1:] != q[1:])
+                            for p, q in zip(sa, sb)):
+            # a node that carries the input: its leading dimension is the batch (or the batch
+            # times positions, ``_merged_batch_dense``), every other one per sample
+            return f"{na.target} does not keep the batch dimension apart ({sa} against {sb})"
+        if na.op == "get_attr":
+            u, v = getattr(a, na.target, None), getattr(b, nb.target, None)
+            if not (torch.is_tensor(u) and torch.is_tensor(v) and u.dtype == v.dtype and u.shape == v.shape
+                    and torch.equal(u, v)) and not (not torch.is_tensor(u) and not torch.is_tensor(v) and u == v):
+                return f"constant {na.target} differs"
+            continue
+        if na.op != "call_function":
+            if na.op == "output" and not same_arg(na.args, nb.args, False):
+                return "another output"
+            continue
+        schema = getattr(na.target, "_schema", None)
+        if schema is None:
+            if not (same_arg(na.args, nb.args, False) and same_arg(na.kwargs, nb.kwargs, False)):
+                return f"{na.target} with other arguments"
+            continue
+        if len(na.args) != len(nb.args) or set(na.kwargs) != set(nb.kwargs):
+            return f"{na.target} with other arguments"
+        sym = _sizes_of(schema)
+        for i, (u, v) in enumerate(zip(na.args, nb.args)):
+            arg = schema.arguments[i] if i < len(schema.arguments) else None
+            if not same_arg(u, v, arg is not None and arg.name in sym):
+                return f"{na.target} with argument {arg.name if arg is not None else i} {u!r} against {v!r}"
+        for k in na.kwargs:
+            if not same_arg(na.kwargs[k], nb.kwargs[k], k in sym):
+                return f"{na.target} with {k}={na.kwargs[k]!r} against {nb.kwargs[k]!r}"
+    return None
+
+
+def _same_trace(a: torch.fx.GraphModule, b: torch.fx.GraphModule) -> bool:
+    """Whether two traces of one model are the same program: the same live nodes and equal
+    constants, or (``_canonical``) the same values computed by differently spelled ops."""
+    if a.code != b.code and _program(a) != _program(b):
+        table: dict = {}
+        ca = _canonical(a, table)
+        if ca is None or ca != _canonical(b, table):
+            return False
+    attrs = {n.target for g in (a, b) for n in g.graph.nodes if n.op == "get_attr"}
+    for target in attrs:
+        u, v = getattr(a, target, None), getattr(b, target, None)
+        if torch.is_tensor(u) or torch.is_tensor(v):
+            if not (torch.is_tensor(u) and torch.is_tensor(v) and u.dtype == v.dtype and u.shape == v.shape
+                    and torch.equal(u, v)):
                 return False
+        elif u is not v and u != v:
+            return False
     return True
 
 
@@ -1074,7 +1513,8 @@ def _ancestors(nodes) -> set:
     return out
 
 
-def get_graph(model: nn.Module, input_shape=None, dtype=None, device=None, example=None) -> BoundGraph:
+def get_graph(model: nn.Module, input_shape=None, dtype=None, device=None, example=None,
+              other_batch: Optional[int] = None) -> BoundGraph:
     """Lower ``model`` as it is now and bind its constants in ``dtype``, the bound
     arithmetic's precision (default: the model's own float dtype; every op counts the
     rounding of this arithmetic too). ``example`` (a batch of inputs) guides the trace;
@@ -1083,7 +1523,7 @@ def get_graph(model: nn.Module, input_shape=None, dtype=None, device=None, examp
         p = next(iter(list(model.parameters()) + list(model.buffers())), None) if isinstance(model, nn.Module) else None
         example = torch.zeros((TRACE_BATCH, *input_shape), dtype=p.dtype if p is not None and p.is_floating_point()
                               else torch.float32, device=device)
-    g = lower(model, example)
+    g = lower(model, example, other_batch=other_batch)
     if dtype is None:
         dtype = g.dtype if g.dtype in (torch.float32, torch.float64) else torch.float32
     return g.bind(dtype=dtype, device=device if device is not None else example.device)

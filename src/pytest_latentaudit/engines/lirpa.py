@@ -307,7 +307,15 @@ def _check_parse(entry: _Entry, lower, upper) -> None:
     pts = torch.cat([lo, hi, mid, inside.reshape(-1, *lo.shape[1:]), around.reshape(-1, *lo.shape[1:])])
     with torch.no_grad():
         want = entry.work(pts).reshape(pts.shape[0], -1)
-        got = entry.bounded(pts).reshape(pts.shape[0], -1)
+        try:
+            got = entry.bounded(pts).reshape(pts.shape[0], -1)
+        except Exception as exc:  # noqa: BLE001 - 0.3 bakes the building batch's size into some views
+            if _is_oom(exc):
+                raise
+            raise LirpaUnsupported(
+                f"auto_LiRPA {auto_lirpa_version()}'s parse of the model fails on a batch of another size than "
+                f"the one it was built on ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}): "
+                f"its bounds would not be of this model as it runs") from exc
     u = torch.finfo(want.dtype).eps
     tol = 2 ** 20 * u * (1 + want.abs().amax(1, keepdim=True))  # 2e-10 relative in float64
     gap = (got - want).abs() if got.shape == want.shape else None

@@ -266,6 +266,46 @@ def _mm(ctx):
     return _dense(ctx, x, lambda env: W(env).T, lambda env: None)
 
 
+def _broadcast_weight(ctx, node):
+    """The 2-d constant ``W`` ([in, out]) when fx node ``node`` is ``W`` expanded along a new
+    leading (batch) dimension, through same-shape views: the ``mat2`` that ``torch.matmul`` hands
+    to ``bmm`` for ``x @ W`` (or a Linear) on a 3-d input it does not fold into ``mm`` (a
+    transposed one, with a weight that does not require grad). Then every batch item is
+    multiplied by the same ``W``, whatever its values; a weight that is anything else (a
+    tensor per batch item, data) is refused."""
+    lw = ctx.lw
+    while isinstance(node, torch.fx.Node) and node.op == "call_function" and HANDLERS.get(node.target) is _view \
+            and node.args and isinstance(node.args[0], torch.fx.Node) and torch.is_tensor(lw.values.get(node)) \
+            and tuple(lw.values[node].shape) == tuple(lw.values.get(node.args[0], torch.empty(0)).shape):
+        node = node.args[0]  # a view to the same shape: the same tensor
+    if not (isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in _ov(aten.expand, "default")
+            and node.args and isinstance(node.args[0], torch.fx.Node)):
+        return None
+    src, out = node.args[0], lw.values.get(node)
+    sv = lw.values.get(src)
+    if lw.depends.get(src, True) or not (torch.is_tensor(sv) and torch.is_tensor(out)) or out.dim() != 3:
+        return None
+    if sv.dim() != 2 or tuple(sv.shape) != tuple(out.shape[1:]):
+        return None  # only a 2-d weight broadcast whole over the batch (not expanded within itself)
+    return src
+
+
+@register(*_ov(aten.bmm, "default"))
+def _bmm(ctx):
+    """``bmm(x, W expanded over the batch)``: ``x @ W`` at every position of ``[N, P, in]``, a
+    dense op over the last dimension (the same op ``_merged_batch_dense`` makes of the
+    ``view, mm, view`` that the same product traces as when the weight requires grad)."""
+    x = ctx.data_arg("self")
+    m2 = ctx.raw("mat2")
+    if ctx.is_data(m2):
+        raise UnsupportedLayer(ctx.name, "a product of two tensors")
+    src = _broadcast_weight(ctx, m2)
+    if src is None or ctx.rank() != 3:
+        raise UnsupportedLayer(ctx.name, "bmm with a weight that is not one matrix broadcast over the batch")
+    ctx.lw.needed.add(src)
+    return _dense(ctx, x, lambda env: env[src].T, lambda env: None)
+
+
 @register(*_ov(aten.convolution, "default"))
 def _convolution(ctx):
     x = ctx.data_arg("input")
@@ -733,7 +773,6 @@ _REFUSED = {
     "_softmax": "softmax (bound the logits instead: specs compare logits)",
     "_log_softmax": "log_softmax (bound the logits instead)",
     "where": "torch.where (data-dependent selection)",
-    "bmm": "a product of two tensors",
     "native_dropout": "dropout in training mode (call model.eval())",
 }
 for _name, _why in _REFUSED.items():
