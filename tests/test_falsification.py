@@ -109,3 +109,31 @@ def test_counterexamples_replay_from_the_cache_on_the_next_run(pytester, mode):
     third = pytester.runpytest_inprocess("-p", "no:cacheprovider", *args)
     rec3 = json.loads((pytester.path / "sheet.json").read_text())["tests"][0]
     assert "replay" not in rec3["rungs"]
+
+
+class _BatchSpike(nn.Module):
+    """Class 1 wins near ``x0 = 0.3`` only when the batch holds more than one point: a
+    forward that depends on its batch size (refused for proofs), whose "violations" the
+    point alone does not reproduce."""
+
+    def forward(self, x):
+        bump = torch.relu(0.05 - (x[:, :1] - 0.3).abs()) * 100.0 * float(x.shape[0] > 1)
+        return torch.cat([torch.ones_like(x[:, :1]), bump], 1)
+
+
+def test_a_counterexample_must_violate_on_its_own():
+    from pytest_latentaudit import Prediction, verify_box
+
+    lower, upper = torch.zeros(3, 2), torch.ones(3, 2)  # three boxes: candidates come in batches
+    res = verify_box(_BatchSpike(), lower, upper, Prediction(0), engine="auto", budget_s=2)
+    assert res.status == ["unknown"] * 3, res.status  # nothing a user could re-check alone
+    # the control: the same bump in every batch size is falsified, and the point alone violates
+    class Spike(_BatchSpike):
+        def forward(self, x):
+            bump = torch.relu(0.05 - (x[:, :1] - 0.3).abs()) * 100.0
+            return torch.cat([torch.ones_like(x[:, :1]), bump], 1)
+
+    res = verify_box(Spike(), lower, upper, Prediction(0), engine="auto", budget_s=2)
+    assert res.status == ["falsified"] * 3
+    for cex in res.counterexamples:
+        assert int(Spike()(cex.reshape(1, -1)).argmax(1)) == 1

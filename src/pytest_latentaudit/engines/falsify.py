@@ -26,7 +26,9 @@ class Found:
 def confirm(problem: Problem, idx: torch.Tensor, t: torch.Tensor, tl: torch.Tensor, tu: torch.Tensor):
     """Re-evaluate candidate points with a plain forward pass; return (ok mask, x, margin, t).
 
-    ``t`` is clamped into the box first so a counterexample is always inside it.
+    ``t`` is clamped into the box first so a counterexample is always inside it. A point
+    counts only if it violates in the batch under ``no_grad`` and with autograd on, and on
+    its own (a batch of one, as the user re-checks it).
     """
     t = torch.maximum(torch.minimum(t, tu), tl)
     x = problem.point(idx, t)
@@ -41,6 +43,13 @@ def confirm(problem: Problem, idx: torch.Tensor, t: torch.Tensor, tl: torch.Tens
             y_grad = problem.model_forward(x).detach()
         with torch.no_grad():
             ok &= ~problem.holds(y_grad, idx)
+    if bool(ok.any()):
+        # and alone, as a user re-checking the point runs it: a batch of one may take other
+        # kernels (a violation by the batch kernel's rounding) or, in a forward that depends
+        # on its batch size, another path; either way the point alone would not violate
+        with torch.no_grad():
+            for j in torch.nonzero(ok).reshape(-1).tolist():
+                ok[j] = not bool(problem.holds(problem.model_forward(x[j:j + 1]), idx[j:j + 1]).all())
     return ok, x, margin, t
 
 
