@@ -573,7 +573,9 @@ def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", thr
             ~(u.amax(1) < thr.double())
 
     need = open_(ub)
-    if bool(need.any()):
+    if bool(need.all()):  # every box: no copies of every node's bounds and forms
+        ub = torch.minimum(ub, backward_upper(graph, conc, center, gens, C, d, forms=forms, threshold=thr))
+    elif bool(need.any()):
         sub = [(b[0][need], b[1][need]) for b in conc]
         ub[need] = torch.minimum(ub[need], backward_upper(graph, sub, center[need], gens[need], C[need], d[need],
                                                           forms=_forms_of(forms, need), threshold=_at(thr, need)))
