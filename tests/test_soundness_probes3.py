@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from test_soundness import assert_inside, forward_all, sample_box
+from test_soundness import assert_bounds_match_flat
+from test_soundness_probes2 import _identity_head
 
 from pytest_latentaudit import OutputRange, Prediction, verify_box
-from pytest_latentaudit.engines.bounds import output_bounds
-from pytest_latentaudit.engines.graph import get_graph, lower
+from pytest_latentaudit.engines.graph import lower
 from pytest_latentaudit.engines.ops import UnsupportedLayer
 
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -84,15 +84,8 @@ def test_linear_on_a_transposed_input_is_lowered_and_sound(P, d, w, act, matmul,
     g = torch.Generator().manual_seed(seed + 3)
     center = torch.randn(2, P * d, generator=g)
     gens = torch.randn(2, 2, P * d, generator=g) * eps / 2
-    graph = get_graph(model, (P * d,))  # refused before: the no_grad trace's bmm, the other's mm
-    flat = get_graph(model.flat(), (P * d,))
-    y = forward_all(model, sample_box(center, gens))
-    for method in ("ibp", "linear"):
-        lo, hi = output_bounds(graph, center, gens, method=method)
-        assert_inside(y, lo, hi)
-        lo_f, hi_f = output_bounds(flat, center, gens, method=method)
-        tol = 1e-4 * (1 + hi_f.abs() + lo_f.abs())
-        assert bool(((lo - lo_f).abs() <= tol).all()) and bool(((hi - hi_f).abs() <= tol).all())
+    # refused before: the no_grad trace's bmm against the other's mm
+    assert_bounds_match_flat(model, center, gens)
 
 
 def _dense_points(model, lo, up, n=4000, seed=2):
@@ -188,14 +181,6 @@ def test_control_the_transposed_linear_is_proved():
 
 
 # ------------------------------------------------------ the identity head's Prediction(0) box
-def _identity_head():
-    lin = nn.Linear(2, 2)
-    with torch.no_grad():
-        lin.weight.copy_(torch.eye(2))
-        lin.bias.zero_()
-    return lin
-
-
 # Prediction(0) holds on this box for the identity head; a narrow spike at SPIKE (missed by
 # every check point) flips it where a forward adds the spike
 LOWER, UPPER = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.2, 0.1]])
