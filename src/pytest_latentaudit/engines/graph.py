@@ -859,14 +859,18 @@ def _plain_call_differs(model: nn.Module, x: torch.Tensor, graph: torch.fx.Graph
             f"ops under no_grad/detach in forward): plain call only [{more}], trace only [{less}]")
 
 
+def _live_nodes(gm: torch.fx.GraphModule) -> list:
+    """The nodes that can affect the result (ancestors of the output and of impure nodes), in order."""
+    nodes = list(gm.graph.nodes)
+    live = _ancestors([n for n in nodes if n.op == "output" or n.is_impure()])
+    return [n for n in nodes if n in live]
+
+
 def _program(gm: torch.fx.GraphModule) -> list:
     """The nodes that can affect the result (ancestors of the output and of impure nodes),
     in order, with arguments as positions: autograd adds dead ``detach`` nodes (the saved
     outputs of relu, sigmoid, ...) to a trace with grad on, and they change nothing."""
-    nodes = list(gm.graph.nodes)
-    roots = [n for n in nodes if n.op == "output" or n.is_impure()]
-    live = _ancestors(roots)
-    keep = [n for n in nodes if n in live]
+    keep = _live_nodes(gm)
     pos = {n: i for i, n in enumerate(keep)}
     return [(n.op, str(n.target), repr(torch.fx.node.map_arg((n.args, n.kwargs), lambda m: ("node", pos[m]))))
             for n in keep]
@@ -876,6 +880,13 @@ _aten = torch.ops.aten
 #: ops that return their first argument's values when the shape is unchanged
 _SAME_SHAPE = {_aten.view.default, _aten._unsafe_view.default, _aten.reshape.default, _aten.expand.default}
 _RESHAPES = {_aten.view.default, _aten._unsafe_view.default, _aten.reshape.default}
+
+
+def _value_clone(n: torch.fx.Node) -> bool:
+    """A ``clone`` of one tensor into a contiguous (or the same) layout: its values are its input's."""
+    return n.op == "call_function" and n.target is _aten.clone.default and len(n.args) == 1 and \
+        set(n.kwargs) <= {"memory_format"} and \
+        n.kwargs.get("memory_format", torch.contiguous_format) in (torch.contiguous_format, torch.preserve_format)
 
 
 def _canonical(gm: torch.fx.GraphModule, table: dict) -> Optional[tuple]:
@@ -921,10 +932,7 @@ def _canonical(gm: torch.fx.GraphModule, table: dict) -> Optional[tuple]:
         a0 = n.args[0] if n.args and isinstance(n.args[0], torch.fx.Node) else None
         s0 = shape_of(a0) if a0 is not None else None
         if a0 is not None and shape is not None and shape == s0 and (
-                (n.target in _SAME_SHAPE and not n.kwargs and len(n.args) == 2) or
-                (n.target is _aten.clone.default and len(n.args) == 1 and set(n.kwargs) <= {"memory_format"}
-                 and n.kwargs.get("memory_format", torch.contiguous_format) in (torch.contiguous_format,
-                                                                                torch.preserve_format))):
+                (n.target in _SAME_SHAPE and not n.kwargs and len(n.args) == 2) or _value_clone(n)):
             ids[n] = ids[a0]
             continue
         target = "reshape" if n.target in _RESHAPES else str(n.target)
@@ -957,12 +965,6 @@ def _canonical(gm: torch.fx.GraphModule, table: dict) -> Optional[tuple]:
         if n.is_impure():
             roots.append(("impure", ids[n]))
     return tuple(roots)
-
-
-def _live_nodes(gm: torch.fx.GraphModule) -> list:
-    nodes = list(gm.graph.nodes)
-    live = _ancestors([n for n in nodes if n.op == "output" or n.is_impure()])
-    return [n for n in nodes if n in live]
 
 
 _SIZES: Dict[str, frozenset] = {}
@@ -1067,10 +1069,7 @@ def _batch_normal(gm: torch.fx.GraphModule):
         return keep, rep
     live, keep = keep, []
     for n in live:
-        if n.op == "call_function" and n.target is _aten.clone.default and len(n.args) == 1 and \
-                isinstance(n.args[0], torch.fx.Node) and set(n.kwargs) <= {"memory_format"} and \
-                n.kwargs.get("memory_format", torch.contiguous_format) in (torch.contiguous_format,
-                                                                           torch.preserve_format):
+        if _value_clone(n) and isinstance(n.args[0], torch.fx.Node):
             rep[n] = rep.get(n.args[0], n.args[0])
             continue
         keep.append(n)
@@ -1132,9 +1131,7 @@ def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: i
             # times positions, ``_merged_batch_dense``), every other one per sample
             return f"{na.target} does not keep the batch dimension apart ({sa} against {sb})"
         if na.op == "get_attr":
-            u, v = getattr(a, na.target, None), getattr(b, nb.target, None)
-            if not (torch.is_tensor(u) and torch.is_tensor(v) and u.dtype == v.dtype and u.shape == v.shape
-                    and torch.equal(u, v)) and not (not torch.is_tensor(u) and not torch.is_tensor(v) and u == v):
+            if not _same_constant(getattr(a, na.target, None), getattr(b, nb.target, None)):
                 return f"constant {na.target} differs"
             continue
         if na.op != "call_function":
@@ -1168,15 +1165,16 @@ def _same_trace(a: torch.fx.GraphModule, b: torch.fx.GraphModule) -> bool:
         if ca is None or ca != _canonical(b, table):
             return False
     attrs = {n.target for g in (a, b) for n in g.graph.nodes if n.op == "get_attr"}
-    for target in attrs:
-        u, v = getattr(a, target, None), getattr(b, target, None)
-        if torch.is_tensor(u) or torch.is_tensor(v):
-            if not (torch.is_tensor(u) and torch.is_tensor(v) and u.dtype == v.dtype and u.shape == v.shape
-                    and torch.equal(u, v)):
-                return False
-        elif u is not v and u != v:
-            return False
-    return True
+    return all(_same_constant(getattr(a, t, None), getattr(b, t, None)) for t in attrs)
+
+
+def _same_constant(u, v) -> bool:
+    """Whether two traces' constants (``get_attr`` values) are equal: tensors of one dtype and
+    shape and equal values, anything else equal (or the same object)."""
+    if torch.is_tensor(u) or torch.is_tensor(v):
+        return torch.is_tensor(u) and torch.is_tensor(v) and u.dtype == v.dtype and u.shape == v.shape \
+            and torch.equal(u, v)
+    return u is v or u == v
 
 
 #: Tensor methods that hand a tensor's values to Python without an ATen op, so make_fx's

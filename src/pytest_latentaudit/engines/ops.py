@@ -1025,8 +1025,9 @@ class BilinearOp(BoundOp):
         """``(alx, aly, cl, aux, auy, cu)`` shaped like the output: ``alx x + aly y + cl <= x y
         <= aux x + auy y + cu`` for every ``x`` in ``p`` and ``y`` in ``q``."""
         alx, aly, aux, auy = self._slopes(p, q)
-        cl, _ = self._intercepts(p, q, alx, aly)
-        _, cu = self._intercepts(p, q, aux, auy)
+        cl, cu = self._intercepts(p, q, alx, aly)
+        if not (aux is alx and auy is aly):  # other upper slopes: their own corner extremes
+            _, cu = self._intercepts(p, q, aux, auy)
         out = list(torch.broadcast_tensors(alx, aly, cl, aux, auy, cu))
         bad = ~torch.stack([torch.isfinite(v) for v in out]).all(0)
         if bool(bad.any()):  # infinite bounds: no line (a constant infinite intercept)

@@ -462,9 +462,7 @@ def _glu(ctx):
         raise UnsupportedLayer(ctx.name, "glu over an odd-sized dimension")
     first = ctx.emit(ops.LinearMapOp(ctx.name + ".a", lambda t: t.narrow(d, 0, h), "glu half"), [x])
     second = ctx.emit(ops.LinearMapOp(ctx.name + ".b", lambda t: t.narrow(d, h, h), "glu half"), [x])
-    sig = ops.SigmoidOp(ctx.name + ".sigmoid")
-    sig.u = ctx.u_elem
-    gate = ctx.emit(sig, [second])
+    gate = _elementwise_node(ctx, ops.SigmoidOp(ctx.name + ".sigmoid"), second)
     shape = list(v.shape[1:])
     shape[d - 1] = h
     op = ops.BilinearOp(ctx.name, shape, [shape, shape])
@@ -473,6 +471,7 @@ def _glu(ctx):
 
 
 def _elementwise_node(ctx, op, x):
+    """Emit elementwise ``op`` on fx node ``x``, with the unit roundoff of elementwise kernels."""
     op.u = ctx.u_elem
     return ctx.emit(op, [x])
 
@@ -498,8 +497,7 @@ def _neg(ctx):
 
 # ---------------------------------------------------------------------- activations
 def _elementwise(ctx, op, arg="self"):
-    op.u = ctx.u_elem
-    return ctx.emit(op, [ctx.data_arg(arg)])
+    return _elementwise_node(ctx, op, ctx.data_arg(arg))
 
 
 @register(*_ov(aten.relu, "default"), *_ov(aten.relu_, "default"))
@@ -582,12 +580,11 @@ def _hardswish(ctx):
 
 @register(*_ov(aten._prelu_kernel, "default"))
 def _prelu(ctx):
-    x = ctx.data_arg("self")
     w = ctx.const_ref("weight")
     ctx.check_per_sample("weight")
     op = ops.PReLUOp(ctx.name)
     op.consts["weight"] = lambda env: _as_double(_per_sample_const(ctx, w(env)))
-    return _elementwise_node(ctx, op, x)
+    return _elementwise(ctx, op)
 
 
 @register(*_ov(aten.abs, "default"), *_ov(aten.abs_, "default"))
