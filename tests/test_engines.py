@@ -117,6 +117,27 @@ def test_auto_lirpa_engine_runs_through_verify_box():
         assert rung == ("auto_lirpa:crown" if s == "verified" else "attack")
 
 
+def test_auto_lirpa_engine_bounds_a_decoder_into_a_cnn():
+    # the engine runs auto_LiRPA in float64; 0.3 failed on conv layers there (a float32
+    # tensor of its own), so every CNN fell back to attacks and nothing was verified
+    from test_lirpa_backend import dcgan_pipeline
+
+    model = dcgan_pipeline()
+    torch.manual_seed(3)
+    z = torch.randn(4, 8)
+    with torch.no_grad():
+        labels = model(z).argmax(1)
+    lower, upper = z.clone(), z.clone()
+    lower[:, 2] -= 0.05
+    upper[:, 2] += 0.05
+    r = verify_box(model, lower, upper, Prediction(labels), engine="auto_lirpa:crown", budget_s=20)
+    native = verify_box(model, lower, upper, Prediction(labels), engine="linear", budget_s=20)
+    assert not any("auto_LiRPA" in n for n in r.notes), r.notes
+    assert bool(torch.isfinite(r.bound).all())
+    assert r.counts()["verified"] == native.counts()["verified"] == 4
+    assert torch.get_default_dtype() == torch.float32
+
+
 def test_ladder_reports_the_rung_that_decided_each_seed():
     net = _mlp(5, d_in=16, width=64, depth=4)
     torch.manual_seed(6)

@@ -97,7 +97,7 @@ def lirpa_spec_bounds(
     if conv_mode is None:
         conv_mode = "matrix" if any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules()) else "patches"
 
-    with _LOCK, _recursion_headroom(), _quiet_internal_warnings():
+    with _LOCK, _recursion_headroom(), _quiet_internal_warnings(), _default_dtype(dtype):
         for attempt in (1, 2):
             entry, fresh = _bounded_for(model, lower, upper, conv_mode)
             if C.shape[2] != entry.n_out:
@@ -565,6 +565,26 @@ class _quiet_internal_warnings(warnings.catch_warnings):
         warnings.filterwarnings("ignore", module=r"auto_LiRPA(\.|$)")
         warnings.filterwarnings("ignore", module=r"torch\.onnx(\.|$)")
         return result
+
+
+class _default_dtype:
+    # auto_LiRPA 0.3 makes some of its own tensors in torch's default dtype (the sparse
+    # rows of a conv layer's unstable neurons, ``torch.zeros(...)`` without a dtype), so a
+    # float64 bound of a CNN fails inside F.conv_transpose2d. Set only for the call.
+    def __init__(self, dtype) -> None:
+        self.dtype = dtype
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.previous = torch.get_default_dtype()
+        if self.dtype in (torch.float32, torch.float64) and self.dtype != self.previous:
+            torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc_info) -> None:
+        import torch
+
+        torch.set_default_dtype(self.previous)
 
 
 class _recursion_headroom:
