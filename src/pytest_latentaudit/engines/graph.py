@@ -1511,6 +1511,18 @@ def _ancestors(nodes) -> set:
     return out
 
 
+def warm_tracer() -> None:
+    """Import what ``make_fx`` imports on its first use (``torch._dynamo``: about a second on
+    a CPU, once per process). Callers run it before their budget's clock starts, so the first
+    latent test of a process (of each xdist worker) does not spend its budget on an import.
+    The import adds a warning filter (sympy's, for its deprecations): the user's filters are
+    put back as they were."""
+    import warnings
+
+    with warnings.catch_warnings():
+        import torch._dynamo  # noqa: F401
+
+
 def get_graph(model: nn.Module, input_shape=None, dtype=None, device=None, example=None,
               other_batch: Optional[int] = None) -> BoundGraph:
     """Lower ``model`` as it is now and bind its constants in ``dtype``, the bound
