@@ -97,7 +97,7 @@ def lirpa_spec_bounds(
     if conv_mode is None:
         conv_mode = "matrix" if any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules()) else "patches"
 
-    with _LOCK, _recursion_headroom(), _quiet_internal_warnings(), _default_dtype(dtype):
+    with _LOCK, _recursion_headroom(), _quiet_internal_warnings():
         for attempt in (1, 2):
             entry, fresh = _bounded_for(model, lower, upper, conv_mode)
             if C.shape[2] != entry.n_out:
@@ -145,7 +145,8 @@ def _bounds(bounded, lower, upper, C, method: str):
     al = import_auto_lirpa()
     ptb = al.PerturbationLpNorm(norm=float("inf"), x_L=lower, x_U=upper)
     x = al.BoundedTensor((lower + upper) / 2, ptb)
-    lb, ub = bounded.compute_bounds(x=(x,), C=C, method=_LIRPA_NAMES[method])
+    with _default_dtype(lower.dtype):
+        lb, ub = bounded.compute_bounds(x=(x,), C=C, method=_LIRPA_NAMES[method])
     return lb.detach(), ub.detach()
 
 
@@ -306,9 +307,12 @@ def _check_parse(entry: _Entry, lower, upper) -> None:
     around = mid[None] + (1 + mid.abs()[None] + half[None]) * rand(torch.randn)
     pts = torch.cat([lo, hi, mid, inside.reshape(-1, *lo.shape[1:]), around.reshape(-1, *lo.shape[1:])])
     with torch.no_grad():
+        # the copy as the user's model runs (their default dtype for tensors its forward makes),
+        # the parse as it was built and is bounded (the compute dtype as default)
         want = entry.work(pts).reshape(pts.shape[0], -1)
         try:
-            got = entry.bounded(pts).reshape(pts.shape[0], -1)
+            with _default_dtype(lo.dtype):
+                got = entry.bounded(pts).reshape(pts.shape[0], -1)
         except Exception as exc:  # noqa: BLE001 - 0.3 bakes the building batch's size into some views
             if _is_oom(exc):
                 raise
@@ -324,12 +328,14 @@ def _check_parse(entry: _Entry, lower, upper) -> None:
         raise LirpaUnsupported(
             f"auto_LiRPA {auto_lirpa_version()}'s parse of the model computes another function than the model "
             f"({size} apart at check points; pooling with ceil_mode, count_include_pad=False, divisor_override "
-            f"or dilation is parsed without them): its bounds would not be of this model")
+            f"or dilation is parsed without them, and a tensor made in forward without a dtype is traced in "
+            f"{str(lo.dtype).replace('torch.', '')}): its bounds would not be of this model")
 
 
 def _new_bounded(work, example, conv_mode: str):
     al = import_auto_lirpa()
-    return al.BoundedModule(work, example, bound_opts={"conv_mode": conv_mode}, device=example.device)
+    with _default_dtype(example.dtype):  # 0.3's tangent tables of Sigmoid/Tanh are made in it
+        return al.BoundedModule(work, example, bound_opts={"conv_mode": conv_mode}, device=example.device)
 
 
 def _private_copy(model, device, dtype):
@@ -568,9 +574,13 @@ class _quiet_internal_warnings(warnings.catch_warnings):
 
 
 class _default_dtype:
-    # auto_LiRPA 0.3 makes some of its own tensors in torch's default dtype (the sparse
-    # rows of a conv layer's unstable neurons, ``torch.zeros(...)`` without a dtype), so a
-    # float64 bound of a CNN fails inside F.conv_transpose2d. Set only for the call.
+    # auto_LiRPA 0.3 makes some of its own tensors in torch's default dtype: the sparse rows
+    # of a conv layer's unstable neurons (``torch.zeros(...)`` without a dtype) and the
+    # tangent tables of Sigmoid/Tanh, so a float64 bound of a CNN or of a Sigmoid/Tanh
+    # network failed. Set for building and bounding only. A tensor the model's forward
+    # makes without a dtype (``torch.tensor(0.1)``) is then traced in float64, another
+    # constant than the user's: ``_check_parse`` compares against the copy run under the
+    # user's default and refuses such a parse.
     def __init__(self, dtype) -> None:
         self.dtype = dtype
 
