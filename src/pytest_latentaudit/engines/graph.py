@@ -523,17 +523,64 @@ def _state_value(v, depth: int = 0):
             return ("set", type(v), frozenset(x for x in v if isinstance(x, (bool, int, float, str))), len(v))
         items = [_state_value(x, depth + 1) for x in v]
         return ("seq", type(v), tuple(i if i is not _SKIP else ("skipped",) for i in items))
+    return _other_state(v, depth)
+
+
+def _other_state(v, depth: int):
+    """``_state_value`` of the other holders a counter can live in: a deque (item by item), a
+    bytearray or array.array (by bytes), a NumPy array or scalar (by value; arrays over
+    ``_STATE_NUMEL`` elements by shape and identity), an itertools iterator (by its repr, which
+    shows ``count``'s and ``repeat``'s state); anything else is ``_SKIP``."""
+    import array
+    import collections
+
+    if isinstance(v, collections.deque):
+        if depth >= _STATE_DEPTH or len(v) > _STATE_LEN:
+            return ("container", type(v), len(v))
+        return ("seq", type(v), tuple(i if i is not _SKIP else ("skipped",) for i in
+                                      (_state_value(x, depth + 1) for x in v)))
+    if isinstance(v, (bytearray, array.array)):
+        if len(v) > _STATE_NUMEL:
+            return ("container", type(v), len(v))
+        return ("bytes", type(v), getattr(v, "typecode", None), bytes(v))
+    mod = type(v).__module__
+    if mod == "numpy":
+        if type(v).__name__ == "ndarray":
+            if v.size > _STATE_NUMEL:
+                return ("ndarray", tuple(v.shape), str(v.dtype), id(v))
+            return ("ndarray", tuple(v.shape), str(v.dtype), v.tobytes())
+        if hasattr(v, "item") and getattr(v, "ndim", None) == 0:  # int64, bool_, ...: by value
+            return ("npscalar", str(v.dtype), v.tobytes())
+        return _SKIP
+    if mod == "itertools":
+        return ("repr", type(v), repr(v))
     return _SKIP
+
+
+def _registry_state(m: nn.Module) -> tuple:
+    """The keys of a module's own registries (hooks of every kind, parameters, buffers,
+    submodules): a forward that registers a hook or a buffer on each call (a counter kept in
+    the registry) changes them. Their values are not compared: parameters and buffers are graph
+    inputs, and hooks run in the trace."""
+    return tuple((k, tuple(v.keys())) for k, v in sorted(vars(m).items())
+                 if k in _MODULE_INTERNALS and isinstance(v, dict))
 
 
 def _python_state(model: nn.Module) -> Dict[str, object]:
     """What the model's modules hold besides parameters and buffers: plain Python scalars
     (numbers, strings, flags), tensors held as plain attributes, and containers of them; and
     what their code reaches outside them (``_code_state``: globals, closure cells, helper
-    objects). A forward that counts its calls (in an attribute, a dict, a list, a tensor, a
-    global or a closure) or flips a flag is another function on every call."""
+    objects), and the keys of the modules' hook, parameter, buffer and submodule registries. A
+    forward that counts its calls (in an attribute, a dict, a list, a deque, a tensor, a NumPy
+    array, a global, a closure or a hook registry) or flips a flag is another function on every
+    call."""
+    from torch.nn.modules import module as _mm
+
     out: Dict[str, object] = _code_state(model)
+    out["global hook registries"] = tuple((k, tuple(getattr(_mm, k).keys())) for k in sorted(vars(_mm))
+                                          if k.startswith("_global_") and isinstance(getattr(_mm, k), dict))
     for name, m in model.named_modules(remove_duplicate=False):
+        out[f"{name or type(m).__name__} (registries)"] = _registry_state(m)
         for k, v in vars(m).items():
             if k in _MODULE_INTERNALS and not (v is None or isinstance(v, (bool, int, float, str))):
                 continue
