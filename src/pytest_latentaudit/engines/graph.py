@@ -1558,6 +1558,27 @@ def _ancestors(nodes) -> set:
     return out
 
 
+def program(model: nn.Module, x: torch.Tensor) -> torch.fx.GraphModule:
+    """The ATen program ``model`` runs on ``x`` (make_fx, under no_grad, parameters as
+    inputs), as ``lower`` traces it; for comparing two models' programs (``same_program``)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    named = dict(model.named_parameters(remove_duplicate=False))
+    named.update(dict(model.named_buffers(remove_duplicate=False)))
+
+    def fn(params, inp):
+        with _not_fx_tracing():
+            return torch.func.functional_call(model, params, (inp,))
+
+    with torch.no_grad(), _one_fake_mode():
+        return make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, x.detach().clone())
+
+
+def same_program(a: torch.fx.GraphModule, b: torch.fx.GraphModule) -> bool:
+    """Whether two ``program`` traces are the same program (live nodes and constants)."""
+    return _same_trace(a, b)
+
+
 def warm_tracer() -> None:
     """Import what ``make_fx`` imports on its first use (``torch._dynamo``: about a second on
     a CPU, once per process). Callers run it before their budget's clock starts, so the first

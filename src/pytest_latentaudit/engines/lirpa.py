@@ -278,7 +278,40 @@ def _build(model, lower, upper, conv_mode: str, key: Tuple, fingerprint: Tuple) 
                 raise
             raise LirpaUnsupported(_describe_failure(entry, exc, "building the bound graph", records)) from exc
     _check_parse(entry, lower, upper)
+    _check_program(model, lower)
     return entry
+
+
+def _check_program(model, lower) -> None:
+    """The private copy is cast to the compute dtype (float64), and a forward that looks at its
+    dtype (``x.dtype``, torch's default, ``finfo``: mixed-precision code) runs another program
+    there than the user's model in its own; the parse check compares the parse with the copy,
+    so it cannot see that. Both programs are traced (make_fx, each under its own default dtype)
+    and must be the same, else ``LirpaUnsupported``."""
+    import torch
+
+    from .graph import program, same_program
+
+    dtype = lower.dtype
+    own = _floating_dtype(model) or torch.get_default_dtype()
+    if own == dtype and torch.get_default_dtype() == dtype:
+        return  # no cast and no other default: the same program
+    x = lower[:2]
+    try:
+        mine = program(model, x.to(own))
+        twin = copy.deepcopy(model).to(dtype)
+        with _default_dtype(dtype):
+            theirs = program(twin, x)
+        same = same_program(mine, theirs)
+    except Exception as exc:  # noqa: BLE001 - a forward make_fx cannot trace: the native lowering says why
+        if _is_oom(exc):
+            raise
+        same = False
+    if not same:
+        raise LirpaUnsupported(
+            f"{type(model).__name__} runs another program in {str(dtype).replace('torch.', '')} (the backend's "
+            f"private copy) than in {str(own).replace('torch.', '')} (a forward that looks at its dtype, torch's "
+            f"default dtype or finfo): auto_LiRPA's bounds would not be of this model")
 
 
 #: points of the parse check besides the building batch's lower, upper and centre
