@@ -279,7 +279,57 @@ def _build(model, lower, upper, conv_mode: str, key: Tuple, fingerprint: Tuple) 
             raise LirpaUnsupported(_describe_failure(entry, exc, "building the bound graph", records)) from exc
     _check_parse(entry, lower, upper)
     _check_program(model, lower)
+    _check_tracer_blind(model, lower)
     return entry
+
+
+#: the torch functions that tell a forward it runs under ``torch.jit.trace``
+_TRACING_PROBES = ("_is_tracing", "_get_tracing_state")
+
+
+def _check_tracer_blind(model, lower) -> None:
+    """auto_LiRPA parses ``torch.jit.trace`` of the copy, under which ``torch.jit.is_tracing()``
+    is true: a forward that reads it (to skip a check, or to take an export-friendly path) is
+    parsed as another program than it runs, and the parse check's few points can miss where
+    the two differ. So one plain forward of a copy runs with torch's tracing-state functions
+    watched; a read from the user's code (not torch's own, which ``nn.Module`` does on every
+    call) is ``LirpaUnsupported``."""
+    import sys
+
+    import torch
+
+    seen: List[str] = []
+    originals = {name: getattr(torch._C, name) for name in _TRACING_PROBES}
+
+    def watch(name):
+        real = originals[name]
+
+        def probe(*args, **kwargs):
+            f = sys._getframe(1)
+            while f is not None and f.f_globals.get("__name__", "").startswith("torch.jit"):
+                f = f.f_back  # torch.jit.is_tracing() itself: its caller is the one asking
+            who = "" if f is None else f.f_globals.get("__name__", "")
+            if not (who == "torch" or who.startswith(("torch.", "pytest_latentaudit."))):
+                seen.append(f"{who or '?'}:{f.f_code.co_name if f is not None else '?'}")
+            return real(*args, **kwargs)
+
+        return probe
+
+    twin = copy.deepcopy(model)
+    try:
+        for name in _TRACING_PROBES:
+            setattr(torch._C, name, watch(name))
+        with torch.no_grad():
+            twin(lower[:2].to(_floating_dtype(model) or torch.get_default_dtype()))
+    except Exception:  # noqa: BLE001 - the copy fails on the box: _build's own forward reports that
+        pass
+    finally:
+        for name, real in originals.items():
+            setattr(torch._C, name, real)
+    if seen:
+        raise LirpaUnsupported(
+            f"{type(model).__name__}'s forward asks whether it runs under torch.jit.trace ({seen[0]}): auto_LiRPA "
+            f"parses such a trace, another program than the model runs, so its bounds would not be of this model")
 
 
 def _check_program(model, lower) -> None:
