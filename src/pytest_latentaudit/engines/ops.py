@@ -873,6 +873,212 @@ class SoftplusOp(SampledActivationOp):
         return super().f_err(lo, hi) + self.jump
 
 
+class CurvedOp(ActivationOp):
+    """A monotone elementwise function that is convex or concave on its domain: ``exp``,
+    ``log``, ``sqrt``, ``rsqrt`` and ``reciprocal``. Outside the domain (``log`` of an interval
+    reaching 0, ``reciprocal`` of one containing 0, ...) the model's value is nan or infinite
+    and the bounds are ``(-inf, inf)``: never a proof there.
+
+    Relaxation on ``[lo, hi]`` (both lines sound for any rounded slope): on the chord's side
+    the slope ``s`` is the chord's and the intercept the extreme of ``g(x) = f(x) - s x`` at
+    an end of the interval (a convex ``g`` takes its maximum, a concave one its minimum, at an
+    end); on the tangent's side the slope ``s = fl(f'(t))`` at the midpoint ``t``, and the
+    intercept ``g(t)`` moved by ``|f'(t) - s| max|x - t|`` (convexity: ``g(x) >= g(t) + g'(t)
+    (x - t)``), our error of ``f'(t)`` counted as ``DERIV_ULPS`` ulps. Where the lines would be
+    infinite (overflow, domain) the slope is 0 and the intercepts the interval bound.
+
+    Floating point: the model's kernel for ``f`` is taken to be within ``ulps`` ulps of
+    ``|f|`` (plus ``abs_ulps`` ulps of 1 and the smallest normal number for underflow), and
+    so is ours in the bound dtype; that error is folded into the intercepts (``f_err``), as
+    for the other activations."""
+
+    DERIV_ULPS = 16.0
+    ulps = 8.0
+    abs_ulps = 0.0
+    #: the function's values are >= 0 on the domain (exp, sqrt, rsqrt)
+    nonneg = False
+
+    def df(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def domain(self, lo, hi):
+        return torch.ones_like(lo, dtype=torch.bool)
+
+    def increasing(self) -> bool:
+        return True
+
+    def convex(self, lo, hi):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _safe(self, lo, hi, ok):
+        """``lo, hi`` with the out-of-domain elements moved to a point of the domain (their
+        values are masked afterwards; this only keeps nan out of the arithmetic)."""
+        one = torch.ones_like(lo)
+        return torch.where(ok, lo, one), torch.where(ok, hi, one)
+
+    def f_err(self, lo, hi):
+        fm = torch.maximum(self.f(lo).abs(), self.f(hi).abs())  # monotone: |f| is largest at an end
+        e = self.ulps * (self.u + self.u_ours) * fm + self.abs_ulps * (self.u + self.u_ours) + \
+            2 * max(tiny(lo.dtype), underflow(self.u))
+        return overflow_guard(e, fm, self.u)
+
+    def ibp(self, b):
+        lo, hi = b
+        ok = self.domain(lo, hi)
+        sl, sh = self._safe(lo, hi, ok)
+        e = self.f_err(sl, sh)
+        flo, fhi = self.f(sl), self.f(sh)
+        if not self.increasing():
+            flo, fhi = fhi, flo
+        out_lo, out_hi = flo - e, fhi + e
+        if self.nonneg:
+            out_lo = out_lo.clamp(min=0)
+        inf = torch.full_like(lo, torch.inf)
+        out_lo = torch.where(ok & ~torch.isnan(out_lo), out_lo, -inf)
+        out_hi = torch.where(ok & ~torch.isnan(out_hi), out_hi, inf)
+        return out_lo, out_hi
+
+    def relax(self, lo, hi):
+        ok = self.domain(lo, hi)
+        lo, hi = self._safe(lo, hi, ok)
+        w = hi - lo
+        flo, fhi = self.f(lo), self.f(hi)
+        s_ch = torch.where(w > 0, (fhi - flo) / w.clamp(min=tiny(w.dtype)), torch.zeros_like(w))
+        t = lo + w / 2
+        ft = self.f(t)
+        s_tg = self.df(t)
+        # the chord side: the extreme of g at the two ends
+        g_lo, g_hi = flo - s_ch * lo, fhi - s_ch * hi
+        ch_max, ch_min = torch.maximum(g_lo, g_hi), torch.minimum(g_lo, g_hi)
+        # the tangent side: g(t), moved by our error of f'(t) over the half-width
+        slack = self.DERIV_ULPS * self.u_ours * s_tg.abs() * (w / 2) + \
+            8 * self.u_ours * (ft.abs() + (s_tg * t).abs())
+        g_t = ft - s_tg * t
+        vex = self.convex(lo, hi)
+        al = torch.where(vex, s_tg, s_ch)
+        cl = torch.where(vex, g_t - slack, ch_min)
+        au = torch.where(vex, s_ch, s_tg)
+        cu = torch.where(vex, ch_max, g_t + slack)
+        al, cl, au, cu = self._pad(lo, hi, al, cl, au, cu)
+        bad = ~(ok & torch.isfinite(al) & torch.isfinite(au) & torch.isfinite(cl) & torch.isfinite(cu))
+        if bool(bad.any()):
+            ilo, ihi = self.ibp((lo, hi))  # lo, hi are in the domain here
+            inf = torch.full_like(lo, torch.inf)
+            ilo, ihi = torch.where(ok, ilo, -inf), torch.where(ok, ihi, inf)
+            zero = torch.zeros_like(lo)
+            al, au = torch.where(bad, zero, al), torch.where(bad, zero, au)
+            cl, cu = torch.where(bad, ilo, cl), torch.where(bad, ihi, cu)
+        return al, cl, au, cu
+
+    def our_radius(self, pre, u, d_out):
+        al, cl, au, cu = self.relaxed(*pre[0])
+        m = _mag(pre[0])
+        # slopes are 0 where an intercept is infinite: keep 0 * inf out of the magnitude
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        return 3 * u * (al.abs() + au.abs()) * m + gamma(d_out + 2, u) * (cl.abs() + cu.abs())
+
+
+class ExpOp(CurvedOp):
+    """``exp``: convex, increasing. 8 ulps for the model's kernel (Sleef's ``expf`` is within
+    1 ulp on CPU, CUDA's ``expf`` within 2), as for the other transcendental kernels."""
+
+    nonneg = True
+
+    def f(self, x):
+        return torch.exp(x)
+
+    def df(self, x):
+        return torch.exp(x)
+
+    def convex(self, lo, hi):
+        return torch.ones_like(lo, dtype=torch.bool)
+
+
+class LogOp(CurvedOp):
+    """``log``: concave, increasing, on ``lo > 0``. 8 ulps of ``|log x|`` and 8 ulps of 1
+    (near ``x = 1`` the result is small: an absolute floor covers a kernel that is accurate
+    only relative to ``log`` of the exponent's scale)."""
+
+    abs_ulps = 8.0
+
+    def f(self, x):
+        return torch.log(x)
+
+    def df(self, x):
+        return 1.0 / x
+
+    def domain(self, lo, hi):
+        return lo > 0
+
+    def convex(self, lo, hi):
+        return torch.zeros_like(lo, dtype=torch.bool)
+
+
+class SqrtOp(CurvedOp):
+    """``sqrt``: concave, increasing, on ``lo >= 0``. IEEE ``sqrt`` is correctly rounded (half
+    an ulp, on CPU and, by default, CUDA); 4 ulps are charged."""
+
+    ulps = 4.0
+    nonneg = True
+
+    def f(self, x):
+        return torch.sqrt(x)
+
+    def df(self, x):
+        return 0.5 / torch.sqrt(x)
+
+    def domain(self, lo, hi):
+        return lo >= 0
+
+    def convex(self, lo, hi):
+        return torch.zeros_like(lo, dtype=torch.bool)
+
+
+class RsqrtOp(CurvedOp):
+    """``rsqrt``: convex, decreasing, on ``lo > 0``. torch computes ``1 / sqrt(x)`` on CPU (two
+    correctly rounded operations) and CUDA's ``rsqrtf`` is within 2 ulps: 8 ulps charged."""
+
+    nonneg = True
+
+    def f(self, x):
+        return torch.rsqrt(x)
+
+    def df(self, x):
+        return -0.5 * torch.rsqrt(x) / x
+
+    def domain(self, lo, hi):
+        return lo > 0
+
+    def increasing(self) -> bool:
+        return False
+
+    def convex(self, lo, hi):
+        return torch.ones_like(lo, dtype=torch.bool)
+
+
+class ReciprocalOp(CurvedOp):
+    """``1 / x``: decreasing on an interval of one sign (``lo > 0``: convex; ``hi < 0``:
+    concave); an interval containing 0 has no bound. IEEE division is correctly rounded; 4
+    ulps charged."""
+
+    ulps = 4.0
+
+    def f(self, x):
+        return torch.reciprocal(x)
+
+    def df(self, x):
+        return -torch.reciprocal(x * x)
+
+    def domain(self, lo, hi):
+        return (lo > 0) | (hi < 0)
+
+    def increasing(self) -> bool:
+        return False
+
+    def convex(self, lo, hi):
+        return lo > 0
+
+
 class MaxPoolOp(BoundOp):
     # our_radius: the selection is exact; the constant's sum is bounded like an activation's
     """Max over windows (max pooling without padding, ``amax``). ``windows(x)`` is a

@@ -484,10 +484,60 @@ def _div(ctx):
             raise UnsupportedLayer(ctx.name, f"division with rounding_mode={mode!r} (piecewise constant)")
     a, b = ctx.raw("self"), ctx.raw("other")
     if ctx.is_data(b):
-        raise UnsupportedLayer(ctx.name, "division by a data-dependent tensor")
+        return _data_division(ctx, a, b)
     cref = ctx.const_ref("other")
     ctx.check_per_sample("other")
     return _affine_const(ctx, a, lambda env: 1.0 / _as_double(_per_sample_const(ctx, cref(env))), lambda env: None, 1)
+
+
+def _data_division(ctx, a, b):
+    """``a / b`` with ``b`` carrying the input: ``a * reciprocal(b)``, a McCormick product
+    (``BilinearOp``) when ``a`` carries the input too, a product by a constant otherwise. The
+    model rounds the quotient once (IEEE division); the reciprocal node charges its own
+    kernel's rounding and the product one more (``|x| |1/y|``), which covers it."""
+    vb, out = ctx.lw.values[b], ctx.out_value()
+    if not (torch.is_tensor(vb) and vb.is_floating_point() and vb.dtype == out.dtype):
+        raise UnsupportedLayer(ctx.name, "a division by a data tensor of another or a non-float dtype")
+    if vb.dim() != out.dim() or vb.shape[0] != out.shape[0]:
+        raise UnsupportedLayer(ctx.name, "a division that broadcasts across the batch dimension")
+    r = _elementwise_node(ctx, ops.ReciprocalOp(ctx.name + ".reciprocal"), b)
+    if ctx.is_data(a):
+        va = ctx.lw.values[a]
+        if not (torch.is_tensor(va) and va.is_floating_point() and va.dtype == out.dtype):
+            raise UnsupportedLayer(ctx.name, "a division of a data tensor of another or a non-float dtype")
+        if va.dim() != out.dim() or va.shape[0] != out.shape[0]:
+            raise UnsupportedLayer(ctx.name, "a division that broadcasts across the batch dimension")
+        op = ops.BilinearOp(ctx.name, out.shape[1:], [va.shape[1:], vb.shape[1:]])
+        op.u = ctx.u_elem
+        return ctx.emit(op, [a, r])
+    cref = ctx.const_ref("self")
+    ctx.check_per_sample("self")
+    return _affine_const(ctx, r, lambda env: _as_double(_per_sample_const(ctx, cref(env))), lambda env: None, 1)
+
+
+@register(*_ov(aten.reciprocal, "default"), *_ov(aten.reciprocal_, "default"))
+def _reciprocal(ctx):
+    return _elementwise(ctx, ops.ReciprocalOp(ctx.name))
+
+
+@register(*_ov(aten.exp, "default"), *_ov(aten.exp_, "default"))
+def _exp(ctx):
+    return _elementwise(ctx, ops.ExpOp(ctx.name))
+
+
+@register(*_ov(aten.log, "default"), *_ov(aten.log_, "default"))
+def _log(ctx):
+    return _elementwise(ctx, ops.LogOp(ctx.name))
+
+
+@register(*_ov(aten.sqrt, "default"), *_ov(aten.sqrt_, "default"))
+def _sqrt(ctx):
+    return _elementwise(ctx, ops.SqrtOp(ctx.name))
+
+
+@register(*_ov(aten.rsqrt, "default"), *_ov(aten.rsqrt_, "default"))
+def _rsqrt(ctx):
+    return _elementwise(ctx, ops.RsqrtOp(ctx.name))
 
 
 @register(*_ov(aten.neg, "default"))
