@@ -1079,6 +1079,105 @@ class ReciprocalOp(CurvedOp):
         return lo > 0
 
 
+# ------------------------------------------------------------- fused normalisation kernels
+class FusedRoundingOp(BoundOp):
+    """The identity on its first input, whose ``radius`` is the float error of a *fused*
+    kernel (LayerNorm, softmax, log_softmax) that the graph before it bounds as the exact
+    real function through a decomposition whose ops charge no model rounding (``u = 0``
+    there: the model never evaluates them). The other inputs are nodes of that decomposition
+    whose bounds the error bound needs (the kernel's input, the centred values, the
+    variance); they get zero coefficients backward. ``u`` is the model's unit roundoff."""
+
+    fan = 1  # not a sum: makes the bound passes ask for the radius
+
+    def __init__(self, name, n_inputs):
+        super().__init__(name)
+        self.n_inputs = n_inputs
+
+    def forward(self, *xs):
+        return xs[0]
+
+    def ibp(self, *bs):
+        return bs[0]
+
+    def linear(self, *forms, pre=None):
+        return forms[0]
+
+    def backward(self, A, pre=None, in_shapes=None):
+        out = [A] + [torch.zeros((A.shape[0], *s), dtype=A.dtype, device=A.device) for s in in_shapes[1:]]
+        return out, None
+
+    def our_radius(self, pre, u, d_out):
+        return None  # no arithmetic of ours
+
+    def radius(self, pre, ours: bool = True, ours_pre=None):
+        if not self.rounding:
+            return None
+        R = self.kernel_radius(pre)
+        # our own evaluation of the bound (a few dozen roundings, polynomial of degree <= 3 in
+        # the rounded quantities): 256 ulps of it, and the smallest normal number
+        R = R * (1 + 256 * self.u_ours) + 4 * tiny(R.dtype)
+        return torch.where(torch.isnan(R), torch.full_like(R, torch.inf), R)
+
+    def kernel_radius(self, pre):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class LayerNormRoundingOp(FusedRoundingOp):
+    """The float error of ``native_layer_norm``'s kernel over the normalised ``dims`` (``n``
+    elements): inputs ``(y, x, c, v)``, with ``y`` the exact output, ``x`` the kernel's
+    input, ``c = x - mean`` and ``v = var + eps`` (exact, bounded by the decomposition).
+
+    The argument (``u`` the model's unit roundoff, ``M`` the row's ``max |x|``):
+    * the mean: any summation order, Welford's updates included, ``|mu_fl - mu| <= E_mu =
+      gamma_{3n+8} M`` (a sum of ``n`` terms and a division, Welford's ``n`` updates of three
+      roundings each);
+    * the variance: ``|var_fl - var| <= E_var = 8 gamma_{2n+8} M^2``, relative to the
+      *magnitude* ``mean(x^2) <= M^2``, not to ``var``: the one-pass formula ``E[x^2] - mu^2``
+      is off by about ``4 gamma_n M^2``, the two-pass one and Welford's (what torch uses on CPU
+      and CUDA) by less; the variance itself may be far smaller (a near-constant row), so
+      its relative error is unbounded and only ``v = var + eps >= eps`` keeps ``rstd`` finite.
+      ``dv = E_var + 2 u v_hi`` adds the rounding of ``var + eps``;
+    * ``rstd = v^-1/2``: with ``v_lo - dv > 0`` (else no bound: inf), ``R = (v_lo - dv)^-1/2``
+      bounds the exact and the computed argument's ``rstd``, ``|rstd(v + dv) - rstd(v)| <=
+      dv R^3 / 2`` (mean value theorem) and the kernel's ``1 / sqrt`` (or ``rsqrt``, CUDA) is
+      within 8 ulps: ``|rstd_fl - rstd| <= E_r = dv R^3 / 2 + 8 u R``;
+    * the output ``((x rstd_fl - mu_fl rstd_fl) g + b)``, each product and sum rounded (or
+      fused): ``|t_fl - c rstd| <= C E_r + E_mu R' + u (2 M + E_mu) R' + u T`` with ``C >= |c|``,
+      ``R' = R + E_r``, ``T = (C + E_mu) R' + u (2 M + E_mu) R'`` (the roundings of ``x r`` and
+      ``mu r``, which cancel in their difference: relative to ``|x| r``, not to ``|c| r``), and
+      the affine step adds ``2 u |g| T + u |b|``, scaled by ``|g|``, with a factor ``1 + 8 u``
+      for the second-order terms."""
+
+    def __init__(self, name, dims, n, has_weight, has_bias):
+        super().__init__(name, 4)
+        self.dims, self.n = tuple(dims), int(n)
+        self.has_weight, self.has_bias = has_weight, has_bias
+        self.weight = self.bias = None
+
+    def kernel_radius(self, pre):
+        _, xb, cb, vb = pre
+        u, n, dims = self.u, self.n, self.dims
+        M = _mag(xb).amax(dims, keepdim=True)
+        C = _mag(cb)
+        v_lo, v_hi = vb
+        E_mu = gamma(3 * n + 8, u) * M
+        dv = 8 * gamma(2 * n + 8, u) * M * M + 2 * u * v_hi.abs()
+        base = v_lo - dv
+        ok = base > 0
+        R = torch.where(ok, torch.rsqrt(torch.where(ok, base, torch.ones_like(base))), torch.full_like(base, torch.inf))
+        E_r = dv * R * R * R / 2 + 8 * u * R
+        R2 = R + E_r
+        T = (C + E_mu) * R2 + u * (2 * M + E_mu) * R2
+        E_t = C * E_r + E_mu * R2 + u * (2 * M + E_mu) * R2 + u * T
+        g = 1.0 if self.weight is None else self.weight.abs()
+        b = 0.0 if self.bias is None else self.bias.abs()
+        E = g * (E_t + 2 * u * (1 + u) * T) + u * b
+        E = E * (1 + 8 * u) + 8 * underflow(u)
+        E = torch.where(ok, E, torch.full_like(E, torch.inf))
+        return overflow_guard(E.expand(C.shape).clone(), g * T + b, u)
+
+
 class MaxPoolOp(BoundOp):
     # our_radius: the selection is exact; the constant's sum is bounded like an activation's
     """Max over windows (max pooling without padding, ``amax``). ``windows(x)`` is a

@@ -814,9 +814,76 @@ def _stack(ctx):
     return ctx.emit(ops.CatOp(ctx.name, len(parts), d), ups)
 
 
+# ---------------------------------------------------------------- normalisation kernels
+def _internal(op):
+    """An op of a fused kernel's decomposition: the model never evaluates it, so it charges
+    no model rounding (``u = 0``; our own rounding still counts); the kernel's rounding is
+    the ``FusedRoundingOp`` at the end."""
+    op.u = 0.0
+    return op
+
+
+@register(*_ov(aten.native_layer_norm, "default"))
+def _layer_norm(ctx):
+    """``native_layer_norm``: the exact function through ``mean`` (linear), ``c = x - mean``,
+    ``var = mean(c^2)``, ``+ eps``, ``rsqrt``, the product ``c * rstd`` (McCormick) and the
+    affine ``* weight + bias``, then the fused kernel's float error
+    (``ops.LayerNormRoundingOp``). Only the normalised output may be used (not the saved mean
+    and rstd)."""
+    x = ctx.data_arg("input")
+    shape = [int(v) for v in ctx.arg("normalized_shape")]
+    w, b = ctx.const_ref("weight", optional=True), ctx.const_ref("bias", optional=True)
+    eps = float(ctx.arg("eps"))
+    v = ctx.lw.values[x]
+    out = ctx.out_value()[0]
+    rank, nd = v.dim(), len(shape)
+    if nd == 0 or nd >= rank or tuple(v.shape[rank - nd:]) != tuple(shape):
+        raise UnsupportedLayer(ctx.name, "layer norm over the batch dimension or a mismatched shape")
+    if not (v.is_floating_point() and out.dtype == v.dtype):
+        raise UnsupportedLayer(ctx.name, "layer norm with a dtype change")
+    for name in ("weight", "bias"):
+        val = ctx.value_of(name)
+        if torch.is_tensor(val) and val.dtype != v.dtype:
+            raise UnsupportedLayer(ctx.name, f"layer norm with a {name} of another dtype")
+    if eps <= 0:
+        raise UnsupportedLayer(ctx.name, f"layer norm with eps={eps!r} (rstd unbounded)")
+    dims = tuple(range(rank - nd, rank))
+    n = int(math.prod(shape))
+    full = tuple(v.shape[1:])
+    nm = ctx.name
+
+    def expand(t):
+        return t.expand(t.shape[0], *full)
+
+    mean = ctx.emit(_internal(ops.LinearMapOp(nm + ".mean", lambda t: t.mean(dims, keepdim=True), "mean", fan=n + 1)),
+                    [x])
+    mean_e = ctx.emit(ops.LinearMapOp(nm + ".mean.expand", expand, "expand"), [mean])
+    c = ctx.emit(_internal(ops.WeightedSumOp(nm + ".centre", 1.0, -1.0)), [x, mean_e])
+    sq = ctx.emit(_internal(ops.SquareOp(nm + ".square", ulps=2.0)), [c])
+    var = ctx.emit(_internal(ops.LinearMapOp(nm + ".var", lambda t: t.mean(dims, keepdim=True), "mean", fan=n + 1)),
+                   [sq])
+    add = _internal(ops.AddConstOp(nm + ".eps"))
+    add.consts["bias"] = lambda env: torch.tensor(eps, dtype=torch.float64)
+    ve = ctx.emit(add, [var])
+    r = ctx.emit(_internal(ops.RsqrtOp(nm + ".rsqrt")), [ve])
+    r_e = ctx.emit(ops.LinearMapOp(nm + ".rsqrt.expand", expand, "expand"), [r])
+    y = ctx.emit(_internal(ops.BilinearOp(nm + ".normalise", full, [full, full])), [c, r_e])
+    has_w, has_b = ctx.value_of("weight") is not None, ctx.value_of("bias") is not None
+    if has_w or has_b:
+        aff = _internal(ops.ChannelAffineOp(nm + ".affine", n_ops=2))
+        aff.consts["weight"] = (lambda env: w(env).double()) if has_w else (lambda env: _as_double(1.0))
+        aff.consts["bias"] = (lambda env: b(env).double()) if has_b else (lambda env: None)
+        y = ctx.emit(aff, [y])
+    fin = ops.LayerNormRoundingOp(nm, dims, n, has_w, has_b)
+    fin.u = ctx.u_elem
+    fin.consts["weight"] = (lambda env: w(env).double()) if has_w else (lambda env: None)
+    fin.consts["bias"] = (lambda env: b(env).double()) if has_b else (lambda env: None)
+    i = ctx.emit(fin, [y, x, c, ve])
+    return ctx.tuple_outputs({0: i}, refuse={1: "the mean saved by layer norm", 2: "the rstd saved by layer norm"})
+
+
 # ------------------------------------------------------------------------ refusals
 _REFUSED = {
-    "native_layer_norm": "LayerNorm (no sound relaxation of the normalisation here)",
     "_softmax": "softmax (bound the logits instead: specs compare logits)",
     "_log_softmax": "log_softmax (bound the logits instead)",
     "where": "torch.where (data-dependent selection)",
