@@ -926,11 +926,14 @@ class CurvedOp(ActivationOp):
         lo, hi = b
         ok = self.domain(lo, hi)
         sl, sh = self._safe(lo, hi, ok)
-        e = self.f_err(sl, sh)
         flo, fhi = self.f(sl), self.f(sh)
         if not self.increasing():
             flo, fhi = fhi, flo
-        out_lo, out_hi = flo - e, fhi + e
+        # the error at each end from |f| there: f - K u |f| and f + K u |f| are monotone like
+        # f, so the extremes of the model's values are at the ends (an overflow at one end,
+        # exp of a large upper bound, leaves the other end finite)
+        at_min, at_max = (sl, sh) if self.increasing() else (sh, sl)
+        out_lo, out_hi = flo - self.f_err(at_min, at_min), fhi + self.f_err(at_max, at_max)
         if self.nonneg:
             out_lo = out_lo.clamp(min=0)
         inf = torch.full_like(lo, torch.inf)
@@ -969,6 +972,29 @@ class CurvedOp(ActivationOp):
             al, au = torch.where(bad, zero, al), torch.where(bad, zero, au)
             cl, cu = torch.where(bad, ilo, cl), torch.where(bad, ihi, cu)
         return al, cl, au, cu
+
+    def linear(self, form, pre=None):
+        # where a line is the constant interval bound (slope 0, the intercept maybe infinite),
+        # take it as it is: 0 times an infinite form would be nan
+        f = super().linear(form, pre)
+        al, cl, au, cu = self.relaxed(*pre[0])
+        zl, zu = al == 0, au == 0
+        zero = torch.zeros((), dtype=f.lw.dtype, device=f.lw.device)
+        return LinForm(torch.where(zl.unsqueeze(1), zero, f.lw), torch.where(zl, cl, f.lb),
+                       torch.where(zu.unsqueeze(1), zero, f.uw), torch.where(zu, cu, f.ub))
+
+    def backward(self, A, pre=None, in_shapes=None):
+        al, cl, au, cu = self.relaxed(*pre[0])
+        n = al.shape[0]
+        m = A.shape[0] // n
+        A3 = A.reshape(n, m, -1)
+        al, cl, au, cu = (_like(v, A).reshape(n, 1, -1) for v in (al, cl, au, cu))
+        Ap, An = A3.clamp(min=0), A3.clamp(max=0)
+        A_in = (Ap * au + An * al).reshape(A.shape)
+        zero = torch.zeros((), dtype=A.dtype, device=A.device)
+        # a zero coefficient on an infinite intercept picks up nothing (not 0 * inf = nan)
+        const = (torch.where(Ap == 0, zero, Ap * cu) + torch.where(An == 0, zero, An * cl)).sum(2).reshape(-1)
+        return [A_in], const
 
     def our_radius(self, pre, u, d_out):
         al, cl, au, cu = self.relaxed(*pre[0])
@@ -1176,6 +1202,58 @@ class LayerNormRoundingOp(FusedRoundingOp):
         E = E * (1 + 8 * u) + 8 * underflow(u)
         E = torch.where(ok, E, torch.full_like(E, torch.inf))
         return overflow_guard(E.expand(C.shape).clone(), g * T + b, u)
+
+
+class SoftmaxRoundingOp(FusedRoundingOp):
+    """The float error of ``_softmax`` / ``_log_softmax`` over dimension ``dim`` (``n``
+    elements): inputs ``(y, x)``, ``y`` the exact output (bounded by the decomposition) and
+    ``x`` the kernel's input. The kernel (CPU and CUDA alike): ``m = max x`` (exact),
+    ``z_j = fl(x_j - m)``, ``e_j = exp(z_j)``, ``S = sum e_j``, then ``e_i / S`` (or ``e_i * (1 /
+    S)``) for softmax and ``z_i - log S`` (or ``x_i - (m + log S)``) for log_softmax.
+
+    * Each term: ``|fl(x_j - m) - (x_j - m)| <= u Z`` with ``Z = max_j x_hi - min_j x_lo``
+      (``>= |x_j - m|``), so ``exp`` of it is off by ``exp(u Z) - 1 <= 1.01 u Z`` relatively
+      (``Z`` capped where ``exp`` underflows: such terms are below the smallest normal number
+      and count as absolute error), and the vectorised ``exp`` (torch's CPU softmax takes its
+      fast ``exp_u20``) by ``EXP_ULPS`` ulps: ``|e_j - exp(z_j)| <= eps exp(z_j)``, ``eps = EXP_ULPS
+      u + 1.01 u Z``.
+    * The sum of positive terms: relative error ``eta <= eps + gamma_{n+2} (1 + eps)``.
+    * Softmax: ``|s_fl - s| <= s ((1 + eps)(1 + gamma_2) / (1 - eta) - 1)``, ``s`` its upper bound.
+    * Log-softmax: ``|log S_fl - log S| <= eta / (1 - eta)`` plus 8 ulps of ``log S + 1`` for the
+      kernel (``log S <= log n``); the subtractions round at most ``3 u (M + Z + log n)``, with
+      ``M = max |x|`` (``x_i - (m + log S)`` rounds ``m + log S`` relative to ``|m|``).
+    * Terms that underflow: ``(4 n + 8)`` smallest normal numbers, absolute."""
+
+    #: ulps of the kernel's exp: torch's vectorised ``exp_u20`` on CPU (a faster polynomial,
+    #: documented there as within 20 ulps), ``expf`` on CUDA (2 ulps): 32 charged
+    EXP_ULPS = 32.0
+    #: softmax's decomposition takes ``exp(min(x_j - x_i, CAP))`` (registry): ``exp(-CAP)`` added
+    CAP = 60.0
+
+    def __init__(self, name, dim, n, log):
+        super().__init__(name, 2)
+        self.dim, self.n, self.log = int(dim), int(n), bool(log)
+
+    def kernel_radius(self, pre):
+        yb, xb = pre
+        u, n, d = self.u, self.n, self.dim
+        Z = xb[1].amax(d, keepdim=True) - xb[0].amin(d, keepdim=True)
+        zcap = -math.log(underflow(u)) + 1.0
+        eps = self.EXP_ULPS * u + 1.01 * u * Z.clamp(max=zcap)
+        eta = eps + gamma(n + 2, u) * (1 + eps)
+        ok = eta < 0.5
+        eta_s = torch.where(ok, eta, torch.zeros_like(eta))
+        under = (4 * n + 8) * underflow(u)
+        if not self.log:
+            rel = (1 + eps) * (1 + gamma(2, u)) / (1 - eta_s) - 1
+            R = _mag(yb) * rel + under + math.exp(-self.CAP)
+        else:
+            logn = math.log(n) * (1 + 1e-6) + 1e-6
+            M = _mag(xb).amax(d, keepdim=True)
+            dL = eta_s / (1 - eta_s) + 8 * u * (logn + 1) + 8 * u
+            R = (dL + 3 * u * (1 + u) * (M + Z + logn) + under).expand(yb[0].shape)
+        R = torch.where(ok, R, torch.full_like(R, torch.inf))
+        return R.expand(yb[0].shape).clone()
 
 
 class MaxPoolOp(BoundOp):

@@ -882,10 +882,59 @@ def _layer_norm(ctx):
     return ctx.tuple_outputs({0: i}, refuse={1: "the mean saved by layer norm", 2: "the rstd saved by layer norm"})
 
 
+#: most elements of a softmax's pairwise differences (n^2 per row) per sample
+SOFTMAX_MAX_PAIRS = 1 << 20
+
+
+@register(*_ov(aten._softmax, "default"), *_ov(aten._log_softmax, "default"))
+def _softmax(ctx):
+    """``softmax``/``log_softmax`` over ``dim`` (``n`` elements), as the exact function
+    ``s_i = 1 / sum_j exp(x_j - x_i)`` and ``log s_i = -log sum_j exp(x_j - x_i)``: the pairwise
+    differences (linear, exact in the forms, 0 on the diagonal), ``exp``, a sum (``>= 1``:
+    its diagonal term), then ``reciprocal`` or ``-log``; no model rounding inside, and the fused
+    kernel's float error at the end (``ops.SoftmaxRoundingOp``)."""
+    x = ctx.data_arg("self")
+    if ctx.arg("half_to_float"):
+        raise UnsupportedLayer(ctx.name, "softmax with half_to_float (a dtype change)")
+    v = ctx.lw.values[x]
+    if not v.is_floating_point() or ctx.out_value().dtype != v.dtype:
+        raise UnsupportedLayer(ctx.name, "softmax with a dtype change")
+    rank = v.dim()
+    d = _dim(ctx, ctx.arg("dim"), rank)
+    n = int(v.shape[d])
+    if int(math.prod(v.shape[1:])) * n > SOFTMAX_MAX_PAIRS:
+        raise UnsupportedLayer(ctx.name, f"softmax over {n} elements of a large tensor (n^2 pairwise differences)")
+    log = ctx.target in _ov(aten._log_softmax, "default")
+    nm = ctx.name
+    last = ctx.emit(ops.LinearMapOp(nm + ".movedim", lambda t: t.movedim(d, -1), "movedim"), [x])
+    xj = ctx.emit(ops.LinearMapOp(nm + ".x_j", lambda t: t.unsqueeze(-2).expand(*t.shape[:-1], n, n), "expand"),
+                  [last])
+    xi = ctx.emit(ops.LinearMapOp(nm + ".x_i", lambda t: t.unsqueeze(-1).expand(*t.shape[:-1], n, n), "expand"),
+                  [last])
+    diff = ctx.emit(_internal(ops.WeightedSumOp(nm + ".diff", 1.0, -1.0)), [xj, xi])
+    if not log:
+        # s' = 1 / sum exp(min(d, CAP)) >= s, and where a difference exceeds CAP both are below
+        # exp(-CAP): |s - s'| <= exp(-CAP), charged by SoftmaxRoundingOp; keeps exp finite in
+        # float32 bound arithmetic (its overflow would leave no bound)
+        diff = ctx.emit(_internal(ops.ClampOp(nm + ".cap", None, ops.SoftmaxRoundingOp.CAP)), [diff])
+    e = ctx.emit(_internal(ops.ExpOp(nm + ".exp")), [diff])
+    tot = ctx.emit(_internal(ops.LinearMapOp(nm + ".sum", lambda t: t.sum(-1), "sum", fan=n + 1)), [e])
+    if log:
+        lg = ctx.emit(_internal(ops.LogOp(nm + ".log")), [tot])
+        neg = _internal(ops.ChannelAffineOp(nm + ".neg", n_ops=0))
+        neg.consts["weight"] = lambda env: _as_double(-1.0)
+        neg.consts["bias"] = lambda env: None
+        y = ctx.emit(neg, [lg])
+    else:
+        y = ctx.emit(_internal(ops.ReciprocalOp(nm + ".reciprocal")), [tot])
+    back = ctx.emit(ops.LinearMapOp(nm + ".movedim_back", lambda t: t.movedim(-1, d), "movedim"), [y])
+    fin = ops.SoftmaxRoundingOp(nm, d, n, log)
+    fin.u = ctx.u_elem
+    return ctx.emit(fin, [back, x])
+
+
 # ------------------------------------------------------------------------ refusals
 _REFUSED = {
-    "_softmax": "softmax (bound the logits instead: specs compare logits)",
-    "_log_softmax": "log_softmax (bound the logits instead)",
     "where": "torch.where (data-dependent selection)",
     "native_dropout": "dropout in training mode (call model.eval())",
 }
