@@ -1173,11 +1173,14 @@ class LayerNormRoundingOp(FusedRoundingOp):
       ``R' = R + E_r``, ``T = (C + E_mu) R' + u (2 M + E_mu) R'`` (the roundings of ``x r`` and
       ``mu r``, which cancel in their difference: relative to ``|x| r``, not to ``|c| r``), and
       the affine step adds ``2 u |g| T + u |b|``, scaled by ``|g|``, with a factor ``1 + 8 u``
-      for the second-order terms."""
+      for the second-order terms.
+    * Where ``v_lo - dv <= 0`` there is no relative bound: then the kernel's clamp of its
+      variance at 0 gives ``rstd_fl <= (eps (1 - 2u))^-1/2 (1 + 8u)`` and the radius is the
+      exact output's magnitude plus a bound of the model's (finite, and wide)."""
 
-    def __init__(self, name, dims, n, has_weight, has_bias):
+    def __init__(self, name, dims, n, eps, has_weight, has_bias):
         super().__init__(name, 4)
-        self.dims, self.n = tuple(dims), int(n)
+        self.dims, self.n, self.eps = tuple(dims), int(n), float(eps)
         self.has_weight, self.has_bias = has_weight, has_bias
         self.weight = self.bias = None
 
@@ -1200,7 +1203,16 @@ class LayerNormRoundingOp(FusedRoundingOp):
         b = 0.0 if self.bias is None else self.bias.abs()
         E = g * (E_t + 2 * u * (1 + u) * T) + u * b
         E = E * (1 + 8 * u) + 8 * underflow(u)
-        E = torch.where(ok, E, torch.full_like(E, torch.inf))
+        if not bool(ok.all()):
+            # no relative bound (var + eps may be below the variance's error): the kernel clamps
+            # its variance at 0 (CPU: max(var, 0); Welford's M2 sums non-negative terms), so
+            # rstd_fl <= (eps (1 - 2u))^-1/2 (1 + 8u), and the model's output is within
+            # |g| T_eps + |b| of 0; the radius covers the exact output's magnitude plus that
+            R_eps = (1 + 8 * u) / math.sqrt(self.eps * (1 - 2 * u))
+            T_eps = (C + E_mu) * R_eps * (1 + u) + u * (2 * M + E_mu) * R_eps
+            crude = _mag(pre[0]) + (g * T_eps * (1 + 4 * u) + b * (1 + 2 * u)) * (1 + 8 * u) + 8 * underflow(u)
+            E = torch.where(ok, E, crude)
+            T = torch.where(ok, T, T_eps)
         return overflow_guard(E.expand(C.shape).clone(), g * T + b, u)
 
 

@@ -865,6 +865,9 @@ def _layer_norm(ctx):
     add = _internal(ops.AddConstOp(nm + ".eps"))
     add.consts["bias"] = lambda env: torch.tensor(eps, dtype=torch.float64)
     ve = ctx.emit(add, [var])
+    # the exact var + eps is >= eps: a clamp just below it keeps the exact value and keeps our
+    # rounding of the mean of squares (relative to its largest value) from reaching 0
+    ve = ctx.emit(_internal(ops.ClampOp(nm + ".eps.floor", eps * (1 - 1e-6), None)), [ve])
     r = ctx.emit(_internal(ops.RsqrtOp(nm + ".rsqrt")), [ve])
     r_e = ctx.emit(ops.LinearMapOp(nm + ".rsqrt.expand", expand, "expand"), [r])
     y = ctx.emit(_internal(ops.BilinearOp(nm + ".normalise", full, [full, full])), [c, r_e])
@@ -874,7 +877,7 @@ def _layer_norm(ctx):
         aff.consts["weight"] = (lambda env: w(env).double()) if has_w else (lambda env: _as_double(1.0))
         aff.consts["bias"] = (lambda env: b(env).double()) if has_b else (lambda env: None)
         y = ctx.emit(aff, [y])
-    fin = ops.LayerNormRoundingOp(nm, dims, n, has_w, has_b)
+    fin = ops.LayerNormRoundingOp(nm, dims, n, eps, has_w, has_b)
     fin.u = ctx.u_elem
     fin.consts["weight"] = (lambda env: w(env).double()) if has_w else (lambda env: None)
     fin.consts["bias"] = (lambda env: b(env).double()) if has_b else (lambda env: None)
