@@ -1105,6 +1105,22 @@ class ReciprocalOp(CurvedOp):
         return lo > 0
 
 
+class NegOp(BoundOp):
+    """``-x`` (exact): lower and upper swap, so infinite bounds stay infinite (not nan)."""
+
+    def forward(self, x):
+        return -x
+
+    def ibp(self, b):
+        return -b[1], -b[0]
+
+    def linear(self, f, pre=None):
+        return LinForm(-f.uw, -f.ub, -f.lw, -f.lb, exact=f.exact)
+
+    def backward(self, A, pre=None, in_shapes=None):
+        return [-A], None
+
+
 # ------------------------------------------------------------- fused normalisation kernels
 class FusedRoundingOp(BoundOp):
     """The identity on its first input, whose ``radius`` is the float error of a *fused*
@@ -1123,11 +1139,30 @@ class FusedRoundingOp(BoundOp):
     def forward(self, *xs):
         return xs[0]
 
+    def clip(self, pre):
+        """Bounds of the exact output known a priori (softmax in [0, 1], a LayerNorm output
+        within ``|g| sqrt(n - 1)`` of its bias), or None: intersected with the decomposition's."""
+        return None
+
     def ibp(self, *bs):
-        return bs[0]
+        c = self.clip(bs)
+        if c is None:
+            return bs[0]
+        return torch.maximum(bs[0][0], c[0]), torch.minimum(bs[0][1], c[1])
 
     def linear(self, *forms, pre=None):
-        return forms[0]
+        f = forms[0]
+        c = self.clip(pre)
+        if c is None:
+            return f
+        # where a form's constant is infinite (an overflow inside the decomposition), the
+        # a-priori bound as a constant form: an infinite constant would be nan further on
+        bl, bu = ~torch.isfinite(f.lb), ~torch.isfinite(f.ub)
+        if not bool(bl.any() or bu.any()):
+            return f
+        zero = torch.zeros((), dtype=f.lw.dtype, device=f.lw.device)
+        return LinForm(torch.where(bl.unsqueeze(1), zero, f.lw), torch.where(bl, c[0].expand_as(f.lb), f.lb),
+                       torch.where(bu.unsqueeze(1), zero, f.uw), torch.where(bu, c[1].expand_as(f.ub), f.ub))
 
     def backward(self, A, pre=None, in_shapes=None):
         out = [A] + [torch.zeros((A.shape[0], *s), dtype=A.dtype, device=A.device) for s in in_shapes[1:]]
@@ -1183,6 +1218,18 @@ class LayerNormRoundingOp(FusedRoundingOp):
         self.dims, self.n, self.eps = tuple(dims), int(n), float(eps)
         self.has_weight, self.has_bias = has_weight, has_bias
         self.weight = self.bias = None
+
+    def clip(self, pre):
+        # sum_i ((x_i - mean) rstd)^2 = n var / (var + eps) < n and sum_i (x_i - mean) = 0 give
+        # |(x_i - mean) rstd| <= sqrt(n - 1): the exact output is within |g| sqrt(n - 1) of b
+        yb = pre[0]
+        r = math.sqrt(max(self.n - 1, 0)) * (1 + 8 * self.u_ours)
+        g = 1.0 if self.weight is None else self.weight.abs()
+        b = 0.0 if self.bias is None else self.bias
+        lo = (b - g * r) - 8 * self.u_ours * (abs(b) + g * r) - tiny(yb[0].dtype)
+        hi = (b + g * r) + 8 * self.u_ours * (abs(b) + g * r) + tiny(yb[0].dtype)
+        return torch.as_tensor(lo, dtype=yb[0].dtype).expand_as(yb[0]), \
+            torch.as_tensor(hi, dtype=yb[0].dtype).expand_as(yb[0])
 
     def kernel_radius(self, pre):
         _, xb, cb, vb = pre
@@ -1245,6 +1292,18 @@ class SoftmaxRoundingOp(FusedRoundingOp):
     def __init__(self, name, dim, n, log):
         super().__init__(name, 2)
         self.dim, self.n, self.log = int(dim), int(n), bool(log)
+
+    def clip(self, pre):
+        yb, xb = pre
+        dt = yb[0].dtype
+        if not self.log:  # softmax is in [0, 1]
+            return torch.zeros_like(yb[0]), torch.ones_like(yb[1])
+        # log_softmax: x_i - max_j x_j - log n <= y_i <= 0
+        top = xb[1].amax(self.dim, keepdim=True)
+        a = xb[0] - top
+        logn = math.log(self.n) * (1 + 1e-6) + 1e-6
+        lo = a - logn - 8 * self.u_ours * (xb[0].abs() + top.abs() + logn) - tiny(dt)
+        return lo, torch.zeros_like(yb[1])
 
     def kernel_radius(self, pre):
         yb, xb = pre

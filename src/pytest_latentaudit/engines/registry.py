@@ -924,10 +924,7 @@ def _softmax(ctx):
     tot = ctx.emit(_internal(ops.LinearMapOp(nm + ".sum", lambda t: t.sum(-1), "sum", fan=n + 1)), [e])
     if log:
         lg = ctx.emit(_internal(ops.LogOp(nm + ".log")), [tot])
-        neg = _internal(ops.ChannelAffineOp(nm + ".neg", n_ops=0))
-        neg.consts["weight"] = lambda env: _as_double(-1.0)
-        neg.consts["bias"] = lambda env: None
-        y = ctx.emit(neg, [lg])
+        y = ctx.emit(ops.NegOp(nm + ".neg"), [lg])
     else:
         y = ctx.emit(_internal(ops.ReciprocalOp(nm + ".reciprocal")), [tot])
     back = ctx.emit(ops.LinearMapOp(nm + ".movedim_back", lambda t: t.movedim(-1, d), "movedim"), [y])
