@@ -549,3 +549,58 @@ def test_against_auto_lirpa(kind, capsys):
               f"sampled {float((y.amax(0) - y.amin(0)).mean()):.4g}")
     if theirs_method == "ibp":
         assert ours <= theirs * 1.001 + 1e-6  # a linear relaxation beats intervals here
+
+
+# ------------------------------------------------- float deviation (auto_LiRPA backend)
+class Amplifier(nn.Module):
+    """A curved op near its pole (or ``exp`` of a steep input) applied to ``t - 999.99`` where
+    ``t ~ 1000`` (a Linear with bias 1000 and small weights): the argument is about 1e-2 and
+    carries the float32 rounding of ``t`` (an ulp of 1000 is 6e-5), which the op's slope
+    amplifies (``1 / x^2 ~ 1e4`` for the reciprocal)."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.a, self.out = nn.Linear(3, 4), nn.Linear(4, 2)
+        with torch.no_grad():
+            self.a.weight.normal_(0, 1e-4)
+            self.a.bias.fill_(1000.0)
+
+    def forward(self, x):
+        t = self.a(x)
+        k = self.kind
+        if k == "reciprocal_neg":
+            return self.out(torch.reciprocal(999.99 - t))
+        arg = t - 999.99
+        z = {"exp": lambda: torch.exp(300 * arg), "log": lambda: torch.log(arg), "sqrt": lambda: torch.sqrt(arg),
+             "rsqrt": lambda: torch.rsqrt(arg), "reciprocal": lambda: torch.reciprocal(arg)}[k]()
+        return self.out(z)
+
+
+@pytest.mark.parametrize("kind", ["exp", "log", "sqrt", "rsqrt", "reciprocal", "reciprocal_neg"])
+def test_float_deviation_covers_the_amplified_rounding(kind):
+    """``segment.spec_deviation`` (what the auto_LiRPA backend adds to its exact-arithmetic bound)
+    carries the input's float error through these ops with their slope on the box (``|f'|`` at an
+    end; a decreasing op's secant slope is negative), not a global constant: the float32 model's
+    distance from the float64 one at sampled points stays below it (with a slope of 1 it would
+    not: the gap is many times the ops' own rounding)."""
+    from pytest_latentaudit.engines.segment import spec_deviation
+
+    torch.manual_seed(11)
+    m32 = Amplifier(kind).eval()
+    m64 = Amplifier(kind).eval()
+    m64.load_state_dict(m32.state_dict())
+    m64 = m64.double()
+    g = torch.Generator().manual_seed(5)
+    center = torch.randn(6, 3, generator=g)
+    gens = torch.diag_embed(torch.full((6, 3), 1e-3))
+    x = sample_box(center, gens).float()
+    with torch.no_grad():
+        y32 = forward_all(m32, x).double()
+        y64 = forward_all(m64, x.double())
+    graph = get_graph(m32, (3,))
+    C = torch.cat([torch.eye(2), -torch.eye(2)])[None].expand(6, 4, 2)
+    dev = spec_deviation(graph, center, gens, C)  # [6, 4]
+    assert bool(torch.isfinite(dev).all())
+    gap = (y32 - y64).abs().amax(0)  # [6, 2]
+    assert bool((gap <= dev[:, :2]).all() & (gap <= dev[:, 2:]).all()), (kind, gap, dev)

@@ -599,6 +599,11 @@ class ActivationOp(BoundOp):
     def forward(self, x):
         return self.f(x)
 
+    def lipschitz_on(self, lo, hi):
+        """A bound of ``|f'|`` on ``[lo, hi]`` (a number, or a tensor like ``lo``): the float
+        deviation's carry factor (segment.py); ``lipschitz`` where that is global."""
+        return self.lipschitz
+
     def f_err(self, lo, hi):
         """Bound on |fl(f(x)) - f(x)| over [lo, hi], the model's kernel and ours (0: exact)."""
         return 0.0
@@ -996,6 +1001,15 @@ class CurvedOp(ActivationOp):
         const = (torch.where(Ap == 0, zero, Ap * cu) + torch.where(An == 0, zero, An * cl)).sum(2).reshape(-1)
         return [A_in], const
 
+    def lipschitz_on(self, lo, hi):
+        # |f'| is monotone on the domain for these functions: its largest value is at an end;
+        # outside the domain (or at sqrt's 0) there is none: inf
+        ok = self.domain(lo, hi)
+        sl, sh = self._safe(lo, hi, ok)
+        L = torch.maximum(self.df(sl).abs(), self.df(sh).abs()) * (1 + self.DERIV_ULPS * self.u_ours)
+        L = torch.where(torch.isnan(L), torch.full_like(L, torch.inf), L)
+        return torch.where(ok, L, torch.full_like(L, torch.inf))
+
     def our_radius(self, pre, u, d_out):
         al, cl, au, cu = self.relaxed(*pre[0])
         m = _mag(pre[0])
@@ -1065,6 +1079,7 @@ class RsqrtOp(CurvedOp):
     correctly rounded operations) and CUDA's ``rsqrtf`` is within 2 ulps: 8 ulps charged."""
 
     nonneg = True
+    monotone = False  # ``monotone`` means non-decreasing where it is read (segment.py)
 
     def f(self, x):
         return torch.rsqrt(x)
@@ -1088,6 +1103,7 @@ class ReciprocalOp(CurvedOp):
     ulps charged."""
 
     ulps = 4.0
+    monotone = False  # decreasing: ``monotone`` means non-decreasing where it is read (segment.py)
 
     def f(self, x):
         return torch.reciprocal(x)
