@@ -96,6 +96,17 @@ EXAMPLES = {
     "squeeze_excite": lambda: Fn(_SqueezeExcite(), shape=(2, 2, 2), out_in=8),
     "hard_prelu": lambda: Fn(nn.Sequential(nn.Hardswish(), _PReLUWide(), nn.Hardsigmoid())),
     "bmm_transposed": lambda: _bmm_transposed(),
+    # elementwise exp, log, sqrt, rsqrt, reciprocal and division by a data tensor (domains kept
+    # positive: softplus + 0.1), LayerNorm, softmax and log_softmax (tests/test_norm_softmax.py)
+    "exp_log_sqrt": lambda: Fn(L(lambda h: torch.cat([torch.exp(h), torch.log(F.softplus(h) + 0.1),
+                                                       torch.sqrt(F.softplus(h)), torch.rsqrt(F.softplus(h) + 0.1),
+                                                       torch.reciprocal(F.softplus(h) + 0.1)], 1)), out_in=40),
+    "div_data": lambda: Fn(L(lambda h: torch.cat([h / (F.softplus(h) + 0.5), 2.0 / (torch.sigmoid(h) + 0.5)], 1)),
+                           out_in=16),
+    "layer_norm": lambda: Fn(nn.Sequential(nn.LayerNorm(8), nn.ReLU(), nn.LayerNorm(8, elementwise_affine=False))),
+    "layer_norm_2d": lambda: Fn(nn.LayerNorm((2, 4)), shape=(2, 4), out_in=8),
+    "softmax": lambda: Fn(L(lambda h: torch.cat([F.softmax(h, 1), F.log_softmax(h, -1),
+                                                  F.softmax(h.view(-1, 2, 4), 1).flatten(1)], 1)), out_in=24),
 }
 
 

@@ -357,10 +357,10 @@ def test_decoder_graph_audit_sound():
 
 # ------------------------------------------------------ unsupported layers: no proof
 class SoftmaxHead(nn.Module):
-    def __init__(self):
+    def __init__(self, out=None):
         super().__init__()
         self.body = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 3))
-        self.out = nn.Softmax(dim=1)
+        self.out = nn.Softmax(dim=1) if out is None else out
 
     def forward(self, x):
         return self.out(self.body(x))
@@ -368,17 +368,29 @@ class SoftmaxHead(nn.Module):
 
 @pytest.mark.parametrize("engine", ["auto", "ibp", "linear", "bab"])
 def test_unsupported_layer_never_proves(engine):
-    """Softmax keeps the argmax, so the spec holds, but no bound operator exists: the
+    """Mish (no bound operator) on the logits: at eps 1e-4 the prediction is kept, but the
     engines must fall back to falsification (a note names the layer), never prove."""
+    torch.manual_seed(0)
+    model = SoftmaxHead(nn.Mish()).eval()
+    z = torch.randn(3, 2)
+    r = audit(model, z, direction=Direction.axis(0), eps=1e-4, spec=Invariance(), engine=engine, budget_s=2.0)
+    assert r.counts["verified"] == 0 and r.verdict != "proved"
+    assert any("Mish" in n or "'out'" in n for n in r.notes), r.notes
+    res = verify_box(model, z - 1e-4, z + 1e-4, Prediction(model(z).argmax(1)), engine=engine, budget_s=2.0)
+    assert "verified" not in res.status
+    assert any("Mish" in n or "'out'" in n for n in res.notes), res.notes
+
+
+@pytest.mark.parametrize("engine", ["auto", "ibp", "linear", "bab"])
+def test_softmax_head_is_proved(engine):
+    """Softmax has a bound operator now (tests/test_norm_softmax.py): the same head with
+    softmax probabilities out is proved at eps 1e-4, with no note of an unsupported layer."""
     torch.manual_seed(0)
     model = SoftmaxHead().eval()
     z = torch.randn(3, 2)
     r = audit(model, z, direction=Direction.axis(0), eps=1e-4, spec=Invariance(), engine=engine, budget_s=2.0)
-    assert r.counts["verified"] == 0 and r.verdict != "proved"
-    assert any("Softmax" in n or "'out'" in n for n in r.notes), r.notes
-    res = verify_box(model, z - 1e-4, z + 1e-4, Prediction(model(z).argmax(1)), engine=engine, budget_s=2.0)
-    assert "verified" not in res.status
-    assert any("Softmax" in n or "'out'" in n for n in res.notes), res.notes
+    assert not any("not supported" in n for n in r.notes), r.notes
+    assert r.counts["verified"] == 3 and r.verdict == "proved"
 
 
 # ------------------------------------------------- spec rows rounded to the bound dtype

@@ -513,11 +513,12 @@ def _neuron_bounds(graph: BoundGraph, conc, center, gens, j, order, valid, s):
             R.gather(1, order).double() * sign.double().abs()  # no radius when rounding is off
         if op.bias is not None:
             const = const + op.bias[order].double() * sign.double()
-        return backward_bound(graph, conc, center, gens, graph.nodes[j].inputs[0], A, const, fast=True)
+        return _no_nan(backward_bound(graph, conc, center, gens, graph.nodes[j].inputs[0], A, const, fast=True))
     D = lo.reshape(n, -1).shape[1]
     rows = torch.zeros(n, U, D, dtype=lo.dtype, device=lo.device).scatter_(2, order[:, :, None], sign[:, :, None])
     zeros = torch.zeros(n, U, dtype=torch.float64, device=lo.device)
-    return backward_bound(graph, conc, center, gens, j, rows.reshape(n, U, *graph.nodes[j].shape), zeros, fast=True)
+    return _no_nan(backward_bound(graph, conc, center, gens, j, rows.reshape(n, U, *graph.nodes[j].shape), zeros,
+                                  fast=True))
 
 
 @dataclass
@@ -526,6 +527,12 @@ class StageCount:
     work, not of the clock: branch and bound sizes its rounds by it)."""
 
     crown: int = 0
+
+
+def _no_nan(u):
+    """A bound that came out nan (``0 * inf`` where an op's bound is infinite: a log of an
+    interval reaching 0, an overflow) is no bound: inf, so the others' minimum is kept."""
+    return torch.nan_to_num(u, nan=torch.inf)
 
 
 def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", threshold=None, crown=None,
@@ -548,24 +555,24 @@ def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", thr
     dense_last = isinstance(last.op, ops.DenseOp) and len(last.shape) == 1
     if method == "ibp":
         bounds = ibp_bounds(graph, center, gens)
-        ub = _interval_upper(*bounds[-1], C, d)
+        ub = _no_nan(_interval_upper(*bounds[-1], C, d))
         if dense_last:
             lo, hi = bounds[last.inputs[0]]
             W = C @ last.op.weight.to(C)
             b = d if last.op.bias is None else d + C @ last.op.bias.to(C)
             R = last.op.radius([bounds[last.inputs[0]]])
-            ub = torch.minimum(ub, _interval_upper(lo, hi, W, b) + _weighted(C, R))
+            ub = torch.minimum(ub, _no_nan(_interval_upper(lo, hi, W, b) + _weighted(C, R)))
         return ub.double() + _spec_residual(C_err, bounds[-1])
     forms, conc = linear_bounds(graph, center, gens)
     residual = _spec_residual(C_err, conc[-1])
-    ub = _upper_from_output_form(forms[-1], C, d)
-    ub = torch.minimum(ub, _interval_upper(*conc[-1], C, d))
+    ub = _no_nan(_upper_from_output_form(forms[-1], C, d))
+    ub = torch.minimum(ub, _no_nan(_interval_upper(*conc[-1], C, d)))
     # the stages below bound the rounded spec: it must beat the threshold by the residual
     thr = None if threshold is None else (threshold.double() - residual.amax(1)).to(dt)
     if dense_last and (thr is None or not _first_cut_runs(graph)):
         # with a threshold the backward pass's first cut gives a bound of this kind, and
         # only for the boxes that need it
-        ub = torch.minimum(ub, _fold_last_linear(graph, forms, conc, C, d))
+        ub = torch.minimum(ub, _no_nan(_fold_last_linear(graph, forms, conc, C, d)))
     ub = ub.double()  # backward passes return float64
 
     def open_(u):
@@ -574,19 +581,20 @@ def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", thr
 
     need = open_(ub)
     if bool(need.all()):  # every box: no copies of every node's bounds and forms
-        ub = torch.minimum(ub, backward_upper(graph, conc, center, gens, C, d, forms=forms, threshold=thr))
+        ub = torch.minimum(ub, _no_nan(backward_upper(graph, conc, center, gens, C, d, forms=forms, threshold=thr)))
     elif bool(need.any()):
         sub = [(b[0][need], b[1][need]) for b in conc]
-        ub[need] = torch.minimum(ub[need], backward_upper(graph, sub, center[need], gens[need], C[need], d[need],
-                                                          forms=_forms_of(forms, need), threshold=_at(thr, need)))
+        ub[need] = torch.minimum(ub[need], _no_nan(backward_upper(graph, sub, center[need], gens[need], C[need],
+                                                                  d[need], forms=_forms_of(forms, need),
+                                                                  threshold=_at(thr, need))))
     need = open_(ub) if crown else torch.zeros_like(need)
     if bool(need.any()):
         # what stays open: CROWN intermediate bounds on the unstable neurons, then backward
         if count is not None:
             count.crown += int(need.sum())
         forms2, conc2 = linear_bounds(graph, center[need], gens[need], crown=True)
-        ub[need] = torch.minimum(ub[need], backward_upper(graph, conc2, center[need], gens[need], C[need], d[need],
-                                                          forms=forms2, threshold=_at(thr, need)))
+        ub[need] = torch.minimum(ub[need], _no_nan(backward_upper(graph, conc2, center[need], gens[need], C[need],
+                                                                  d[need], forms=forms2, threshold=_at(thr, need))))
     return ub + residual
 
 

@@ -599,6 +599,11 @@ class ActivationOp(BoundOp):
     def forward(self, x):
         return self.f(x)
 
+    def lipschitz_on(self, lo, hi):
+        """A bound of ``|f'|`` on ``[lo, hi]`` (a number, or a tensor like ``lo``): the float
+        deviation's carry factor (segment.py); ``lipschitz`` where that is global."""
+        return self.lipschitz
+
     def f_err(self, lo, hi):
         """Bound on |fl(f(x)) - f(x)| over [lo, hi], the model's kernel and ours (0: exact)."""
         return 0.0
@@ -871,6 +876,471 @@ class SoftplusOp(SampledActivationOp):
 
     def f_err(self, lo, hi):
         return super().f_err(lo, hi) + self.jump
+
+
+class CurvedOp(ActivationOp):
+    """A monotone elementwise function that is convex or concave on its domain: ``exp``,
+    ``log``, ``sqrt``, ``rsqrt`` and ``reciprocal``. Outside the domain (``log`` of an interval
+    reaching 0, ``reciprocal`` of one containing 0, ...) the model's value is nan or infinite
+    and the bounds are ``(-inf, inf)``: never a proof there.
+
+    Relaxation on ``[lo, hi]`` (both lines sound for any rounded slope): on the chord's side
+    the slope ``s`` is the chord's and the intercept the extreme of ``g(x) = f(x) - s x`` at
+    an end of the interval (a convex ``g`` takes its maximum, a concave one its minimum, at an
+    end); on the tangent's side the slope ``s = fl(f'(t))`` at the midpoint ``t``, and the
+    intercept ``g(t)`` moved by ``|f'(t) - s| max|x - t|`` (convexity: ``g(x) >= g(t) + g'(t)
+    (x - t)``), our error of ``f'(t)`` counted as ``DERIV_ULPS`` ulps. Where the lines would be
+    infinite (overflow, domain) the slope is 0 and the intercepts the interval bound.
+
+    Floating point: the model's kernel for ``f`` is taken to be within ``ulps`` ulps of
+    ``|f|`` (plus ``abs_ulps`` ulps of 1 and the smallest normal number for underflow), and
+    so is ours in the bound dtype; that error is folded into the intercepts (``f_err``), as
+    for the other activations."""
+
+    DERIV_ULPS = 16.0
+    ulps = 8.0
+    abs_ulps = 0.0
+    #: the function's values are >= 0 on the domain (exp, sqrt, rsqrt)
+    nonneg = False
+
+    def df(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def domain(self, lo, hi):
+        return torch.ones_like(lo, dtype=torch.bool)
+
+    def increasing(self) -> bool:
+        return True
+
+    def convex(self, lo, hi):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _safe(self, lo, hi, ok):
+        """``lo, hi`` with the out-of-domain elements moved to a point of the domain (their
+        values are masked afterwards; this only keeps nan out of the arithmetic)."""
+        one = torch.ones_like(lo)
+        return torch.where(ok, lo, one), torch.where(ok, hi, one)
+
+    def f_err(self, lo, hi):
+        fm = torch.maximum(self.f(lo).abs(), self.f(hi).abs())  # monotone: |f| is largest at an end
+        e = self.ulps * (self.u + self.u_ours) * fm + self.abs_ulps * (self.u + self.u_ours) + \
+            2 * max(tiny(lo.dtype), underflow(self.u))
+        return overflow_guard(e, fm, self.u)
+
+    def ibp(self, b):
+        lo, hi = b
+        ok = self.domain(lo, hi)
+        sl, sh = self._safe(lo, hi, ok)
+        flo, fhi = self.f(sl), self.f(sh)
+        if not self.increasing():
+            flo, fhi = fhi, flo
+        # the error at each end from |f| there: f - K u |f| and f + K u |f| are monotone like
+        # f, so the extremes of the model's values are at the ends (an overflow at one end,
+        # exp of a large upper bound, leaves the other end finite)
+        at_min, at_max = (sl, sh) if self.increasing() else (sh, sl)
+        out_lo, out_hi = flo - self.f_err(at_min, at_min), fhi + self.f_err(at_max, at_max)
+        if self.nonneg:
+            out_lo = out_lo.clamp(min=0)
+        inf = torch.full_like(lo, torch.inf)
+        out_lo = torch.where(ok & ~torch.isnan(out_lo), out_lo, -inf)
+        out_hi = torch.where(ok & ~torch.isnan(out_hi), out_hi, inf)
+        return out_lo, out_hi
+
+    def relax(self, lo, hi):
+        ok = self.domain(lo, hi)
+        lo, hi = self._safe(lo, hi, ok)
+        w = hi - lo
+        flo, fhi = self.f(lo), self.f(hi)
+        s_ch = torch.where(w > 0, (fhi - flo) / w.clamp(min=tiny(w.dtype)), torch.zeros_like(w))
+        t = lo + w / 2
+        ft = self.f(t)
+        s_tg = self.df(t)
+        # the chord side: the extreme of g at the two ends
+        g_lo, g_hi = flo - s_ch * lo, fhi - s_ch * hi
+        ch_max, ch_min = torch.maximum(g_lo, g_hi), torch.minimum(g_lo, g_hi)
+        # the tangent side: g(t), moved by our error of f'(t) over the half-width
+        slack = self.DERIV_ULPS * self.u_ours * s_tg.abs() * (w / 2) + \
+            8 * self.u_ours * (ft.abs() + (s_tg * t).abs())
+        g_t = ft - s_tg * t
+        vex = self.convex(lo, hi)
+        al = torch.where(vex, s_tg, s_ch)
+        cl = torch.where(vex, g_t - slack, ch_min)
+        au = torch.where(vex, s_ch, s_tg)
+        cu = torch.where(vex, ch_max, g_t + slack)
+        al, cl, au, cu = self._pad(lo, hi, al, cl, au, cu)
+        bad = ~(ok & torch.isfinite(al) & torch.isfinite(au) & torch.isfinite(cl) & torch.isfinite(cu))
+        if bool(bad.any()):
+            ilo, ihi = self.ibp((lo, hi))  # lo, hi are in the domain here
+            inf = torch.full_like(lo, torch.inf)
+            ilo, ihi = torch.where(ok, ilo, -inf), torch.where(ok, ihi, inf)
+            zero = torch.zeros_like(lo)
+            al, au = torch.where(bad, zero, al), torch.where(bad, zero, au)
+            cl, cu = torch.where(bad, ilo, cl), torch.where(bad, ihi, cu)
+        return al, cl, au, cu
+
+    def linear(self, form, pre=None):
+        # where a line is the constant interval bound (slope 0, the intercept maybe infinite),
+        # take it as it is: 0 times an infinite form would be nan
+        f = super().linear(form, pre)
+        al, cl, au, cu = self.relaxed(*pre[0])
+        zl, zu = al == 0, au == 0
+        zero = torch.zeros((), dtype=f.lw.dtype, device=f.lw.device)
+        return LinForm(torch.where(zl.unsqueeze(1), zero, f.lw), torch.where(zl, cl, f.lb),
+                       torch.where(zu.unsqueeze(1), zero, f.uw), torch.where(zu, cu, f.ub))
+
+    def backward(self, A, pre=None, in_shapes=None):
+        al, cl, au, cu = self.relaxed(*pre[0])
+        n = al.shape[0]
+        m = A.shape[0] // n
+        A3 = A.reshape(n, m, -1)
+        al, cl, au, cu = (_like(v, A).reshape(n, 1, -1) for v in (al, cl, au, cu))
+        Ap, An = A3.clamp(min=0), A3.clamp(max=0)
+        A_in = (Ap * au + An * al).reshape(A.shape)
+        zero = torch.zeros((), dtype=A.dtype, device=A.device)
+        # a zero coefficient on an infinite intercept picks up nothing (not 0 * inf = nan)
+        const = (torch.where(Ap == 0, zero, Ap * cu) + torch.where(An == 0, zero, An * cl)).sum(2).reshape(-1)
+        return [A_in], const
+
+    def lipschitz_on(self, lo, hi):
+        # |f'| is monotone on the domain for these functions: its largest value is at an end;
+        # outside the domain (or at sqrt's 0) there is none: inf
+        ok = self.domain(lo, hi)
+        sl, sh = self._safe(lo, hi, ok)
+        L = torch.maximum(self.df(sl).abs(), self.df(sh).abs()) * (1 + self.DERIV_ULPS * self.u_ours)
+        L = torch.where(torch.isnan(L), torch.full_like(L, torch.inf), L)
+        return torch.where(ok, L, torch.full_like(L, torch.inf))
+
+    def our_radius(self, pre, u, d_out):
+        al, cl, au, cu = self.relaxed(*pre[0])
+        m = _mag(pre[0])
+        # slopes are 0 where an intercept is infinite: keep 0 * inf out of the magnitude
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        return 3 * u * (al.abs() + au.abs()) * m + gamma(d_out + 2, u) * (cl.abs() + cu.abs())
+
+
+class ExpOp(CurvedOp):
+    """``exp``: convex, increasing. 8 ulps for the model's kernel (Sleef's ``expf`` is within
+    1 ulp on CPU, CUDA's ``expf`` within 2), as for the other transcendental kernels."""
+
+    nonneg = True
+
+    def f(self, x):
+        return torch.exp(x)
+
+    def df(self, x):
+        return torch.exp(x)
+
+    def convex(self, lo, hi):
+        return torch.ones_like(lo, dtype=torch.bool)
+
+
+class LogOp(CurvedOp):
+    """``log``: concave, increasing, on ``lo > 0``. 8 ulps of ``|log x|`` and 8 ulps of 1
+    (near ``x = 1`` the result is small: an absolute floor covers a kernel that is accurate
+    only relative to ``log`` of the exponent's scale)."""
+
+    abs_ulps = 8.0
+
+    def f(self, x):
+        return torch.log(x)
+
+    def df(self, x):
+        return 1.0 / x
+
+    def domain(self, lo, hi):
+        return lo > 0
+
+    def convex(self, lo, hi):
+        return torch.zeros_like(lo, dtype=torch.bool)
+
+
+class SqrtOp(CurvedOp):
+    """``sqrt``: concave, increasing, on ``lo >= 0``. IEEE ``sqrt`` is correctly rounded (half
+    an ulp, on CPU and, by default, CUDA); 4 ulps are charged."""
+
+    ulps = 4.0
+    nonneg = True
+
+    def f(self, x):
+        return torch.sqrt(x)
+
+    def df(self, x):
+        return 0.5 / torch.sqrt(x)
+
+    def domain(self, lo, hi):
+        return lo >= 0
+
+    def convex(self, lo, hi):
+        return torch.zeros_like(lo, dtype=torch.bool)
+
+
+class RsqrtOp(CurvedOp):
+    """``rsqrt``: convex, decreasing, on ``lo > 0``. torch computes ``1 / sqrt(x)`` on CPU (two
+    correctly rounded operations) and CUDA's ``rsqrtf`` is within 2 ulps: 8 ulps charged."""
+
+    nonneg = True
+    monotone = False  # ``monotone`` means non-decreasing where it is read (segment.py)
+
+    def f(self, x):
+        return torch.rsqrt(x)
+
+    def df(self, x):
+        return -0.5 * torch.rsqrt(x) / x
+
+    def domain(self, lo, hi):
+        return lo > 0
+
+    def increasing(self) -> bool:
+        return False
+
+    def convex(self, lo, hi):
+        return torch.ones_like(lo, dtype=torch.bool)
+
+
+class ReciprocalOp(CurvedOp):
+    """``1 / x``: decreasing on an interval of one sign (``lo > 0``: convex; ``hi < 0``:
+    concave); an interval containing 0 has no bound. IEEE division is correctly rounded; 4
+    ulps charged."""
+
+    ulps = 4.0
+    monotone = False  # decreasing: ``monotone`` means non-decreasing where it is read (segment.py)
+
+    def f(self, x):
+        return torch.reciprocal(x)
+
+    def df(self, x):
+        return -torch.reciprocal(x * x)
+
+    def domain(self, lo, hi):
+        return (lo > 0) | (hi < 0)
+
+    def increasing(self) -> bool:
+        return False
+
+    def convex(self, lo, hi):
+        return lo > 0
+
+
+class NegOp(BoundOp):
+    """``-x`` (exact): lower and upper swap, so infinite bounds stay infinite (not nan)."""
+
+    def forward(self, x):
+        return -x
+
+    def ibp(self, b):
+        return -b[1], -b[0]
+
+    def linear(self, f, pre=None):
+        return LinForm(-f.uw, -f.ub, -f.lw, -f.lb, exact=f.exact)
+
+    def backward(self, A, pre=None, in_shapes=None):
+        return [-A], None
+
+
+# ------------------------------------------------------------- fused normalisation kernels
+class FusedRoundingOp(BoundOp):
+    """The identity on its first input, whose ``radius`` is the float error of a *fused*
+    kernel (LayerNorm, softmax, log_softmax) that the graph before it bounds as the exact
+    real function through a decomposition whose ops charge no model rounding (``u = 0``
+    there: the model never evaluates them). The other inputs are nodes of that decomposition
+    whose bounds the error bound needs (the kernel's input, the centred values, the
+    variance); they get zero coefficients backward. ``u`` is the model's unit roundoff."""
+
+    fan = 1  # not a sum: makes the bound passes ask for the radius
+
+    def __init__(self, name, n_inputs):
+        super().__init__(name)
+        self.n_inputs = n_inputs
+
+    def forward(self, *xs):
+        return xs[0]
+
+    def clip(self, pre):
+        """Bounds of the exact output known a priori (softmax in [0, 1], a LayerNorm output
+        within ``|g| sqrt(n - 1)`` of its bias), or None: intersected with the decomposition's."""
+        return None
+
+    def ibp(self, *bs):
+        c = self.clip(bs)
+        if c is None:
+            return bs[0]
+        return torch.maximum(bs[0][0], c[0]), torch.minimum(bs[0][1], c[1])
+
+    def linear(self, *forms, pre=None):
+        f = forms[0]
+        c = self.clip(pre)
+        if c is None:
+            return f
+        # where a form's constant is infinite (an overflow inside the decomposition), the
+        # a-priori bound as a constant form: an infinite constant would be nan further on
+        bl, bu = ~torch.isfinite(f.lb), ~torch.isfinite(f.ub)
+        if not bool(bl.any() or bu.any()):
+            return f
+        zero = torch.zeros((), dtype=f.lw.dtype, device=f.lw.device)
+        return LinForm(torch.where(bl.unsqueeze(1), zero, f.lw), torch.where(bl, c[0].expand_as(f.lb), f.lb),
+                       torch.where(bu.unsqueeze(1), zero, f.uw), torch.where(bu, c[1].expand_as(f.ub), f.ub))
+
+    def backward(self, A, pre=None, in_shapes=None):
+        out = [A] + [torch.zeros((A.shape[0], *s), dtype=A.dtype, device=A.device) for s in in_shapes[1:]]
+        return out, None
+
+    def our_radius(self, pre, u, d_out):
+        return None  # no arithmetic of ours
+
+    def radius(self, pre, ours: bool = True, ours_pre=None):
+        if not self.rounding:
+            return None
+        R = self.kernel_radius(pre)
+        # our own evaluation of the bound (a few dozen roundings, polynomial of degree <= 3 in
+        # the rounded quantities): 256 ulps of it, and the smallest normal number
+        R = R * (1 + 256 * self.u_ours) + 4 * tiny(R.dtype)
+        return torch.where(torch.isnan(R), torch.full_like(R, torch.inf), R)
+
+    def kernel_radius(self, pre):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class LayerNormRoundingOp(FusedRoundingOp):
+    """The float error of ``native_layer_norm``'s kernel over the normalised ``dims`` (``n``
+    elements): inputs ``(y, x, c, v)``, with ``y`` the exact output, ``x`` the kernel's
+    input, ``c = x - mean`` and ``v = var + eps`` (exact, bounded by the decomposition).
+
+    The argument (``u`` the model's unit roundoff, ``M`` the row's ``max |x|``):
+    * the mean: any summation order, Welford's updates included, ``|mu_fl - mu| <= E_mu =
+      gamma_{3n+8} M`` (a sum of ``n`` terms and a division, Welford's ``n`` updates of three
+      roundings each);
+    * the variance: ``|var_fl - var| <= E_var = 8 gamma_{2n+8} M^2``, relative to the
+      *magnitude* ``mean(x^2) <= M^2``, not to ``var``: the one-pass formula ``E[x^2] - mu^2``
+      is off by about ``4 gamma_n M^2``, the two-pass one and Welford's (what torch uses on CPU
+      and CUDA) by less; the variance itself may be far smaller (a near-constant row), so
+      its relative error is unbounded and only ``v = var + eps >= eps`` keeps ``rstd`` finite.
+      ``dv = E_var + 2 u v_hi`` adds the rounding of ``var + eps``;
+    * ``rstd = v^-1/2``: with ``v_lo - dv > 0`` (else no bound: inf), ``R = (v_lo - dv)^-1/2``
+      bounds the exact and the computed argument's ``rstd``, ``|rstd(v + dv) - rstd(v)| <=
+      dv R^3 / 2`` (mean value theorem) and the kernel's ``1 / sqrt`` (or ``rsqrt``, CUDA) is
+      within 8 ulps: ``|rstd_fl - rstd| <= E_r = dv R^3 / 2 + 8 u R``;
+    * the output ``((x rstd_fl - mu_fl rstd_fl) g + b)``, each product and sum rounded (or
+      fused): ``|t_fl - c rstd| <= C E_r + E_mu R' + u (2 M + E_mu) R' + u T`` with ``C >= |c|``,
+      ``R' = R + E_r``, ``T = (C + E_mu) R' + u (2 M + E_mu) R'`` (the roundings of ``x r`` and
+      ``mu r``, which cancel in their difference: relative to ``|x| r``, not to ``|c| r``), and
+      the affine step adds ``2 u |g| T + u |b|``, scaled by ``|g|``, with a factor ``1 + 8 u``
+      for the second-order terms.
+    * Where ``v_lo - dv <= 0`` there is no relative bound: then the kernel's clamp of its
+      variance at 0 gives ``rstd_fl <= (eps (1 - 2u))^-1/2 (1 + 8u)`` and the radius is the
+      exact output's magnitude plus a bound of the model's (finite, and wide)."""
+
+    def __init__(self, name, dims, n, eps, has_weight, has_bias):
+        super().__init__(name, 4)
+        self.dims, self.n, self.eps = tuple(dims), int(n), float(eps)
+        self.has_weight, self.has_bias = has_weight, has_bias
+        self.weight = self.bias = None
+
+    def clip(self, pre):
+        # sum_i ((x_i - mean) rstd)^2 = n var / (var + eps) < n and sum_i (x_i - mean) = 0 give
+        # |(x_i - mean) rstd| <= sqrt(n - 1): the exact output is within |g| sqrt(n - 1) of b
+        yb = pre[0]
+        r = math.sqrt(max(self.n - 1, 0)) * (1 + 8 * self.u_ours)
+        g = 1.0 if self.weight is None else self.weight.abs()
+        b = 0.0 if self.bias is None else self.bias
+        lo = (b - g * r) - 8 * self.u_ours * (abs(b) + g * r) - tiny(yb[0].dtype)
+        hi = (b + g * r) + 8 * self.u_ours * (abs(b) + g * r) + tiny(yb[0].dtype)
+        return torch.as_tensor(lo, dtype=yb[0].dtype).expand_as(yb[0]), \
+            torch.as_tensor(hi, dtype=yb[0].dtype).expand_as(yb[0])
+
+    def kernel_radius(self, pre):
+        _, xb, cb, vb = pre
+        u, n, dims = self.u, self.n, self.dims
+        M = _mag(xb).amax(dims, keepdim=True)
+        C = _mag(cb)
+        v_lo, v_hi = vb
+        E_mu = gamma(3 * n + 8, u) * M
+        dv = 8 * gamma(2 * n + 8, u) * M * M + 2 * u * v_hi.abs()
+        base = v_lo - dv
+        ok = base > 0
+        R = torch.where(ok, torch.rsqrt(torch.where(ok, base, torch.ones_like(base))), torch.full_like(base, torch.inf))
+        E_r = dv * R * R * R / 2 + 8 * u * R
+        R2 = R + E_r
+        T = (C + E_mu) * R2 + u * (2 * M + E_mu) * R2
+        E_t = C * E_r + E_mu * R2 + u * (2 * M + E_mu) * R2 + u * T
+        g = 1.0 if self.weight is None else self.weight.abs()
+        b = 0.0 if self.bias is None else self.bias.abs()
+        E = g * (E_t + 2 * u * (1 + u) * T) + u * b
+        E = E * (1 + 8 * u) + 8 * underflow(u)
+        if not bool(ok.all()):
+            # no relative bound (var + eps may be below the variance's error): the kernel clamps
+            # its variance at 0 (CPU: max(var, 0); Welford's M2 sums non-negative terms), so
+            # rstd_fl <= (eps (1 - 2u))^-1/2 (1 + 8u), and the model's output is within
+            # |g| T_eps + |b| of 0; the radius covers the exact output's magnitude plus that
+            R_eps = (1 + 8 * u) / math.sqrt(self.eps * (1 - 2 * u))
+            T_eps = (C + E_mu) * R_eps * (1 + u) + u * (2 * M + E_mu) * R_eps
+            crude = _mag(pre[0]) + (g * T_eps * (1 + 4 * u) + b * (1 + 2 * u)) * (1 + 8 * u) + 8 * underflow(u)
+            E = torch.where(ok, E, crude)
+            T = torch.where(ok, T, T_eps)
+        return overflow_guard(E.expand(C.shape).clone(), g * T + b, u)
+
+
+class SoftmaxRoundingOp(FusedRoundingOp):
+    """The float error of ``_softmax`` / ``_log_softmax`` over dimension ``dim`` (``n``
+    elements): inputs ``(y, x)``, ``y`` the exact output (bounded by the decomposition) and
+    ``x`` the kernel's input. The kernel (CPU and CUDA alike): ``m = max x`` (exact),
+    ``z_j = fl(x_j - m)``, ``e_j = exp(z_j)``, ``S = sum e_j``, then ``e_i / S`` (or ``e_i * (1 /
+    S)``) for softmax and ``z_i - log S`` (or ``x_i - (m + log S)``) for log_softmax.
+
+    * Each term: ``|fl(x_j - m) - (x_j - m)| <= u Z`` with ``Z = max_j x_hi - min_j x_lo``
+      (``>= |x_j - m|``), so ``exp`` of it is off by ``exp(u Z) - 1 <= 1.01 u Z`` relatively
+      (``Z`` capped where ``exp`` underflows: such terms are below the smallest normal number
+      and count as absolute error), and the vectorised ``exp`` (torch's CPU softmax takes its
+      fast ``exp_u20``) by ``EXP_ULPS`` ulps: ``|e_j - exp(z_j)| <= eps exp(z_j)``, ``eps = EXP_ULPS
+      u + 1.01 u Z``.
+    * The sum of positive terms: relative error ``eta <= eps + gamma_{n+2} (1 + eps)``.
+    * Softmax: ``|s_fl - s| <= s ((1 + eps)(1 + gamma_2) / (1 - eta) - 1)``, ``s`` its upper bound.
+    * Log-softmax: ``|log S_fl - log S| <= eta / (1 - eta)`` plus 8 ulps of ``log S + 1`` for the
+      kernel (``log S <= log n``); the subtractions round at most ``3 u (M + Z + log n)``, with
+      ``M = max |x|`` (``x_i - (m + log S)`` rounds ``m + log S`` relative to ``|m|``).
+    * Terms that underflow: ``(4 n + 8)`` smallest normal numbers, absolute."""
+
+    #: ulps of the kernel's exp: torch's vectorised ``exp_u20`` on CPU (a faster polynomial,
+    #: documented there as within 20 ulps), ``expf`` on CUDA (2 ulps): 32 charged
+    EXP_ULPS = 32.0
+    #: softmax's decomposition takes ``exp(min(x_j - x_i, CAP))`` (registry): ``exp(-CAP)`` added
+    CAP = 60.0
+
+    def __init__(self, name, dim, n, log):
+        super().__init__(name, 2)
+        self.dim, self.n, self.log = int(dim), int(n), bool(log)
+
+    def clip(self, pre):
+        yb, xb = pre
+        dt = yb[0].dtype
+        if not self.log:  # softmax is in [0, 1]
+            return torch.zeros_like(yb[0]), torch.ones_like(yb[1])
+        # log_softmax: x_i - max_j x_j - log n <= y_i <= 0
+        top = xb[1].amax(self.dim, keepdim=True)
+        a = xb[0] - top
+        logn = math.log(self.n) * (1 + 1e-6) + 1e-6
+        lo = a - logn - 8 * self.u_ours * (xb[0].abs() + top.abs() + logn) - tiny(dt)
+        return lo, torch.zeros_like(yb[1])
+
+    def kernel_radius(self, pre):
+        yb, xb = pre
+        u, n, d = self.u, self.n, self.dim
+        Z = xb[1].amax(d, keepdim=True) - xb[0].amin(d, keepdim=True)
+        zcap = -math.log(underflow(u)) + 1.0
+        eps = self.EXP_ULPS * u + 1.01 * u * Z.clamp(max=zcap)
+        eta = eps + gamma(n + 2, u) * (1 + eps)
+        ok = eta < 0.5
+        eta_s = torch.where(ok, eta, torch.zeros_like(eta))
+        under = (4 * n + 8) * underflow(u)
+        if not self.log:
+            rel = (1 + eps) * (1 + gamma(2, u)) / (1 - eta_s) - 1
+            R = _mag(yb) * rel + under + math.exp(-self.CAP)
+        else:
+            logn = math.log(n) * (1 + 1e-6) + 1e-6
+            M = _mag(xb).amax(d, keepdim=True)
+            dL = eta_s / (1 - eta_s) + 8 * u * (logn + 1) + 8 * u
+            R = (dL + 3 * u * (1 + u) * (M + Z + logn) + under).expand(yb[0].shape)
+        R = torch.where(ok, R, torch.full_like(R, torch.inf))
+        return R.expand(yb[0].shape).clone()
 
 
 class MaxPoolOp(BoundOp):

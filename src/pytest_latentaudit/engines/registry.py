@@ -484,10 +484,60 @@ def _div(ctx):
             raise UnsupportedLayer(ctx.name, f"division with rounding_mode={mode!r} (piecewise constant)")
     a, b = ctx.raw("self"), ctx.raw("other")
     if ctx.is_data(b):
-        raise UnsupportedLayer(ctx.name, "division by a data-dependent tensor")
+        return _data_division(ctx, a, b)
     cref = ctx.const_ref("other")
     ctx.check_per_sample("other")
     return _affine_const(ctx, a, lambda env: 1.0 / _as_double(_per_sample_const(ctx, cref(env))), lambda env: None, 1)
+
+
+def _data_division(ctx, a, b):
+    """``a / b`` with ``b`` carrying the input: ``a * reciprocal(b)``, a McCormick product
+    (``BilinearOp``) when ``a`` carries the input too, a product by a constant otherwise. The
+    model rounds the quotient once (IEEE division); the reciprocal node charges its own
+    kernel's rounding and the product one more (``|x| |1/y|``), which covers it."""
+    vb, out = ctx.lw.values[b], ctx.out_value()
+    if not (torch.is_tensor(vb) and vb.is_floating_point() and vb.dtype == out.dtype):
+        raise UnsupportedLayer(ctx.name, "a division by a data tensor of another or a non-float dtype")
+    if vb.dim() != out.dim() or vb.shape[0] != out.shape[0]:
+        raise UnsupportedLayer(ctx.name, "a division that broadcasts across the batch dimension")
+    r = _elementwise_node(ctx, ops.ReciprocalOp(ctx.name + ".reciprocal"), b)
+    if ctx.is_data(a):
+        va = ctx.lw.values[a]
+        if not (torch.is_tensor(va) and va.is_floating_point() and va.dtype == out.dtype):
+            raise UnsupportedLayer(ctx.name, "a division of a data tensor of another or a non-float dtype")
+        if va.dim() != out.dim() or va.shape[0] != out.shape[0]:
+            raise UnsupportedLayer(ctx.name, "a division that broadcasts across the batch dimension")
+        op = ops.BilinearOp(ctx.name, out.shape[1:], [va.shape[1:], vb.shape[1:]])
+        op.u = ctx.u_elem
+        return ctx.emit(op, [a, r])
+    cref = ctx.const_ref("self")
+    ctx.check_per_sample("self")
+    return _affine_const(ctx, r, lambda env: _as_double(_per_sample_const(ctx, cref(env))), lambda env: None, 1)
+
+
+@register(*_ov(aten.reciprocal, "default"), *_ov(aten.reciprocal_, "default"))
+def _reciprocal(ctx):
+    return _elementwise(ctx, ops.ReciprocalOp(ctx.name))
+
+
+@register(*_ov(aten.exp, "default"), *_ov(aten.exp_, "default"))
+def _exp(ctx):
+    return _elementwise(ctx, ops.ExpOp(ctx.name))
+
+
+@register(*_ov(aten.log, "default"), *_ov(aten.log_, "default"))
+def _log(ctx):
+    return _elementwise(ctx, ops.LogOp(ctx.name))
+
+
+@register(*_ov(aten.sqrt, "default"), *_ov(aten.sqrt_, "default"))
+def _sqrt(ctx):
+    return _elementwise(ctx, ops.SqrtOp(ctx.name))
+
+
+@register(*_ov(aten.rsqrt, "default"), *_ov(aten.rsqrt_, "default"))
+def _rsqrt(ctx):
+    return _elementwise(ctx, ops.RsqrtOp(ctx.name))
 
 
 @register(*_ov(aten.neg, "default"))
@@ -764,11 +814,127 @@ def _stack(ctx):
     return ctx.emit(ops.CatOp(ctx.name, len(parts), d), ups)
 
 
+# ---------------------------------------------------------------- normalisation kernels
+def _internal(op):
+    """An op of a fused kernel's decomposition: the model never evaluates it, so it charges
+    no model rounding (``u = 0``; our own rounding still counts); the kernel's rounding is
+    the ``FusedRoundingOp`` at the end."""
+    op.u = 0.0
+    return op
+
+
+@register(*_ov(aten.native_layer_norm, "default"))
+def _layer_norm(ctx):
+    """``native_layer_norm``: the exact function through ``mean`` (linear), ``c = x - mean``,
+    ``var = mean(c^2)``, ``+ eps``, ``rsqrt``, the product ``c * rstd`` (McCormick) and the
+    affine ``* weight + bias``, then the fused kernel's float error
+    (``ops.LayerNormRoundingOp``). Only the normalised output may be used (not the saved mean
+    and rstd)."""
+    x = ctx.data_arg("input")
+    shape = [int(v) for v in ctx.arg("normalized_shape")]
+    w, b = ctx.const_ref("weight", optional=True), ctx.const_ref("bias", optional=True)
+    eps = float(ctx.arg("eps"))
+    v = ctx.lw.values[x]
+    out = ctx.out_value()[0]
+    rank, nd = v.dim(), len(shape)
+    if nd == 0 or nd >= rank or tuple(v.shape[rank - nd:]) != tuple(shape):
+        raise UnsupportedLayer(ctx.name, "layer norm over the batch dimension or a mismatched shape")
+    if not (v.is_floating_point() and out.dtype == v.dtype):
+        raise UnsupportedLayer(ctx.name, "layer norm with a dtype change")
+    for name in ("weight", "bias"):
+        val = ctx.value_of(name)
+        if torch.is_tensor(val) and val.dtype != v.dtype:
+            raise UnsupportedLayer(ctx.name, f"layer norm with a {name} of another dtype")
+    if eps <= 0:
+        raise UnsupportedLayer(ctx.name, f"layer norm with eps={eps!r} (rstd unbounded)")
+    dims = tuple(range(rank - nd, rank))
+    n = int(math.prod(shape))
+    full = tuple(v.shape[1:])
+    nm = ctx.name
+
+    def expand(t):
+        return t.expand(t.shape[0], *full)
+
+    mean = ctx.emit(_internal(ops.LinearMapOp(nm + ".mean", lambda t: t.mean(dims, keepdim=True), "mean", fan=n + 1)),
+                    [x])
+    mean_e = ctx.emit(ops.LinearMapOp(nm + ".mean.expand", expand, "expand"), [mean])
+    c = ctx.emit(_internal(ops.WeightedSumOp(nm + ".centre", 1.0, -1.0)), [x, mean_e])
+    sq = ctx.emit(_internal(ops.SquareOp(nm + ".square", ulps=2.0)), [c])
+    var = ctx.emit(_internal(ops.LinearMapOp(nm + ".var", lambda t: t.mean(dims, keepdim=True), "mean", fan=n + 1)),
+                   [sq])
+    add = _internal(ops.AddConstOp(nm + ".eps"))
+    add.consts["bias"] = lambda env: torch.tensor(eps, dtype=torch.float64)
+    ve = ctx.emit(add, [var])
+    # the exact var + eps is >= eps: a clamp just below it keeps the exact value and keeps our
+    # rounding of the mean of squares (relative to its largest value) from reaching 0
+    ve = ctx.emit(_internal(ops.ClampOp(nm + ".eps.floor", eps * (1 - 1e-6), None)), [ve])
+    r = ctx.emit(_internal(ops.RsqrtOp(nm + ".rsqrt")), [ve])
+    r_e = ctx.emit(ops.LinearMapOp(nm + ".rsqrt.expand", expand, "expand"), [r])
+    y = ctx.emit(_internal(ops.BilinearOp(nm + ".normalise", full, [full, full])), [c, r_e])
+    has_w, has_b = ctx.value_of("weight") is not None, ctx.value_of("bias") is not None
+    if has_w or has_b:
+        aff = _internal(ops.ChannelAffineOp(nm + ".affine", n_ops=2))
+        aff.consts["weight"] = (lambda env: w(env).double()) if has_w else (lambda env: _as_double(1.0))
+        aff.consts["bias"] = (lambda env: b(env).double()) if has_b else (lambda env: None)
+        y = ctx.emit(aff, [y])
+    fin = ops.LayerNormRoundingOp(nm, dims, n, eps, has_w, has_b)
+    fin.u = ctx.u_elem
+    fin.consts["weight"] = (lambda env: w(env).double()) if has_w else (lambda env: None)
+    fin.consts["bias"] = (lambda env: b(env).double()) if has_b else (lambda env: None)
+    i = ctx.emit(fin, [y, x, c, ve])
+    return ctx.tuple_outputs({0: i}, refuse={1: "the mean saved by layer norm", 2: "the rstd saved by layer norm"})
+
+
+#: most elements of a softmax's pairwise differences (n^2 per row) per sample
+SOFTMAX_MAX_PAIRS = 1 << 20
+
+
+@register(*_ov(aten._softmax, "default"), *_ov(aten._log_softmax, "default"))
+def _softmax(ctx):
+    """``softmax``/``log_softmax`` over ``dim`` (``n`` elements), as the exact function
+    ``s_i = 1 / sum_j exp(x_j - x_i)`` and ``log s_i = -log sum_j exp(x_j - x_i)``: the pairwise
+    differences (linear, exact in the forms, 0 on the diagonal), ``exp``, a sum (``>= 1``:
+    its diagonal term), then ``reciprocal`` or ``-log``; no model rounding inside, and the fused
+    kernel's float error at the end (``ops.SoftmaxRoundingOp``)."""
+    x = ctx.data_arg("self")
+    if ctx.arg("half_to_float"):
+        raise UnsupportedLayer(ctx.name, "softmax with half_to_float (a dtype change)")
+    v = ctx.lw.values[x]
+    if not v.is_floating_point() or ctx.out_value().dtype != v.dtype:
+        raise UnsupportedLayer(ctx.name, "softmax with a dtype change")
+    rank = v.dim()
+    d = _dim(ctx, ctx.arg("dim"), rank)
+    n = int(v.shape[d])
+    if int(math.prod(v.shape[1:])) * n > SOFTMAX_MAX_PAIRS:
+        raise UnsupportedLayer(ctx.name, f"softmax over {n} elements of a large tensor (n^2 pairwise differences)")
+    log = ctx.target in _ov(aten._log_softmax, "default")
+    nm = ctx.name
+    last = ctx.emit(ops.LinearMapOp(nm + ".movedim", lambda t: t.movedim(d, -1), "movedim"), [x])
+    xj = ctx.emit(ops.LinearMapOp(nm + ".x_j", lambda t: t.unsqueeze(-2).expand(*t.shape[:-1], n, n), "expand"),
+                  [last])
+    xi = ctx.emit(ops.LinearMapOp(nm + ".x_i", lambda t: t.unsqueeze(-1).expand(*t.shape[:-1], n, n), "expand"),
+                  [last])
+    diff = ctx.emit(_internal(ops.WeightedSumOp(nm + ".diff", 1.0, -1.0)), [xj, xi])
+    if not log:
+        # s' = 1 / sum exp(min(d, CAP)) >= s, and where a difference exceeds CAP both are below
+        # exp(-CAP): |s - s'| <= exp(-CAP), charged by SoftmaxRoundingOp; keeps exp finite in
+        # float32 bound arithmetic (its overflow would leave no bound)
+        diff = ctx.emit(_internal(ops.ClampOp(nm + ".cap", None, ops.SoftmaxRoundingOp.CAP)), [diff])
+    e = ctx.emit(_internal(ops.ExpOp(nm + ".exp")), [diff])
+    tot = ctx.emit(_internal(ops.LinearMapOp(nm + ".sum", lambda t: t.sum(-1), "sum", fan=n + 1)), [e])
+    if log:
+        lg = ctx.emit(_internal(ops.LogOp(nm + ".log")), [tot])
+        y = ctx.emit(ops.NegOp(nm + ".neg"), [lg])
+    else:
+        y = ctx.emit(_internal(ops.ReciprocalOp(nm + ".reciprocal")), [tot])
+    back = ctx.emit(ops.LinearMapOp(nm + ".movedim_back", lambda t: t.movedim(-1, d), "movedim"), [y])
+    fin = ops.SoftmaxRoundingOp(nm, d, n, log)
+    fin.u = ctx.u_elem
+    return ctx.emit(fin, [back, x])
+
+
 # ------------------------------------------------------------------------ refusals
 _REFUSED = {
-    "native_layer_norm": "LayerNorm (no sound relaxation of the normalisation here)",
-    "_softmax": "softmax (bound the logits instead: specs compare logits)",
-    "_log_softmax": "log_softmax (bound the logits instead)",
     "where": "torch.where (data-dependent selection)",
     "native_dropout": "dropout in training mode (call model.eval())",
 }

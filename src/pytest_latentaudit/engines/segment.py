@@ -27,6 +27,14 @@ class NotPiecewiseLinear(Exception):
     pass
 
 
+def _times(L, v):
+    """``L * v`` with ``0`` where ``v`` is 0 (an infinite ``L``, a function without a bounded
+    slope there, carries no error that is not there: no nan)."""
+    if not torch.is_tensor(L):
+        return L * v
+    return torch.where(v == 0, torch.zeros((), dtype=v.dtype, device=v.device), L * v)
+
+
 def _kinked(op) -> bool:
     return bool(op.kinks)
 
@@ -100,11 +108,13 @@ def margin_deviation(graph: BoundGraph, center, gens, C, crown=False) -> torch.T
             # any other elementwise f: the secant slope between the float and the exact input
             # is in [0, L] (monotone f) or [-L, L], L = sup |f'|; the kernel's own error of f
             # over the input's bounds (which hold both values) enters here too
-            L = float(op.lipschitz)
-            if op.monotone:
-                add(node.inputs[0], L * lo.clamp(max=0), L * hi.clamp(min=0))
+            L = op.lipschitz_on(*pre[0])  # a number, or per element (exp, log, reciprocal, ...)
+            if torch.is_tensor(L):
+                L = L.to(lo.dtype).repeat_interleave(m, 0) if m > 1 else L.to(lo.dtype)
+            if op.monotone:  # non-decreasing: the secant slope is in [0, L]
+                add(node.inputs[0], _times(L, lo.clamp(max=0)), _times(L, hi.clamp(min=0)))
             else:
-                add(node.inputs[0], -L * amax, L * amax)
+                add(node.inputs[0], -_times(L, amax), _times(L, amax))
             e = op.f_err(*pre[0])
             if torch.is_tensor(e) or e:
                 e = torch.as_tensor(e, dtype=amax.dtype, device=amax.device).expand(pre[0][0].shape)
@@ -128,11 +138,12 @@ def spec_deviation(graph: BoundGraph, center, gens, C, crown=False) -> torch.Ten
     n, m = C.shape[:2]
     dev = float_deviation(graph, center, gens).reshape(n, -1)
     out = torch.einsum("nmo,no->nm", C.abs().double(), dev.double())  # float64: a float32 sum could round down
+    out = torch.nan_to_num(out, nan=torch.inf)  # 0 * inf where an op has no bound: no bound
     try:
         signed = margin_deviation(graph, center, gens, C.reshape(n, m, -1), crown=crown)
     except ops.UnsupportedLayer:
         return out
-    return torch.minimum(out, signed)
+    return torch.minimum(out, torch.nan_to_num(signed, nan=torch.inf))
 
 
 def float_deviation(graph: BoundGraph, center, gens) -> torch.Tensor:
@@ -168,7 +179,7 @@ def float_deviation(graph: BoundGraph, center, gens) -> torch.Tensor:
             # |fl(f(a)) - f(b)| <= |fl(f(a)) - f(a)| + L |a - b|: the kernel's error of f over
             # the input's bounds (which hold the float value) plus the carried error
             lo_in, hi_in = conc[node.inputs[0]]
-            d = op.lipschitz * ds[0] + op.f_err(lo_in, hi_in)
+            d = _times(op.lipschitz_on(lo_in, hi_in), ds[0]) + op.f_err(lo_in, hi_in)
         else:
             raise ops.UnsupportedLayer(op.name, "no float-deviation rule for this op")
         D.append(d if R[j] is None else d + R[j])
