@@ -49,3 +49,35 @@ def test_auto_lirpa_a_forward_that_notices_jit_trace_is_not_proved(engine, how):
     assert _dense_max(model, lo, hi) > 9.0  # the spike, as the user's model runs
     res = verify_box(model, lo, hi, OutputRange(upper=[0.5]), engine=engine, budget_s=5)
     assert res.status[0] != "verified", "auto_LiRPA proved the jit-traced function, not the model"
+
+
+# ------------------------------------------------- 2. auto_LiRPA and LeakyReLU outside [0, 1]
+def _leaky_valley(slope):
+    """``y = 1e-3 (leaky(u) - k u)``, ``u = 1000 (x - 0.3137)``: with a negative slope ``leaky``
+    is a V (k = 0), with a slope above 1 it is concave (k between 1 and the slope): either way
+    ``y`` has its extreme 0 at the interior point x = 0.3137, and the spec (``y >= 1e-3`` for
+    the V, ``y <= -1e-3`` for the peak) fails only within 2e-6 of it. auto_LiRPA 0.3's
+    BoundLeakyRelu assumes a slope in [0, 1] (monotone, convex): its bounds of both are wrong
+    (the parse check compares forward values only, which are right)."""
+    k = 0.0 if slope < 0 else 1.5
+    m = nn.Sequential(nn.Linear(1, 2), nn.LeakyReLU(slope), nn.Linear(2, 1)).eval()
+    with torch.no_grad():
+        m[0].weight.fill_(1000.0)
+        m[0].bias.copy_(torch.tensor([-313.7, -313.7 - 5000.0]))  # neuron 2: < 0 on the box, leaky = slope v
+        m[2].weight.copy_(torch.tensor([[1e-3, -1e-3 * k / slope]]))
+        m[2].bias.fill_(-1e-3 * k * 5000.0)
+    return m
+
+
+@pytest.mark.parametrize("slope", [-0.5, 2.0])
+@pytest.mark.parametrize("engine", ["auto_lirpa:crown", "auto_lirpa:crown-ibp", "auto_lirpa:alpha-crown"])
+def test_auto_lirpa_leaky_relu_with_a_slope_outside_0_1_is_not_proved(engine, slope):
+    model = _leaky_valley(slope)
+    lo, hi = torch.tensor([[-1.0]]), torch.tensor([[1.0]])
+    x = torch.tensor([[0.3137]])
+    with torch.no_grad():
+        y = float(model(x))
+    spec = OutputRange(lower=[1e-3]) if slope < 0 else OutputRange(upper=[-1e-3])
+    assert (y < 1e-3) if slope < 0 else (y > -1e-3), y  # the spec fails at x = 0.3137
+    res = verify_box(model, lo, hi, spec, engine=engine, budget_s=3)
+    assert res.status[0] != "verified", f"auto_LiRPA 0.3 proved a LeakyReLU({slope}) spec that fails at x = 0.3137"
