@@ -81,3 +81,40 @@ def test_auto_lirpa_leaky_relu_with_a_slope_outside_0_1_is_not_proved(engine, sl
     assert (y < 1e-3) if slope < 0 else (y > -1e-3), y  # the spec fails at x = 0.3137
     res = verify_box(model, lo, hi, spec, engine=engine, budget_s=3)
     assert res.status[0] != "verified", f"auto_LiRPA 0.3 proved a LeakyReLU({slope}) spec that fails at x = 0.3137"
+
+
+# ------------------------------------- 3. auto_LiRPA's AvgPool2d backward with overlap or padding
+def _hat_into_avgpool(kernel, stride, padding):
+    """A hat of height 10 and half-width 1e-3 at t = 0.37 (three ReLUs) written into the last
+    pixel of a 6x6 image, average pooling, and a head reading the last pooled position only:
+    ``y`` reaches 10 / kernel^2 at t = 0.37 and is 0 elsewhere. auto_LiRPA 0.3's
+    ``BoundAveragePool.bound_backward`` on a dense A (a Linear head's rows) upsamples A by the
+    kernel size, as if the stride were the kernel and there were no padding: with overlapping
+    windows or padding, the head's row lands on the wrong pixels (cropped away here), so CROWN
+    says ``y <= 0`` and the intersection with IBP keeps it."""
+    m = nn.Sequential(nn.Linear(1, 3), nn.ReLU(), nn.Linear(3, 36), nn.Unflatten(1, (1, 6, 6)),
+                      nn.AvgPool2d(kernel, stride, padding), nn.Flatten())
+    with torch.no_grad():
+        n = m(torch.zeros(1, 1)).shape[1]
+    m.append(nn.Linear(n, 1))
+    with torch.no_grad():
+        m[0].weight.fill_(1000.0)
+        m[0].bias.copy_(torch.tensor([-369.0, -370.0, -371.0]))
+        m[2].weight.zero_()
+        m[2].bias.zero_()
+        m[2].weight[35] = torch.tensor([10.0, -20.0, 10.0])
+        m[6].weight.zero_()
+        m[6].bias.zero_()
+        m[6].weight[0, n - 1] = 1.0
+    return m.eval()
+
+
+@pytest.mark.parametrize("pool", [(2, 1, 0), (3, 1, 1), (2, 2, 1)])
+@pytest.mark.parametrize("engine", ["auto_lirpa:crown", "auto_lirpa:crown-ibp", "auto_lirpa:alpha-crown"])
+def test_auto_lirpa_avgpool_with_overlap_or_padding_is_not_proved(engine, pool):
+    model = _hat_into_avgpool(*pool)
+    lo, hi = torch.tensor([[0.0]]), torch.tensor([[1.0]])
+    with torch.no_grad():
+        assert float(model(torch.tensor([[0.37]]))) > 1.1  # the spec y <= 1 fails at t = 0.37
+    res = verify_box(model, lo, hi, OutputRange(upper=[1.0]), engine=engine, budget_s=3)
+    assert res.status[0] != "verified", f"auto_LiRPA 0.3 CROWN through AvgPool2d{pool} proved a false spec"
