@@ -100,6 +100,7 @@ def lirpa_spec_bounds(
     with _LOCK, _recursion_headroom(), _quiet_internal_warnings(), _default_dtype(dtype):
         for attempt in (1, 2):
             entry, fresh = _bounded_for(model, lower, upper, conv_mode)
+            _refuse_unsound_nodes(entry, method)
             if C.shape[2] != entry.n_out:
                 raise ValueError(f"C has {C.shape[2]} output columns; the model has {entry.n_out} outputs per row")
             try:
@@ -325,6 +326,29 @@ def _check_parse(entry: _Entry, lower, upper) -> None:
             f"auto_LiRPA {auto_lirpa_version()}'s parse of the model computes another function than the model "
             f"({size} apart at check points; pooling with ceil_mode, count_include_pad=False, divisor_override "
             f"or dilation is parsed without them): its bounds would not be of this model")
+
+
+def _refuse_unsound_nodes(entry: _Entry, method: str) -> None:
+    """Nodes whose forward is right (so the parse check passes) but whose 0.3 bounds are of
+    another function: ``BoundAveragePool``'s backward pass on a dense A upsamples A by the kernel
+    size, as if the stride were the kernel and there were no padding (overlapping, strided or
+    padded windows get the wrong rows; its interval bounds are right), and ``BoundLeakyRelu``
+    relaxes the slope as if it were in [0, 1] (monotone and convex: a negative slope or one above
+    1 gets wrong lines, and a negative one wrong intervals too)."""
+    for name, node in entry.bounded._modules.items():
+        kind = type(node).__name__
+        why = None
+        if kind == "BoundAveragePool" and method != "ibp":
+            k, s, p = (list(map(int, v)) for v in (node.kernel_size, node.stride, node.padding))
+            if s != k or any(p):
+                why = (f"average pooling with kernel {k}, stride {s}, padding {p} (its linear bounds are only "
+                       f"right for stride = kernel and no padding)")
+        elif kind == "BoundLeakyRelu" and not 0.0 <= float(node.alpha) <= 1.0:
+            why = f"LeakyReLU with slope {float(node.alpha)} (its bounds assume a slope in [0, 1])"
+        if why is not None:
+            where = _locate(entry, [_Culprit(kind, name)]).get(name, "")
+            raise LirpaUnsupported(f"auto_LiRPA {auto_lirpa_version()} bounds {why}{where} as another function: "
+                                   f"its bounds would not be of this model")
 
 
 def _new_bounded(work, example, conv_mode: str):
