@@ -118,3 +118,39 @@ def test_auto_lirpa_avgpool_with_overlap_or_padding_is_not_proved(engine, pool):
         assert float(model(torch.tensor([[0.37]]))) > 1.1  # the spec y <= 1 fails at t = 0.37
     res = verify_box(model, lo, hi, OutputRange(upper=[1.0]), engine=engine, budget_s=3)
     assert res.status[0] != "verified", f"auto_LiRPA 0.3 CROWN through AvgPool2d{pool} proved a false spec"
+
+
+# ------------------------------------------ 4. auto_LiRPA bounds a float64 copy of the model
+class DtypeAware(nn.Module):
+    """The spike of section 1, present when the forward runs in float32 (``x.dtype``, torch's
+    default dtype, or ``torch.finfo(x.dtype)`` deciding, as mixed-precision code does). The
+    backend bounds a private copy cast to float64, under float64 as the default dtype: the copy
+    computes the spike-free function, the parse check compares the parse with that copy, and the
+    native float32 graph (which has the spike) only supplies the rounding slack."""
+
+    def __init__(self, how):
+        super().__init__()
+        torch.manual_seed(0)
+        self.l1, self.l2, self.how = nn.Linear(2, 8), nn.Linear(8, 1), how
+
+    def forward(self, x):
+        y = self.l2(F.relu(self.l1(x)))
+        if self.how == "dtype":
+            on = x.dtype == torch.float32
+        elif self.how == "default_dtype":
+            on = torch.get_default_dtype() == torch.float32
+        else:
+            on = torch.finfo(x.dtype).eps > 1e-10
+        if on:
+            y = y + 10 * F.relu(1 - 1000 * (x[:, :1] - 0.37).abs())
+        return y
+
+
+@pytest.mark.parametrize("how", ["dtype", "default_dtype", "finfo"])
+@pytest.mark.parametrize("engine", ["auto_lirpa:crown", "auto_lirpa:ibp"])
+def test_auto_lirpa_a_forward_that_depends_on_its_dtype_is_not_proved(engine, how):
+    model = DtypeAware(how).eval()
+    lo, hi = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    assert _dense_max(model, lo, hi) > 9.0  # the user's float32 model has the spike
+    res = verify_box(model, lo, hi, OutputRange(upper=[0.5]), engine=engine, budget_s=3)
+    assert res.status[0] != "verified", "auto_LiRPA proved the float64 copy's function, not the float32 model"
