@@ -154,3 +154,56 @@ def test_auto_lirpa_a_forward_that_depends_on_its_dtype_is_not_proved(engine, ho
     assert _dense_max(model, lo, hi) > 9.0  # the user's float32 model has the spike
     res = verify_box(model, lo, hi, OutputRange(upper=[0.5]), engine=engine, budget_s=3)
     assert res.status[0] != "verified", "auto_LiRPA proved the float64 copy's function, not the float32 model"
+
+
+# ----------------------------------------------- 5. a call counter in the modules' hook registry
+def _spike(x):
+    return 10 * F.relu(1 - 1000 * (x[:, :1] - 0.37).abs())
+
+
+class _Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.l1, self.l2 = nn.Linear(2, 8), nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.l2(F.relu(self.l1(x)))
+
+
+class HookRegistryCounter(_Head):
+    """Each call registers a (no-op) forward hook on a submodule, and the spike switches on once
+    the registry holds more than 1000: a call counter kept in ``_forward_hooks``, which the
+    state comparison (attributes, dicts, lists of the modules; globals; closures) does not look
+    at. The verifier's dozen calls see no spike; the user's thousandth does."""
+
+    def forward(self, x):
+        self.l2.register_forward_hook(lambda mod, args, out: None)
+        return super().forward(x) + _spike(x) * float(len(self.l2._forward_hooks) > 1000)
+
+
+@pytest.mark.parametrize("engine", ["auto", "linear", "bab"])
+def test_a_forward_that_counts_its_calls_in_the_hook_registry_is_not_proved(engine):
+    model = HookRegistryCounter().eval()
+    lo, hi = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    res = verify_box(model, lo, hi, OutputRange(upper=[0.5]), engine=engine, budget_s=3)
+    with torch.no_grad():
+        for _ in range(1000):
+            model(torch.tensor([[0.37, 0.0]]))
+    assert _dense_max(model, lo, hi) > 9.0  # the user's later calls break the spec
+    assert res.status[0] != "verified", "a forward whose hook registry counts its calls was proved"
+
+
+# ---------------------------------------- 6. crash: an instance-level forward closing over the model
+def test_auto_lirpa_instance_forward_closing_over_the_model_gives_a_verdict_not_a_crash():
+    """``model.forward = lambda x: orig(x)`` (a wrapper set on the instance, as monkey-patching
+    code does): ``copy.deepcopy`` keeps the lambda, which still calls the *user's* float32 model,
+    so the backend's float64 copy fails inside ``_build`` (``work(center)``, outside the
+    try that turns failures into LirpaUnsupported) and verify_box raises RuntimeError ("mat1 and
+    mat2 must have the same dtype")."""
+    model = _Head().eval()
+    orig = model.forward
+    model.forward = lambda x: orig(x)
+    lo, hi = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    res = verify_box(model, lo, hi, OutputRange(upper=[0.5]), engine="auto_lirpa:crown", budget_s=3)
+    assert res.status[0] in {"verified", "falsified", "unknown"}
