@@ -262,7 +262,14 @@ def _build(model, lower, upper, conv_mode: str, key: Tuple, fingerprint: Tuple) 
     work, labels = _private_copy(model, lower.device, lower.dtype)
     center = (lower + upper) / 2
     with torch.no_grad():
-        out = work(center)
+        try:
+            out = work(center)
+        except Exception as exc:  # noqa: BLE001 - e.g. a forward set on the instance that still calls the
+            if _is_oom(exc):      # user's (float32) model from the float64 copy
+                raise
+            raise LirpaUnsupported(
+                f"the backend's private {lower.dtype} copy of {type(model).__name__} fails on the box "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from exc
     if out.dim() != 2:  # C indexes flat outputs
         work = torch.nn.Sequential(work, torch.nn.Flatten())
         labels[work] = "<flattened output>"
