@@ -207,3 +207,36 @@ def test_auto_lirpa_instance_forward_closing_over_the_model_gives_a_verdict_not_
     lo, hi = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0]])
     res = verify_box(model, lo, hi, OutputRange(upper=[0.5]), engine="auto_lirpa:crown", budget_s=3)
     assert res.status[0] in {"verified", "falsified", "unknown"}
+
+
+# ----------------------------------------------- 7. auto_LiRPA's Gather with repeated indices
+class DuplicateSelect(nn.Module):
+    """``r = relu(sum(x) - 7.9)`` on ``[0, 1]^8`` (non-zero only near the all-ones corner, where
+    it reaches 0.1; zero gradient elsewhere, and 8 dims are too many for the corner check),
+    selected twice with ``index_select`` and summed: ``y = 2 r <= 0.2``. auto_LiRPA 0.3's
+    ``BoundGather.bound_backward`` scatters A back with ``scatter_`` (not an add), so the two
+    copies' rows overwrite each other and CROWN bounds ``r``, not ``2 r``: it proves
+    ``y <= 0.15``, which fails at the corner."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.o = nn.Linear(8, 2), nn.Linear(2, 1)
+        with torch.no_grad():
+            self.a.weight.fill_(1.0)
+            self.a.bias.fill_(-7.9)
+            self.o.weight.fill_(1.0)
+            self.o.bias.zero_()
+        self.register_buffer("idx", torch.tensor([0, 0]))
+
+    def forward(self, x):
+        return self.o(F.relu(self.a(x)).index_select(1, self.idx))
+
+
+@pytest.mark.parametrize("engine", ["auto_lirpa:crown", "auto_lirpa:crown-ibp", "auto_lirpa:alpha-crown"])
+def test_auto_lirpa_index_select_with_a_repeated_index_is_not_proved(engine):
+    model = DuplicateSelect().eval()
+    lo, hi = torch.zeros(1, 8), torch.ones(1, 8)
+    with torch.no_grad():
+        assert float(model(hi)) > 0.15  # the corner breaks y <= 0.15
+    res = verify_box(model, lo, hi, OutputRange(upper=[0.15]), engine=engine, budget_s=3)
+    assert res.status[0] != "verified", "auto_LiRPA 0.3's Gather with a repeated index proved a false spec"
