@@ -341,7 +341,10 @@ def _refuse_unsound_nodes(entry: _Entry, method: str) -> None:
     size, as if the stride were the kernel and there were no padding (overlapping, strided or
     padded windows get the wrong rows; its interval bounds are right), and ``BoundLeakyRelu``
     relaxes the slope as if it were in [0, 1] (monotone and convex: a negative slope or one above
-    1 gets wrong lines, and a negative one wrong intervals too)."""
+    1 gets wrong lines, and a negative one wrong intervals too); ``BoundGather``'s backward pass
+    scatters A back without adding, so a repeated index keeps only one of its rows."""
+    import torch
+
     for name, node in entry.bounded._modules.items():
         kind = type(node).__name__
         why = None
@@ -352,6 +355,16 @@ def _refuse_unsound_nodes(entry: _Entry, method: str) -> None:
                        f"right for stride = kernel and no padding)")
         elif kind == "BoundLeakyRelu" and not 0.0 <= float(node.alpha) <= 1.0:
             why = f"LeakyReLU with slope {float(node.alpha)} (its bounds assume a slope in [0, 1])"
+        elif kind in ("BoundGather", "BoundGatherElements") and method != "ibp":
+            # the backward pass scatters A back with scatter_ (not an add): rows of a repeated index
+            # overwrite each other. A constant gather without repeats is a permutation: exact.
+            index = getattr(node, "indices" if kind == "BoundGather" else "index", None)
+            if not torch.is_tensor(index):
+                why = f"a gather ({kind}) whose indices it did not record"
+            elif kind == "BoundGather" and index.reshape(-1).unique().numel() != index.numel():
+                why = f"a gather with a repeated index ({index.reshape(-1).tolist()[:8]})"
+            elif kind == "BoundGatherElements":
+                why = "torch.gather (its backward pass overwrites the rows of repeated indices)"
         if why is not None:
             where = _locate(entry, [_Culprit(kind, name)]).get(name, "")
             raise LirpaUnsupported(f"auto_LiRPA {auto_lirpa_version()} bounds {why}{where} as another function: "
