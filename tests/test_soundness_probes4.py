@@ -240,3 +240,60 @@ def test_auto_lirpa_index_select_with_a_repeated_index_is_not_proved(engine):
         assert float(model(hi)) > 0.15  # the corner breaks y <= 0.15
     res = verify_box(model, lo, hi, OutputRange(upper=[0.15]), engine=engine, budget_s=3)
     assert res.status[0] != "verified", "auto_LiRPA 0.3's Gather with a repeated index proved a false spec"
+
+
+# ------------------------------- 8. call counters in containers the state comparison does not read
+import array as _array  # noqa: E402
+import collections as _collections  # noqa: E402
+import itertools as _itertools  # noqa: E402
+
+import numpy as _np  # noqa: E402
+
+_COUNT = _itertools.count()
+_DEQUE: "_collections.deque" = _collections.deque()
+_NP = _np.zeros(1)
+_BYTES = bytearray()
+_ARRAY = _array.array("i")
+
+
+class CountsInContainers(_Head):
+    """A call counter kept in a global ``itertools.count``, ``deque``, NumPy array, ``bytearray``
+    or ``array.array``, or in a submodule's forward pre-hook registry; the spike switches on
+    after 1000 calls. The state comparison reads numbers, strings, tensors, lists, tuples, dicts
+    and sets (and user-class helpers), not these, so the verifier's calls look stateless."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+
+    def forward(self, x):
+        if self.how == "itertools.count":
+            n = next(_COUNT)
+        elif self.how == "deque":
+            _DEQUE.append(1)
+            n = len(_DEQUE)
+        elif self.how == "numpy":
+            _NP[0] += 1
+            n = float(_NP[0])
+        elif self.how == "bytearray":
+            _BYTES.append(1)
+            n = len(_BYTES)
+        elif self.how == "array":
+            _ARRAY.append(1)
+            n = len(_ARRAY)
+        else:  # "pre_hooks"
+            self.l1.register_forward_pre_hook(lambda mod, args: None)
+            n = len(self.l1._forward_pre_hooks)
+        return super().forward(x) + _spike(x) * float(n > 1000)
+
+
+@pytest.mark.parametrize("how", ["itertools.count", "deque", "numpy", "bytearray", "array", "pre_hooks"])
+def test_a_forward_that_counts_its_calls_in_an_unread_container_is_not_proved(how):
+    model = CountsInContainers(how).eval()
+    lo, hi = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    res = verify_box(model, lo, hi, OutputRange(upper=[0.5]), engine="auto", budget_s=3)
+    with torch.no_grad():
+        for _ in range(1000):
+            model(torch.tensor([[0.37, 0.0]]))
+    assert _dense_max(model, lo, hi) > 9.0  # the user's later calls break the spec
+    assert res.status[0] != "verified", f"a forward counting its calls in a {how} was proved"
