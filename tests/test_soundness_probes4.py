@@ -297,3 +297,54 @@ def test_a_forward_that_counts_its_calls_in_an_unread_container_is_not_proved(ho
             model(torch.tensor([[0.37, 0.0]]))
     assert _dense_max(model, lo, hi) > 9.0  # the user's later calls break the spec
     assert res.status[0] != "verified", f"a forward counting its calls in a {how} was proved"
+
+
+# ------------------------- 9. auto_LiRPA's patches mode: grouped or dilated convs behind another conv
+def _conv_chain(kind, seed):
+    torch.manual_seed(seed)
+    if kind == "dilation":
+        layers = [nn.Conv2d(1, 2, 1), nn.Conv2d(2, 3, 2, padding=1, dilation=2), nn.ReLU(), nn.Conv2d(3, 2, 2), nn.ReLU()]
+    else:
+        layers = [nn.Conv2d(1, 2, 1), nn.Conv2d(2, 4, 2, groups=2), nn.ReLU()]
+    body = nn.Sequential(*layers, nn.Flatten()).eval()
+    with torch.no_grad():
+        n = body(torch.zeros(1, 1, 7, 7)).shape[1]
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(n, 2)).eval()
+
+
+def _pgd_max(model, lo, hi, fn, n=4000, steps=60, seed=0):
+    """Largest ``fn(model(x))`` found in the box (sampling, then signed-gradient ascent)."""
+    g = torch.Generator().manual_seed(seed)
+    x = lo + torch.rand(n, *lo.shape[1:], generator=g) * (hi - lo)
+    with torch.no_grad():
+        v = fn(model(x))
+    z, best = x[v.topk(16).indices].clone(), float(v.max())
+    for _ in range(steps):
+        z.requires_grad_(True)
+        grad, = torch.autograd.grad(fn(model(z)).sum(), z)
+        with torch.no_grad():
+            z = torch.minimum(torch.maximum(z + 0.05 * (hi - lo) * grad.sign(), lo), hi)
+            best = max(best, float(fn(model(z)).max()))
+    return best
+
+
+@pytest.mark.parametrize("kind, seed, thr", [("groups", 1, 0.1995), ("dilation", 5, 0.4379), ("dilation", 1, -0.2044)])
+def test_auto_lirpa_grouped_or_dilated_conv_in_patches_mode_is_not_proved(kind, seed, thr):
+    """Conv2d(1, 2, 1) then a conv with ``groups=2`` or ``dilation=2``, ReLU, a head; the spec
+    ``y0 - y1 <= thr``. The backend bounds CNNs in auto_LiRPA's default patches mode (no
+    ConvTranspose2d), and 0.3's ``BoundConv.bound_backward`` on Patches A calls
+    ``conv_transpose2d(patches, weight, stride=...)`` without ``groups`` or ``dilation``: the
+    intermediate bounds of the grouped/dilated conv's outputs (for the ReLU relaxation) are of
+    another convolution, and the proved bound is below values the model takes (matrix mode,
+    which passes both, is sound on the same model). Nothing is attacked: the bound proves it
+    right after the centre check."""
+    from pytest_latentaudit import Linear
+
+    model = _conv_chain(kind, seed)
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(1, 1, 7, 7, generator=g)
+    lo, hi = x0 - 0.3, x0 + 0.3
+    margin = lambda y: y[:, 0] - y[:, 1]  # noqa: E731
+    assert _pgd_max(model, lo, hi, margin) > thr + 1e-3  # the spec fails in the box
+    res = verify_box(model, lo, hi, Linear([[1.0, -1.0]], [-thr]), engine="auto_lirpa:crown", budget_s=3)
+    assert res.status[0] != "verified", f"auto_LiRPA 0.3's patches mode proved a false spec through a {kind} conv"
