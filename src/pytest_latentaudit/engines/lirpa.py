@@ -95,7 +95,12 @@ def lirpa_spec_bounds(
     C = C.detach().to(device=device, dtype=dtype)
     _check_shapes(lower, upper, C)
     if conv_mode is None:
-        conv_mode = "matrix" if any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules()) else "patches"
+        # 0.3's patches mode drops a conv's groups and dilation (``BoundConv.bound_backward`` on
+        # Patches A): matrix mode for those, as for ConvTranspose2d (patches rejects padded ones)
+        odd_conv = any(isinstance(m, torch.nn.Conv2d) and (m.groups != 1 or tuple(m.dilation) != (1, 1))
+                       for m in model.modules())
+        conv_mode = "matrix" if odd_conv or any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules()) \
+            else "patches"
 
     with _LOCK, _recursion_headroom(), _quiet_internal_warnings(), _default_dtype(dtype):
         for attempt in (1, 2):
@@ -353,6 +358,10 @@ def _refuse_unsound_nodes(entry: _Entry, method: str) -> None:
             if s != k or any(p):
                 why = (f"average pooling with kernel {k}, stride {s}, padding {p} (its linear bounds are only "
                        f"right for stride = kernel and no padding)")
+        elif kind == "BoundConv" and entry.key[3] == "patches" and method != "ibp" and (
+                int(node.groups) != 1 or list(map(int, node.dilation)) != [1, 1]):
+            why = (f"a convolution with groups={int(node.groups)}, dilation={list(map(int, node.dilation))} in patches "
+                   f"mode (its backward pass on patches drops both; conv_mode='matrix' keeps them)")
         elif kind == "BoundLeakyRelu" and not 0.0 <= float(node.alpha) <= 1.0:
             why = f"LeakyReLU with slope {float(node.alpha)} (its bounds assume a slope in [0, 1])"
         elif kind in ("BoundGather", "BoundGatherElements") and method != "ibp":
