@@ -18,7 +18,10 @@ forward output to lie inside them (see api.py).
 """
 from __future__ import annotations
 
+import array
+import collections
 import contextlib
+import itertools
 import math
 import operator
 import re
@@ -513,7 +516,13 @@ def _state_value(v, depth: int = 0):
     if torch.is_tensor(v):
         small = v.numel() <= _STATE_NUMEL
         return ("tensor", v, ops.versions(v), v.detach().clone() if small else None)
-    if isinstance(v, (list, tuple, dict, set, frozenset)):
+    if isinstance(v, (bytearray, array.array)):  # mutable buffers: by value (a call counter's length)
+        return ("buffer", type(v), len(v), bytes(v) if len(v) <= _STATE_NUMEL else None)
+    if type(v).__module__ == "numpy" and type(v).__name__ == "ndarray":
+        return ("ndarray", v.dtype.str, v.shape, v.tobytes() if v.size <= _STATE_NUMEL else None)
+    if isinstance(v, itertools.count):  # its position shows only in its repr
+        return ("count", repr(v))
+    if isinstance(v, (list, tuple, dict, set, frozenset, collections.deque)):
         if depth >= _STATE_DEPTH or len(v) > _STATE_LEN:
             return ("container", type(v), len(v))
         if isinstance(v, dict):
@@ -535,6 +544,10 @@ def _python_state(model: nn.Module) -> Dict[str, object]:
     out: Dict[str, object] = _code_state(model)
     for name, m in model.named_modules(remove_duplicate=False):
         for k, v in vars(m).items():
+            if k in _MODULE_INTERNALS and "hooks" in k and isinstance(v, dict):
+                # the hook registries: a forward that registers a hook per call counts its calls there
+                out[f"{name or type(m).__name__}.{k}"] = ("hooks", tuple(v.keys()))
+                continue
             if k in _MODULE_INTERNALS and not (v is None or isinstance(v, (bool, int, float, str))):
                 continue
             s = _state_value(v)
