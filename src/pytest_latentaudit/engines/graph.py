@@ -872,6 +872,47 @@ def _plain_call_differs(model: nn.Module, x: torch.Tensor, graph: torch.fx.Graph
             f"ops under no_grad/detach in forward): plain call only [{more}], trace only [{less}]")
 
 
+def autograd_ops(call, x: torch.Tensor) -> Optional[Counter]:
+    """The differentiable ops (by name, counted) that ``call(x)``'s output took from ``x``, as
+    autograd records them, aliasing views left out; None when the call fails or its output is
+    not a tensor. Used to check that another engine's copy of the model (auto_LiRPA's float64
+    copy, its ``jit.trace``) runs the program the user's call runs."""
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            xg = x.detach().clone().requires_grad_(True)
+            xin = xg * 1
+            base = xin.grad_fn
+            y = call(xin)
+    except Exception:  # noqa: BLE001 - the caller refuses
+        return None
+    if isinstance(y, (tuple, list)) and y:
+        y = y[0]
+    if not torch.is_tensor(y):
+        return None
+    ops_: Counter = Counter()
+    if y.grad_fn is not None:
+        reach: Dict[int, bool] = {}
+        stack = [(y.grad_fn, False)]
+        while stack:
+            fn_, done = stack.pop()
+            k = id(fn_)
+            if done:
+                r = fn_ is base or any(nxt is not None and reach.get(id(nxt), False) for nxt, _ in fn_.next_functions)
+                reach[k] = r
+                if r and fn_ is not base:
+                    ops_[_op_key(type(fn_).__name__)] += 1
+                continue
+            if k in reach:
+                continue
+            reach[k] = False
+            stack.append((fn_, True))
+            if fn_ is not base:
+                stack.extend((nxt, False) for nxt, _ in fn_.next_functions if nxt is not None and id(nxt) not in reach)
+    for key in _ALIASING:
+        ops_.pop(key, None)
+    return ops_
+
+
 def _live_nodes(gm: torch.fx.GraphModule) -> list:
     """The nodes that can affect the result (ancestors of the output and of impure nodes), in order."""
     nodes = list(gm.graph.nodes)

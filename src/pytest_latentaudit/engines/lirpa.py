@@ -266,6 +266,7 @@ def _build(model, lower, upper, conv_mode: str, key: Tuple, fingerprint: Tuple) 
 
     work, labels = _private_copy(model, lower.device, lower.dtype)
     center = (lower + upper) / 2
+    _check_same_program(model, work, center)
     with torch.no_grad():
         try:
             out = work(center)
@@ -291,6 +292,50 @@ def _build(model, lower, upper, conv_mode: str, key: Tuple, fingerprint: Tuple) 
             raise LirpaUnsupported(_describe_failure(entry, exc, "building the bound graph", records)) from exc
     _check_parse(entry, lower, upper)
     return entry
+
+
+def _check_same_program(model, work, center) -> None:
+    """The private copy runs in float64 (torch's default dtype float64 too), and auto_LiRPA
+    parses it under ``jit.trace``: a forward that branches on its dtype, on the default dtype or
+    on the jit tracer computes another function there, wherever in the box it differs (the parse
+    check's points see only where they look). So the ops the output takes from the input, as
+    autograd records them, must be the same in the user's call (its dtype), the copy's call and
+    the copy's call under ``jit.trace``."""
+    import torch
+
+    from .graph import autograd_ops
+
+    dtype = _floating_dtype(model) or center.dtype
+    x = center[:1]
+    inner = torch.get_default_dtype()
+    torch.set_default_dtype(_default_dtype.outer or inner)  # the user's call, under the user's default
+    try:
+        want = autograd_ops(model, x.to(dtype))
+    finally:
+        torch.set_default_dtype(inner)
+    got = autograd_ops(work, x)
+    traced = []
+
+    def _under_jit(xin):
+        class _Probe(torch.nn.Module):
+            def forward(self, t):
+                y = work(t)
+                traced.append(y)
+                return y
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.trace(_Probe(), (xin,), check_trace=False)
+        return traced[-1]
+
+    jit = autograd_ops(_under_jit, x)
+    for what, ops in (("its float64 copy", got), ("its copy under jit.trace", jit)):
+        if want is None or ops is None or ops != want:
+            more = "" if want is None or ops is None else ", ".join(
+                f"{k} x{v}" for k, v in sorted(((ops - want) + (want - ops)).items()))
+            raise LirpaUnsupported(
+                f"{type(model).__name__} runs other ops in {what} than in a plain call ({more or 'the call failed'}): "
+                f"a forward that depends on its dtype or notices the tracer; auto_LiRPA would bound another function")
 
 
 #: points of the parse check besides the building batch's lower, upper and centre
@@ -624,6 +669,9 @@ class _default_dtype:
     # auto_LiRPA 0.3 makes some of its own tensors in torch's default dtype (the sparse
     # rows of a conv layer's unstable neurons, ``torch.zeros(...)`` without a dtype), so a
     # float64 bound of a CNN fails inside F.conv_transpose2d. Set only for the call.
+    #: the default dtype outside the outermost such call (the user's)
+    outer = None
+
     def __init__(self, dtype) -> None:
         self.dtype = dtype
 
@@ -631,6 +679,9 @@ class _default_dtype:
         import torch
 
         self.previous = torch.get_default_dtype()
+        self.was_outer = _default_dtype.outer is None
+        if self.was_outer:
+            _default_dtype.outer = self.previous
         if self.dtype in (torch.float32, torch.float64) and self.dtype != self.previous:
             torch.set_default_dtype(self.dtype)
 
@@ -638,6 +689,8 @@ class _default_dtype:
         import torch
 
         torch.set_default_dtype(self.previous)
+        if self.was_outer:
+            _default_dtype.outer = None
 
 
 class _recursion_headroom:
