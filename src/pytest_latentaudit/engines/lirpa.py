@@ -313,22 +313,33 @@ def _check_same_program(model, work, center) -> None:
         want = autograd_ops(model, x.to(dtype))
     finally:
         torch.set_default_dtype(inner)
-    got = autograd_ops(work, x)
-    traced = []
+    traced: list = []
+
+    class _Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.work = work  # a submodule: its parameters are the trace's, not baked constants
+
+        def forward(self, t):
+            y = self.work(t)
+            traced.append(y)
+            return y
 
     def _under_jit(xin):
-        class _Probe(torch.nn.Module):
-            def forward(self, t):
-                y = work(t)
-                traced.append(y)
-                return y
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.jit.trace(_Probe(), (xin,), check_trace=False)
         return traced[-1]
 
-    jit = autograd_ops(_under_jit, x)
+    # the copy's parameters as the user's (matmul on a 3-d input takes bmm or view-mm-view by
+    # whether the weight requires grad), for these calls only
+    for p, q in zip(work.parameters(), model.parameters()):
+        p.requires_grad_(q.requires_grad)
+    try:
+        got = autograd_ops(work, x)
+        jit = autograd_ops(_under_jit, x)
+    finally:
+        work.requires_grad_(False)
     for what, ops in (("its float64 copy", got), ("its copy under jit.trace", jit)):
         if want is None or ops is None or ops != want:
             more = "" if want is None or ops is None else ", ".join(
