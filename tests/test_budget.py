@@ -156,3 +156,33 @@ def test_first_latent_test_is_warm_when_torch_comes_with_its_fixtures(pytester):
     ''')
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
     result.assert_outcomes(passed=1, xfailed=1)
+
+
+def test_first_library_call_does_not_spend_its_budget_on_the_tracer_import():
+    """Outside pytest too: the tracer's one-time import (torch._dynamo, about a second) comes
+    before verify_box's clock, so a fresh process's first call with a half-second budget still
+    proves a tiny network (before: 0 of 4, the budget gone before the first bound), and the
+    import leaves the warning filters as they were."""
+    import subprocess
+    import sys
+
+    code = textwrap.dedent('''
+        import sys
+        import warnings
+        import torch
+        from torch import nn
+        from pytest_latentaudit import Prediction, verify_box
+        assert "torch._dynamo" not in sys.modules
+        filters = list(warnings.filters)
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+        z = torch.randn(4, 4)
+        r = verify_box(m, z - 1e-3, z + 1e-3, Prediction(m(z).argmax(1)), engine="linear", budget_s=0.5)
+        assert warnings.filters == filters, "the tracer's import changed the warning filters"
+        print(r.counts()["verified"], r.seconds)
+    ''')
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    verified, seconds = out.stdout.split()
+    assert int(verified) == 4, out.stdout
+    assert float(seconds) < 0.5

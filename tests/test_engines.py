@@ -138,6 +138,22 @@ def test_auto_lirpa_engine_bounds_a_decoder_into_a_cnn():
     assert torch.get_default_dtype() == torch.float32
 
 
+@pytest.mark.parametrize("act", [nn.Sigmoid, nn.Tanh])
+def test_auto_lirpa_engine_bounds_sigmoid_and_tanh_networks(act):
+    # 0.3 makes its Sigmoid/Tanh tangent tables in torch's default dtype: in the engine's
+    # float64 every such network failed and fell back to attacks
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 16), act(), nn.Linear(16, 16), act(), nn.Linear(16, 3)).eval()
+    z = torch.randn(8, 4)
+    with torch.no_grad():
+        labels = net(z).argmax(1)
+    r = verify_box(net, z - 0.01, z + 0.01, Prediction(labels), engine="auto_lirpa:crown", budget_s=20)
+    native = verify_box(net, z - 0.01, z + 0.01, Prediction(labels), engine="linear", budget_s=20)
+    assert not any("auto_LiRPA" in n for n in r.notes), r.notes
+    assert r.counts()["verified"] == native.counts()["verified"] == 8
+    assert torch.get_default_dtype() == torch.float32
+
+
 def test_ladder_reports_the_rung_that_decided_each_seed():
     net = _mlp(5, d_in=16, width=64, depth=4)
     torch.manual_seed(6)

@@ -338,3 +338,34 @@ def test_argument_checks():
         lirpa_spec_bounds(model, box[1], box[0], torch.ones(1, 1, 2))
     with pytest.raises(ValueError, match="eval mode"):
         lirpa_spec_bounds(model.train(), *box, torch.ones(1, 1, 2))
+
+
+class _MadeConstant(nn.Module):
+    """A forward that makes a float tensor without a dtype: float32 0.1 in the user's model."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+        with torch.no_grad():
+            self.lin.weight.fill_(1.0)
+            self.lin.bias.zero_()
+
+    def forward(self, x):
+        return self.lin(x * torch.tensor(0.1))
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_a_constant_made_in_forward_is_the_users_not_the_compute_dtypes():
+    # auto_LiRPA builds in the compute dtype (float64) as torch's default; traced there,
+    # torch.tensor(0.1) is float64 0.1, not the float32 0.1 the model multiplies by, and CROWN's
+    # exact bound of this linear model fell 3e-6 short of the model's maximum
+    model = _MadeConstant().eval()
+    lo, hi = torch.full((1, 2), 1000.0), torch.full((1, 2), 1001.0)
+    C = torch.ones(1, 1, 1)
+    true_max = float((hi.double() * torch.tensor(0.1).double()).sum())  # float32 0.1, exactly
+    try:
+        _, ub = lirpa_spec_bounds(model, lo, hi, C, "crown", dtype=torch.float64)
+    except LirpaUnsupported as exc:
+        assert "without a dtype" in str(exc)
+    else:
+        assert float(ub) >= true_max, (float(ub), true_max)

@@ -693,6 +693,7 @@ def test_unproven_option(pytester, action, outcome):
     (["--latent-unproven", "maybe"], "unknown action for unproven verdicts 'maybe'"),
     (["--latent-seed", "x"], "seed must be an integer"),
     (["--latent-precision", "float16"], "precision must be float32 or float64"),
+    (["--latent-threads", "0"], "threads must be auto, keep or a positive number"),
 ])
 def test_bad_option_values_are_usage_errors(pytester, mode, args, message):
     pytester.makepyfile(test_x="def test_x():\n    pass\n")

@@ -18,10 +18,7 @@ forward output to lie inside them (see api.py).
 """
 from __future__ import annotations
 
-import array
-import collections
 import contextlib
-import itertools
 import math
 import operator
 import re
@@ -516,13 +513,7 @@ def _state_value(v, depth: int = 0):
     if torch.is_tensor(v):
         small = v.numel() <= _STATE_NUMEL
         return ("tensor", v, ops.versions(v), v.detach().clone() if small else None)
-    if isinstance(v, (bytearray, array.array)):  # mutable buffers: by value (a call counter's length)
-        return ("buffer", type(v), len(v), bytes(v) if len(v) <= _STATE_NUMEL else None)
-    if type(v).__module__ == "numpy" and type(v).__name__ == "ndarray":
-        return ("ndarray", v.dtype.str, v.shape, v.tobytes() if v.size <= _STATE_NUMEL else None)
-    if isinstance(v, itertools.count):  # its position shows only in its repr
-        return ("count", repr(v))
-    if isinstance(v, (list, tuple, dict, set, frozenset, collections.deque)):
+    if isinstance(v, (list, tuple, dict, set, frozenset)):
         if depth >= _STATE_DEPTH or len(v) > _STATE_LEN:
             return ("container", type(v), len(v))
         if isinstance(v, dict):
@@ -532,22 +523,65 @@ def _state_value(v, depth: int = 0):
             return ("set", type(v), frozenset(x for x in v if isinstance(x, (bool, int, float, str))), len(v))
         items = [_state_value(x, depth + 1) for x in v]
         return ("seq", type(v), tuple(i if i is not _SKIP else ("skipped",) for i in items))
+    return _other_state(v, depth)
+
+
+def _other_state(v, depth: int):
+    """``_state_value`` of the other holders a counter can live in: a deque (item by item), a
+    bytearray or array.array (by bytes), a NumPy array or scalar (by value; arrays over
+    ``_STATE_NUMEL`` elements by shape and identity), an itertools iterator (by its repr, which
+    shows ``count``'s and ``repeat``'s state); anything else is ``_SKIP``."""
+    import array
+    import collections
+
+    if isinstance(v, collections.deque):
+        if depth >= _STATE_DEPTH or len(v) > _STATE_LEN:
+            return ("container", type(v), len(v))
+        return ("seq", type(v), tuple(i if i is not _SKIP else ("skipped",) for i in
+                                      (_state_value(x, depth + 1) for x in v)))
+    if isinstance(v, (bytearray, array.array)):
+        if len(v) > _STATE_NUMEL:
+            return ("container", type(v), len(v))
+        return ("bytes", type(v), getattr(v, "typecode", None), bytes(v))
+    mod = type(v).__module__
+    if mod == "numpy":
+        if type(v).__name__ == "ndarray":
+            if v.size > _STATE_NUMEL:
+                return ("ndarray", tuple(v.shape), str(v.dtype), id(v))
+            return ("ndarray", tuple(v.shape), str(v.dtype), v.tobytes())
+        if hasattr(v, "item") and getattr(v, "ndim", None) == 0:  # int64, bool_, ...: by value
+            return ("npscalar", str(v.dtype), v.tobytes())
+        return _SKIP
+    if mod == "itertools":
+        return ("repr", type(v), repr(v))
     return _SKIP
+
+
+def _registry_state(m: nn.Module) -> tuple:
+    """The keys of a module's own registries (hooks of every kind, parameters, buffers,
+    submodules): a forward that registers a hook or a buffer on each call (a counter kept in
+    the registry) changes them. Their values are not compared: parameters and buffers are graph
+    inputs, and hooks run in the trace."""
+    return tuple((k, tuple(v.keys())) for k, v in sorted(vars(m).items())
+                 if k in _MODULE_INTERNALS and isinstance(v, dict))
 
 
 def _python_state(model: nn.Module) -> Dict[str, object]:
     """What the model's modules hold besides parameters and buffers: plain Python scalars
     (numbers, strings, flags), tensors held as plain attributes, and containers of them; and
     what their code reaches outside them (``_code_state``: globals, closure cells, helper
-    objects). A forward that counts its calls (in an attribute, a dict, a list, a tensor, a
-    global or a closure) or flips a flag is another function on every call."""
+    objects), and the keys of the modules' hook, parameter, buffer and submodule registries. A
+    forward that counts its calls (in an attribute, a dict, a list, a deque, a tensor, a NumPy
+    array, a global, a closure or a hook registry) or flips a flag is another function on every
+    call."""
+    from torch.nn.modules import module as _mm
+
     out: Dict[str, object] = _code_state(model)
+    out["global hook registries"] = tuple((k, tuple(getattr(_mm, k).keys())) for k in sorted(vars(_mm))
+                                          if k.startswith("_global_") and isinstance(getattr(_mm, k), dict))
     for name, m in model.named_modules(remove_duplicate=False):
+        out[f"{name or type(m).__name__} (registries)"] = _registry_state(m)
         for k, v in vars(m).items():
-            if k in _MODULE_INTERNALS and "hooks" in k and isinstance(v, dict):
-                # the hook registries: a forward that registers a hook per call counts its calls there
-                out[f"{name or type(m).__name__}.{k}"] = ("hooks", tuple(v.keys()))
-                continue
             if k in _MODULE_INTERNALS and not (v is None or isinstance(v, (bool, int, float, str))):
                 continue
             s = _state_value(v)
@@ -870,47 +904,6 @@ def _plain_call_differs(model: nn.Module, x: torch.Tensor, graph: torch.fx.Graph
     less = ", ".join(f"{k} x{v}" for k, v in sorted((ops_trace - ops_plain).items()))
     return (f"runs other ops in a plain call than when traced (a forward that notices the tracer, or "
             f"ops under no_grad/detach in forward): plain call only [{more}], trace only [{less}]")
-
-
-def autograd_ops(call, x: torch.Tensor) -> Optional[Counter]:
-    """The differentiable ops (by name, counted) that ``call(x)``'s output took from ``x``, as
-    autograd records them, aliasing views left out; None when the call fails or its output is
-    not a tensor. Used to check that another engine's copy of the model (auto_LiRPA's float64
-    copy, its ``jit.trace``) runs the program the user's call runs."""
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            xg = x.detach().clone().requires_grad_(True)
-            xin = xg * 1
-            base = xin.grad_fn
-            y = call(xin)
-    except Exception:  # noqa: BLE001 - the caller refuses
-        return None
-    if isinstance(y, (tuple, list)) and y:
-        y = y[0]
-    if not torch.is_tensor(y):
-        return None
-    ops_: Counter = Counter()
-    if y.grad_fn is not None:
-        reach: Dict[int, bool] = {}
-        stack = [(y.grad_fn, False)]
-        while stack:
-            fn_, done = stack.pop()
-            k = id(fn_)
-            if done:
-                r = fn_ is base or any(nxt is not None and reach.get(id(nxt), False) for nxt, _ in fn_.next_functions)
-                reach[k] = r
-                if r and fn_ is not base:
-                    ops_[_op_key(type(fn_).__name__)] += 1
-                continue
-            if k in reach:
-                continue
-            reach[k] = False
-            stack.append((fn_, True))
-            if fn_ is not base:
-                stack.extend((nxt, False) for nxt, _ in fn_.next_functions if nxt is not None and id(nxt) not in reach)
-    for key in _ALIASING:
-        ops_.pop(key, None)
-    return ops_
 
 
 def _live_nodes(gm: torch.fx.GraphModule) -> list:
@@ -1563,6 +1556,39 @@ def _ancestors(nodes) -> set:
         out.add(n)
         stack.extend(n.all_input_nodes)
     return out
+
+
+def program(model: nn.Module, x: torch.Tensor) -> torch.fx.GraphModule:
+    """The ATen program ``model`` runs on ``x`` (make_fx, under no_grad, parameters as
+    inputs), as ``lower`` traces it; for comparing two models' programs (``same_program``)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    named = dict(model.named_parameters(remove_duplicate=False))
+    named.update(dict(model.named_buffers(remove_duplicate=False)))
+
+    def fn(params, inp):
+        with _not_fx_tracing():
+            return torch.func.functional_call(model, params, (inp,))
+
+    with torch.no_grad(), _one_fake_mode():
+        return make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, x.detach().clone())
+
+
+def same_program(a: torch.fx.GraphModule, b: torch.fx.GraphModule) -> bool:
+    """Whether two ``program`` traces are the same program (live nodes and constants)."""
+    return _same_trace(a, b)
+
+
+def warm_tracer() -> None:
+    """Import what ``make_fx`` imports on its first use (``torch._dynamo``: about a second on
+    a CPU, once per process). Callers run it before their budget's clock starts, so the first
+    latent test of a process (of each xdist worker) does not spend its budget on an import.
+    The import adds a warning filter (sympy's, for its deprecations): the user's filters are
+    put back as they were."""
+    import warnings
+
+    with warnings.catch_warnings():
+        import torch._dynamo  # noqa: F401
 
 
 def get_graph(model: nn.Module, input_shape=None, dtype=None, device=None, example=None,

@@ -102,7 +102,7 @@ def lirpa_spec_bounds(
         conv_mode = "matrix" if odd_conv or any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules()) \
             else "patches"
 
-    with _LOCK, _recursion_headroom(), _quiet_internal_warnings(), _default_dtype(dtype):
+    with _LOCK, _recursion_headroom(), _quiet_internal_warnings():
         for attempt in (1, 2):
             entry, fresh = _bounded_for(model, lower, upper, conv_mode)
             _refuse_unsound_nodes(entry, method)
@@ -151,7 +151,8 @@ def _bounds(bounded, lower, upper, C, method: str):
     al = import_auto_lirpa()
     ptb = al.PerturbationLpNorm(norm=float("inf"), x_L=lower, x_U=upper)
     x = al.BoundedTensor((lower + upper) / 2, ptb)
-    lb, ub = bounded.compute_bounds(x=(x,), C=C, method=_LIRPA_NAMES[method])
+    with _default_dtype(lower.dtype):
+        lb, ub = bounded.compute_bounds(x=(x,), C=C, method=_LIRPA_NAMES[method])
     return lb.detach(), ub.detach()
 
 
@@ -266,7 +267,6 @@ def _build(model, lower, upper, conv_mode: str, key: Tuple, fingerprint: Tuple) 
 
     work, labels = _private_copy(model, lower.device, lower.dtype)
     center = (lower + upper) / 2
-    _check_same_program(model, work, center)
     with torch.no_grad():
         try:
             out = work(center)
@@ -291,62 +291,90 @@ def _build(model, lower, upper, conv_mode: str, key: Tuple, fingerprint: Tuple) 
                 raise
             raise LirpaUnsupported(_describe_failure(entry, exc, "building the bound graph", records)) from exc
     _check_parse(entry, lower, upper)
+    _check_program(model, lower)
+    _check_tracer_blind(model, lower)
     return entry
 
 
-def _check_same_program(model, work, center) -> None:
-    """The private copy runs in float64 (torch's default dtype float64 too), and auto_LiRPA
-    parses it under ``jit.trace``: a forward that branches on its dtype, on the default dtype or
-    on the jit tracer computes another function there, wherever in the box it differs (the parse
-    check's points see only where they look). So the ops the output takes from the input, as
-    autograd records them, must be the same in the user's call (its dtype), the copy's call and
-    the copy's call under ``jit.trace``."""
+#: the torch functions that tell a forward it runs under ``torch.jit.trace``
+_TRACING_PROBES = ("_is_tracing", "_get_tracing_state")
+
+
+def _check_tracer_blind(model, lower) -> None:
+    """auto_LiRPA parses ``torch.jit.trace`` of the copy, under which ``torch.jit.is_tracing()``
+    is true: a forward that reads it (to skip a check, or to take an export-friendly path) is
+    parsed as another program than it runs, and the parse check's few points can miss where
+    the two differ. So one plain forward of a copy runs with torch's tracing-state functions
+    watched; a read from the user's code (not torch's own, which ``nn.Module`` does on every
+    call) is ``LirpaUnsupported``."""
+    import sys
+
     import torch
 
-    from .graph import autograd_ops
+    seen: List[str] = []
+    originals = {name: getattr(torch._C, name) for name in _TRACING_PROBES}
 
-    dtype = _floating_dtype(model) or center.dtype
-    x = center[:1]
-    inner = torch.get_default_dtype()
-    torch.set_default_dtype(_default_dtype.outer or inner)  # the user's call, under the user's default
+    def watch(name):
+        real = originals[name]
+
+        def probe(*args, **kwargs):
+            f = sys._getframe(1)
+            while f is not None and f.f_globals.get("__name__", "").startswith("torch.jit"):
+                f = f.f_back  # torch.jit.is_tracing() itself: its caller is the one asking
+            who = "" if f is None else f.f_globals.get("__name__", "")
+            if not (who == "torch" or who.startswith(("torch.", "pytest_latentaudit."))):
+                seen.append(f"{who or '?'}:{f.f_code.co_name if f is not None else '?'}")
+            return real(*args, **kwargs)
+
+        return probe
+
+    twin = copy.deepcopy(model)
     try:
-        want = autograd_ops(model, x.to(dtype))
+        for name in _TRACING_PROBES:
+            setattr(torch._C, name, watch(name))
+        with torch.no_grad():
+            twin(lower[:2].to(_floating_dtype(model) or torch.get_default_dtype()))
+    except Exception:  # noqa: BLE001 - the copy fails on the box: _build's own forward reports that
+        pass
     finally:
-        torch.set_default_dtype(inner)
-    traced: list = []
+        for name, real in originals.items():
+            setattr(torch._C, name, real)
+    if seen:
+        raise LirpaUnsupported(
+            f"{type(model).__name__}'s forward asks whether it runs under torch.jit.trace ({seen[0]}): auto_LiRPA "
+            f"parses such a trace, another program than the model runs, so its bounds would not be of this model")
 
-    class _Probe(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.work = work  # a submodule: its parameters are the trace's, not baked constants
 
-        def forward(self, t):
-            y = self.work(t)
-            traced.append(y)
-            return y
+def _check_program(model, lower) -> None:
+    """The private copy is cast to the compute dtype (float64), and a forward that looks at its
+    dtype (``x.dtype``, torch's default, ``finfo``: mixed-precision code) runs another program
+    there than the user's model in its own; the parse check compares the parse with the copy,
+    so it cannot see that. Both programs are traced (make_fx, each under its own default dtype)
+    and must be the same, else ``LirpaUnsupported``."""
+    import torch
 
-    def _under_jit(xin):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.jit.trace(_Probe(), (xin,), check_trace=False)
-        return traced[-1]
+    from .graph import program, same_program
 
-    # the copy's parameters as the user's (matmul on a 3-d input takes bmm or view-mm-view by
-    # whether the weight requires grad), for these calls only
-    for p, q in zip(work.parameters(), model.parameters()):
-        p.requires_grad_(q.requires_grad)
+    dtype = lower.dtype
+    own = _floating_dtype(model) or torch.get_default_dtype()
+    if own == dtype and torch.get_default_dtype() == dtype:
+        return  # no cast and no other default: the same program
+    x = lower[:2]
     try:
-        got = autograd_ops(work, x)
-        jit = autograd_ops(_under_jit, x)
-    finally:
-        work.requires_grad_(False)
-    for what, ops in (("its float64 copy", got), ("its copy under jit.trace", jit)):
-        if want is None or ops is None or ops != want:
-            more = "" if want is None or ops is None else ", ".join(
-                f"{k} x{v}" for k, v in sorted(((ops - want) + (want - ops)).items()))
-            raise LirpaUnsupported(
-                f"{type(model).__name__} runs other ops in {what} than in a plain call ({more or 'the call failed'}): "
-                f"a forward that depends on its dtype or notices the tracer; auto_LiRPA would bound another function")
+        mine = program(model, x.to(own))
+        twin = copy.deepcopy(model).to(dtype)
+        with _default_dtype(dtype):
+            theirs = program(twin, x)
+        same = same_program(mine, theirs)
+    except Exception as exc:  # noqa: BLE001 - a forward make_fx cannot trace: the native lowering says why
+        if _is_oom(exc):
+            raise
+        same = False
+    if not same:
+        raise LirpaUnsupported(
+            f"{type(model).__name__} runs another program in {str(dtype).replace('torch.', '')} (the backend's "
+            f"private copy) than in {str(own).replace('torch.', '')} (a forward that looks at its dtype, torch's "
+            f"default dtype or finfo): auto_LiRPA's bounds would not be of this model")
 
 
 #: points of the parse check besides the building batch's lower, upper and centre
@@ -375,9 +403,12 @@ def _check_parse(entry: _Entry, lower, upper) -> None:
     around = mid[None] + (1 + mid.abs()[None] + half[None]) * rand(torch.randn)
     pts = torch.cat([lo, hi, mid, inside.reshape(-1, *lo.shape[1:]), around.reshape(-1, *lo.shape[1:])])
     with torch.no_grad():
+        # the copy as the user's model runs (their default dtype for tensors its forward makes),
+        # the parse as it was built and is bounded (the compute dtype as default)
         want = entry.work(pts).reshape(pts.shape[0], -1)
         try:
-            got = entry.bounded(pts).reshape(pts.shape[0], -1)
+            with _default_dtype(lo.dtype):
+                got = entry.bounded(pts).reshape(pts.shape[0], -1)
         except Exception as exc:  # noqa: BLE001 - 0.3 bakes the building batch's size into some views
             if _is_oom(exc):
                 raise
@@ -393,7 +424,8 @@ def _check_parse(entry: _Entry, lower, upper) -> None:
         raise LirpaUnsupported(
             f"auto_LiRPA {auto_lirpa_version()}'s parse of the model computes another function than the model "
             f"({size} apart at check points; pooling with ceil_mode, count_include_pad=False, divisor_override "
-            f"or dilation is parsed without them): its bounds would not be of this model")
+            f"or dilation is parsed without them, and a tensor made in forward without a dtype is traced in "
+            f"{str(lo.dtype).replace('torch.', '')}): its bounds would not be of this model")
 
 
 def _refuse_unsound_nodes(entry: _Entry, method: str) -> None:
@@ -438,7 +470,8 @@ def _refuse_unsound_nodes(entry: _Entry, method: str) -> None:
 
 def _new_bounded(work, example, conv_mode: str):
     al = import_auto_lirpa()
-    return al.BoundedModule(work, example, bound_opts={"conv_mode": conv_mode}, device=example.device)
+    with _default_dtype(example.dtype):  # 0.3's tangent tables of Sigmoid/Tanh are made in it
+        return al.BoundedModule(work, example, bound_opts={"conv_mode": conv_mode}, device=example.device)
 
 
 def _private_copy(model, device, dtype):
@@ -677,12 +710,13 @@ class _quiet_internal_warnings(warnings.catch_warnings):
 
 
 class _default_dtype:
-    # auto_LiRPA 0.3 makes some of its own tensors in torch's default dtype (the sparse
-    # rows of a conv layer's unstable neurons, ``torch.zeros(...)`` without a dtype), so a
-    # float64 bound of a CNN fails inside F.conv_transpose2d. Set only for the call.
-    #: the default dtype outside the outermost such call (the user's)
-    outer = None
-
+    # auto_LiRPA 0.3 makes some of its own tensors in torch's default dtype: the sparse rows
+    # of a conv layer's unstable neurons (``torch.zeros(...)`` without a dtype) and the
+    # tangent tables of Sigmoid/Tanh, so a float64 bound of a CNN or of a Sigmoid/Tanh
+    # network failed. Set for building and bounding only. A tensor the model's forward
+    # makes without a dtype (``torch.tensor(0.1)``) is then traced in float64, another
+    # constant than the user's: ``_check_parse`` compares against the copy run under the
+    # user's default and refuses such a parse.
     def __init__(self, dtype) -> None:
         self.dtype = dtype
 
@@ -690,9 +724,6 @@ class _default_dtype:
         import torch
 
         self.previous = torch.get_default_dtype()
-        self.was_outer = _default_dtype.outer is None
-        if self.was_outer:
-            _default_dtype.outer = self.previous
         if self.dtype in (torch.float32, torch.float64) and self.dtype != self.previous:
             torch.set_default_dtype(self.dtype)
 
@@ -700,8 +731,6 @@ class _default_dtype:
         import torch
 
         torch.set_default_dtype(self.previous)
-        if self.was_outer:
-            _default_dtype.outer = None
 
 
 class _recursion_headroom:

@@ -39,6 +39,7 @@ def pytest_addoption(parser):
         "seed": dict(metavar="INT"), "artifacts": dict(metavar="DIR"), "precision": dict(metavar="|".join(PRECISIONS)),
         "report": dict(metavar="PATH"), "coverage_fail_under": dict(metavar="PCT"),
         "compare": dict(metavar="OLD_SHEET"), "progress": dict(metavar="auto|on|off"),
+        "threads": dict(metavar="auto|keep|N"),
     }
     for name, (help_, default) in OPTIONS.items():
         flag = "--latent-" + name.replace("_", "-")
@@ -174,13 +175,16 @@ class LatentAudit:
                                 falsifiers=registry(request.config, "falsifiers"), time_left=left, timeout_note=what,
                                 call=call)
         error = None
+        from .runner import torch_threads, xdist_workers
+
         try:
             runner.prepare()
             from .progress import for_test
 
             runner.progress = for_test(request.config, runner.settings.progress, request.node.nodeid,
                                        runner.settings.budget, t0=runner.started)
-            result, record, settings = runner.run()
+            with torch_threads(runner.settings.threads, xdist_workers(request.config)):
+                result, record, settings = runner.run()
         except (LatentAuditError, UsageError, TypeError, ValueError) as exc:
             error = f"latent_audit: {exc}"
         except BaseException as exc:  # pytest-timeout's Failed, KeyboardInterrupt: record what finished

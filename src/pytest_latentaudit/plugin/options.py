@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 from .progress import PROGRESS_MODES
 from ..core.vocab import (DEVICES, ENGINES, ESTIMATED_ACTIONS, LIRPA_METHODS, LIRPA_PREFIX, PRECISIONS, UNPROVEN_ACTIONS,
@@ -35,6 +35,9 @@ OPTIONS = {
     "progress": ("live status line of each running latent test (stage, proof rung, seeds decided, elapsed / "
                  "budget): auto (on a terminal, not with -q, never in xdist workers), on (also without a "
                  "terminal or with -q), off", "auto"),
+    "threads": ("torch threads while a latent test runs (restored after it): auto (in a pytest-xdist worker, "
+                "its share of the cores when torch would take more and OMP_NUM_THREADS is not set; else "
+                "unchanged), keep (never changed), or a number", "auto"),
 }
 
 
@@ -143,9 +146,26 @@ def valid_percent(value) -> Optional[float]:
     return p
 
 
+THREAD_MODES = ("auto", "keep")
+
+
+def valid_threads(value):
+    """``auto``, ``keep`` or a positive thread count (an int)."""
+    v = str(value).strip().lower()
+    if v in THREAD_MODES:
+        return v
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(f"threads must be auto, keep or a positive number, got {value!r}")
+    return n
+
+
 VALIDATORS = {"engine": valid_engine, "device": valid_device, "budget": valid_budget,
               "unproven": valid_unproven, "estimated": valid_estimated, "seed": valid_seed, "precision": valid_precision,
-              "coverage_fail_under": valid_percent, "progress": valid_progress}
+              "coverage_fail_under": valid_percent, "progress": valid_progress, "threads": valid_threads}
 
 
 @dataclass(frozen=True)
@@ -163,6 +183,7 @@ class Settings:
     coverage_fail_under: Optional[float] = None
     compare: Optional[Path] = None
     progress: str = "auto"
+    threads: Union[str, int] = "auto"
     junit_properties: bool = False
     latent_space_fixture: str = "latent_space"
 
@@ -170,6 +191,8 @@ class Settings:
         budget = "none" if self.budget is None else f"{self.budget:g}s"
         parts = [f"engine={self.engine}", f"device={self.device}", f"budget={budget}",
                  f"unproven={self.unproven}", f"estimated={self.estimated}", f"seed={self.seed}", f"precision={self.precision}"]
+        if self.threads != "auto":
+            parts.append(f"threads={self.threads}")
         if self.spec_sheet:
             parts.append(f"spec-sheet={self.spec_sheet}")
         return "latentaudit: " + " ".join(parts)

@@ -10,9 +10,11 @@ Importing this module imports neither torch nor numpy.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import math
+import os
 import re
 import time
 import warnings
@@ -206,6 +208,60 @@ class Budget:
         if self.model_key is not None:
             key = ("min_call", self.model_key)
             self.lags[key] = min(seconds, self.lags.get(key, math.inf))
+
+
+# ------------------------------------------------------------------ torch threads
+def thread_count(setting, current: int, workers: Optional[int], env=None, cpus: Optional[int] = None) -> Optional[int]:
+    """The torch thread count for a latent test (``None``: leave torch's ``current`` as it is).
+
+    ``setting`` is ``--latent-threads``: a number is used as given, ``keep`` never changes
+    anything, and ``auto`` gives a pytest-xdist worker (one of ``workers``; ``None`` outside
+    xdist) its share of the cores (``cpus // workers``, at least 1) when torch would take more
+    and the user chose no count through ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``. Why: with
+    torch's default of a thread per core in every worker, the workers oversubscribe the cores,
+    and OpenMP's waiting threads make the thousands of small ops of a bound propagation 10-50x
+    slower (2 workers on 2 cores: a 0.3 s proof took 3-20 s), so the budget, not the engine,
+    decides the verdict."""
+    if setting == "keep":
+        return None
+    if isinstance(setting, int):
+        return setting if setting != current else None
+    env = os.environ if env is None else env
+    if workers is None or workers < 2 or env.get("OMP_NUM_THREADS") or env.get("MKL_NUM_THREADS"):
+        return None
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cpus // workers)
+    return share if current > share else None
+
+
+def xdist_workers(config) -> Optional[int]:
+    """How many xdist workers run the session, in a worker (``None`` elsewhere: an environment
+    variable would also be inherited by a pytest that a worker's test starts)."""
+    info = getattr(config, "workerinput", None)
+    if info is None:
+        return None
+    try:
+        return int(info.get("workercount"))
+    except (TypeError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def torch_threads(setting, workers: Optional[int]):
+    """Run the block with ``thread_count``'s torch threads, and put the user's count back after."""
+    import torch
+
+    before = torch.get_num_threads()
+    n = thread_count(setting, before, workers)
+    if n is None:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------ one latent test
