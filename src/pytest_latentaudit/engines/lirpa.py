@@ -95,11 +95,17 @@ def lirpa_spec_bounds(
     C = C.detach().to(device=device, dtype=dtype)
     _check_shapes(lower, upper, C)
     if conv_mode is None:
-        conv_mode = "matrix" if any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules()) else "patches"
+        # 0.3's patches mode drops a conv's groups and dilation (``BoundConv.bound_backward`` on
+        # Patches A): matrix mode for those, as for ConvTranspose2d (patches rejects padded ones)
+        odd_conv = any(isinstance(m, torch.nn.Conv2d) and (m.groups != 1 or tuple(m.dilation) != (1, 1))
+                       for m in model.modules())
+        conv_mode = "matrix" if odd_conv or any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules()) \
+            else "patches"
 
     with _LOCK, _recursion_headroom(), _quiet_internal_warnings():
         for attempt in (1, 2):
             entry, fresh = _bounded_for(model, lower, upper, conv_mode)
+            _refuse_unsound_nodes(entry, method)
             if C.shape[2] != entry.n_out:
                 raise ValueError(f"C has {C.shape[2]} output columns; the model has {entry.n_out} outputs per row")
             try:
@@ -262,7 +268,14 @@ def _build(model, lower, upper, conv_mode: str, key: Tuple, fingerprint: Tuple) 
     work, labels = _private_copy(model, lower.device, lower.dtype)
     center = (lower + upper) / 2
     with torch.no_grad():
-        out = work(center)
+        try:
+            out = work(center)
+        except Exception as exc:  # noqa: BLE001 - e.g. a forward set on the instance that still calls the
+            if _is_oom(exc):      # user's (float32) model from the float64 copy
+                raise
+            raise LirpaUnsupported(
+                f"the backend's private {lower.dtype} copy of {type(model).__name__} fails on the box "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from exc
     if out.dim() != 2:  # C indexes flat outputs
         work = torch.nn.Sequential(work, torch.nn.Flatten())
         labels[work] = "<flattened output>"
@@ -413,6 +426,46 @@ def _check_parse(entry: _Entry, lower, upper) -> None:
             f"({size} apart at check points; pooling with ceil_mode, count_include_pad=False, divisor_override "
             f"or dilation is parsed without them, and a tensor made in forward without a dtype is traced in "
             f"{str(lo.dtype).replace('torch.', '')}): its bounds would not be of this model")
+
+
+def _refuse_unsound_nodes(entry: _Entry, method: str) -> None:
+    """Nodes whose forward is right (so the parse check passes) but whose 0.3 bounds are of
+    another function: ``BoundAveragePool``'s backward pass on a dense A upsamples A by the kernel
+    size, as if the stride were the kernel and there were no padding (overlapping, strided or
+    padded windows get the wrong rows; its interval bounds are right), and ``BoundLeakyRelu``
+    relaxes the slope as if it were in [0, 1] (monotone and convex: a negative slope or one above
+    1 gets wrong lines, and a negative one wrong intervals too); ``BoundGather``'s backward pass
+    scatters A back without adding, so a repeated index keeps only one of its rows."""
+    import torch
+
+    for name, node in entry.bounded._modules.items():
+        kind = type(node).__name__
+        why = None
+        if kind == "BoundAveragePool" and method != "ibp":
+            k, s, p = (list(map(int, v)) for v in (node.kernel_size, node.stride, node.padding))
+            if s != k or any(p):
+                why = (f"average pooling with kernel {k}, stride {s}, padding {p} (its linear bounds are only "
+                       f"right for stride = kernel and no padding)")
+        elif kind == "BoundConv" and entry.key[3] == "patches" and method != "ibp" and (
+                int(node.groups) != 1 or list(map(int, node.dilation)) != [1, 1]):
+            why = (f"a convolution with groups={int(node.groups)}, dilation={list(map(int, node.dilation))} in patches "
+                   f"mode (its backward pass on patches drops both; conv_mode='matrix' keeps them)")
+        elif kind == "BoundLeakyRelu" and not 0.0 <= float(node.alpha) <= 1.0:
+            why = f"LeakyReLU with slope {float(node.alpha)} (its bounds assume a slope in [0, 1])"
+        elif kind in ("BoundGather", "BoundGatherElements") and method != "ibp":
+            # the backward pass scatters A back with scatter_ (not an add): rows of a repeated index
+            # overwrite each other. A constant gather without repeats is a permutation: exact.
+            index = getattr(node, "indices" if kind == "BoundGather" else "index", None)
+            if not torch.is_tensor(index):
+                why = f"a gather ({kind}) whose indices it did not record"
+            elif kind == "BoundGather" and index.reshape(-1).unique().numel() != index.numel():
+                why = f"a gather with a repeated index ({index.reshape(-1).tolist()[:8]})"
+            elif kind == "BoundGatherElements":
+                why = "torch.gather (its backward pass overwrites the rows of repeated indices)"
+        if why is not None:
+            where = _locate(entry, [_Culprit(kind, name)]).get(name, "")
+            raise LirpaUnsupported(f"auto_LiRPA {auto_lirpa_version()} bounds {why}{where} as another function: "
+                                   f"its bounds would not be of this model")
 
 
 def _new_bounded(work, example, conv_mode: str):
