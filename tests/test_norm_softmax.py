@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from test_products import _check_box_result, _samples
+from test_products import _samples, check_output_range_near_the_maximum, check_prediction_boxes
 from test_soundness import assert_inside, forward_all, sample_box
 
 from pytest_latentaudit import OutputRange, Prediction, verify_box
@@ -157,34 +157,15 @@ def test_every_method_contains_the_sampled_outputs(data, net):
 @given(data=st.data(), net=op_nets(), engine=st.sampled_from(["ibp", "linear", "bab", "auto"]))
 def test_verify_box_sound(data, net, engine):
     model, d, n_out, seed, dtype = net
-    g = torch.Generator().manual_seed(seed + 1)
-    n = 3
-    lower = (torch.randn(n, d, generator=g) * 1.5).to(dtype)
-    upper = lower + (torch.rand(n, d, generator=g) * 2 * data.draw(st.floats(0.0, 0.4))).to(dtype)
-    with torch.no_grad():
-        pred = model((lower + upper) / 2).argmax(1)
-    labels = torch.where(torch.rand(n, generator=g) < 0.8, pred, torch.randint(0, n_out, (n,), generator=g))
-    spec = Prediction(labels)
-    res = verify_box(model, lower, upper, spec, engine=engine, budget_s=0.3, seed=seed)
-    assert not any("not supported" in note for note in res.notes), res.notes
-    _check_box_result(model, spec, labels, lower, upper, res, g)
+    check_prediction_boxes(model, d, n_out, seed, dtype, engine, half=data.draw(st.floats(0.0, 0.4)), spread=1.5)
 
 
 @FAST
 @given(data=st.data(), net=op_nets(max_in=2), engine=st.sampled_from(["ibp", "linear", "bab", "auto"]))
 def test_output_range_near_the_sampled_maximum_is_never_falsely_proved(data, net, engine):
     model, d, n_out, seed, dtype = net
-    g = torch.Generator().manual_seed(seed + 2)
-    lower = torch.randn(2, d, generator=g).to(dtype)
-    upper = lower + (torch.rand(2, d, generator=g) * data.draw(st.floats(0.0, 1.0))).to(dtype)
-    x = _samples((lower + upper) / 2, torch.diag_embed((upper - lower) / 2))
-    y = forward_all(model, x).double()
-    top = y.amax(0)
-    q = data.draw(st.sampled_from([-1e-3, 1e-3, 0.05]))
-    spec = OutputRange(upper=(top.amax(0) + q * (1 + top.abs().amax(0))).tolist())
-    res = verify_box(model, lower, upper, spec, engine=engine, budget_s=0.3, seed=seed)
-    assert not any("not supported" in note for note in res.notes), res.notes
-    _check_box_result(model, spec, None, lower, upper, res, g)
+    check_output_range_near_the_maximum(model, d, seed, dtype, engine, side=data.draw(st.floats(0.0, 1.0)),
+                                        q=data.draw(st.sampled_from([-1e-3, 1e-3, 0.05])))
 
 
 # ---------------------------------------------------------------- planted violations

@@ -146,14 +146,14 @@ def _check_box_result(model, spec, labels, lower, upper, res, g):
             assert not bool(spec.holds(yc, lab)[0]), "counterexample does not violate the spec"
 
 
-@FAST
-@given(data=st.data(), net=product_nets(), engine=st.sampled_from(["ibp", "linear", "bab", "auto"]))
-def test_verify_box_sound_on_products(data, net, engine):
-    model, d, n_out, seed, dtype = net
+def check_prediction_boxes(model, d, n_out, seed, dtype, engine, half, spread=1.0):
+    """Three random boxes (side up to ``2 half``, centres ``spread`` N(0, 1)) with a mostly
+    correct label each, proved or falsified by ``engine``: every verdict checked by sampling
+    (``_check_box_result``). Shared by the property tests of each family of ops."""
     g = torch.Generator().manual_seed(seed + 1)
     n = 3
-    lower = torch.randn(n, d, generator=g).to(dtype)
-    upper = lower + (torch.rand(n, d, generator=g) * 2 * data.draw(st.floats(0.0, 0.5))).to(dtype)
+    lower = (torch.randn(n, d, generator=g) * spread).to(dtype)
+    upper = lower + (torch.rand(n, d, generator=g) * 2 * half).to(dtype)
     with torch.no_grad():
         pred = model((lower + upper) / 2).argmax(1)
     labels = torch.where(torch.rand(n, generator=g) < 0.8, pred, torch.randint(0, n_out, (n,), generator=g))
@@ -163,22 +163,36 @@ def test_verify_box_sound_on_products(data, net, engine):
     _check_box_result(model, spec, labels, lower, upper, res, g)
 
 
+def check_output_range_near_the_maximum(model, d, seed, dtype, engine, side, q):
+    """An OutputRange bound placed among the sampled outputs of two random boxes (side up to
+    ``side``), ``q`` of the outputs' scale above (``q > 0``) or below their sampled maximum:
+    never a false proof, counterexamples real."""
+    g = torch.Generator().manual_seed(seed + 2)
+    lower = torch.randn(2, d, generator=g).to(dtype)
+    upper = lower + (torch.rand(2, d, generator=g) * side).to(dtype)
+    x = _samples((lower + upper) / 2, torch.diag_embed((upper - lower) / 2))
+    y = forward_all(model, x).double()
+    top = y.amax(0)  # [2, n_out]
+    spec = OutputRange(upper=(top.amax(0) + q * (1 + top.abs().amax(0))).tolist())
+    res = verify_box(model, lower, upper, spec, engine=engine, budget_s=0.3, seed=seed)
+    assert not any("not supported" in note for note in res.notes), res.notes
+    _check_box_result(model, spec, None, lower, upper, res, g)
+
+
+@FAST
+@given(data=st.data(), net=product_nets(), engine=st.sampled_from(["ibp", "linear", "bab", "auto"]))
+def test_verify_box_sound_on_products(data, net, engine):
+    model, d, n_out, seed, dtype = net
+    check_prediction_boxes(model, d, n_out, seed, dtype, engine, half=data.draw(st.floats(0.0, 0.5)))
+
+
 @FAST
 @given(data=st.data(), net=product_nets(max_in=2), engine=st.sampled_from(["ibp", "linear", "bab", "auto"]))
 def test_output_range_near_the_sampled_maximum(data, net, engine):
     """An OutputRange bound placed among the sampled outputs: never a false proof."""
     model, d, n_out, seed, dtype = net
-    g = torch.Generator().manual_seed(seed + 2)
-    lower = torch.randn(2, d, generator=g).to(dtype)
-    upper = lower + (torch.rand(2, d, generator=g) * data.draw(st.floats(0.0, 1.0))).to(dtype)
-    x = _samples((lower + upper) / 2, torch.diag_embed((upper - lower) / 2))
-    y = forward_all(model, x).double()
-    top = y.amax(0)  # [2, n_out]
-    q = data.draw(st.sampled_from([-1e-3, 1e-3, 0.05]))
-    spec = OutputRange(upper=(top.amax(0) + q * (1 + top.abs().amax(0))).tolist())
-    res = verify_box(model, lower, upper, spec, engine=engine, budget_s=0.3, seed=seed)
-    assert not any("not supported" in note for note in res.notes), res.notes
-    _check_box_result(model, spec, None, lower, upper, res, g)
+    check_output_range_near_the_maximum(model, d, seed, dtype, engine, side=data.draw(st.floats(0.0, 1.0)),
+                                        q=data.draw(st.sampled_from([-1e-3, 1e-3, 0.05])))
 
 
 # ----------------------------------------------------------------- planted violations
