@@ -424,14 +424,22 @@ def _mul(ctx):
     return _affine_const(ctx, x, lambda env: _as_double(_per_sample_const(ctx, cref(env))), lambda env: None, 1)
 
 
+def _data_operand(ctx, node, what):
+    """The value of a data tensor entering ``what`` (a product or a division of data): a float
+    tensor of the output's dtype, with the output's rank and batch size (each sample's factor
+    is its own; broadcasting one sample's factor across the batch would couple the boxes)."""
+    v, out = ctx.lw.values[node], ctx.out_value()
+    if not (torch.is_tensor(v) and v.is_floating_point() and v.dtype == out.dtype):
+        raise UnsupportedLayer(ctx.name, f"{what} of data tensors of different or non-float dtypes")
+    if v.dim() != out.dim() or v.shape[0] != out.shape[0]:
+        raise UnsupportedLayer(ctx.name, f"{what} of data tensors that broadcasts across the batch dimension")
+    return v
+
+
 def _data_product(ctx, a, b):
     """``a * b`` with both factors carrying the input: the square of one tensor
     (``SquareOp``) or a McCormick-relaxed product (``BilinearOp``), broadcasting included."""
-    va, vb, out = ctx.lw.values[a], ctx.lw.values[b], ctx.out_value()
-    if not all(torch.is_tensor(v) and v.is_floating_point() and v.dtype == out.dtype for v in (va, vb)):
-        raise UnsupportedLayer(ctx.name, "a product of two data tensors of different or non-float dtypes")
-    if va.dim() != out.dim() or vb.dim() != out.dim() or va.shape[0] != out.shape[0] or vb.shape[0] != out.shape[0]:
-        raise UnsupportedLayer(ctx.name, "a product of two data tensors that broadcasts across the batch dimension")
+    va, vb, out = _data_operand(ctx, a, "a product"), _data_operand(ctx, b, "a product"), ctx.out_value()
     if ctx.lw.index_of(a) == ctx.lw.index_of(b):
         return _elementwise_node(ctx, ops.SquareOp(ctx.name, ulps=2.0), a)
     op = ops.BilinearOp(ctx.name, out.shape[1:], [va.shape[1:], vb.shape[1:]])
@@ -495,18 +503,10 @@ def _data_division(ctx, a, b):
     (``BilinearOp``) when ``a`` carries the input too, a product by a constant otherwise. The
     model rounds the quotient once (IEEE division); the reciprocal node charges its own
     kernel's rounding and the product one more (``|x| |1/y|``), which covers it."""
-    vb, out = ctx.lw.values[b], ctx.out_value()
-    if not (torch.is_tensor(vb) and vb.is_floating_point() and vb.dtype == out.dtype):
-        raise UnsupportedLayer(ctx.name, "a division by a data tensor of another or a non-float dtype")
-    if vb.dim() != out.dim() or vb.shape[0] != out.shape[0]:
-        raise UnsupportedLayer(ctx.name, "a division that broadcasts across the batch dimension")
+    vb, out = _data_operand(ctx, b, "a division"), ctx.out_value()
     r = _elementwise_node(ctx, ops.ReciprocalOp(ctx.name + ".reciprocal"), b)
     if ctx.is_data(a):
-        va = ctx.lw.values[a]
-        if not (torch.is_tensor(va) and va.is_floating_point() and va.dtype == out.dtype):
-            raise UnsupportedLayer(ctx.name, "a division of a data tensor of another or a non-float dtype")
-        if va.dim() != out.dim() or va.shape[0] != out.shape[0]:
-            raise UnsupportedLayer(ctx.name, "a division that broadcasts across the batch dimension")
+        va = _data_operand(ctx, a, "a division")
         op = ops.BilinearOp(ctx.name, out.shape[1:], [va.shape[1:], vb.shape[1:]])
         op.u = ctx.u_elem
         return ctx.emit(op, [a, r])
