@@ -279,6 +279,42 @@ def test_crown_with_rounding_off_is_the_exact_arithmetic_bound_and_below_the_sou
     assert bool((rows <= exact[None] + 1e-9).all())
 
 
+@pytest.mark.parametrize("chunk", [1, 24 * 96, 5 * 96 * 96])
+def test_crown_refinement_in_chunks_of_boxes_is_the_one_chunk_bound(monkeypatch, chunk):
+    """``_crown_refine`` splits the boxes into chunks on a CPU (``REFINE_CHUNK`` numbers of
+    backward rows each): every chunk size, down to one box per chunk and a last chunk
+    shorter than the others, gives each box the bounds the one-chunk pass gives it, and
+    they hold on samples of the model."""
+    from pytest_latentaudit.engines import bounds as B
+    from pytest_latentaudit.engines.graph import get_graph
+
+    net = _mlp(11, d_in=6, width=96, depth=4, n_out=4)  # > 64 unstable neurons: both refine paths
+    torch.manual_seed(11)
+    n, k = 7, 3
+    z = torch.randn(n, 6)
+    G = torch.zeros(n, k, 6)
+    G[:, range(k), range(k)] = torch.linspace(0.2, 1.5, n)[:, None]
+    g = get_graph(net, (6,))
+    monkeypatch.setattr(B, "REFINE_CHUNK", 1 << 40)
+    _, whole = B.linear_bounds(g, z, G, crown=True)
+    monkeypatch.setattr(B, "REFINE_CHUNK", chunk)
+    _, parts = B.linear_bounds(g, z, G, crown=True)
+    _, loose = B.linear_bounds(g, z, G)
+    assert any(bool((a[1] < b[1] - 1e-6).any()) for a, b in zip(whole, loose)), "CROWN should tighten somewhere"
+    for (lo1, hi1), (lo2, hi2) in zip(whole, parts):
+        # float32 coefficients: a chunk's products may round otherwise. A neuron the upper
+        # pass shows dead gets no lower pass (its ReLU is exact), whichever path a chunk takes
+        assert torch.allclose(hi1, hi2, rtol=1e-6, atol=1e-6)
+        live = hi1 > 0
+        assert torch.allclose(lo1[live], lo2[live], rtol=1e-6, atol=1e-6)
+    s = torch.rand(2000, n, k) * 2 - 1
+    x = z[None].repeat(2000, 1, 1)
+    x[..., :k] += s * G[:, range(k), range(k)][None]
+    with torch.no_grad():
+        y = net(x.reshape(-1, 6)).reshape(2000, n, 4).double()
+    assert bool((y <= parts[-1][1][None]).all()) and bool((y >= parts[-1][0][None]).all())
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), k=st.integers(1, 4), span=st.floats(0.01, 2.0), leaky=st.booleans(),
        depth=st.integers(2, 5))
