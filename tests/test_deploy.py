@@ -232,3 +232,181 @@ def test_directions_section_radius_and_sweep_ranges():
     assert [(g["eps"], g["verdict"]) for g in d["ranges"]] == [(0.25, "proved"), (0.5, "proved"), (0.75, "proved"),
                                                              (2.0, "violated"), (3.0, "violated")]
     assert d["certified_radius"]["eps_max"] == 6.0 and d["certified_radius"]["nodeid"] == big["nodeid"]
+
+
+# ------------------------------------------------------------------------ one range per model
+def _model_record(name, eps, verdict, z, V, fp, key, **extra):
+    r = _record(name, eps, verdict, z, V)
+    r.update(nodeid=f"test_x.py::test_{name}_{key}_{eps}", model_fingerprint=fp, model_key=f"fixture:{key}", **extra)
+    return r
+
+
+A, B = "sha256:" + "a" * 32, "sha256:" + "b" * 32
+
+
+@pytest.fixture
+def two_models():
+    """Along ``pose``: model A proved at eps 0.5 on seeds with coordinate mean 1, std 1 (range
+    [-0.5, 2.5]); model B proved at eps 1.0 on seeds with mean 10, std 0 (range [9, 11]).
+    Along ``light``: only B."""
+    sa = np.array([[0.0, 0.0], [2.0, 0.0]])
+    sb = np.array([[10.0, 0.0], [10.0, 0.0]])
+    recs = [_model_record("pose", 0.5, "proved", sa, 0, A, "head_a"),
+            _model_record("pose", 1.0, "proved", sb, 0, B, "head_b"),
+            _model_record("light", 0.5, "proved", sb, 1, B, "head_b")]
+    return {"schema_version": 1, "tests": recs, "directions": directions_section(recs)}
+
+
+def test_a_range_proved_for_one_model_is_not_offered_for_another(two_models):
+    pose = two_models["directions"]["pose"]
+    # no direction-wide range: B's [9, 11] (the largest eps) would be offered to A's inputs
+    assert pose["latent_range"] is None
+    assert set(pose["models"]) == {A, B}
+    assert pose["models"][A]["names"] == ["head_a"] and pose["models"][A]["proved_eps"] == 0.5
+    assert pose["models"][A]["latent_range"]["lower"] == [-0.5] and pose["models"][A]["latent_range"]["upper"] == [2.5]
+    assert pose["models"][B]["latent_range"]["lower"] == [9.0] and pose["models"][B]["latent_range"]["upper"] == [11.0]
+    assert {g["model"] for g in pose["ranges"]} == {A, B}
+    light = two_models["directions"]["light"]
+    assert set(light["models"]) == {B} and light["latent_range"]["eps"] == 0.5  # one model: as before
+
+
+def test_in_spec_asks_which_model_when_the_sheet_has_several(two_models):
+    z = np.array([[1.0, 0.0], [10.0, 0.0]])
+    with pytest.raises(DeployError, match=r"ranges of 2 models .*head_a.*pass model="):
+        in_spec(two_models, z, directions=["pose"])
+    with pytest.raises(DeployError, match="pass model="):
+        deploy.range_score(two_models, z, directions=["pose"])
+    for sel in (A, "head_a"):
+        assert in_spec(two_models, z, directions=["pose"], model=sel)["pose"].tolist() == [True, False]
+    assert in_spec(two_models, z, directions=["pose"], model="head_b")["pose"].tolist() == [False, True]
+    assert deploy.range_score(two_models, z, directions=["pose"], model=A)["pose"].tolist() == [0.0, 6.0]
+    with pytest.raises(DeployError, match="none of the models"):
+        in_spec(two_models, z, directions=["pose"], model="sha256:" + "c" * 32)
+    with pytest.raises(DeployError, match=r"no latent range recorded at eps=1"):
+        in_spec(two_models, z, directions=["pose"], eps=1.0, model=A)  # 1.0 is B's
+    assert in_spec(two_models, z, directions=["pose"], eps=1.0, model=B)["pose"].tolist() == [False, True]
+
+
+def test_in_spec_with_a_model_checks_the_directions_it_was_tested_along(two_models):
+    z = np.array([[1.0, 0.0], [10.0, 0.0]])
+    out = in_spec(two_models, z, model=A)  # light was tested on B only: not A's to check
+    assert set(out) == {"pose", "all"} and out["all"].tolist() == [True, False]
+    assert set(in_spec(two_models, z, model=B)) == {"pose", "light", "all"}
+    with pytest.raises(DeployError, match="none of the models"):
+        in_spec(two_models, z, directions=["light"], model=A)  # asked for by name: a clear no
+
+
+def test_in_spec_refuses_a_model_the_proofs_are_not_of(two_models):
+    """One model along a direction: passing another one's fingerprint (a retrained model
+    checked against the old sheet) is an error, not a silent yes."""
+    z = np.array([[10.0, 0.0]])
+    assert in_spec(two_models, z, directions=["light"])["light"].tolist() == [True]
+    with pytest.raises(DeployError, match="none of the models"):
+        in_spec(two_models, z, directions=["light"], model="sha256:" + "c" * 32)
+
+
+def test_in_spec_takes_the_module_itself():
+    torch = pytest.importorskip("torch")
+    ma, mb = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        mb.weight.add_(1.0)
+    fa, fb = deploy.model_fingerprint(ma), deploy.model_fingerprint(mb)
+    sa, sb = np.array([[0.0, 0.0], [2.0, 0.0]]), np.array([[10.0, 0.0], [10.0, 0.0]])
+    recs = [_model_record("pose", 0.5, "proved", sa, 0, fa, "a"), _model_record("pose", 1.0, "proved", sb, 0, fb, "b")]
+    sheet = {"schema_version": 1, "tests": recs}
+    z = torch.tensor([[1.0, 0.0], [10.0, 0.0]])
+    assert in_spec(sheet, z, model=ma)["pose"].tolist() == [True, False]
+    assert in_spec(sheet, z, model=mb)["pose"].tolist() == [False, True]
+    with pytest.raises(DeployError, match="cannot fingerprint"):
+        in_spec(sheet, z, model=lambda x: x)
+
+
+def test_a_section_written_before_per_model_ranges_is_rebuilt(two_models):
+    """An older sheet's stored section offers one mixed range: the reader rebuilds it."""
+    pose = two_models["directions"]["pose"]
+    old = {k: v for k, v in pose.items() if k != "models"}
+    old["latent_range"] = pose["models"][B]["latent_range"]  # what the old rule offered: B's, the widest
+    sheet = dict(two_models, directions=dict(two_models["directions"], pose=old))
+    with pytest.raises(DeployError, match="pass model="):
+        in_spec(sheet, np.array([[10.0, 0.0]]), directions=["pose"])
+
+
+def test_a_stale_record_of_an_older_fingerprint_is_not_another_model():
+    seeds = np.array([[0.0], [2.0]])
+    fresh = _model_record("pose", 0.5, "proved", seeds, 0, B, "head")
+    old = _model_record("pose", 1.0, "proved", seeds, 0, A, "head", carried_over={"from": "earlier.json"})
+    old["nodeid"] = "test_x.py::test_wide"
+    d = directions_section([fresh, old])["pose"]
+    assert set(d["models"]) == {B} and d["latent_range"]["eps"] == 0.5  # not the stale 1.0
+    assert in_spec({"schema_version": 1, "tests": [fresh, old]}, np.array([[2.5], [2.6]]))["pose"].tolist() == [True,
+                                                                                                               False]
+
+
+# ------------------------------------------------------------- the same, as users run it
+TWO_MODELS = {"test_two_models.py": '''
+    import pytest
+    from pytest_latentaudit import Accuracy
+    from conftest import make_head
+
+
+    @pytest.fixture
+    def wide_head():
+        import torch
+
+        m = make_head()
+        with torch.no_grad():
+            m[2].weight.mul_(2.0)  # the same decision rule, other weights: another fingerprint
+        return m
+
+
+    @pytest.fixture
+    def far_seeds():
+        import torch
+
+        return torch.tensor([[5.0, 0.0, 0.0], [6.0, 0.0, 0.0]]), torch.tensor([0, 0])
+
+
+    @pytest.mark.latent(direction="pose", eps=0.3, spec=Accuracy(at_least=1.0))
+    def test_head(latent_audit, head, seeds):
+        latent_audit(head, seeds)
+
+
+    @pytest.mark.latent(direction="pose", eps=0.3, spec=Accuracy(at_least=1.0))
+    def test_wide_head(latent_audit, wide_head, far_seeds):
+        latent_audit(wide_head, far_seeds)
+'''}
+
+
+@pytest.mark.parametrize("mode", ["serial", "xdist"])
+def test_a_run_on_two_models_keeps_their_ranges_apart(pytester, mode, capsys):
+    from conftest import load_sheet, mode_args, write_project
+    from pytest_latentaudit import SpecSheet, cli
+
+    write_project(pytester.path, TWO_MODELS)
+    res = pytester.runpytest_inprocess("-p", "no:cacheprovider", *mode_args(mode), "--latent-spec-sheet", "s.json")
+    assert res.ret == 0, res.outlines
+    res.assert_outcomes(passed=2)
+    path = pytester.path / "s.json"
+    pose = load_sheet(path)["directions"]["pose"]
+    assert pose["latent_range"] is None
+    by_name = {m["names"][0]: m for m in pose["models"].values()}
+    assert set(by_name) == {"head", "wide_head"}
+    # head's seeds: coordinate 0 mean -0.125, std 1.43; far seeds: mean 5.5, std 0.5
+    assert by_name["head"]["latent_range"]["upper"][0] < 2.0 < by_name["wide_head"]["latent_range"]["lower"][0] + 3
+    z = np.array([[0.0, 0.0, 0.0], [5.5, 0.0, 0.0]])
+    sheet = SpecSheet.load(path)
+    with pytest.raises(DeployError, match="pass model="):
+        sheet.in_spec(z)
+    assert sheet.in_spec(z, model="head")["all"].tolist() == [True, False]
+    assert sheet.in_spec(z, model="wide_head")["all"].tolist() == [False, True]
+    capsys.readouterr()
+    assert cli.main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "(head): proved up to eps=0.3" in out and "(wide_head): proved up to eps=0.3" in out
+    np.savez(pytester.path / "batch.npz", z=z)
+    assert cli.main(["guard", str(path), str(pytester.path / "batch.npz"), "--range-only", "--json",
+                     "--model", "wide_head"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["range"]["n_in"] == 1 and rep["range"]["directions"]["pose"]["n_in"] == 1
+    assert cli.main(["guard", str(path), str(pytester.path / "batch.npz"), "--range-only", "--json"]) == 2
+    assert "ranges of 2 models" in capsys.readouterr().err  # a clear error, not a silent "in range"

@@ -59,6 +59,16 @@ def cmd_show(args) -> int:
         if rng and rng.get("spec_text"):
             extra += f"; operating range for {rng['spec_text']}"
         print(f"  {name}: proved up to eps={proved} ({verdicts}){extra}")
+        models = entry.get("models") or {}
+        if len(models) > 1:  # one operating range per model (deploy.in_spec(model=...), guard --model)
+            for key, sub in models.items():
+                mr = sub.get("latent_range") or {}
+                what = "none" if not mr else f"eps={mr.get('eps', 0):g}" + (
+                    f" for {mr['spec_text']}" if mr.get("spec_text") else "")
+                names = f" ({', '.join(sub.get('names') or [])})" if sub.get("names") else ""
+                pe = sub.get("proved_eps")
+                print(f"    model {key}{names}: proved up to eps={'none' if pe is None else f'{pe:g}'}, "
+                      f"operating range {what}")
     return 0
 
 
@@ -260,6 +270,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--guard", help="the Deep Validation guard JSON (default: beside the sheet, if present)")
     p.add_argument("--range-only", action="store_true", help="check the verified range only")
     p.add_argument("--eps", type=float, help="check the proved range recorded at this radius (default: largest proved)")
+    p.add_argument("--model", metavar="FINGERPRINT_OR_NAME",
+                   help="whose verified ranges: needed when the sheet's tests ran on several models (latentaudit show "
+                        "lists them)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(fn=cmd_guard)
     args = ap.parse_args(argv)

@@ -131,14 +131,15 @@ class LatentSpace:
         with torch.no_grad():
             return self.decoder(z)
 
-    def in_spec(self, x, sheet, directions=None, *, eps=None, encoded: bool = False):
+    def in_spec(self, x, sheet, directions=None, *, eps=None, encoded: bool = False, model=None):
         """Deployment guard: encode ``x`` (or take latent codes with ``encoded=True``) and check
         them against the spec sheet's verified latent ranges, projecting with this space's
-        directions. Returns ``{direction: bool [N], ..., "all": bool [N]}``."""
+        directions; ``model``: whose ranges (``deploy.in_spec``). Returns ``{direction: bool [N],
+        ..., "all": bool [N]}``."""
         from ..sheet.deploy import in_spec
 
         z = x if encoded else self.encode(x)
-        return in_spec(sheet, z, directions, bases=dict(self.directions), eps=eps)
+        return in_spec(sheet, z, directions, bases=dict(self.directions), eps=eps, model=model)
 
     def seeds(self, x, labels=None):
         """Encode inputs into seeds ``(z, labels)`` for ``latent_audit``."""

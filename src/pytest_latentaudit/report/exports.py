@@ -123,15 +123,19 @@ def to_model_card(sheet, *, name: Optional[str] = None, overview: Optional[str] 
         metrics.append({"type": "median certified radius", "value": _num(med), "slice": dname})
     use_cases = []
     for dname, entry in sorted(directions.items()):
-        rng = (entry or {}).get("latent_range")
-        if not rng:
-            continue
-        coords = ", ".join(f"[{lo:.4g}, {hi:.4g}]" for lo, hi in zip(rng["lower"], rng["upper"]))
-        use_cases.append({"description": (
-            f"Inputs whose latent coordinate(s) along {dname!r} lie in {coords} (the verified operating "
-            f"range: mean of the seeds +/- (eps + std), eps={float(rng.get('eps', 0)):g}"
-            + (f", for {rng['spec_text']}" if rng.get("spec_text") else "") + "); check with "
-            f"pytest_latentaudit.sheet.deploy.in_spec.")})
+        models = (entry or {}).get("models") or {}
+        # one operating range per model when the direction's tests ran on several
+        per = ([(f" of model {k}", m.get("latent_range"), f"in_spec(..., model={k!r})") for k, m in models.items()]
+               if len(models) > 1 else [("", (entry or {}).get("latent_range"), "in_spec")])
+        for of, rng, call in per:
+            if not rng:
+                continue
+            coords = ", ".join(f"[{lo:.4g}, {hi:.4g}]" for lo, hi in zip(rng["lower"], rng["upper"]))
+            use_cases.append({"description": (
+                f"Inputs whose latent coordinate(s) along {dname!r} lie in {coords} (the verified operating "
+                f"range{of}: mean of the seeds +/- (eps + std), eps={float(rng.get('eps', 0)):g}"
+                + (f", for {rng['spec_text']}" if rng.get("spec_text") else "") + "); check with "
+                f"pytest_latentaudit.sheet.deploy.{call}.")})
     tool = data.get("tool") or {}
     commit = data.get("commit") or {}
     summary = data.get("summary") or {}

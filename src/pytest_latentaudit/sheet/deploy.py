@@ -31,7 +31,7 @@ import numpy as np
 
 from ..core.errors import LatentAuditError
 from ..core.vocab import PROVED
-from .specsheet import directions_section, read_sheet  # noqa: F401  (directions_section: re-exported)
+from .specsheet import directions_section, range_model, read_sheet  # noqa: F401  (directions_section: re-exported)
 
 __all__ = ["latent_ranges", "in_spec", "range_score", "project", "basis_json", "directions_section", "data_fingerprint",
            "model_fingerprint", "certified_radius_summary", "DeployError"]
@@ -168,21 +168,81 @@ def _sheet_directions(sheet) -> Dict[str, dict]:
     return read_sheet(sheet).direction_entries()
 
 
-def _pick_range(name: str, entry: Mapping, eps: Optional[float]) -> Mapping:
+def _model_selector(model) -> Optional[str]:
+    """``model=`` of the guard: None, a fingerprint or name (str), or the model itself (its
+    ``model_fingerprint``; torch is imported only by the caller who has a module)."""
+    if model is None or isinstance(model, str):
+        return model
+    fp = model_fingerprint(model)
+    if fp is None:
+        raise DeployError(f"model=: cannot fingerprint a {type(model).__name__} (only torch.nn.Module); pass the "
+                          f"model's fingerprint or name as a string")
+    return fp
+
+
+def _model_label(models: Mapping, key: str) -> str:
+    names = models[key].get("names") or []
+    return f"{key} ({', '.join(names)})" if names else key
+
+
+def _model_key(models: Mapping, model: str) -> Optional[str]:
+    """The key in a direction's ``models`` that ``model`` (a fingerprint or a name) selects."""
+    if model in models:
+        return model
+    keys = [k for k in models if model in (models[k].get("names") or [])]
+    if len(keys) > 1:
+        raise DeployError(f"model={model!r} names {len(keys)} models of the sheet "
+                          f"({'; '.join(_model_label(models, k) for k in keys)}): pass the fingerprint")
+    return keys[0] if keys else None
+
+
+def _model_ranges(name: str, entry: Mapping, model: Optional[str]) -> Tuple[List[Mapping], Optional[Mapping]]:
+    """The direction's ranges and operating range **of the model asked for**: a range proved
+    for one model is no verified range of another (``directions_section`` keeps them apart
+    in ``models``). ``model``: ``_model_selector``'s answer, None for "the one model tested"."""
+    ranges = list(entry.get("ranges") or [])
+    models = entry.get("models")
+    if not isinstance(models, Mapping) or not models:  # a sheet written before ``models``
+        return ranges, entry.get("latent_range")
+    if model is None:
+        if len(models) > 1:
+            raise DeployError(f"direction {name!r} has ranges of {len(models)} models "
+                              f"({'; '.join(_model_label(models, k) for k in models)}): pass model= (the nn.Module "
+                              f"you deploy, its fingerprint or its name; latentaudit guard --model)")
+        key = next(iter(models))
+    else:
+        key = _model_key(models, model)
+        if key is None:
+            raise DeployError(f"direction {name!r}: model={model!r} is none of the models its tests ran on "
+                              f"({'; '.join(_model_label(models, k) for k in models)}): nothing is proved for it "
+                              f"(retrained or edited since? re-run the tests)")
+    return [g for g in ranges if range_model(g) == key], models[key].get("latent_range")
+
+
+def _tested_on(entry: Mapping, model: str) -> bool:
+    models = entry.get("models")
+    if not isinstance(models, Mapping) or not models:
+        return True  # an older sheet: cannot tell, so check (and let _model_ranges answer)
+    return _model_key(models, model) is not None
+
+
+def _pick_range(name: str, entry: Mapping, eps: Optional[float], model: Optional[str] = None) -> Mapping:
+    ranges, latent_range = _model_ranges(name, entry, model)
     if eps is None:
-        rng = entry.get("latent_range")
+        rng = latent_range
         if not rng:
             why = ""
-            if any(g.get("stale") and g.get("verdict") == PROVED for g in entry.get("ranges") or []):
+            every = entry.get("ranges") or []  # stale ones are of an older fingerprint: not in ``ranges``
+            if any(g.get("stale") and g.get("verdict") == PROVED for g in every):
                 why = " (its proved records are stale: proved for an older model; re-run them)"
-            elif any(g.get("vacuous") and g.get("verdict") == PROVED for g in entry.get("ranges") or []):
+            elif any(g.get("vacuous") and g.get("verdict") == PROVED for g in ranges):
                 why = " (its proved records hold vacuously)"
             raise DeployError(f"direction {name!r} has no proved test with a recorded latent range{why}, so no "
                               f"verified operating range to check against")
         return rng
-    matches = [g for g in entry.get("ranges") or [] if abs(float(g.get("eps", -1)) - float(eps)) <= 1e-12]
+    matches = [g for g in ranges if abs(float(g.get("eps", -1)) - float(eps)) <= 1e-12]
     if not matches:
-        have = sorted({float(g.get("eps", 0)) for g in entry.get("ranges") or []})
+        have = sorted({float(g.get("eps", 0)) for g in ranges})
         raise DeployError(f"direction {name!r} has no latent range recorded at eps={eps:g} "
                           f"(recorded: {', '.join(f'{e:g}' for e in have) or 'none'})")
     # ``proves``: the records rule (``TestRecord.claimed``), written by ``directions_section``;
@@ -197,9 +257,18 @@ def _pick_range(name: str, entry: Mapping, eps: Optional[float]) -> Mapping:
     return proved[0]
 
 
-def _direction_names(dirs: Mapping[str, dict], directions: Optional[Sequence[str]], eps: Optional[float]) -> List[str]:
+def _model_ranges_any(entry: Mapping) -> bool:
+    models = entry.get("models")
+    return isinstance(models, Mapping) and any(m.get("latent_range") for m in models.values())
+
+
+def _direction_names(dirs: Mapping[str, dict], directions: Optional[Sequence[str]], eps: Optional[float],
+                     model: Optional[str] = None) -> List[str]:
     if directions is None:
-        names = [n for n, e in dirs.items() if (e.get("ranges") if eps is not None else e.get("latent_range"))]
+        if model is not None:  # the directions this model was tested along
+            dirs = {n: e for n, e in dirs.items() if _tested_on(e, model)}
+        names = [n for n, e in dirs.items()
+                 if (e.get("ranges") if eps is not None else (e.get("latent_range") or _model_ranges_any(e)))]
         if not names:
             raise DeployError("the spec sheet records no verified latent range for any direction "
                               "(no proved test with a latent_range)")
@@ -212,15 +281,16 @@ def _direction_names(dirs: Mapping[str, dict], directions: Optional[Sequence[str
     return names
 
 
-def _coordinates(sheet, a: np.ndarray, directions, bases, eps):
+def _coordinates(sheet, a: np.ndarray, directions, bases, eps, model=None):
     """Per checked direction: ``(name, coordinates [N, k], lower [k], upper [k])``."""
     dirs = _sheet_directions(sheet)
-    names = _direction_names(dirs, directions, eps)
+    model = _model_selector(model)
+    names = _direction_names(dirs, directions, eps, model)
     bases = dict(bases or {})
     out = []
     for name in names:
         entry = dirs[name]
-        rng = _pick_range(name, entry, eps)
+        rng = _pick_range(name, entry, eps, model)
         if name in bases:
             V = bases[name]
         elif "axis" in entry or "axis" in rng:
@@ -241,7 +311,7 @@ def _coordinates(sheet, a: np.ndarray, directions, bases, eps):
 
 
 def in_spec(sheet, z, directions: Optional[Sequence[str]] = None, *, bases: Optional[Mapping[str, Any]] = None,
-            eps: Optional[float] = None) -> Dict[str, Any]:
+            eps: Optional[float] = None, model=None) -> Dict[str, Any]:
     """Which latent codes lie in the spec sheet's verified operating range.
 
     ``sheet``: a spec-sheet dict, a ``SpecSheet`` or a path. ``z``: codes ``[N, d]`` (numpy or
@@ -249,14 +319,17 @@ def in_spec(sheet, z, directions: Optional[Sequence[str]] = None, *, bases: Opti
     a recorded range). ``bases``: ``{name: axis | vector | [d, k] | Direction}`` overriding or
     supplying the basis (sheets without a stored basis for a vector/subspace direction).
     ``eps``: check against the proved range recorded at this radius instead of the largest proved one
-    (``DeployError`` when nothing is proved there).
+    (``DeployError`` when nothing is proved there). ``model``: which model's ranges (the
+    ``nn.Module`` you deploy, its ``model_fingerprint`` or a name the sheet gives it, e.g. its
+    fixture's): needed when the sheet holds ranges of several models along a direction, and a
+    check otherwise (a module whose fingerprint the proofs are not of is a ``DeployError``).
 
     Returns ``{name: bool array [N], ..., "all": bool array [N]}``; numpy arrays for numpy input,
     torch bool tensors (same device) for torch input; scalars for a single code.
     """
     a, single = _as_codes(z)
     out: Dict[str, Any] = {}
-    for name, c, lo, hi in _coordinates(sheet, a, directions, bases, eps):
+    for name, c, lo, hi in _coordinates(sheet, a, directions, bases, eps, model):
         out[name] = ((c >= lo) & (c <= hi)).all(axis=1)
     names = list(out)
     out["all"] = np.logical_and.reduce([out[n] for n in names]) if names else np.ones(a.shape[0], bool)
@@ -264,7 +337,7 @@ def in_spec(sheet, z, directions: Optional[Sequence[str]] = None, *, bases: Opti
 
 
 def range_score(sheet, z, directions: Optional[Sequence[str]] = None, *, bases: Optional[Mapping[str, Any]] = None,
-                eps: Optional[float] = None) -> Dict[str, np.ndarray]:
+                eps: Optional[float] = None, model=None) -> Dict[str, np.ndarray]:
     """How far inside or outside the verified range each code lies: per direction, the largest
     ``|c - mid| / half_width`` over its coordinates (``mid``, ``half_width`` of ``[lower, upper]``),
     so ``<= 1`` is in spec (the same decision as ``in_spec``, up to float rounding at the edge)
@@ -273,7 +346,7 @@ def range_score(sheet, z, directions: Optional[Sequence[str]] = None, *, bases: 
     ``[N]``."""
     a, _ = _as_codes(z)
     out: Dict[str, np.ndarray] = {}
-    for name, c, lo, hi in _coordinates(sheet, a, directions, bases, eps):
+    for name, c, lo, hi in _coordinates(sheet, a, directions, bases, eps, model):
         mid, half = (lo + hi) / 2, (hi - lo) / 2
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.abs(c - mid) / np.where(half > 0, half, np.nan)

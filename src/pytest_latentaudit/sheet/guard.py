@@ -802,13 +802,15 @@ def _acc(correct: np.ndarray, mask: np.ndarray) -> dict:
 
 
 def guard_report(sheet, data, *, guard: Optional[DeepValidationGuard] = None, labels=None, pred=None,
-                 eps: Optional[float] = None, strict: bool = True) -> dict:
+                 eps: Optional[float] = None, strict: bool = True, model=None) -> dict:
     """Both guards on one deployment batch.
 
     ``sheet``: spec sheet (dict, ``SpecSheet`` or path) for the range guard, or None.
     ``data``: a path to an ``.npz`` (``load_guard_data``) or a mapping with ``z`` and optionally
     ``labels``, ``pred``, ``feature:<layer>`` arrays. ``guard``: a ``DeepValidationGuard`` (or a
     path to one), or None for the range guard alone. ``labels`` / ``pred`` override the data's.
+    ``model``: whose verified ranges (``deploy.in_spec``'s ``model=``; needed when the sheet's
+    tests ran on several models).
 
     Returns ``{"n", "range": {...} | None, "distribution": {...} | None, "both": {...} | None,
     "accuracy": {...} | None, "notes": [...]}`` (see docs/guard.md), JSON-ready."""
@@ -831,8 +833,8 @@ def guard_report(sheet, data, *, guard: Optional[DeepValidationGuard] = None, la
     scores: Dict[str, np.ndarray] = {}
     if sheet is not None:
         try:
-            ok = in_spec(sheet, z, eps=eps)
-            rs = range_score(sheet, z, eps=eps)
+            ok = in_spec(sheet, z, eps=eps, model=model)
+            rs = range_score(sheet, z, eps=eps, model=model)
         except DeployError as exc:
             notes.append(f"range guard: {exc}")
         else:
@@ -1144,7 +1146,8 @@ def run_guard_command(args) -> int:
             guard = DeepValidationGuard.load(args.guard)
         elif guard_path_for(args.sheet).is_file():
             guard = DeepValidationGuard.load(guard_path_for(args.sheet))
-    rep = guard_report(sheet, load_guard_data(args.data), guard=guard, eps=args.eps)
+    rep = guard_report(sheet, load_guard_data(args.data), guard=guard, eps=args.eps,
+                       model=getattr(args, "model", None))
     if guard is None:
         rep["notes"] = [n for n in rep["notes"] if not n.startswith("distribution guard:")]
         if not args.range_only:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from .records import (EPS_TOL, GuardRecord, PixelCrosscheckRecord, SheetFormatError, SweepPoint, TestRecord,
-                      largest_proved_eps, mark_stale, parse_records, widest_radius)
+                      largest_proved_eps, model_identity, mark_stale, parse_records, widest_radius)
 from ..core.vocab import PROVED, VERDICTS, is_worse
 
 __all__ = ["SCHEMA_VERSION", "SpecSheet", "SheetFormatError", "read_sheet", "check_sheet", "summarize",
@@ -269,12 +269,18 @@ def _section_current(dirs: Mapping, records: List[TestRecord]) -> bool:
     """May this stored ``directions`` section be used as it is? Not when one of its ranges
     comes from a record that may not claim a proof (stale, vacuous: the records rule), or when it
     was written before the rule (its ranges do not say whether they ``prove``) and a direction
-    holds such records. A section with nothing to doubt is kept as written (older sheets too)."""
+    holds such records; nor when it was written before ranges were kept per model (``models``)
+    and a direction has fingerprinted records. A section with nothing to doubt is kept as written."""
     doubtful: Dict[str, set] = {}
+    fingerprinted = set()
     for r in records:
         if not r.claims_proof:
             doubtful.setdefault(r.direction, set()).add(r.nodeid)
+        if r.model_fingerprint and r.stale is None:
+            fingerprinted.add(r.direction)
     for name, entry in dirs.items():
+        if isinstance(entry, Mapping) and name in fingerprinted and "models" not in entry:
+            return False  # written before ranges were kept per model: one range may mix models
         if not isinstance(entry, Mapping) or name not in doubtful:
             continue
         items = list(entry.get("ranges") or [])
@@ -534,6 +540,8 @@ def directions_section(records: Iterable[Union[TestRecord, Mapping]],
                 continue
             about = {"nodeid": r.nodeid, "spec": r.spec_kind, "spec_text": r.spec_text or r.spec_kind,
                      "at_least": r.at_least}
+            if r.model_fingerprint:
+                about["model"] = r.model_fingerprint
             if r.call is not None:
                 about["call"] = r.call
             if r.stale is not None:
@@ -552,17 +560,57 @@ def directions_section(records: Iterable[Union[TestRecord, Mapping]],
                     continue
                 item.update(about, verdict=p.verdict, proves=p.claimed == PROVED)
                 entry["ranges"].append(item)
-    for entry in out.values():
+    for name, entry in out.items():
         entry["ranges"].sort(key=lambda g: (g["eps"], g["nodeid"], g.get("call") or 0))
         limit = entry.get("realism_limit")
         for g in entry["ranges"]:
             if limit is not None and g["eps"] > limit + EPS_TOL:
                 g["beyond_realism"] = True
-        # never offer a deployer a range that goes beyond where the generator stays realistic,
-        # nor one that a stale or vacuous record "proved"
-        proved = [g for g in entry["ranges"] if g["proves"] and not g.get("beyond_realism")]
-        entry["latent_range"] = max(proved, key=lambda g: g["eps"]) if proved else None
+        # a range proved for one model says nothing about another: one operating range per model,
+        # and a direction-wide one only when a single model was tested along the direction (with
+        # several, the guard asks which: deploy.in_spec(model=...))
+        models = _models_of(by_dir.get(name, []))
+        for key, sub in models.items():
+            sub["proved_eps"] = largest_proved_eps(sub.pop("records")).get(name)
+            sub["latent_range"] = operating_range([g for g in entry["ranges"] if range_model(g) == key])
+        if models:
+            entry["models"] = models
+        entry["latent_range"] = operating_range(entry["ranges"]) if len(models) <= 1 else None
     return dict(sorted(out.items()))
+
+
+#: the ``models`` key of ranges (and records) without a model fingerprint (plain callables)
+NO_FINGERPRINT = "unfingerprinted"
+
+
+def range_model(item: Mapping) -> str:
+    """Which model a range of the directions section is about: its ``model`` fingerprint."""
+    return str(item.get("model") or NO_FINGERPRINT)
+
+
+def _models_of(records: Sequence[TestRecord]) -> Dict[str, dict]:
+    """The models (by fingerprint) that a direction's records are about, each with the name a
+    user may call it by (``records.model_identity``: a record hook's ``model_name``, else the
+    fixture or class) and its records. Stale records are left out: they describe an older
+    version of a model that ran, and prove nothing."""
+    out: Dict[str, dict] = {}
+    for r in records:
+        if r.stale is not None:
+            continue
+        sub = out.setdefault(r.model_fingerprint or NO_FINGERPRINT, {"names": [], "records": []})
+        sub["records"].append(r)
+        ident = model_identity(r)
+        if ident and ident.split(":", 1)[-1] not in sub["names"]:
+            sub["names"].append(ident.split(":", 1)[-1])
+    return dict(sorted(out.items()))
+
+
+def operating_range(ranges: Iterable[Mapping]) -> Optional[Mapping]:
+    """THE deployable-range rule: of ``ranges`` (items of a direction's ``ranges``, of one
+    model), the one that ``proves`` with the largest eps, never one beyond where the generator
+    stays realistic, nor one that a stale or vacuous record "proved". None when there is none."""
+    proved = [g for g in ranges if g.get("proves") and not g.get("beyond_realism")]
+    return max(proved, key=lambda g: g["eps"]) if proved else None
 
 
 def _add_validity(entry: dict, val: Optional[Mapping]) -> None:
