@@ -1,0 +1,82 @@
+"""Planted cases of the fifth adversarial soundness hunt (chunked CROWN refinement, products
+and divisions of data tensors, norm/softmax ops at extreme scales, branch and bound under a
+budget, falsification). Each test named ``test_...`` after a finding is a wrong verdict or a
+crash found by the hunt, minimised; it fails on the code it was found on. The property tests
+at the end guard the areas where the hunt found nothing (they would fail on a bug there)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pytest_latentaudit import OutputRange
+from pytest_latentaudit.api import audit
+from pytest_latentaudit.engines.falsify import Found
+
+
+def _identity_head():
+    m = nn.Sequential(nn.Linear(1, 1)).eval()
+    with torch.no_grad():
+        m[0].weight.fill_(1.0)
+        m[0].bias.fill_(0.0)
+    return m
+
+
+# ------------------------------------------------- 1. a registered falsifier's points
+def _claims_everything(problem, idx, tl, tu, **kw):
+    """A registered falsifier (the ``pytest_latentaudit_falsifiers`` hook's signature) that
+    claims every box has a counterexample at its centre, where the spec holds."""
+    n = idx.numel()
+    t = (tl + tu) / 2
+    return Found(torch.ones(n, dtype=torch.bool), t, problem.point(idx, t), torch.ones(n, dtype=tl.dtype))
+
+
+def _claims_outside(problem, idx, tl, tu, **kw):
+    """Claims a point far outside each box (t = 100 tu), where the spec is violated: the box
+    itself holds the spec everywhere."""
+    n = idx.numel()
+    t = tu * 100
+    return Found(torch.ones(n, dtype=torch.bool), t, problem.point(idx, t), torch.ones(n, dtype=tl.dtype))
+
+
+def _claims_nan(problem, idx, tl, tu, **kw):
+    n = idx.numel()
+    t = torch.full_like(tl, float("nan"))
+    return Found(torch.ones(n, dtype=torch.bool), t, problem.point(idx, (tl + tu) / 2), torch.ones(n, dtype=tl.dtype))
+
+
+@pytest.mark.parametrize("liar", [_claims_everything, _claims_outside, _claims_nan])
+def test_a_registered_falsifiers_points_are_rechecked(liar):
+    """Planted: ``y = x`` on seeds 0 moved by ``t in [-0.1, 0.1]``, spec ``y <= 5`` (true
+    everywhere), audited with a registered falsifier that claims counterexamples: at the box
+    centre (where ``y = 0``), far outside the box, or at a nan offset. The hookspec promises
+    "its points are re-checked with a plain forward pass like any counterexample"; the
+    ladder took the falsifier's mask as it came (``Ladder._mark_falsified``), so the audit's
+    verdict was ``violated`` with counterexamples that satisfy the spec."""
+    m = _identity_head()
+    z = torch.zeros(2, 1)
+    res = audit(m, (z, torch.zeros(2)), direction=torch.ones(1), eps=0.1, spec=OutputRange(upper=[5.0]),
+                engine="falsify", attack="liar", falsifier=liar, budget_s=3)
+    assert "falsified" not in res.status, "a falsifier's unconfirmed point falsified a box where the spec holds"
+    assert res.verdict != "violated"
+    # with the bound engines too the boxes are proved, whatever the falsifier claims
+    res = audit(m, (z, torch.zeros(2)), direction=torch.ones(1), eps=0.1, spec=OutputRange(upper=[5.0]),
+                engine="auto", attack="liar", falsifier=liar, budget_s=3)
+    assert res.status == ["verified", "verified"] and res.verdict == "proved"
+
+
+def test_a_registered_falsifiers_true_points_still_falsify():
+    """Control: a registered falsifier whose point does violate (``y = x <= 0.05`` fails at
+    ``t = 0.1``) falsifies, and the counterexample is the re-checked point inside the box."""
+    m = _identity_head()
+    z = torch.zeros(2, 1)
+
+    def right_end(problem, idx, tl, tu, **kw):
+        n = idx.numel()
+        return Found(torch.ones(n, dtype=torch.bool), tu.clone(), problem.point(idx, tu), torch.ones(n, dtype=tl.dtype))
+
+    res = audit(m, (z, torch.zeros(2)), direction=torch.ones(1), eps=0.1, spec=OutputRange(upper=[0.05]),
+                engine="falsify", attack="end", falsifier=right_end, budget_s=3)
+    assert res.status == ["falsified", "falsified"] and res.verdict == "violated"
+    for c in res.counterexamples:
+        assert abs(c.offset[0]) <= 0.1 and float(c.z[0]) > 0.05
