@@ -80,3 +80,33 @@ def test_a_registered_falsifiers_true_points_still_falsify():
     assert res.status == ["falsified", "falsified"] and res.verdict == "violated"
     for c in res.counterexamples:
         assert abs(c.offset[0]) <= 0.1 and float(c.z[0]) > 0.05
+
+
+# ---------------------------------------- 2. a forward that runs but cannot be differentiated
+class InplaceOnASavedOutput(nn.Module):
+    """``2 sigmoid(4 x)`` written as inference code often is: ``torch.sigmoid(h).mul_(2)``, an
+    in-place op on the output sigmoid's backward needs. A plain call (what the user runs) works,
+    with autograd on or off; only a backward pass through it fails."""
+
+    def forward(self, x):
+        return torch.sigmoid(4 * x).mul_(2)
+
+
+@pytest.mark.parametrize("engine", ["auto", "falsify", "ibp", "bab", "linear"])
+def test_a_forward_without_a_backward_gives_a_verdict_not_a_crash(engine):
+    """Planted: ``y = 2 sigmoid(4 x)`` on ``[-1, 1]`` (maximum 1.964 at x = 1, 2 sigmoid(0) = 1 at
+    the centre), spec ``y <= 1.9``: violated on ``x > 0.73``, which the bounds cannot prove and
+    the centre does not show. The gradient attack called ``torch.autograd.grad`` through the
+    model and the in-place op's RuntimeError escaped ``verify_box``: a crash on a model every
+    plain call runs. The attack now moves at random where the model has no backward (and the
+    corners it starts from find this one)."""
+    from pytest_latentaudit import verify_box
+
+    m = InplaceOnASavedOutput()
+    lo, hi = torch.tensor([[-1.0]]), torch.tensor([[1.0]])
+    res = verify_box(m, lo, hi, OutputRange(upper=[1.9]), engine=engine, budget_s=5)
+    assert res.status == ["falsified"]
+    cx = res.counterexamples[0]
+    assert float(cx) >= -1.0 and float(cx) <= 1.0 and float(m(cx[None])) > 1.9
+    if engine != "falsify":
+        assert verify_box(m, lo, hi, OutputRange(upper=[2.05]), engine=engine, budget_s=5).status == ["verified"]
