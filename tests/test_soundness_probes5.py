@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_latentaudit import OutputRange
+from pytest_latentaudit import OutputRange, verify_box
 from pytest_latentaudit.api import audit
 from pytest_latentaudit.engines.falsify import Found
 
@@ -110,3 +110,28 @@ def test_a_forward_without_a_backward_gives_a_verdict_not_a_crash(engine):
     assert float(cx) >= -1.0 and float(cx) <= 1.0 and float(m(cx[None])) > 1.9
     if engine != "falsify":
         assert verify_box(m, lo, hi, OutputRange(upper=[2.05]), engine=engine, budget_s=5).status == ["verified"]
+
+
+# ------------------------------------------------- 3. average pooling with a negative divisor
+class NegativeDivisorPool(nn.Module):
+    """A spike ``h = relu(1 - 1000 |x - 0.37|)`` (height 1, width 2e-3) through
+    ``avg_pool2d(..., divisor_override=-1)``: torch takes any non-zero divisor, so ``y = -h``."""
+
+    def forward(self, x):
+        h = torch.relu(1 - 1000 * (x - 0.37).abs())
+        return torch.nn.functional.avg_pool2d(h.reshape(-1, 1, 1, 1), 1, divisor_override=-1).reshape(-1, 1)
+
+
+@pytest.mark.parametrize("engine", ["auto", "ibp", "linear", "bab", "auto_lirpa:ibp"])
+def test_average_pooling_with_a_negative_divisor_is_not_proved(engine):
+    """Planted: ``y = -h`` reaches -1 at x = 0.37; spec ``y >= -0.5`` on ``[0, 1]``. The
+    lowering made the pooling a ``LinearMapOp`` (a map with non-negative coefficients: lower
+    bound to lower, upper to upper), so its interval was reversed, ``[0, -1]``, and IBP
+    "proved" ``y >= 0``. The trace check's points (corners, centre, random) all miss the
+    spike, where the negative error radius would have shown it. A non-positive divisor is now
+    refused."""
+    m = NegativeDivisorPool()
+    with torch.no_grad():
+        assert float(m(torch.tensor([[0.37]]))) == -1.0
+    res = verify_box(m, torch.zeros(1, 1), torch.ones(1, 1), OutputRange(lower=[-0.5]), engine=engine, budget_s=3)
+    assert res.status[0] != "verified", f"{engine} proved y >= -0.5 where y = -1"
