@@ -135,3 +135,52 @@ def test_average_pooling_with_a_negative_divisor_is_not_proved(engine):
         assert float(m(torch.tensor([[0.37]]))) == -1.0
     res = verify_box(m, torch.zeros(1, 1), torch.ones(1, 1), OutputRange(lower=[-0.5]), engine=engine, budget_s=3)
     assert res.status[0] != "verified", f"{engine} proved y >= -0.5 where y = -1"
+
+
+# ------------------------------- 4. auto_LiRPA: pooling attributes its parse drops, at a spike
+class SpikePool(nn.Module):
+    """A spike ``h`` (height 1, width 2e-3 at x = 0.37) spread by a bias-free Linear into an
+    image and pooled with an attribute auto_LiRPA 0.3 parses without: ``divisor_override=1``
+    (a 2x2 sum: ``y = 4 h``) or ``count_include_pad=False`` (a padded 3x3 window holding ``h``
+    and 3 counted zeros: ``y = h / 4``; 0.3 divides by 9)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.up = nn.Linear(1, 4 if how == "divisor" else 9, bias=False)
+        with torch.no_grad():
+            self.up.weight.zero_()
+            if how == "divisor":
+                self.up.weight.fill_(1.0)
+            else:
+                self.up.weight[0] = 1.0
+
+    def forward(self, x):
+        h = torch.relu(1 - 1000 * (x - 0.37).abs())
+        F = torch.nn.functional
+        if self.how == "divisor":
+            return F.avg_pool2d(self.up(h).reshape(-1, 1, 2, 2), 2, divisor_override=1).flatten(1)
+        img = self.up(h).reshape(-1, 1, 3, 3)
+        return F.avg_pool2d(img, 3, stride=3, padding=1, count_include_pad=False)[:, :, 0, 0].reshape(-1, 1)
+
+
+@pytest.mark.parametrize("how, thr", [("divisor", 2.0), ("count_pad", 0.2)])
+@pytest.mark.parametrize("engine", ["auto_lirpa:ibp", "auto_lirpa:crown"])
+def test_auto_lirpa_pooling_attributes_it_drops_are_refused_even_where_the_parse_check_agrees(engine, how, thr):
+    """Planted: ``y`` reaches 4 (sum) or 0.25 (``count_include_pad=False``) at x = 0.37 only;
+    spec ``y <= thr`` (2 and 0.2) on ``[0, 1]``. auto_LiRPA 0.3 parses the pooling without the
+    attribute (an average: at most 1, or 1/9) and IBP "proved" the spec; the parse check, meant
+    to catch exactly these attributes (probes2), compares outputs at the box's corners, centre
+    and 8 random points, all off the spike, where both functions are 0. The attributes are now
+    read from the model's ATen program and such a pooling is refused."""
+    from pytest_latentaudit.engines.lirpa_compat import auto_lirpa_version
+
+    if auto_lirpa_version() is None:
+        pytest.skip("auto_LiRPA is not installed")
+    m = SpikePool(how).eval()
+    with torch.no_grad():
+        assert float(m(torch.tensor([[0.37]]))) > thr
+    res = verify_box(m, torch.zeros(1, 1), torch.ones(1, 1), OutputRange(upper=[thr]), engine=engine, budget_s=3)
+    assert res.status[0] != "verified", f"{engine} proved y <= {thr} of a pooling it parsed without {how}"
+    # the native engines bound these poolings as they are: the spike is found
+    assert verify_box(m, torch.zeros(1, 1), torch.ones(1, 1), OutputRange(upper=[thr]), budget_s=5).status == ["falsified"]
