@@ -184,3 +184,45 @@ def test_auto_lirpa_pooling_attributes_it_drops_are_refused_even_where_the_parse
     assert res.status[0] != "verified", f"{engine} proved y <= {thr} of a pooling it parsed without {how}"
     # the native engines bound these poolings as they are: the spike is found
     assert verify_box(m, torch.zeros(1, 1), torch.ones(1, 1), OutputRange(upper=[thr]), budget_s=5).status == ["falsified"]
+
+
+# ------------------------------------------------------------ 5. elu with a negative input_scale
+class EluNegativeInputScale(nn.Module):
+    """``aten.elu(x, alpha=1, scale=1, input_scale=-1) + 29.5 x``: for ``x < 0`` the elu part is
+    ``exp(-x) - 1`` (convex, 147 at x = -5), and 29.5 x cancels its chord on ``[-5, 0]``, so the
+    sum dips to -71.34 at x = -3.385 (``-ln 29.5``)."""
+
+    def forward(self, x):
+        return torch.ops.aten.elu(x, 1.0, 1.0, -1.0) + 29.5 * x
+
+
+@pytest.mark.parametrize("engine", ["linear", "auto", "bab"])
+def test_elu_with_a_negative_input_scale_is_not_proved(engine):
+    """Planted: spec ``y >= -71`` on ``[-5, 0]``, violated around x = -3.385 (minimum -71.34).
+    ``EluOp`` took ``f2 = |scale alpha| input_scale^2`` for the curvature, which bounds
+    ``|f''|`` only for ``input_scale >= 0`` (then ``exp(input_scale x) <= 1`` on x < 0); with
+    -1 it is ``exp(-x)``, 148 at x = -5. The grid relaxation's slack ``f2 h^2 / 8`` (0.05) was
+    far short of the dip of the chord's residual between grid points (0.9), and the linear
+    bound "proved" ``y >= -70.5``. A negative input_scale is now refused."""
+    m = EluNegativeInputScale()
+    xs = torch.linspace(-5, 0, 200001)[:, None]
+    with torch.no_grad():
+        assert float(m(xs).min()) < -71.3
+    res = verify_box(m, torch.full((1, 1), -5.0), torch.zeros(1, 1), OutputRange(lower=[-71.0]), engine=engine,
+                     budget_s=3)
+    assert res.status[0] != "verified", f"{engine} proved y >= -71 where y reaches -71.34"
+
+
+def test_control_elu_and_selu_are_still_proved():
+    """Control: ``elu`` (input_scale 1) and ``selu`` keep their relaxation: a bound just below
+    the minimum of ``selu(x) + x`` on ``[-3, 1]`` is proved."""
+    class Net(nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.selu(x) + torch.nn.functional.elu(x, 0.5) + x
+
+    net = Net()
+    xs = torch.linspace(-3, 1, 200001)[:, None]
+    with torch.no_grad():
+        low = float(net(xs).min())
+    res = verify_box(net, torch.full((1, 1), -3.0), torch.ones(1, 1), OutputRange(lower=[low - 0.05]), budget_s=10)
+    assert res.status == ["verified"], res.notes
