@@ -226,3 +226,81 @@ def test_control_elu_and_selu_are_still_proved():
         low = float(net(xs).min())
     res = verify_box(net, torch.full((1, 1), -3.0), torch.ones(1, 1), OutputRange(lower=[low - 0.05]), budget_s=10)
     assert res.status == ["verified"], res.notes
+
+
+# ============================================================ property tests (nothing found)
+class _MixedNet(nn.Module):
+    """ReLU layers behind a product, a softmax, a LayerNorm and a max pooling: every kind of
+    relaxation ``_crown_refine`` tightens the inputs of."""
+
+    def __init__(self, d=3, w=12):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(d, w), nn.Linear(d, w), nn.Linear(w, w)
+        self.ln = nn.LayerNorm(w)
+        self.e, self.out = nn.Linear(w, w), nn.Linear(w // 2 + w, 3)
+
+    def forward(self, x):
+        F = torch.nn.functional
+        h = F.relu(self.a(x)) * torch.tanh(self.b(x))
+        h = F.relu(self.c(h)) + F.softmax(self.c(h), dim=1)
+        g = self.ln(F.relu(self.e(h)))
+        p = F.max_pool1d(F.relu(g)[:, None], 2).flatten(1)
+        return self.out(torch.cat([p, F.relu(self.e(g))], 1))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_property_chunked_crown_refinement_on_mixed_relaxations(monkeypatch, seed):
+    """Area 1 (``_crown_refine``'s chunks): on a graph with products, softmax, LayerNorm and max
+    pooling before ReLUs, chunks of one box, of three and the whole batch give every node the
+    same bounds up to float32 rounding of the backward products, and they hold on samples of
+    the model."""
+    from pytest_latentaudit.engines import bounds as B
+    from pytest_latentaudit.engines.graph import get_graph
+
+    torch.manual_seed(seed)
+    net = _MixedNet().eval()
+    g = get_graph(net, (3,))
+    n = 7
+    c = torch.randn(n, 3, dtype=torch.float64)
+    G = torch.zeros(n, 3, 3, dtype=torch.float64)
+    G[:, range(3), range(3)] = torch.linspace(0.05, 0.6, n, dtype=torch.float64)[:, None]
+    monkeypatch.setattr(B, "REFINE_CHUNK", 1 << 40)
+    _, whole = B.linear_bounds(g, c, G, crown=True)
+    for chunk in (1, 3 * 12 * 12):
+        monkeypatch.setattr(B, "REFINE_CHUNK", chunk)
+        _, parts = B.linear_bounds(g, c, G, crown=True)
+        for (l1, h1), (l2, h2) in zip(whole, parts):
+            # float32 backward coefficients: a chunk's products may round otherwise (a few ulps)
+            assert torch.allclose(h1, h2, rtol=1e-5, atol=1e-5) and torch.allclose(l1, l2, rtol=1e-5, atol=1e-5)
+    s = torch.rand(4000, n, 3, dtype=torch.float64) * 2 - 1
+    x = (c[None] + s * torch.diagonal(G, dim1=1, dim2=2)[None]).float()
+    with torch.no_grad():
+        y = net(x.reshape(-1, 3)).reshape(4000, n, 3).double()
+    lo, hi = parts[-1]
+    assert bool((y <= hi[None]).all() and (y >= lo[None]).all())
+
+
+@pytest.mark.parametrize("budget", [0.2, 0.6])
+def test_property_bab_cut_by_the_budget_never_verifies_a_violating_seed(budget):
+    """Area 4 (branch and bound cut mid-round): 16 boxes of a ReLU net, the threshold at the
+    median of their dense-grid maxima (so half the seeds violate, some by a hair); under small
+    budgets that stop the search part-way, no violating seed is verified and no holding one
+    falsified, and every counterexample lies in its box and violates."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(2, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 1)).eval()
+    n = 16
+    c = torch.randn(n, 2)
+    r = torch.rand(n, 1) * 0.5 + 0.05
+    lo, hi = c - r, c + r
+    ts = torch.cartesian_prod(torch.linspace(0, 1, 201), torch.linspace(0, 1, 201))
+    with torch.no_grad():
+        M = net((lo[:, None] + ts[None] * (hi - lo)[:, None]).reshape(-1, 2)).reshape(n, -1).max(1).values
+    thr = float(M.median())
+    for engine in ("bab", "auto"):
+        res = verify_box(net, lo, hi, OutputRange(upper=[thr]), engine=engine, budget_s=budget)
+        for i, (s, x) in enumerate(zip(res.status, res.counterexamples)):
+            if s == "verified":
+                assert float(M[i]) <= thr, f"seed {i} verified, its grid maximum {float(M[i])} > {thr}"
+            if s == "falsified":
+                with torch.no_grad():
+                    assert bool((x >= lo[i]).all() and (x <= hi[i]).all()) and float(net(x[None])) > thr
