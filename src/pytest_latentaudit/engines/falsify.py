@@ -86,14 +86,23 @@ def attack(problem: Problem, idx: torch.Tensor, tl: torch.Tensor, tu: torch.Tens
     u = U.repeat_interleave(n, 0).clone()
     m1, m2 = torch.zeros_like(u), torch.zeros_like(u)
     step = 0.5
+    differentiable = True
     for it in range(steps + 1):
         with torch.enable_grad():
-            u.requires_grad_(True)
+            u.requires_grad_(differentiable)
             t_ = mid[box] + half[box] * u
             m = problem.margin(problem.model_forward(problem.point(idx[box], t_)), idx[box])
             grad = None
             if it < steps and m.requires_grad:
-                (grad,) = torch.autograd.grad(m.sum(), u)
+                try:
+                    (grad,) = torch.autograd.grad(m.sum(), u)
+                except RuntimeError as exc:
+                    # a forward that runs but has no backward: an in-place op on a tensor
+                    # autograd saved (``torch.sigmoid(h).mul_(2)``), an op without a derivative;
+                    # the user's plain call never differentiates, so the attack moves at random
+                    if "out of memory" in str(exc).lower():
+                        raise
+                    differentiable = False
         u = u.detach()
         m = m.detach()
         # best row per box (scatter-max over rows)

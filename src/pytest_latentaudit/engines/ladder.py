@@ -65,6 +65,30 @@ class Outcome:
     cut: bool = False
 
 
+def _checked(attack_fn):
+    """A registered falsifier (hookspecs: "its points are re-checked with a plain forward pass
+    like any counterexample") as the built-in ones run: only its offsets ``t`` are taken, each
+    clamped into its box and re-checked by ``falsify.confirm`` (batch, autograd on, alone);
+    its mask says only which rows to try, and its points and margins are replaced by the
+    re-check's. A point it claims that does not violate, or lies outside the box, falsifies
+    nothing."""
+    def attack(problem, idx, tl, tu, **kw):
+        found = attack_fn(problem, idx, tl, tu, **kw)
+        n, k = idx.numel(), tl.shape[1]
+        mask = torch.as_tensor(found.mask, device=tl.device).reshape(-1).to(torch.bool)
+        t = torch.as_tensor(found.t, device=tl.device).to(tl.dtype)
+        if mask.numel() != n or t.shape != (n, k):
+            raise ValueError(f"a registered falsifier returned a mask of {mask.numel()} rows and offsets "
+                             f"shaped {tuple(t.shape)} for {n} boxes of {k} dimensions")
+        # a non-finite offset is no point (clamping nan keeps it nan)
+        mask = mask & torch.isfinite(t).all(1)
+        t = torch.where(torch.isfinite(t), t, (tl + tu) / 2)
+        ok, x, margin, t = falsify.confirm(problem, idx, t, tl, tu)
+        return falsify.Found(mask & ok, t, x, margin)
+
+    return attack
+
+
 def _oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -128,8 +152,11 @@ class Ladder:
         return torch.nonzero(self.unknown_mask()).reshape(-1)
 
     def falsifier(self):
-        """The attack every attack rung uses: a registered one, the black-box search, or PGD."""
-        return self.attack_fn or (blackbox.attack if self.attack_method == "blackbox" else falsify.attack)
+        """The attack every attack rung uses: a registered one, the black-box search, or PGD.
+        A registered one's points are re-checked like every counterexample (``_checked``)."""
+        if self.attack_fn is not None:
+            return _checked(self.attack_fn)
+        return blackbox.attack if self.attack_method == "blackbox" else falsify.attack
 
     def _mark_falsified(self, idx, found: falsify.Found, rung: str):
         for j in torch.nonzero(found.mask).reshape(-1).tolist():

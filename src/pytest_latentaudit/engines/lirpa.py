@@ -290,6 +290,7 @@ def _build(model, lower, upper, conv_mode: str, key: Tuple, fingerprint: Tuple) 
             if _is_oom(exc):
                 raise
             raise LirpaUnsupported(_describe_failure(entry, exc, "building the bound graph", records)) from exc
+    _check_pool_attributes(model, lower)
     _check_parse(entry, lower, upper)
     _check_program(model, lower)
     _check_tracer_blind(model, lower)
@@ -375,6 +376,70 @@ def _check_program(model, lower) -> None:
             f"{type(model).__name__} runs another program in {str(dtype).replace('torch.', '')} (the backend's "
             f"private copy) than in {str(own).replace('torch.', '')} (a forward that looks at its dtype, torch's "
             f"default dtype or finfo): auto_LiRPA's bounds would not be of this model")
+
+
+#: ATen poolings and the arguments auto_LiRPA 0.3 parses them without, with the values
+#: that change nothing (``_check_pool_attributes``)
+_POOL_ATTRIBUTES = {
+    "avg_pool1d": "avg", "avg_pool2d": "avg", "avg_pool3d": "avg",
+    "max_pool1d": "max", "max_pool2d": "max", "max_pool3d": "max",
+    "max_pool1d_with_indices": "max", "max_pool2d_with_indices": "max", "max_pool3d_with_indices": "max",
+}
+
+
+def _call_args(node) -> Dict[str, Any]:
+    """An fx node's ATen arguments by name, defaults filled in."""
+    out: Dict[str, Any] = {}
+    for i, a in enumerate(node.target._schema.arguments):
+        if i < len(node.args):
+            out[a.name] = node.args[i]
+        elif a.name in node.kwargs:
+            out[a.name] = node.kwargs[a.name]
+        elif a.has_default_value():
+            out[a.name] = a.default_value
+    return out
+
+
+def _check_pool_attributes(model, lower) -> None:
+    """0.3 parses ``divisor_override``, ``count_include_pad=False`` and ``ceil_mode`` of average
+    pooling, and ``dilation`` and ``ceil_mode`` of max pooling, as if they were not there, and
+    bounds that other function. The parse check (``_check_parse``) compares outputs at a few
+    points only: where the two functions differ on a narrow part of the box (a spike reaching a
+    padded corner or a dilated tap) it passes, and the bound of the other function was taken
+    for the model's (``divisor_override=1`` proved a sum pooling below its average's bound). So
+    the model's ATen program (make_fx, as the native lowering traces it) is read, and such a
+    pooling anywhere in it is ``LirpaUnsupported``. A model make_fx cannot trace has no native
+    graph, which the backend needs for the rounding bound, so it gets no proof either way."""
+    import torch
+
+    from .graph import program
+
+    own = _floating_dtype(model) or torch.get_default_dtype()
+    try:
+        prog = program(model, lower[:2].to(own))
+    except Exception as exc:  # noqa: BLE001 - see above: no native graph, no auto_LiRPA proof
+        if _is_oom(exc):
+            raise
+        return
+    for node in prog.graph.nodes:
+        packet = getattr(node.target, "_overloadpacket", None) if node.op == "call_function" else None
+        kind = _POOL_ATTRIBUTES.get(getattr(packet, "__name__", ""))
+        if kind is None:
+            continue
+        a = _call_args(node)
+        why = None
+        if a.get("ceil_mode"):
+            why = "ceil_mode=True"
+        elif kind == "avg" and a.get("divisor_override") is not None:
+            why = f"divisor_override={a['divisor_override']!r}"
+        elif kind == "avg" and a.get("count_include_pad") is False and any(int(p) for p in (a.get("padding") or [])):
+            why = "count_include_pad=False with padding"
+        elif kind == "max" and any(int(d) != 1 for d in (a.get("dilation") or [])):
+            why = f"dilation={list(a['dilation'])}"
+        if why is not None:
+            raise LirpaUnsupported(
+                f"auto_LiRPA {auto_lirpa_version()} parses {packet.__name__} with {why} as a pooling without it "
+                f"(another function): its bounds would not be of this model")
 
 
 #: points of the parse check besides the building batch's lower, upper and centre

@@ -845,6 +845,10 @@ class EluOp(SampledActivationOp):
 
     def __init__(self, name, alpha=1.0, scale=1.0, input_scale=1.0):
         super().__init__(name)
+        if not float(input_scale) >= 0:
+            # for x < 0 the curve is scale alpha (exp(input_scale x) - 1): with input_scale < 0
+            # it grows like exp(|input_scale x|), so neither f2 nor lipschitz below bounds it
+            raise UnsupportedLayer(name, f"elu with input_scale={input_scale} (unbounded curvature)")
         self.alpha, self.scale, self.input_scale = float(alpha), float(scale), float(input_scale)
         self.f2 = abs(self.scale * self.alpha) * self.input_scale ** 2
         self.lipschitz = abs(self.scale) * max(1.0, abs(self.alpha * self.input_scale))

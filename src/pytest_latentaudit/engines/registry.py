@@ -683,7 +683,12 @@ def _avg_pool(ctx):
               ceil_mode=bool(ctx.arg("ceil_mode")), count_include_pad=bool(ctx.arg("count_include_pad")))
     two = ctx.target in _ov(aten.avg_pool2d, "default")
     if two:
-        kw["divisor_override"] = ctx.arg("divisor_override")
+        div = ctx.arg("divisor_override")
+        if div is not None and not div > 0:
+            # torch takes any non-zero divisor: a negative one is a map with negative
+            # coefficients, which a LinearMapOp (lower to lower, upper to upper) is not
+            raise UnsupportedLayer(ctx.name, f"average pooling with divisor_override={div!r} (not positive)")
+        kw["divisor_override"] = div
     fn = (lambda x: F.avg_pool2d(x, k, **kw)) if two else (lambda x: F.avg_pool1d(x, k, **kw))
     op = ops.LinearMapOp(ctx.name, fn, "avg_pool", fan=int(math.prod(k)) + 1)
     op.u = ctx.u_elem
