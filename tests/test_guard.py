@@ -392,6 +392,33 @@ def test_pixel_crosscheck():
     assert d["kind"] == "pixel_crosscheck" and d["norm"] == "linf" and "x" not in (d["counterexamples"] or [{}])[0]
 
 
+class _NoBackward(nn.Module):
+    """A classifier every plain call runs but autograd cannot differentiate: an in-place op
+    on a tensor autograd saved for the backward of sigmoid."""
+
+    def __init__(self, lin):
+        super().__init__()
+        self.lin = lin
+
+    def forward(self, x):
+        return torch.sigmoid(self.lin(x)).mul_(2)
+
+
+def test_pixel_crosscheck_of_a_classifier_without_a_backward_gives_an_answer_not_a_crash():
+    torch.manual_seed(0)
+    decoder = nn.Sequential(nn.Linear(2, 4), nn.Sigmoid()).eval()
+    lin = nn.Linear(4, 2).eval()
+    classifier = _NoBackward(lin).eval()
+    z = torch.randn(20, 2)
+    with pytest.raises(RuntimeError):  # the model as it is: no backward
+        x = decoder(z).requires_grad_(True)
+        torch.autograd.grad(classifier(x).sum(), x)
+    r = G.pixel_crosscheck(classifier, decoder, z, eps=2.0, steps=10, clip=None)
+    assert r.info["n_proved"] == 20
+    for c in r.counterexamples:  # whatever it found was re-checked by a plain forward pass
+        assert c["predicted"] != c["label"] and c["linf"] <= 2.0 + 1e-6
+
+
 def test_serving_needs_neither_torch_nor_sklearn(deployed):
     import subprocess
     import sys

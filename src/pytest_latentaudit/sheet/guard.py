@@ -1068,6 +1068,7 @@ def pixel_crosscheck(classifier, decoder, z, labels=None, *, eps: float, proved=
     attackable = np.zeros(n, dtype=bool)
     cxs: List[dict] = []
     at_nominal = 0
+    differentiable = True
     lo, hi = (clip if clip is not None else (-math.inf, math.inf))
     for s in range(0, len(idx), batch_size):
         bi = idx[s:s + batch_size]
@@ -1087,9 +1088,21 @@ def pixel_crosscheck(classifier, decoder, z, labels=None, *, eps: float, proved=
                 noise = (torch.rand(x0.shape, generator=gen) * 2 - 1).to(x0) * eps
                 xa = (x0 + noise).clamp(lo, hi)
             for _ in range(steps):
-                xa.requires_grad_(True)
+                xa.requires_grad_(differentiable)
                 m = _margin(classifier(xa), y)
-                g, = torch.autograd.grad(m.sum(), xa)
+                g = None
+                if differentiable and m.requires_grad:
+                    try:
+                        g, = torch.autograd.grad(m.sum(), xa)
+                    except RuntimeError as exc:
+                        # a classifier that runs but has no backward (an in-place op on a tensor
+                        # autograd saved): random sign steps, as the latent attack does
+                        if "out of memory" in str(exc).lower():
+                            raise
+                        differentiable = False
+                if g is None:
+                    g = torch.rand(xa.shape, generator=gen).to(xa) - 0.5
+                xa = xa.detach()
                 with torch.no_grad():
                     xa = xa + alpha * g.sign()
                     xa = torch.min(torch.max(xa, x0 - eps), x0 + eps).clamp(lo, hi)
