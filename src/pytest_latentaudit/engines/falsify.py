@@ -13,6 +13,12 @@ import torch
 from .problem import Problem
 
 
+def is_oom(exc: BaseException) -> bool:
+    """Out of memory (CUDA's error, or a RuntimeError that says so): a resource problem the
+    caller handles (the ladder halves its batch), never a property of the model."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
 @dataclass
 class Found:
     """Confirmed counterexamples: ``mask[i]`` says box ``i`` has one at ``t[i]``/``x[i]``."""
@@ -100,7 +106,7 @@ def attack(problem: Problem, idx: torch.Tensor, tl: torch.Tensor, tu: torch.Tens
                     # a forward that runs but has no backward: an in-place op on a tensor
                     # autograd saved (``torch.sigmoid(h).mul_(2)``), an op without a derivative;
                     # the user's plain call never differentiates, so the attack moves at random
-                    if "out of memory" in str(exc).lower():
+                    if is_oom(exc):
                         raise
                     differentiable = False
         u = u.detach()

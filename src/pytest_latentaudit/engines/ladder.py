@@ -89,10 +89,6 @@ def _checked(attack_fn):
     return attack
 
 
-def _oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
 class Ladder:
     def __init__(self, problem: Problem, graph: Optional[BoundGraph], *, engine: str = "auto",
                  deadline: float = float("inf"), generator: Optional[torch.Generator] = None,
@@ -199,7 +195,7 @@ class Ladder:
             try:
                 u, t, _ = self.upper(idx[sl], tl[sl], tu[sl], method)
             except RuntimeError as exc:
-                if not _oom(exc) or size == 1:
+                if not falsify.is_oom(exc) or size == 1:
                     raise
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()

@@ -1049,6 +1049,8 @@ def pixel_crosscheck(classifier, decoder, z, labels=None, *, eps: float, proved=
     """
     import torch
 
+    from ..engines.falsify import is_oom
+
     if not (eps >= 0 and math.isfinite(eps)):
         raise GuardError(f"eps must be a finite number >= 0, got {eps}")
     zt = z if isinstance(z, torch.Tensor) else torch.as_tensor(np.asarray(z, dtype=np.float32))
@@ -1097,7 +1099,7 @@ def pixel_crosscheck(classifier, decoder, z, labels=None, *, eps: float, proved=
                     except RuntimeError as exc:
                         # a classifier that runs but has no backward (an in-place op on a tensor
                         # autograd saved): random sign steps, as the latent attack does
-                        if "out of memory" in str(exc).lower():
+                        if is_oom(exc):
                             raise
                         differentiable = False
                 if g is None:
