@@ -290,9 +290,10 @@ def _build(model, lower, upper, conv_mode: str, key: Tuple, fingerprint: Tuple) 
             if _is_oom(exc):
                 raise
             raise LirpaUnsupported(_describe_failure(entry, exc, "building the bound graph", records)) from exc
-    _check_pool_attributes(model, lower)
+    mine = _own_program(model, lower)
+    _check_pool_attributes(mine)
     _check_parse(entry, lower, upper)
-    _check_program(model, lower)
+    _check_program(model, lower, mine)
     _check_tracer_blind(model, lower)
     return entry
 
@@ -346,12 +347,30 @@ def _check_tracer_blind(model, lower) -> None:
             f"parses such a trace, another program than the model runs, so its bounds would not be of this model")
 
 
-def _check_program(model, lower) -> None:
+def _own_program(model, lower):
+    """The ATen program the user's model runs (make_fx, in its own dtype) on the box's first
+    points, traced once for ``_check_pool_attributes`` and ``_check_program``; None when make_fx
+    cannot trace it (such a model has no native graph, which the backend needs for the
+    rounding bound, so it gets no proof either way)."""
+    import torch
+
+    from .graph import program
+
+    own = _floating_dtype(model) or torch.get_default_dtype()
+    try:
+        return program(model, lower[:2].to(own))
+    except Exception as exc:  # noqa: BLE001 - see above
+        if _is_oom(exc):
+            raise
+        return None
+
+
+def _check_program(model, lower, mine) -> None:
     """The private copy is cast to the compute dtype (float64), and a forward that looks at its
     dtype (``x.dtype``, torch's default, ``finfo``: mixed-precision code) runs another program
     there than the user's model in its own; the parse check compares the parse with the copy,
     so it cannot see that. Both programs are traced (make_fx, each under its own default dtype)
-    and must be the same, else ``LirpaUnsupported``."""
+    and must be the same, else ``LirpaUnsupported``. ``mine``: ``_own_program``'s trace."""
     import torch
 
     from .graph import program, same_program
@@ -360,17 +379,16 @@ def _check_program(model, lower) -> None:
     own = _floating_dtype(model) or torch.get_default_dtype()
     if own == dtype and torch.get_default_dtype() == dtype:
         return  # no cast and no other default: the same program
-    x = lower[:2]
-    try:
-        mine = program(model, x.to(own))
-        twin = copy.deepcopy(model).to(dtype)
-        with _default_dtype(dtype):
-            theirs = program(twin, x)
-        same = same_program(mine, theirs)
-    except Exception as exc:  # noqa: BLE001 - a forward make_fx cannot trace: the native lowering says why
-        if _is_oom(exc):
-            raise
-        same = False
+    same = False  # also when make_fx cannot trace the model (mine None): the native lowering says why
+    if mine is not None:
+        try:
+            twin = copy.deepcopy(model).to(dtype)
+            with _default_dtype(dtype):
+                theirs = program(twin, lower[:2])
+            same = same_program(mine, theirs)
+        except Exception as exc:  # noqa: BLE001 - the copy make_fx cannot trace: no proof
+            if _is_oom(exc):
+                raise
     if not same:
         raise LirpaUnsupported(
             f"{type(model).__name__} runs another program in {str(dtype).replace('torch.', '')} (the backend's "
@@ -400,7 +418,7 @@ def _call_args(node) -> Dict[str, Any]:
     return out
 
 
-def _check_pool_attributes(model, lower) -> None:
+def _check_pool_attributes(prog) -> None:
     """0.3 parses ``divisor_override``, ``count_include_pad=False`` and ``ceil_mode`` of average
     pooling, and ``dilation`` and ``ceil_mode`` of max pooling, as if they were not there, and
     bounds that other function. The parse check (``_check_parse``) compares outputs at a few
@@ -408,18 +426,9 @@ def _check_pool_attributes(model, lower) -> None:
     padded corner or a dilated tap) it passes, and the bound of the other function was taken
     for the model's (``divisor_override=1`` proved a sum pooling below its average's bound). So
     the model's ATen program (make_fx, as the native lowering traces it) is read, and such a
-    pooling anywhere in it is ``LirpaUnsupported``. A model make_fx cannot trace has no native
-    graph, which the backend needs for the rounding bound, so it gets no proof either way."""
-    import torch
-
-    from .graph import program
-
-    own = _floating_dtype(model) or torch.get_default_dtype()
-    try:
-        prog = program(model, lower[:2].to(own))
-    except Exception as exc:  # noqa: BLE001 - see above: no native graph, no auto_LiRPA proof
-        if _is_oom(exc):
-            raise
+    pooling anywhere in it is ``LirpaUnsupported``. ``prog``: ``_own_program``'s trace (None:
+    nothing to read)."""
+    if prog is None:
         return
     for node in prog.graph.nodes:
         packet = getattr(node.target, "_overloadpacket", None) if node.op == "call_function" else None
