@@ -180,6 +180,12 @@ def _model_selector(model) -> Optional[str]:
     return fp
 
 
+def _entry_models(entry: Mapping) -> Mapping:
+    """A direction entry's ``models`` (empty for a sheet written before them)."""
+    models = entry.get("models")
+    return models if isinstance(models, Mapping) else {}
+
+
 def _model_label(models: Mapping, key: str) -> str:
     names = models[key].get("names") or []
     return f"{key} ({', '.join(names)})" if names else key
@@ -201,8 +207,8 @@ def _model_ranges(name: str, entry: Mapping, model: Optional[str]) -> Tuple[List
     for one model is no verified range of another (``directions_section`` keeps them apart
     in ``models``). ``model``: ``_model_selector``'s answer, None for "the one model tested"."""
     ranges = list(entry.get("ranges") or [])
-    models = entry.get("models")
-    if not isinstance(models, Mapping) or not models:  # a sheet written before ``models``
+    models = _entry_models(entry)
+    if not models:  # a sheet written before ``models``
         return ranges, entry.get("latent_range")
     if model is None:
         if len(models) > 1:
@@ -220,8 +226,8 @@ def _model_ranges(name: str, entry: Mapping, model: Optional[str]) -> Tuple[List
 
 
 def _tested_on(entry: Mapping, model: str) -> bool:
-    models = entry.get("models")
-    if not isinstance(models, Mapping) or not models:
+    models = _entry_models(entry)
+    if not models:
         return True  # an older sheet: cannot tell, so check (and let _model_ranges answer)
     return _model_key(models, model) is not None
 
@@ -258,8 +264,7 @@ def _pick_range(name: str, entry: Mapping, eps: Optional[float], model: Optional
 
 
 def _model_ranges_any(entry: Mapping) -> bool:
-    models = entry.get("models")
-    return isinstance(models, Mapping) and any(m.get("latent_range") for m in models.values())
+    return any(m.get("latent_range") for m in _entry_models(entry).values())
 
 
 def _direction_names(dirs: Mapping[str, dict], directions: Optional[Sequence[str]], eps: Optional[float],
