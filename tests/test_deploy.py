@@ -270,6 +270,22 @@ def test_a_range_proved_for_one_model_is_not_offered_for_another(two_models):
     assert set(light["models"]) == {B} and light["latent_range"]["eps"] == 0.5  # one model: as before
 
 
+def test_coverage_says_which_model_a_direction_is_proved_for(two_models):
+    from pytest_latentaudit.sheet.coverage import coverage_summary
+
+    two_models["tests"].append(_model_record("light", 0.5, "violated", np.zeros((2, 2)), 1, A, "head_a"))
+    cov = coverage_summary(two_models)
+    # direction-wide: pose proved (both models), light violated (A), pose's radius the larger
+    assert cov["per_direction"]["pose"]["status"] == "proved" and cov["per_direction"]["pose"]["proved_eps"] == 1.0
+    assert cov["per_direction"]["light"]["status"] == "violated"
+    a, b = cov["models"][A], cov["models"][B]
+    assert a["names"] == ["head_a"] and b["names"] == ["head_b"]
+    assert a["per_direction"]["pose"] == {"status": "proved", "proved_eps": 0.5, "tests": 1}
+    assert a["per_direction"]["light"]["status"] == "violated" and a["directions_proved"] == ["pose"]
+    assert b["per_direction"]["pose"]["proved_eps"] == 1.0 and b["directions_proved"] == ["light", "pose"]
+    assert a["percent_proved"] == 50.0 and b["percent_proved"] == 100.0
+
+
 def test_in_spec_asks_which_model_when_the_sheet_has_several(two_models):
     z = np.array([[1.0, 0.0], [10.0, 0.0]])
     with pytest.raises(DeployError, match=r"ranges of 2 models .*head_a.*pass model="):
@@ -393,6 +409,9 @@ def test_a_run_on_two_models_keeps_their_ranges_apart(pytester, mode, capsys):
     assert set(by_name) == {"head", "wide_head"}
     # head's seeds: coordinate 0 mean -0.125, std 1.43; far seeds: mean 5.5, std 0.5
     assert by_name["head"]["latent_range"]["upper"][0] < 2.0 < by_name["wide_head"]["latent_range"]["lower"][0] + 3
+    cov_models = load_sheet(path)["coverage"]["models"]
+    assert sorted(m["names"][0] for m in cov_models.values()) == ["head", "wide_head"]
+    assert all(m["per_direction"]["pose"]["status"] == "proved" for m in cov_models.values())
     z = np.array([[0.0, 0.0, 0.0], [5.5, 0.0, 0.0]])
     sheet = SpecSheet.load(path)
     with pytest.raises(DeployError, match="pass model="):

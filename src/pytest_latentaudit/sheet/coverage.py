@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .records import EPS_TOL, TestRecord, largest_proved_eps, radius_stat
-from .specsheet import read_sheet
+from .specsheet import models_of, read_sheet
 from ..core.vocab import PROVED, UNTESTED, VERDICT_RANK, is_worse, worst
 
 __all__ = ["VERDICT_RANK", "coverage_summary", "coverage_gate", "compare", "Comparison", "compare_sheets",
@@ -61,7 +61,9 @@ def coverage_summary(sheet, declared: Optional[Iterable[str]] = None) -> dict:
                                   "stale", "vacuous"}},
          "matrix": {"directions": [...], "specs": [...], "radii": [...],
                     "cells": [{"direction", "spec", "eps", "verdict", "verdicts", "verified_fraction",
-                               "nodeids"}]}}
+                               "nodeids"}]},
+         "models": {fingerprint: {"names", "directions_proved", "untested", "percent_proved",
+                                  "counts", "per_direction": {name: {"status", "proved_eps", "tests"}}}}}
 
     ``status`` of a direction: ``untested``, or the worst verdict of its tests
     (``violated`` < ``unproven`` < ``estimated`` < ``proved``) as they may claim it
@@ -69,9 +71,27 @@ def coverage_summary(sheet, declared: Optional[Iterable[str]] = None) -> dict:
     a vacuous one is left out (unless every test is vacuous: ``unproven``). ``proved_eps``
     follows the same rule (``records.largest_proved_eps``); ``stale`` / ``vacuous`` count them.
     A matrix cell's ``verdict`` is the worst claimed one (its ``verdicts`` count the recorded
-    verdicts; ``stale`` / ``vacuous`` list node ids)."""
+    verdicts; ``stale`` / ``vacuous`` list node ids).
+
+    ``models``: the same summary for each model the records are about (``specsheet.models_of``:
+    by fingerprint, stale records left out), over the same declared directions: with two models
+    tested along ``pose``, the direction-wide ``proved_eps`` is the larger of theirs, and only
+    this block says which model that radius is proved for."""
     sh = read_sheet(sheet)
-    data, records = sh.data, sh.records
+    out = _summary(sh.data, sh.records, declared)
+    out["models"] = {fp: {"names": m["names"], **_model_part(_summary(sh.data, m["records"], out["directions_declared"]))}
+                     for fp, m in models_of(sh.records).items()}
+    return out
+
+
+def _model_part(s: Mapping) -> dict:
+    return {"directions_proved": s["directions_proved"], "untested": s["untested"],
+            "percent_proved": s["percent_proved"], "counts": s["counts"],
+            "per_direction": {n: {"status": d["status"], "proved_eps": d["proved_eps"], "tests": d["tests"]}
+                              for n, d in s["per_direction"].items()}}
+
+
+def _summary(data: Mapping, records: Sequence[TestRecord], declared: Optional[Iterable[str]]) -> dict:
     decl = _declared(data, records, declared)
     per: Dict[str, dict] = {}
     cells: Dict[Tuple[str, str, float], dict] = {}

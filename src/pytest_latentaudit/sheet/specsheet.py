@@ -569,7 +569,7 @@ def directions_section(records: Iterable[Union[TestRecord, Mapping]],
         # a range proved for one model says nothing about another: one operating range per model,
         # and a direction-wide one only when a single model was tested along the direction (with
         # several, the guard asks which: deploy.in_spec(model=...))
-        models = _models_of(by_dir.get(name, []))
+        models = models_of(by_dir.get(name, []))
         for key, sub in models.items():
             sub["proved_eps"] = largest_proved_eps(sub.pop("records")).get(name)
             sub["latent_range"] = operating_range([g for g in entry["ranges"] if range_model(g) == key])
@@ -588,7 +588,7 @@ def range_model(item: Mapping) -> str:
     return str(item.get("model") or NO_FINGERPRINT)
 
 
-def _models_of(records: Sequence[TestRecord]) -> Dict[str, dict]:
+def models_of(records: Sequence[TestRecord]) -> Dict[str, dict]:
     """The models (by fingerprint) that a direction's records are about, each with the name a
     user may call it by (``records.model_identity``: a record hook's ``model_name``, else the
     fixture or class) and its records. Stale records are left out: they describe an older
