@@ -422,6 +422,10 @@ def test_a_run_on_two_models_keeps_their_ranges_apart(pytester, mode, capsys):
     assert cli.main(["show", str(path)]) == 0
     out = capsys.readouterr().out
     assert "(head): proved up to eps=0.3" in out and "(wide_head): proved up to eps=0.3" in out
+    assert cli.main(["coverage", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "(head): proved (1 tests, proved up to eps=0.3)" in out
+    assert "(wide_head): proved (1 tests, proved up to eps=0.3)" in out
     np.savez(pytester.path / "batch.npz", z=z)
     assert cli.main(["guard", str(path), str(pytester.path / "batch.npz"), "--range-only", "--json",
                      "--model", "wide_head"]) == 0

@@ -155,9 +155,17 @@ def cmd_coverage(args) -> int:
     cov = coverage_summary(read_sheet(args.sheet), declared)
     ok, msg = coverage_gate(cov, args.fail_under or 0.0)
     print(msg)
+    models = cov["models"] if len(cov["models"]) > 1 else {}
     for name, d in cov["per_direction"].items():
         proved = "-" if d["proved_eps"] is None else f"{d['proved_eps']:g}"
         print(f"  {name}: {d['status']} ({d['tests']} tests, proved up to eps={proved})")
+        # with several models the direction-wide radius is the largest of theirs: say whose
+        for fp, m in models.items():
+            md = m["per_direction"].get(name)
+            if md and md["tests"]:
+                mp = "-" if md["proved_eps"] is None else f"{md['proved_eps']:g}"
+                print(f"    {fp} ({', '.join(m['names']) or 'unnamed'}): {md['status']} "
+                      f"({md['tests']} tests, proved up to eps={mp})")
     return 0 if ok else 1
 
 
