@@ -184,6 +184,19 @@ def _check_model(model):
         raise LatentAuditError(f"model must be an nn.Module or a callable, got {type(model).__name__}")
 
 
+def _plain_outputs(model, x: torch.Tensor, what: str) -> torch.Tensor:
+    """``model(x)`` as ``[n, outputs]`` (``_logits``), in halves of the batch when it does not
+    fit in memory; a model that fails on ``x`` is a ``LatentAuditError`` naming ``what``."""
+    from .engines.memory import on_halves
+
+    try:
+        return on_halves(lambda sl: _logits(model(x[sl]), sl.stop - sl.start), x.shape[0], torch.cat)
+    except LatentAuditError:
+        raise
+    except Exception as exc:  # the user's model rejects these inputs: say so clearly
+        raise LatentAuditError(f"the model failed on {what} (shape {tuple(x.shape)}): {exc}") from exc
+
+
 def _logits(y, n: int) -> torch.Tensor:
     """The model's output for a batch of ``n`` inputs as ``[n, outputs]``, or a
     ``LatentAuditError`` that names what it returned and what to change."""
@@ -386,13 +399,7 @@ def verify_box(model, lower, upper, spec, *, engine: str = "auto", device="auto"
     _check_model(model)
     n, shape = lower.shape[0], tuple(lower.shape[1:])
     with _eval_mode(model), torch.no_grad():  # one plain forward pass: what the model returns, checked
-        try:
-            y_lo = _logits(_on_device(model, dev)(lower), n)
-        except LatentAuditError:
-            raise
-        except Exception as exc:
-            raise LatentAuditError(f"the model failed on the boxes' lower corners (shape {tuple(lower.shape)}): "
-                                   f"{exc}") from exc
+        y_lo = _plain_outputs(_on_device(model, dev), lower, "the boxes' lower corners")
     _check_spec_outputs(spec, y_lo.shape[1])
     box_spec, labels = _split_spec(spec, n, dev)
     flat_w = (upper - lower).reshape(n, -1)
@@ -528,11 +535,7 @@ def _prepare(model, seeds, labels, direction, spec: Spec, latent_space, device) 
     with _eval_mode(model):
         m = _on_device(model, dev)
         with torch.no_grad():
-            try:
-                y0 = m(z)
-            except Exception as exc:  # the user's model rejects these seeds: say so clearly
-                raise LatentAuditError(f"the model failed on the seeds (shape {tuple(z.shape)}): {exc}") from exc
-    y0 = _logits(y0, n)
+            y0 = _plain_outputs(m, z, "the seeds")
     _check_spec_outputs(spec, y0.shape[1], labels if spec.needs_labels else None)
     seed_spec = spec.seed_spec(labels, y0.argmax(1))
     if isinstance(seed_spec, Prediction):

@@ -10,13 +10,8 @@ from typing import Optional
 
 import torch
 
+from .memory import is_oom
 from .problem import Problem
-
-
-def is_oom(exc: BaseException) -> bool:
-    """Out of memory (CUDA's error, or a RuntimeError that says so): a resource problem the
-    caller handles (the ladder halves its batch), never a property of the model."""
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 @dataclass
@@ -27,6 +22,11 @@ class Found:
     t: torch.Tensor
     x: torch.Tensor
     margin: torch.Tensor
+
+    @staticmethod
+    def cat(parts) -> "Found":
+        """The results of consecutive slices of boxes as one."""
+        return Found(*(torch.cat([getattr(f, a) for f in parts]) for a in ("mask", "t", "x", "margin")))
 
 
 def confirm(problem: Problem, idx: torch.Tensor, t: torch.Tensor, tl: torch.Tensor, tu: torch.Tensor):

@@ -21,7 +21,7 @@ from typing import List, Optional
 
 import torch
 
-from . import blackbox, falsify
+from . import blackbox, falsify, memory
 from .bounds import StageCount, spec_upper_bound
 from .forms import tolerance
 from .graph import BoundGraph
@@ -63,6 +63,17 @@ class Outcome:
     notes: List[str] = field(default_factory=list)
     #: the budget stopped the ladder (a rung cut, or the deadline passed) before it ran out of work
     cut: bool = False
+
+
+def _on_halves(attack_fn):
+    """``attack_fn`` that, when its batch of boxes does not fit in memory (the attack holds
+    every start's autograd graph at once), attacks each half of the boxes in turn."""
+
+    def run(problem, idx, tl, tu, **kw):
+        return memory.on_halves(lambda sl: attack_fn(problem, idx[sl], tl[sl], tu[sl], **kw), idx.numel(),
+                                falsify.Found.cat)
+
+    return run
 
 
 def _checked(attack_fn):
@@ -151,8 +162,8 @@ class Ladder:
         """The attack every attack rung uses: a registered one, the black-box search, or PGD.
         A registered one's points are re-checked like every counterexample (``_checked``)."""
         if self.attack_fn is not None:
-            return _checked(self.attack_fn)
-        return blackbox.attack if self.attack_method == "blackbox" else falsify.attack
+            return _on_halves(_checked(self.attack_fn))
+        return _on_halves(blackbox.attack if self.attack_method == "blackbox" else falsify.attack)
 
     def _mark_falsified(self, idx, found: falsify.Found, rung: str):
         for j in torch.nonzero(found.mask).reshape(-1).tolist():
@@ -194,11 +205,12 @@ class Ladder:
             sl = slice(start, start + size)
             try:
                 u, t, _ = self.upper(idx[sl], tl[sl], tu[sl], method)
-            except RuntimeError as exc:
-                if not falsify.is_oom(exc) or size == 1:
+            except (RuntimeError, MemoryError) as exc:
+                if not memory.is_oom(exc) or size == 1:
                     raise
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                u = None
+            if u is None:  # retried outside the except clause, once the failed call's tensors are freed
+                memory.free_cached()
                 size = max(1, size // 2)
                 self.batch_size = size
                 continue

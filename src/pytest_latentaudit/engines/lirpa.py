@@ -723,11 +723,11 @@ class _capture_lirpa_log:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    # Out of memory is a resource problem, not an unsupported model: let it through.
-    import torch
+    # Out of memory is a resource problem, not an unsupported model: let it through (the
+    # ladder halves its batch). The one test of what counts: ``memory.is_oom``.
+    from .memory import is_oom
 
-    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError  # torch < 2.5
-    return isinstance(exc, oom)
+    return is_oom(exc)
 
 
 def _check_eval_mode(model) -> None:

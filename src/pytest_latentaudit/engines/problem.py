@@ -6,6 +6,8 @@ from typing import Callable, Optional
 
 import torch
 
+from .memory import on_halves
+
 
 class Problem:
     def __init__(self, model: Callable, x0: torch.Tensor, V: torch.Tensor, tl: torch.Tensor, tu: torch.Tensor,
@@ -63,6 +65,11 @@ class Problem:
         return V.expand(idx.numel(), -1, -1)
 
     def model_forward(self, x):
+        """The model's outputs on ``x``, flattened per item; a batch that does not fit in
+        memory runs in halves (``memory.on_halves``)."""
+        return on_halves(lambda sl: self._forward(x[sl]), x.shape[0], torch.cat)
+
+    def _forward(self, x):
         y = self.model(x.clone())  # a forward may write into its input: not into our points
         if isinstance(y, (tuple, list)) and y:
             y = y[0]

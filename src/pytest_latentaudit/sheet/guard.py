@@ -1049,7 +1049,7 @@ def pixel_crosscheck(classifier, decoder, z, labels=None, *, eps: float, proved=
     """
     import torch
 
-    from ..engines.falsify import is_oom
+    from ..engines.memory import is_oom
 
     if not (eps >= 0 and math.isfinite(eps)):
         raise GuardError(f"eps must be a finite number >= 0, got {eps}")
