@@ -1283,6 +1283,46 @@ class LayerNormRoundingOp(FusedRoundingOp):
         return overflow_guard(E.expand(C.shape).clone(), g * T + b, u)
 
 
+class GroupNormRoundingOp(LayerNormRoundingOp):
+    """The float error of ``native_group_norm``'s kernel, in the grouped view ``[G, n]`` of a
+    sample (``n = C / G * HxW``; ``weight``/``bias`` expanded to that view). Mean, variance
+    and ``rstd`` as for layer norm (``LayerNormRoundingOp``: any summation order, Welford's
+    included). The output step differs: the kernel folds the affine into a per-channel scale
+    and shift, ``S = rstd_fl g``, ``B = b - S mu_fl``, ``y = x S + B`` (CPU and CUDA, either
+    memory format; fused or not), so its roundings are relative to ``|x| |S|`` and
+    ``|mu| |S|``, which cancel in ``x S - mu S``, and to ``|b|`` twice:
+    ``|y_fl - y| <= |g| (C E_r + E_mu R' + u R' (C + 3 M + 2 E_mu)(1 + u)^2 + 3 u T) + 2 u (1 + u) |b|``
+    (``T >= |(x - mu) rstd|``). Without a relative bound (``var + eps`` below its error) the
+    crude bound takes ``|x S| + |mu S| <= (2 M + E_mu) R_eps |g|``."""
+
+    def kernel_radius(self, pre):
+        _, xb, cb, vb = pre
+        u, n, dims = self.u, self.n, self.dims
+        M = _mag(xb).amax(dims, keepdim=True)
+        C = _mag(cb)
+        v_lo, v_hi = vb
+        E_mu = gamma(3 * n + 8, u) * M
+        dv = 8 * gamma(2 * n + 8, u) * M * M + 2 * u * v_hi.abs()
+        base = v_lo - dv
+        ok = base > 0
+        R = torch.where(ok, torch.rsqrt(torch.where(ok, base, torch.ones_like(base))), torch.full_like(base, torch.inf))
+        E_r = dv * R * R * R / 2 + 8 * u * R
+        R2 = R + E_r
+        T = (C + E_mu) * R2
+        g = 1.0 if self.weight is None else self.weight.abs()
+        b = 0.0 if self.bias is None else self.bias.abs()
+        E_t = C * E_r + E_mu * R2 + u * (C + 3 * M + 2 * E_mu) * R2 * (1 + u) ** 2 + 3 * u * T
+        E = g * E_t + 2 * u * (1 + u) * b
+        E = E * (1 + 8 * u) + 8 * underflow(u)
+        if not bool(ok.all()):
+            R_eps = (1 + 8 * u) / math.sqrt(self.eps * (1 - 2 * u))
+            T_eps = (2 * M + E_mu) * R_eps * (1 + u) ** 3
+            crude = _mag(pre[0]) + (g * T_eps + b * (1 + u) ** 2) * (1 + 8 * u) + 8 * underflow(u)
+            E = torch.where(ok, E, crude)
+            T = torch.where(ok, T, T_eps)
+        return overflow_guard(E.expand(C.shape).clone(), g * T + b, u)
+
+
 class SoftmaxRoundingOp(FusedRoundingOp):
     """The float error of ``_softmax`` / ``_log_softmax`` over dimension ``dim`` (``n``
     elements): inputs ``(y, x)``, ``y`` the exact output (bounded by the decomposition) and

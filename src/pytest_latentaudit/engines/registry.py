@@ -890,6 +890,72 @@ def _layer_norm(ctx):
     return ctx.tuple_outputs({0: i}, refuse={1: "the mean saved by layer norm", 2: "the rstd saved by layer norm"})
 
 
+@register(*_ov(aten.native_group_norm, "default"))
+def _group_norm(ctx):
+    """``native_group_norm`` (``nn.GroupNorm``): the sample ``[C, *spatial]`` viewed as
+    ``[G, n]`` (``n = C / G * HxW``), then layer norm's exact decomposition over the last
+    dimension (``_layer_norm``), the per-channel affine expanded to that view, the fused
+    kernel's float error (``ops.GroupNormRoundingOp``), and the view back. Only the
+    normalised output may be used (not the saved mean and rstd)."""
+    x = ctx.data_arg("input")
+    G = int(ctx.arg("group"))
+    eps = float(ctx.arg("eps"))
+    ctx.arg("N"), ctx.arg("C"), ctx.arg("HxW")
+    w, b = ctx.const_ref("weight", optional=True), ctx.const_ref("bias", optional=True)
+    v = ctx.lw.values[x]
+    out = ctx.out_value()[0]
+    if v.dim() < 2 or G < 1 or v.shape[1] % G:
+        raise UnsupportedLayer(ctx.name, "group norm whose channels do not split into its groups")
+    if not (v.is_floating_point() and out.dtype == v.dtype):
+        raise UnsupportedLayer(ctx.name, "group norm with a dtype change")
+    for name in ("weight", "bias"):
+        val = ctx.value_of(name)
+        if torch.is_tensor(val) and (val.dtype != v.dtype or val.shape != (v.shape[1],)):
+            raise UnsupportedLayer(ctx.name, f"group norm with a {name} of another dtype or shape")
+    if eps <= 0:
+        raise UnsupportedLayer(ctx.name, f"group norm with eps={eps!r} (rstd unbounded)")
+    full = tuple(v.shape[1:])
+    Cn = int(v.shape[1])
+    n = int(math.prod(full)) // G
+    per = n * G // Cn  # elements per channel (HxW)
+    nm = ctx.name
+
+    def expand(t):
+        return t.expand(t.shape[0], G, n)
+
+    def grouped(t):  # a per-channel [C] constant in the grouped view [G, n]
+        return t.double().reshape(G, Cn // G, 1).expand(G, Cn // G, per).reshape(G, n)
+
+    xg = ctx.emit(ops.LinearMapOp(nm + ".groups", lambda t: t.reshape(t.shape[0], G, n), "reshape"), [x])
+    mean = ctx.emit(_internal(ops.LinearMapOp(nm + ".mean", lambda t: t.mean(2, keepdim=True), "mean", fan=n + 1)),
+                    [xg])
+    mean_e = ctx.emit(ops.LinearMapOp(nm + ".mean.expand", expand, "expand"), [mean])
+    c = ctx.emit(_internal(ops.WeightedSumOp(nm + ".centre", 1.0, -1.0)), [xg, mean_e])
+    sq = ctx.emit(_internal(ops.SquareOp(nm + ".square", ulps=2.0)), [c])
+    var = ctx.emit(_internal(ops.LinearMapOp(nm + ".var", lambda t: t.mean(2, keepdim=True), "mean", fan=n + 1)),
+                   [sq])
+    add = _internal(ops.AddConstOp(nm + ".eps"))
+    add.consts["bias"] = lambda env: torch.tensor(eps, dtype=torch.float64)
+    ve = ctx.emit(add, [var])
+    ve = ctx.emit(_internal(ops.ClampOp(nm + ".eps.floor", eps * (1 - 1e-6), None)), [ve])
+    r = ctx.emit(_internal(ops.RsqrtOp(nm + ".rsqrt")), [ve])
+    r_e = ctx.emit(ops.LinearMapOp(nm + ".rsqrt.expand", expand, "expand"), [r])
+    y = ctx.emit(_internal(ops.BilinearOp(nm + ".normalise", (G, n), [(G, n), (G, n)])), [c, r_e])
+    has_w, has_b = ctx.value_of("weight") is not None, ctx.value_of("bias") is not None
+    if has_w or has_b:
+        aff = _internal(ops.ChannelAffineOp(nm + ".affine", n_ops=2))
+        aff.consts["weight"] = (lambda env: grouped(w(env))) if has_w else (lambda env: _as_double(1.0))
+        aff.consts["bias"] = (lambda env: grouped(b(env))) if has_b else (lambda env: None)
+        y = ctx.emit(aff, [y])
+    fin = ops.GroupNormRoundingOp(nm, (2,), n, eps, has_w, has_b)
+    fin.u = ctx.u_elem
+    fin.consts["weight"] = (lambda env: grouped(w(env))) if has_w else (lambda env: None)
+    fin.consts["bias"] = (lambda env: grouped(b(env))) if has_b else (lambda env: None)
+    yf = ctx.emit(fin, [y, xg, c, ve])
+    i = ctx.emit(ops.LinearMapOp(nm + ".ungroup", lambda t: t.reshape(t.shape[0], *full), "reshape"), [yf])
+    return ctx.tuple_outputs({0: i}, refuse={1: "the mean saved by group norm", 2: "the rstd saved by group norm"})
+
+
 #: most elements of a softmax's pairwise differences (n^2 per row) per sample
 SOFTMAX_MAX_PAIRS = 1 << 20
 
