@@ -457,12 +457,12 @@ def test_saved_layernorm_statistics_and_other_powers_stay_refused():
     with pytest.raises(UnsupportedLayer, match="mean saved by layer norm"):
         get_graph(Stats().eval(), (3,))
 
-    class Mish(nn.Module):
+    class Shrink(nn.Module):
         def forward(self, x):
-            return F.mish(x)
+            return F.hardshrink(x)
 
-    with pytest.raises(UnsupportedLayer, match="mish"):
-        get_graph(Mish().eval(), (3,))
+    with pytest.raises(UnsupportedLayer, match="hardshrink"):
+        get_graph(Shrink().eval(), (3,))
 
 
 # --------------------------------------------------------------- auto_LiRPA cross-check

@@ -107,6 +107,23 @@ EXAMPLES = {
     "layer_norm_2d": lambda: Fn(nn.LayerNorm((2, 4)), shape=(2, 4), out_in=8),
     "softmax": lambda: Fn(L(lambda h: torch.cat([F.softmax(h, 1), F.log_softmax(h, -1),
                                                   F.softmax(h.view(-1, 2, 4), 1).flatten(1)], 1)), out_in=24),
+    # GroupNorm, Mish, erf, sin, cos, pixel (un)shuffle, edge padding (tests/test_group_norm.py,
+    # tests/test_more_ops.py)
+    "full_slice_alias": lambda: Fn(L(lambda h: h[:, :8] * 2)),  # a slice of everything is aten.alias
+    "group_norm": lambda: Fn(nn.Sequential(nn.GroupNorm(2, 4), nn.SiLU(), nn.GroupNorm(1, 4, affine=False)),
+                             shape=(4, 2), out_in=8),
+    "mish_erf_sin_cos": lambda: Fn(L(lambda h: torch.cat([F.mish(h), torch.erf(h), torch.sin(h), torch.cos(h)], 1)),
+                                   out_in=32),
+    "pixel_shuffle": lambda: Fn(L(lambda h: F.pixel_unshuffle(F.pixel_shuffle(h, 2), 2)), shape=(8, 1, 1), out_in=8),
+    "edge_pads": lambda: Fn(L(lambda h: torch.cat([F.pad(h, (1, 1), mode="reflect").flatten(1),
+                                                   F.pad(h, (2, 1), mode="replicate").flatten(1),
+                                                   F.pad(h[:, None], (1, 1, 1, 0), mode="reflect").flatten(1),
+                                                   F.pad(h[:, None], (0, 1, 1, 1), mode="replicate").flatten(1),
+                                                   F.pad(h[:, None, None], (1, 1, 0, 1, 1, 0),
+                                                         mode="replicate").flatten(1),
+                                                   F.pad(h[:, None, None], (1, 1, 1, 1, 0, 0),
+                                                         mode="reflect").flatten(1)], 1)),
+                          shape=(2, 4)),
 }
 
 

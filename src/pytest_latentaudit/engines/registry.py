@@ -192,7 +192,37 @@ def _pad(ctx):
     return ctx.emit(op, [i])
 
 
-@register(*_ov(aten.clone, "default"), *_ov(aten.detach, "default"))
+@register(*_ov(aten.pixel_shuffle, "default"), *_ov(aten.pixel_unshuffle, "default"))
+def _pixel_shuffle(ctx):
+    """``PixelShuffle``/``PixelUnshuffle``: a permutation of each sample's entries (over its
+    last three dims: a ``[batch, C, H]`` input would take the batch as channels)."""
+    up = ctx.target in _ov(aten.pixel_shuffle, "default")
+    r = int(ctx.arg("upscale_factor" if up else "downscale_factor"))
+    if ctx.rank() < 4:
+        raise UnsupportedLayer(ctx.name, "pixel shuffle of a tensor without [batch, C, H, W] dims")
+    op = aten.pixel_shuffle.default if up else aten.pixel_unshuffle.default
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: op(x, r), "pixel_shuffle"), [ctx.data_arg("self")])
+
+
+_EDGE_PADS = {getattr(getattr(aten, f"{kind}_pad{d}d"), "default"): d
+              for kind in ("reflection", "replication") for d in (1, 2, 3)
+              if hasattr(getattr(aten, f"{kind}_pad{d}d", None), "default")}
+
+
+@register(*_EDGE_PADS)
+def _edge_pad(ctx):
+    """Reflection and replication padding: every output entry is one input entry (of the
+    same sample: the op pads only the last 1, 2 or 3 dims), so the map is a selection; the
+    model's own op runs it."""
+    d = _EDGE_PADS[ctx.target]
+    pad = [int(v) for v in ctx.arg("padding")]
+    if ctx.rank() < d + 1:
+        raise UnsupportedLayer(ctx.name, "padding of the batch dimension")
+    op = ctx.target
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: op(x, pad), "pad"), [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.clone, "default"), *_ov(aten.detach, "default"), *_ov(aten.alias, "default"))
 def _identity(ctx):
     if "memory_format" in ctx.schema_names:
         ctx.arg("memory_format")
@@ -605,6 +635,26 @@ def _gelu(ctx):
 @register(*_ov(aten.silu, "default"), *_ov(aten.silu_, "default"))
 def _silu(ctx):
     return _elementwise(ctx, ops.SiluOp(ctx.name))
+
+
+@register(*_ov(aten.mish, "default"), *_ov(aten.mish_, "default"))
+def _mish(ctx):
+    return _elementwise(ctx, ops.MishOp(ctx.name))
+
+
+@register(*_ov(aten.erf, "default"), *_ov(aten.erf_, "default"))
+def _erf(ctx):
+    return _elementwise(ctx, ops.ErfOp(ctx.name))
+
+
+@register(*_ov(aten.sin, "default"), *_ov(aten.sin_, "default"))
+def _sin(ctx):
+    return _elementwise(ctx, ops.SinOp(ctx.name))
+
+
+@register(*_ov(aten.cos, "default"), *_ov(aten.cos_, "default"))
+def _cos(ctx):
+    return _elementwise(ctx, ops.CosOp(ctx.name))
 
 
 @register(*_ov(aten.elu, "default"), *_ov(aten.elu_, "default"))
