@@ -71,6 +71,10 @@ class OpNet(nn.Module):
         h = self.inp(x)
         if k in ACTS:
             h = {"mish": F.mish, "erf": torch.erf, "sin": torch.sin, "cos": torch.cos}[k](h)
+        elif k == "normalize":  # a cosine head: unit-norm features (norm clamped below at 1e-12)
+            h = F.normalize(h, dim=1) * 4
+        elif k == "norm_gate":
+            h = h * torch.sigmoid(h.reshape(-1, 2, 16).norm(dim=2, keepdim=True) - 2).repeat(1, 1, 16).flatten(1)
         h = h.reshape(-1, 2, 4, 4)
         if k == "pixel_shuffle":
             h = F.pixel_shuffle(h.reshape(-1, 8, 2, 2), 2).repeat(1, 1, 2, 2)  # [2, 8, 8]... via 4x4 tiles
@@ -85,7 +89,7 @@ class OpNet(nn.Module):
         return self.out(h.flatten(1))
 
 
-KINDS = sorted(ACTS) + ["pixel_shuffle", "pixel_unshuffle", "reflect", "replicate"]
+KINDS = sorted(ACTS) + ["pixel_shuffle", "pixel_unshuffle", "reflect", "replicate", "normalize", "norm_gate"]
 
 
 @st.composite
@@ -154,6 +158,46 @@ def test_small_boxes_are_verified(kind):
     res = verify_box(model, z - 1e-3, z + 1e-3, Prediction(labels), engine="auto", budget_s=5.0)
     assert not any("not supported" in n for n in res.notes), res.notes
     assert res.counts()["verified"] >= 10, (res.counts(), res.notes)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), n=st.sampled_from([1, 2, 7, 64, 1000]),
+       scale=st.sampled_from([1e-25, 1e-20, 1e-3, 1.0, 1e3, 1e17, 1e19]), dims=st.sampled_from([(1,), (2,), (1, 2)]))
+def test_vector_norm_kernel_rounding_is_covered(seed, n, scale, dims):
+    """Zero-width boxes from squares below the normal range to sums near float32's overflow:
+    the float32 kernel's norm lies inside the IBP and linear bounds (infinite where the
+    model's sum of squares may overflow)."""
+    class Norm(nn.Module):
+        def forward(self, x):
+            return x.norm(dim=dims, keepdim=True).flatten(1)
+
+    g = torch.Generator().manual_seed(seed)
+    x = (scale * torch.randn(6, 2, n, generator=g)).float()
+    model = Norm()
+    graph = get_graph(model, (2, n))
+    with torch.no_grad():
+        y = model(x).double()
+    gens = torch.zeros(6, 1, 2, n)
+    lo, hi = ibp_bounds(graph, x, gens)[-1]
+    assert bool(((lo <= y) & (y <= hi)).all()), float(torch.maximum(lo - y, y - hi).max())
+    lo, hi = _bounds(graph, x, gens, "linear")
+    assert bool(((lo <= y) & (y <= hi)).all())
+    if 1e-3 <= scale <= 1e3:  # ordinary magnitudes: only the rounding wide (a few gamma_2N)
+        N = n * (2 if 1 in dims else 1)
+        assert bool(((hi - lo) <= 8 * (2 * N + 4) * 2.0 ** -24 * (1 + y.abs())).all())
+
+
+@pytest.mark.parametrize("fn, why", [(lambda h: h.norm(p=1, dim=1, keepdim=True), "order"),
+                                     (lambda h: torch.linalg.vector_norm(h, ord=float("inf"), dim=1, keepdim=True),
+                                      "order"),
+                                     (lambda h: h.norm() * h, "every dimension|batch")])
+def test_other_vector_norms_are_refused(fn, why):
+    class M(nn.Module):
+        def forward(self, x):
+            return fn(x)
+
+    with pytest.raises(ops.UnsupportedLayer, match=why):
+        get_graph(M(), (4,))
 
 
 def test_pixel_shuffle_that_would_take_the_batch_as_channels_is_refused():

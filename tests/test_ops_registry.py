@@ -109,6 +109,8 @@ EXAMPLES = {
                                                   F.softmax(h.view(-1, 2, 4), 1).flatten(1)], 1)), out_in=24),
     # GroupNorm, Mish, erf, sin, cos, pixel (un)shuffle, edge padding (tests/test_group_norm.py,
     # tests/test_more_ops.py)
+    "vector_norm": lambda: Fn(L(lambda h: torch.cat([F.normalize(h, dim=1), h.norm(dim=-1, keepdim=True)], 1)),
+                              out_in=9),
     "full_slice_alias": lambda: Fn(L(lambda h: h[:, :8] * 2)),  # a slice of everything is aten.alias
     "group_norm": lambda: Fn(nn.Sequential(nn.GroupNorm(2, 4), nn.SiLU(), nn.GroupNorm(1, 4, affine=False)),
                              shape=(4, 2), out_in=8),

@@ -1344,6 +1344,33 @@ class GroupNormRoundingOp(LayerNormRoundingOp):
         return overflow_guard(E.expand(C.shape).clone(), g * T + b, u)
 
 
+class VectorNormRoundingOp(FusedRoundingOp):
+    """The float error of ``linalg_vector_norm`` (ord 2) over ``n`` elements: input ``y``,
+    the exact norm ``r`` (bounded by its decomposition, square, sum, sqrt). However the kernel
+    orders, groups, scales (BLAS ``nrm2`` divides by a running maximum) or accumulates in a
+    wider type, the sum of squares it takes is within ``theta = gamma_{2n+4}`` of
+    ``S = r^2`` relatively (at most two roundings per term and one per addition), and
+    ``|sqrt(S (1 +- theta)) - r| <= theta r``; the final ``sqrt`` (or division) adds
+    ``u (1 + theta) r``; squares below the normal range add up to ``n`` smallest normal
+    numbers to ``S``, so ``sqrt`` of that to ``r``; and where ``S`` may overflow (``r^2``
+    near the dtype's largest number) the model's value may be inf: no bound."""
+
+    def __init__(self, name, n):
+        super().__init__(name, 1)
+        self.n = int(n)
+
+    def clip(self, pre):
+        yb = pre[0]
+        return torch.zeros_like(yb[0]), torch.full_like(yb[1], torch.inf)
+
+    def kernel_radius(self, pre):
+        u, n = self.u, self.n
+        R = _mag(pre[0])
+        theta = gamma(2 * n + 4, u)
+        E = theta * R * (1 + u) + u * (1 + theta) * R + math.sqrt((n + 1) * underflow(u)) * 2
+        return overflow_guard(E, R * R * (1 + theta) * 2, u)
+
+
 class SoftmaxRoundingOp(FusedRoundingOp):
     """The float error of ``_softmax`` / ``_log_softmax`` over dimension ``dim`` (``n``
     elements): inputs ``(y, x)``, ``y`` the exact output (bounded by the decomposition) and

@@ -1006,6 +1006,37 @@ def _group_norm(ctx):
     return ctx.tuple_outputs({0: i}, refuse={1: "the mean saved by group norm", 2: "the rstd saved by group norm"})
 
 
+@register(*_ov(aten.linalg_vector_norm, "default"))
+def _vector_norm(ctx):
+    """``linalg_vector_norm`` of order 2 over non-batch dims (``x.norm(dim=...)``,
+    ``F.normalize``): the exact ``sqrt(sum(x^2))`` through a square, a sum and ``sqrt`` (no
+    model rounding inside), then the kernel's float error (``ops.VectorNormRoundingOp``).
+    Other orders, a norm over everything (the batch included) and a dtype change are refused."""
+    x = ctx.data_arg("self")
+    order = ctx.arg("ord")
+    if not isinstance(order, (int, float)) or float(order) != 2.0:
+        raise UnsupportedLayer(ctx.name, f"vector norm of order {order!r} (only 2 is bounded)")
+    if ctx.arg("dtype") is not None:
+        raise UnsupportedLayer(ctx.name, "vector norm with a dtype change")
+    dims, keep = ctx.arg("dim"), bool(ctx.arg("keepdim"))
+    v = ctx.lw.values[x]
+    if not v.is_floating_point() or ctx.out_value().dtype != v.dtype:
+        raise UnsupportedLayer(ctx.name, "vector norm with a dtype change")
+    if dims is None or len(list(dims)) == 0:
+        raise UnsupportedLayer(ctx.name, "a vector norm over every dimension (the batch's too)")
+    rank = v.dim()
+    ds = tuple(sorted({_dim(ctx, d, rank) for d in dims}))
+    n = int(math.prod(int(v.shape[d]) for d in ds))
+    nm = ctx.name
+    sq = ctx.emit(_internal(ops.SquareOp(nm + ".square", ulps=2.0)), [x])
+    tot = ctx.emit(_internal(ops.LinearMapOp(nm + ".sum", lambda t: t.sum(ds, keepdim=keep), "sum", fan=n + 1)),
+                   [sq])
+    r = ctx.emit(_internal(ops.SqrtOp(nm + ".sqrt")), [tot])
+    fin = ops.VectorNormRoundingOp(nm, n)
+    fin.u = ctx.u_elem
+    return ctx.emit(fin, [r])
+
+
 #: most elements of a softmax's pairwise differences (n^2 per row) per sample
 SOFTMAX_MAX_PAIRS = 1 << 20
 
