@@ -63,7 +63,7 @@ class OpNet(nn.Module):
         self.inp = nn.Linear(d, 32)
         c_in = {"pixel_shuffle": 2, "pixel_unshuffle": 8}.get(kind, 2)
         self.conv = nn.Conv2d(c_in, 2, 3, padding=1)
-        side = {"pixel_shuffle": 8, "pixel_unshuffle": 2, "reflect": 6, "replicate": 6}.get(kind, 4)
+        side = {"pixel_shuffle": 8, "pixel_unshuffle": 2, "reflect": 6, "replicate": 6, "adaptive_max": 3}.get(kind, 4)
         self.out = nn.Linear(2 * side * side if kind not in ("reflect", "replicate") else 2 * 4 * 4, n_out)
 
     def forward(self, x):
@@ -81,6 +81,8 @@ class OpNet(nn.Module):
             h = h[:, :2]
         elif k == "pixel_unshuffle":
             h = F.pixel_unshuffle(h, 2)  # [8, 2, 2]
+        elif k == "adaptive_max":  # overlapping windows of unequal sizes (4 -> 3)
+            h = F.adaptive_max_pool2d(h, (3, 3))
         elif k in ("reflect", "replicate"):
             h = F.pad(h, (1, 1, 1, 1), mode=k)  # [2, 6, 6]; the conv below keeps 6x6, then crop
         h = torch.relu(self.conv(h))
@@ -89,7 +91,8 @@ class OpNet(nn.Module):
         return self.out(h.flatten(1))
 
 
-KINDS = sorted(ACTS) + ["pixel_shuffle", "pixel_unshuffle", "reflect", "replicate", "normalize", "norm_gate"]
+KINDS = sorted(ACTS) + ["pixel_shuffle", "pixel_unshuffle", "reflect", "replicate", "normalize", "norm_gate",
+                         "adaptive_max"]
 
 
 @st.composite

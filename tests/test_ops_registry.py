@@ -111,6 +111,9 @@ EXAMPLES = {
     # tests/test_more_ops.py)
     "vector_norm": lambda: Fn(L(lambda h: torch.cat([F.normalize(h, dim=1), h.norm(dim=-1, keepdim=True)], 1)),
                               out_in=9),
+    "adaptive_max_pool": lambda: Fn(L(lambda h: torch.cat([F.adaptive_max_pool2d(h, (2, 3)).flatten(1),
+                                                            F.adaptive_max_pool1d(h.flatten(2), 3).flatten(1)], 1)),
+                                    shape=(2, 2, 2), out_in=18),
     "full_slice_alias": lambda: Fn(L(lambda h: h[:, :8] * 2)),  # a slice of everything is aten.alias
     "group_norm": lambda: Fn(nn.Sequential(nn.GroupNorm(2, 4), nn.SiLU(), nn.GroupNorm(1, 4, affine=False)),
                              shape=(4, 2), out_in=8),

@@ -828,6 +828,40 @@ def _max_pool(ctx):
     return ctx.tuple_outputs({0: i}, refuse={1: "the indices of max pooling"}) if ctx.returns_tuple() else i
 
 
+def _adaptive_windows(n_in: int, n_out: int):
+    """torch's adaptive pooling windows along one dim: ``[floor(i n_in / n_out),
+    ceil((i + 1) n_in / n_out))`` for output ``i``."""
+    return [(i * n_in // n_out, -((-(i + 1) * n_in) // n_out)) for i in range(n_out)]
+
+
+@register(*_ov(aten.adaptive_max_pool2d, "default"))
+def _adaptive_max(ctx):
+    """Adaptive max pooling (``[N, C, H, W]`` or ``[N, H, W]`` with the leading dim as
+    channels): each output is the max of its window (``_adaptive_windows``); windows of
+    unequal sizes are padded with their own first entry (the max is unchanged), so one
+    ``MaxPoolOp`` takes them all."""
+    size = [int(v) for v in ctx.arg("output_size")]
+    x = ctx.data_arg("self")
+    v = ctx.lw.values[x]
+    if v.dim() != 4:
+        raise UnsupportedLayer(ctx.name, "adaptive max pooling of a tensor without [batch, C, H, W] dims")
+    H, W = int(v.shape[2]), int(v.shape[3])
+    wins = []
+    for h0, h1 in _adaptive_windows(H, size[0]):
+        for w0, w1 in _adaptive_windows(W, size[1]):
+            wins.append([a * W + b for a in range(h0, h1) for b in range(w0, w1)])
+    K = max(len(w) for w in wins)
+    index = torch.tensor([w + [w[0]] * (K - len(w)) for w in wins], dtype=torch.long)
+    out_shape = tuple(ctx.out_value()[0].shape[1:])
+
+    def windows(t):
+        flat = t.flatten(2)[..., index.to(t.device)]  # [n, c, oh * ow, K]
+        return flat.reshape(*t.shape[:2], *size, K)
+
+    i = ctx.emit(ops.MaxPoolOp(ctx.name, windows, out_shape), [x])
+    return ctx.tuple_outputs({0: i}, refuse={1: "the indices of max pooling"})
+
+
 @register(*_ov(aten.amax, "default"), *_ov(aten.max, "dim"))
 def _amax(ctx):
     if ctx.target in _ov(aten.max, "dim"):
