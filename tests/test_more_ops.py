@@ -185,9 +185,9 @@ def test_vector_norm_kernel_rounding_is_covered(seed, n, scale, dims):
     assert bool(((lo <= y) & (y <= hi)).all()), float(torch.maximum(lo - y, y - hi).max())
     lo, hi = _bounds(graph, x, gens, "linear")
     assert bool(((lo <= y) & (y <= hi)).all())
-    if 1e-3 <= scale <= 1e3:  # ordinary magnitudes: only the rounding wide (a few gamma_2N)
+    if 1e-3 <= scale <= 1e3:  # ordinary magnitudes: the rounding wide (gamma_2N, and our float32 arithmetic)
         N = n * (2 if 1 in dims else 1)
-        assert bool(((hi - lo) <= 8 * (2 * N + 4) * 2.0 ** -24 * (1 + y.abs())).all())
+        assert bool(((hi - lo) <= 32 * (2 * N + 4) * 2.0 ** -24 * (1 + y.abs())).all())
 
 
 @pytest.mark.parametrize("fn, why", [(lambda h: h.norm(p=1, dim=1, keepdim=True), "order"),
