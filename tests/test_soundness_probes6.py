@@ -1,0 +1,85 @@
+"""Planted cases of the sixth adversarial soundness hunt (ops with unusual arguments, models
+and directions of unusual shapes, engines cross-checked). Each test named ``test_...`` after a
+finding is a wrong verdict or a crash found by the hunt, minimised; it fails on the code it
+was found on. Controls show the ordinary use of the same op is still proved."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pytest_latentaudit import OutputRange, verify_box
+
+BOUND_ENGINES = ["auto", "ibp", "linear", "bab"]
+
+
+def _spike(x, c=0.37, w=1000.0):
+    """Height 1, half-width ``1 / w`` at ``x = c``: no sample point of the trace check hits it."""
+    return torch.relu(1 - w * (x - c).abs())
+
+
+def _unit_box():
+    return torch.zeros(1, 1), torch.ones(1, 1)
+
+
+# --------------------------------------------- 1. max pooling with a one-element kernel_size
+class OneElementKernelPool(nn.Module):
+    """``F.max_pool2d(h, (2,))`` on ``[N, 1, 2, 5]``: ATen reads the one-element kernel_size
+    (and the stride it defaults to) as 2x2, so output column 1 is the max of input columns 2
+    and 3, which hold ``-spike``; column 4 holds 0."""
+
+    def forward(self, x):
+        row = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0]).expand(1, 1, 2, 5)
+        h = -_spike(x).reshape(-1, 1, 1, 1) * row
+        return F.max_pool2d(h, (2,))[:, 0, 0, 1:2]
+
+
+@pytest.mark.parametrize("engine", BOUND_ENGINES)
+def test_max_pooling_with_a_one_element_kernel_size_is_not_proved(engine):
+    """Planted: ``y = -spike`` reaches -1 at x = 0.37; spec ``y >= -0.5`` on ``[0, 1]``. The
+    handler took a kernel_size of length 1 for a 1-d window along the height and reshaped the
+    unfolded rows into windows, which for a width of 5 made output column 1 the max over
+    columns 2, 3 *and 4* (a constant 0): IBP, linear bounds and branch and bound all "proved"
+    ``y >= 0``. The trace check's points miss the spike, where only the graph differs. (A
+    width that is a multiple of 2 happened to give the right windows; other shapes, and
+    ``[N, H, W]`` inputs, crashed.) kernel_size, stride, padding and dilation of one element
+    are now read as ATen reads them, both spatial dims."""
+    m = OneElementKernelPool()
+    with torch.no_grad():
+        assert float(m(torch.tensor([[0.37]]))) == -1.0
+    lo, hi = _unit_box()
+    res = verify_box(m, lo, hi, OutputRange(lower=[-0.5]), engine=engine, budget_s=3)
+    assert res.status[0] != "verified", f"{engine} proved y >= -0.5 where y = -1"
+    assert verify_box(m, lo, hi, OutputRange(lower=[-1.5]), engine=engine, budget_s=3).status == ["verified"]
+
+
+class UnbatchedPool(nn.Module):
+    """``F.max_pool2d`` of ``[N, 2, 2]``: torch's unbatched ``[C, H, W]``, one channel per sample."""
+
+    def forward(self, x):
+        h = -_spike(x).reshape(-1, 1, 1) * torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+        return F.max_pool2d(h - 0.25, 2).reshape(-1, 1)
+
+
+@pytest.mark.parametrize("engine", BOUND_ENGINES)
+def test_max_pooling_of_an_unbatched_shape_gives_a_verdict_not_a_crash(engine):
+    """Planted: ``y = max(-0.25, -0.25, -0.25, -0.25 - spike) = -0.25`` everywhere. The windows
+    assumed a channel dim and the reshape's RuntimeError escaped ``verify_box``; now a sample
+    of ``[N, H, W]`` is pooled as one channel, and ``y >= -0.3`` is proved (``y <= -0.3`` is not)."""
+    m = UnbatchedPool()
+    lo, hi = _unit_box()
+    assert verify_box(m, lo, hi, OutputRange(lower=[-0.3]), engine=engine, budget_s=3).status == ["verified"]
+    assert verify_box(m, lo, hi, OutputRange(upper=[-0.3]), engine=engine, budget_s=3).status[0] != "verified"
+
+
+def test_control_max_pooling_with_a_full_kernel_size_is_proved():
+    """Control: ``nn.MaxPool2d(2)`` (kernel_size [2, 2] in the trace) of the same rows is proved."""
+
+    class Full(nn.Module):
+        def forward(self, x):
+            h = _spike(x).reshape(-1, 1, 1, 1) * torch.ones(1, 1, 2, 4)
+            return nn.MaxPool2d(2)(h)[:, 0, 0, :1]
+
+    lo, hi = _unit_box()
+    assert verify_box(Full(), lo, hi, OutputRange(upper=[1.01]), engine="linear", budget_s=3).status == ["verified"]
