@@ -83,3 +83,59 @@ def test_control_max_pooling_with_a_full_kernel_size_is_proved():
 
     lo, hi = _unit_box()
     assert verify_box(Full(), lo, hi, OutputRange(upper=[1.01]), engine="linear", budget_s=3).status == ["verified"]
+
+
+# ------------------------------------- 2. clamp limits the float32 kernel rounds to float32
+@pytest.fixture
+def reduced_matmul_precision():
+    """``torch.set_float32_matmul_precision("high")`` (common in training scripts): float32
+    products may take TF32/bfloat16 inputs, so the bound arithmetic runs in float64."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+_LIMIT = 500000017.0  # float32 has no such number: a float32 kernel clamps at 500000032.0
+
+
+class ClampAtAnUnrepresentableLimit(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+
+    def forward(self, x):
+        h = -1e9 * _spike(x)
+        if self.how == "clamp":
+            return torch.clamp(h, min=-_LIMIT)
+        return F.hardtanh(h, -_LIMIT, _LIMIT)
+
+
+@pytest.mark.parametrize("how", ["clamp", "hardtanh"])
+@pytest.mark.parametrize("engine", BOUND_ENGINES)
+def test_clamp_at_a_limit_float32_cannot_hold_is_not_proved(reduced_matmul_precision, engine, how):
+    """Planted: ``y = clamp(-1e9 spike, min=-500000017)`` is ``-500000032`` at x = 0.37 (the
+    kernel converts the limit to float32); spec ``y >= -500000018`` on ``[0, 1]``. With the
+    bound graph in float64 (reduced-precision matmul settings, TF32 on CUDA) ``ClampOp``
+    clamped at the limit as written, which the model never does, and every bound engine
+    "proved" the spec with a margin of 1. The handler now converts the limits as the kernel
+    does."""
+    m = ClampAtAnUnrepresentableLimit(how)
+    with torch.no_grad():
+        assert float(m(torch.tensor([[0.37]]))) == -500000032.0
+    lo, hi = _unit_box()
+    res = verify_box(m, lo, hi, OutputRange(lower=[-_LIMIT - 1]), engine=engine, budget_s=3)
+    assert res.status[0] != "verified", f"{engine} proved y >= -500000018 where y = -500000032"
+    assert verify_box(m, lo, hi, OutputRange(lower=[-_LIMIT - 100]), engine=engine, budget_s=3).status == ["verified"]
+
+
+def test_control_clamp_at_ordinary_limits_is_proved(reduced_matmul_precision):
+    """Control: ``clamp(1 - 2 spike, min=0.25, max=0.75)`` is proved to stay in ``[0.24, 0.76]``."""
+
+    class Ordinary(nn.Module):
+        def forward(self, x):
+            return torch.clamp(1 - 2 * _spike(x), min=0.25, max=0.75)
+
+    lo, hi = _unit_box()
+    res = verify_box(Ordinary(), lo, hi, OutputRange(lower=[0.24], upper=[0.76]), engine="linear", budget_s=3)
+    assert res.status == ["verified"]

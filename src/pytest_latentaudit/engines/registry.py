@@ -565,9 +565,21 @@ def _leaky(ctx):
     return _elementwise(ctx, op)
 
 
+def _kernel_scalar(ctx, v):
+    """A scalar argument as the model's kernel uses it: converted to the data's dtype (a
+    float32 clamp at 500000017.0 clamps at 500000032.0). Our bound arithmetic may run in
+    another dtype (float64 under reduced-precision matmul settings, float32 for a float16
+    model), where the unconverted value is another function."""
+    if v is None:
+        return None
+    dt = ctx.in_value().dtype
+    return float(torch.tensor(float(v), dtype=dt)) if dt.is_floating_point else float(v)
+
+
 @register(*_ov(aten.hardtanh, "default"), *_ov(aten.hardtanh_, "default"))
 def _hardtanh(ctx):
-    return _elementwise(ctx, ops.ClampOp(ctx.name, float(ctx.arg("min_val")), float(ctx.arg("max_val"))))
+    return _elementwise(ctx, ops.ClampOp(ctx.name, _kernel_scalar(ctx, ctx.arg("min_val")),
+                                         _kernel_scalar(ctx, ctx.arg("max_val"))))
 
 
 @register(*_ov(aten.clamp, "default"), *_ov(aten.clamp_, "default"), *_ov(aten.clamp_min, "default"),
@@ -579,8 +591,7 @@ def _clamp(ctx):
     for v in (lo, hi):
         if v is not None and not isinstance(v, (int, float)):
             raise UnsupportedLayer(ctx.name, "clamp with tensor limits")
-    return _elementwise(ctx, ops.ClampOp(ctx.name, None if lo is None else float(lo),
-                                         None if hi is None else float(hi)))
+    return _elementwise(ctx, ops.ClampOp(ctx.name, _kernel_scalar(ctx, lo), _kernel_scalar(ctx, hi)))
 
 
 @register(*_ov(aten.sigmoid, "default"), *_ov(aten.sigmoid_, "default"))
