@@ -139,3 +139,48 @@ def test_control_clamp_at_ordinary_limits_is_proved(reduced_matmul_precision):
     lo, hi = _unit_box()
     res = verify_box(Ordinary(), lo, hi, OutputRange(lower=[0.24], upper=[0.76]), engine="linear", budget_s=3)
     assert res.status == ["verified"]
+
+
+# ----------------------- 3. a tangent slope that overflows or underflows in float32 bounds
+class FarReciprocal(nn.Module):
+    """``1e20 / (1e19 + 1e20 spike)``: 10 off the spike, 1/1.1 on it. The reciprocal's
+    input reaches 1.1e20, whose square overflows float32."""
+
+    def forward(self, x):
+        return 1e20 * torch.reciprocal(1e19 + 1e20 * _spike(x))
+
+
+class FarRsqrt(nn.Module):
+    """``1e19 rsqrt(1e37 + 1e38 spike)``: 3.16 off the spike, 0.953 on it."""
+
+    def forward(self, x):
+        return 1e19 * torch.rsqrt(1e37 + 1e38 * _spike(x))
+
+
+class ConfidentSoftmax(nn.Module):
+    """The probability of the losing class of two, with a logit gap of 44 to 50 (the spike),
+    scaled by 2**70: 91.9 off the spike, 0.228 on it."""
+
+    def forward(self, x):
+        z = torch.cat([0 * _spike(x), 44 + 6 * _spike(x)], 1)
+        return torch.softmax(z, dim=1)[:, :1] * 2.0 ** 70
+
+
+@pytest.mark.parametrize("engine", ["auto", "linear", "bab"])
+@pytest.mark.parametrize("model, wrong, right", [(FarReciprocal, 1.2, 0.8), (FarRsqrt, 1.1, 0.9),
+                                                 (ConfidentSoftmax, 0.3, 0.2)],
+                         ids=["reciprocal", "rsqrt", "softmax"])
+def test_a_tangent_whose_slope_leaves_float32s_range_is_not_proved(engine, model, wrong, right):
+    """Planted: each model's minimum is on the spike (1/1.1, 0.953, 0.228), spec ``y >= wrong``
+    above it. The convex ops' lower line is a tangent at the midpoint ``t`` with slope
+    ``f'(t)`` computed in the bound dtype: float32 on CPU, where reciprocal's ``-1 / (t t)``
+    is ``-0.0`` for ``t > 2e19`` (and rsqrt's ``-rsqrt(t) / (2 t)`` underflows to 0 for
+    ``t > 1e37``), so the "tangent" was the constant ``f(t)``, above ``f`` on the upper half
+    of the interval; linear bounds and branch and bound proved ``y >= 1.66`` (and 1.29,
+    0.45). IBP (monotone ends) was right. ``f'(t)`` is now evaluated in float64 and a slope
+    outside the bound dtype's normal range falls back to the interval bounds."""
+    m = model()
+    lo, hi = _unit_box()
+    res = verify_box(m, lo, hi, OutputRange(lower=[wrong]), engine=engine, budget_s=3)
+    assert res.status[0] != "verified", f"{engine} proved y >= {wrong} above the true minimum"
+    assert verify_box(m, lo, hi, OutputRange(lower=[right]), engine=engine, budget_s=3).status == ["verified"]
