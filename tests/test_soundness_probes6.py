@@ -184,3 +184,51 @@ def test_a_tangent_whose_slope_leaves_float32s_range_is_not_proved(engine, model
     res = verify_box(m, lo, hi, OutputRange(lower=[wrong]), engine=engine, budget_s=3)
     assert res.status[0] != "verified", f"{engine} proved y >= {wrong} above the true minimum"
     assert verify_box(m, lo, hi, OutputRange(lower=[right]), engine=engine, budget_s=3).status == ["verified"]
+
+
+# ----------------------------------- 4. box points that round into float32's subnormal range
+_SUB = 2.0 ** -149  # float32's smallest subnormal
+
+
+class SubnormalGrid(nn.Module):
+    """``p = x 2**149`` counts float32 subnormals; ``y = relu(1 - 2 |p1 - 1| - |p2 - 2|)`` is 1 at
+    ``x = (1, 2) 2**-149`` and at most 0 at every other float32 point near it."""
+
+    def forward(self, x):
+        p = x * 2.0 ** 75 * 2.0 ** 74
+        return torch.relu(1 - 2 * (p[:, :1] - 1).abs() - (p[:, 1:2] - 2).abs())
+
+
+def test_box_points_rounded_to_a_subnormal_input_are_bounded(reduced_matmul_precision):
+    """Planted: seed ``(2, 2) 2**-149`` moved by ``t in [-0.6, 0.6]^2 2**-149``: the model is fed
+    ``x0 + t`` rounded to float32, which is ``(1, 2) 2**-149`` for ``t1 < -0.5``, where ``y = 1``;
+    spec ``y <= 0.5``. The bound engines took the input box with a slack of a few float32 ulps
+    relative to ``|x|`` and float64's smallest normal number, which below float32's normal range
+    does not cover its (absolute) rounding: with float64 bounds (reduced-precision matmul
+    settings) IBP, linear bounds, branch and bound and auto_LiRPA IBP all proved ``p1 >= 1.4``
+    and the spec. The slack now adds the input dtype's smallest normal number."""
+    from pytest_latentaudit.api import audit
+
+    m = SubnormalGrid()
+    with torch.no_grad():
+        assert float(m(torch.tensor([[_SUB, 2 * _SUB]]))) == 1.0
+    z = torch.full((1, 2), 2 * _SUB)
+    for engine in BOUND_ENGINES + ["auto_lirpa:ibp"]:
+        res = audit(m, z, direction=torch.eye(2), eps=0.6 * _SUB, spec=OutputRange(upper=[0.5]), engine=engine,
+                    budget_s=3)
+        assert res.status[0] != "verified", f"{engine} proved y <= 0.5 where a box point gives y = 1"
+
+
+def test_control_a_box_near_zero_in_the_normal_range_is_proved(reduced_matmul_precision):
+    """Control: the same spec on ``y = relu(1 - |x 1e30 - 2|)`` near ``x = 3e-30`` (normal float32
+    numbers) is proved: ``y`` is 0 there."""
+    from pytest_latentaudit.api import audit
+
+    class Normal(nn.Module):
+        def forward(self, x):
+            return torch.relu(1 - (x * 1e30 - 2).abs())
+
+    z = torch.full((1, 1), 3e-30)
+    res = audit(Normal(), z, direction=torch.eye(1), eps=1e-31, spec=OutputRange(upper=[0.5]), engine="linear",
+                budget_s=3)
+    assert res.status == ["verified"]

@@ -21,16 +21,19 @@ import torch
 from . import ops
 from .forms import LinForm
 from .graph import BoundGraph
-from .ops import gamma, rowdot, tiny, unit
+from .ops import gamma, rowdot, tiny, underflow, unit
 
 
 def _input_slack(center, gens, u_in=2.0 ** -24):
     """The box arrives as float64 centre and generators, rounded to the bound dtype: a
     few ulps of it (and of the input dtype's rounding of a box point, ``u_in``: the model
     is fed ``x0 + V t`` rounded to its input dtype, float16/bfloat16 for a low-precision
-    model, whose rounding float32's unit roundoff does not cover) cover that."""
+    model, whose rounding float32's unit roundoff does not cover) cover that. Below the input
+    dtype's normal range that rounding is absolute, not relative (a float32 input of
+    ``1.4 * 2**-149`` is ``2**-149``, or 0 where denormals are flushed): its smallest normal
+    number is added, whatever the bound dtype (float64 bounds have a far smaller one)."""
     u = max(unit(center.dtype), 2.0 ** -24, u_in)
-    return 4 * u * (center.abs() + gens.abs().sum(1)) + tiny(center.dtype)
+    return 4 * u * (center.abs() + gens.abs().sum(1)) + max(tiny(center.dtype), underflow(u_in))
 
 
 def _input_u(graph_or_nodes) -> float:
