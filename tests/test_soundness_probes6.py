@@ -232,3 +232,30 @@ def test_control_a_box_near_zero_in_the_normal_range_is_proved(reduced_matmul_pr
     res = audit(Normal(), z, direction=torch.eye(1), eps=1e-31, spec=OutputRange(upper=[0.5]), engine="linear",
                 budget_s=3)
     assert res.status == ["verified"]
+
+
+# ------------------------- 5. CROWN refinement of a float64 model in float32 coefficients
+class Float64Reciprocal(nn.Module):
+    """A float64 model: ``q = 1e30 / (1e30 + 1e31 spike) - 0.95`` (from 0.05 down to -0.859 on
+    the spike), ``y = relu(relu(-q) - 0.6)``: 0 off the spike, 0.259 on it."""
+
+    def forward(self, x):
+        q = 1e30 / (1e30 + 1e31 * _spike(x)) - 0.95
+        return torch.relu(torch.relu(-q) - 0.6)
+
+
+@pytest.mark.parametrize("engine", ["auto", "linear", "bab"])
+def test_crown_refinement_of_a_float64_model_keeps_slopes_below_float32s_range(engine):
+    """Planted: spec ``y <= 0.1`` on ``[0, 1]`` (float64 box), violated on the spike. CROWN's
+    refinement of the inner ReLU's input ran its backward rows in float32 (``fast``) for any
+    graph, also a float64 one: the reciprocal's tangent slope ``-1 / t^2 = -3.3e-62`` became 0
+    there, its intercept ``2 / t`` stayed, and the refined bounds claimed ``-q <= 0.617`` (it
+    reaches 0.859); the outer ReLU then looked nearly dead, and linear bounds, branch and bound
+    and auto proved ``y <= 0.026``. Float32 coefficients are now used on float32 graphs only."""
+    m = Float64Reciprocal()
+    lo, hi = torch.zeros(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64)
+    with torch.no_grad():
+        assert float(m(torch.tensor([[0.37]], dtype=torch.float64))) > 0.25
+    res = verify_box(m, lo, hi, OutputRange(upper=[0.1]), engine=engine, budget_s=3)
+    assert res.status[0] != "verified", f"{engine} proved y <= 0.1 where y = 0.259"
+    assert verify_box(m, lo, hi, OutputRange(upper=[0.3]), engine=engine, budget_s=3).status == ["verified"]
