@@ -21,16 +21,19 @@ import torch
 from . import ops
 from .forms import LinForm
 from .graph import BoundGraph
-from .ops import gamma, rowdot, tiny, unit
+from .ops import gamma, rowdot, tiny, underflow, unit
 
 
 def _input_slack(center, gens, u_in=2.0 ** -24):
     """The box arrives as float64 centre and generators, rounded to the bound dtype: a
     few ulps of it (and of the input dtype's rounding of a box point, ``u_in``: the model
     is fed ``x0 + V t`` rounded to its input dtype, float16/bfloat16 for a low-precision
-    model, whose rounding float32's unit roundoff does not cover) cover that."""
+    model, whose rounding float32's unit roundoff does not cover) cover that. Below the input
+    dtype's normal range that rounding is absolute, not relative (a float32 input of
+    ``1.4 * 2**-149`` is ``2**-149``, or 0 where denormals are flushed): its smallest normal
+    number is added, whatever the bound dtype (float64 bounds have a far smaller one)."""
     u = max(unit(center.dtype), 2.0 ** -24, u_in)
-    return 4 * u * (center.abs() + gens.abs().sum(1)) + tiny(center.dtype)
+    return 4 * u * (center.abs() + gens.abs().sum(1)) + max(tiny(center.dtype), underflow(u_in))
 
 
 def _input_u(graph_or_nodes) -> float:
@@ -186,9 +189,13 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
 
     Each node's error radius enters as ``|A_j| . R_j``: the rounding of the model and of
     our own products ``A W`` (``|A W - fl(A W)| |h| <= gamma |A| |W| |h|``, inside R).
-    With ``fast`` the coefficients ``A`` travel in float32 (twice the speed, half the
+    On a float32 graph the coefficients ``A`` travel in float32 (twice the speed, half the
     memory); each op then adds ``op.our_radius`` for float32 rounding, and constants are
-    summed in float64.
+    summed in float64. Only there (``fast`` is kept for callers and decides nothing):
+    ``our_radius`` counts rounding relative to each number, which holds only inside
+    float32's normal range, and a float64 graph's weights and slopes can lie outside it (a
+    float64 model's ``1 / h`` at ``h = 5e30`` has slope ``-4e-62``, which float32 flushes to
+    0: that term of the bound was lost).
 
     With ``forms`` (the forward forms of the nodes) and ``threshold`` (``[n]`` per box or
     ``[n, m]`` per row), before each costly step (an affine layer) the pass also bounds its
@@ -198,8 +205,9 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
     Every row's result is the smallest bound it got (a cut's or the full pass's)."""
     n, m = A_start.shape[:2]
     nodes = graph.nodes
-    # float32 coefficients only where float32 products are full float32 (no TF32/bfloat16)
-    fast = (fast or graph.dtype == torch.float32) and not graph.reduced_float32
+    # float32 coefficients only for a float32 graph (its numbers are float32 already), and
+    # where float32 products are full float32 (no TF32/bfloat16)
+    fast = graph.dtype == torch.float32 and not graph.reduced_float32
     A: List[Optional[torch.Tensor]] = [None] * len(nodes)
     A[start] = A_start.reshape(n * m, *nodes[start].shape)
     if fast:
@@ -536,12 +544,11 @@ def _neuron_bounds(graph: BoundGraph, conc, center, gens, j, order, valid, s):
             R.gather(1, order).double() * sign.double().abs()  # no radius when rounding is off
         if op.bias is not None:
             const = const + op.bias[order].double() * sign.double()
-        return _no_nan(backward_bound(graph, conc, center, gens, graph.nodes[j].inputs[0], A, const, fast=True))
+        return _no_nan(backward_bound(graph, conc, center, gens, graph.nodes[j].inputs[0], A, const))
     D = lo.reshape(n, -1).shape[1]
     rows = torch.zeros(n, U, D, dtype=lo.dtype, device=lo.device).scatter_(2, order[:, :, None], sign[:, :, None])
     zeros = torch.zeros(n, U, dtype=torch.float64, device=lo.device)
-    return _no_nan(backward_bound(graph, conc, center, gens, j, rows.reshape(n, U, *graph.nodes[j].shape), zeros,
-                                  fast=True))
+    return _no_nan(backward_bound(graph, conc, center, gens, j, rows.reshape(n, U, *graph.nodes[j].shape), zeros))
 
 
 @dataclass

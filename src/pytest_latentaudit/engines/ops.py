@@ -979,7 +979,12 @@ class CurvedOp(ActivationOp):
         s_ch = torch.where(w > 0, (fhi - flo) / w.clamp(min=tiny(w.dtype)), torch.zeros_like(w))
         t = lo + w / 2
         ft = self.f(t)
-        s_tg = self.df(t)
+        # f'(t) in float64, then rounded once: in the bound dtype itself an intermediate can
+        # overflow or underflow (reciprocal's 1 / (t t) is -0.0 in float32 for t > 2e19, and
+        # rsqrt's at t > 1e37), and a slope of 0 there makes the "tangent" the constant f(t),
+        # above f on half the interval. The slack below holds only for a normal slope.
+        s_tg = self.df(t.double()).to(t.dtype)
+        abnormal = ~(torch.isfinite(s_tg) & (s_tg.abs() >= tiny(t.dtype)))
         # the chord side: the extreme of g at the two ends
         g_lo, g_hi = flo - s_ch * lo, fhi - s_ch * hi
         ch_max, ch_min = torch.maximum(g_lo, g_hi), torch.minimum(g_lo, g_hi)
@@ -993,7 +998,7 @@ class CurvedOp(ActivationOp):
         au = torch.where(vex, s_ch, s_tg)
         cu = torch.where(vex, ch_max, g_t + slack)
         al, cl, au, cu = self._pad(lo, hi, al, cl, au, cu)
-        bad = ~(ok & torch.isfinite(al) & torch.isfinite(au) & torch.isfinite(cl) & torch.isfinite(cu))
+        bad = ~(ok & torch.isfinite(al) & torch.isfinite(au) & torch.isfinite(cl) & torch.isfinite(cu)) | abnormal
         if bool(bad.any()):
             ilo, ihi = self.ibp((lo, hi))  # lo, hi are in the domain here
             inf = torch.full_like(lo, torch.inf)
@@ -1031,8 +1036,11 @@ class CurvedOp(ActivationOp):
         # outside the domain (or at sqrt's 0) there is none: inf
         ok = self.domain(lo, hi)
         sl, sh = self._safe(lo, hi, ok)
-        L = torch.maximum(self.df(sl).abs(), self.df(sh).abs()) * (1 + self.DERIV_ULPS * self.u_ours)
-        L = torch.where(torch.isnan(L), torch.full_like(L, torch.inf), L)
+        # in float64 (as in relax: the bound dtype's f' can underflow to 0), rounded up into it
+        L64 = torch.maximum(self.df(sl.double()).abs(), self.df(sh.double()).abs()) * (1 + self.DERIV_ULPS * self.u_ours)
+        L64 = torch.where(torch.isnan(L64), torch.full_like(L64, torch.inf), L64)
+        L = L64.to(sl.dtype)
+        L = torch.where(L.double() < L64, torch.nextafter(L, torch.full_like(L, torch.inf)), L)
         return torch.where(ok, L, torch.full_like(L, torch.inf))
 
     def our_radius(self, pre, u, d_out):

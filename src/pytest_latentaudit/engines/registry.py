@@ -595,9 +595,21 @@ def _leaky(ctx):
     return _elementwise(ctx, op)
 
 
+def _kernel_scalar(ctx, v):
+    """A scalar argument as the model's kernel uses it: converted to the data's dtype (a
+    float32 clamp at 500000017.0 clamps at 500000032.0). Our bound arithmetic may run in
+    another dtype (float64 under reduced-precision matmul settings, float32 for a float16
+    model), where the unconverted value is another function."""
+    if v is None:
+        return None
+    dt = ctx.in_value().dtype
+    return float(torch.tensor(float(v), dtype=dt)) if dt.is_floating_point else float(v)
+
+
 @register(*_ov(aten.hardtanh, "default"), *_ov(aten.hardtanh_, "default"))
 def _hardtanh(ctx):
-    return _elementwise(ctx, ops.ClampOp(ctx.name, float(ctx.arg("min_val")), float(ctx.arg("max_val"))))
+    return _elementwise(ctx, ops.ClampOp(ctx.name, _kernel_scalar(ctx, ctx.arg("min_val")),
+                                         _kernel_scalar(ctx, ctx.arg("max_val"))))
 
 
 @register(*_ov(aten.clamp, "default"), *_ov(aten.clamp_, "default"), *_ov(aten.clamp_min, "default"),
@@ -609,8 +621,7 @@ def _clamp(ctx):
     for v in (lo, hi):
         if v is not None and not isinstance(v, (int, float)):
             raise UnsupportedLayer(ctx.name, "clamp with tensor limits")
-    return _elementwise(ctx, ops.ClampOp(ctx.name, None if lo is None else float(lo),
-                                         None if hi is None else float(hi)))
+    return _elementwise(ctx, ops.ClampOp(ctx.name, _kernel_scalar(ctx, lo), _kernel_scalar(ctx, hi)))
 
 
 @register(*_ov(aten.sigmoid, "default"), *_ov(aten.sigmoid_, "default"))
@@ -740,7 +751,8 @@ def _avg_pool(ctx):
             raise UnsupportedLayer(ctx.name, f"average pooling with divisor_override={div!r} (not positive)")
         kw["divisor_override"] = div
     fn = (lambda x: F.avg_pool2d(x, k, **kw)) if two else (lambda x: F.avg_pool1d(x, k, **kw))
-    op = ops.LinearMapOp(ctx.name, fn, "avg_pool", fan=int(math.prod(k)) + 1)
+    window = _pair(k, "kernel_size", ctx) if two else k  # a one-element 2-d kernel is k x k
+    op = ops.LinearMapOp(ctx.name, fn, "avg_pool", fan=int(math.prod(window)) + 1)
     op.u = ctx.u_elem
     return ctx.emit(op, [ctx.data_arg("self")])
 
@@ -749,7 +761,7 @@ def _avg_pool(ctx):
 def _adaptive_avg(ctx):
     size = list(ctx.arg("output_size"))
     two = ctx.target in _ov(aten._adaptive_avg_pool2d, "default")
-    in_sp = ctx.in_shape()[1:]
+    in_sp = ctx.in_shape()[-len(size):]  # the spatial dims (an unbatched [C, H, W] sample has no channel dim)
     fan = int(math.prod(math.ceil(i / o) + 1 for i, o in zip(in_sp, size))) + 1
     fn = (lambda x: F.adaptive_avg_pool2d(x, size)) if two else (lambda x: F.adaptive_avg_pool1d(x, size))
     op = ops.LinearMapOp(ctx.name, fn, "adaptive_avg_pool", fan=fan)
@@ -805,24 +817,39 @@ def _upsample_linear(ctx):
     return ctx.emit(ops.InterpolationOp(ctx.name, call, in_sp), [x])
 
 
+def _pair(v, what, ctx):
+    """A 2-d pooling size as ATen reads it: one number stands for both spatial dims."""
+    v = [int(e) for e in v]
+    if len(v) == 1:
+        return v * 2
+    if len(v) != 2:
+        raise UnsupportedLayer(ctx.name, f"2-d pooling with {what}={v!r}")
+    return v
+
+
 @register(*_ov(aten.max_pool2d_with_indices, "default"))
 def _max_pool(ctx):
-    k = list(ctx.arg("kernel_size"))
-    stride = list(ctx.arg("stride")) or k
-    pad, dil = list(ctx.arg("padding")), list(ctx.arg("dilation"))
+    # ATen's 2-d pooling takes a one-element kernel_size, stride, padding or dilation as both
+    # dims ((2,) pools 2x2 windows): read each the same way, never as a 1-d window
+    k = _pair(ctx.arg("kernel_size"), "kernel_size", ctx)
+    stride = _pair(list(ctx.arg("stride")) or k, "stride", ctx)
+    pad, dil = _pair(ctx.arg("padding"), "padding", ctx), _pair(ctx.arg("dilation"), "dilation", ctx)
     if ctx.arg("ceil_mode") or any(pad):
         raise UnsupportedLayer(ctx.name, "max pooling with padding or ceil_mode (no sound linear relaxation here)")
     x = ctx.data_arg("self")
     out_shape = tuple(ctx.out_shape() if not ctx.returns_tuple() else ctx.out_value()[0].shape[1:])
-    two = len(k) == 2
+    if ctx.rank() not in (3, 4):
+        raise UnsupportedLayer(ctx.name, f"2-d max pooling of a rank-{ctx.rank()} tensor")
+    # a [N, H, W] input is torch's unbatched [C, H, W]: each sample is one channel
+    unbatched = ctx.rank() == 3
 
     def windows(t):
-        if two:
-            n, c = t.shape[:2]
-            u = F.unfold(t, k, dilation=dil, stride=stride)  # [n, c*kh*kw, L]
-            u = u.reshape(n, c, k[0] * k[1], -1).transpose(2, 3)
-            return u.reshape(n, *out_shape, k[0] * k[1])
-        return t.unfold(2, (k[0] - 1) * dil[0] + 1, stride[0])[..., ::dil[0]]
+        if unbatched:
+            t = t.unsqueeze(1)
+        n, c = t.shape[:2]
+        u = F.unfold(t, k, dilation=dil, stride=stride)  # [n, c*kh*kw, L]
+        u = u.reshape(n, c, k[0] * k[1], -1).transpose(2, 3)
+        return u.reshape(n, *out_shape, k[0] * k[1])
 
     i = ctx.emit(ops.MaxPoolOp(ctx.name, windows, out_shape), [x])
     return ctx.tuple_outputs({0: i}, refuse={1: "the indices of max pooling"}) if ctx.returns_tuple() else i
