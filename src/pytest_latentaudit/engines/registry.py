@@ -1092,6 +1092,9 @@ def _vector_norm(ctx):
     sq = ctx.emit(_internal(ops.SquareOp(nm + ".square", ulps=2.0)), [x])
     tot = ctx.emit(_internal(ops.LinearMapOp(nm + ".sum", lambda t: t.sum(ds, keepdim=keep), "sum", fan=n + 1)),
                    [sq])
+    # the exact sum of squares is >= 0: a floor at 0 keeps it, and keeps our rounding of the
+    # sum (relative to its terms) from taking sqrt's domain below 0 (no bound at all there)
+    tot = ctx.emit(_internal(ops.ClampOp(nm + ".floor", 0.0, None)), [tot])
     r = ctx.emit(_internal(ops.SqrtOp(nm + ".sqrt")), [tot])
     fin = ops.VectorNormRoundingOp(nm, n)
     fin.u = ctx.u_elem
