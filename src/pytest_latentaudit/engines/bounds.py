@@ -423,10 +423,14 @@ def alpha_crown(graph: BoundGraph, conc, center, gens, C, d, steps: int = 20, lr
     return best
 
 
+#: the ops whose linear step is a relaxation that tighter input bounds tighten
+RELAXING = (ops.ActivationOp, ops.MaxPoolOp, ops.BilinearOp)
+
+
 def _feeds_relaxation(graph: BoundGraph) -> List[bool]:
     """Nodes whose bounds decide a relaxation (inputs of activations and max pooling) and
     that lie behind an earlier relaxation (before it, forward mode is already exact)."""
-    relaxing = [isinstance(nd.op, (ops.ActivationOp, ops.MaxPoolOp, ops.BilinearOp)) for nd in graph.nodes]
+    relaxing = [isinstance(nd.op, RELAXING) for nd in graph.nodes]
     behind = [False] * len(graph.nodes)
     for j, nd in enumerate(graph.nodes):
         behind[j] = any(behind[i] or relaxing[i] for i in nd.inputs)
@@ -472,7 +476,7 @@ def _crown_refine_all(graph: BoundGraph, conc, center, gens, j):
     lo, hi = conc[j]
     n = lo.shape[0]
     flo, fhi = lo.reshape(n, -1), hi.reshape(n, -1)
-    uns = (flo < 0) & (fhi > 0)
+    uns = _loose(graph, lo, hi, j).reshape(n, -1)
     U = int(uns.sum(1).max()) if uns.numel() else 0
     if U == 0:
         return lo, hi
@@ -501,6 +505,19 @@ def _crown_refine_all(graph: BoundGraph, conc, center, gens, j):
     new_lo, _ = _round_out(-ub, -ub, lo.dtype)
     flo = _tighten(flo, order, need, new_lo, upper=False)
     return flo.reshape(lo.shape), fhi.reshape(hi.shape)
+
+
+def _loose(graph: BoundGraph, lo, hi, j):
+    """The neurons of node ``j`` that some relaxation reading it relaxes inexactly (``op.loose``:
+    a ReLU's unstable neurons, every neuron of positive width under a smooth activation, a
+    square or a product, those around a kink of a piecewise-linear one); a reader without a
+    relaxation adds none."""
+    out = None
+    for nd in graph.nodes:
+        if j in nd.inputs and isinstance(nd.op, RELAXING):
+            m = nd.op.loose(lo, hi)
+            out = m if out is None else out | m
+    return (lo < 0) & (hi > 0) if out is None else out
 
 
 def _tighten(flat, order, valid, new, upper: bool):
