@@ -109,3 +109,21 @@ def test_crown_bound_holds_on_samples(kind):
         with torch.no_grad():
             y64 = net64(x.reshape(-1, 8)).reshape(s.shape[0], n, -1)
         assert bool(((torch.einsum("nmo,sno->snm", C, y64) + d).amax(0) <= ub).all())
+
+
+def test_an_expand_is_refined_through_the_element_it_copies(monkeypatch):
+    """A LayerNorm's ``rsqrt`` (one number per row) reaches its product through an expand (one
+    per feature): CROWN refines the ``rsqrt`` node, not its copies, with the same bounds
+    (the pass from a copy is the pass from the element it copies) and far fewer rows."""
+    net = _net("ln", width=48, depth=3)
+    z, G, C, d = _problem(net, 8, 2, 0.3)
+    g = get_graph(net, (8,))
+    g.bind(dtype=torch.float32)
+    feeds = B._feeds_relaxation(g)
+    names = [nd.op.name.rsplit(".", 1)[-1] for nd in g.nodes]
+    marked = {names[j] for j, f in enumerate(feeds) if f}
+    assert "rsqrt" in marked and "expand" not in marked, marked
+    new = B.spec_upper_bound(g, z, G, C, d, method="crown")
+    monkeypatch.setattr(B, "_moves", lambda op: False)
+    old = B.spec_upper_bound(g, z, G, C, d, method="crown")
+    assert torch.allclose(new, old, rtol=1e-5, atol=1e-6), (new - old).abs().max()

@@ -439,7 +439,20 @@ def _feeds_relaxation(graph: BoundGraph) -> List[bool]:
         if relaxing[j]:
             for i in nd.inputs:
                 feeds[i] = behind[i]
+    # a node that only moves its input's elements (an expand, a reshape, a slice) is refined
+    # through that input: a backward pass from one of its elements is the pass from the element
+    # it copies, so the bounds are the same, and the input has each element once (a
+    # LayerNorm's rsqrt is one number per row, its expand one per feature)
+    for j in range(len(graph.nodes) - 1, 0, -1):
+        nd = graph.nodes[j]
+        if feeds[j] and _moves(nd.op) and len(nd.inputs) == 1:
+            feeds[j], feeds[nd.inputs[0]] = False, True
     return feeds
+
+
+def _moves(op) -> bool:
+    """A linear map that only moves (copies, drops, pads with 0) its input's elements."""
+    return isinstance(op, ops.LinearMapOp) and op.fan == 0
 
 
 def _crown_refine(graph: BoundGraph, conc, center, gens, j):
@@ -512,12 +525,28 @@ def _loose(graph: BoundGraph, lo, hi, j):
     a ReLU's unstable neurons, every neuron of positive width under a smooth activation, a
     square or a product, those around a kink of a piecewise-linear one); a reader without a
     relaxation adds none."""
-    out = None
-    for nd in graph.nodes:
-        if j in nd.inputs and isinstance(nd.op, RELAXING):
-            m = nd.op.loose(lo, hi)
-            out = m if out is None else out | m
+    out = _loose_for(graph, lo, hi, j)
     return (lo < 0) & (hi > 0) if out is None else out
+
+
+def _loose_for(graph: BoundGraph, lo, hi, j):
+    """``_loose`` of the relaxations reading node ``j``, directly or through ops that move its
+    elements (their masks pulled back to the elements they copy); None where none does."""
+    out = None
+    for r, nd in enumerate(graph.nodes):
+        if j not in nd.inputs:
+            continue
+        if isinstance(nd.op, RELAXING):
+            m = nd.op.loose(lo, hi)
+        elif _moves(nd.op) and len(nd.inputs) == 1:
+            m_r = _loose_for(graph, nd.op.fn(lo), nd.op.fn(hi), r)
+            if m_r is None:
+                continue
+            m = ops._vjp(nd.op.fn, m_r.to(lo.dtype), lo.shape[1:]) > 0
+        else:
+            continue
+        out = m if out is None else out | m
+    return out
 
 
 def _tighten(flat, order, valid, new, upper: bool):
