@@ -127,3 +127,54 @@ def test_an_expand_is_refined_through_the_element_it_copies(monkeypatch):
     monkeypatch.setattr(B, "_moves", lambda op: False)
     old = B.spec_upper_bound(g, z, G, C, d, method="crown")
     assert torch.allclose(new, old, rtol=1e-5, atol=1e-6), (new - old).abs().max()
+
+
+def _paced_sizes(monkeypatch, fixed, per_box, budget=2.0, n=256, fit=True):
+    """Chunk sizes ``Ladder.paced_upper`` picks for a bound whose calls cost ``fixed`` seconds
+    plus ``per_box`` per box (a clock that the bound itself advances)."""
+    import time
+
+    from pytest_latentaudit.core.specs import Prediction as PredictionSpec
+    from pytest_latentaudit.engines.ladder import Ladder
+    from pytest_latentaudit.engines.problem import Problem
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    sizes = []
+
+    def bound_fn(idx, tl, tu, C, d):
+        sizes.append(idx.numel())
+        clock[0] += fixed + per_box * idx.numel()
+        return -torch.ones(idx.numel(), C.shape[1], dtype=tl.dtype)
+
+    k = 2
+    model = nn.Sequential(nn.Linear(k, 2)).eval()
+    problem = Problem(model, torch.zeros(n, k), torch.eye(k)[None], -torch.ones(n, k), torch.ones(n, k),
+                      PredictionSpec(), torch.zeros(n, dtype=torch.long))
+    ladder = Ladder(problem, None, engine="bab", bound_fn=bound_fn, deadline=budget)
+    ladder._t_start = 0.0
+    idx = torch.arange(n)
+    ub, tol, done, cut = ladder.paced_upper(idx, problem.tl, problem.tu, "crown", fit=fit)
+    return sizes, done, clock[0]
+
+
+def test_rung_chunks_are_not_shrunk_to_their_fixed_cost(monkeypatch):
+    """A bound call that costs 0.15 s plus 10 ms per box (a LayerNorm network's CROWN stage):
+    the old pace (seconds per box of the last chunk, chunks of 2% of the budget) went 16, 2, 1,
+    1, ... boxes, each call mostly fixed cost, and bounded 28 boxes in a 2 s budget; fitted with
+    its fixed cost, chunks stay several times that cost (90 boxes), and the rung ends within the budget."""
+    sizes, done, t = _paced_sizes(monkeypatch, 0.15, 0.01)
+    assert done >= 40, (sizes, done)
+    assert t <= 2.0 * 1.05, (sizes, t)
+    old, done_old, _ = _paced_sizes(monkeypatch, 0.15, 0.01, fit=False)
+    assert done_old < done, (old, sizes)
+
+
+def test_pace_model_fits_a_fixed_cost():
+    from pytest_latentaudit.engines.ladder import _pace_model
+
+    a, b = _pace_model([(16, 0.15 + 0.16), (2, 0.15 + 0.02), (8, 0.15 + 0.08)])
+    assert abs(a - 0.15) < 1e-9 and abs(b - 0.01) < 1e-9
+    assert _pace_model([(16, 0.32)]) == (0.0, 0.02)  # one size seen: the plain pace
+    assert _pace_model([(16, 0.1), (2, 0.3)]) == (0.0, 0.15)  # no positive slope: the last chunk's pace
+    assert _pace_model([(16, 0.32), (2, 0.17)], fit=False) == (0.0, 0.085)
