@@ -37,6 +37,7 @@ from torch import nn
 from bench_matrix import box, lirpa03_module, spec_rows
 
 LATENT = {"cnn1": 8, "cnn3": 8, "dcgan": 8}
+LAST_BUILD = [0.0]  # seconds auto_LiRPA took to build its BoundedModule in the last crown_bound
 
 
 class Reshape(nn.Module):
@@ -116,7 +117,9 @@ def family(name: str, s: int = 0):
 
 def crown_bound(al, model, lower, upper, C, d, method="CROWN"):
     net = copy.deepcopy(model).eval()
+    t = time.perf_counter()
     bm = al.BoundedModule(net, torch.zeros_like(lower[:1]), device="cpu")
+    LAST_BUILD[0] = time.perf_counter() - t
     ptb = al.PerturbationLpNorm(norm=float("inf"), x_L=lower, x_U=upper)
     x = al.BoundedTensor((lower + upper) / 2, ptb)
     t = time.perf_counter()
@@ -177,13 +180,14 @@ def main(argv=None):
                 eps = args.eps or pick_eps(al, model, z, k, C, d, grid)
                 lower, upper = box(z, eps, k)
                 ub, tc = crown_bound(al, model, lower, upper, C, d)
+                tbuild = LAST_BUILD[0]
                 cv = ub < 0
                 ncv = int(cv.sum())
             except Exception as exc:  # noqa: BLE001 - 0.3 cannot build some ops (GELU's Erf, LayerNorm)
                 why = type(exc).__name__
                 eps = args.eps or 0.1
                 lower, upper = box(z, eps, k)
-                cv, ncv, tc = None, None, None
+                cv, ncv, tc, tbuild = None, None, None, None
             av = None
             if cv is not None and args.alpha:
                 try:
@@ -203,20 +207,20 @@ def main(argv=None):
             missed = [] if cv is None else [i for i in range(args.seeds) if cv[i] and r0.status[i] == "unknown"]
             wrong = [] if cv is None else [i for i in range(args.seeds) if cv[i] and r.status[i] == "falsified"]
             assert not wrong, f"CROWN verified seeds the project falsified: {wrong}"
-            rows.append((name, k, eps, ncv, tc, av, runs, dict(rungs), missed))
+            rows.append((name, k, eps, ncv, tc, tbuild, av, runs, dict(rungs), missed))
             print(f"  {name} k={k} eps={eps:.4g}: CROWN {ncv} in {tc}, project {c} in {s:.2f} s "
                   f"{dict(rungs)} missed {missed}", flush=True)
 
     print(f"\nseeds {args.seeds}, 1 thread, torch {torch.__version__}")
-    print("| net | k | eps | CROWN v | CROWN s | alpha-CROWN v (CROWN v) / s, sample | at CROWN s: v/f/u, s | "
+    print("| net | k | eps | CROWN v | CROWN s (build s) | alpha-CROWN v (CROWN v) / s, sample | at CROWN s: v/f/u, s | "
           "budget s | v/f/u | s | decided by | CROWN-verified left unknown |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     def vfu(c):
         return f"{c['verified']}/{c['falsified']}/{c['unknown']}"
 
-    for name, k, eps, ncv, tc, av, runs, rungs, missed in rows:
-        cr = ("n/a", "") if ncv is None else (str(ncv), f"{tc:.2f}")
+    for name, k, eps, ncv, tc, tbuild, av, runs, rungs, missed in rows:
+        cr = ("n/a", "") if ncv is None else (str(ncv), f"{tc:.2f} ({tbuild:.2f})")
         a = "" if av is None else f"{av[0]} ({av[1]}) / {av[2]:.1f}, {args.alpha}"
         at = "" if len(runs) == 1 else f"{vfu(runs[0][2])}, {runs[0][1]:.2f}"
         budget, s, c = runs[-1]

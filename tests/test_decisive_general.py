@@ -178,3 +178,31 @@ def test_pace_model_fits_a_fixed_cost():
     assert _pace_model([(16, 0.32)]) == (0.0, 0.02)  # one size seen: the plain pace
     assert _pace_model([(16, 0.1), (2, 0.3)]) == (0.0, 0.15)  # no positive slope: the last chunk's pace
     assert _pace_model([(16, 0.32), (2, 0.17)], fit=False) == (0.0, 0.085)
+
+
+def test_branch_and_bound_bounds_a_root_whole_before_splitting_it():
+    """``engine="bab"`` runs no CROWN rung: a root that the CROWN stage proves whole is
+    bounded whole (one sub-box), not probed along every dimension first (2k CROWN bounds)."""
+    from pytest_latentaudit.core.specs import Prediction as PredictionSpec
+    from pytest_latentaudit.engines.ladder import Ladder
+    from pytest_latentaudit.engines.problem import Problem
+
+    net = _net("ln", width=64, depth=3)
+    z, G, C, d = _problem(net, 32, 2, 0.3)
+    g = get_graph(net, (8,))
+    g.bind(dtype=torch.float32)
+    crown = B.spec_upper_bound(g, z, G, C, d, method="crown").amax(1) < 0
+    linear = B.spec_upper_bound(g, z, G, C, d, method="linear").amax(1) < 0
+    pick = torch.nonzero(crown & ~linear).reshape(-1)[:6]
+    assert pick.numel() >= 4
+    n, k = pick.numel(), 2
+    x0 = z[pick].float()
+    with torch.no_grad():
+        labels = net(x0).argmax(1)
+    V = torch.zeros(1, 8, k)
+    V[0, range(k), range(k)] = 1.0
+    problem = Problem(net, x0, V, -0.3 * torch.ones(n, k), 0.3 * torch.ones(n, k), PredictionSpec(), labels)
+    ladder = Ladder(problem, g, engine="bab", generator=torch.Generator().manual_seed(0))
+    out = ladder.run()
+    assert out.status == ["verified"] * n, out.status
+    assert out.bab_boxes == n, out.bab_boxes
