@@ -293,7 +293,8 @@ class Ladder:
         key = (method, fit)  # the rungs' fitted pace and branch and bound's plain one apart
         while start < n:
             size = min(self.batch_size, n - start)
-            est = _pace_model(pace.get(key), fit)
+            # branch and bound's first chunk takes the rung's last pace (as one record did before)
+            est = _pace_model(pace.get(key) or pace.get((method, not fit)), fit)
             if est is None and budget != float("inf"):
                 size = min(size, 16)  # first calls of a method: measure its pace on a few boxes
             elif est is not None:
