@@ -215,6 +215,11 @@ class BranchAndBound:
         self.o_tl, self.o_tu = p.tl[idx].clone(), p.tu[idx].clone()
         self.o_ub = torch.nan_to_num(L.bound[idx].to(dt), nan=torch.inf)
         self.o_depth = torch.zeros(idx.numel(), dtype=torch.long, device=dev)
+        # a root the CROWN rung did not reach (its budget share ran out) is bounded whole with
+        # this method's CROWN stage before it is split: where the cheap bounds prove little
+        # (a LayerNorm network), splitting it first costs 2k CROWN bounds for what one gives
+        fresh_ok = self.method == "crown" and L.bound_fn is None and L.graph is not None
+        self.o_fresh = ~L.crowned[idx] if fresh_ok else torch.zeros(idx.numel(), dtype=torch.bool, device=dev)
 
         # seed order: easiest first, i.e. the smallest root bound relative to the margin at
         # the centre (how much of the way the bound has to come down); ties by index
@@ -244,8 +249,9 @@ class BranchAndBound:
             alive = L.unknown_mask()
             keep = alive[self.o_seed]
             if not bool(keep.all()):  # boxes of falsified seeds leave with their seed
-                self.o_seed, self.o_tl, self.o_tu, self.o_ub, self.o_depth = (
-                    self.o_seed[keep], self.o_tl[keep], self.o_tu[keep], self.o_ub[keep], self.o_depth[keep])
+                self.o_seed, self.o_tl, self.o_tu, self.o_ub, self.o_depth, self.o_fresh = (
+                    self.o_seed[keep], self.o_tl[keep], self.o_tu[keep], self.o_ub[keep], self.o_depth[keep],
+                    self.o_fresh[keep])
             B = self.o_seed.numel()
             if B == 0:
                 break
@@ -277,6 +283,7 @@ class BranchAndBound:
             P = sel.numel()
             q_seed, q_tl, q_tu, q_ub, q_depth = s[sel], self.o_tl[sel], self.o_tu[sel], self.o_ub[sel], \
                 self.o_depth[sel]
+            fresh = self.o_fresh[sel]  # bounded whole, not split (see above)
             rel = (q_tu - q_tl) / root_w[q_seed].clamp(min=1e-30)
 
             # ---- split and bound
@@ -286,22 +293,25 @@ class BranchAndBound:
                 probe = q_depth == 0
             else:
                 probe = torch.zeros(P, dtype=torch.bool, device=dev)
-            pr, nr = torch.nonzero(probe).reshape(-1), torch.nonzero(~probe).reshape(-1)
+            probe = probe & ~fresh
+            pr, nr = torch.nonzero(probe).reshape(-1), torch.nonzero(~probe & ~fresh).reshape(-1)
+            fr = torch.nonzero(fresh).reshape(-1)
             dim = (rel * self.scale[q_seed]).argmax(1)  # scale 1: the widest side
             # every dimension's split of the probed parents, [Pp, k, 2, k] (left, right), then
             # the chosen split of the others, [Pn, 2, k]
             a_tl, a_tu = self._split_all(q_tl[pr], q_tu[pr])
             n_tl, n_tu = self._split_one(q_tl[nr], q_tu[nr], dim[nr])
-            b_seed = torch.cat([q_seed[pr].repeat_interleave(2 * k), q_seed[nr].repeat_interleave(2)])
+            b_seed = torch.cat([q_seed[pr].repeat_interleave(2 * k), q_seed[nr].repeat_interleave(2), q_seed[fr]])
             crown0 = L.stage_count.crown
-            b_ub, b_tol, done = self._bound(b_seed, torch.cat([a_tl.reshape(-1, k), n_tl.reshape(-1, k)]),
-                                            torch.cat([a_tu.reshape(-1, k), n_tu.reshape(-1, k)]))
-            na = pr.numel() * 2 * k
-            ch_tl = torch.empty(P, 2, k, dtype=dt, device=dev)
-            ch_tu, ch_ub, ch_tol = torch.empty_like(ch_tl), torch.empty(P, 2, dtype=dt, device=dev), \
-                torch.empty(P, 2, dtype=dt, device=dev)
+            b_ub, b_tol, done = self._bound(b_seed, torch.cat([a_tl.reshape(-1, k), n_tl.reshape(-1, k), q_tl[fr]]),
+                                            torch.cat([a_tu.reshape(-1, k), n_tu.reshape(-1, k), q_tu[fr]]))
+            na, nb = pr.numel() * 2 * k, pr.numel() * 2 * k + nr.numel() * 2
+            f_ub, f_tol = b_ub[nb:], b_tol[nb:]
+            ch_tl = torch.zeros(P, 2, k, dtype=dt, device=dev)
+            ch_tu, ch_ub, ch_tol = torch.zeros_like(ch_tl), torch.full((P, 2), torch.inf, dtype=dt, device=dev), \
+                torch.zeros(P, 2, dtype=dt, device=dev)
             ch_tl[nr], ch_tu[nr] = n_tl, n_tu
-            ch_ub[nr], ch_tol[nr] = b_ub[na:].reshape(-1, 2), b_tol[na:].reshape(-1, 2)
+            ch_ub[nr], ch_tol[nr] = b_ub[na:nb].reshape(-1, 2), b_tol[na:nb].reshape(-1, 2)
             if pr.numel():
                 ub, tol = b_ub[:na].reshape(-1, k, 2), b_tol[:na].reshape(-1, k, 2)
                 best = self._best_dim(ub, tol, rel[pr])
@@ -312,24 +322,33 @@ class BranchAndBound:
                 ch_ub[pr], ch_tol[pr] = ub[ap, best], tol[ap, best]
             ch_tl, ch_tu = ch_tl.reshape(-1, k), ch_tu.reshape(-1, k)
             ch_ub, ch_tol = ch_ub.reshape(-1), ch_tol.reshape(-1)
-            kids = torch.where(probe, 2 * k, 2)
+            kids = torch.where(fresh, 1, torch.where(probe, 2 * k, 2))
             spent.scatter_add_(0, q_seed, kids)
             # units per child of this round (the CROWN stage's boxes spread over its children)
             per_kid = 1.0 + CROWN_UNITS * (L.stage_count.crown - crown0) / max(done, 1)
             work.scatter_add_(0, q_seed, kids.to(torch.float64) * per_kid)
             per_round = max(1, min(2 * per_round, most, int(most / per_kid)))
             ch_seed = q_seed.repeat_interleave(2)
-            ch_closed = ch_ub < -ch_tol
+            real = (~fresh).repeat_interleave(2)  # a fresh parent has no children
+            ch_closed = (ch_ub < -ch_tol) & real
             if bool(ch_closed.any()):
                 closed_max.scatter_reduce_(0, ch_seed[ch_closed], ch_ub[ch_closed], "amax")
             # a child is inside its parent: the parent's bound holds for it too
             ch_ub = torch.minimum(ch_ub, q_ub.repeat_interleave(2))
-            op = ~ch_closed
-            self.o_seed = torch.cat([s[rest], ch_seed[op]])
-            self.o_tl = torch.cat([self.o_tl[rest], ch_tl[op]])
-            self.o_tu = torch.cat([self.o_tu[rest], ch_tu[op]])
-            self.o_ub = torch.cat([self.o_ub[rest], ch_ub[op]])
-            self.o_depth = torch.cat([self.o_depth[rest], (q_depth + 1).repeat_interleave(2)[op]])
+            op = ~ch_closed & real
+            # a fresh parent that stays open goes back whole, with its new bound, to be split
+            f_closed = f_ub < -f_tol
+            if bool(f_closed.any()):
+                closed_max.scatter_reduce_(0, q_seed[fr][f_closed], f_ub[f_closed], "amax")
+            fo = fr[~f_closed]
+            f_keep = torch.minimum(q_ub[fo], f_ub[~f_closed])
+            self.o_seed = torch.cat([s[rest], ch_seed[op], q_seed[fo]])
+            self.o_tl = torch.cat([self.o_tl[rest], ch_tl[op], q_tl[fo]])
+            self.o_tu = torch.cat([self.o_tu[rest], ch_tu[op], q_tu[fo]])
+            self.o_ub = torch.cat([self.o_ub[rest], ch_ub[op], f_keep])
+            self.o_depth = torch.cat([self.o_depth[rest], (q_depth + 1).repeat_interleave(2)[op], q_depth[fo]])
+            self.o_fresh = torch.cat([self.o_fresh[rest], torch.zeros(int(op.sum()) + fo.numel(), dtype=torch.bool,
+                                                                      device=dev)])
 
             # ---- seeds with no open box left are verified
             count = torch.zeros(n, dtype=torch.long, device=dev).scatter_add_(

@@ -431,10 +431,14 @@ def alpha_crown(graph: BoundGraph, conc, center, gens, C, d, steps: int = 20, lr
     return best
 
 
+#: the ops whose linear step is a relaxation that tighter input bounds tighten
+RELAXING = (ops.ActivationOp, ops.MaxPoolOp, ops.BilinearOp)
+
+
 def _feeds_relaxation(graph: BoundGraph) -> List[bool]:
     """Nodes whose bounds decide a relaxation (inputs of activations and max pooling) and
     that lie behind an earlier relaxation (before it, forward mode is already exact)."""
-    relaxing = [isinstance(nd.op, (ops.ActivationOp, ops.MaxPoolOp, ops.BilinearOp)) for nd in graph.nodes]
+    relaxing = [isinstance(nd.op, RELAXING) for nd in graph.nodes]
     behind = [False] * len(graph.nodes)
     for j, nd in enumerate(graph.nodes):
         behind[j] = any(behind[i] or relaxing[i] for i in nd.inputs)
@@ -443,7 +447,20 @@ def _feeds_relaxation(graph: BoundGraph) -> List[bool]:
         if relaxing[j]:
             for i in nd.inputs:
                 feeds[i] = behind[i]
+    # a node that only moves its input's elements (an expand, a reshape, a slice) is refined
+    # through that input: a backward pass from one of its elements is the pass from the element
+    # it copies, so the bounds are the same, and the input has each element once (a
+    # LayerNorm's rsqrt is one number per row, its expand one per feature)
+    for j in range(len(graph.nodes) - 1, 0, -1):
+        nd = graph.nodes[j]
+        if feeds[j] and _moves(nd.op) and len(nd.inputs) == 1:
+            feeds[j], feeds[nd.inputs[0]] = False, True
     return feeds
+
+
+def _moves(op) -> bool:
+    """A linear map that only moves (copies, drops, pads with 0) its input's elements."""
+    return isinstance(op, ops.LinearMapOp) and op.fan == 0
 
 
 def _crown_refine(graph: BoundGraph, conc, center, gens, j):
@@ -480,7 +497,7 @@ def _crown_refine_all(graph: BoundGraph, conc, center, gens, j):
     lo, hi = conc[j]
     n = lo.shape[0]
     flo, fhi = lo.reshape(n, -1), hi.reshape(n, -1)
-    uns = (flo < 0) & (fhi > 0)
+    uns = _loose(graph, lo, hi, j).reshape(n, -1)
     U = int(uns.sum(1).max()) if uns.numel() else 0
     if U == 0:
         return lo, hi
@@ -509,6 +526,35 @@ def _crown_refine_all(graph: BoundGraph, conc, center, gens, j):
     new_lo, _ = _round_out(-ub, -ub, lo.dtype)
     flo = _tighten(flo, order, need, new_lo, upper=False)
     return flo.reshape(lo.shape), fhi.reshape(hi.shape)
+
+
+def _loose(graph: BoundGraph, lo, hi, j):
+    """The neurons of node ``j`` that some relaxation reading it relaxes inexactly (``op.loose``:
+    a ReLU's unstable neurons, every neuron of positive width under a smooth activation, a
+    square or a product, those around a kink of a piecewise-linear one); a reader without a
+    relaxation adds none."""
+    out = _loose_for(graph, lo, hi, j)
+    return (lo < 0) & (hi > 0) if out is None else out
+
+
+def _loose_for(graph: BoundGraph, lo, hi, j):
+    """``_loose`` of the relaxations reading node ``j``, directly or through ops that move its
+    elements (their masks pulled back to the elements they copy); None where none does."""
+    out = None
+    for r, nd in enumerate(graph.nodes):
+        if j not in nd.inputs:
+            continue
+        if isinstance(nd.op, RELAXING):
+            m = nd.op.loose(lo, hi)
+        elif _moves(nd.op) and len(nd.inputs) == 1:
+            m_r = _loose_for(graph, nd.op.fn(lo), nd.op.fn(hi), r)
+            if m_r is None:
+                continue
+            m = ops._vjp(nd.op.fn, m_r.to(lo.dtype), lo.shape[1:]) > 0
+        else:
+            continue
+        out = m if out is None else out | m
+    return out
 
 
 def _tighten(flat, order, valid, new, upper: bool):

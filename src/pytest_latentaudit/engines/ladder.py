@@ -43,6 +43,39 @@ PROBE_SHARE = 0.25
 SHORT_ATTACK_STEPS = 5
 
 
+#: a bound call's chunk may take this many times its fixed cost (``_pace_model``), even
+#: past the 2% of the budget a chunk is otherwise held to
+PACE_OVERHEAD_FACTOR = 3.0
+#: chunk timings per method that the pace model is fitted to
+PACE_HISTORY = 8
+
+
+def _pace_model(obs, fit: bool = True):
+    """``(a, b)``: seconds of a bound call on ``s`` boxes ~ ``a + b s``, fitted (least squares,
+    both clamped at 0) to the last timings ``[(s, seconds)]``; with one chunk size seen, or a
+    fit that gives no positive slope, ``a = 0`` and ``b`` the last chunk's seconds per box
+    (the old pace). None without timings. Only where chunks end and how they group the boxes
+    depends on it, never a box's bound."""
+    if not obs:
+        return None
+    s_last, t_last = obs[-1]
+    plain = (0.0, t_last / max(s_last, 1))
+    sizes = {s for s, _ in obs}
+    if len(sizes) < 2 or not fit:
+        return plain
+    m = len(obs)
+    ms = sum(s for s, _ in obs) / m
+    mt = sum(t for _, t in obs) / m
+    var = sum((s - ms) ** 2 for s, _ in obs)
+    b = sum((s - ms) * (t - mt) for s, t in obs) / var
+    a = mt - b * ms
+    if b <= 0:
+        return plain
+    if a < 0:
+        return plain
+    return a, b
+
+
 @dataclass
 class Outcome:
     """Per-box results of one ladder run (engine-level; see api.BoxResult for users)."""
@@ -133,6 +166,8 @@ class Ladder:
         self.cex_margin = torch.full((n,), torch.nan, dtype=dt, device=dev)
         self.notes: List[str] = []
         self.bab_boxes = 0
+        #: root boxes bounded with CROWN intermediate bounds (the crown rung reached them)
+        self.crowned = torch.zeros(n, dtype=torch.bool, device=dev)
         #: boxes that reached the costly CROWN stage of a bound (branch and bound's work units)
         self.stage_count = StageCount()
         self.fraction = torch.full((n,), torch.nan, dtype=torch.float64)
@@ -250,7 +285,7 @@ class Ladder:
                    deadline=self.deadline, generator=self.gen, method=self.attack_method)
         self._mark_falsified(idx, found, rung)
 
-    def paced_upper(self, idx, tl, tu, method):
+    def paced_upper(self, idx, tl, tu, method, fit: bool = False):
         """``chunked_upper`` in chunks sized to the budget: a chunk is a power of two up to
         ``batch_size`` boxes, as many as the pace of the last chunk (per ``method``) says
         take at most 2% of the budget (at least 50 ms); a chunk starts only if it would end
@@ -259,7 +294,7 @@ class Ladder:
 
         The order of the boxes is fixed; the clock chooses only where the sequence stops and
         how it is grouped into calls (a box's bound does not depend on its neighbours)."""
-        pace = self.__dict__.setdefault("_pace", {})
+        pace = self.__dict__.setdefault("_pace", {})  # method -> [(chunk size, seconds)], the last few
         n = idx.numel()
         ub = torch.full((n,), torch.inf, dtype=tl.dtype, device=tl.device)
         tol = torch.zeros(n, dtype=tl.dtype, device=tl.device)
@@ -267,20 +302,32 @@ class Ladder:
         budget = self.deadline - t_start if t_start is not None else float("inf")
         target = max(0.02 * budget, 0.05) if budget != float("inf") else float("inf")
         start, cut = 0, False
+        key = (method, fit)  # the rungs' fitted pace and branch and bound's plain one apart
         while start < n:
             size = min(self.batch_size, n - start)
-            per = pace.get(method)
-            if per is None and budget != float("inf"):
+            # branch and bound's first chunk takes the rung's last pace (as one record did before)
+            est = _pace_model(pace.get(key) or pace.get((method, not fit)), fit)
+            if est is None and budget != float("inf"):
                 size = min(size, 16)  # first calls of a method: measure its pace on a few boxes
-            elif per is not None and per * size > target:
-                size = min(size, 1 << max(0, int(target / per).bit_length() - 1))
+            elif est is not None:
+                a, b = est
+                # a chunk costs a fixed a (per-op overhead of every pass) plus b per box: never so
+                # small that the fixed part dominates (2 boxes of a LayerNorm network's CROWN stage
+                # cost 7x a batch of 64 per box, and a pace taken from them shrank the next chunk)
+                tgt = max(target, PACE_OVERHEAD_FACTOR * a)
+                if a + b * size > tgt:
+                    room = int((tgt - a) / b) if b > 0 else size
+                    size = min(size, 1 << max(0, room.bit_length() - 1))
             now = time.perf_counter()
-            if now > self.deadline or (per is not None and now + 0.5 * per * size > self.deadline):
+            if fit and est is not None:  # near the deadline, a chunk that fits in what is left
+                while size > 1 and est[0] + est[1] * size > self.deadline - now:
+                    size //= 2
+            if now > self.deadline or (est is not None and now + 0.5 * (est[0] + est[1] * size) > self.deadline):
                 cut = True
                 break
             sl = slice(start, start + size)
             ub[sl], tol[sl] = self.chunked_upper(idx[sl], tl[sl], tu[sl], method)
-            pace[method] = (time.perf_counter() - now) / size
+            pace[key] = (pace.get(key) or [])[-(PACE_HISTORY - 1):] + [(size, time.perf_counter() - now)]
             start = sl.stop
             self.tick()
         return torch.nan_to_num(ub, nan=torch.inf), tol, start, cut
@@ -335,8 +382,12 @@ class Ladder:
         self._bound_boxes(idx, method, rung)
 
     def _bound_boxes(self, idx, method, rung):
-        ub, tol, done, cut = self.paced_upper(idx, self.p.tl[idx], self.p.tu[idx], method)
+        # a rung's chunks are alike (root boxes, one method), so its pace is fitted with a fixed
+        # cost per call; branch and bound's mix cheap and CROWN-stage boxes, and keep the plain pace
+        ub, tol, done, cut = self.paced_upper(idx, self.p.tl[idx], self.p.tu[idx], method, fit=True)
         self._cut = getattr(self, "_cut", False) or cut
+        if method == "crown":
+            self.crowned[idx[:done]] = True
         self.bound[idx] = torch.minimum(self.bound[idx], ub)
         for i, ok in zip(idx.tolist(), (ub < -tol).tolist()):
             if ok:

@@ -169,6 +169,13 @@ class BoundOp:
     def backward(self, A, pre=None, in_shapes=None):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def loose(self, lo, hi):
+        """Which elements of an input with bounds ``[lo, hi]`` this op relaxes inexactly (a
+        tighter input bound can tighten its lines there): the neurons CROWN intermediate
+        bounds refine. Here (max pooling and what has no relaxation): those whose interval
+        contains 0 strictly. Activations and products say where their lines have a gap."""
+        return (lo < 0) & (hi > 0)
+
     def magnitude(self, *mags):
         """Bound of ``sum |terms|`` per output element given input magnitudes (fan > 0)."""
         raise NotImplementedError  # pragma: no cover - abstract
@@ -598,6 +605,16 @@ class ActivationOp(BoundOp):
 
     def forward(self, x):
         return self.f(x)
+
+    def loose(self, lo, hi):
+        """A piecewise-linear function's lines are exact on an interval without a kink
+        inside; any other function's are inexact on every interval of positive width."""
+        if not self.piecewise_linear:
+            return hi > lo
+        out = torch.zeros_like(lo, dtype=torch.bool)
+        for k in self.kinks:
+            out |= (lo < k) & (hi > k)
+        return out
 
     def lipschitz_on(self, lo, hi):
         """A bound of ``|f'|`` on ``[lo, hi]`` (a number, or a tensor like ``lo``): the float
@@ -1540,6 +1557,10 @@ class BilinearOp(BoundOp):
         #: output elements that broadcast onto one element of each input (summed in backward)
         self.groups = tuple(max(1, n_out // max(1, int(math.prod(s)))) for s in in_shapes)
         self.group = max(self.groups)
+
+    def loose(self, lo, hi):
+        """The McCormick planes have a gap wherever an operand's interval has width."""
+        return hi > lo
 
     def forward(self, x, y):
         return x * y
