@@ -1297,7 +1297,10 @@ class LayerNormRoundingOp(FusedRoundingOp):
         return torch.as_tensor(lo, dtype=yb[0].dtype).expand_as(yb[0]), \
             torch.as_tensor(hi, dtype=yb[0].dtype).expand_as(yb[0])
 
-    def kernel_radius(self, pre):
+    def _statistics(self, pre):
+        """``(M, C, E_mu, R, E_r, ok)``: the row's ``max |x|``, ``|x - mean|``, the mean's and
+        rstd's float errors and the bound ``R`` of rstd (``ok``: a relative bound holds), as
+        the docstring derives them; layer and group norm share them."""
         _, xb, cb, vb = pre
         u, n, dims = self.u, self.n, self.dims
         M = _mag(xb).amax(dims, keepdim=True)
@@ -1309,6 +1312,11 @@ class LayerNormRoundingOp(FusedRoundingOp):
         ok = base > 0
         R = torch.where(ok, torch.rsqrt(torch.where(ok, base, torch.ones_like(base))), torch.full_like(base, torch.inf))
         E_r = dv * R * R * R / 2 + 8 * u * R
+        return M, C, E_mu, R, E_r, ok
+
+    def kernel_radius(self, pre):
+        u = self.u
+        M, C, E_mu, R, E_r, ok = self._statistics(pre)
         R2 = R + E_r
         T = (C + E_mu) * R2 + u * (2 * M + E_mu) * R2
         E_t = C * E_r + E_mu * R2 + u * (2 * M + E_mu) * R2 + u * T
@@ -1342,17 +1350,8 @@ class GroupNormRoundingOp(LayerNormRoundingOp):
     crude bound takes ``|x S| + |mu S| <= (2 M + E_mu) R_eps |g|``."""
 
     def kernel_radius(self, pre):
-        _, xb, cb, vb = pre
-        u, n, dims = self.u, self.n, self.dims
-        M = _mag(xb).amax(dims, keepdim=True)
-        C = _mag(cb)
-        v_lo, v_hi = vb
-        E_mu = gamma(3 * n + 8, u) * M
-        dv = 8 * gamma(2 * n + 8, u) * M * M + 2 * u * v_hi.abs()
-        base = v_lo - dv
-        ok = base > 0
-        R = torch.where(ok, torch.rsqrt(torch.where(ok, base, torch.ones_like(base))), torch.full_like(base, torch.inf))
-        E_r = dv * R * R * R / 2 + 8 * u * R
+        u = self.u
+        M, C, E_mu, R, E_r, ok = self._statistics(pre)
         R2 = R + E_r
         T = (C + E_mu) * R2
         g = 1.0 if self.weight is None else self.weight.abs()

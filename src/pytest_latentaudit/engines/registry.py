@@ -939,6 +939,34 @@ def _internal(op):
     return op
 
 
+def _normalise(ctx, nm, x, dims, n, eps, full):
+    """The exact ``(x - mean) / sqrt(var + eps)`` over ``dims`` (``n`` elements) of a sample
+    shaped ``full``, as layer and group norm decompose it: ``mean`` (linear), ``c = x - mean``,
+    ``var = mean(c^2)``, ``+ eps``, ``rsqrt``, the product ``c * rstd`` (McCormick), no model
+    rounding inside. Returns the output, ``c`` and ``var + eps`` (the rounding op's inputs)."""
+
+    def expand(t):
+        return t.expand(t.shape[0], *full)
+
+    mean = ctx.emit(_internal(ops.LinearMapOp(nm + ".mean", lambda t: t.mean(dims, keepdim=True), "mean", fan=n + 1)),
+                    [x])
+    mean_e = ctx.emit(ops.LinearMapOp(nm + ".mean.expand", expand, "expand"), [mean])
+    c = ctx.emit(_internal(ops.WeightedSumOp(nm + ".centre", 1.0, -1.0)), [x, mean_e])
+    sq = ctx.emit(_internal(ops.SquareOp(nm + ".square", ulps=2.0)), [c])
+    var = ctx.emit(_internal(ops.LinearMapOp(nm + ".var", lambda t: t.mean(dims, keepdim=True), "mean", fan=n + 1)),
+                   [sq])
+    add = _internal(ops.AddConstOp(nm + ".eps"))
+    add.consts["bias"] = lambda env: torch.tensor(eps, dtype=torch.float64)
+    ve = ctx.emit(add, [var])
+    # the exact var + eps is >= eps: a clamp just below it keeps the exact value and keeps our
+    # rounding of the mean of squares (relative to its largest value) from reaching 0
+    ve = ctx.emit(_internal(ops.ClampOp(nm + ".eps.floor", eps * (1 - 1e-6), None)), [ve])
+    r = ctx.emit(_internal(ops.RsqrtOp(nm + ".rsqrt")), [ve])
+    r_e = ctx.emit(ops.LinearMapOp(nm + ".rsqrt.expand", expand, "expand"), [r])
+    y = ctx.emit(_internal(ops.BilinearOp(nm + ".normalise", full, [full, full])), [c, r_e])
+    return y, c, ve
+
+
 @register(*_ov(aten.native_layer_norm, "default"))
 def _layer_norm(ctx):
     """``native_layer_norm``: the exact function through ``mean`` (linear), ``c = x - mean``,
@@ -968,25 +996,7 @@ def _layer_norm(ctx):
     full = tuple(v.shape[1:])
     nm = ctx.name
 
-    def expand(t):
-        return t.expand(t.shape[0], *full)
-
-    mean = ctx.emit(_internal(ops.LinearMapOp(nm + ".mean", lambda t: t.mean(dims, keepdim=True), "mean", fan=n + 1)),
-                    [x])
-    mean_e = ctx.emit(ops.LinearMapOp(nm + ".mean.expand", expand, "expand"), [mean])
-    c = ctx.emit(_internal(ops.WeightedSumOp(nm + ".centre", 1.0, -1.0)), [x, mean_e])
-    sq = ctx.emit(_internal(ops.SquareOp(nm + ".square", ulps=2.0)), [c])
-    var = ctx.emit(_internal(ops.LinearMapOp(nm + ".var", lambda t: t.mean(dims, keepdim=True), "mean", fan=n + 1)),
-                   [sq])
-    add = _internal(ops.AddConstOp(nm + ".eps"))
-    add.consts["bias"] = lambda env: torch.tensor(eps, dtype=torch.float64)
-    ve = ctx.emit(add, [var])
-    # the exact var + eps is >= eps: a clamp just below it keeps the exact value and keeps our
-    # rounding of the mean of squares (relative to its largest value) from reaching 0
-    ve = ctx.emit(_internal(ops.ClampOp(nm + ".eps.floor", eps * (1 - 1e-6), None)), [ve])
-    r = ctx.emit(_internal(ops.RsqrtOp(nm + ".rsqrt")), [ve])
-    r_e = ctx.emit(ops.LinearMapOp(nm + ".rsqrt.expand", expand, "expand"), [r])
-    y = ctx.emit(_internal(ops.BilinearOp(nm + ".normalise", full, [full, full])), [c, r_e])
+    y, c, ve = _normalise(ctx, nm, x, dims, n, eps, full)
     has_w, has_b = ctx.value_of("weight") is not None, ctx.value_of("bias") is not None
     if has_w or has_b:
         aff = _internal(ops.ChannelAffineOp(nm + ".affine", n_ops=2))
@@ -1031,27 +1041,11 @@ def _group_norm(ctx):
     per = n * G // Cn  # elements per channel (HxW)
     nm = ctx.name
 
-    def expand(t):
-        return t.expand(t.shape[0], G, n)
-
     def grouped(t):  # a per-channel [C] constant in the grouped view [G, n]
         return t.double().reshape(G, Cn // G, 1).expand(G, Cn // G, per).reshape(G, n)
 
     xg = ctx.emit(ops.LinearMapOp(nm + ".groups", lambda t: t.reshape(t.shape[0], G, n), "reshape"), [x])
-    mean = ctx.emit(_internal(ops.LinearMapOp(nm + ".mean", lambda t: t.mean(2, keepdim=True), "mean", fan=n + 1)),
-                    [xg])
-    mean_e = ctx.emit(ops.LinearMapOp(nm + ".mean.expand", expand, "expand"), [mean])
-    c = ctx.emit(_internal(ops.WeightedSumOp(nm + ".centre", 1.0, -1.0)), [xg, mean_e])
-    sq = ctx.emit(_internal(ops.SquareOp(nm + ".square", ulps=2.0)), [c])
-    var = ctx.emit(_internal(ops.LinearMapOp(nm + ".var", lambda t: t.mean(2, keepdim=True), "mean", fan=n + 1)),
-                   [sq])
-    add = _internal(ops.AddConstOp(nm + ".eps"))
-    add.consts["bias"] = lambda env: torch.tensor(eps, dtype=torch.float64)
-    ve = ctx.emit(add, [var])
-    ve = ctx.emit(_internal(ops.ClampOp(nm + ".eps.floor", eps * (1 - 1e-6), None)), [ve])
-    r = ctx.emit(_internal(ops.RsqrtOp(nm + ".rsqrt")), [ve])
-    r_e = ctx.emit(ops.LinearMapOp(nm + ".rsqrt.expand", expand, "expand"), [r])
-    y = ctx.emit(_internal(ops.BilinearOp(nm + ".normalise", (G, n), [(G, n), (G, n)])), [c, r_e])
+    y, c, ve = _normalise(ctx, nm, xg, (2,), n, eps, (G, n))
     has_w, has_b = ctx.value_of("weight") is not None, ctx.value_of("bias") is not None
     if has_w or has_b:
         aff = _internal(ops.ChannelAffineOp(nm + ".affine", n_ops=2))
