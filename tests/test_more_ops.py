@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from test_norm_softmax import _bounds
-from test_products import check_output_range_near_the_maximum, check_prediction_boxes
-from test_soundness import assert_inside, forward_all, sample_box
+from test_products import check_bounds_contain_samples, check_output_range_near_the_maximum, check_prediction_boxes
 
 from pytest_latentaudit import Prediction, verify_box
 from pytest_latentaudit.engines import ops
@@ -123,17 +122,7 @@ def test_each_op_is_lowered_and_computes_the_model(kind):
 @given(data=st.data(), net=op_nets())
 def test_every_method_contains_the_sampled_outputs(data, net):
     model, d, n_out, seed, dtype = net
-    g = torch.Generator().manual_seed(seed)
-    center = torch.randn(3, d, generator=g).to(dtype)
-    half = data.draw(st.sampled_from([0.0, 1e-3, 0.1, 1.0]))
-    gens = torch.diag_embed(torch.full((3, d), half, dtype=dtype))
-    graph = get_graph(model, (d,))
-    y = forward_all(model, sample_box(center.float(), gens.float()).to(dtype)).double()
-    lo, hi = ibp_bounds(graph, center, gens)[-1]
-    assert_inside(y, lo, hi, rtol=0.0)
-    for method in ("linear", "crown"):
-        lo, hi = _bounds(graph, center, gens, method)
-        assert_inside(y, lo, hi, rtol=0.0)
+    check_bounds_contain_samples(model, d, seed, dtype, half=data.draw(st.sampled_from([0.0, 1e-3, 0.1, 1.0])))
 
 
 @FAST

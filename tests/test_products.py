@@ -163,6 +163,22 @@ def check_prediction_boxes(model, d, n_out, seed, dtype, engine, half, spread=1.
     _check_box_result(model, spec, labels, lower, upper, res, g)
 
 
+def check_bounds_contain_samples(model, d, seed, dtype, half, methods=("ibp", "linear", "crown")):
+    """Three axis boxes of half-width ``half`` around N(0, 1) centres: the sampled outputs of
+    the model's own forward pass (random points, corners, centre) lie inside each method's
+    output bounds, with no tolerance. Shared by the property tests of each family of ops."""
+    from test_norm_softmax import _bounds  # (it imports this module)
+
+    g = torch.Generator().manual_seed(seed)
+    center = torch.randn(3, d, generator=g).to(dtype)
+    gens = torch.diag_embed(torch.full((3, d), half, dtype=dtype))
+    graph = get_graph(model, (d,))
+    y = forward_all(model, sample_box(center.float(), gens.float()).to(dtype)).double()
+    for method in methods:
+        lo, hi = ibp_bounds(graph, center, gens)[-1] if method == "ibp" else _bounds(graph, center, gens, method)
+        assert_inside(y, lo, hi, rtol=0.0)
+
+
 def check_output_range_near_the_maximum(model, d, seed, dtype, engine, side, q):
     """An OutputRange bound placed among the sampled outputs of two random boxes (side up to
     ``side``), ``q`` of the outputs' scale above (``q > 0``) or below their sampled maximum:
