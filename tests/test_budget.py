@@ -186,3 +186,22 @@ def test_first_library_call_does_not_spend_its_budget_on_the_tracer_import():
     verified, seconds = out.stdout.split()
     assert int(verified) == 4, out.stdout
     assert float(seconds) < 0.5
+
+
+def test_a_budget_too_short_for_any_bound_says_so():
+    """An unknown verdict whose budget ran out before the first bound names the budget, so
+    a user does not read it as a bound that failed."""
+    import torch
+    from torch import nn
+
+    from pytest_latentaudit import Prediction, verify_box
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    z = torch.randn(8, 4)
+    labels = model(z).argmax(1)
+    res = verify_box(model, z - 1e-3, z + 1e-3, Prediction(labels), budget_s=1e-6)
+    assert "verified" not in res.status
+    assert any("budget ran out before any box was bounded" in n for n in res.notes), res.notes
+    ok = verify_box(model, z - 1e-3, z + 1e-3, Prediction(labels), budget_s=10)
+    assert ok.counts()["verified"] == 8 and not any("budget ran out" in n for n in ok.notes), ok.notes

@@ -576,6 +576,11 @@ class Ladder:
                 self._mark_falsified(idx, found, "blackbox")
         if not self._time_up():
             self.run_sampling()
+        if (self.graph is not None or self.bound_fn is not None) and e != "falsify" and self._time_up() \
+                and self.undecided().numel() and not bool(torch.isfinite(self.bound).any()):
+            # an "unknown" that says why: no bound ran at all, not a bound that failed
+            self.notes.append("the budget ran out before any box was bounded (lowering the model and checking its "
+                              "trace count against it): pass a larger budget_s")
         self.tick("done")
         return Outcome(self.status, self.rung, self.bound, self.cex_t, self.cex_x, self.cex_margin,
                        fraction=self.fraction, bad_intervals=self.bad_intervals, bab_boxes=self.bab_boxes,
