@@ -51,10 +51,10 @@ PACE_HISTORY = 8
 
 
 def _pace_model(obs, fit: bool = True):
-    """``(a, b)``: seconds of a bound call on ``s`` boxes ~ ``a + b s``, fitted (least squares,
-    both clamped at 0) to the last timings ``[(s, seconds)]``; with one chunk size seen, or a
-    fit that gives no positive slope, ``a = 0`` and ``b`` the last chunk's seconds per box
-    (the old pace). None without timings. Only where chunks end and how they group the boxes
+    """``(a, b)``: seconds of a bound call on ``s`` boxes ~ ``a + b s``, fitted (least squares)
+    to the last timings ``[(s, seconds)]``; with one chunk size seen, or a fit with no positive
+    slope or a negative fixed cost, ``a = 0`` and ``b`` the last chunk's seconds per box (the
+    old pace). None without timings. Only where chunks end and how they group the boxes
     depends on it, never a box's bound."""
     if not obs:
         return None
@@ -69,11 +69,7 @@ def _pace_model(obs, fit: bool = True):
     var = sum((s - ms) ** 2 for s, _ in obs)
     b = sum((s - ms) * (t - mt) for s, t in obs) / var
     a = mt - b * ms
-    if b <= 0:
-        return plain
-    if a < 0:
-        return plain
-    return a, b
+    return plain if b <= 0 or a < 0 else (a, b)
 
 
 @dataclass

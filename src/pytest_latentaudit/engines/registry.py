@@ -863,10 +863,10 @@ def _adaptive_windows(n_in: int, n_out: int):
 
 @register(*_ov(aten.adaptive_max_pool2d, "default"))
 def _adaptive_max(ctx):
-    """Adaptive max pooling (``[N, C, H, W]`` or ``[N, H, W]`` with the leading dim as
-    channels): each output is the max of its window (``_adaptive_windows``); windows of
-    unequal sizes are padded with their own first entry (the max is unchanged), so one
-    ``MaxPoolOp`` takes them all."""
+    """Adaptive max pooling of ``[N, C, H, W]`` (1-d pooling arrives unsqueezed to that;
+    torch's unbatched ``[C, H, W]`` form is refused): each output is the max of its window
+    (``_adaptive_windows``); windows of unequal sizes are padded with their own first entry
+    (the max is unchanged), so one ``MaxPoolOp`` takes them all."""
     size = [int(v) for v in ctx.arg("output_size")]
     x = ctx.data_arg("self")
     v = ctx.lw.values[x]
