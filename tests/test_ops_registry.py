@@ -234,7 +234,8 @@ def test_op_bounds_contain_the_model(name, seed, width, k):
         s[:4] = torch.tensor([-1.0, 1.0])[torch.randint(0, 2, (4, n, k), generator=gen)]  # corners too
         x = (c[None].double() + torch.einsum("snk,nkd->snd", s.double(), G.double())).float()
         y = m(x.reshape(-1, 3)).reshape(400, n, -1).double()
-    for method in ("ibp", "linear"):
-        lo, hi = output_bounds(g, c, G, method=method)
+    for method in ("ibp", "linear", "crown", "crown64"):  # crown64: float64 backward coefficients
+        precise = method == "crown64"
+        lo, hi = output_bounds(g, c, G, method="crown" if precise else method, precise=precise)
         assert bool((y >= lo.reshape(1, n, -1)).all()), (name, method, float((lo.reshape(1, n, -1) - y).max()))
         assert bool((y <= hi.reshape(1, n, -1)).all()), (name, method, float((y - hi.reshape(1, n, -1)).max()))

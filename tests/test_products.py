@@ -163,7 +163,7 @@ def check_prediction_boxes(model, d, n_out, seed, dtype, engine, half, spread=1.
     _check_box_result(model, spec, labels, lower, upper, res, g)
 
 
-def check_bounds_contain_samples(model, d, seed, dtype, half, methods=("ibp", "linear", "crown")):
+def check_bounds_contain_samples(model, d, seed, dtype, half, methods=("ibp", "linear", "crown", "crown64")):
     """Three axis boxes of half-width ``half`` around N(0, 1) centres: the sampled outputs of
     the model's own forward pass (random points, corners, centre) lie inside each method's
     output bounds, with no tolerance. Shared by the property tests of each family of ops."""

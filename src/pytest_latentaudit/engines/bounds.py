@@ -85,7 +85,7 @@ def _form_magnitude(f: LinForm):
 
 
 def linear_bounds(graph: BoundGraph, center: torch.Tensor, gens: torch.Tensor, stop_before_last=False,
-                  crown=False):
+                  crown=False, precise=False):
     """Forward-mode linear bounds. Returns ``(forms, concrete)`` per node; concrete bounds
     are the intersection of the form's concretisation and IBP, each widened by the
     node's error radius. With ``crown``, the inputs of relaxations behind an earlier
@@ -126,7 +126,7 @@ def linear_bounds(graph: BoundGraph, center: torch.Tensor, gens: torch.Tensor, s
         forms.append(f)
         conc.append((torch.maximum(lo_i, lo_f), torch.minimum(hi_i, hi_f)))
         if feeds is not None and feeds[j]:
-            conc[j] = _crown_refine(graph, conc, center, gens, j)
+            conc[j] = _crown_refine(graph, conc, center, gens, j, precise=precise)
     return forms, conc
 
 
@@ -182,7 +182,7 @@ U32 = 2.0 ** -24
 
 
 def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d, fast=False, forms=None,
-                   threshold=None):
+                   threshold=None, precise=False):
     """CROWN-style backward pass: an upper bound of ``A_start . x_start + d`` over the box,
     for ``A_start`` ``[n, m, *S_start]`` (rows per box) and ``d`` ``[n, m]``, using the
     intermediate bounds ``conc`` of the nodes before ``start``.
@@ -197,6 +197,12 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
     float64 model's ``1 / h`` at ``h = 5e30`` has slope ``-4e-62``, which float32 flushes to
     0: that term of the bound was lost).
 
+    ``precise``: float64 coefficients on a float32 graph too. Our rounding of ``A W`` then
+    costs ``2^-53`` per product instead of ``2^-24``: in float32 it is as large as the model's
+    own rounding, and through CROWN's intermediate bounds it compounds (the 5x512 head at
+    eps 0.5, k 4: 136 of 256 boxes verified with float32 coefficients, 156 with float64, 167
+    with no rounding counted at all), at about twice the time.
+
     With ``forms`` (the forward forms of the nodes) and ``threshold`` (``[n]`` per box or
     ``[n, m]`` per row), before each costly step (an affine layer) the pass also bounds its
     rows through the forms of the nodes it has reached (a cut of the graph, ``_cut_upper``);
@@ -206,12 +212,14 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
     n, m = A_start.shape[:2]
     nodes = graph.nodes
     # float32 coefficients only for a float32 graph (its numbers are float32 already), and
-    # where float32 products are full float32 (no TF32/bfloat16)
-    fast = graph.dtype == torch.float32 and not graph.reduced_float32
+    # where float32 products are full float32 (no TF32/bfloat16); ``precise``: float64 ones
+    fast = graph.dtype == torch.float32 and not graph.reduced_float32 and not precise
     A: List[Optional[torch.Tensor]] = [None] * len(nodes)
     A[start] = A_start.reshape(n * m, *nodes[start].shape)
     if fast:
         A[start] = A[start].float()
+    elif precise:
+        A[start] = A[start].double()
     const = d.reshape(n * m).to(torch.float64).clone()  # constants are summed in float64
     const_abs = const.abs()
     cuts = forms is not None and threshold is not None
@@ -252,17 +260,20 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
                     n, m = n2, m2
                     Aj = A[j]
         pre = _in_bounds(conc, node)
-        Rj = node.op.radius(pre, ours=not fast)  # fast: our rounding comes from our_radius
-        if fast and node.op.rounding:
+        # the model's rounding, and ours: the products of this step in A's dtype (each entry
+        # of A_in sums d_out products), whatever dtype the forward bounds were computed in
+        Rj = node.op.radius(pre, ours=False)
+        if node.op.rounding:
             d_out = int(Aj[0].numel())
-            Ro = node.op.our_radius(pre, U32, d_out)
+            Ro = node.op.our_radius(pre, unit(Aj.dtype), d_out)
             Rj = Ro if Rj is None else (Rj if Ro is None else Rj + Ro)
         if Rj is not None:
             Rf = Rj.reshape(n, -1).to(Aj.dtype)
-            # |A| R = |A R| as R >= 0: one product, in place abs, a sum (no |A| kept)
+            # |A| R = |A R| as R >= 0: one product, in place abs, a sum (no |A| kept); a sum of
+            # non-negative terms in A's dtype, and R rounded to it (rounded up by the factor)
             s = (Aj.reshape(n, m, -1) * Rf[:, None, :]).abs_().sum(-1).reshape(-1).double()
-            if fast:  # a float32 sum of non-negative terms, and R rounded to float32
-                s = s * (1 + gamma(Rf.shape[1] + 4, U32)) * (1 + 2 * U32)
+            ua = unit(Aj.dtype)
+            s = s * (1 + gamma(Rf.shape[1] + 4, ua)) * (1 + 2 * ua)
             const = const + s
             const_abs = const_abs + s
         in_shapes = [nodes[i].shape for i in node.inputs]
@@ -329,9 +340,10 @@ def _input_step(nodes, A0, const, const_abs, center, gens, n, m):
     return val + spread + slack
 
 
-def backward_upper(graph: BoundGraph, conc, center, gens, C, d, forms=None, threshold=None):
+def backward_upper(graph: BoundGraph, conc, center, gens, C, d, forms=None, threshold=None, precise=False):
     """Upper bound of every row of ``C y + d`` by a backward pass from the output."""
-    return backward_bound(graph, conc, center, gens, len(graph.nodes) - 1, C, d, forms=forms, threshold=threshold)
+    return backward_bound(graph, conc, center, gens, len(graph.nodes) - 1, C, d, forms=forms, threshold=threshold,
+                          precise=precise)
 
 
 def _cut_upper(nodes, A, forms, const, const_abs, n, m):
@@ -463,7 +475,7 @@ def _moves(op) -> bool:
     return isinstance(op, ops.LinearMapOp) and op.fan == 0
 
 
-def _crown_refine(graph: BoundGraph, conc, center, gens, j):
+def _crown_refine(graph: BoundGraph, conc, center, gens, j, precise=False):
     """``_crown_refine_all`` in chunks of boxes whose backward rows stay near
     ``REFINE_CHUNK`` numbers on a CPU: the rows of a wide layer for every box are hundreds of
     megabytes, which the allocator maps fresh and the kernel faults in page by page for
@@ -472,13 +484,13 @@ def _crown_refine(graph: BoundGraph, conc, center, gens, j):
     lo = conc[j][0]
     n = lo.shape[0]
     if lo.device.type != "cpu" or n <= 1:
-        return _crown_refine_all(graph, conc, center, gens, j)
+        return _crown_refine_all(graph, conc, center, gens, j, precise)
     width = lo[0].numel() * max((conc[i][0][0].numel() for i in graph.nodes[j].inputs), default=1)
     step = max(1, REFINE_CHUNK // max(1, width))
     if n <= step:
-        return _crown_refine_all(graph, conc, center, gens, j)
+        return _crown_refine_all(graph, conc, center, gens, j, precise)
     parts = [_crown_refine_all(graph, [(a[s:s + step], b[s:s + step]) for a, b in conc[:j + 1]],
-                               center[s:s + step], gens[s:s + step], j) for s in range(0, n, step)]
+                               center[s:s + step], gens[s:s + step], j, precise) for s in range(0, n, step)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -486,7 +498,7 @@ def _crown_refine(graph: BoundGraph, conc, center, gens, j):
 REFINE_CHUNK = 1 << 20
 
 
-def _crown_refine_all(graph: BoundGraph, conc, center, gens, j):
+def _crown_refine_all(graph: BoundGraph, conc, center, gens, j, precise=False):
     """Tighten node ``j``'s bounds on its unstable neurons (lower < 0 < upper) with a
     backward pass per neuron, over the bounds of the nodes before it. With many unstable
     neurons (``UPPER_FIRST_MIN``) that only (leaky) ReLUs read, upper bounds come first: a
@@ -508,12 +520,12 @@ def _crown_refine_all(graph: BoundGraph, conc, center, gens, j):
         # than two passes' per-layer overhead
         ones = torch.ones(U, dtype=lo.dtype, device=lo.device)
         ub = _neuron_bounds(graph, conc, center, gens, j, torch.cat([order, order], 1),
-                            torch.cat([valid, valid], 1), torch.cat([ones, -ones]))
+                            torch.cat([valid, valid], 1), torch.cat([ones, -ones]), precise)
         new_lo, new_hi = _round_out(-ub[:, U:], ub[:, :U], lo.dtype)
         fhi = _tighten(fhi, order, valid, new_hi, upper=True)
         flo = _tighten(flo, order, valid, new_lo, upper=False)
         return flo.reshape(lo.shape), fhi.reshape(hi.shape)
-    ub = _neuron_bounds(graph, conc, center, gens, j, order, valid, 1.0)
+    ub = _neuron_bounds(graph, conc, center, gens, j, order, valid, 1.0, precise)
     _, new_hi = _round_out(ub, ub, lo.dtype)
     fhi = _tighten(fhi, order, valid, new_hi, upper=True)
     need = valid & (new_hi > 0)
@@ -522,7 +534,7 @@ def _crown_refine_all(graph: BoundGraph, conc, center, gens, j):
         return flo.reshape(lo.shape), fhi.reshape(hi.shape)
     pick = torch.argsort(need.to(torch.int8), dim=1, descending=True, stable=True)[:, :U2]
     order, need = order.gather(1, pick), need.gather(1, pick)
-    ub = _neuron_bounds(graph, conc, center, gens, j, order, need, -1.0)  # bounds of -x
+    ub = _neuron_bounds(graph, conc, center, gens, j, order, need, -1.0, precise)  # bounds of -x
     new_lo, _ = _round_out(-ub, -ub, lo.dtype)
     flo = _tighten(flo, order, need, new_lo, upper=False)
     return flo.reshape(lo.shape), fhi.reshape(hi.shape)
@@ -573,7 +585,7 @@ def _only_relus_read(graph: BoundGraph, j: int) -> bool:
     return bool(readers) and all(isinstance(nd.op, ops.ReLUOp) for nd in readers)
 
 
-def _neuron_bounds(graph: BoundGraph, conc, center, gens, j, order, valid, s):
+def _neuron_bounds(graph: BoundGraph, conc, center, gens, j, order, valid, s, precise=False):
     """Upper bounds of ``s * x_i`` for the neurons ``order`` of node ``j`` (rows where
     ``valid`` is false are zero rows, their bounds unused), by one backward pass; ``s`` is
     +-1, or a tensor of signs per row."""
@@ -590,11 +602,11 @@ def _neuron_bounds(graph: BoundGraph, conc, center, gens, j, order, valid, s):
             R.gather(1, order).double() * sign.double().abs()  # no radius when rounding is off
         if op.bias is not None:
             const = const + op.bias[order].double() * sign.double()
-        return _no_nan(backward_bound(graph, conc, center, gens, graph.nodes[j].inputs[0], A, const))
+        return _no_nan(backward_bound(graph, conc, center, gens, graph.nodes[j].inputs[0], A, const, precise=precise))
     D = lo.reshape(n, -1).shape[1]
     rows = torch.zeros(n, U, D, dtype=lo.dtype, device=lo.device).scatter_(2, order[:, :, None], sign[:, :, None])
     zeros = torch.zeros(n, U, dtype=torch.float64, device=lo.device)
-    return _no_nan(backward_bound(graph, conc, center, gens, j, rows.reshape(n, U, *graph.nodes[j].shape), zeros))
+    return _no_nan(backward_bound(graph, conc, center, gens, j, rows.reshape(n, U, *graph.nodes[j].shape), zeros, precise=precise))
 
 
 @dataclass
@@ -612,7 +624,7 @@ def _no_nan(u):
 
 
 def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", threshold=None, crown=None,
-                     count: Optional[StageCount] = None):
+                     count: Optional[StageCount] = None, precise: bool = False):
     """Sound upper bound of every row of ``C y + d`` over the box; ``[N, m]``.
 
     ``method``: ``"ibp"`` (intervals only), ``"linear"`` (forward forms, folded spec and a
@@ -621,6 +633,7 @@ def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", thr
     tighter, and much costlier per box). ``crown`` overrides the method's choice. With
     ``threshold`` (``[N]``), each costlier stage runs only for boxes not already below it.
     ``count`` (a ``StageCount``) is told how many boxes reached the CROWN stage.
+    ``precise``: the CROWN stage's backward passes in float64 coefficients (``backward_bound``).
     """
     dt = graph.dtype or torch.float64
     center, gens = center.to(dt), gens.to(dt)
@@ -668,9 +681,10 @@ def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", thr
         # what stays open: CROWN intermediate bounds on the unstable neurons, then backward
         if count is not None:
             count.crown += int(need.sum())
-        forms2, conc2 = linear_bounds(graph, center[need], gens[need], crown=True)
+        forms2, conc2 = linear_bounds(graph, center[need], gens[need], crown=True, precise=precise)
         ub[need] = torch.minimum(ub[need], _no_nan(backward_upper(graph, conc2, center[need], gens[need], C[need],
-                                                                  d[need], forms=forms2, threshold=_at(thr, need))))
+                                                                  d[need], forms=forms2, threshold=_at(thr, need),
+                                                                  precise=precise)))
     return ub + residual
 
 
@@ -707,8 +721,9 @@ def _at(t, idx):
     return None if t is None else t[idx]
 
 
-def output_bounds(graph: BoundGraph, center, gens, method="linear"):
-    """Concrete lower/upper bounds of the model's outputs over the box."""
+def output_bounds(graph: BoundGraph, center, gens, method="linear", precise: bool = False):
+    """Concrete lower/upper bounds of the model's outputs over the box (``method`` and
+    ``precise`` as ``spec_upper_bound`` takes them)."""
     dt = graph.dtype or torch.float64
     center, gens = center.to(dt), gens.to(dt)
     if method == "ibp":
@@ -717,7 +732,8 @@ def output_bounds(graph: BoundGraph, center, gens, method="linear"):
     out = int(torch.tensor(graph.output_shape).prod()) if graph.output_shape else 1
     eye = torch.eye(out, dtype=center.dtype, device=center.device)
     C = torch.cat([eye, -eye])[None].expand(n, -1, -1)
-    ub = spec_upper_bound(graph, center, gens, C, torch.zeros(n, 2 * out, dtype=center.dtype, device=center.device))
+    ub = spec_upper_bound(graph, center, gens, C, torch.zeros(n, 2 * out, dtype=center.dtype, device=center.device),
+                          method=method, precise=precise)
     hi, lo = ub[:, :out], -ub[:, out:]
     return lo.reshape(n, *graph.output_shape), hi.reshape(n, *graph.output_shape)
 

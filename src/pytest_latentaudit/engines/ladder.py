@@ -41,6 +41,9 @@ PROBE_BOXES = 16
 PROBE_SHARE = 0.25
 #: gradient steps of the attack between the linear and the CROWN rungs
 SHORT_ATTACK_STEPS = 5
+#: the bound method of the CROWN rung's second pass: CROWN with float64 coefficients on a
+#: float32 graph (``bounds.backward_bound``'s ``precise``)
+PRECISE_CROWN = "crown64"
 
 
 #: a bound call's chunk may take this many times its fixed cost (``_pace_model``), even
@@ -218,8 +221,9 @@ class Ladder:
             if self.bound_fn is not None:
                 ub = self.bound_fn(idx, tl, tu, C, d)
             else:
-                ub = spec_upper_bound(self.graph, c, G, C, d, method=method, threshold=-tol,
-                                      count=self.stage_count)
+                precise = method == PRECISE_CROWN
+                ub = spec_upper_bound(self.graph, c, G, C, d, method="crown" if precise else method,
+                                      threshold=-tol, count=self.stage_count, precise=precise)
         return ub.amax(1).to(tl.dtype), tol.to(tl.dtype), y_c
 
     def chunked_upper(self, idx, tl, tu, method):
@@ -340,8 +344,34 @@ class Ladder:
         self.deadline = time.perf_counter() + share * max(full - time.perf_counter(), 0.0)
         try:
             self.run_bound("crown", "crown", order=self.likely_first)
+            self.run_crown_precise()
         finally:
             self.deadline, self._cut = full, was_cut
+
+    def run_crown_precise(self):
+        """CROWN again, in float64 coefficients, on the root boxes the CROWN rung bounded and
+        left open, likeliest first, ``PROBE_BOXES`` at a time: on a float32 graph our own
+        rounding of the backward products is counted as large as the model's, and through the
+        intermediate bounds it compounds, so that it alone keeps boxes a little above their
+        threshold open, and branch and bound cannot close them (the rounding does not shrink
+        with the sub-box). A chunk that verifies fewer than ``PROBE_SHARE`` of its boxes ends
+        the rung: the rest lie further from a proof, where splitting pays more. Which boxes go
+        depends on the boxes and their bounds, never on the clock."""
+        g = self.graph
+        if g is None or g.dtype != torch.float32 or g.reduced_float32 or self._time_up():
+            return  # float64 coefficients already (a float64 graph, or TF32 products)
+        idx = self.undecided()
+        idx = idx[self.crowned[idx]]
+        if idx.numel() == 0:
+            return
+        idx = self.likely_first(idx)
+        for s in range(0, idx.numel(), PROBE_BOXES):
+            if self._time_up():
+                return
+            chunk = idx[s:s + PROBE_BOXES]
+            self._bound_boxes(chunk, PRECISE_CROWN, "crown")
+            if sum(self.status[i] == VERIFIED for i in chunk.tolist()) < PROBE_SHARE * chunk.numel():
+                return
 
     def likely_first(self, idx):
         """``idx`` ordered by how close the bound so far came to a proof, relative to the
@@ -382,7 +412,7 @@ class Ladder:
         # cost per call; branch and bound's mix cheap and CROWN-stage boxes, and keep the plain pace
         ub, tol, done, cut = self.paced_upper(idx, self.p.tl[idx], self.p.tu[idx], method, fit=True)
         self._cut = getattr(self, "_cut", False) or cut
-        if method == "crown":
+        if method in ("crown", PRECISE_CROWN):
             self.crowned[idx[:done]] = True
         self.bound[idx] = torch.minimum(self.bound[idx], ub)
         for i, ok in zip(idx.tolist(), (ub < -tol).tolist()):
