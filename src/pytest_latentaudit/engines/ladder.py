@@ -339,6 +339,7 @@ class Ladder:
         that share is not a budget cut."""
         if self.deadline == float("inf"):
             self.run_bound("crown", "crown", order=self.likely_first)
+            self.run_crown_precise()
             return
         full, was_cut = self.deadline, getattr(self, "_cut", False)
         self.deadline = time.perf_counter() + share * max(full - time.perf_counter(), 0.0)
