@@ -50,8 +50,8 @@ def _samples(center, gens, n=2000, seed=0):
        k=st.integers(1, 4), eps=st.sampled_from([0.05, 0.3, 1.0]))
 def test_precise_crown_contains_the_model_and_is_no_looser(seed, width, depth, k, eps):
     """Random ReLU networks and boxes: every sampled float32 output (corners too) lies inside
-    the precise bounds, with no tolerance; and on average they are no looser than the float32
-    ones."""
+    the precise bounds, with no tolerance; and they are no looser than the float32 ones (up to
+    float64 ulps of the bound)."""
     m = _mlp(8, width, depth, seed)
     center = torch.randn(3, 8, generator=torch.Generator().manual_seed(seed)).double()
     gens = _axis_gens(3, k, 8, eps)
@@ -62,9 +62,8 @@ def test_precise_crown_contains_the_model_and_is_no_looser(seed, width, depth, k
     lo32, hi32 = B.output_bounds(g, center, gens, method="crown")
     lo, hi = B.output_bounds(g, center, gens, method="crown", precise=True)
     assert bool((y >= lo).all()) and bool((y <= hi).all()), float(torch.maximum(lo - y, y - hi).max())
-    # not elementwise: a neuron's bound nearer 0 can flip an adaptive ReLU slope (hypothesis
-    # found a lower bound 0.0036 looser on a width of 4.5, the mean width 0.1% tighter)
-    assert float((hi - lo).mean()) <= float((hi32 - lo32).mean()) * (1 + 1e-3) + 1e-9
+    slack = 1e-9 * (1 + hi32.abs())
+    assert bool((hi <= hi32 + slack).all()) and bool((lo >= lo32 - slack).all())
 
 
 def test_precise_crown_is_tighter_on_a_wide_network():
@@ -171,58 +170,3 @@ def test_no_precise_pass_on_a_float64_graph(monkeypatch):
     spec = OutputRange(upper=_above_the_sampled_maximum(m, z - 2.0, z + 2.0))
     verify_box(m, z - 2.0, z + 2.0, spec, engine="auto", budget_s=3, seed=0)
     assert "crown" in seen and ladder_mod.PRECISE_CROWN not in seen
-
-
-def test_branch_and_bound_retries_children_within_reach_in_float64_and_keeps_them_precise(monkeypatch):
-    """With a reach set (as the second CROWN pass sets it from how far float64 lowered each
-    root), a child whose float32 CROWN bound stays open within reach is bounded again with
-    float64 coefficients, and its sub-boxes inherit that (they are bounded in float64 from
-    the start)."""
-    from pytest_latentaudit.engines import bab as bab_mod
-
-    m = _mlp(64, 256, 4, seed=0, n_out=1)
-    z = torch.randn(1, 64, generator=torch.Generator().manual_seed(1))
-    eps = 1.0
-    lower, upper = z.clone(), z.clone()
-    lower[:, :4] -= eps
-    upper[:, :4] += eps
-    # a limit a little above the sampled maximum: splitting leaves children open near it
-    limit = _above_the_sampled_maximum(m, lower, upper)[0]
-
-    def gap_only(self):  # the reach, without the root proof the second pass would give
-        self.precise_gap[:] = 1.0
-
-    monkeypatch.setattr(ladder_mod.Ladder, "run_crown_precise", gap_only)
-    seen = []
-    original = bab_mod.BranchAndBound._bound
-
-    def spy(self, idx, tl, tu, precise):
-        out = original(self, idx, tl, tu, precise)
-        seen.append((int(precise.sum()), int(out[3].sum()) - int(precise.sum())))
-        return out
-
-    monkeypatch.setattr(bab_mod.BranchAndBound, "_bound", spy)
-    res = verify_box(m, lower, upper, OutputRange(upper=[limit]), engine="auto", budget_s=6, seed=0)
-    assert res.status[0] in ("verified", "unknown"), res.status  # the limit holds on every sample
-    assert any(new > 0 for _, new in seen), "children within reach were retried in float64"
-    assert any(inherited > 0 for inherited, _ in seen[1:]), "sub-boxes of retried children start in float64"
-
-
-def test_no_float64_retries_without_a_measured_reach(monkeypatch):
-    """Where the second CROWN pass measured nothing (here: switched off), branch and bound
-    bounds every child in float32 only."""
-    from pytest_latentaudit.engines import bab as bab_mod
-
-    m = _mlp(64, 256, 4, seed=0, n_out=1)
-    z = torch.randn(1, 64, generator=torch.Generator().manual_seed(1))
-    lower, upper = z.clone(), z.clone()
-    lower[:, :4] -= 1.0
-    upper[:, :4] += 1.0
-    limit = _between(m, z.double(), _axis_gens(1, 4, 64, 1.0))
-    monkeypatch.setattr(ladder_mod.Ladder, "run_crown_precise", lambda self: None)
-    methods = []
-    original = bab_mod.BranchAndBound._paced
-    monkeypatch.setattr(bab_mod.BranchAndBound, "_paced",
-                        lambda self, *a: (a[4].numel() and methods.append(a[3]), original(self, *a))[1])
-    verify_box(m, lower, upper, OutputRange(upper=[limit]), engine="auto", budget_s=3, seed=0)
-    assert methods and ladder_mod.PRECISE_CROWN not in methods

@@ -41,13 +41,6 @@ later box splits ``argmax(scale_j * relative width_j)``. Equal improvements give
 side, so isotropic problems split as the widest-side rule does, and anisotropic ones split
 the dimension that matters (``"widest"`` and ``"best"``, every box probed, for comparison).
 
-Float64 retries: on a float32 graph, a child whose float32 CROWN bound stays open less than
-its seed's reach above its threshold (the reach: how much float64 coefficients lowered the
-seed's root bound in the ladder's second CROWN pass, or the median of those) is bounded again
-with float64 coefficients, and it and its sub-boxes stay in float64: our own float32 rounding
-does not shrink as boxes do, so splitting alone cannot close such a child (eps 0.5, k 4 on the
-5x512 head at 30 s: 10 of 10 retried children closed; eps 1.0, k 4: 52 of 75).
-
 Attacks at the leaves: the worst open box of a seed is attacked when its count of bounded
 children passes 16, 64, 256, ... (gathered over a few rounds into one call, a few gradient
 steps), and harder when the seed is deferred, so attacks stay a small share of the work.
@@ -58,7 +51,6 @@ import time
 import torch
 
 from ..core.vocab import FALSIFIED, UNKNOWN, VERIFIED
-from .ladder import PRECISE_CROWN
 
 #: work units (below) one seed may use before it is deferred to its next pass (x4 per pass)
 QUOTA0 = 1024
@@ -128,67 +120,19 @@ class BranchAndBound:
         #: the budget ended the search (not an empty pool): later rungs must not run, so that
         #: a larger budget only ever does more of the same work
         self.cut = False
-        #: per seed, the reach of float64 retries (``_bound``); None: none
-        self.reach = None
 
     # ------------------------------------------------------------------- helpers
-    def _paced(self, idx, tl, tu, method, rows, ub, tol):
-        """``Ladder.paced_upper`` of the boxes ``rows`` with ``method``, into ``ub``/``tol``;
-        returns how many it bounded and whether the budget cut it."""
-        if rows.numel() == 0 or self.cut:
-            return 0
-        u, t, done, cut = self.L.paced_upper(idx[rows], tl[rows], tu[rows], method)
-        ub[rows], tol[rows] = u, t
-        self.cut = self.cut or cut
-        return done
-
-    def _bound(self, idx, tl, tu, precise):
+    def _bound(self, idx, tl, tu):
         """Bound the children (``Ladder.paced_upper``: chunks sized to the budget, none
         started that would end well past the deadline). Unbounded children get ``+inf``
-        (open, never proved). ``precise`` (per child): bounded with float64 coefficients
-        (``PRECISE_CROWN``); a child bounded in float32 that stays open within its seed's
-        ``reach`` of its threshold is bounded again that way, and is ``precise`` from then
-        on, it and its sub-boxes. Returns ``(ub, tol, done, precise)``."""
+        (open, never proved)."""
         L = self.L
         t0 = time.perf_counter()
-        n = idx.numel()
-        ub = torch.full((n,), torch.inf, dtype=tl.dtype, device=tl.device)
-        tol = torch.zeros(n, dtype=tl.dtype, device=tl.device)
-        done = self._paced(idx, tl, tu, self.method, torch.nonzero(~precise).reshape(-1), ub, tol)
-        done += self._paced(idx, tl, tu, PRECISE_CROWN, torch.nonzero(precise).reshape(-1), ub, tol)
-        if self.reach is not None:
-            # the float32 bound's own rounding (as large as the model's, compounded through the
-            # intermediate bounds) can alone keep a child above its threshold, and splitting
-            # does not shrink it: those within reach go again in float64
-            near = ~precise & torch.isfinite(ub) & ~(ub < -tol) & (ub + tol < self.reach[idx])
-            rows = torch.nonzero(near).reshape(-1)
-            if rows.numel():
-                ub2, tol2 = ub.clone(), tol.clone()
-                got = self._paced(idx, tl, tu, PRECISE_CROWN, rows, ub2, tol2)  # not new boxes: not in done
-                again = rows[:got]
-                ub[again] = torch.minimum(ub[again], ub2[again])
-                tol[again] = tol2[again]
-                precise = precise.clone()
-                precise[again] = True
+        ub, tol, done, cut = L.paced_upper(idx, tl, tu, self.method)
         self.t_bound += time.perf_counter() - t0
+        self.cut = self.cut or cut
         L.bab_boxes += done
-        return ub, tol, done, precise
-
-    def _reach(self):
-        """Per seed, how far above its threshold a float32 CROWN bound may lie for float64
-        coefficients to be tried: the amount the second CROWN pass lowered the seed's root
-        bound, or the median of those where it did not run there; None (no retries) on
-        graphs whose bounds already use float64 coefficients, or where no root was measured."""
-        L = self.L
-        g = L.graph
-        if self.method != "crown" or L.bound_fn is not None or g is None or g.dtype != torch.float32 \
-                or g.reduced_float32:
-            return None
-        gap = L.precise_gap
-        seen = torch.isfinite(gap) & (gap > 0)
-        if not bool(seen.any()):
-            return None
-        return torch.where(seen, gap, gap[seen].median()).to(self.p.tl.dtype)
+        return ub, tol, done
 
     @staticmethod
     def _split_one(tl, tu, dim):
@@ -271,9 +215,6 @@ class BranchAndBound:
         self.o_tl, self.o_tu = p.tl[idx].clone(), p.tu[idx].clone()
         self.o_ub = torch.nan_to_num(L.bound[idx].to(dt), nan=torch.inf)
         self.o_depth = torch.zeros(idx.numel(), dtype=torch.long, device=dev)
-        # boxes bounded with float64 coefficients, they and their sub-boxes (``_bound``)
-        self.reach = self._reach()
-        self.o_precise = torch.zeros(idx.numel(), dtype=torch.bool, device=dev)
         # a root the CROWN rung did not reach (its budget share ran out) is bounded whole with
         # this method's CROWN stage before it is split: where the cheap bounds prove little
         # (a LayerNorm network), splitting it first costs 2k CROWN bounds for what one gives
@@ -308,9 +249,9 @@ class BranchAndBound:
             alive = L.unknown_mask()
             keep = alive[self.o_seed]
             if not bool(keep.all()):  # boxes of falsified seeds leave with their seed
-                self.o_seed, self.o_tl, self.o_tu, self.o_ub, self.o_depth, self.o_fresh, self.o_precise = (
+                self.o_seed, self.o_tl, self.o_tu, self.o_ub, self.o_depth, self.o_fresh = (
                     self.o_seed[keep], self.o_tl[keep], self.o_tu[keep], self.o_ub[keep], self.o_depth[keep],
-                    self.o_fresh[keep], self.o_precise[keep])
+                    self.o_fresh[keep])
             B = self.o_seed.numel()
             if B == 0:
                 break
@@ -343,7 +284,6 @@ class BranchAndBound:
             q_seed, q_tl, q_tu, q_ub, q_depth = s[sel], self.o_tl[sel], self.o_tu[sel], self.o_ub[sel], \
                 self.o_depth[sel]
             fresh = self.o_fresh[sel]  # bounded whole, not split (see above)
-            q_prec = self.o_precise[sel]
             rel = (q_tu - q_tl) / root_w[q_seed].clamp(min=1e-30)
 
             # ---- split and bound
@@ -362,20 +302,16 @@ class BranchAndBound:
             a_tl, a_tu = self._split_all(q_tl[pr], q_tu[pr])
             n_tl, n_tu = self._split_one(q_tl[nr], q_tu[nr], dim[nr])
             b_seed = torch.cat([q_seed[pr].repeat_interleave(2 * k), q_seed[nr].repeat_interleave(2), q_seed[fr]])
-            b_prec = torch.cat([q_prec[pr].repeat_interleave(2 * k), q_prec[nr].repeat_interleave(2), q_prec[fr]])
             crown0 = L.stage_count.crown
-            b_ub, b_tol, done, b_prec = self._bound(
-                b_seed, torch.cat([a_tl.reshape(-1, k), n_tl.reshape(-1, k), q_tl[fr]]),
-                torch.cat([a_tu.reshape(-1, k), n_tu.reshape(-1, k), q_tu[fr]]), b_prec)
+            b_ub, b_tol, done = self._bound(b_seed, torch.cat([a_tl.reshape(-1, k), n_tl.reshape(-1, k), q_tl[fr]]),
+                                            torch.cat([a_tu.reshape(-1, k), n_tu.reshape(-1, k), q_tu[fr]]))
             na, nb = pr.numel() * 2 * k, pr.numel() * 2 * k + nr.numel() * 2
             f_ub, f_tol = b_ub[nb:], b_tol[nb:]
             ch_tl = torch.zeros(P, 2, k, dtype=dt, device=dev)
             ch_tu, ch_ub, ch_tol = torch.zeros_like(ch_tl), torch.full((P, 2), torch.inf, dtype=dt, device=dev), \
                 torch.zeros(P, 2, dtype=dt, device=dev)
-            ch_prec = torch.zeros(P, 2, dtype=torch.bool, device=dev)
             ch_tl[nr], ch_tu[nr] = n_tl, n_tu
             ch_ub[nr], ch_tol[nr] = b_ub[na:nb].reshape(-1, 2), b_tol[na:nb].reshape(-1, 2)
-            ch_prec[nr] = b_prec[na:nb].reshape(-1, 2)
             if pr.numel():
                 ub, tol = b_ub[:na].reshape(-1, k, 2), b_tol[:na].reshape(-1, k, 2)
                 best = self._best_dim(ub, tol, rel[pr])
@@ -384,9 +320,7 @@ class BranchAndBound:
                 ap = torch.arange(pr.numel(), device=dev)
                 ch_tl[pr], ch_tu[pr] = a_tl[ap, best], a_tu[ap, best]
                 ch_ub[pr], ch_tol[pr] = ub[ap, best], tol[ap, best]
-                ch_prec[pr] = b_prec[:na].reshape(-1, k, 2)[ap, best]
             ch_tl, ch_tu = ch_tl.reshape(-1, k), ch_tu.reshape(-1, k)
-            ch_prec = ch_prec.reshape(-1)
             ch_ub, ch_tol = ch_ub.reshape(-1), ch_tol.reshape(-1)
             kids = torch.where(fresh, 1, torch.where(probe, 2 * k, 2))
             spent.scatter_add_(0, q_seed, kids)
@@ -413,7 +347,6 @@ class BranchAndBound:
             self.o_tu = torch.cat([self.o_tu[rest], ch_tu[op], q_tu[fo]])
             self.o_ub = torch.cat([self.o_ub[rest], ch_ub[op], f_keep])
             self.o_depth = torch.cat([self.o_depth[rest], (q_depth + 1).repeat_interleave(2)[op], q_depth[fo]])
-            self.o_precise = torch.cat([self.o_precise[rest], ch_prec[op], b_prec[nb:][~f_closed]])
             self.o_fresh = torch.cat([self.o_fresh[rest], torch.zeros(int(op.sum()) + fo.numel(), dtype=torch.bool,
                                                                       device=dev)])
 

@@ -679,8 +679,8 @@ def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", thr
     need = open_(ub) if crown else torch.zeros_like(need)
     if bool(need.any()):
         # what stays open: CROWN intermediate bounds on the unstable neurons, then backward
-        if count is not None:  # float64 coefficients cost about twice the float32 ones
-            count.crown += int(need.sum()) * (2 if precise and graph.dtype == torch.float32 else 1)
+        if count is not None:
+            count.crown += int(need.sum())
         forms2, conc2 = linear_bounds(graph, center[need], gens[need], crown=True, precise=precise)
         ub[need] = torch.minimum(ub[need], _no_nan(backward_upper(graph, conc2, center[need], gens[need], C[need],
                                                                   d[need], forms=forms2, threshold=_at(thr, need),

@@ -165,9 +165,6 @@ class Ladder:
         self.cex_margin = torch.full((n,), torch.nan, dtype=dt, device=dev)
         self.notes: List[str] = []
         self.bab_boxes = 0
-        #: per root box, how much the second CROWN pass (float64 coefficients) lowered its
-        #: float32 CROWN bound (nan where it did not run): branch and bound's reach for them
-        self.precise_gap = torch.full((n,), torch.nan, dtype=torch.float64, device=dev)
         #: root boxes bounded with CROWN intermediate bounds (the crown rung reached them)
         self.crowned = torch.zeros(n, dtype=torch.bool, device=dev)
         #: boxes that reached the costly CROWN stage of a bound (branch and bound's work units)
@@ -373,10 +370,7 @@ class Ladder:
             if self._time_up():
                 return
             chunk = idx[s:s + PROBE_BOXES]
-            before = self.bound[chunk].to(torch.float64)
             self._bound_boxes(chunk, PRECISE_CROWN, "crown")
-            gap = before - self.bound[chunk].to(torch.float64)
-            self.precise_gap[chunk] = torch.where(torch.isfinite(gap), gap.clamp(min=0), self.precise_gap[chunk])
             if sum(self.status[i] == VERIFIED for i in chunk.tolist()) < PROBE_SHARE * chunk.numel():
                 return
 
