@@ -1,7 +1,9 @@
 """The proof ladder: decide each box as cheaply as possible, stopping per box once decided.
 
-concrete check and quick attack -> interval bounds (IBP) -> linear bounds -> branch and
-bound over the latent box (with attacks at the leaves) -> a longer attack on what is left.
+concrete check and quick attack -> interval bounds (IBP) -> linear bounds -> short attack ->
+CROWN intermediate bounds (float32 coefficients, then float64 for the near misses) -> attack
+-> branch and bound over the latent box (with attacks at the leaves) -> a longer attack on
+what is left.
 
 Soundness rules kept here:
 * a box is ``verified`` only when a sound upper bound of every spec row is below
