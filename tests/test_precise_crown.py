@@ -50,8 +50,8 @@ def _samples(center, gens, n=2000, seed=0):
        k=st.integers(1, 4), eps=st.sampled_from([0.05, 0.3, 1.0]))
 def test_precise_crown_contains_the_model_and_is_no_looser(seed, width, depth, k, eps):
     """Random ReLU networks and boxes: every sampled float32 output (corners too) lies inside
-    the precise bounds, with no tolerance; and they are no looser than the float32 ones (up to
-    float64 ulps of the bound)."""
+    the precise bounds, with no tolerance; and on average they are no looser than the float32
+    ones."""
     m = _mlp(8, width, depth, seed)
     center = torch.randn(3, 8, generator=torch.Generator().manual_seed(seed)).double()
     gens = _axis_gens(3, k, 8, eps)
@@ -62,8 +62,9 @@ def test_precise_crown_contains_the_model_and_is_no_looser(seed, width, depth, k
     lo32, hi32 = B.output_bounds(g, center, gens, method="crown")
     lo, hi = B.output_bounds(g, center, gens, method="crown", precise=True)
     assert bool((y >= lo).all()) and bool((y <= hi).all()), float(torch.maximum(lo - y, y - hi).max())
-    slack = 1e-9 * (1 + hi32.abs())
-    assert bool((hi <= hi32 + slack).all()) and bool((lo >= lo32 - slack).all())
+    # not elementwise: a neuron's bound nearer 0 can flip an adaptive ReLU slope (hypothesis
+    # found a lower bound 0.0036 looser on a width of 4.5, the mean width 0.1% tighter)
+    assert float((hi - lo).mean()) <= float((hi32 - lo32).mean()) * (1 + 1e-3) + 1e-9
 
 
 def test_precise_crown_is_tighter_on_a_wide_network():
