@@ -143,8 +143,23 @@ def _fold_last_linear(graph: BoundGraph, forms, conc, C, d):
     R = op.radius([conc[node.inputs[0]]])
     mag = _form_magnitude(h)[1]
     slack = _weighted(C, R) + \
-        gamma(W.shape[-1] + h.k + 6, unit(W.dtype)) * (rowdot(W.abs(), mag) + b.abs())
+        gamma(W.shape[-1] + h.k + 6, unit(W.dtype)) * (rowdot(W.abs(), mag) + b.abs()) + \
+        _fold_underflow(C, mag, h.k)
     return const + coef.abs().sum(-1) + slack
+
+
+def _fold_underflow(C, mag, k):
+    """``[N, 1]``: what ``W = C W_last`` (and ``C b``) lose below the normal range of their
+    dtype, as in a backward step (``_underflow_charge``): each entry sums ``out`` products of
+    ``C``'s row with the layer's weights, off by ``(2 out + 4) eta`` absolutely, and multiplies
+    an input of magnitude ``mag``; the products with the forms' coefficients and constants add
+    ``eta`` each. A spec row of ``1e-20`` on a layer of weights ``1e-28`` made every ``W``
+    entry 0, and the fold's bound 8e-13 for ``C y`` of 2.6e-8 (inputs near ``1e38``)."""
+    eta = underflow(unit(C.dtype))
+    out = C.shape[-1]
+    n = mag.shape[0]
+    tot = mag.reshape(n, -1).double().sum(1, keepdim=True)
+    return (eta * (2 * out + 4) * (tot + 1) + eta * 2 * (k + 2) * mag[0].numel()) * (1 + 2.0 ** -40)
 
 
 def _weighted(C, R):
@@ -161,7 +176,8 @@ def _upper_from_output_form(form: LinForm, C, d):
         torch.einsum("nmo,nko->nmk", Cn, form.lw.reshape(n, form.k, -1))
     const = rowdot(Cp, form.ub.reshape(n, -1)) + rowdot(Cn, form.lb.reshape(n, -1)) + d
     mag = _form_magnitude(form)[1].reshape(n, -1)
-    slack = gamma(C.shape[-1] + form.k + 6, unit(C.dtype)) * (rowdot(C.abs(), mag) + d.abs())
+    slack = gamma(C.shape[-1] + form.k + 6, unit(C.dtype)) * (rowdot(C.abs(), mag) + d.abs()) + \
+        2 * (C.shape[-1] * (form.k + 2) + 2) * underflow(unit(C.dtype))  # products below the normal range
     return const + coef.abs().sum(-1) + slack
 
 
@@ -170,7 +186,8 @@ def _interval_upper(lo, hi, C, d):
     lo, hi = lo.reshape(n, -1), hi.reshape(n, -1)
     val = rowdot(C.clamp(min=0), hi) + rowdot(C.clamp(max=0), lo) + d
     mag = torch.maximum(lo.abs(), hi.abs())
-    return val + gamma(C.shape[-1] + 6, unit(C.dtype)) * (rowdot(C.abs(), mag) + d.abs())
+    return val + gamma(C.shape[-1] + 6, unit(C.dtype)) * (rowdot(C.abs(), mag) + d.abs()) + \
+        2 * (C.shape[-1] + 2) * underflow(unit(C.dtype))  # products below the normal range
 
 
 def radii(graph: BoundGraph, conc) -> List[Optional[torch.Tensor]]:
@@ -263,6 +280,7 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
         # the model's rounding, and ours: the products of this step in A's dtype (each entry
         # of A_in sums d_out products), whatever dtype the forward bounds were computed in
         Rj = node.op.radius(pre, ours=False)
+        Ro = None
         if node.op.rounding:
             d_out = int(Aj[0].numel())
             Ro = node.op.our_radius(pre, unit(Aj.dtype), d_out)
@@ -281,6 +299,10 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
         if c is not None:
             c = c.double()
             const, const_abs = const + c, const_abs + c.abs()
+        if node.op.rounding and Ro is not None:
+            # this step's products and sums below A's normal range (``_underflow_charge``)
+            e = _underflow_charge(unit(Aj.dtype), d_out, pre, n).repeat_interleave(m)
+            const, const_abs = const + e, const_abs + e
         for i, a in zip(node.inputs, A_in):
             A[i] = a if A[i] is None else A[i] + a
         A[j] = None
@@ -289,6 +311,26 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
         return full
     _record(out, alive, pos, torch.minimum(best, full))
     return out
+
+
+def _underflow_charge(u, d_out, pre, n):
+    """``[n]``: the absolute rounding of one backward step in coefficients of unit roundoff
+    ``u`` below that dtype's normal range, which ``our_radius`` (relative to each number)
+    does not count. A product or sum whose result is subnormal, or flushed to 0, is off by up
+    to the smallest normal number ``eta``, however small its factors were; an entry of
+    ``A_in`` sums at most ``d_out`` products (each input element is read by at most the
+    ``d_out`` output elements), so it is off by ``(2 d_out + 4) eta``, and that error
+    multiplies the input's value: ``(2 d_out + 4) eta sum |x|`` per row, with ``|x|`` from the
+    inputs' bounds, and ``(4 d_out + 8) eta`` for the constant's products and the ``|A| R``
+    sum. Negligible on any ordinary network (1e-29 for 1000 inputs of size 1000 in
+    float32), but without it a float32 pass whose coefficients fall below ``2^-126`` in
+    front of inputs near ``1e38`` loses their contribution: ``(W3 W2) x`` with weights
+    ``1e-23`` and ``x`` 1e38 gave an upper bound of 3e-8 for outputs of 6.5e-4."""
+    eta = underflow(u)
+    tot = torch.zeros(n, dtype=torch.float64, device=pre[0][0].device) if pre else 0.0
+    for b in pre:
+        tot = tot + ops._mag(b).reshape(n, -1).double().sum(1)
+    return (eta * (2 * d_out + 4) * tot + eta * (4 * d_out + 8)) * (1 + 2.0 ** -40)
 
 
 #: a cut costs about ten small tensor ops: before an affine layer of fewer weights than this
@@ -336,7 +378,8 @@ def _input_step(nodes, A0, const, const_abs, center, gens, n, m):
     mag = rowdot(absA, c0.abs()) + torch.einsum("nmd,nkd->nmk", absA, G0.abs()).sum(-1) + \
         const_abs.reshape(n, m)
     slack = rowdot(absA, e_in) + \
-        gamma(A0.shape[-1] + k + 2 * len(nodes) + 6, unit(torch.float64)) * mag
+        gamma(A0.shape[-1] + k + 2 * len(nodes) + 6, unit(torch.float64)) * mag + \
+        4 * (A0.shape[-1] * (k + 2) + 2) * underflow(unit(torch.float64))  # float64 products below its normal range
     return val + spread + slack
 
 
@@ -359,7 +402,8 @@ def _cut_upper(nodes, A, forms, const, const_abs, n, m):
     and rad is within ``gamma_{D+1} |a| . M`` of exact, ``M`` the forms' absolute sum (it
     dominates every column); ``|a| . M`` itself is computed to within ``2 gamma``: so
     ``(2k + 4) gamma_{D+2k+8}`` of the computed ``|a| . M`` covers them all; underflow adds
-    ``D`` smallest normals; the float64 sums of the constants add their own ``gamma``."""
+    ``2 (2k + 4)`` smallest normals per term (each of the ``2k + 4`` dot products, its products
+    and its sums flushed or not); the float64 sums of the constants add their own ``gamma``."""
     val = const.reshape(n, m).clone()
     cabs = const_abs.reshape(n, m)
     coef, mag = None, None
@@ -389,7 +433,7 @@ def _cut_upper(nodes, A, forms, const, const_abs, n, m):
         return None
     val = val + coef.abs().sum(-1)
     kk = coef.shape[-1]
-    return val + (2 * kk + 4) * gamma(length + 2 * kk + 8, unit(dt)) * mag + length * tiny(dt) + \
+    return val + (2 * kk + 4) * gamma(length + 2 * kk + 8, unit(dt)) * mag + 2 * (2 * kk + 4) * length * tiny(dt) + \
         gamma(2 * len(nodes) + 12, unit(torch.float64)) * (cabs + val.abs() + mag)
 
 
@@ -650,7 +694,9 @@ def spec_upper_bound(graph: BoundGraph, center, gens, C, d, method="linear", thr
             W = C @ last.op.weight.to(C)
             b = d if last.op.bias is None else d + C @ last.op.bias.to(C)
             R = last.op.radius([bounds[last.inputs[0]]])
-            ub = torch.minimum(ub, _no_nan(_interval_upper(lo, hi, W, b) + _weighted(C, R)))
+            fold = _interval_upper(lo, hi, W, b) + _weighted(C, R) + \
+                _fold_underflow(C, torch.maximum(lo.abs(), hi.abs()), 0)
+            ub = torch.minimum(ub, _no_nan(fold))
         return ub.double() + _spec_residual(C_err, bounds[-1])
     forms, conc = linear_bounds(graph, center, gens)
     residual = _spec_residual(C_err, conc[-1])

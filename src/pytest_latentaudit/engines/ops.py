@@ -762,11 +762,15 @@ class ReLUOp(ActivationOp):
             return [A_in.reshape(A.shape)], torch.zeros(n * m, dtype=A.dtype, device=A.device)
         idx = torch.argsort(uns.to(torch.int8), dim=1, descending=True, stable=True)[:, :U]  # unstable first
         valid = uns.gather(1, idx)
-        gap = torch.where(valid, (au - al).reshape(n, D).gather(1, idx), torch.zeros((), dtype=au.dtype))
+        # the gap in A's dtype, as the general form takes it: in the bound dtype, a leaky ReLU's
+        # au - a (0.4 - 0.1) rounds at float32's unit roundoff, which float64 coefficients'
+        # our_radius does not count (the chord's 8-ulp padding happened to cover it)
+        gap = torch.where(valid, (_like(au, A) - _like(al, A)).reshape(n, D).gather(1, idx),
+                          torch.zeros((), dtype=A.dtype, device=A.device))
         cu_u = torch.where(valid, cu.reshape(n, D).gather(1, idx), torch.zeros((), dtype=cu.dtype))
         cols = idx[:, None, :].expand(n, m, U)
         Ap = A3.gather(2, cols).clamp(min=0)  # [n, m, U]
-        A_in.scatter_add_(2, cols, Ap * _like(gap, A)[:, None, :])  # A_in is our own product
+        A_in.scatter_add_(2, cols, Ap * gap[:, None, :])  # A_in is our own product
         const = rowdot(Ap, _like(cu_u, A)).reshape(-1)
         return [A_in.reshape(A.shape)], const
 
