@@ -329,7 +329,11 @@ def _underflow_charge(u, d_out, pre, n):
     eta = underflow(u)
     tot = torch.zeros(n, dtype=torch.float64, device=pre[0][0].device) if pre else 0.0
     for b in pre:
-        tot = tot + ops._mag(b).reshape(n, -1).double().sum(1)
+        # an input element without a finite bound adds nothing here: every op's our_radius is
+        # then infinite (or nan, no bound) already, except a curved op's, whose slopes are 0
+        # there, so its products with it are exact zeros (exp of [-inf, 0] keeps its bound)
+        m = ops._mag(b).reshape(n, -1).double()
+        tot = tot + torch.where(torch.isfinite(m), m, torch.zeros((), dtype=m.dtype, device=m.device)).sum(1)
     return (eta * (2 * d_out + 4) * tot + eta * (4 * d_out + 8)) * (1 + 2.0 ** -40)
 
 
