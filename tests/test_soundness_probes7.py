@@ -72,7 +72,7 @@ def test_backward_coefficients_that_underflow_are_not_a_proof(engine):
     assert res.status[0] != "verified", f"{engine} proved y <= 1.3e-3 where y = 1.65e-3"
 
 
-def _huge_box():
+def _huge_centred_box():
     """A box of inputs near 1e38, one side 1e36 wide: its centre, generators, centre and ends."""
     center = torch.full((1, D_HUGE), 1e38)
     gens = torch.zeros(1, 1, D_HUGE)
@@ -89,7 +89,7 @@ def test_backward_bounds_of_an_underflowing_path_contain_its_outputs(method, pre
     with torch.no_grad():
         m[0].weight.fill_(1e-23)
         m[1].weight.fill_(1e-23)
-    center, gens, pts = _huge_box()
+    center, gens, pts = _huge_centred_box()
     with torch.no_grad():
         y = m(pts).double()
     graph = get_graph(m, (D_HUGE,))
@@ -107,7 +107,7 @@ def test_a_folded_spec_row_that_underflows_is_counted(method):
     with torch.no_grad():
         m[0].weight.copy_(torch.eye(D_HUGE))
         m[2].weight.fill_(1e-28)
-    center, gens, pts = _huge_box()
+    center, gens, pts = _huge_centred_box()
     with torch.no_grad():
         cy = 1e-20 * m(pts).double()
     C = torch.full((1, 1, 1), 1e-20, dtype=torch.float64)
