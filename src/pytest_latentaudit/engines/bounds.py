@@ -195,9 +195,6 @@ def radii(graph: BoundGraph, conc) -> List[Optional[torch.Tensor]]:
     return [None if not node.inputs else node.op.radius(_in_bounds(conc, node)) for node in graph.nodes]
 
 
-U32 = 2.0 ** -24
-
-
 def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d, fast=False, forms=None,
                    threshold=None, precise=False):
     """CROWN-style backward pass: an upper bound of ``A_start . x_start + d`` over the box,

@@ -339,12 +339,9 @@ class Ladder:
         loses (many perturbed dims), costly per box, so not inside branch and bound. Held
         to ``share`` of the remaining budget (branch and bound gets the rest); stopping at
         that share is not a budget cut."""
-        if self.deadline == float("inf"):
-            self.run_bound("crown", "crown", order=self.likely_first)
-            self.run_crown_precise()
-            return
         full, was_cut = self.deadline, getattr(self, "_cut", False)
-        self.deadline = time.perf_counter() + share * max(full - time.perf_counter(), 0.0)
+        if full != float("inf"):
+            self.deadline = time.perf_counter() + share * max(full - time.perf_counter(), 0.0)
         try:
             self.run_bound("crown", "crown", order=self.likely_first)
             self.run_crown_precise()
@@ -373,8 +370,12 @@ class Ladder:
                 return
             chunk = idx[s:s + PROBE_BOXES]
             self._bound_boxes(chunk, PRECISE_CROWN, "crown")
-            if sum(self.status[i] == VERIFIED for i in chunk.tolist()) < PROBE_SHARE * chunk.numel():
+            if not self._paid(chunk):
                 return
+
+    def _paid(self, idx) -> bool:
+        """Whether at least ``PROBE_SHARE`` of the boxes ``idx`` are verified (a probe paid)."""
+        return sum(self.status[i] == VERIFIED for i in idx.tolist()) >= PROBE_SHARE * idx.numel()
 
     def likely_first(self, idx):
         """``idx`` ordered by how close the bound so far came to a proof, relative to the
@@ -403,7 +404,7 @@ class Ladder:
         if probe and idx.numel() > PROBE_BOXES:
             head = idx[:PROBE_BOXES]
             self._bound_boxes(head, method, rung)
-            if sum(self.status[i] == VERIFIED for i in head.tolist()) < PROBE_SHARE * head.numel():
+            if not self._paid(head):
                 return
             idx = self.undecided()
             if idx.numel() == 0 or self._time_up():
