@@ -187,8 +187,12 @@ class MixNet(nn.Module):
             elif b == "leaky":
                 h = F_.leaky_relu(h, 0.1)
             elif b == "shuffle":
-                h = F_.pixel_unshuffle(F_.pixel_shuffle(h, 2) * 1.5, 2) if h.shape[1] % 4 == 0 else \
-                    F_.pixel_shuffle(F_.pixel_unshuffle(h, 2) - 0.5, 2)
+                if h.shape[1] % 4 == 0:
+                    h = F_.pixel_unshuffle(F_.pixel_shuffle(h, 2) * 1.5, 2)
+                elif h.shape[-1] % 2 == 0:
+                    h = F_.pixel_shuffle(F_.pixel_unshuffle(h, 2) - 0.5, 2)
+                else:  # 2 channels on an odd side (after "adamax" took 4 to 3): neither order fits
+                    h = h * 1.5 - 0.5
             elif b in ("reflect", "replicate"):
                 h = m(F_.pad(h, (1, 1, 1, 1), mode=b))
             elif b == "adamax":
