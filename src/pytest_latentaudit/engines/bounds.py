@@ -96,6 +96,7 @@ def linear_bounds(graph: BoundGraph, center: torch.Tensor, gens: torch.Tensor, s
     feeds = _feeds_relaxation(graph) if crown else None
     forms: List[Optional[LinForm]] = []
     conc: List[Tuple[torch.Tensor, torch.Tensor]] = []
+    charges = StepCharges(graph, conc) if crown else None  # shared by every layer's refinement
     last = len(graph.nodes) - 1
     for j, node in enumerate(graph.nodes):
         op = node.op
@@ -126,7 +127,7 @@ def linear_bounds(graph: BoundGraph, center: torch.Tensor, gens: torch.Tensor, s
         forms.append(f)
         conc.append((torch.maximum(lo_i, lo_f), torch.minimum(hi_i, hi_f)))
         if feeds is not None and feeds[j]:
-            conc[j] = _crown_refine(graph, conc, center, gens, j, precise=precise)
+            conc[j] = _crown_refine(graph, conc, center, gens, j, precise=precise, charges=charges)
     return forms, conc
 
 
@@ -196,7 +197,7 @@ def radii(graph: BoundGraph, conc) -> List[Optional[torch.Tensor]]:
 
 
 def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d, fast=False, forms=None,
-                   threshold=None, precise=False):
+                   threshold=None, precise=False, charges: Optional["StepCharges"] = None, rows=slice(None)):
     """CROWN-style backward pass: an upper bound of ``A_start . x_start + d`` over the box,
     for ``A_start`` ``[n, m, *S_start]`` (rows per box) and ``d`` ``[n, m]``, using the
     intermediate bounds ``conc`` of the nodes before ``start``.
@@ -222,7 +223,10 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
     rows through the forms of the nodes it has reached (a cut of the graph, ``_cut_upper``);
     a row whose bound is below its threshold there leaves the pass, so the layers nearer the
     input, where forward forms are still tight, are paid only for the rows that need them.
-    Every row's result is the smallest bound it got (a cut's or the full pass's)."""
+    Every row's result is the smallest bound it got (a cut's or the full pass's).
+
+    ``charges`` (a ``StepCharges`` of the bounds that ``conc[rows]`` slices): each step's
+    rounding charge taken from it instead of computed here; not with cuts, which drop boxes."""
     n, m = A_start.shape[:2]
     nodes = graph.nodes
     # float32 coefficients only for a float32 graph (its numbers are float32 already), and
@@ -237,6 +241,8 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
     const = d.reshape(n * m).to(torch.float64).clone()  # constants are summed in float64
     const_abs = const.abs()
     cuts = forms is not None and threshold is not None
+    if cuts and charges is not None:
+        raise ValueError("backward_bound: charges are sliced by box, and cuts drop boxes")
     if cuts:
         dev = A_start.device
         out = torch.full((n, m), torch.inf, dtype=torch.float64, device=dev)
@@ -274,16 +280,11 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
                     n, m = n2, m2
                     Aj = A[j]
         pre = _in_bounds(conc, node)
-        # the model's rounding, and ours: the products of this step in A's dtype (each entry
-        # of A_in sums d_out products), whatever dtype the forward bounds were computed in
-        Rj = node.op.radius(pre, ours=False)
-        Ro = None
-        if node.op.rounding:
-            d_out = int(Aj[0].numel())
-            Ro = node.op.our_radius(pre, unit(Aj.dtype), d_out)
-            Rj = Ro if Rj is None else (Rj if Ro is None else Rj + Ro)
-        if Rj is not None:
-            Rf = Rj.reshape(n, -1).to(Aj.dtype)
+        if charges is not None:
+            Rf, e = charges.step(j, Aj.dtype, int(Aj[0].numel()), rows)
+        else:
+            Rf, e = step_charge(node.op, pre, Aj.dtype, int(Aj[0].numel()), n)
+        if Rf is not None:
             # |A| R = |A R| as R >= 0: one product, in place abs, a sum (no |A| kept); a sum of
             # non-negative terms in A's dtype, and R rounded to it (rounded up by the factor)
             s = (Aj.reshape(n, m, -1) * Rf[:, None, :]).abs_().sum(-1).reshape(-1).double()
@@ -296,9 +297,8 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
         if c is not None:
             c = c.double()
             const, const_abs = const + c, const_abs + c.abs()
-        if node.op.rounding and Ro is not None:
-            # this step's products and sums below A's normal range (``_underflow_charge``)
-            e = _underflow_charge(unit(Aj.dtype), d_out, pre, n).repeat_interleave(m)
+        if e is not None:
+            e = e.repeat_interleave(m)
             const, const_abs = const + e, const_abs + e
         for i, a in zip(node.inputs, A_in):
             A[i] = a if A[i] is None else A[i] + a
@@ -308,6 +308,61 @@ def backward_bound(graph: BoundGraph, conc, center, gens, start: int, A_start, d
         return full
     _record(out, alive, pos, torch.minimum(best, full))
     return out
+
+
+def step_charge(op, pre, dtype, d_out: int, n: int):
+    """``(R, e)``: what a backward step over ``op`` (inputs in ``pre``, ``n`` boxes) with
+    coefficients of ``dtype`` charges: ``R`` ``[n, D_in]`` in ``dtype`` (or None), to be
+    weighted by ``|A|``, is the model's rounding and ours (the products of the step in
+    ``dtype``: each entry of ``A_in`` sums ``d_out`` of them), whatever dtype the forward
+    bounds were computed in; ``e`` ``[n]`` (or None) is the underflow charge per row
+    (``_underflow_charge``). ``R`` rounded to ``dtype`` may have rounded down: the pass's
+    ``|A| R`` sum is scaled up by ``(1 + 2u)`` for it."""
+    R = op.radius(pre, ours=False)
+    Ro = None
+    if op.rounding:
+        Ro = op.our_radius(pre, unit(dtype), d_out)
+        R = Ro if R is None else (R if Ro is None else R + Ro)
+    if R is not None:
+        R = R.reshape(n, -1).to(dtype)
+    e = _underflow_charge(unit(dtype), d_out, pre, n) if op.rounding and Ro is not None else None
+    return R, e
+
+
+class StepCharges:
+    """Each node's ``step_charge`` for every box of one set of intermediate bounds, computed
+    once and sliced per chunk of boxes. CROWN's refinement runs a backward pass per layer and
+    per chunk of boxes over the same earlier nodes, whose bounds no longer change: computing
+    their charges in every pass took an eighth of the 5x512 head's CROWN time, in small
+    serial ops. An entry is remembered with the bound tensors it was computed from (identity
+    and version counters), so bounds replaced or changed in place are charged anew."""
+
+    def __init__(self, graph: BoundGraph, conc):
+        self.graph, self.conc = graph, conc
+        self._memo = {}
+
+    def _full(self, key, j, compute):
+        pre = _in_bounds(self.conc, self.graph.nodes[j])
+        ts = [t for b in pre for t in b]
+        v = ops.versions(*ts)
+        hit = self._memo.get(key)
+        if hit is not None and v is not None and hit[1] == v and all(a is b for a, b in zip(hit[0], ts)):
+            return hit[2]
+        out = compute(pre)
+        self._memo[key] = (ts, v, out) if v is not None else None
+        return out
+
+    def step(self, j: int, dtype, d_out: int, rows=slice(None)):
+        """``step_charge`` of node ``j`` for the boxes ``rows``."""
+        n = self.conc[0][0].shape[0]
+        R, e = self._full(("step", j, dtype, d_out), j,
+                          lambda pre: step_charge(self.graph.nodes[j].op, pre, dtype, d_out, n))
+        return (None if R is None else R[rows]), (None if e is None else e[rows])
+
+    def model(self, j: int, rows=slice(None)):
+        """``op.radius(pre, ours=False)`` of node ``j`` (the model's own rounding) for ``rows``."""
+        R = self._full(("model", j), j, lambda pre: self.graph.nodes[j].op.radius(pre, ours=False))
+        return None if R is None else R[rows]
 
 
 def _underflow_charge(u, d_out, pre, n):
@@ -520,7 +575,7 @@ def _moves(op) -> bool:
     return isinstance(op, ops.LinearMapOp) and op.fan == 0
 
 
-def _crown_refine(graph: BoundGraph, conc, center, gens, j, precise=False):
+def _crown_refine(graph: BoundGraph, conc, center, gens, j, precise=False, charges=None):
     """``_crown_refine_all`` in chunks of boxes whose backward rows stay near
     ``REFINE_CHUNK`` numbers on a CPU: the rows of a wide layer for every box are hundreds of
     megabytes, which the allocator maps fresh and the kernel faults in page by page for
@@ -528,14 +583,16 @@ def _crown_refine(graph: BoundGraph, conc, center, gens, j, precise=False):
     chunks a few megabytes large are reused from the heap. A GPU takes one chunk."""
     lo = conc[j][0]
     n = lo.shape[0]
+    charges = StepCharges(graph, conc) if charges is None else charges
     if lo.device.type != "cpu" or n <= 1:
-        return _crown_refine_all(graph, conc, center, gens, j, precise)
+        return _crown_refine_all(graph, conc, center, gens, j, precise, charges)
     width = lo[0].numel() * max((conc[i][0][0].numel() for i in graph.nodes[j].inputs), default=1)
     step = max(1, REFINE_CHUNK // max(1, width))
     if n <= step:
-        return _crown_refine_all(graph, conc, center, gens, j, precise)
+        return _crown_refine_all(graph, conc, center, gens, j, precise, charges)
     parts = [_crown_refine_all(graph, [(a[s:s + step], b[s:s + step]) for a, b in conc[:j + 1]],
-                               center[s:s + step], gens[s:s + step], j, precise) for s in range(0, n, step)]
+                               center[s:s + step], gens[s:s + step], j, precise, charges, slice(s, s + step))
+             for s in range(0, n, step)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -543,14 +600,15 @@ def _crown_refine(graph: BoundGraph, conc, center, gens, j, precise=False):
 REFINE_CHUNK = 1 << 20
 
 
-def _crown_refine_all(graph: BoundGraph, conc, center, gens, j, precise=False):
+def _crown_refine_all(graph: BoundGraph, conc, center, gens, j, precise=False, charges=None, rows=slice(None)):
     """Tighten node ``j``'s bounds on its unstable neurons (lower < 0 < upper) with a
     backward pass per neuron, over the bounds of the nodes before it. With many unstable
     neurons (``UPPER_FIRST_MIN``) that only (leaky) ReLUs read, upper bounds come first: a
     neuron they show dead needs no lower bound (its relaxation is exact whatever its lower
     bound), so the lower pass takes only the others (about a quarter fewer rows on the deep
     layers of a wide head). With few, one pass bounds both sides: on small networks a second
-    pass costs more in per-layer overhead than it saves."""
+    pass costs more in per-layer overhead than it saves. ``charges``: a ``StepCharges`` of
+    the bounds that ``conc`` is the slice ``rows`` of (every box's when None)."""
     lo, hi = conc[j]
     n = lo.shape[0]
     flo, fhi = lo.reshape(n, -1), hi.reshape(n, -1)
@@ -565,12 +623,12 @@ def _crown_refine_all(graph: BoundGraph, conc, center, gens, j, precise=False):
         # than two passes' per-layer overhead
         ones = torch.ones(U, dtype=lo.dtype, device=lo.device)
         ub = _neuron_bounds(graph, conc, center, gens, j, torch.cat([order, order], 1),
-                            torch.cat([valid, valid], 1), torch.cat([ones, -ones]), precise)
+                            torch.cat([valid, valid], 1), torch.cat([ones, -ones]), precise, charges, rows)
         new_lo, new_hi = _round_out(-ub[:, U:], ub[:, :U], lo.dtype)
         fhi = _tighten(fhi, order, valid, new_hi, upper=True)
         flo = _tighten(flo, order, valid, new_lo, upper=False)
         return flo.reshape(lo.shape), fhi.reshape(hi.shape)
-    ub = _neuron_bounds(graph, conc, center, gens, j, order, valid, 1.0, precise)
+    ub = _neuron_bounds(graph, conc, center, gens, j, order, valid, 1.0, precise, charges, rows)
     _, new_hi = _round_out(ub, ub, lo.dtype)
     fhi = _tighten(fhi, order, valid, new_hi, upper=True)
     need = valid & (new_hi > 0)
@@ -579,7 +637,7 @@ def _crown_refine_all(graph: BoundGraph, conc, center, gens, j, precise=False):
         return flo.reshape(lo.shape), fhi.reshape(hi.shape)
     pick = torch.argsort(need.to(torch.int8), dim=1, descending=True, stable=True)[:, :U2]
     order, need = order.gather(1, pick), need.gather(1, pick)
-    ub = _neuron_bounds(graph, conc, center, gens, j, order, need, -1.0, precise)  # bounds of -x
+    ub = _neuron_bounds(graph, conc, center, gens, j, order, need, -1.0, precise, charges, rows)  # bounds of -x
     new_lo, _ = _round_out(-ub, -ub, lo.dtype)
     flo = _tighten(flo, order, need, new_lo, upper=False)
     return flo.reshape(lo.shape), fhi.reshape(hi.shape)
@@ -630,7 +688,8 @@ def _only_relus_read(graph: BoundGraph, j: int) -> bool:
     return bool(readers) and all(isinstance(nd.op, ops.ReLUOp) for nd in readers)
 
 
-def _neuron_bounds(graph: BoundGraph, conc, center, gens, j, order, valid, s, precise=False):
+def _neuron_bounds(graph: BoundGraph, conc, center, gens, j, order, valid, s, precise=False, charges=None,
+                   rows=slice(None)):
     """Upper bounds of ``s * x_i`` for the neurons ``order`` of node ``j`` (rows where
     ``valid`` is false are zero rows, their bounds unused), by one backward pass; ``s`` is
     +-1, or a tensor of signs per row."""
@@ -642,16 +701,18 @@ def _neuron_bounds(graph: BoundGraph, conc, center, gens, j, order, valid, s, pr
         # the first backward step of a one-hot row is a row of W: gather it instead of a
         # product (exact), with the bias and the node's own error radius as constants
         A = op.weight[order].mul_(sign[:, :, None].to(op.weight.dtype))  # [n, U, D_in]; the gather is a copy
-        R = op.radius(_in_bounds(conc, graph.nodes[j]), ours=False)
+        R = op.radius(_in_bounds(conc, graph.nodes[j]), ours=False) if charges is None else charges.model(j, rows)
         const = torch.zeros(n, U, dtype=torch.float64, device=lo.device) if R is None else \
             R.gather(1, order).double() * sign.double().abs()  # no radius when rounding is off
         if op.bias is not None:
             const = const + op.bias[order].double() * sign.double()
-        return _no_nan(backward_bound(graph, conc, center, gens, graph.nodes[j].inputs[0], A, const, precise=precise))
+        return _no_nan(backward_bound(graph, conc, center, gens, graph.nodes[j].inputs[0], A, const, precise=precise,
+                                      charges=charges, rows=rows))
     D = lo.reshape(n, -1).shape[1]
-    rows = torch.zeros(n, U, D, dtype=lo.dtype, device=lo.device).scatter_(2, order[:, :, None], sign[:, :, None])
+    A = torch.zeros(n, U, D, dtype=lo.dtype, device=lo.device).scatter_(2, order[:, :, None], sign[:, :, None])
     zeros = torch.zeros(n, U, dtype=torch.float64, device=lo.device)
-    return _no_nan(backward_bound(graph, conc, center, gens, j, rows.reshape(n, U, *graph.nodes[j].shape), zeros, precise=precise))
+    return _no_nan(backward_bound(graph, conc, center, gens, j, A.reshape(n, U, *graph.nodes[j].shape), zeros,
+                                  precise=precise, charges=charges, rows=rows))
 
 
 @dataclass
