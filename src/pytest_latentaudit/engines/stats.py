@@ -2,145 +2,26 @@
 estimates of the fraction of a latent box where a spec holds, and the ``estimated`` test
 verdict. See ``docs/falsification.md`` for the definitions and why they are sound.
 
-scipy is used when it is importable; otherwise the regularized incomplete beta function
-is evaluated with a continued fraction (Numerical Recipes' ``betacf``, modified Lentz) in
-float64 and inverted by bisection. Both paths are exercised by ``tests/test_stats.py``.
-
-torch is imported lazily (only ``estimate_box_fraction`` needs it).
+The Beta quantiles come from ``scipy.special.betaincinv`` (a declared dependency), imported
+when an interval is first computed, as torch is (only ``estimate_box_fraction`` needs it):
+loading the plugin imports neither.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-try:  # pragma: no cover - depends on the environment
-    from scipy import special as _sp_special
-except Exception:  # pragma: no cover
-    _sp_special = None
-
-#: set to False (tests do) to force the pure numpy implementation
-USE_SCIPY = _sp_special is not None
-
-_FPMIN = 1e-300
-_EPS = 1e-16
-_MAXIT = 100_000
-
-from ..core.vocab import ESTIMATED, FALSIFIED, PROVED, UNKNOWN, UNPROVEN, VERIFIED, VIOLATED  # noqa: E402,F401
-
-
-# ----------------------------------------------------------------- incomplete beta
-def _lgamma(a: np.ndarray) -> np.ndarray:
-    flat = [math.lgamma(float(v)) for v in np.asarray(a, dtype=np.float64).reshape(-1)]
-    return np.asarray(flat, dtype=np.float64).reshape(np.shape(a))
-
-
-def _betacf(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Continued fraction for the incomplete beta function (Numerical Recipes 6.4,
-    modified Lentz), vectorised; converges fast for ``x < (a + 1) / (a + b + 2)``."""
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = np.ones_like(x)
-    d = 1.0 - qab * x / qap
-    d = np.where(np.abs(d) < _FPMIN, _FPMIN, d)
-    d = 1.0 / d
-    h = d.copy()
-    active = np.ones(x.shape, dtype=bool)
-    for m in range(1, _MAXIT + 1):
-        m2 = 2.0 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d_new = 1.0 + aa * d
-        d_new = np.where(np.abs(d_new) < _FPMIN, _FPMIN, d_new)
-        c_new = 1.0 + aa / c
-        c_new = np.where(np.abs(c_new) < _FPMIN, _FPMIN, c_new)
-        d_new = 1.0 / d_new
-        h_new = h * d_new * c_new
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d_new = 1.0 + aa * d_new
-        d_new = np.where(np.abs(d_new) < _FPMIN, _FPMIN, d_new)
-        c_new = 1.0 + aa / c_new
-        c_new = np.where(np.abs(c_new) < _FPMIN, _FPMIN, c_new)
-        d_new = 1.0 / d_new
-        delta = d_new * c_new
-        h_new = h_new * delta
-        # freeze converged entries
-        c = np.where(active, c_new, c)
-        d = np.where(active, d_new, d)
-        h = np.where(active, h_new, h)
-        active &= np.abs(delta - 1.0) >= _EPS
-        if not active.any():
-            return h
-    raise ArithmeticError("incomplete beta continued fraction did not converge")  # pragma: no cover
-
-
-def betainc_cf(a, b, x) -> np.ndarray:
-    """Regularized incomplete beta ``I_x(a, b)`` by continued fraction (no scipy)."""
-    a, b, x = np.broadcast_arrays(np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(x, np.float64))
-    if np.any(a <= 0) or np.any(b <= 0):
-        raise ValueError("betainc needs a > 0 and b > 0")
-    if np.any((x < 0) | (x > 1)) or np.any(np.isnan(x)):
-        raise ValueError("betainc needs 0 <= x <= 1")
-    out = np.empty(x.shape, dtype=np.float64)
-    zero, one = x <= 0.0, x >= 1.0
-    out[zero], out[one] = 0.0, 1.0
-    mid = ~(zero | one)
-    if mid.any():
-        am, bm, xm = a[mid], b[mid], x[mid]
-        lbt = _lgamma(am + bm) - _lgamma(am) - _lgamma(bm) + am * np.log(xm) + bm * np.log1p(-xm)
-        bt = np.exp(lbt)
-        direct = xm < (am + 1.0) / (am + bm + 2.0)
-        res = np.empty(xm.shape, dtype=np.float64)
-        if direct.any():
-            res[direct] = bt[direct] * _betacf(am[direct], bm[direct], xm[direct]) / am[direct]
-        flip = ~direct
-        if flip.any():
-            res[flip] = 1.0 - bt[flip] * _betacf(bm[flip], am[flip], 1.0 - xm[flip]) / bm[flip]
-        out[mid] = np.clip(res, 0.0, 1.0)
-    return out
-
-
-def betainc(a, b, x) -> np.ndarray:
-    """Regularized incomplete beta function ``I_x(a, b)`` (float64, vectorised)."""
-    if USE_SCIPY:
-        return np.asarray(_sp_special.betainc(np.asarray(a, np.float64), np.asarray(b, np.float64),
-                                              np.asarray(x, np.float64)), dtype=np.float64)
-    return betainc_cf(a, b, x)
-
-
-def betaincinv_bisect(a, b, p) -> np.ndarray:
-    """Inverse of ``x -> I_x(a, b)`` by bisection (``I`` is increasing in ``x``).
-
-    Bisects on the bit patterns of non-negative float64 values (their order as integers
-    is their order as numbers), so at most 64 halvings reach adjacent floats: full
-    relative precision for tiny quantiles too."""
-    a, b, p = np.broadcast_arrays(np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(p, np.float64))
-    shape = p.shape
-    a, b, p = a.reshape(-1), b.reshape(-1), p.reshape(-1)
-    out = np.where(p >= 1, 1.0, 0.0)
-    active = (p > 0) & (p < 1)
-    lo = np.zeros(p.shape, dtype=np.int64)  # bits of 0.0
-    hi = np.full(p.shape, np.float64(1.0).view(np.int64), dtype=np.int64)
-    while active.any():
-        ia = np.flatnonzero(active)
-        mid = lo[ia] + (hi[ia] - lo[ia]) // 2
-        v = betainc_cf(a[ia], b[ia], mid.view(np.float64))
-        below = v < p[ia]
-        lo[ia] = np.where(below, mid, lo[ia])
-        hi[ia] = np.where(below, hi[ia], mid)
-        done = hi[ia] - lo[ia] <= 1
-        active[ia[done]] = False
-    res = (lo.view(np.float64) + hi.view(np.float64)) / 2
-    inner = (p > 0) & (p < 1)
-    return np.where(inner, res, out).reshape(shape)
+from ..core.vocab import ESTIMATED, FALSIFIED, PROVED, UNKNOWN, UNPROVEN, VERIFIED, VIOLATED  # noqa: F401
 
 
 def beta_ppf(p, a, b) -> np.ndarray:
-    """Quantile function of the Beta(a, b) distribution."""
-    if USE_SCIPY:
-        return np.asarray(_sp_special.betaincinv(np.asarray(a, np.float64), np.asarray(b, np.float64),
-                                                 np.asarray(p, np.float64)), dtype=np.float64)
-    return betaincinv_bisect(a, b, p)
+    """Quantile function of the Beta(a, b) distribution (float64, vectorised)."""
+    from scipy import special
+
+    return np.asarray(special.betaincinv(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                                         np.asarray(p, np.float64)), dtype=np.float64)
 
 
 # ----------------------------------------------------------------- Clopper-Pearson
@@ -162,7 +43,7 @@ def clopper_pearson_arrays(k, n, confidence: float = 0.99, sided: str = "two") -
     tail = (1.0 - c) / 2 if sided == "two" else 1.0 - c
     lower = np.zeros(k.shape)
     upper = np.ones(k.shape)
-    # dedupe: many boxes share the same (k, n), and the bisection fallback is not free
+    # dedupe: many boxes share the same (k, n)
     pairs = np.stack([k.reshape(-1), n.reshape(-1)], 1) if k.size else np.zeros((0, 2))
     uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
     inv = inv.reshape(-1)
