@@ -453,17 +453,21 @@ def _as_seeds(seeds, labels):
 
 
 def _direction_basis(direction, latent_space: Optional[LatentSpace], dim: int, dev):
+    """The direction's orthonormal basis in float64 (the caller rounds it once, to the model's
+    input dtype): a float32 basis is another segment for a float64 model (a unit vector's
+    float32 rounding turns it by about 1e-8), whose points are not the user's box."""
+    f64 = torch.float64
     if isinstance(direction, str):
         if latent_space is None:
             raise LatentAuditError(f"direction {direction!r} is a name; pass latent_space= to resolve it")
         d = latent_space.direction(direction)
-        return d.basis(dim, device=dev), direction
+        return d.basis(dim, dtype=f64, device=dev), direction
     if isinstance(direction, Direction):
-        return direction.basis(dim, device=dev), direction.name or direction.kind
+        return direction.basis(dim, dtype=f64, device=dev), direction.name or direction.kind
     if direction is None:
         raise LatentAuditError("audit needs a direction")
-    V = torch.as_tensor(direction, dtype=torch.float32)
-    return Direction.subspace(V if V.dim() == 2 else V.reshape(-1, 1)).basis(dim, device=dev), "custom"
+    V = torch.as_tensor(direction, dtype=f64)
+    return Direction.subspace(V if V.dim() == 2 else V.reshape(-1, 1)).basis(dim, dtype=f64, device=dev), "custom"
 
 
 def check_eps(eps) -> float:
