@@ -433,3 +433,64 @@ def test_a_run_on_two_models_keeps_their_ranges_apart(pytester, mode, capsys):
     assert rep["range"]["n_in"] == 1 and rep["range"]["directions"]["pose"]["n_in"] == 1
     assert cli.main(["guard", str(path), str(pytester.path / "batch.npz"), "--range-only", "--json"]) == 2
     assert "ranges of 2 models" in capsys.readouterr().err  # a clear error, not a silent "in range"
+
+
+# the fingerprint covers the program around the weights (engines.graph.program_digest)
+FP_SCALE = {"s": 2.0}
+
+
+def _fp_net(slope=0.1, c=3.0):
+    torch = pytest.importorskip("torch")
+
+    class FpNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.act, self.c = torch.nn.Linear(3, 4), torch.nn.LeakyReLU(slope), c
+
+        def forward(self, x):
+            return self.act(self.a(x)) * self.c * FP_SCALE["s"]
+
+    return FpNet()
+
+
+def test_the_fingerprint_changes_with_the_forward_not_only_the_weights():
+    import copy
+
+    torch = pytest.importorskip("torch")
+    m = _fp_net()
+    f0 = deploy.model_fingerprint(m)
+    assert deploy.model_fingerprint(copy.deepcopy(m)) == f0 == deploy.model_fingerprint(_fp_net())
+    assert deploy.model_fingerprint(_fp_net(slope=0.2)) != f0  # a module's setting
+    assert deploy.model_fingerprint(_fp_net(c=4.0)) != f0  # a plain attribute read in forward
+    FP_SCALE["s"] = 3.0  # a global the forward reads
+    try:
+        assert deploy.model_fingerprint(m) != f0
+    finally:
+        FP_SCALE["s"] = 2.0
+    h = m.a.register_forward_hook(lambda mod, i, o: o * 2)
+    assert deploy.model_fingerprint(m) != f0
+    h.remove()
+    g = torch.nn.modules.module.register_module_forward_hook(lambda mod, i, o: o)
+    try:
+        assert deploy.model_fingerprint(m) != f0
+    finally:
+        g.remove()
+    assert deploy.model_fingerprint(m) == f0
+    m.act = torch.nn.ReLU()  # an activation swapped
+    assert deploy.model_fingerprint(m) != f0
+    m.act = torch.nn.LeakyReLU(0.1)
+    m.eval()  # the mode is not the program: a proof holds for the deterministic forward
+    assert deploy.model_fingerprint(m) == f0
+
+
+def test_the_fingerprint_is_the_same_in_every_process():
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    code = ("import sys; sys.path.insert(0, %r); import test_deploy as t; "
+            "print(t.deploy.model_fingerprint(t._fp_net()))") % str(__import__("pathlib").Path(__file__).parent)
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": str(s)}).stdout.strip() for s in (1, 2, 3)}
+    assert len(outs) == 1 and next(iter(outs)).startswith("sha256:")

@@ -54,6 +54,18 @@ def head():
 @pytest.fixture
 def other_head():
     return make_head()
+
+
+@pytest.fixture
+def edited_head():
+    # "edited" by writing hook.txt: a forward hook doubles the logits (every prediction kept),
+    # the weights stay as they are
+    import pathlib
+
+    h = make_head()
+    if pathlib.Path(__file__).with_name("hook.txt").exists():
+        h.register_forward_hook(lambda mod, inp, out: out * 2)
+    return h
 '''
 
 FILES = {
@@ -165,6 +177,48 @@ def test_carried_records_of_a_retrained_model_are_stale_and_prove_nothing(pytest
     final = load_sheet(p / "sheet.json")
     assert not any(r.get("stale") for r in final["tests"])
     assert final["directions"]["light"]["proved_eps"] == 1.0 and final["directions"]["light"]["latent_range"]
+
+
+EDITED = {
+    "test_e_pose.py": '''
+        import pytest
+        from pytest_latentaudit import Accuracy
+
+        @pytest.mark.latent(direction="pose", eps=0.5, spec=Accuracy(), radius=False, validity=False)
+        def test_e_pose(latent_audit, edited_head, seeds):
+            latent_audit(edited_head, seeds)
+    ''',
+    "test_e_light.py": '''
+        import pytest
+        from pytest_latentaudit import Accuracy
+
+        @pytest.mark.latent(direction="light", eps=1.0, spec=Accuracy(), radius=False, validity=False)
+        def test_e_light(latent_audit, edited_head, seeds):
+            latent_audit(edited_head, seeds)
+    ''',
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_carried_records_of_a_model_whose_forward_changed_are_stale(pytester, mode):
+    """Same weights, another forward (a hook added): the fingerprint covers the program, so the
+    carried record proves nothing for the model as it is now; without the edit a subset run
+    (another xdist worker, another process) marks nothing."""
+    write_project(pytester.path, EDITED, conftest=CONFTEST)
+    p = pytester.path
+    assert run(pytester, mode, "--latent-spec-sheet", "sheet.json").ret == 0
+    old_fp = records_by_test(load_sheet(p / "sheet.json"))["test_e_light"]["model_fingerprint"]
+    assert run(pytester, mode, "-k", "e_pose", "--latent-spec-sheet", "sheet.json").ret == 0
+    same = load_sheet(p / "sheet.json")
+    assert not any(r.get("stale") for r in same["tests"])
+    assert records_by_test(same)["test_e_pose"]["model_fingerprint"] == old_fp
+    (p / "hook.txt").write_text("on")
+    assert run(pytester, mode, "-k", "e_pose", "--latent-spec-sheet", "sheet.json").ret == 0
+    sheet = load_sheet(p / "sheet.json")
+    recs = records_by_test(sheet)
+    assert recs["test_e_pose"]["model_fingerprint"] != old_fp
+    assert recs["test_e_light"]["stale"]["model_fingerprint"] == recs["test_e_pose"]["model_fingerprint"]
+    assert sheet["directions"]["light"]["proved_eps"] is None
 
 
 def _rec(nodeid, fp, *, carried=False, model_name=None, verdict="proved", eps=0.5, direction="light", **kw):

@@ -610,14 +610,15 @@ def _plain_object(v) -> bool:
         and _user_code(type(v))
 
 
-def _code_state(model: nn.Module) -> Dict[str, object]:
+def _code_state(model: nn.Module, functions: Optional[list] = None) -> Dict[str, object]:
     """State a forward can keep outside its modules' own attributes: the globals its code names
     (a module-level counter, a dict of flags), the cells its closures hold, and the attributes
     of plain helper objects (instances of the user's classes) that modules, globals or cells
     hold. Followed from the user's methods of every module's class (not torch's), the
     functions and bound methods modules hold, and every forward hook and pre-hook (the
     modules' and the global ones), through the user's functions they name, up to
-    ``_CODE_REACH`` functions and objects; snapshots as ``_state_value``'s."""
+    ``_CODE_REACH`` functions and objects; snapshots as ``_state_value``'s. ``functions``: a
+    list that is given every user function reached (``program_digest`` hashes their code)."""
     import functools
     import types
 
@@ -697,9 +698,11 @@ def _code_state(model: nn.Module) -> Dict[str, object]:
             add(h, "global hook")
     while todo:
         f = todo.pop()
+        if functions is not None:
+            functions.append(f)
         where = getattr(f, "__qualname__", "function")
         g = f.__globals__
-        for n in set(names(f.__code__)):
+        for n in sorted(set(names(f.__code__))):  # sorted: the same walk in every process
             if n in g:
                 visit_value(g[n], f"global {n} (of {where})")
         for cn, cell in zip(f.__code__.co_freevars, f.__closure__ or ()):
@@ -711,6 +714,102 @@ def _code_state(model: nn.Module) -> Dict[str, object]:
         for v in (f.__defaults__ or ()) + tuple((f.__kwdefaults__ or {}).values()):
             visit_value(v, f"default argument (of {where})")
     return out
+
+
+def program_digest(model: nn.Module) -> str:
+    """sha256 of what a model computes besides its weights: per module its name, class and
+    ``extra_repr`` (a LeakyReLU's slope), its plain scalar attributes (a ``scale`` read in
+    forward) and its hooks; the code of every user function ``_code_state`` reaches (the
+    forwards, hooks and helpers: their bytecode and constants), and the plain values that
+    code reads from globals, closures and helper objects. With the weights' bytes it is a
+    model's fingerprint: a record proved for a forward that has since changed (an activation
+    swapped, a constant edited, a hook added) must not count for the model as it is now.
+    Deterministic across processes (no ids, version counters or set orders)."""
+    import hashlib
+
+    from torch.nn.modules import module as _mm
+
+    functions: list = []
+    state = _code_state(model, functions)
+    h = hashlib.sha256()
+
+    def put(*parts):
+        for x in parts:
+            h.update(_canon(x).encode())
+            h.update(b"\x00")
+
+    for name, m in model.named_modules(remove_duplicate=False):
+        try:
+            extra = m.extra_repr()
+        except Exception:  # noqa: BLE001 - a user's extra_repr that fails: the class stands for it
+            extra = "?"
+        scalars = sorted((k, v) for k, v in vars(m).items() if k != "training" and
+                         (v is None or isinstance(v, (bool, int, float, str))))
+        put("module", name, _qualname(type(m)), extra, tuple(scalars))
+        for reg in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_forward_hooks_with_kwargs",
+                    "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs", "_state_dict_hooks"):
+            d = getattr(m, reg, None)
+            if isinstance(d, dict):
+                put(reg, tuple(_hook_name(v) for v in d.values()), len(d))
+    for reg in sorted(k for k in vars(_mm) if k.startswith("_global_") and isinstance(getattr(_mm, k), dict)):
+        put(reg, tuple(_hook_name(v) for v in getattr(_mm, reg).values()))
+    for key in sorted((getattr(f, "__module__", "") or "", f.__qualname__, _code_digest(f.__code__)) for f in functions):
+        put("function", *key)
+    for k in sorted(state):
+        put("state", k, state[k])
+    return h.hexdigest()
+
+
+def _qualname(t) -> str:
+    return f"{getattr(t, '__module__', '')}.{getattr(t, '__qualname__', type(t).__name__)}"
+
+
+def _hook_name(v) -> str:
+    """A hook registry's value (a hook, or True for a flag keyed by a handle id) by what it is."""
+    if isinstance(v, bool):
+        return repr(v)
+    f = getattr(v, "__func__", v)
+    return _qualname(f) if hasattr(f, "__qualname__") else _qualname(type(v))
+
+
+def _code_digest(code) -> str:
+    """A code object by its bytecode, names and constants (nested code objects included), not
+    by its file or line: the same function moved in its file keeps its digest."""
+    import types
+
+    consts = tuple(_code_digest(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return _canon((code.co_code, code.co_names, code.co_argcount, code.co_kwonlyargcount, consts))
+
+
+def _canon(v, depth: int = 0) -> str:
+    """A deterministic text of a value (and of ``_state_value`` snapshots): scalars by repr,
+    containers item by item (sets sorted), tensors and arrays by dtype, shape and bytes, other
+    objects by their type; never an id or a version counter."""
+    import hashlib
+
+    import numpy as np
+
+    if depth > 8:
+        return "..."
+    if v is None or isinstance(v, (bool, int, float, str, bytes)):
+        return repr(v)
+    if isinstance(v, tuple) and len(v) == 4 and v[:1] == ("tensor",):  # a _state_value of a tensor
+        return _canon(v[1], depth + 1)
+    if torch.is_tensor(v):
+        t = v.detach().cpu().contiguous()
+        t = t.float() if t.dtype == torch.bfloat16 else t
+        return f"tensor({v.dtype},{tuple(v.shape)},{hashlib.sha256(t.numpy().tobytes()).hexdigest()[:16]})"
+    if isinstance(v, np.ndarray):
+        return f"array({v.dtype},{v.shape},{hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16]})"
+    if isinstance(v, (list, tuple)):
+        return "(" + ",".join(_canon(x, depth + 1) for x in v) + ")"
+    if isinstance(v, (set, frozenset)):
+        return "{" + ",".join(sorted(_canon(x, depth + 1) for x in v)) + "}"
+    if isinstance(v, dict):
+        return "{" + ",".join(sorted(f"{_canon(k, depth + 1)}:{_canon(x, depth + 1)}" for k, x in v.items())) + "}"
+    if isinstance(v, type):
+        return _qualname(v)
+    return _qualname(type(v))
 
 
 def _same_state(a, b) -> bool:

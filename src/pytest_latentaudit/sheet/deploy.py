@@ -377,12 +377,17 @@ def _like(mask: np.ndarray, z, single: bool):
 
 # ------------------------------------------------------------------------ helpers for the sheet
 def model_fingerprint(model) -> Optional[str]:
-    """sha256 over parameter names, shapes and bytes (None for plain callables)."""
+    """sha256 over parameter and buffer names, shapes and bytes, and over the program around
+    them (``engines.graph.program_digest``: modules, hooks, the forwards' code and the plain
+    values it reads), so that an edited forward is another model; None for plain callables."""
     import torch
+
+    from ..engines.graph import program_digest
 
     if not isinstance(model, torch.nn.Module):
         return None
     h = hashlib.sha256()
+    h.update(b"program " + program_digest(model).encode())
     for name, t in list(model.state_dict().items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
