@@ -133,6 +133,13 @@ MAIN_FILES = {
 
 
         @pytest.mark.latent(direction="pose", eps=0.1, spec=Accuracy())
+        def test_bad_inference_weights(latent_audit, seeds):
+            with torch.inference_mode():
+                m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+            latent_audit(m, seeds)
+
+
+        @pytest.mark.latent(direction="pose", eps=0.1, spec=Accuracy())
         def test_bad_seed_dim(latent_audit, head, seeds):
             latent_audit(head, (torch.zeros(4, 5), seeds[1]))
 
@@ -279,6 +286,7 @@ BAD_INPUTS = {
     "test_bad_negative_eps": r"eps must be a finite number >= 0, got -0\.1",
     "test_bad_nan_seeds": r"seeds contains NaN or inf",
     "test_bad_nan_weights": r"model parameter '2\.weight' contains NaN or inf",
+    "test_bad_inference_weights": r"model parameter '0\.weight' was created under torch\.inference_mode\(\)",
     "test_bad_seed_dim": r"(shape|size|dim).*\b5\b|\b5\b.*(shape|size|dim)",
     "test_bad_spec_type": r"spec must be one of Accuracy",
     "test_bad_missing_marker_args": r"@pytest\.mark\.latent needs eps, spec",
