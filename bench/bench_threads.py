@@ -65,8 +65,9 @@ def main(argv=None):
     model, z, labels = build(args.seeds)
     C, d = spec_rows(model, z, labels)
     al = lirpa03_module()
-    torch.set_num_threads(threads[0])
-    verify_box(model, *box(z[:4], 0.05, 1), Prediction(labels[:4]), engine="auto", budget_s=5)  # warm-up
+    for n in threads:  # warm-up at every count: the first call at a new count starts its thread pool
+        torch.set_num_threads(n)
+        verify_box(model, *box(z, 0.05, 1), Prediction(labels), engine="auto", budget_s=5)
     rows = []
     for eps, k in cells:
         lower, upper = box(z, eps, k)
