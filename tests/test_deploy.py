@@ -437,21 +437,41 @@ def test_a_run_on_two_models_keeps_their_ranges_apart(pytester, mode, capsys):
 
 # the fingerprint covers the program around the weights (engines.graph.program_digest)
 FP_SCALE = {"s": 2.0}
+FP_LOG = __import__("logging").getLogger("latentaudit.test.fp")
+FP_NAMES = dict.fromkeys({"alpha", "beta", "gamma", "delta"}, 1.0)  # its order varies with the hash seed
+FP_CYCLE = __import__("itertools").cycle([1.0, 2.0])
 
 
-def _fp_net(slope=0.1, c=3.0):
+def _fp_net():
     torch = pytest.importorskip("torch")
+    return _FpNet(torch)
 
+
+class _FpNetBase:
+    pass
+
+
+def _make_fp_class(torch):
     class FpNet(torch.nn.Module):
         def __init__(self):
             super().__init__()
             torch.manual_seed(0)
-            self.a, self.act, self.c = torch.nn.Linear(3, 4), torch.nn.LeakyReLU(slope), c
+            self.a, self.act = torch.nn.Linear(3, 4), torch.nn.LeakyReLU(0.1)
+            self.c, self.offs, self.t = 3.0, [1.0, 2.0], torch.tensor(2.0)
+            self.a.register_forward_hook(lambda mod, i, o: o + 0.0)
 
         def forward(self, x):
-            return self.act(self.a(x)) * self.c * FP_SCALE["s"]
+            FP_LOG.debug("forward %s", len(FP_NAMES))
+            return (self.act(self.a(x)) * self.c * FP_SCALE["s"] + self.offs[0]) * self.t
 
-    return FpNet()
+    return FpNet
+
+
+def _FpNet(torch):
+    global _FP_CLASS
+    if "_FP_CLASS" not in globals():
+        _FP_CLASS = _make_fp_class(torch)
+    return _FP_CLASS()
 
 
 def test_the_fingerprint_changes_with_the_forward_not_only_the_weights():
@@ -461,36 +481,56 @@ def test_the_fingerprint_changes_with_the_forward_not_only_the_weights():
     m = _fp_net()
     f0 = deploy.model_fingerprint(m)
     assert deploy.model_fingerprint(copy.deepcopy(m)) == f0 == deploy.model_fingerprint(_fp_net())
-    assert deploy.model_fingerprint(_fp_net(slope=0.2)) != f0  # a module's setting
-    assert deploy.model_fingerprint(_fp_net(c=4.0)) != f0  # a plain attribute read in forward
-    FP_SCALE["s"] = 3.0  # a global the forward reads
-    try:
-        assert deploy.model_fingerprint(m) != f0
-    finally:
-        FP_SCALE["s"] = 2.0
-    h = m.a.register_forward_hook(lambda mod, i, o: o * 2)
-    assert deploy.model_fingerprint(m) != f0
-    h.remove()
-    g = torch.nn.modules.module.register_module_forward_hook(lambda mod, i, o: o)
-    try:
-        assert deploy.model_fingerprint(m) != f0
-    finally:
-        g.remove()
+    m(torch.zeros(2, 3))  # a call (it logs) changes nothing
+    __import__("logging").getLogger("latentaudit.test.another")
     assert deploy.model_fingerprint(m) == f0
-    m.act = torch.nn.ReLU()  # an activation swapped
-    assert deploy.model_fingerprint(m) != f0
-    m.act = torch.nn.LeakyReLU(0.1)
+
+    def changed(edit, undo):
+        edit()
+        try:
+            return deploy.model_fingerprint(m) != f0
+        finally:
+            undo()
+
+    assert changed(lambda: setattr(m.act, "negative_slope", 0.2), lambda: setattr(m.act, "negative_slope", 0.1))
+    assert changed(lambda: setattr(m, "c", 4.0), lambda: setattr(m, "c", 3.0))  # a plain attribute
+    assert changed(lambda: m.offs.__setitem__(0, 5.0), lambda: m.offs.__setitem__(0, 1.0))  # a list attribute
+    assert changed(lambda: m.t.fill_(3.0), lambda: m.t.fill_(2.0))  # a tensor held as an attribute
+    assert changed(lambda: FP_SCALE.__setitem__("s", 3.0), lambda: FP_SCALE.__setitem__("s", 2.0))  # a global
+    hooks = []
+    assert changed(lambda: hooks.append(m.a.register_forward_hook(lambda mod, i, o: o * 2)),
+                   lambda: hooks.pop().remove())
+    assert changed(lambda: hooks.append(torch.nn.modules.module.register_module_forward_hook(lambda mod, i, o: o)),
+                   lambda: hooks.pop().remove())
+    act = m.act
+    assert changed(lambda: setattr(m, "act", torch.nn.ReLU()), lambda: setattr(m, "act", act))  # swapped
     m.eval()  # the mode is not the program: a proof holds for the deterministic forward
     assert deploy.model_fingerprint(m) == f0
 
 
+def test_the_fingerprint_of_odd_values_is_computed_not_raised():
+    torch = pytest.importorskip("torch")
+    m = _fp_net()
+    if hasattr(torch, "float8_e4m3fn"):
+        m.odd = torch.zeros(3).to(torch.float8_e4m3fn)  # no NumPy dtype
+    m.sparse = torch.eye(3).to_sparse()
+    m.cyc = FP_CYCLE
+    assert deploy.model_fingerprint(m).startswith("sha256:")
+
+
 def test_the_fingerprint_is_the_same_in_every_process():
+    """Other hash seeds (dict and set orders), other imports (a logger's registry), a call of the
+    model in between (its logger's cache): one fingerprint."""
+    import os
     import subprocess
     import sys
 
     pytest.importorskip("torch")
-    code = ("import sys; sys.path.insert(0, %r); import test_deploy as t; "
-            "print(t.deploy.model_fingerprint(t._fp_net()))") % str(__import__("pathlib").Path(__file__).parent)
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={**__import__("os").environ, "PYTHONHASHSEED": str(s)}).stdout.strip() for s in (1, 2, 3)}
+    here = str(__import__("pathlib").Path(__file__).parent)
+    code = ("import sys; sys.path.insert(0, %r); import test_deploy as t, torch; %s "
+            "print(t.deploy.model_fingerprint(t._fp_net()))")
+    pre = ["", "import logging, json, email; logging.getLogger('x.y'); t._fp_net()(torch.zeros(1, 3));"]
+    outs = {subprocess.run([sys.executable, "-c", code % (here, p)], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout.strip()
+            for seed, p in ((1, pre[0]), (2, pre[1]), (3, pre[0]), (4, pre[1]))}
     assert len(outs) == 1 and next(iter(outs)).startswith("sha256:")

@@ -177,12 +177,14 @@ def _check_finite(name, t):
 
 def _check_model(model):
     if isinstance(model, torch.nn.Module):
+        params = {name for name, _ in model.named_parameters()}
         for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+            what = "parameter" if name in params else "buffer"
             if p.is_inference():
                 # any op on it outside inference mode fails (isfinite with autograd on raises a
                 # RuntimeError about out= arguments), and so would the user's own training step
                 raise LatentAuditError(
-                    f"model parameter {name!r} was created under torch.inference_mode() (an inference tensor, "
+                    f"model {what} {name!r} was created under torch.inference_mode() (an inference tensor, "
                     f"which autograd and in-place updates refuse outside it); build or load the model outside "
                     f"inference_mode, or replace its parameters by clones made outside it")
             if p.is_floating_point() and not torch.isfinite(p).all():

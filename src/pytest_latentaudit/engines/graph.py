@@ -610,7 +610,21 @@ def _plain_object(v) -> bool:
         and _user_code(type(v))
 
 
-def _code_state(model: nn.Module, functions: Optional[list] = None) -> Dict[str, object]:
+def _own_class(cls) -> bool:
+    """A class of the user's own code: not torch's and the like (``_user_code``), not the standard
+    library's or an installed package's, except the plain namespaces that hold settings."""
+    import sys
+
+    mod = (getattr(cls, "__module__", None) or "").split(".")[0]
+    if cls.__name__ in ("SimpleNamespace", "Namespace") and mod in ("types", "argparse"):
+        return True
+    if not _user_code(cls) or mod in sys.stdlib_module_names:
+        return False
+    f = getattr(sys.modules.get(getattr(cls, "__module__", "")), "__file__", None) or ""
+    return "site-packages" not in f and "dist-packages" not in f
+
+
+def _code_state(model: nn.Module, functions: Optional[list] = None, raw: bool = False) -> Dict[str, object]:
     """State a forward can keep outside its modules' own attributes: the globals its code names
     (a module-level counter, a dict of flags), the cells its closures hold, and the attributes
     of plain helper objects (instances of the user's classes) that modules, globals or cells
@@ -618,7 +632,11 @@ def _code_state(model: nn.Module, functions: Optional[list] = None) -> Dict[str,
     functions and bound methods modules hold, and every forward hook and pre-hook (the
     modules' and the global ones), through the user's functions they name, up to
     ``_CODE_REACH`` functions and objects; snapshots as ``_state_value``'s. ``functions``: a
-    list that is given every user function reached (``program_digest`` hashes their code)."""
+    list that is given every user function reached (``program_digest`` hashes their code).
+    ``raw`` (``program_digest``'s walk): the values themselves instead of snapshots; objects of
+    the standard library's and installed packages' classes other than namespaces are not
+    entered (a ``logging.Logger``'s caches change as the process logs), and a helper object's
+    class methods are followed too. Sets ``out["reach capped"]`` when the walk stopped short."""
     import functools
     import types
 
@@ -627,9 +645,12 @@ def _code_state(model: nn.Module, functions: Optional[list] = None) -> Dict[str,
     out: Dict[str, object] = {}
     seen: set = set()
     todo: list = []
+    plain = _plain_object if not raw else (lambda v: _plain_object(v) and _own_class(type(v)))
 
     def add(v, where):
         if id(v) in seen or len(seen) >= _CODE_REACH:
+            if len(seen) >= _CODE_REACH:
+                out["reach capped"] = True
             return
         if isinstance(v, functools.partial):
             seen.add(id(v))
@@ -639,7 +660,7 @@ def _code_state(model: nn.Module, functions: Optional[list] = None) -> Dict[str,
             return
         if isinstance(v, types.MethodType):
             add(v.__func__, where)
-            if _plain_object(v.__self__):
+            if plain(v.__self__):
                 add(v.__self__, where)
             return
         if isinstance(v, (staticmethod, classmethod)):
@@ -653,16 +674,24 @@ def _code_state(model: nn.Module, functions: Optional[list] = None) -> Dict[str,
         if isinstance(v, types.FunctionType) and _user_code(v):
             seen.add(id(v))
             todo.append(v)
-        elif _plain_object(v):
+        elif plain(v):
             seen.add(id(v))
             for k, x in list(vars(v).items()):
                 visit_value(x, f"{where}.{k}")
+            if raw:  # its class's code, as a module's
+                for cls in type(v).__mro__:
+                    if _user_code(cls):
+                        for k, f in vars(cls).items():
+                            if isinstance(f, (types.FunctionType, staticmethod, classmethod, property)):
+                                add(f, f"{where} {cls.__name__}.{k}")
 
     def visit_value(x, where):
-        if isinstance(x, (types.FunctionType, types.MethodType, functools.partial)) or _plain_object(x):
+        if isinstance(x, (types.FunctionType, types.MethodType, functools.partial)) or plain(x):
             add(x, where)
             return
         st = _state_value(x)
+        if raw and st is not _SKIP:
+            st = x
         if st is not _SKIP:
             key, j = where, 1
             while key in out:  # two closures of one function: each its own entry
@@ -688,7 +717,7 @@ def _code_state(model: nn.Module, functions: Optional[list] = None) -> Dict[str,
                     visit_value(v, f"class {cls.__name__}.{k}")
         for k, v in vars(m).items():
             if k not in _MODULE_INTERNALS:
-                if isinstance(v, (types.FunctionType, types.MethodType, functools.partial)) or _plain_object(v):
+                if isinstance(v, (types.FunctionType, types.MethodType, functools.partial)) or plain(v):
                     add(v, f"{label}.{k}")
         for d in (m._forward_hooks, m._forward_pre_hooks):
             for h in list(d.values()):
@@ -730,7 +759,7 @@ def program_digest(model: nn.Module) -> str:
     from torch.nn.modules import module as _mm
 
     functions: list = []
-    state = _code_state(model, functions)
+    state = _code_state(model, functions, raw=True)
     h = hashlib.sha256()
 
     def put(*parts):
@@ -740,12 +769,12 @@ def program_digest(model: nn.Module) -> str:
 
     for name, m in model.named_modules(remove_duplicate=False):
         try:
-            extra = m.extra_repr()
+            extra = re.sub(r"0x[0-9a-fA-F]+", "0x", m.extra_repr())  # an object's repr shows its address
         except Exception:  # noqa: BLE001 - a user's extra_repr that fails: the class stands for it
             extra = "?"
-        scalars = sorted((k, v) for k, v in vars(m).items() if k != "training" and
-                         (v is None or isinstance(v, (bool, int, float, str))))
-        put("module", name, _qualname(type(m)), extra, tuple(scalars))
+        attrs = {k: v for k, v in vars(m).items() if k not in _MODULE_INTERNALS or
+                 (k != "training" and (v is None or isinstance(v, (bool, int, float, str))))}
+        put("module", name, _qualname(type(m)), extra, attrs)
         for reg in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_forward_hooks_with_kwargs",
                     "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs", "_state_dict_hooks"):
             d = getattr(m, reg, None)
@@ -768,8 +797,11 @@ def _hook_name(v) -> str:
     """A hook registry's value (a hook, or True for a flag keyed by a handle id) by what it is."""
     if isinstance(v, bool):
         return repr(v)
-    f = getattr(v, "__func__", v)
-    return _qualname(f) if hasattr(f, "__qualname__") else _qualname(type(v))
+    try:
+        f = getattr(v, "__func__", v)
+        return _qualname(f) if isinstance(getattr(f, "__qualname__", None), str) else _qualname(type(v))
+    except Exception:  # noqa: BLE001 - an object whose attribute lookup raises: its class names it
+        return _qualname(type(v))
 
 
 def _code_digest(code) -> str:
@@ -782,27 +814,38 @@ def _code_digest(code) -> str:
 
 
 def _canon(v, depth: int = 0) -> str:
-    """A deterministic text of a value (and of ``_state_value`` snapshots): scalars by repr,
-    containers item by item (sets sorted), tensors and arrays by dtype, shape and bytes, other
-    objects by their type; never an id or a version counter."""
+    """A deterministic text of a value: scalars by repr, containers item by item (dicts and sets
+    sorted), tensors and arrays by dtype, shape and bytes, other objects by their type (an
+    itertools iterator or an object array too: their reprs and bytes hold addresses); never an
+    id or a version counter. A tensor whose bytes cannot be read (quantized, sparse, meta) is
+    its dtype and shape."""
+    import array
+    import collections
     import hashlib
 
     import numpy as np
 
     if depth > 8:
         return "..."
-    if v is None or isinstance(v, (bool, int, float, str, bytes)):
+    if v is None or isinstance(v, (bool, int, float, str, bytes, bytearray)):
         return repr(v)
-    if isinstance(v, tuple) and len(v) == 4 and v[:1] == ("tensor",):  # a _state_value of a tensor
-        return _canon(v[1], depth + 1)
     if torch.is_tensor(v):
-        t = v.detach().cpu().contiguous()
-        t = t.float() if t.dtype == torch.bfloat16 else t
-        return f"tensor({v.dtype},{tuple(v.shape)},{hashlib.sha256(t.numpy().tobytes()).hexdigest()[:16]})"
+        try:
+            t = v.detach().resolve_conj().resolve_neg().cpu().contiguous().reshape(-1)
+            digest = hashlib.sha256(t.view(torch.uint8).numpy()).hexdigest()[:16]
+        except Exception:  # noqa: BLE001 - layouts and dtypes without plain bytes
+            digest = "?"
+        return f"tensor({v.dtype},{tuple(v.shape)},{digest})"
     if isinstance(v, np.ndarray):
+        if v.dtype.hasobject:
+            return f"array(object,{v.shape})"
         return f"array({v.dtype},{v.shape},{hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16]})"
-    if isinstance(v, (list, tuple)):
-        return "(" + ",".join(_canon(x, depth + 1) for x in v) + ")"
+    if isinstance(v, np.generic):
+        return f"{v.dtype}:{v.tobytes().hex()}" if not v.dtype.hasobject else "npobject"
+    if isinstance(v, array.array):
+        return f"array.array({v.typecode},{v.tobytes().hex()})"
+    if isinstance(v, (list, tuple, collections.deque)):
+        return type(v).__name__ + "(" + ",".join(_canon(x, depth + 1) for x in v) + ")"
     if isinstance(v, (set, frozenset)):
         return "{" + ",".join(sorted(_canon(x, depth + 1) for x in v)) + "}"
     if isinstance(v, dict):
