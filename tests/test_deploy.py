@@ -534,3 +534,68 @@ def test_the_fingerprint_is_the_same_in_every_process():
                            env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout.strip()
             for seed, p in ((1, pre[0]), (2, pre[1]), (3, pre[0]), (4, pre[1]))}
     assert len(outs) == 1 and next(iter(outs)).startswith("sha256:")
+
+
+FP_LIB = '''
+SCALE = 2.0
+
+
+class Cfg:
+    k = 1.0
+
+    @staticmethod
+    def f(x):
+        return x * Cfg.k
+
+
+def act(x):
+    return x * SCALE
+'''
+
+FP_MODEL = '''
+import torch
+import fp_lib
+from fp_lib import Cfg
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.l = torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        return Cfg.f(fp_lib.act(self.l(x)))
+'''
+
+
+def test_the_fingerprint_follows_helpers_in_the_users_modules_and_classes(tmp_path, monkeypatch):
+    """``helpers.fn(x)`` and ``helpers.SCALE`` (a module of the user's code named in the forward)
+    and ``Cfg.f`` (a class named as a global): their code and values are part of the program."""
+    import importlib
+    import sys
+
+    pytest.importorskip("torch")
+    (tmp_path / "fp_lib.py").write_text(FP_LIB)
+    (tmp_path / "fp_model.py").write_text(FP_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("fp_lib", "fp_model"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    lib, mod = importlib.import_module("fp_lib"), importlib.import_module("fp_model")
+    m = mod.Net()
+    f0 = deploy.model_fingerprint(m)
+    m(__import__("torch").zeros(1, 2))
+    assert deploy.model_fingerprint(m) == f0 == deploy.model_fingerprint(mod.Net())
+
+    def changed(obj, name, value):
+        old = getattr(obj, name)
+        setattr(obj, name, value)
+        try:
+            return deploy.model_fingerprint(m) != f0
+        finally:
+            setattr(obj, name, old)
+
+    assert changed(lib, "SCALE", 3.0)  # a module constant
+    assert changed(lib, "act", lambda x: x * 5)  # a module function's code
+    assert changed(lib.Cfg, "k", 3.0)  # a class attribute
+    assert changed(lib.Cfg, "f", staticmethod(lambda x: x))  # a class's method

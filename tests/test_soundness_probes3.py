@@ -263,6 +263,15 @@ class _Helper:
         self.n = 0
 
 
+class _Tally:  # a class the forward names as a global: its class attribute counts
+    n = 0
+
+
+# a module of the user's (a helpers file, a notebook's module): ``_helpers.calls += 1``
+_helpers = __import__("types").ModuleType("latentaudit_probe3_helpers")
+_helpers.calls = 0
+
+
 def _closure_counter():
     n = [0]
 
@@ -314,6 +323,12 @@ class CountsOutside(nn.Module):
         if self.where == "global":
             CALLS += 1
             return CALLS
+        if self.where == "global_class":
+            _Tally.n += 1
+            return _Tally.n
+        if self.where == "module_global":
+            _helpers.calls += 1
+            return _helpers.calls
         if self.where == "global_dict":
             COUNTER["n"] += 1
             return COUNTER["n"]
@@ -328,7 +343,7 @@ class CountsOutside(nn.Module):
 
 
 @pytest.mark.parametrize("where", ["global", "global_dict", "closure", "helper", "class_attribute", "hook_closure",
-                                   "hook_method"])
+                                   "hook_method", "global_class", "module_global"])
 def test_a_forward_that_counts_its_calls_outside_its_modules_is_not_proved(where):
     model = CountsOutside(where, 10 ** 9).eval()
     for engine in ("ibp", "linear", "bab", "auto"):

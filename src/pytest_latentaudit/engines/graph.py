@@ -418,6 +418,9 @@ def lower(model: nn.Module, example: torch.Tensor, other_batch: Optional[int] = 
         err.untraceable = True
         raise err from exc
 
+    # a counter the traces moved (a global, a class attribute) also differs between them:
+    # name the cause before the programs' difference
+    _refuse_state_changes(model, state)
     if not _same_trace(gm, gm_grad):
         raise UnsupportedLayer(type(model).__name__, "computes a different function with autograd on than under "
                                "torch.no_grad (forward branches on the grad mode or on requires_grad)")
@@ -468,10 +471,7 @@ def lower(model: nn.Module, example: torch.Tensor, other_batch: Optional[int] = 
     if drawn:
         raise UnsupportedLayer(type(model).__name__, f"forward draws random numbers ({', '.join(drawn)}'s global "
                                f"generator): each call draws anew, and a trace bakes in one draw")
-    changed = _state_changes(state, _python_state(model))
-    if changed:
-        raise UnsupportedLayer(type(model).__name__, f"forward changes the module's Python state "
-                               f"({', '.join(changed[:3])}): a proof of these calls says nothing of the next")
+    _refuse_state_changes(model, state)
     for what, node in escapes:
         # a value read into Python (numpy, tolist, ...) escapes the trace: whatever the model
         # did with it (a branch, a Python-side computation) is baked in for the example only
@@ -566,6 +566,13 @@ def _registry_state(m: nn.Module) -> tuple:
                  if k in _MODULE_INTERNALS and isinstance(v, dict))
 
 
+def _refuse_state_changes(model: nn.Module, before: Dict[str, object]) -> None:
+    changed = _state_changes(before, _python_state(model))
+    if changed:
+        raise UnsupportedLayer(type(model).__name__, f"forward changes the module's Python state "
+                               f"({', '.join(changed[:3])}): a proof of these calls says nothing of the next")
+
+
 def _python_state(model: nn.Module) -> Dict[str, object]:
     """What the model's modules hold besides parameters and buffers: plain Python scalars
     (numbers, strings, flags), tensors held as plain attributes, and containers of them; and
@@ -594,11 +601,33 @@ def _python_state(model: nn.Module) -> Dict[str, object]:
 _CODE_REACH = 200
 
 
+#: top-level packages whose code is never the user's
+_LIBRARY_ROOTS = ("builtins", "torch", "numpy", "typing", "functools", "abc", "collections", "contextlib",
+                  "pytest_latentaudit")
+
+
 def _user_code(obj) -> bool:
     """Whether ``obj`` (a function, a class) is the user's code, not torch's, NumPy's or Python's."""
     mod = getattr(obj, "__module__", None) or ""
-    return not (mod == "builtins" or mod.split(".")[0] in ("torch", "numpy", "typing", "functools", "abc",
-                                                            "collections", "contextlib", "pytest_latentaudit"))
+    return not (mod == "builtins" or mod.split(".")[0] in _LIBRARY_ROOTS)
+
+
+def _installed(module_name: str) -> bool:
+    """Whether a module is the standard library's or an installed package's (by its file)."""
+    import sys
+
+    if module_name.split(".")[0] in sys.stdlib_module_names:
+        return True
+    f = getattr(sys.modules.get(module_name), "__file__", None) or ""
+    return "site-packages" in f or "dist-packages" in f
+
+
+def _own_module(mod) -> bool:
+    """A Python module of the user's own code (a helpers file beside the tests, a module made
+    at run time), whose functions and values a forward reads as ``helpers.fn`` or
+    ``helpers.SCALE``; not torch's and the like, the standard library's or an installed package's."""
+    name = getattr(mod, "__name__", None) or ""
+    return isinstance(name, str) and name.split(".")[0] not in _LIBRARY_ROOTS and not _installed(name)
 
 
 def _plain_object(v) -> bool:
@@ -613,15 +642,10 @@ def _plain_object(v) -> bool:
 def _own_class(cls) -> bool:
     """A class of the user's own code: not torch's and the like (``_user_code``), not the standard
     library's or an installed package's, except the plain namespaces that hold settings."""
-    import sys
-
     mod = (getattr(cls, "__module__", None) or "").split(".")[0]
     if cls.__name__ in ("SimpleNamespace", "Namespace") and mod in ("types", "argparse"):
         return True
-    if not _user_code(cls) or mod in sys.stdlib_module_names:
-        return False
-    f = getattr(sys.modules.get(getattr(cls, "__module__", "")), "__file__", None) or ""
-    return "site-packages" not in f and "dist-packages" not in f
+    return _user_code(cls) and not _installed(getattr(cls, "__module__", None) or "")
 
 
 def _code_state(model: nn.Module, functions: Optional[list] = None, raw: bool = False) -> Dict[str, object]:
@@ -685,10 +709,41 @@ def _code_state(model: nn.Module, functions: Optional[list] = None, raw: bool = 
                             if isinstance(f, (types.FunctionType, staticmethod, classmethod, property)):
                                 add(f, f"{where} {cls.__name__}.{k}")
 
+    def visit_class(cls, where):
+        # a class the code names (``State.n += 1``, ``Helper.apply(x)``, ``Act()(x)``): its
+        # methods are code the forward runs, its class attributes state it reads or keeps
+        if id(cls) in seen or not _own_class(cls):
+            return
+        seen.add(id(cls))
+        for c in cls.__mro__:
+            if not _own_class(c):
+                continue
+            for k, v in vars(c).items():
+                if isinstance(v, (types.FunctionType, staticmethod, classmethod, property)):
+                    add(v, f"{where} {c.__name__}.{k}")
+                elif not (k.startswith("__") and k.endswith("__")):
+                    visit_value(v, f"{where} class {c.__name__}.{k}")
+
+    def visit_module(mod, wanted, where, depth=0):
+        # ``helpers.fn(x)``, ``helpers.SCALE``, ``pkg.sub.fn``: the attributes of the user's
+        # own module that the code names (co_names holds attribute names as well as globals)
+        if depth > 3 or not _own_module(mod):
+            return
+        for a in sorted(wanted):
+            if a in vars(mod) and (id(mod), a) not in seen:
+                seen.add((id(mod), a))
+                x = vars(mod)[a]
+                if isinstance(x, types.ModuleType):
+                    visit_module(x, wanted, f"{where}.{a}", depth + 1)
+                else:
+                    visit_value(x, f"{where}.{a}")
+
     def visit_value(x, where):
         if isinstance(x, (types.FunctionType, types.MethodType, functools.partial)) or plain(x):
             add(x, where)
             return
+        if isinstance(x, type):
+            visit_class(x, where)
         st = _state_value(x)
         if raw and st is not _SKIP:
             st = x
@@ -731,9 +786,13 @@ def _code_state(model: nn.Module, functions: Optional[list] = None, raw: bool = 
             functions.append(f)
         where = getattr(f, "__qualname__", "function")
         g = f.__globals__
-        for n in sorted(set(names(f.__code__))):  # sorted: the same walk in every process
+        wanted = set(names(f.__code__))
+        for n in sorted(wanted):  # sorted: the same walk in every process
             if n in g:
-                visit_value(g[n], f"global {n} (of {where})")
+                if isinstance(g[n], types.ModuleType):
+                    visit_module(g[n], wanted, f"global {n} (of {where})")
+                else:
+                    visit_value(g[n], f"global {n} (of {where})")
         for cn, cell in zip(f.__code__.co_freevars, f.__closure__ or ()):
             try:
                 v = cell.cell_contents
