@@ -55,6 +55,10 @@ EXAMPLES = {
     "gelu": lambda: Fn(L(lambda h: F.gelu(h) + F.gelu(h, approximate="tanh"))),
     "silu_elu_softplus": lambda: Fn(L(lambda h: F.silu(h) + F.elu(h, 0.7) + F.softplus(h, 2.0) + F.selu(h))),
     "abs": lambda: Fn(L(lambda h: h.abs())),
+    # constants shaped by the data: their value whatever the input
+    "fills": lambda: Fn(L(lambda h: h * torch.full_like(h, 0.3) + torch.zeros_like(h) - torch.ones_like(h)
+                          + h.new_full(h.shape, 1e-3) + h.new_zeros(h.shape) + h.new_ones(h.shape)
+                          + F.relu(h).clone().fill_(0.7) - torch.ones_like(h).zero_() + torch.fill(h, 0.2))),
     "max_min": lambda: Fn(L(lambda h: torch.maximum(h[:, :4], h[:, 4:]) - torch.minimum(h[:, :4], h[:, 4:])),
                           out_in=4),
     "slices": lambda: Fn(L(lambda h: torch.cat([h[:, :2], h.narrow(1, 3, 2), h.select(1, 5)[:, None],

@@ -1030,7 +1030,9 @@ def _op_key(name: str) -> str:
 
 
 #: ATen ops whose results autograd never records as depending on the input
-_NOT_RECORDED = {"detach", "liftfreshcopy"}
+_NOT_RECORDED = {"detach", "liftfreshcopy",
+                 # constants shaped like their input (``torch.zeros_like(h)``, ``h.new_ones(n)``)
+                 "zeroslike", "oneslike", "fulllike", "emptylike", "newzeros", "newones", "newfull", "newempty"}
 #: views that only alias their input (autograd may record them as AsStrided instead)
 _ALIASING = {"view", "unsafeview", "asstrided", "alias", "reshape", "expand", "squeeze", "unsqueeze", "t",
              "transpose", "permute", "slice", "select", "split", "splitwithsizes", "unbind", "narrow"}

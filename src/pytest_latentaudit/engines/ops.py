@@ -1191,6 +1191,42 @@ class NegOp(BoundOp):
         return [-A], None
 
 
+class FillOp(BoundOp):
+    """A constant shaped by its input (``zeros_like``, ``full_like``, ``new_ones``, ``fill_``):
+    every sample gets ``value`` (per-sample, in the model's dtype, as the model's op wrote it)
+    whatever the input holds; exact, its input only gives the batch size."""
+
+    piecewise_linear = True
+
+    def forward(self, x):
+        return self.value.to(x.dtype).expand(x.shape[0], *self.value.shape)
+
+    def ibp(self, b):
+        v = self.forward(b[0])
+        return v, v
+
+    def linear(self, f, pre=None):
+        lb = self.forward(f.lb)
+        lw = lb.new_zeros((lb.shape[0], f.k, *lb.shape[1:]))
+        return LinForm(lw, lb, lw, lb, exact=True)
+
+    def backward(self, A, pre=None, in_shapes=None):
+        const = (A * self.value.to(A.dtype)).reshape(A.shape[0], -1).sum(1)
+        return [A.new_zeros((A.shape[0], *in_shapes[0]))], const
+
+    def loose(self, lo, hi):
+        return torch.zeros_like(lo, dtype=torch.bool)
+
+    def our_radius(self, pre, u, d_out):
+        # the model's op is exact, but the backward constant sums A * value over the sample's
+        # elements in the coefficients' dtype
+        if not self.rounding:
+            return None
+        lo = pre[0][0]
+        v = self.forward(lo).abs()
+        return gamma(max(d_out, v[0].numel()) + 2, u) * v
+
+
 # ------------------------------------------------------------- fused normalisation kernels
 class FusedRoundingOp(BoundOp):
     """The identity on its first input, whose ``radius`` is the float error of a *fused*

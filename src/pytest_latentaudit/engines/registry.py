@@ -575,6 +575,29 @@ def _neg(ctx):
     return _affine_const(ctx, ctx.data_arg("self"), lambda env: _as_double(-1.0), lambda env: None, 0)
 
 
+@register(*_ov(aten.zeros_like, "default"), *_ov(aten.ones_like, "default"), *_ov(aten.full_like, "default"),
+          *_ov(aten.new_zeros, "default"), *_ov(aten.new_ones, "default"), *_ov(aten.new_full, "default"),
+          *_ov(aten.fill, "Scalar"), *_ov(aten.fill_, "Scalar"), *_ov(aten.zero_, "default"))
+def _fill(ctx):
+    """A constant shaped by the input (``torch.zeros_like(h)``, ``h.new_ones(n)``, ``h.fill_(1)``):
+    its value is the traced one, which no input value changes (the batch-scaled trace checks
+    that a size argument follows the batch)."""
+    for name in ("fill_value", "value", "size", "dtype", "layout", "device", "pin_memory", "memory_format"):
+        if name in ctx.values:
+            ctx.raw(name)
+    if ctx.is_data(ctx.values.get("fill_value")) or ctx.is_data(ctx.values.get("value")):
+        raise UnsupportedLayer(ctx.name, "a fill value that depends on the input")
+    v = ctx.out_value()
+    if not (torch.is_tensor(v) and v.is_floating_point()) or v.dim() == 0:
+        raise UnsupportedLayer(ctx.name, "a constant that is not a floating tensor with a batch dimension")
+    if not bool((v == v[:1]).all() | (v.isnan().all())):
+        raise UnsupportedLayer(ctx.name, "a constant that differs between samples")
+    per_sample = v[0].detach().clone()
+    op = ops.FillOp(ctx.name)
+    op.consts["value"] = lambda env: per_sample
+    return ctx.emit(op, [ctx.data_arg("self")])
+
+
 # ---------------------------------------------------------------------- activations
 def _elementwise(ctx, op, arg="self"):
     return _elementwise_node(ctx, op, ctx.data_arg(arg))
