@@ -199,7 +199,9 @@ def _plain_outputs(model, x: torch.Tensor, what: str) -> torch.Tensor:
     from .engines.memory import on_halves
 
     try:
-        return on_halves(lambda sl: _logits(model(x[sl]), sl.stop - sl.start), x.shape[0], torch.cat)
+        # a clone: a forward that writes into its input in place (``x.add_(1)``) must not move the
+        # user's box or seeds (``lower`` and ``z`` can be the user's own tensors), nor ours
+        return on_halves(lambda sl: _logits(model(x[sl].clone()), sl.stop - sl.start), x.shape[0], torch.cat)
     except LatentAuditError:
         raise
     except Exception as exc:  # the user's model rejects these inputs: say so clearly

@@ -1182,7 +1182,9 @@ class _CallRecorder(torch.overrides.TorchFunctionMode):
 
     def __init__(self, known=()):
         super().__init__()
-        self.known = {id(t) for t in known}  # the input, parameters and buffers: by identity
+        # the input, parameters and buffers: by their place in ``known`` (each call may get its
+        # own copy of the input)
+        self.known = {id(t): i for i, t in enumerate(known)}
         self.calls: list = []
         self.made: Dict[int, tuple] = {}
         self.keep: list = []  # the tensors made, alive: their ids are not reused during the call
@@ -1191,7 +1193,9 @@ class _CallRecorder(torch.overrides.TorchFunctionMode):
         if torch.is_tensor(v):
             if id(v) in self.made:
                 return ("made", self.made[id(v)])
-            if id(v) in self.known or v.numel() > 4096:
+            if id(v) in self.known:
+                return ("known", self.known[id(v)], tuple(v.shape), v.dtype)
+            if v.numel() > 4096:
                 return ("tensor", id(v), tuple(v.shape), v.dtype)
             # a tensor made outside torch's functions (torch.from_numpy, an attribute): by value
             return ("value", tuple(v.shape), v.dtype, tuple(v.detach().reshape(-1).tolist()))
@@ -1226,10 +1230,11 @@ def _inference_mode_differs(model: nn.Module, x: torch.Tensor) -> Optional[str]:
     recs = []
     known = [x, *model.parameters(), *model.buffers()]
     for mode in (torch.no_grad, torch.inference_mode):
-        rec = _CallRecorder(known)
+        xi = x.clone()  # each call on the same input: a forward may write into it in place
+        rec = _CallRecorder([xi, *known[1:]])
         try:
             with mode(), rec:
-                model(x)
+                model(xi)
         except Exception as exc:  # noqa: BLE001 - the traces ran; a call that fails in one mode is refused
             return f"a call under torch.{mode.__name__}() failed ({type(exc).__name__})"
         recs.append(rec.calls)
