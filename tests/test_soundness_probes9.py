@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_latentaudit import Accuracy, Direction, Prediction, audit, verify_box
+from pytest_latentaudit import Accuracy, Direction, LatentAuditError, OutputRange, Prediction, audit, verify_box
 
 
 # ------------------------------------------------ 1. a forward that writes into its input
@@ -56,3 +56,46 @@ def test_control_a_forward_that_writes_into_its_input_is_proved():
     r = verify_box(m, lo, torch.ones(1, 2), Prediction(0), budget_s=5)
     assert r.status == ["verified"], r.notes
     assert bool((lo == 0).all())
+
+
+# ------------------------------------------------ 2. spec inputs that crashed with torch's errors
+def _three_outputs():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 3)).eval()
+
+
+@pytest.mark.parametrize("spec, says", [
+    (lambda: OutputRange(upper=[1.0, 2.0]), "upper has 2 values but the model has 3 outputs"),
+    (lambda: Prediction("cat"), "class indices"),
+    (lambda: Prediction(float("nan")), "class indices"),
+    (lambda: Prediction(float("inf")), "class indices"),
+    (lambda: Prediction(1e20), "class indices"),
+])
+def test_bad_spec_arguments_are_a_latent_audit_error(spec, says):
+    """Found: per-output ``OutputRange`` bounds of the wrong length were a bare ``RuntimeError``
+    from ``expand``; a string label a ``TypeError`` from ``torch.as_tensor``; an infinite label an
+    ``OverflowError``; NaN ``cannot convert float NaN to integer``. Each is now a
+    ``LatentAuditError`` that says what to pass (1e20, out of range, already was one)."""
+    m = _three_outputs()
+    with pytest.raises(LatentAuditError, match=says):
+        verify_box(m, torch.zeros(2, 2), torch.ones(2, 2) * 0.01, spec(), budget_s=1)
+
+
+def test_a_misspelt_auto_lirpa_method_is_an_error_not_a_silent_falsify_run():
+    """Found: ``engine="auto_lirpa:foo"`` under a budget ran falsification only, with no note
+    saying why (without one, a ``ValueError`` from inside the auto_LiRPA engine)."""
+    with pytest.raises(LatentAuditError, match="auto_lirpa:crown"):
+        verify_box(_three_outputs(), torch.zeros(1, 2), torch.ones(1, 2), Prediction(0), engine="auto_lirpa:foo",
+                   budget_s=1)
+
+
+def test_control_per_output_ranges_and_integer_labels_still_work():
+    m = _three_outputs()
+    lo, hi = torch.zeros(2, 2), torch.ones(2, 2) * 0.01
+    y = m(lo)
+    r = verify_box(m, lo, hi, OutputRange(lower=(y.min(0).values - 1).tolist(), upper=(y.max(0).values + 1).tolist()),
+                   budget_s=2)
+    assert r.status == ["verified", "verified"]
+    lab = y.argmax(1)
+    for labels in (lab, lab.tolist(), lab.double(), lab.int()):
+        assert verify_box(m, lo, hi, Prediction(labels), budget_s=2).status == ["verified", "verified"]
