@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_latentaudit import Accuracy, Direction, LatentAuditError, OutputRange, Prediction, audit, verify_box
+from pytest_latentaudit import Accuracy, Direction, LatentAuditError, Linear, OutputRange, Prediction, audit, verify_box
 
 
 # ------------------------------------------------ 1. a forward that writes into its input
@@ -99,3 +99,36 @@ def test_control_per_output_ranges_and_integer_labels_still_work():
     lab = y.argmax(1)
     for labels in (lab, lab.tolist(), lab.double(), lab.int()):
         assert verify_box(m, lo, hi, Prediction(labels), budget_s=2).status == ["verified", "verified"]
+
+
+# ------------------------------------------------ 3. tied weights (a false refusal)
+class TiedHead(nn.Module):
+    """``c`` shares ``b``'s weight (one Parameter under two names)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c, self.o = nn.Linear(2, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+        self.c.weight = self.b.weight
+
+    def forward(self, x):
+        return self.o(torch.relu(self.c(torch.relu(self.b(torch.relu(self.a(x)))))))
+
+
+def test_tied_weights_are_lowered_and_bounded_as_they_run():
+    """Found: a model with tied weights was refused (``functional_call got multiple values for
+    keys ['b.weight', 'c.weight'], which are tied``): the trace passed each name its own detached
+    copy. Now one copy per Parameter: the model is proved, and bounded with the shared weight as
+    it is now (edited through one of its names, both uses change)."""
+    m = TiedHead().eval()
+    lo, hi = torch.tensor([[-0.3, 0.1]]), torch.tensor([[0.4, 0.5]])
+    X = lo + (hi - lo) * torch.rand(4000, 2, generator=torch.Generator().manual_seed(0))
+    for edit in (1.0, 3.0):
+        with torch.no_grad():
+            m.b.weight.mul_(edit)
+            top = float(m(X)[:, 0].max())
+        C = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+        r = verify_box(m, lo, hi, Linear(C, [-(top + 0.05 * (1 + abs(top)))]), budget_s=3)
+        assert r.status == ["verified"], r.notes
+        r = verify_box(m, lo, hi, Linear(C, [-(top - 1e-3)]), budget_s=3)
+        assert r.status == ["falsified"]

@@ -357,6 +357,20 @@ def _fx_nodes_needed(graph: torch.fx.Graph, out_node) -> set:
     return _ancestors([out_node])
 
 
+def _detached(named: Dict[str, torch.Tensor], keep_grad: bool = False) -> Dict[str, torch.Tensor]:
+    """The parameters and buffers detached for a trace, one detached tensor per original: tied
+    weights (one Parameter under two names) must stay one object, or ``functional_call``
+    refuses them ("got multiple values for keys ... which are tied")."""
+    one: Dict[int, torch.Tensor] = {}
+    out = {}
+    for k, v in named.items():
+        if id(v) not in one:
+            d = v.detach()
+            one[id(v)] = d.requires_grad_(v.requires_grad) if keep_grad else d
+        out[k] = one[id(v)]
+    return out
+
+
 def lower(model: nn.Module, example: torch.Tensor, other_batch: Optional[int] = None) -> BoundGraph:
     """Lower ``model`` on per-sample inputs shaped like ``example[0]`` into a BoundGraph.
 
@@ -398,18 +412,18 @@ def lower(model: nn.Module, example: torch.Tensor, other_batch: Optional[int] = 
     rng = _rng_states()
     try:
         with torch.no_grad(), _EscapeRecorder(escapes), _one_fake_mode():
-            gm = make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, x)
+            gm = make_fx(fn, tracing_mode="real")(_detached(named), x)
         # a user's plain call runs with autograd on and parameters that require grad, this
         # trace without either: a forward that branches on torch.is_grad_enabled() or on a
         # tensor's requires_grad is a different function in each mode
         with torch.enable_grad(), _EscapeRecorder(escapes), _one_fake_mode():
-            live = {k: v.detach().requires_grad_(v.requires_grad) for k, v in named.items()}
+            live = _detached(named, keep_grad=True)
             gm_grad = make_fx(fn, tracing_mode="real")(live, x)
         gm_other = None
         if other_batch is not None and int(other_batch) != TRACE_BATCH and int(other_batch) >= 1:
             xb = torch.cat([x] * (int(other_batch) // TRACE_BATCH + 1))[:int(other_batch)]
             with torch.no_grad(), _EscapeRecorder(escapes), _one_fake_mode():
-                gm_other = make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, xb)
+                gm_other = make_fx(fn, tracing_mode="real")(_detached(named), xb)
     except UnsupportedLayer:
         raise
     except Exception as exc:  # noqa: BLE001 - tracing raises many types; we refuse by name
@@ -452,7 +466,7 @@ def lower(model: nn.Module, example: torch.Tensor, other_batch: Optional[int] = 
             return out
 
     with torch.no_grad():
-        _Recorder(gm).run({k: v.detach() for k, v in named.items()}, x)
+        _Recorder(gm).run(_detached(named), x)
     depends: Dict[torch.fx.Node, bool] = {}
     for n in graph.nodes:
         depends[n] = n is x_ph or any(depends.get(a, False) for a in n.all_input_nodes)
@@ -1718,7 +1732,7 @@ def program(model: nn.Module, x: torch.Tensor) -> torch.fx.GraphModule:
             return torch.func.functional_call(model, params, (inp,))
 
     with torch.no_grad(), _one_fake_mode():
-        return make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, x.detach().clone())
+        return make_fx(fn, tracing_mode="real")(_detached(named), x.detach().clone())
 
 
 def same_program(a: torch.fx.GraphModule, b: torch.fx.GraphModule) -> bool:
