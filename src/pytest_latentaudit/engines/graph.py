@@ -997,7 +997,8 @@ def _plain_call_differs(model: nn.Module, x: torch.Tensor, graph: torch.fx.Graph
     took from the input (autograd's graph); the traced ops on that path must be the same
     ones. A forward that notices the tracer (a dispatch or torch-function mode, a flag) and
     takes another path there is caught here, wherever in the box the paths differ, where the
-    check points see only where they look."""
+    check points see only where they look. Ops are compared by name, not by their constants:
+    one that changes only a constant when traced is left to the check points (docs/engines.md)."""
     ops_trace: Counter = Counter()
     grad_dep: Dict[torch.fx.Node, bool] = {}
     for n in graph.nodes:
