@@ -17,8 +17,8 @@ from .engines.ops import UnsupportedLayer
 from .engines.problem import Problem
 from .core.errors import LatentAuditError
 from .core.latent import Direction, LatentSpace
-from .core.specs import (Accuracy, ConfidentTargeted, Invariance, Linear, Prediction, PredictionNotIn, Spec, as_spec,
-                         class_indices)
+from .core.specs import (Accuracy, ConfidentTargeted, Invariance, Linear, OutputRange, Prediction, PredictionNotIn,
+                         Spec, as_spec, class_indices)
 from .core.vocab import ATTACKS, ESTIMATED, LIRPA_PREFIX, PROVED, UNPROVEN, VIOLATED, parse_budget  # noqa: F401
 
 
@@ -199,7 +199,9 @@ def _plain_outputs(model, x: torch.Tensor, what: str) -> torch.Tensor:
     from .engines.memory import on_halves
 
     try:
-        return on_halves(lambda sl: _logits(model(x[sl]), sl.stop - sl.start), x.shape[0], torch.cat)
+        # a clone: a forward that writes into its input in place (``x.add_(1)``) must not move the
+        # user's box or seeds (``lower`` and ``z`` can be the user's own tensors), nor ours
+        return on_halves(lambda sl: _logits(model(x[sl].clone()), sl.stop - sl.start), x.shape[0], torch.cat)
     except LatentAuditError:
         raise
     except Exception as exc:  # the user's model rejects these inputs: say so clearly
@@ -243,7 +245,10 @@ def _check_spec_outputs(spec: Spec, n_out: int, labels=None) -> None:
                                f"logit per class (for a single score use OutputRange or Linear)")
 
     def check(what, idx, fix):
-        idx = torch.as_tensor(idx).reshape(-1)
+        try:
+            idx = class_indices(idx)
+        except ValueError as exc:
+            raise LatentAuditError(f"{what}: {exc}; {fix}") from None
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_out):
             bad = sorted({int(i) for i in idx.tolist() if i < 0 or i >= n_out})[:5]
             raise LatentAuditError(f"{what} {', '.join(map(str, bad))} out of range for a model with {n_out} outputs "
@@ -257,6 +262,11 @@ def _check_spec_outputs(spec: Spec, n_out: int, labels=None) -> None:
         check("PredictionNotIn class(es)", spec.classes, "list class indices of the model's outputs")
     if isinstance(spec, ConfidentTargeted):
         check("ConfidentTargeted target", [spec.target], "pass a class index of the model's outputs")
+    if isinstance(spec, OutputRange):
+        try:  # builds its rows for this width: per-output bounds of another length are an error here
+            spec._check(torch.zeros(1, n_out, dtype=torch.float64))
+        except ValueError as exc:
+            raise LatentAuditError(str(exc)) from None
     if isinstance(spec, Linear) and getattr(spec, "C", None) is not None and spec.C.shape[1] != n_out:
         raise LatentAuditError(f"Linear spec: C has {spec.C.shape[1]} columns but the model has {n_out} outputs; "
                                f"C must be [rows, {n_out}]")
@@ -342,6 +352,14 @@ def _run_ladder(model, problem, input_shape, device, engine, budget_s, seed, pre
                 t_start: Optional[float] = None):
     # the budget counts from the caller's start (``t_start``: input checks, the first forward
     # pass and lowering the graph are part of the call the budget is for)
+    if bound_factory is None and engine.startswith(LIRPA_PREFIX):
+        from .engines.lirpa import LIRPA_METHODS
+
+        method = engine.partition(":")[2]
+        if engine.partition(":")[0] != LIRPA_PREFIX or method not in ("",) + LIRPA_METHODS:
+            # a misspelt method ran falsification only, with no note saying why
+            raise LatentAuditError(f"unknown engine {engine!r}; the auto_LiRPA engines are "
+                                   f"{', '.join(LIRPA_PREFIX + ':' + m for m in LIRPA_METHODS)}")
     start = time.perf_counter() if t_start is None else t_start
     deadline = start + (budget_s if budget_s is not None else float("inf"))
     bound_fn, graph = None, None

@@ -74,8 +74,16 @@ def class_indices(labels, device=None):
     """``labels`` as a flat long tensor of class indices; ``ValueError`` for fractional ones
     (``.long()`` would truncate 0.5 to class 0)."""
     torch = _torch()
-    t = torch.as_tensor(labels, device=device)
-    if t.is_floating_point() and not bool((t == t.round()).all()):
+    try:
+        t = torch.as_tensor(labels, device=device)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        # a string, a ragged list, an object: torch's own message does not say what was wrong
+        raise ValueError(f"labels must be class indices (integers), got {labels!r:.80}") from None
+    if not (t.is_floating_point() or t.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32,
+                                                torch.int64)):
+        raise ValueError(f"labels must be class indices (integers), got a {t.dtype} tensor")
+    # NaN and inf too: .long() turns them into arbitrary integers (or an OverflowError later)
+    if t.is_floating_point() and not bool((torch.isfinite(t) & (t == t.round()) & (t.abs() < 2.0 ** 62)).all()):
         raise ValueError(f"labels must be class indices (integers), got {t.reshape(-1)[:4].tolist()}")
     return t.long().reshape(-1)
 
@@ -333,6 +341,12 @@ class OutputRange(Linear):
         torch = _torch()
         eye = torch.eye(n_out, dtype=torch.float64)
         Cs, ds = [], []
+        for name, v in (("upper", self.upper), ("lower", self.lower)):
+            size = 0 if v is None else torch.as_tensor(v).numel()
+            if size not in (0, 1, n_out):
+                # expand() would raise a bare RuntimeError about sizes
+                raise ValueError(f"OutputRange: {name} has {size} values but the model has {n_out} outputs; pass "
+                                 f"one number, or one per output")
         if self.upper is not None:
             u = torch.as_tensor(self.upper, dtype=torch.float64).reshape(-1).expand(n_out)
             Cs.append(eye), ds.append(-u)

@@ -357,6 +357,20 @@ def _fx_nodes_needed(graph: torch.fx.Graph, out_node) -> set:
     return _ancestors([out_node])
 
 
+def _detached(named: Dict[str, torch.Tensor], keep_grad: bool = False) -> Dict[str, torch.Tensor]:
+    """The parameters and buffers detached for a trace, one detached tensor per original: tied
+    weights (one Parameter under two names) must stay one object, or ``functional_call``
+    refuses them ("got multiple values for keys ... which are tied")."""
+    one: Dict[int, torch.Tensor] = {}
+    out = {}
+    for k, v in named.items():
+        if id(v) not in one:
+            d = v.detach()
+            one[id(v)] = d.requires_grad_(v.requires_grad) if keep_grad else d
+        out[k] = one[id(v)]
+    return out
+
+
 def lower(model: nn.Module, example: torch.Tensor, other_batch: Optional[int] = None) -> BoundGraph:
     """Lower ``model`` on per-sample inputs shaped like ``example[0]`` into a BoundGraph.
 
@@ -398,18 +412,18 @@ def lower(model: nn.Module, example: torch.Tensor, other_batch: Optional[int] = 
     rng = _rng_states()
     try:
         with torch.no_grad(), _EscapeRecorder(escapes), _one_fake_mode():
-            gm = make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, x)
+            gm = make_fx(fn, tracing_mode="real")(_detached(named), x)
         # a user's plain call runs with autograd on and parameters that require grad, this
         # trace without either: a forward that branches on torch.is_grad_enabled() or on a
         # tensor's requires_grad is a different function in each mode
         with torch.enable_grad(), _EscapeRecorder(escapes), _one_fake_mode():
-            live = {k: v.detach().requires_grad_(v.requires_grad) for k, v in named.items()}
+            live = _detached(named, keep_grad=True)
             gm_grad = make_fx(fn, tracing_mode="real")(live, x)
         gm_other = None
         if other_batch is not None and int(other_batch) != TRACE_BATCH and int(other_batch) >= 1:
             xb = torch.cat([x] * (int(other_batch) // TRACE_BATCH + 1))[:int(other_batch)]
             with torch.no_grad(), _EscapeRecorder(escapes), _one_fake_mode():
-                gm_other = make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, xb)
+                gm_other = make_fx(fn, tracing_mode="real")(_detached(named), xb)
     except UnsupportedLayer:
         raise
     except Exception as exc:  # noqa: BLE001 - tracing raises many types; we refuse by name
@@ -455,7 +469,7 @@ def lower(model: nn.Module, example: torch.Tensor, other_batch: Optional[int] = 
             return out
 
     with torch.no_grad():
-        _Recorder(gm).run({k: v.detach() for k, v in named.items()}, x)
+        _Recorder(gm).run(_detached(named), x)
     depends: Dict[torch.fx.Node, bool] = {}
     for n in graph.nodes:
         depends[n] = n is x_ph or any(depends.get(a, False) for a in n.all_input_nodes)
@@ -1044,7 +1058,8 @@ def _plain_call_differs(model: nn.Module, x: torch.Tensor, graph: torch.fx.Graph
     took from the input (autograd's graph); the traced ops on that path must be the same
     ones. A forward that notices the tracer (a dispatch or torch-function mode, a flag) and
     takes another path there is caught here, wherever in the box the paths differ, where the
-    check points see only where they look."""
+    check points see only where they look. Ops are compared by name, not by their constants:
+    one that changes only a constant when traced is left to the check points (docs/engines.md)."""
     ops_trace: Counter = Counter()
     grad_dep: Dict[torch.fx.Node, bool] = {}
     for n in graph.nodes:
@@ -1243,7 +1258,9 @@ class _CallRecorder(torch.overrides.TorchFunctionMode):
 
     def __init__(self, known=()):
         super().__init__()
-        self.known = {id(t) for t in known}  # the input, parameters and buffers: by identity
+        # the input, parameters and buffers: by their place in ``known`` (each call may get its
+        # own copy of the input)
+        self.known = {id(t): i for i, t in enumerate(known)}
         self.calls: list = []
         self.made: Dict[int, tuple] = {}
         self.keep: list = []  # the tensors made, alive: their ids are not reused during the call
@@ -1252,7 +1269,9 @@ class _CallRecorder(torch.overrides.TorchFunctionMode):
         if torch.is_tensor(v):
             if id(v) in self.made:
                 return ("made", self.made[id(v)])
-            if id(v) in self.known or v.numel() > 4096:
+            if id(v) in self.known:
+                return ("known", self.known[id(v)], tuple(v.shape), v.dtype)
+            if v.numel() > 4096:
                 return ("tensor", id(v), tuple(v.shape), v.dtype)
             # a tensor made outside torch's functions (torch.from_numpy, an attribute): by value
             return ("value", tuple(v.shape), v.dtype, tuple(v.detach().reshape(-1).tolist()))
@@ -1287,10 +1306,11 @@ def _inference_mode_differs(model: nn.Module, x: torch.Tensor) -> Optional[str]:
     recs = []
     known = [x, *model.parameters(), *model.buffers()]
     for mode in (torch.no_grad, torch.inference_mode):
-        rec = _CallRecorder(known)
+        xi = x.clone()  # each call on the same input: a forward may write into it in place
+        rec = _CallRecorder([xi, *known[1:]])
         try:
             with mode(), rec:
-                model(x)
+                model(xi)
         except Exception as exc:  # noqa: BLE001 - the traces ran; a call that fails in one mode is refused
             return f"a call under torch.{mode.__name__}() failed ({type(exc).__name__})"
         recs.append(rec.calls)
@@ -1774,7 +1794,7 @@ def program(model: nn.Module, x: torch.Tensor) -> torch.fx.GraphModule:
             return torch.func.functional_call(model, params, (inp,))
 
     with torch.no_grad(), _one_fake_mode():
-        return make_fx(fn, tracing_mode="real")({k: v.detach() for k, v in named.items()}, x.detach().clone())
+        return make_fx(fn, tracing_mode="real")(_detached(named), x.detach().clone())
 
 
 def same_program(a: torch.fx.GraphModule, b: torch.fx.GraphModule) -> bool:
