@@ -409,6 +409,33 @@ def test_certified_radius_never_crashes(extra):
     assert model.training
 
 
+class _ReadsMode(nn.Module):
+    def forward(self, x):
+        return x if self.training else x * 1.0
+
+
+def test_a_model_in_training_mode_is_proved_in_eval_mode_and_says_so():
+    """Dropout and BatchNorm (and a user's ``if self.training``) differ by mode: the note says
+    the verdict is of eval mode; a model in training mode whose forwards ignore the mode, and a
+    model in eval mode, get no note."""
+    from pytest_latentaudit import verify_box
+
+    lo, hi = torch.tensor([[0.5, -0.1]]), torch.tensor([[0.6, 0.1]])
+    for extra, noted in ((nn.Dropout(0.5), "1 (Dropout)"), (_ReadsMode(), "1 (_ReadsMode)"), (nn.Identity(), None)):
+        model = nn.Sequential(sign_head(), extra).train()
+        for res in (verify_box(model, lo, hi, Prediction(0), engine="linear"),
+                    audit(model, torch.tensor([[0.55, 0.0]]), direction=Direction.axis(1), eps=0.1,
+                          spec=Invariance(), engine="linear")):
+            mode = [n for n in res.notes if "training mode" in n]
+            if noted is None:
+                assert not mode, res.notes
+            else:
+                assert len(mode) == 1 and "eval mode" in mode[0] and noted.split()[0] in mode[0], res.notes
+        assert model.training and model[1].training
+        model.eval()
+        assert not [n for n in verify_box(model, lo, hi, Prediction(0), engine="linear").notes if "training" in n]
+
+
 # ------------------------------------------------------------ bad input: named problem, named fix
 class _Wrap(nn.Module):
     """sign_head's logits passed through ``post`` (a model that returns the wrong thing)."""

@@ -137,6 +137,26 @@ def _eval_mode(model):
             m.training = f
 
 
+def _mode_note(model) -> List[str]:
+    """A note when the model came in training mode and some module's forward reads its mode
+    (dropout, BatchNorm's batch statistics, a user's ``if self.training``): the verdicts are of
+    the model in eval mode, as ``_eval_mode`` runs it, not of the mode it was in."""
+    if not isinstance(model, torch.nn.Module):
+        return []
+    reads = []
+    for name, m in model.named_modules():
+        fwd = getattr(type(m), "forward", None)
+        code = getattr(fwd, "__code__", None)
+        if m.training and code is not None and "training" in code.co_names:
+            reads.append(name or type(m).__name__)
+    if not reads:
+        return []
+    more = f" and {len(reads) - 3} more" if len(reads) > 3 else ""
+    return [f"the model was in training mode and {', '.join(reads[:3])}{more} behave differently in it: "
+            f"the verdicts are of the model in eval mode (model.eval(): running statistics, no dropout), "
+            f"as deployments run it; its modes are restored"]
+
+
 def _on_device(model, device: torch.device):
     """The model on ``device`` without moving the user's copy."""
     if not isinstance(model, torch.nn.Module):
@@ -442,7 +462,7 @@ def verify_box(model, lower, upper, spec, *, engine: str = "auto", device="auto"
     x0 = (lo64 + hi64) / 2
     half = torch.maximum(hi64 - x0, x0 - lo64).reshape(n, -1)[:, dims]
     half = torch.nextafter(half, torch.full_like(half, torch.inf))
-    notes: List[str] = []
+    notes: List[str] = _mode_note(model)
     with _eval_mode(model):
         m = _on_device(model, dev)
         problem = Problem(m, x0, V.reshape(1, k, *shape), -half, half, box_spec, labels,
@@ -645,7 +665,7 @@ def audit(model, seeds, labels=None, direction=None, eps: float = 0.0, spec: Spe
     spec = as_spec(spec if spec is not None else Invariance())
     eps = check_eps(eps)
     prep = _prepare(model, seeds, labels, direction, spec, latent_space, device)
-    notes: List[str] = []
+    notes: List[str] = _mode_note(model)
     with _eval_mode(model):
         tl = torch.full((prep.n, prep.k), -eps, dtype=torch.float64, device=prep.dev)  # the eps asked for, not its float32 rounding
         problem = Problem(prep.model, prep.z, prep.Vt, tl, -tl, prep.box_spec, prep.box_labels)
