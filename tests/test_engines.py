@@ -628,3 +628,28 @@ def test_dense_radius_cache_misses_after_an_in_place_edit():
     with torch.no_grad():
         hi.add_(5.0)  # the bounds edited in place
     assert bool((op.model_radius([(lo, hi)])[1] > after_bias).all())
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), slope=st.sampled_from([0.0, 0.01, 0.3, 1.0]),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_relu_forward_forms_are_the_general_activation_forms_bitwise(seed, slope, dtype):
+    """ReLUOp.linear drops the general form's sign selections (its slopes are never
+    negative): it must give exactly the general rule's forms, or it is another relaxation."""
+    from pytest_latentaudit.engines import ops
+    from pytest_latentaudit.engines.forms import LinForm
+
+    g = torch.Generator().manual_seed(seed)
+    n, k, d = 7, 3, 11
+    lw = torch.randn(n, k, d, generator=g, dtype=dtype)
+    uw = lw + torch.rand(n, k, d, generator=g, dtype=dtype) * 0.1
+    lb = torch.randn(n, d, generator=g, dtype=dtype)
+    form = LinForm(lw, lb, uw, lb + torch.rand(n, d, generator=g, dtype=dtype))
+    lo, hi = form.concretize()
+    op = ops.LeakyReLUOp("r", slope) if slope else ops.ReLUOp("r")
+    op.u_ours = ops.unit(dtype)
+    fast = op.linear(form, pre=[(lo, hi)])
+    general = ops.ActivationOp.linear(op, form, pre=[(lo, hi)])
+    for a, b in zip((fast.lw, fast.lb, fast.uw, fast.ub), (general.lw, general.lb, general.uw, general.ub)):
+        assert torch.equal(a, b)
+    assert bool(((lo < 0) & (hi > 0)).any()) and bool(((lo >= 0) | (hi <= 0)).any())  # both kinds occur

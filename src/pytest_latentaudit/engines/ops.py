@@ -725,6 +725,12 @@ class ReLUOp(ActivationOp):
                               torch.zeros_like(cu))
         return al, cl, au, cu
 
+    def linear(self, form, pre=None):
+        # the general form with its selections dropped: both slopes lie in [a, 1] with a >= 0,
+        # so each line takes its own side's form, and the lower intercept is 0 (the same
+        # products and sums, bitwise; a third of the elementwise passes on [N, k, D])
+        al, _, au, cu = self.relaxed(*pre[0])
+        return LinForm(form.lw * al.unsqueeze(1), form.lb * al, form.uw * au.unsqueeze(1), form.ub * au + cu)
 
     def backward(self, A, pre=None, in_shapes=None):
         # the lower intercept is 0: A_in = A al + A+ (au - al), const = A+ . cu (fewer passes
