@@ -630,26 +630,65 @@ def test_dense_radius_cache_misses_after_an_in_place_edit():
     assert bool((op.model_radius([(lo, hi)])[1] > after_bias).all())
 
 
-@settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), slope=st.sampled_from([0.0, 0.01, 0.3, 1.0]),
-       dtype=st.sampled_from([torch.float32, torch.float64]))
-def test_relu_forward_forms_are_the_general_activation_forms_bitwise(seed, slope, dtype):
-    """ReLUOp.linear drops the general form's sign selections (its slopes are never
-    negative): it must give exactly the general rule's forms, or it is another relaxation."""
-    from pytest_latentaudit.engines import ops
+def _selected_forms(form, al, cl, au, cu):
+    """The activation forms' rule as first written: both products of each side, then the
+    one a slope's sign selects (a negative slope maps the other side's form)."""
+    lwa, lwb = form.lw * al.unsqueeze(1), form.uw * al.unsqueeze(1)
+    uwa, uwb = form.uw * au.unsqueeze(1), form.lw * au.unsqueeze(1)
+    pos_l, pos_u = (al >= 0), (au >= 0)
+    return (torch.where(pos_l.unsqueeze(1), lwa, lwb), torch.where(pos_l, form.lb * al, form.ub * al) + cl,
+            torch.where(pos_u.unsqueeze(1), uwa, uwb), torch.where(pos_u, form.ub * au, form.lb * au) + cu)
+
+
+def _random_form(seed, dtype, n=7, k=3, d=11):
     from pytest_latentaudit.engines.forms import LinForm
 
     g = torch.Generator().manual_seed(seed)
-    n, k, d = 7, 3, 11
     lw = torch.randn(n, k, d, generator=g, dtype=dtype)
     uw = lw + torch.rand(n, k, d, generator=g, dtype=dtype) * 0.1
     lb = torch.randn(n, d, generator=g, dtype=dtype)
-    form = LinForm(lw, lb, uw, lb + torch.rand(n, d, generator=g, dtype=dtype))
+    return LinForm(lw, lb, uw, lb + torch.rand(n, d, generator=g, dtype=dtype)), g
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), slope=st.sampled_from([0.0, 0.01, 0.3, 1.0]),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_relu_forward_forms_are_the_selection_rule_bitwise(seed, slope, dtype):
+    """ReLUOp.linear drops the selections (its slopes are never negative): it must give
+    exactly the general rule's forms, or it is another relaxation."""
+    from pytest_latentaudit.engines import ops
+
+    form, _ = _random_form(seed, dtype)
     lo, hi = form.concretize()
     op = ops.LeakyReLUOp("r", slope) if slope else ops.ReLUOp("r")
     op.u_ours = ops.unit(dtype)
     fast = op.linear(form, pre=[(lo, hi)])
-    general = ops.ActivationOp.linear(op, form, pre=[(lo, hi)])
-    for a, b in zip((fast.lw, fast.lb, fast.uw, fast.ub), (general.lw, general.lb, general.uw, general.ub)):
+    for a, b in zip((fast.lw, fast.lb, fast.uw, fast.ub), _selected_forms(form, *op.relaxed(lo, hi))):
         assert torch.equal(a, b)
     assert bool(((lo < 0) & (hi > 0)).any()) and bool(((lo >= 0) | (hi <= 0)).any())  # both kinds occur
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), signs=st.sampled_from(["mixed", "nonneg", "neg"]),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_activation_forward_forms_select_the_form_by_the_slopes_sign_bitwise(seed, signs, dtype):
+    """ActivationOp.linear selects the form before the product, and skips the selection
+    when every slope is >= 0: the same numbers as the rule of selecting products."""
+    from pytest_latentaudit.engines import ops
+
+    form, g = _random_form(seed, dtype)
+    shape = form.lb.shape
+    slopes = [torch.randn(shape, generator=g, dtype=dtype) for _ in range(2)]
+    if signs != "mixed":
+        slopes = [s.abs() * (1 if signs == "nonneg" else -1) for s in slopes]
+    lines = (slopes[0], torch.randn(shape, generator=g, dtype=dtype), slopes[1],
+             torch.randn(shape, generator=g, dtype=dtype))
+
+    class Lines(ops.ActivationOp):
+        def relax(self, lo, hi):
+            return lines
+
+    lo, hi = form.concretize()
+    out = Lines("f").linear(form, pre=[(lo, hi)])
+    for a, b in zip((out.lw, out.lb, out.uw, out.ub), _selected_forms(form, *lines)):
+        assert torch.equal(a, b)

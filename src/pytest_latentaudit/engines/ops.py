@@ -658,15 +658,19 @@ class ActivationOp(BoundOp):
 
     def linear(self, form, pre=None):
         al, cl, au, cu = self.relaxed(*pre[0])
-        lwa, lwb = form.lw * al.unsqueeze(1), form.uw * al.unsqueeze(1)
-        uwa, uwb = form.uw * au.unsqueeze(1), form.lw * au.unsqueeze(1)
-        # a slope may be negative (non-monotone f): then the other form bounds the product
+        # a slope may be negative (non-monotone f): then the other form bounds the product.
+        # The form is selected before the product (the same numbers as selecting products),
+        # and not at all where every slope is >= 0: a select on [N, k, D] costs several products
         pos_l, pos_u = (al >= 0), (au >= 0)
-        lw = torch.where(pos_l.unsqueeze(1), lwa, lwb)
-        lb = torch.where(pos_l, form.lb * al, form.ub * al) + cl
-        uw = torch.where(pos_u.unsqueeze(1), uwa, uwb)
-        ub = torch.where(pos_u, form.ub * au, form.lb * au) + cu
-        return LinForm(lw, lb, uw, ub)
+        if bool(pos_l.all()):
+            lw_in, lb_in = form.lw, form.lb
+        else:
+            lw_in, lb_in = torch.where(pos_l.unsqueeze(1), form.lw, form.uw), torch.where(pos_l, form.lb, form.ub)
+        if bool(pos_u.all()):
+            uw_in, ub_in = form.uw, form.ub
+        else:
+            uw_in, ub_in = torch.where(pos_u.unsqueeze(1), form.uw, form.lw), torch.where(pos_u, form.ub, form.lb)
+        return LinForm(lw_in * al.unsqueeze(1), lb_in * al + cl, uw_in * au.unsqueeze(1), ub_in * au + cu)
 
     def our_radius(self, pre, u, d_out):
         # slopes rounded to A's dtype and the products: a few u of |a| |x|; intercepts
