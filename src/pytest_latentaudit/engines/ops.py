@@ -692,7 +692,8 @@ class ActivationOp(BoundOp):
 
 
 class ReLUOp(ActivationOp):
-    """ReLU and LeakyReLU (slope in [0, 1]): exact in floating point."""
+    """ReLU and LeakyReLU (slope in [0, 1]). ReLU is exact in floating point; a leaky ReLU's
+    negative side is not (``f_err``), and its lines are padded by that error."""
 
     piecewise_linear = True
     kinks = (0.0,)
@@ -704,10 +705,21 @@ class ReLUOp(ActivationOp):
     def f(self, x):
         return F.relu(x) if self.negative_slope == 0 else F.leaky_relu(x, self.negative_slope)
 
+    def f_err(self, lo, hi):
+        # the kernel computes fl(x * fl(a)) for x < 0: the slope rounded to the model's dtype
+        # and the product rounded (up to 1.2 u of |a x| measured on float32, 2 u + u^2 in all),
+        # or an underflow; and our own a x in the bound dtype. ReLU's max(x, 0) is exact.
+        a = self.negative_slope
+        if a == 0:
+            return 0.0
+        e = (3 * self.u + 2 * self.u_ours) * a * (-lo).clamp(min=0) + underflow(self.u)
+        return torch.where(lo < 0, e, torch.zeros_like(e))
+
     def our_radius(self, pre, u, d_out):
         al, cl, au, cu = self.relaxed(*pre[0])
         m = _mag(pre[0])
-        return 3 * u * (1 + au.abs()) * m + gamma(d_out + 2, u) * cu.abs()  # |al| <= 1 for any alpha
+        r = 3 * u * (1 + au.abs()) * m + gamma(d_out + 2, u) * cu.abs()  # |al| <= 1 for any alpha
+        return r if self.negative_slope == 0 else r + gamma(d_out + 2, u) * cl.abs()
 
     def relax(self, lo, hi):
         # upper: chord through (lo, f(lo)) and (hi, f(hi)); lower: slope 1 or the negative
@@ -727,24 +739,30 @@ class ReLUOp(ActivationOp):
         m = torch.maximum(lo.abs(), hi.abs())
         cu = cu + torch.where(unstable, 8 * self.u_ours * (au.abs() * m + cu.abs()) + tiny(lo.dtype),
                               torch.zeros_like(cu))
+        if self.negative_slope != 0:  # the leaky side's rounding, on every neuron that has one
+            e = self.f_err(lo, hi)
+            cl, cu = cl - e, cu + e
         return al, cl, au, cu
 
     def linear(self, form, pre=None):
         # the general form with its selections dropped: both slopes lie in [a, 1] with a >= 0,
-        # so each line takes its own side's form, and the lower intercept is 0 (the same
+        # so each line takes its own side's form, and ReLU's lower intercept is 0 (the same
         # products and sums, bitwise; a third of the elementwise passes on [N, k, D])
-        al, _, au, cu = self.relaxed(*pre[0])
-        return LinForm(form.lw * al.unsqueeze(1), form.lb * al, form.uw * au.unsqueeze(1), form.ub * au + cu)
+        al, cl, au, cu = self.relaxed(*pre[0])
+        lb = form.lb * al if self.negative_slope == 0 else form.lb * al + cl
+        return LinForm(form.lw * al.unsqueeze(1), lb, form.uw * au.unsqueeze(1), form.ub * au + cu)
 
     def backward(self, A, pre=None, in_shapes=None):
-        # the lower intercept is 0: A_in = A al + A+ (au - al), const = A+ . cu (fewer passes
-        # over A than the general form; A is the largest tensor of a backward pass)
+        # ReLU's lower intercept is 0: A_in = A al + A+ (au - al), const = A+ . cu (fewer passes
+        # over A than the general form; A is the largest tensor of a backward pass); a leaky
+        # ReLU's padded lower intercept adds A- . cl
         lo, hi = pre[0]
-        al, _, au, cu = self.relaxed(lo, hi)
+        al, cl, au, cu = self.relaxed(lo, hi)
         n = al.shape[0]
         m = A.shape[0] // n
         A3 = A.reshape(n, m, -1)
-        if self.alpha_slope is None:
+        leaky = self.negative_slope != 0
+        if self.alpha_slope is None and not leaky:
             uns = ((lo < 0) & (hi > 0)).reshape(n, -1)
             U = int(uns.sum(1).max()) if uns.numel() else 0
             if 4 * U <= uns.shape[1]:
@@ -757,11 +775,13 @@ class ReLUOp(ActivationOp):
             al = torch.where(unstable, a + (1 - a) * self.alpha_slope.to(A.dtype), al)
         Ap = A3.clamp(min=0)
         A_in = (A3 * al).addcmul_(Ap, au - al)  # in place on our own product: one big tensor less
-        const = rowdot(Ap, cu[:, 0]).reshape(-1)
-        return [A_in.reshape(A.shape)], const
+        const = rowdot(Ap, cu[:, 0])
+        if leaky:
+            const = const + rowdot(A3.clamp(max=0), _like(cl, A).reshape(n, -1))
+        return [A_in.reshape(A.shape)], const.reshape(-1)
 
     def _backward_few_unstable(self, A, A3, al, au, cu, uns, U):
-        """The same pass when at most a quarter of the neurons are unstable (the usual case
+        """The same pass when at most a quarter of a ReLU's neurons are unstable (the usual case
         near a proof): a stable neuron's line is exact (``al = au``, ``cu = 0``), so one
         product ``A al`` does for all, and only the ``U`` unstable columns of each box (a
         gather) take the ``A+ (au - al)`` and ``A+ . cu`` terms. The same roundings as the

@@ -104,6 +104,9 @@ def margin_deviation(graph: BoundGraph, center, gens, C, crown=False) -> torch.T
             s_lo = torch.where(active, lo, torch.where(dead, a * lo, torch.minimum(lo, a * lo)))
             s_hi = torch.where(active, hi, torch.where(dead, a * hi, torch.maximum(hi, a * hi)))
             add(node.inputs[0], s_lo, s_hi)
+            e = op.f_err(*pre[0])  # a leaky ReLU's own rounding (0 for ReLU)
+            if torch.is_tensor(e):
+                slack = slack + (amax.reshape(n, m, -1) * e.to(amax.dtype).reshape(n, 1, -1)).sum(2).reshape(-1).double()
         elif isinstance(op, ops.ActivationOp) and node.shape == nodes[node.inputs[0]].shape:
             # any other elementwise f: the secant slope between the float and the exact input
             # is in [0, L] (monotone f) or [-L, L], L = sup |f'|; the kernel's own error of f
@@ -173,6 +176,9 @@ def float_deviation(graph: BoundGraph, center, gens) -> torch.Tensor:
             # the negative slope's share of the error; any other passes at most all of it
             lo_in, hi_in = conc[node.inputs[0]]
             d = torch.where(hi_in <= 0, op.negative_slope * ds[0], ds[0])
+            e = op.f_err(lo_in, hi_in)  # and a leaky ReLU's own rounding (0 for ReLU)
+            if torch.is_tensor(e):
+                d = d + e.to(d.dtype)
         elif isinstance(op, ops.MaxPoolOp):  # |max a - max b| <= max |a - b|
             d = op.forward(ds[0])
         elif isinstance(op, ops.ActivationOp):
