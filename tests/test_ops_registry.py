@@ -61,6 +61,9 @@ EXAMPLES = {
                           + F.relu(h).clone().fill_(0.7) - torch.ones_like(h).zero_() + torch.fill(h, 0.2))),
     "max_min": lambda: Fn(L(lambda h: torch.maximum(h[:, :4], h[:, 4:]) - torch.minimum(h[:, :4], h[:, 4:])),
                           out_in=4),
+    # maximum/minimum/clamp against constant tensors (a buffer, a float64 literal, limits that
+    # broadcast the input up) and clamp with data limits: c + relu(x - c) and c - relu(c - x)
+    "max_min_const": lambda: Fn(_MaxMinConst()),
     "slices": lambda: Fn(L(lambda h: torch.cat([h[:, :2], h.narrow(1, 3, 2), h.select(1, 5)[:, None],
                                                 h.index_select(1, torch.tensor([0, 7]))], 1)), out_in=7),
     "split_chunk": lambda: Fn(L(lambda h: torch.cat([*h.split(3, dim=1)[:2], *h.chunk(2, dim=1)], 1)), out_in=14),
@@ -145,6 +148,18 @@ class _SqueezeExcite(nn.Module):
 
     def forward(self, x):
         return x * torch.sigmoid(self.fc(x.mean((2, 3)))).reshape(-1, 2, 1, 1)
+
+
+class _MaxMinConst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("c", torch.linspace(-0.5, 0.5, 8))
+
+    def forward(self, h):
+        c = self.c
+        return (torch.maximum(h, c) - torch.minimum(torch.tensor(0.2, dtype=torch.float64), h)
+                + torch.clamp(h, min=c - 0.3, max=c + 0.3) + h.clamp_max(c) + h.clamp_min(c * 2)
+                + torch.maximum(h[:, :1], c) + torch.clamp(h, min=h.flip(1), max=c + 1))
 
 
 def _PReLUWide():

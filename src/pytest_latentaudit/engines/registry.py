@@ -728,14 +728,70 @@ def _abs(ctx):
 
 @register(*_ov(aten.maximum, "default"), *_ov(aten.minimum, "default"))
 def _max_min(ctx):
-    a, b = ctx.raw("self"), ctx.raw("other")
-    if not (ctx.is_data(a) and ctx.is_data(b)):
-        raise UnsupportedLayer(ctx.name, "maximum/minimum with a constant tensor (use clamp)")
     is_max = ctx.target in _ov(aten.maximum, "default")
-    # max(a, b) = a + relu(b - a); min(a, b) = a - relu(a - b): exact, and ReLU's relaxation
-    d = ctx.emit(ops.WeightedSumOp(ctx.name + ".diff", -1.0 if is_max else 1.0, 1.0 if is_max else -1.0), [a, b])
-    r = ctx.emit(ops.ReLUOp(ctx.name + ".relu"), [d])
-    return ctx.emit(ops.WeightedSumOp(ctx.name, 1.0, 1.0 if is_max else -1.0), [a, r])
+    a, b = ctx.raw("self"), ctx.raw("other")
+    if ctx.is_data(a):
+        return _extreme(ctx, a, b, "other", is_max, ctx.name)
+    return _extreme(ctx, b, a, "self", is_max, ctx.name)
+
+
+def _extreme(ctx, x, other, other_name, is_max, name):
+    """``maximum(x, other)`` / ``minimum(x, other)``, ``x`` carrying the input (an fx node or an
+    index of a node lowered already), ``other`` data too or a constant tensor (schema argument
+    ``other_name``: a buffer, a literal, a clamp limit). Exact rewrites onto ReLU's relaxation:
+    ``max(a, b) = a + relu(b - a)``, ``min(a, b) = a - relu(a - b)``; with a constant ``c``,
+    ``max(x, c) = c + relu(x - c)`` and ``min(x, c) = c - relu(c - x)``. The model's op is exact (a
+    selection); the subtractions and additions here charge roundings it does not make, so the
+    bounds only widen. A constant is used as the kernel uses it: converted to the output's dtype
+    (a float64 0-dim limit of a float32 tensor is compared in float32)."""
+    lw = ctx.lw
+    xi = lw.index_of(x)
+    if ctx.is_data(other):
+        d = lw.emit(ops.WeightedSumOp(name + ".diff", -1.0 if is_max else 1.0, 1.0 if is_max else -1.0),
+                    [xi, lw.index_of(other)], ctx.n)
+        r = lw.emit(ops.ReLUOp(name + ".relu"), [d], ctx.n)
+        return lw.emit(ops.WeightedSumOp(name, 1.0, 1.0 if is_max else -1.0), [xi, r], ctx.n)
+    out, xv = ctx.out_value(), ctx.in_value()
+    cval = ctx.value_of(other_name)
+    if not (torch.is_tensor(cval) and not cval.is_complex() and out.is_floating_point() and out.dtype == xv.dtype):
+        raise UnsupportedLayer(name, "maximum/minimum/clamp with a limit that is not a real tensor of the data's "
+                               "dtype after promotion")
+    _per_sample_const(ctx, cval)
+    cref, dt = ctx.const_ref(other_name), out.dtype
+
+    def c_of(env):
+        return _as_double(_per_sample_const(ctx, cref(env)).to(dt))
+
+    sign = 1.0 if is_max else -1.0
+    # max: d = x - c, out = c + relu(d); min: d = c - x, out = c - relu(d)
+    pre = ops.ChannelAffineOp(name + ".diff", n_ops=1)
+    pre.consts["weight"] = lambda env: _as_double(sign)
+    pre.consts["bias"] = lambda env: -sign * c_of(env)
+    post = ops.ChannelAffineOp(name, n_ops=1)
+    post.consts["weight"] = lambda env: _as_double(sign)
+    post.consts["bias"] = c_of
+    pre.u = post.u = ctx.u_elem
+    d = lw.emit(pre, [xi], ctx.n)
+    r = lw.emit(ops.ReLUOp(name + ".relu"), [d], ctx.n)
+    return lw.emit(post, [r], ctx.n)
+
+
+@register(*_ov(aten.clamp, "Tensor"), *_ov(aten.clamp_, "Tensor"), *_ov(aten.clamp_min, "Tensor"),
+          *_ov(aten.clamp_max, "Tensor"))
+def _clamp_tensor(ctx):
+    """``clamp`` with tensor limits (constants or data): ``min(max(x, lo), hi)``, torch's order
+    (where ``lo > hi`` the result is ``hi``), each step ``_extreme``."""
+    cur = ctx.data_arg("self")
+    names = ctx.schema_names
+    lo = ctx.raw("min") if "min" in names else None
+    hi = ctx.raw("max") if "max" in names else None
+    if lo is None and hi is None:
+        raise UnsupportedLayer(ctx.name, "clamp without limits")
+    if lo is not None:
+        cur = _extreme(ctx, cur, lo, "min", True, ctx.name + (".min" if hi is not None else ""))
+    if hi is not None:
+        cur = _extreme(ctx, cur, hi, "max", False, ctx.name)
+    return cur
 
 
 # ------------------------------------------------------------------ pooling / reductions

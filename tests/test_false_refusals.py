@@ -1,0 +1,72 @@
+"""Models the native engines refused although a sound bound is easy (false refusals), now
+bounded: for each, a planted narrow violation that must not be proved (falsified or unknown,
+never verified) and an easy box that is now verified. The per-op containment tests are the
+registry examples in tests/test_ops_registry.py."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pytest_latentaudit import Prediction, verify_box
+
+
+def _not_proved(m, lo, hi, label=0, budget_s=3):
+    r = verify_box(m, lo, hi, Prediction(label), engine="auto", budget_s=budget_s)
+    assert r.status != ["verified"], r.notes
+    assert not any("not supported" in n for n in r.notes), r.notes  # bounded, not refused
+    if r.status == ["falsified"]:
+        x = r.counterexamples[0].reshape(lo.shape)
+        assert bool(((x >= lo) & (x <= hi)).all())
+        with torch.no_grad():
+            y = m(x)
+        assert int(y.argmax(1)) != label or float(y[0, label]) <= float(y[0].max())
+    return r
+
+
+def _proved(m, lo, hi, label=0, budget_s=5):
+    r = verify_box(m, lo, hi, Prediction(label), engine="auto", budget_s=budget_s)
+    assert r.status == ["verified"], r.notes
+    assert not any("not supported" in n for n in r.notes), r.notes
+    return r
+
+
+# ------------------------------------------------ 1. maximum / minimum / clamp with constant tensors
+class _Spike(nn.Module):
+    """Logits ``(0.5, 1000 g(x))``: class 1 wins only where ``g(x) > 5e-4``."""
+
+    def __init__(self, g, c):
+        super().__init__()
+        self.g = g
+        self.register_buffer("c", torch.tensor([c]))
+
+    def forward(self, x):
+        return torch.cat([torch.full_like(x, 0.5), 1000 * self.g(self, x)], 1)
+
+
+_SPIKES = {
+    # x in [0, 1]; each g is > 5e-4 only on a sliver at one end of the box: (g, c, the bad end)
+    "maximum_buffer": (lambda s, x: torch.maximum(x, s.c) - s.c, 0.999, 1.0),
+    "maximum_literal": (lambda s, x: torch.maximum(torch.tensor([0.999]), x) - 0.999, 0.0, 1.0),
+    "minimum_buffer": (lambda s, x: s.c - torch.minimum(x, s.c), 0.001, 0.0),
+    "clamp_tensor": (lambda s, x: torch.clamp(x, min=s.c, max=s.c + 1) - s.c, 0.999, 1.0),
+    "clamp_max_tensor": (lambda s, x: s.c - x.clamp_max(s.c), 0.001, 0.0),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_SPIKES))
+def test_a_narrow_violation_through_a_constant_maximum_is_not_proved(kind):
+    g, c, bad = _SPIKES[kind]
+    m = _Spike(g, c).eval()
+    with torch.no_grad():
+        assert int(m(torch.tensor([[bad]])).argmax(1)) == 1  # the violation is real
+    _not_proved(m, torch.zeros(1, 1), torch.ones(1, 1))
+
+
+@pytest.mark.parametrize("kind", sorted(_SPIKES))
+def test_a_constant_maximum_is_now_verified_on_an_easy_box(kind):
+    g, c, _ = _SPIKES[kind]
+    m = _Spike(g, c).eval()
+    # away from the sliver: [0.2, 0.8] keeps every g at 0
+    _proved(m, torch.full((1, 1), 0.2), torch.full((1, 1), 0.8))
