@@ -70,3 +70,77 @@ def test_a_constant_maximum_is_now_verified_on_an_easy_box(kind):
     m = _Spike(g, c).eval()
     # away from the sliver: [0.2, 0.8] keeps every g at 0
     _proved(m, torch.full((1, 1), 0.2), torch.full((1, 1), 0.8))
+
+
+# ------------------------------------------------ 2. F.logsigmoid (traced as log_sigmoid_forward)
+class _Edge(nn.Module):
+    """Logits ``(0.5, 1000 (f(x) - f(1)) + 0.501)`` for an increasing ``f``: class 1 wins only on
+    a sliver at ``x = 1`` (a few 1e-6 wide), so any bound that misses ``f(1)`` by 1e-6 proves it."""
+
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+
+    def forward(self, x):
+        f1 = self.f(torch.ones(1, 1, dtype=x.dtype))
+        return torch.cat([torch.full_like(x, 0.5), 1000 * (self.f(x) - f1) + 0.501], 1)
+
+
+_EDGES = {
+    "logsigmoid": F.logsigmoid,
+    "logsigmoid_module": nn.LogSigmoid(),
+    "logsigmoid_scaled": lambda x: F.logsigmoid(20 * x - 5),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_EDGES))
+def test_a_violation_at_the_edge_through_an_increasing_op_is_not_proved(kind):
+    m = _Edge(_EDGES[kind]).eval()
+    with torch.no_grad():
+        assert int(m(torch.ones(1, 1)).argmax(1)) == 1
+    _not_proved(m, torch.zeros(1, 1), torch.ones(1, 1))
+
+
+@pytest.mark.parametrize("kind", sorted(_EDGES))
+def test_an_increasing_op_is_now_verified_on_an_easy_box(kind):
+    m = _Edge(_EDGES[kind]).eval()
+    _proved(m, torch.zeros(1, 1), torch.full((1, 1), 0.5))
+
+
+def test_logsigmoid_bounds_hold_in_a_wide_network():
+    """logsigmoid between two wide random layers, many boxes: verified only where sampling
+    agrees (a planted contradiction would show as a verified box with a violating sample)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 32), nn.LogSigmoid(), nn.Linear(32, 32), nn.LogSigmoid(), nn.Linear(32, 3)).eval()
+    x = torch.randn(64, 3)
+    with torch.no_grad():
+        lab = m(x).argmax(1)
+    r = verify_box(m, x - 0.05, x + 0.05, Prediction(lab), budget_s=5)
+    assert not any("not supported" in n for n in r.notes), r.notes
+    assert r.status.count("verified") >= 32
+    s = x[None] + (torch.rand(2000, 64, 3) * 0.1 - 0.05)
+    with torch.no_grad():
+        ok = (m(s.reshape(-1, 3)).argmax(1).reshape(2000, 64) == lab).all(0)
+    for i, st_ in enumerate(r.status):
+        if st_ == "verified":
+            assert bool(ok[i])
+
+
+class _LogSigmoidWhenTraced(nn.Module):
+    """``logsigmoid(x)`` under a tracer, ``logsigmoid(x) + relu(x - 0.999) * 1000`` in a plain call."""
+
+    def forward(self, x):
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+        y = F.logsigmoid(x)
+        if _get_current_dispatch_mode() is None:
+            y = y + F.relu(x - 0.999) * 1000
+        return torch.cat([torch.full_like(x, 0.0), y], 1)
+
+
+def test_the_logsigmoid_alias_keeps_the_plain_call_check():
+    """The name alias (log_sigmoid_forward is autograd's LogSigmoid) matches only that op: a
+    forward that adds ops in a plain call is still refused by the plain-call check."""
+    r = verify_box(_LogSigmoidWhenTraced(), torch.zeros(1, 1), torch.ones(1, 1), Prediction(0), budget_s=2)
+    assert r.status != ["verified"]
+    assert any("plain call" in n for n in r.notes), r.notes

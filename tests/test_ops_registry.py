@@ -55,6 +55,8 @@ EXAMPLES = {
     "gelu": lambda: Fn(L(lambda h: F.gelu(h) + F.gelu(h, approximate="tanh"))),
     "silu_elu_softplus": lambda: Fn(L(lambda h: F.silu(h) + F.elu(h, 0.7) + F.softplus(h, 2.0) + F.selu(h))),
     "abs": lambda: Fn(L(lambda h: h.abs())),
+    # log_sigmoid_forward (concave, increasing: chord below, tangent above), wide inputs too
+    "logsigmoid": lambda: Fn(L(lambda h: torch.cat([F.logsigmoid(h), nn.LogSigmoid()(30 * h)], 1)), out_in=16),
     # constants shaped by the data: their value whatever the input
     "fills": lambda: Fn(L(lambda h: h * torch.full_like(h, 0.3) + torch.zeros_like(h) - torch.ones_like(h)
                           + h.new_full(h.shape, 1e-3) + h.new_zeros(h.shape) + h.new_ones(h.shape)

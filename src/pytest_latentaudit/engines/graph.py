@@ -1040,7 +1040,13 @@ def _op_key(name: str) -> str:
     key = re.sub(r"Backwards?\d*$", "", name).replace("_", "").lower()
     if key == "reshapealias":  # autograd's name for some views traced as view (matmul's reshape)
         return "view"
+    key = _OP_ALIASES.get(key, key)
     return "batchnorm" if "batchnorm" in key else key
+
+
+#: ATen ops traced under another name than their autograd node's (key as ``_op_key`` makes it):
+#: ``F.logsigmoid`` traces as ``log_sigmoid_forward``, autograd records ``LogSigmoidBackward0``
+_OP_ALIASES = {"logsigmoidforward": "logsigmoid"}
 
 
 #: ATen ops whose results autograd never records as depending on the input

@@ -570,6 +570,14 @@ def _rsqrt(ctx):
     return _elementwise(ctx, ops.RsqrtOp(ctx.name))
 
 
+@register(*_ov(aten.log_sigmoid_forward, "default"))
+def _log_sigmoid_forward(ctx):
+    """``F.logsigmoid``: traced as ``log_sigmoid_forward`` (the output and a buffer for the
+    backward pass, which nothing may read)."""
+    out = _elementwise(ctx, ops.LogSigmoidOp(ctx.name))
+    return ctx.tuple_outputs({0: out}, refuse={1: "log_sigmoid_forward's backward buffer"})
+
+
 @register(*_ov(aten.neg, "default"))
 def _neg(ctx):
     return _affine_const(ctx, ctx.data_arg("self"), lambda env: _as_double(-1.0), lambda env: None, 0)
