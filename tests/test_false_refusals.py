@@ -90,6 +90,8 @@ _EDGES = {
     "logsigmoid": F.logsigmoid,
     "logsigmoid_module": nn.LogSigmoid(),
     "logsigmoid_scaled": lambda x: F.logsigmoid(20 * x - 5),
+    # eval rrelu (slope 0.2 below 0): the sliver at x = 1 through its negative side
+    "rrelu_eval": lambda x: -nn.RReLU(0.1, 0.3).eval()(-x),
 }
 
 
@@ -144,3 +146,43 @@ def test_the_logsigmoid_alias_keeps_the_plain_call_check():
     r = verify_box(_LogSigmoidWhenTraced(), torch.zeros(1, 1), torch.ones(1, 1), Prediction(0), budget_s=2)
     assert r.status != ["verified"]
     assert any("plain call" in n for n in r.notes), r.notes
+
+
+# ------------------------------------------------ 3. nn.RReLU in eval mode (deterministic)
+class _RReLUNet(nn.Module):
+    def __init__(self, training_flag):
+        super().__init__()
+        self.training_flag = training_flag
+
+    def forward(self, x):
+        # logits (0.5, 0.49 + rrelu(x - 1)): eval slope 0.2 keeps class 0 on [0, 1]; any slope
+        # a training call may draw (up to 0.3) as well, so only randomness itself is at stake
+        return torch.cat([torch.full_like(x, 0.5), 0.49 + F.rrelu(x - 1, 0.1, 0.3, training=self.training_flag)], 1)
+
+
+def test_rrelu_in_eval_mode_is_verified():
+    _proved(_RReLUNet(False), torch.zeros(1, 1), torch.ones(1, 1))
+
+
+def test_rrelu_drawing_its_slopes_stays_refused():
+    """``F.rrelu(training=True)`` draws a slope per element on every call: no bound of one draw
+    is a bound of the model as it runs, so it is refused (never verified)."""
+    r = verify_box(_RReLUNet(True), torch.zeros(1, 1), torch.ones(1, 1), Prediction(0), budget_s=2)
+    assert r.status != ["verified"]
+    assert any("random" in n for n in r.notes), r.notes
+
+
+def test_an_rrelu_module_in_training_mode_is_audited_in_eval_mode_with_a_note():
+    """As for dropout: a model that comes in training mode is verified in eval mode (how it is
+    deployed), with the note saying so; its mode is restored."""
+    m = nn.Sequential(nn.Linear(1, 2), nn.RReLU(0.1, 0.3), nn.Linear(2, 2))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        m[0].bias.zero_()
+        m[2].weight.copy_(torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+        m[2].bias.copy_(torch.tensor([0.1, 0.0]))
+    m.train()
+    r = verify_box(m, torch.zeros(1, 1), torch.ones(1, 1), Prediction(0), budget_s=3)
+    assert r.status == ["verified"], r.notes
+    assert any("training mode" in n for n in r.notes), r.notes
+    assert m.training and m[1].training

@@ -49,6 +49,10 @@ EXAMPLES = {
     "relu": lambda: Fn(nn.ReLU()),
     "leaky": lambda: Fn(nn.LeakyReLU(0.2)),
     "leaky_steep": lambda: Fn(L(lambda h: F.leaky_relu(h, 1.5))),
+    # rrelu in eval mode: leaky_relu with slope (lower + upper) / 2 (in [0, 1], above 1, negative);
+    # the residual reads its input again (rrelu_with_noise writes only its noise buffer)
+    "rrelu_eval": lambda: Fn(L(lambda h: torch.cat([nn.RReLU(0.1, 0.3).eval()(h) + h, F.rrelu(h, 1.2, 1.6),
+                                                     F.rrelu(h, -0.5, -0.1)], 1)), out_in=24),
     "hardtanh_relu6": lambda: Fn(L(lambda h: F.relu6(h) + F.hardtanh(h, -0.5, 0.5))),
     "clamp": lambda: Fn(L(lambda h: torch.clamp(h, -0.3, 0.4) + h.clamp_min(0.1) - h.clamp_max(0.2))),
     "sigmoid_tanh": lambda: Fn(L(lambda h: torch.sigmoid(h) * 2 + torch.tanh(h))),

@@ -353,8 +353,35 @@ class _Lowering:
 
 
 def _fx_nodes_needed(graph: torch.fx.Graph, out_node) -> set:
-    """Nodes the output depends on (dead code, like unused hook results, is skipped)."""
-    return _ancestors([out_node])
+    """Nodes the output depends on (dead code, like unused hook results, is skipped). An eval
+    ``rrelu_with_noise`` reads only its input: its ``noise`` (an ``empty_like`` the kernel
+    neither reads nor writes outside training) is no ancestor."""
+    out, stack = set(), [out_node]
+    while stack:
+        n = stack.pop()
+        if n in out:
+            continue
+        out.add(n)
+        stack.extend(_read_inputs(n))
+    return out
+
+
+def _eval_rrelu(n) -> bool:
+    """Whether fx node ``n`` is ``rrelu_with_noise`` with ``training=False``: the deterministic
+    leaky ReLU of slope ``(lower + upper) / 2`` (``nn.RReLU`` in eval mode); in training it draws
+    a slope per element and stays a random op."""
+    if n.op != "call_function" or n.target is not getattr(getattr(_aten, "rrelu_with_noise", None), "default", None):
+        return False
+    training = n.args[4] if len(n.args) > 4 else n.kwargs.get("training", False)
+    generator = n.args[5] if len(n.args) > 5 else n.kwargs.get("generator", None)
+    return training is False and generator is None
+
+
+def _read_inputs(n) -> list:
+    if _eval_rrelu(n):
+        return [a for i, a in enumerate(n.args) if i != 1 and isinstance(a, torch.fx.Node)] + \
+            [v for k, v in n.kwargs.items() if k != "noise" and isinstance(v, torch.fx.Node)]
+    return list(n.all_input_nodes)
 
 
 def _detached(named: Dict[str, torch.Tensor], keep_grad: bool = False) -> Dict[str, torch.Tensor]:
@@ -1551,7 +1578,8 @@ def _lower_nodes(gm, graph, values, depends, x, x_ph, param_ph, names, outs, nam
     for n in graph.nodes:
         # a random op (torch.rand inside forward, a random mask): each call of the model
         # draws anew, so no bound of one draw is a bound of the model as it runs
-        if n in live and n.op == "call_function" and torch.Tag.nondeterministic_seeded in getattr(n.target, "tags", ()):
+        if n in live and n.op == "call_function" and torch.Tag.nondeterministic_seeded in getattr(n.target, "tags", ()) \
+                and not _eval_rrelu(n):
             raise UnsupportedLayer(str(n.target), "a random op in forward (each call draws anew)")
     order = {n: i for i, n in enumerate(graph.nodes)}
     _check_mutations(graph, order, depends)
@@ -1718,9 +1746,12 @@ def _check_mutations(graph, order, depends) -> None:
 def _lower_one(lw, n, handler, order, live):
     """Run one node's handler and check that it consumed (or left at default) every argument."""
     schema = n.target._schema
-    if schema.is_mutable:
+    first_written = bool(schema.arguments) and schema.arguments[0].alias_info is not None and \
+        schema.arguments[0].alias_info.is_write
+    if schema.is_mutable and (first_written or not _eval_rrelu(n)):
         # in-place ops are bounded as their out-of-place twin, which is only right when
-        # nothing reads the mutated tensor's old node afterwards
+        # nothing reads the mutated tensor's old node afterwards (an eval rrelu writes only
+        # its unread noise, never its input)
         first = n.args[0]
         later = [u_ for u_ in first.users if u_ is not n and order[u_] > order[n] and u_ in live]
         if later:

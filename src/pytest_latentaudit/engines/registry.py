@@ -618,7 +618,22 @@ def _relu(ctx):
 
 @register(*_ov(aten.leaky_relu, "default"), *_ov(aten.leaky_relu_, "default"))
 def _leaky(ctx):
-    a = float(ctx.arg("negative_slope"))
+    return _leaky_slope(ctx, float(ctx.arg("negative_slope")))
+
+
+@register(*_ov(aten.rrelu_with_noise, "default"))
+def _rrelu(ctx):
+    """``nn.RReLU`` / ``F.rrelu`` in eval mode: ``leaky_relu(x, (lower + upper) / 2)`` (the
+    kernel's own rule, the mean in float64); its ``noise`` is neither read nor written. In
+    training each call draws a slope per element: refused (the lowering refuses it as a random
+    op before any handler runs)."""
+    if ctx.arg("training"):
+        raise UnsupportedLayer(ctx.name, "rrelu in training mode (a random slope per call)")
+    ctx.raw("noise")  # an empty_like buffer the eval kernel leaves alone
+    return _leaky_slope(ctx, (float(ctx.arg("lower")) + float(ctx.arg("upper"))) / 2)
+
+
+def _leaky_slope(ctx, a):
     if 0.0 <= a <= 1.0:
         return _elementwise(ctx, ops.LeakyReLUOp(ctx.name, a))
     op = ops._act("LeakyReLUAnySlope", lambda s, x: F.leaky_relu(x, a), f2=0.0, kinks=(0.0,), monotone=a >= 0,
