@@ -186,3 +186,98 @@ def test_an_rrelu_module_in_training_mode_is_audited_in_eval_mode_with_a_note():
     assert r.status == ["verified"], r.notes
     assert any("training mode" in n for n in r.notes), r.notes
     assert m.training and m[1].training
+
+
+# ------------------------------------------------ 4. torch.einsum with a constant matrix
+class _EinsumHead(nn.Module):
+    def __init__(self, eq="bi,ij->bj", scale=1.0, shift=0.0):
+        super().__init__()
+        self.eq = eq
+        self.register_buffer("W", torch.tensor([[scale, -scale]]))
+        self.shift = shift
+
+    def forward(self, x):
+        if self.eq == "bpi,ij->bpj":
+            return torch.einsum(self.eq, x[:, None], self.W)[:, 0] + torch.tensor([0.0, self.shift])
+        return torch.einsum(self.eq, x, self.W) + torch.tensor([0.0, self.shift])
+
+
+@pytest.mark.parametrize("eq", ["bi,ij->bj", "bpi,ij->bpj", "...i,ij->...j"])
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_einsum_with_a_constant_matrix_is_verified_at_every_batch_size(eq, n):
+    """einsum traces as a view to ``[1, n x rows, k]``, a bmm and a view back (the batch moved
+    into the rows of one product; at batch 1 other permutes): bounded as a dense op per sample."""
+    m = _EinsumHead(eq).eval()  # logits (x, -x): class 0 on x > 0
+    lo, hi = torch.full((n, 1), 0.1), torch.full((n, 1), 1.0)
+    r = verify_box(m, lo, hi, Prediction(torch.zeros(n, dtype=torch.long)), budget_s=3)
+    assert r.status == ["verified"] * n, r.notes
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_violation_at_the_edge_through_einsum_is_not_proved(n):
+    """einsum's ``(x, -x)``, then logits ``(0.5, 1000 (x - 1) + 0.501)``: class 1 wins only on
+    ``x > 1 - 1e-6``; on ``[0, 0.9]`` class 0 is proved."""
+    m = nn.Sequential(_EinsumHead().eval(), _Affine([[0.0, 0.0], [1000.0, 0.0]], [0.5, -999.499])).eval()
+    with torch.no_grad():
+        assert int(m(torch.ones(1, 1)).argmax(1)) == 1
+        assert int(m(torch.full((1, 1), 0.999)).argmax(1)) == 0
+    labels = torch.zeros(n, dtype=torch.long)
+    r = verify_box(m, torch.zeros(n, 1), torch.ones(n, 1), Prediction(labels), budget_s=3)
+    assert "verified" not in r.status, r.notes
+    assert not any("not supported" in x for x in r.notes), r.notes
+    r = verify_box(m, torch.zeros(n, 1), torch.full((n, 1), 0.9), Prediction(labels), budget_s=3)
+    assert r.status == ["verified"] * n, r.notes
+
+
+class _Affine(nn.Module):
+    def __init__(self, w, b):
+        super().__init__()
+        self.register_buffer("w", torch.tensor(w))
+        self.register_buffer("b", torch.tensor(b))
+
+    def forward(self, y):
+        return y @ self.w.T + self.b
+
+
+class _MixesSamplesAtBatch4(nn.Module):
+    """An einsum-shaped product whose rows, at batch 4 only, come from other samples: a view to
+    ``[2, 2, 1]``, a swap of those dims (pure layout ops) and the ``[1, 4, 1]`` operand. At batch 2
+    the same ops keep every sample's row."""
+
+    def __init__(self, where):
+        super().__init__()
+        self.where = where
+        self.register_buffer("W", torch.tensor([[[1.0, -1.0]]]))
+
+    def forward(self, x):
+        n = x.shape[0]
+        if self.where == "rows":  # the product's [1, 4, 1] operand
+            h = x.reshape(2, 2, 1).permute(1, 0, 2).reshape(1, 4, 1) if n == 4 else x.reshape(1, n, 1)
+            return torch.bmm(h, self.W).reshape(n, 2)
+        # "batch": each sample's 2 x 2 transposed, and at batch 4 the samples reordered too (a
+        # [4, 4] tensor with the same transpose in each row, but rows of other samples)
+        x4 = x.expand(n, 4)
+        if n == 4:
+            h = x4.reshape(2, 2, 2, 2).permute(1, 0, 3, 2).reshape(4, 4)
+        else:
+            h = x4.reshape(n, 2, 2).permute(0, 2, 1).reshape(n, 4)
+        return torch.cat([h[:, :1], -h[:, :1]], 1)
+
+
+@pytest.mark.parametrize("where", ["rows", "batch"])
+def test_a_batch_size_that_mixes_the_rows_of_an_einsum_product_is_refused(where):
+    """The collapsed layout chains keep the batch-size check: at batch 4 the chain moves rows
+    across samples (its index is no per-sample map), so the programs differ, and the boxes whose
+    rows come from samples of the other class are not proved."""
+    m = _MixesSamplesAtBatch4(where).eval()
+    x = torch.tensor([[1.0], [1.0], [-1.0], [-1.0]])
+    with torch.no_grad():
+        assert m(x)[1, 0] < 0  # box 1 gets sample 2's row: violated there
+    labels = torch.tensor([0, 0, 1, 1])
+    r = verify_box(m, x - 0.1, x + 0.1, Prediction(labels), budget_s=3)
+    assert r.status[1] != "verified" and r.status[2] != "verified", (r.status, r.notes)
+    assert any("batch size 4" in n for n in r.notes), r.notes
+    # the control: at batch 2 and 3 the rows stay each sample's, and the product is bounded
+    for k in (2, 3):
+        r = verify_box(m, x[:k] - 0.1, x[:k] + 0.1, Prediction(labels[:k]), budget_s=3)
+        assert r.status == ["verified"] * k, r.notes

@@ -109,6 +109,8 @@ EXAMPLES = {
     "squeeze_excite": lambda: Fn(_SqueezeExcite(), shape=(2, 2, 2), out_in=8),
     "hard_prelu": lambda: Fn(nn.Sequential(nn.Hardswish(), _PReLUWide(), nn.Hardsigmoid())),
     "bmm_transposed": lambda: _bmm_transposed(),
+    # einsum with a constant matrix: view to [1, batch x rows, k], bmm, view back (graph._merged_batch_bmm)
+    "einsum_const": lambda: Fn(_EinsumConst(), out_in=29),
     # elementwise exp, log, sqrt, rsqrt, reciprocal and division by a data tensor (domains kept
     # positive: softplus + 0.1), LayerNorm, softmax and log_softmax (tests/test_norm_softmax.py)
     "exp_log_sqrt": lambda: Fn(L(lambda h: torch.cat([torch.exp(h), torch.log(F.softplus(h) + 0.1),
@@ -166,6 +168,21 @@ class _MaxMinConst(nn.Module):
         return (torch.maximum(h, c) - torch.minimum(torch.tensor(0.2, dtype=torch.float64), h)
                 + torch.clamp(h, min=c - 0.3, max=c + 0.3) + h.clamp_max(c) + h.clamp_min(c * 2)
                 + torch.maximum(h[:, :1], c) + torch.clamp(h, min=h.flip(1), max=c + 1))
+
+
+class _EinsumConst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("W", torch.randn(8, 5))
+        self.P = nn.Parameter(torch.randn(5, 8))
+
+    def forward(self, h):
+        W = self.W
+        return torch.cat([torch.einsum("bi,ij->bj", h, W),
+                          torch.einsum("bpi,ij->bpj", h.view(h.shape[0], 2, 4), W[:4]).flatten(1),
+                          torch.einsum("bi,ji->bj", h, self.P), torch.einsum("ij,bj->bi", W.t(), F.relu(h)),
+                          torch.einsum("bi,i->b", h, W[:, 0])[:, None],
+                          torch.einsum("...i,ij->...j", h, W[:, :3])], 1)
 
 
 def _PReLUWide():

@@ -329,6 +329,11 @@ def _bmm(ctx):
     m2 = ctx.raw("mat2")
     if ctx.is_data(m2):
         raise UnsupportedLayer(ctx.name, "a product of two tensors")
+    if ctx.n in ctx.lw.row_products:
+        # einsum's [1, batch x rows, k] @ [1, k, m] (graph._merged_batch_bmm): x is already each
+        # sample's [rows, k], and the matrix one constant
+        W = ctx.const_ref("mat2")
+        return _dense(ctx, x, lambda env: W(env)[0].T, lambda env: None)
     src = _broadcast_weight(ctx, m2)
     if src is None or ctx.rank() != 3:
         raise UnsupportedLayer(ctx.name, "bmm with a weight that is not one matrix broadcast over the batch")
