@@ -281,3 +281,54 @@ def test_a_batch_size_that_mixes_the_rows_of_an_einsum_product_is_refused(where)
     for k in (2, 3):
         r = verify_box(m, x[:k] - 0.1, x[:k] + 0.1, Prediction(labels[:k]), budget_s=3)
         assert r.status == ["verified"] * k, r.notes
+
+
+# ------------------------------------------------ 5. roll, channel shuffle, cumsum, amin / min(dim)
+class _Layout(nn.Module):
+    """``x [N, 1]`` spread to 4 features ``(x, 0, 0, 0)``, then ``op``; logits ``(0.5, 1000 (g - 1) +
+    0.501)`` with ``g`` the feature the op should carry ``x`` to: class 1 wins on ``x > 1 - 1e-6``."""
+
+    def __init__(self, op, pick):
+        super().__init__()
+        self.op, self.pick = op, pick
+        self.register_buffer("e", torch.tensor([1.0, 0.0, 0.0, 0.0]))
+
+    def forward(self, x):
+        h = self.op(x * self.e)
+        g = h.reshape(h.shape[0], -1)[:, self.pick:self.pick + 1]
+        return torch.cat([torch.full_like(g, 0.5), 1000 * (g - 1) + 0.501], 1)
+
+
+_LAYOUTS = {
+    "roll": (lambda h: torch.roll(h, 1, 1), 1),
+    "roll_2d": (lambda h: torch.roll(h.view(-1, 2, 2), (1, 1), (1, 2)), 3),
+    "channel_shuffle": (lambda h: nn.ChannelShuffle(2)(h.view(-1, 4, 1, 1)), 0),
+    "cumsum": (lambda h: torch.cumsum(h, 1), 3),
+    # amin of (x, x + 1, x + 2, x + 3) is x; min(dim) too
+    "amin": (lambda h: (h[:, :1] + torch.arange(4.0)).amin(1, keepdim=True), 0),
+    "min_dim": (lambda h: (h[:, :1] + torch.arange(4.0)).min(1, keepdim=True).values, 0),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_LAYOUTS))
+def test_a_violation_at_the_edge_through_a_layout_op_is_not_proved(kind):
+    m = _Layout(*_LAYOUTS[kind]).eval()
+    with torch.no_grad():
+        assert int(m(torch.ones(1, 1)).argmax(1)) == 1
+        assert int(m(torch.full((1, 1), 0.999)).argmax(1)) == 0
+    _not_proved(m, torch.zeros(1, 1), torch.ones(1, 1))
+
+
+@pytest.mark.parametrize("kind", sorted(_LAYOUTS))
+def test_a_layout_op_is_now_verified_on_an_easy_box(kind):
+    m = _Layout(*_LAYOUTS[kind]).eval()
+    _proved(m, torch.zeros(1, 1), torch.full((1, 1), 0.9))
+
+
+def test_roll_without_dims_stays_refused():
+    """``torch.roll(h, 1)`` rolls the flattened tensor: one sample's entry moves into the next."""
+    m = _Layout(lambda h: torch.roll(h, 1), 1).eval()
+    r = verify_box(m, torch.zeros(2, 1), torch.full((2, 1), 0.9), Prediction(torch.zeros(2, dtype=torch.long)),
+                   budget_s=2)
+    assert "verified" not in r.status
+    assert any("not supported" in n for n in r.notes), r.notes

@@ -85,6 +85,12 @@ EXAMPLES = {
                                  .flatten(1).unsqueeze(1).squeeze(1)), out_in=8),
     "expand_repeat_flip": lambda: Fn(L(lambda h: torch.cat([h[:, :1].expand(-1, 3), h.repeat(1, 2).flip(1)], 1)),
                                      out_in=19),
+    # roll, channel shuffle (permutations within a sample), cumsum (sums), amin / min(dim) (-max(-x))
+    "roll_shuffle_cumsum_amin": lambda: Fn(L(lambda h: torch.cat([
+        torch.roll(h, 2, 1), torch.roll(h.view(h.shape[0], 2, 4), (1, -1), (1, 2)).flatten(1),
+        nn.ChannelShuffle(2)(h.view(h.shape[0], 4, 2)).flatten(1), torch.cumsum(h, 1),
+        torch.cumsum(h.view(h.shape[0], 2, 4), -1).flatten(1), h.amin(1, keepdim=True),
+        h.min(1, keepdim=True).values, h.view(h.shape[0], 2, 4).amin((1, 2))[:, None]], 1)), out_in=43),
     "pad": lambda: Fn(L(lambda h: F.pad(h, (1, 2)) + F.pad(h, (2, 1), value=0.5)), out_in=11),
     "conv1d_pool": lambda: Fn(nn.Sequential(nn.Conv1d(1, 2, 3), nn.ReLU(), nn.MaxPool1d(2), nn.AvgPool1d(1),
                                             nn.AdaptiveAvgPool1d(2)), shape=(1, 8), out_in=4),

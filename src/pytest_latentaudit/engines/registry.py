@@ -1015,6 +1015,61 @@ def _amax(ctx):
     return ctx.tuple_outputs({0: i}, refuse={1: "argmax indices"}) if ctx.returns_tuple() else i
 
 
+@register(*_ov(aten.amin, "default"), *_ov(aten.min, "dim"))
+def _amin(ctx):
+    """``amin`` / ``min(dim)``: ``-amax(-x)``, the negations exact, the max as ``_amax``'s."""
+    if ctx.target in _ov(aten.min, "dim"):
+        dims = [ctx.arg("dim")]
+    else:
+        dims = list(ctx.arg("dim"))
+    dims, keep = _reduce_dims(ctx, dims), bool(ctx.arg("keepdim"))
+    rank = ctx.rank()
+    rest = [d for d in range(rank) if d not in dims]
+    out_shape = tuple(ctx.out_value()[0].shape[1:] if ctx.returns_tuple() else ctx.out_shape())
+
+    def windows(t):
+        p = t.permute(*rest, *dims)
+        return p.reshape(t.shape[0], *out_shape, -1)
+
+    neg = ctx.emit(ops.NegOp(ctx.name + ".neg"), [ctx.data_arg("self")])
+    mx = ctx.lw.emit(ops.MaxPoolOp(ctx.name + ".max", windows, out_shape), [neg], ctx.n)
+    i = ctx.lw.emit(ops.NegOp(ctx.name), [mx], ctx.n)
+    return ctx.tuple_outputs({0: i}, refuse={1: "argmin indices"}) if ctx.returns_tuple() else i
+
+
+@register(*_ov(aten.roll, "default"))
+def _roll(ctx):
+    """``torch.roll`` over non-batch dims: a permutation of each sample's entries (without dims it
+    rolls the flattened tensor, across samples: refused)."""
+    dims = list(ctx.arg("dims"))
+    shifts = [int(v) for v in ctx.arg("shifts")]
+    if not dims:
+        raise UnsupportedLayer(ctx.name, "roll of the flattened tensor (across the batch)")
+    dims = [_dim(ctx, d) for d in dims]
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: torch.roll(x, shifts, dims), "roll"), [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.channel_shuffle, "default"))
+def _channel_shuffle(ctx):
+    """``nn.ChannelShuffle``: a permutation of dim 1 (the channels) within each sample."""
+    g = int(ctx.arg("groups"))
+    op = ctx.target
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: op(x, g), "channel_shuffle"), [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.cumsum, "default"))
+def _cumsum(ctx):
+    """``cumsum`` over a non-batch dim: each output a sum of up to ``n`` inputs (non-negative
+    coefficients), rounded as a sum of ``n`` terms in any order."""
+    d = _dim(ctx, ctx.arg("dim"))
+    if ctx.arg("dtype") is not None:
+        raise UnsupportedLayer(ctx.name, "a cumulative sum with a dtype change")
+    n = int(ctx.in_shape_full()[d])
+    op = ops.LinearMapOp(ctx.name, lambda x: torch.cumsum(x, d), "cumsum", fan=n + 1)
+    op.u = ctx.u_elem
+    return ctx.emit(op, [ctx.data_arg("self")])
+
+
 def _joined_parts(ctx, what):
     """The tensors of a cat/stack (all carrying the input) and its non-batch dim."""
     parts = list(ctx.raw("tensors"))
