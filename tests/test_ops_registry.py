@@ -49,18 +49,27 @@ EXAMPLES = {
     "relu": lambda: Fn(nn.ReLU()),
     "leaky": lambda: Fn(nn.LeakyReLU(0.2)),
     "leaky_steep": lambda: Fn(L(lambda h: F.leaky_relu(h, 1.5))),
+    # rrelu in eval mode: leaky_relu with slope (lower + upper) / 2 (in [0, 1], above 1, negative);
+    # the residual reads its input again (rrelu_with_noise writes only its noise buffer)
+    "rrelu_eval": lambda: Fn(L(lambda h: torch.cat([nn.RReLU(0.1, 0.3).eval()(h) + h, F.rrelu(h, 1.2, 1.6),
+                                                     F.rrelu(h, -0.5, -0.1)], 1)), out_in=24),
     "hardtanh_relu6": lambda: Fn(L(lambda h: F.relu6(h) + F.hardtanh(h, -0.5, 0.5))),
     "clamp": lambda: Fn(L(lambda h: torch.clamp(h, -0.3, 0.4) + h.clamp_min(0.1) - h.clamp_max(0.2))),
     "sigmoid_tanh": lambda: Fn(L(lambda h: torch.sigmoid(h) * 2 + torch.tanh(h))),
     "gelu": lambda: Fn(L(lambda h: F.gelu(h) + F.gelu(h, approximate="tanh"))),
     "silu_elu_softplus": lambda: Fn(L(lambda h: F.silu(h) + F.elu(h, 0.7) + F.softplus(h, 2.0) + F.selu(h))),
     "abs": lambda: Fn(L(lambda h: h.abs())),
+    # log_sigmoid_forward (concave, increasing: chord below, tangent above), wide inputs too
+    "logsigmoid": lambda: Fn(L(lambda h: torch.cat([F.logsigmoid(h), nn.LogSigmoid()(30 * h)], 1)), out_in=16),
     # constants shaped by the data: their value whatever the input
     "fills": lambda: Fn(L(lambda h: h * torch.full_like(h, 0.3) + torch.zeros_like(h) - torch.ones_like(h)
                           + h.new_full(h.shape, 1e-3) + h.new_zeros(h.shape) + h.new_ones(h.shape)
                           + F.relu(h).clone().fill_(0.7) - torch.ones_like(h).zero_() + torch.fill(h, 0.2))),
     "max_min": lambda: Fn(L(lambda h: torch.maximum(h[:, :4], h[:, 4:]) - torch.minimum(h[:, :4], h[:, 4:])),
                           out_in=4),
+    # maximum/minimum/clamp against constant tensors (a buffer, a float64 literal, limits that
+    # broadcast the input up) and clamp with data limits: c + relu(x - c) and c - relu(c - x)
+    "max_min_const": lambda: Fn(_MaxMinConst()),
     "slices": lambda: Fn(L(lambda h: torch.cat([h[:, :2], h.narrow(1, 3, 2), h.select(1, 5)[:, None],
                                                 h.index_select(1, torch.tensor([0, 7]))], 1)), out_in=7),
     "split_chunk": lambda: Fn(L(lambda h: torch.cat([*h.split(3, dim=1)[:2], *h.chunk(2, dim=1)], 1)), out_in=14),
@@ -76,6 +85,12 @@ EXAMPLES = {
                                  .flatten(1).unsqueeze(1).squeeze(1)), out_in=8),
     "expand_repeat_flip": lambda: Fn(L(lambda h: torch.cat([h[:, :1].expand(-1, 3), h.repeat(1, 2).flip(1)], 1)),
                                      out_in=19),
+    # roll, channel shuffle (permutations within a sample), cumsum (sums), amin / min(dim) (-max(-x))
+    "roll_shuffle_cumsum_amin": lambda: Fn(L(lambda h: torch.cat([
+        torch.roll(h, 2, 1), torch.roll(h.view(h.shape[0], 2, 4), (1, -1), (1, 2)).flatten(1),
+        nn.ChannelShuffle(2)(h.view(h.shape[0], 4, 2)).flatten(1), torch.cumsum(h, 1),
+        torch.cumsum(h.view(h.shape[0], 2, 4), -1).flatten(1), h.amin(1, keepdim=True),
+        h.min(1, keepdim=True).values, h.view(h.shape[0], 2, 4).amin((1, 2))[:, None]], 1)), out_in=43),
     "pad": lambda: Fn(L(lambda h: F.pad(h, (1, 2)) + F.pad(h, (2, 1), value=0.5)), out_in=11),
     "conv1d_pool": lambda: Fn(nn.Sequential(nn.Conv1d(1, 2, 3), nn.ReLU(), nn.MaxPool1d(2), nn.AvgPool1d(1),
                                             nn.AdaptiveAvgPool1d(2)), shape=(1, 8), out_in=4),
@@ -100,6 +115,8 @@ EXAMPLES = {
     "squeeze_excite": lambda: Fn(_SqueezeExcite(), shape=(2, 2, 2), out_in=8),
     "hard_prelu": lambda: Fn(nn.Sequential(nn.Hardswish(), _PReLUWide(), nn.Hardsigmoid())),
     "bmm_transposed": lambda: _bmm_transposed(),
+    # einsum with a constant matrix: view to [1, batch x rows, k], bmm, view back (graph._merged_batch_bmm)
+    "einsum_const": lambda: Fn(_EinsumConst(), out_in=29),
     # elementwise exp, log, sqrt, rsqrt, reciprocal and division by a data tensor (domains kept
     # positive: softplus + 0.1), LayerNorm, softmax and log_softmax (tests/test_norm_softmax.py)
     "exp_log_sqrt": lambda: Fn(L(lambda h: torch.cat([torch.exp(h), torch.log(F.softplus(h) + 0.1),
@@ -145,6 +162,33 @@ class _SqueezeExcite(nn.Module):
 
     def forward(self, x):
         return x * torch.sigmoid(self.fc(x.mean((2, 3)))).reshape(-1, 2, 1, 1)
+
+
+class _MaxMinConst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("c", torch.linspace(-0.5, 0.5, 8))
+
+    def forward(self, h):
+        c = self.c
+        return (torch.maximum(h, c) - torch.minimum(torch.tensor(0.2, dtype=torch.float64), h)
+                + torch.clamp(h, min=c - 0.3, max=c + 0.3) + h.clamp_max(c) + h.clamp_min(c * 2)
+                + torch.maximum(h[:, :1], c) + torch.clamp(h, min=h.flip(1), max=c + 1))
+
+
+class _EinsumConst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("W", torch.randn(8, 5))
+        self.P = nn.Parameter(torch.randn(5, 8))
+
+    def forward(self, h):
+        W = self.W
+        return torch.cat([torch.einsum("bi,ij->bj", h, W),
+                          torch.einsum("bpi,ij->bpj", h.view(h.shape[0], 2, 4), W[:4]).flatten(1),
+                          torch.einsum("bi,ji->bj", h, self.P), torch.einsum("ij,bj->bi", W.t(), F.relu(h)),
+                          torch.einsum("bi,i->b", h, W[:, 0])[:, None],
+                          torch.einsum("...i,ij->...j", h, W[:, :3])], 1)
 
 
 def _PReLUWide():

@@ -335,6 +335,7 @@ class _Lowering:
         self.tuples: Dict[torch.fx.Node, tuple] = {}
         self.needed: set = set()
         self.merged: set = set()  # products whose rows are (batch x positions): _merged_batch_dense
+        self.row_products: set = set()  # einsum's bmm of [1, batch x rows, k]: _merged_batch_bmm
 
     def scope_of(self, n) -> str:
         s = self.scopes.get(n.name)
@@ -353,8 +354,35 @@ class _Lowering:
 
 
 def _fx_nodes_needed(graph: torch.fx.Graph, out_node) -> set:
-    """Nodes the output depends on (dead code, like unused hook results, is skipped)."""
-    return _ancestors([out_node])
+    """Nodes the output depends on (dead code, like unused hook results, is skipped). An eval
+    ``rrelu_with_noise`` reads only its input: its ``noise`` (an ``empty_like`` the kernel
+    neither reads nor writes outside training) is no ancestor."""
+    out, stack = set(), [out_node]
+    while stack:
+        n = stack.pop()
+        if n in out:
+            continue
+        out.add(n)
+        stack.extend(_read_inputs(n))
+    return out
+
+
+def _eval_rrelu(n) -> bool:
+    """Whether fx node ``n`` is ``rrelu_with_noise`` with ``training=False``: the deterministic
+    leaky ReLU of slope ``(lower + upper) / 2`` (``nn.RReLU`` in eval mode); in training it draws
+    a slope per element and stays a random op."""
+    if n.op != "call_function" or n.target is not getattr(getattr(_aten, "rrelu_with_noise", None), "default", None):
+        return False
+    training = n.args[4] if len(n.args) > 4 else n.kwargs.get("training", False)
+    generator = n.args[5] if len(n.args) > 5 else n.kwargs.get("generator", None)
+    return training is False and generator is None
+
+
+def _read_inputs(n) -> list:
+    if _eval_rrelu(n):
+        return [a for i, a in enumerate(n.args) if i != 1 and isinstance(a, torch.fx.Node)] + \
+            [v for k, v in n.kwargs.items() if k != "noise" and isinstance(v, torch.fx.Node)]
+    return list(n.all_input_nodes)
 
 
 def _detached(named: Dict[str, torch.Tensor], keep_grad: bool = False) -> Dict[str, torch.Tensor]:
@@ -1040,7 +1068,13 @@ def _op_key(name: str) -> str:
     key = re.sub(r"Backwards?\d*$", "", name).replace("_", "").lower()
     if key == "reshapealias":  # autograd's name for some views traced as view (matmul's reshape)
         return "view"
+    key = _OP_ALIASES.get(key, key)
     return "batchnorm" if "batchnorm" in key else key
+
+
+#: ATen ops traced under another name than their autograd node's (key as ``_op_key`` makes it):
+#: ``F.logsigmoid`` traces as ``log_sigmoid_forward``, autograd records ``LogSigmoidBackward0``
+_OP_ALIASES = {"logsigmoidforward": "logsigmoid"}
 
 
 #: ATen ops whose results autograd never records as depending on the input
@@ -1346,6 +1380,111 @@ def _batch_normal(gm: torch.fx.GraphModule):
     return keep, rep
 
 
+_SQUEEZES = {getattr(_aten.squeeze, o) for o in ("default", "dim", "dims") if hasattr(_aten.squeeze, o)} | \
+    {_aten.unsqueeze.default}
+#: layout ops a chain of which may collapse into one reshape (``_collapse_reshapes``)
+_LAYOUT = _RESHAPES | _SQUEEZES | {_aten.permute.default}
+_LAYOUT_NUMEL = 1 << 22
+
+
+def _collapse_reshapes(live: list, rep: dict, data: dict, batch: int):
+    """``live`` (from ``_batch_normal``) with chains of layout ops (views, reshapes, (un)squeezes,
+    permutes) collapsed into their effect, however the ops spelled it: einsum permutes the batch
+    dim among size-1 dims at batch 1, and its weight's dims otherwise than at batch 2. Each link's
+    effect is computed exactly, on an index tensor of the chain's root (``arange`` of its size),
+    from the trace's own ops and arguments; the chain's end is then ``root.flatten()[index]``. An
+    end is collapsed, ``{end: (root, kind, key)}``, when its index says what it computes whatever
+    the batch size:
+    * ``"order"``: the index is ``arange`` (a reshape of the root; einsum's ``[1, batch x rows, k]``
+      operand), key None: the same program when the roots and the (batch-scaled) shapes pair up;
+    * ``"const"``: the root is a constant: key the whole index (the same values exactly when equal);
+    * ``"sample"``: the root carries the input, the end's leading dim is the batch and sample ``b``'s
+      index is sample 0's shifted by ``b`` samples' elements (no element crosses samples): key sample
+      0's index, the per-sample map.
+    A layout node is dropped (``rep`` maps it to its root) when each of its users is a dropped
+    layout node or a collapsed end; every other node stays as it was. Where a node mutates,
+    nothing is collapsed."""
+    if any(n.op == "call_function" and getattr(getattr(n.target, "_schema", None), "is_mutable", False) for n in live):
+        return live, rep, {}
+    rep = dict(rep)
+    live_set = set(live)
+
+    def layout(n):
+        return n in live_set and n.op == "call_function" and n.target in _LAYOUT and bool(n.args) and \
+            isinstance(n.args[0], torch.fx.Node) and not n.kwargs
+
+    root: Dict[torch.fx.Node, torch.fx.Node] = {}
+    idx: Dict[torch.fx.Node, Optional[torch.Tensor]] = {}
+    for n in live:  # in order: a chain's earlier links first
+        if not layout(n):
+            continue
+        src = rep.get(n.args[0], n.args[0])
+        if src in root:
+            root[n], base = root[src], idx[src]
+        else:
+            v = src.meta.get("val")
+            root[n] = src
+            base = torch.arange(v.numel()).reshape(v.shape) \
+                if isinstance(v, torch.Tensor) and v.numel() <= _LAYOUT_NUMEL else None
+        try:  # a view replayed as a reshape: the same values, whatever the index tensor's strides
+            op = _aten.reshape.default if n.target in _RESHAPES else n.target
+            idx[n] = None if base is None else op(base, *n.args[1:])
+        except Exception:  # noqa: BLE001 - an op we cannot replay: its chain is not collapsed
+            idx[n] = None
+
+    def kind(n):
+        t = idx.get(n)
+        if t is None:
+            return None
+        if bool(torch.equal(t.reshape(-1), torch.arange(t.numel()))):
+            return "order", None
+        if not data.get(root[n], False):
+            return "const", t
+        if t.dim() >= 1 and t.shape[0] == batch and t.numel() % batch == 0:
+            per = t.numel() // batch
+            shift = torch.arange(batch).reshape(batch, *([1] * (t.dim() - 1))) * per
+            if bool(torch.equal(t - shift, t[:1].expand_as(t))):
+                return "sample", t[0]
+        return None
+
+    def users_of(n, depth=0):  # through the clones and detaches ``_batch_normal`` dropped
+        out = []
+        for u in n.users:
+            if u in live_set:
+                out.append(u)
+            elif u in rep:
+                out.extend(users_of(u, depth + 1) if depth < 8 else [u])
+        return out
+
+    users = {n: users_of(n) for n in live}
+    ends = {}
+    for n in root:
+        if not all(layout(u) for u in users[n]):
+            k = kind(n)
+            if k is not None:
+                ends[n] = (root[n], *k)
+    dropped: set = set()
+    for n in reversed(live):
+        if n in root and users[n] and all(layout(u) and (u in dropped or u in ends) for u in users[n]):
+            dropped.add(n)
+            rep[n] = root[n]
+    keep = [n for n in live if n not in dropped]
+    return keep, rep, {n: e for n, e in ends.items() if n not in dropped}
+
+
+def _rows_of_one_product(n, rep, ends) -> bool:
+    """``n`` is einsum's ``[1, batch x rows, k]`` operand of a ``bmm`` (a reshape whose users are
+    all that bmm's first argument) or that ``bmm`` itself (``_merged_batch_bmm``'s pattern)."""
+    if n.op != "call_function":
+        return False
+    if n.target is _aten.bmm.default:
+        src = n.args[0] if n.args else None
+        return isinstance(src, torch.fx.Node) and _rows_of_one_product(rep.get(src, src), rep, ends)
+    return ((n in ends and ends[n][1] == "order") or n.target in _RESHAPES) and bool(n.users) and all(
+        u.op == "call_function" and u.target is _aten.bmm.default and u.args[0] is n and u.args[1] is not n
+        for u in n.users)
+
+
 def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: int) -> Optional[str]:
     """Why trace ``b`` (of batch size ``batch``) is not trace ``a`` (of ``TRACE_BATCH``) with the
     batch scaled, or None. The live nodes must pair up in order with the same targets and
@@ -1355,15 +1494,25 @@ def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: i
     node that carries the input scaled; every other literal (a scalar of a product, a flag)
     and every constant the same. So ``y * x.shape[0]``, ``x.reshape(2, -1)`` and any branch on
     the batch size that changes an op or a literal are caught, wherever in the box it acts."""
+    def carries(gm):  # on the whole graph: a node behind a dropped clone carries the input too
+        x_ = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
+        out: Dict[torch.fx.Node, bool] = {}
+        for n in gm.graph.nodes:
+            out[n] = n is x_ or any(out.get(m, False) for m in n.all_input_nodes)
+        return out
+
+    data, data_b = carries(a), carries(b)
     (la, ra), (lb, rb) = _batch_normal(a), _batch_normal(b)
+    la, ra, reshape_a = _collapse_reshapes(la, ra, data, TRACE_BATCH)
+    lb, rb, reshape_b = _collapse_reshapes(lb, rb, data_b, batch)
     if len(la) != len(lb):
         return f"{len(la)} live ops against {len(lb)}"
     pa, pb = {n: i for i, n in enumerate(la)}, {n: i for i, n in enumerate(lb)}
     for r, p in ((ra, pa), (rb, pb)):
         for n, src in r.items():
-            p[n] = p[src]  # a dropped clone is its input
-    x_a = [n for n in a.graph.nodes if n.op == "placeholder"][-1]
-    data: Dict[torch.fx.Node, bool] = {}
+            while src in r:  # a clone of a dropped layout op: to that chain's root
+                src = r[src]
+            p[n] = p[src]  # a dropped clone is its input, a dropped layout op its chain's root
 
     def scaled(u, v) -> bool:
         return u == v or (u * batch == v * TRACE_BATCH and u % TRACE_BATCH == 0)
@@ -1383,23 +1532,39 @@ def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: i
             return scaled(u, v)
         return type(u) is type(v) and _same(u, v)
 
-    def target(n):
-        return "reshape" if n.target in _RESHAPES else n.target
+    def target(n, reshapes):
+        return "reshape" if n.target in _RESHAPES or n in reshapes else n.target
+
+    def rows_scaled(p, q) -> bool:
+        # [1, batch x rows, k]: the batch moved into the rows of one matrix product
+        return len(p) == len(q) == 3 and p[0] == q[0] == 1 and isinstance(p[1], int) and isinstance(q[1], int) \
+            and p[1] % TRACE_BATCH == 0 and p[1] * batch == q[1] * TRACE_BATCH and p[2] == q[2]
 
     for na, nb in zip(la, lb):
-        if na.op != nb.op or target(na) != target(nb):
+        if na.op != nb.op or target(na, reshape_a) != target(nb, reshape_b):
             return f"{na.target} against {nb.target}"
-        data[na] = na is x_a or any(data.get(m, False) for m in na.all_input_nodes)
         sa, sb = shapes(na), shapes(nb)
         if len(sa) != len(sb) or any(len(p) != len(q) or not all(
                 (isinstance(i, int) and isinstance(j, int) and scaled(i, j)) or i == j for i, j in zip(p, q))
                 for p, q in zip(sa, sb)):
             return f"{na.target} gives shapes {sa} against {sb}"
         if data[na] and any(p and isinstance(p[0], int) and (p[0] * batch != q[0] * TRACE_BATCH or p[1:] != q[1:])
+                            and not (_rows_of_one_product(na, ra, reshape_a)
+                                     and _rows_of_one_product(nb, rb, reshape_b) and rows_scaled(p, q))
                             for p, q in zip(sa, sb)):
             # a node that carries the input: its leading dimension is the batch (or the batch
-            # times positions, ``_merged_batch_dense``), every other one per sample
+            # times positions, ``_merged_batch_dense``; or the rows of one einsum product,
+            # ``_merged_batch_bmm``), every other one per sample
             return f"{na.target} does not keep the batch dimension apart ({sa} against {sb})"
+        if na in reshape_a or nb in reshape_b:
+            # a collapsed chain of layout ops: its root's elements picked by an index that the
+            # kind and key determine (``_collapse_reshapes``), the shapes checked above
+            ea, eb = reshape_a.get(na), reshape_b.get(nb)
+            if ea is None or eb is None or pa.get(ea[0]) is None or pa.get(ea[0]) != pb.get(eb[0]) \
+                    or ea[1] != eb[1] or (ea[2] is not None and not (
+                        eb[2] is not None and ea[2].shape == eb[2].shape and bool(torch.equal(ea[2], eb[2])))):
+                return f"{na.target} moves the elements of another tensor, or others"
+            continue
         if na.op == "get_attr":
             if not _same_constant(getattr(a, na.target, None), getattr(b, nb.target, None)):
                 return f"constant {na.target} differs"
@@ -1545,7 +1710,8 @@ def _lower_nodes(gm, graph, values, depends, x, x_ph, param_ph, names, outs, nam
     for n in graph.nodes:
         # a random op (torch.rand inside forward, a random mask): each call of the model
         # draws anew, so no bound of one draw is a bound of the model as it runs
-        if n in live and n.op == "call_function" and torch.Tag.nondeterministic_seeded in getattr(n.target, "tags", ()):
+        if n in live and n.op == "call_function" and torch.Tag.nondeterministic_seeded in getattr(n.target, "tags", ()) \
+                and not _eval_rrelu(n):
             raise UnsupportedLayer(str(n.target), "a random op in forward (each call draws anew)")
     order = {n: i for i, n in enumerate(graph.nodes)}
     _check_mutations(graph, order, depends)
@@ -1585,7 +1751,7 @@ def _lower_nodes(gm, graph, values, depends, x, x_ph, param_ph, names, outs, nam
             raise UnsupportedLayer(n.name, f"data-dependent Python value from {n.target}")
         lead = v[0] if isinstance(v, (tuple, list)) else v
         if (lead.dim() == 0 or lead.shape[0] != TRACE_BATCH) and n not in lw.merged:
-            if _merged_batch_dense(lw, n, values, live):
+            if _merged_batch_dense(lw, n, values, live) or _merged_batch_bmm(lw, n, values, live):
                 continue
             raise UnsupportedLayer(str(n.target), "an op that changes the batch dimension")
         handler = HANDLERS.get(n.target)
@@ -1645,6 +1811,49 @@ def _merged_batch_dense(lw, n, values, live) -> bool:
         return False
     lw.index[n] = lw.index[src]
     lw.merged.add(mm)
+    return True
+
+
+def _merged_batch_bmm(lw, n, values, live) -> bool:
+    """``torch.einsum`` of a data tensor with a constant matrix (``"bi,ij->bj"``, ``"bpi,ij->bpj"``,
+    ``"bi,i->b"``) traces as a ``view`` of the (permuted) data to ``[1, batch x rows, k]``, a ``bmm``
+    with the constant viewed as ``[1, k, m]``, and a ``view`` back to ``[batch, ...]``. A view keeps
+    the row-major order, so sample ``b``'s elements are rows ``b R .. (b + 1) R - 1`` (``R`` rows a
+    sample), each its own dot product with the same matrix: per sample, a reshape to ``[R, k]``
+    and one dense op over the last dimension. True when ``n`` is the first view of exactly that
+    pattern (it is then lowered as that reshape, and the ``bmm`` as the dense op by
+    ``registry._bmm``); anything else is left to the caller to refuse."""
+    from .registry import HANDLERS, _bmm, _view
+
+    if HANDLERS.get(n.target) is not _view or not n.args or not isinstance(n.args[0], torch.fx.Node):
+        return False
+    src = n.args[0]
+    sv, v = values.get(src), values.get(n)
+    if not (torch.is_tensor(sv) and torch.is_tensor(v)) or sv.dim() < 2 or sv.shape[0] != TRACE_BATCH \
+            or src not in lw.index or v.dim() != 3 or v.shape[0] != 1 or v.shape[1] % TRACE_BATCH:
+        return False
+    rows, k = v.shape[1] // TRACE_BATCH, v.shape[2]
+    users = [u for u in n.users if u in live]
+    if len(users) != 1 or HANDLERS.get(users[0].target) is not _bmm:
+        return False
+    mm = users[0]
+    if len(mm.args) != 2 or mm.kwargs or mm.args[0] is not n or not isinstance(mm.args[1], torch.fx.Node) \
+            or lw.depends.get(mm.args[1], True):
+        return False  # the matrix must be a constant of the model
+    wv, mv = values.get(mm.args[1]), values.get(mm)
+    if not (torch.is_tensor(wv) and torch.is_tensor(mv)) or wv.dim() != 3 or wv.shape[0] != 1 or wv.shape[1] != k:
+        return False
+    back = [u for u in mm.users if u in live]
+    if len(back) != 1 or HANDLERS.get(back[0].target) is not _view or back[0].args[0] is not mm:
+        return False
+    bv = values.get(back[0])
+    if not torch.is_tensor(bv) or bv.dim() < 1 or bv.shape[0] != TRACE_BATCH or bv.numel() != mv.numel():
+        return False
+    per = (rows, k)
+    lw.index[n] = lw.emit(ops.LinearMapOp(f"{lw.scope_of(n)}{n.target}", lambda x: x.reshape(x.shape[0], *per),
+                                          "reshape"), [lw.index[src]], n)
+    lw.merged.add(mm)
+    lw.row_products.add(mm)
     return True
 
 
@@ -1712,9 +1921,12 @@ def _check_mutations(graph, order, depends) -> None:
 def _lower_one(lw, n, handler, order, live):
     """Run one node's handler and check that it consumed (or left at default) every argument."""
     schema = n.target._schema
-    if schema.is_mutable:
+    first_written = bool(schema.arguments) and schema.arguments[0].alias_info is not None and \
+        schema.arguments[0].alias_info.is_write
+    if schema.is_mutable and (first_written or not _eval_rrelu(n)):
         # in-place ops are bounded as their out-of-place twin, which is only right when
-        # nothing reads the mutated tensor's old node afterwards
+        # nothing reads the mutated tensor's old node afterwards (an eval rrelu writes only
+        # its unread noise, never its input)
         first = n.args[0]
         later = [u_ for u_ in first.users if u_ is not n and order[u_] > order[n] and u_ in live]
         if later:

@@ -1205,6 +1205,25 @@ class ReciprocalOp(CurvedOp):
         return lo > 0
 
 
+class LogSigmoidOp(CurvedOp):
+    """``logsigmoid(x) = -softplus(-x) = min(x, 0) - log1p(exp(-|x|))``: concave and increasing
+    on the whole line (``f' = sigmoid(-x)`` in ``(0, 1)``, ``f'' = -sigmoid(x) sigmoid(-x)``), so
+    the chord is below it and every tangent above. The kernel (CPU and CUDA) computes that form:
+    two terms of one sign, ``exp`` and ``log1p`` within a few ulps; 8 ulps of ``|f|`` and, as for
+    ``log``, 8 ulps of 1 are charged (for ``x >> 0`` the result is a tiny ``-exp(-x)``)."""
+
+    abs_ulps = 8.0
+
+    def f(self, x):
+        return F.logsigmoid(x)
+
+    def df(self, x):
+        return torch.sigmoid(-x)
+
+    def convex(self, lo, hi):
+        return torch.zeros_like(lo, dtype=torch.bool)
+
+
 class NegOp(BoundOp):
     """``-x`` (exact): lower and upper swap, so infinite bounds stay infinite (not nan)."""
 

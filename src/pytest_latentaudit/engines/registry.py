@@ -329,6 +329,11 @@ def _bmm(ctx):
     m2 = ctx.raw("mat2")
     if ctx.is_data(m2):
         raise UnsupportedLayer(ctx.name, "a product of two tensors")
+    if ctx.n in ctx.lw.row_products:
+        # einsum's [1, batch x rows, k] @ [1, k, m] (graph._merged_batch_bmm): x is already each
+        # sample's [rows, k], and the matrix one constant
+        W = ctx.const_ref("mat2")
+        return _dense(ctx, x, lambda env: W(env)[0].T, lambda env: None)
     src = _broadcast_weight(ctx, m2)
     if src is None or ctx.rank() != 3:
         raise UnsupportedLayer(ctx.name, "bmm with a weight that is not one matrix broadcast over the batch")
@@ -570,6 +575,14 @@ def _rsqrt(ctx):
     return _elementwise(ctx, ops.RsqrtOp(ctx.name))
 
 
+@register(*_ov(aten.log_sigmoid_forward, "default"))
+def _log_sigmoid_forward(ctx):
+    """``F.logsigmoid``: traced as ``log_sigmoid_forward`` (the output and a buffer for the
+    backward pass, which nothing may read)."""
+    out = _elementwise(ctx, ops.LogSigmoidOp(ctx.name))
+    return ctx.tuple_outputs({0: out}, refuse={1: "log_sigmoid_forward's backward buffer"})
+
+
 @register(*_ov(aten.neg, "default"))
 def _neg(ctx):
     return _affine_const(ctx, ctx.data_arg("self"), lambda env: _as_double(-1.0), lambda env: None, 0)
@@ -610,7 +623,22 @@ def _relu(ctx):
 
 @register(*_ov(aten.leaky_relu, "default"), *_ov(aten.leaky_relu_, "default"))
 def _leaky(ctx):
-    a = float(ctx.arg("negative_slope"))
+    return _leaky_slope(ctx, float(ctx.arg("negative_slope")))
+
+
+@register(*_ov(aten.rrelu_with_noise, "default"))
+def _rrelu(ctx):
+    """``nn.RReLU`` / ``F.rrelu`` in eval mode: ``leaky_relu(x, (lower + upper) / 2)`` (the
+    kernel's own rule, the mean in float64); its ``noise`` is neither read nor written. In
+    training each call draws a slope per element: refused (the lowering refuses it as a random
+    op before any handler runs)."""
+    if ctx.arg("training"):
+        raise UnsupportedLayer(ctx.name, "rrelu in training mode (a random slope per call)")
+    ctx.raw("noise")  # an empty_like buffer the eval kernel leaves alone
+    return _leaky_slope(ctx, (float(ctx.arg("lower")) + float(ctx.arg("upper"))) / 2)
+
+
+def _leaky_slope(ctx, a):
     if 0.0 <= a <= 1.0:
         return _elementwise(ctx, ops.LeakyReLUOp(ctx.name, a))
     op = ops._act("LeakyReLUAnySlope", lambda s, x: F.leaky_relu(x, a), f2=0.0, kinks=(0.0,), monotone=a >= 0,
@@ -728,14 +756,70 @@ def _abs(ctx):
 
 @register(*_ov(aten.maximum, "default"), *_ov(aten.minimum, "default"))
 def _max_min(ctx):
-    a, b = ctx.raw("self"), ctx.raw("other")
-    if not (ctx.is_data(a) and ctx.is_data(b)):
-        raise UnsupportedLayer(ctx.name, "maximum/minimum with a constant tensor (use clamp)")
     is_max = ctx.target in _ov(aten.maximum, "default")
-    # max(a, b) = a + relu(b - a); min(a, b) = a - relu(a - b): exact, and ReLU's relaxation
-    d = ctx.emit(ops.WeightedSumOp(ctx.name + ".diff", -1.0 if is_max else 1.0, 1.0 if is_max else -1.0), [a, b])
-    r = ctx.emit(ops.ReLUOp(ctx.name + ".relu"), [d])
-    return ctx.emit(ops.WeightedSumOp(ctx.name, 1.0, 1.0 if is_max else -1.0), [a, r])
+    a, b = ctx.raw("self"), ctx.raw("other")
+    if ctx.is_data(a):
+        return _extreme(ctx, a, b, "other", is_max, ctx.name)
+    return _extreme(ctx, b, a, "self", is_max, ctx.name)
+
+
+def _extreme(ctx, x, other, other_name, is_max, name):
+    """``maximum(x, other)`` / ``minimum(x, other)``, ``x`` carrying the input (an fx node or an
+    index of a node lowered already), ``other`` data too or a constant tensor (schema argument
+    ``other_name``: a buffer, a literal, a clamp limit). Exact rewrites onto ReLU's relaxation:
+    ``max(a, b) = a + relu(b - a)``, ``min(a, b) = a - relu(a - b)``; with a constant ``c``,
+    ``max(x, c) = c + relu(x - c)`` and ``min(x, c) = c - relu(c - x)``. The model's op is exact (a
+    selection); the subtractions and additions here charge roundings it does not make, so the
+    bounds only widen. A constant is used as the kernel uses it: converted to the output's dtype
+    (a float64 0-dim limit of a float32 tensor is compared in float32)."""
+    lw = ctx.lw
+    xi = lw.index_of(x)
+    if ctx.is_data(other):
+        d = lw.emit(ops.WeightedSumOp(name + ".diff", -1.0 if is_max else 1.0, 1.0 if is_max else -1.0),
+                    [xi, lw.index_of(other)], ctx.n)
+        r = lw.emit(ops.ReLUOp(name + ".relu"), [d], ctx.n)
+        return lw.emit(ops.WeightedSumOp(name, 1.0, 1.0 if is_max else -1.0), [xi, r], ctx.n)
+    out, xv = ctx.out_value(), ctx.in_value()
+    cval = ctx.value_of(other_name)
+    if not (torch.is_tensor(cval) and not cval.is_complex() and out.is_floating_point() and out.dtype == xv.dtype):
+        raise UnsupportedLayer(name, "maximum/minimum/clamp with a limit that is not a real tensor of the data's "
+                               "dtype after promotion")
+    _per_sample_const(ctx, cval)
+    cref, dt = ctx.const_ref(other_name), out.dtype
+
+    def c_of(env):
+        return _as_double(_per_sample_const(ctx, cref(env)).to(dt))
+
+    sign = 1.0 if is_max else -1.0
+    # max: d = x - c, out = c + relu(d); min: d = c - x, out = c - relu(d)
+    pre = ops.ChannelAffineOp(name + ".diff", n_ops=1)
+    pre.consts["weight"] = lambda env: _as_double(sign)
+    pre.consts["bias"] = lambda env: -sign * c_of(env)
+    post = ops.ChannelAffineOp(name, n_ops=1)
+    post.consts["weight"] = lambda env: _as_double(sign)
+    post.consts["bias"] = c_of
+    pre.u = post.u = ctx.u_elem
+    d = lw.emit(pre, [xi], ctx.n)
+    r = lw.emit(ops.ReLUOp(name + ".relu"), [d], ctx.n)
+    return lw.emit(post, [r], ctx.n)
+
+
+@register(*_ov(aten.clamp, "Tensor"), *_ov(aten.clamp_, "Tensor"), *_ov(aten.clamp_min, "Tensor"),
+          *_ov(aten.clamp_max, "Tensor"))
+def _clamp_tensor(ctx):
+    """``clamp`` with tensor limits (constants or data): ``min(max(x, lo), hi)``, torch's order
+    (where ``lo > hi`` the result is ``hi``), each step ``_extreme``."""
+    cur = ctx.data_arg("self")
+    names = ctx.schema_names
+    lo = ctx.raw("min") if "min" in names else None
+    hi = ctx.raw("max") if "max" in names else None
+    if lo is None and hi is None:
+        raise UnsupportedLayer(ctx.name, "clamp without limits")
+    if lo is not None:
+        cur = _extreme(ctx, cur, lo, "min", True, ctx.name + (".min" if hi is not None else ""))
+    if hi is not None:
+        cur = _extreme(ctx, cur, hi, "max", False, ctx.name)
+    return cur
 
 
 # ------------------------------------------------------------------ pooling / reductions
@@ -929,6 +1013,61 @@ def _amax(ctx):
 
     i = ctx.emit(ops.MaxPoolOp(ctx.name, windows, out_shape), [ctx.data_arg("self")])
     return ctx.tuple_outputs({0: i}, refuse={1: "argmax indices"}) if ctx.returns_tuple() else i
+
+
+@register(*_ov(aten.amin, "default"), *_ov(aten.min, "dim"))
+def _amin(ctx):
+    """``amin`` / ``min(dim)``: ``-amax(-x)``, the negations exact, the max as ``_amax``'s."""
+    if ctx.target in _ov(aten.min, "dim"):
+        dims = [ctx.arg("dim")]
+    else:
+        dims = list(ctx.arg("dim"))
+    dims, keep = _reduce_dims(ctx, dims), bool(ctx.arg("keepdim"))
+    rank = ctx.rank()
+    rest = [d for d in range(rank) if d not in dims]
+    out_shape = tuple(ctx.out_value()[0].shape[1:] if ctx.returns_tuple() else ctx.out_shape())
+
+    def windows(t):
+        p = t.permute(*rest, *dims)
+        return p.reshape(t.shape[0], *out_shape, -1)
+
+    neg = ctx.emit(ops.NegOp(ctx.name + ".neg"), [ctx.data_arg("self")])
+    mx = ctx.lw.emit(ops.MaxPoolOp(ctx.name + ".max", windows, out_shape), [neg], ctx.n)
+    i = ctx.lw.emit(ops.NegOp(ctx.name), [mx], ctx.n)
+    return ctx.tuple_outputs({0: i}, refuse={1: "argmin indices"}) if ctx.returns_tuple() else i
+
+
+@register(*_ov(aten.roll, "default"))
+def _roll(ctx):
+    """``torch.roll`` over non-batch dims: a permutation of each sample's entries (without dims it
+    rolls the flattened tensor, across samples: refused)."""
+    dims = list(ctx.arg("dims"))
+    shifts = [int(v) for v in ctx.arg("shifts")]
+    if not dims:
+        raise UnsupportedLayer(ctx.name, "roll of the flattened tensor (across the batch)")
+    dims = [_dim(ctx, d) for d in dims]
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: torch.roll(x, shifts, dims), "roll"), [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.channel_shuffle, "default"))
+def _channel_shuffle(ctx):
+    """``nn.ChannelShuffle``: a permutation of dim 1 (the channels) within each sample."""
+    g = int(ctx.arg("groups"))
+    op = ctx.target
+    return ctx.emit(ops.LinearMapOp(ctx.name, lambda x: op(x, g), "channel_shuffle"), [ctx.data_arg("self")])
+
+
+@register(*_ov(aten.cumsum, "default"))
+def _cumsum(ctx):
+    """``cumsum`` over a non-batch dim: each output a sum of up to ``n`` inputs (non-negative
+    coefficients), rounded as a sum of ``n`` terms in any order."""
+    d = _dim(ctx, ctx.arg("dim"))
+    if ctx.arg("dtype") is not None:
+        raise UnsupportedLayer(ctx.name, "a cumulative sum with a dtype change")
+    n = int(ctx.in_shape_full()[d])
+    op = ops.LinearMapOp(ctx.name, lambda x: torch.cumsum(x, d), "cumsum", fan=n + 1)
+    op.u = ctx.u_elem
+    return ctx.emit(op, [ctx.data_arg("self")])
 
 
 def _joined_parts(ctx, what):

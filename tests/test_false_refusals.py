@@ -1,0 +1,334 @@
+"""Models the native engines refused although a sound bound is easy (false refusals), now
+bounded: for each, a planted narrow violation that must not be proved (falsified or unknown,
+never verified) and an easy box that is now verified. The per-op containment tests are the
+registry examples in tests/test_ops_registry.py."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pytest_latentaudit import Prediction, verify_box
+
+
+def _not_proved(m, lo, hi, label=0, budget_s=3):
+    r = verify_box(m, lo, hi, Prediction(label), engine="auto", budget_s=budget_s)
+    assert r.status != ["verified"], r.notes
+    assert not any("not supported" in n for n in r.notes), r.notes  # bounded, not refused
+    if r.status == ["falsified"]:
+        x = r.counterexamples[0].reshape(lo.shape)
+        assert bool(((x >= lo) & (x <= hi)).all())
+        with torch.no_grad():
+            y = m(x)
+        assert int(y.argmax(1)) != label or float(y[0, label]) <= float(y[0].max())
+    return r
+
+
+def _proved(m, lo, hi, label=0, budget_s=5):
+    r = verify_box(m, lo, hi, Prediction(label), engine="auto", budget_s=budget_s)
+    assert r.status == ["verified"], r.notes
+    assert not any("not supported" in n for n in r.notes), r.notes
+    return r
+
+
+# ------------------------------------------------ 1. maximum / minimum / clamp with constant tensors
+class _Spike(nn.Module):
+    """Logits ``(0.5, 1000 g(x))``: class 1 wins only where ``g(x) > 5e-4``."""
+
+    def __init__(self, g, c):
+        super().__init__()
+        self.g = g
+        self.register_buffer("c", torch.tensor([c]))
+
+    def forward(self, x):
+        return torch.cat([torch.full_like(x, 0.5), 1000 * self.g(self, x)], 1)
+
+
+_SPIKES = {
+    # x in [0, 1]; each g is > 5e-4 only on a sliver at one end of the box: (g, c, the bad end)
+    "maximum_buffer": (lambda s, x: torch.maximum(x, s.c) - s.c, 0.999, 1.0),
+    "maximum_literal": (lambda s, x: torch.maximum(torch.tensor([0.999]), x) - 0.999, 0.0, 1.0),
+    "minimum_buffer": (lambda s, x: s.c - torch.minimum(x, s.c), 0.001, 0.0),
+    "clamp_tensor": (lambda s, x: torch.clamp(x, min=s.c, max=s.c + 1) - s.c, 0.999, 1.0),
+    "clamp_max_tensor": (lambda s, x: s.c - x.clamp_max(s.c), 0.001, 0.0),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_SPIKES))
+def test_a_narrow_violation_through_a_constant_maximum_is_not_proved(kind):
+    g, c, bad = _SPIKES[kind]
+    m = _Spike(g, c).eval()
+    with torch.no_grad():
+        assert int(m(torch.tensor([[bad]])).argmax(1)) == 1  # the violation is real
+    _not_proved(m, torch.zeros(1, 1), torch.ones(1, 1))
+
+
+@pytest.mark.parametrize("kind", sorted(_SPIKES))
+def test_a_constant_maximum_is_now_verified_on_an_easy_box(kind):
+    g, c, _ = _SPIKES[kind]
+    m = _Spike(g, c).eval()
+    # away from the sliver: [0.2, 0.8] keeps every g at 0
+    _proved(m, torch.full((1, 1), 0.2), torch.full((1, 1), 0.8))
+
+
+# ------------------------------------------------ 2. F.logsigmoid (traced as log_sigmoid_forward)
+class _Edge(nn.Module):
+    """Logits ``(0.5, 1000 (f(x) - f(1)) + 0.501)`` for an increasing ``f``: class 1 wins only on
+    a sliver at ``x = 1`` (a few 1e-6 wide), so any bound that misses ``f(1)`` by 1e-6 proves it."""
+
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+
+    def forward(self, x):
+        f1 = self.f(torch.ones(1, 1, dtype=x.dtype))
+        return torch.cat([torch.full_like(x, 0.5), 1000 * (self.f(x) - f1) + 0.501], 1)
+
+
+_EDGES = {
+    "logsigmoid": F.logsigmoid,
+    "logsigmoid_module": nn.LogSigmoid(),
+    "logsigmoid_scaled": lambda x: F.logsigmoid(20 * x - 5),
+    # eval rrelu (slope 0.2 below 0): the sliver at x = 1 through its negative side
+    "rrelu_eval": lambda x: -nn.RReLU(0.1, 0.3).eval()(-x),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_EDGES))
+def test_a_violation_at_the_edge_through_an_increasing_op_is_not_proved(kind):
+    m = _Edge(_EDGES[kind]).eval()
+    with torch.no_grad():
+        assert int(m(torch.ones(1, 1)).argmax(1)) == 1
+    _not_proved(m, torch.zeros(1, 1), torch.ones(1, 1))
+
+
+@pytest.mark.parametrize("kind", sorted(_EDGES))
+def test_an_increasing_op_is_now_verified_on_an_easy_box(kind):
+    m = _Edge(_EDGES[kind]).eval()
+    _proved(m, torch.zeros(1, 1), torch.full((1, 1), 0.5))
+
+
+def test_logsigmoid_bounds_hold_in_a_wide_network():
+    """logsigmoid between two wide random layers, many boxes: verified only where sampling
+    agrees (a planted contradiction would show as a verified box with a violating sample)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 32), nn.LogSigmoid(), nn.Linear(32, 32), nn.LogSigmoid(), nn.Linear(32, 3)).eval()
+    x = torch.randn(64, 3)
+    with torch.no_grad():
+        lab = m(x).argmax(1)
+    r = verify_box(m, x - 0.05, x + 0.05, Prediction(lab), budget_s=5)
+    assert not any("not supported" in n for n in r.notes), r.notes
+    assert r.status.count("verified") >= 32
+    s = x[None] + (torch.rand(2000, 64, 3) * 0.1 - 0.05)
+    with torch.no_grad():
+        ok = (m(s.reshape(-1, 3)).argmax(1).reshape(2000, 64) == lab).all(0)
+    for i, st_ in enumerate(r.status):
+        if st_ == "verified":
+            assert bool(ok[i])
+
+
+class _LogSigmoidWhenTraced(nn.Module):
+    """``logsigmoid(x)`` under a tracer, ``logsigmoid(x) + relu(x - 0.999) * 1000`` in a plain call."""
+
+    def forward(self, x):
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+        y = F.logsigmoid(x)
+        if _get_current_dispatch_mode() is None:
+            y = y + F.relu(x - 0.999) * 1000
+        return torch.cat([torch.full_like(x, 0.0), y], 1)
+
+
+def test_the_logsigmoid_alias_keeps_the_plain_call_check():
+    """The name alias (log_sigmoid_forward is autograd's LogSigmoid) matches only that op: a
+    forward that adds ops in a plain call is still refused by the plain-call check."""
+    r = verify_box(_LogSigmoidWhenTraced(), torch.zeros(1, 1), torch.ones(1, 1), Prediction(0), budget_s=2)
+    assert r.status != ["verified"]
+    assert any("plain call" in n for n in r.notes), r.notes
+
+
+# ------------------------------------------------ 3. nn.RReLU in eval mode (deterministic)
+class _RReLUNet(nn.Module):
+    def __init__(self, training_flag):
+        super().__init__()
+        self.training_flag = training_flag
+
+    def forward(self, x):
+        # logits (0.5, 0.49 + rrelu(x - 1)): eval slope 0.2 keeps class 0 on [0, 1]; any slope
+        # a training call may draw (up to 0.3) as well, so only randomness itself is at stake
+        return torch.cat([torch.full_like(x, 0.5), 0.49 + F.rrelu(x - 1, 0.1, 0.3, training=self.training_flag)], 1)
+
+
+def test_rrelu_in_eval_mode_is_verified():
+    _proved(_RReLUNet(False), torch.zeros(1, 1), torch.ones(1, 1))
+
+
+def test_rrelu_drawing_its_slopes_stays_refused():
+    """``F.rrelu(training=True)`` draws a slope per element on every call: no bound of one draw
+    is a bound of the model as it runs, so it is refused (never verified)."""
+    r = verify_box(_RReLUNet(True), torch.zeros(1, 1), torch.ones(1, 1), Prediction(0), budget_s=2)
+    assert r.status != ["verified"]
+    assert any("random" in n for n in r.notes), r.notes
+
+
+def test_an_rrelu_module_in_training_mode_is_audited_in_eval_mode_with_a_note():
+    """As for dropout: a model that comes in training mode is verified in eval mode (how it is
+    deployed), with the note saying so; its mode is restored."""
+    m = nn.Sequential(nn.Linear(1, 2), nn.RReLU(0.1, 0.3), nn.Linear(2, 2))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        m[0].bias.zero_()
+        m[2].weight.copy_(torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+        m[2].bias.copy_(torch.tensor([0.1, 0.0]))
+    m.train()
+    r = verify_box(m, torch.zeros(1, 1), torch.ones(1, 1), Prediction(0), budget_s=3)
+    assert r.status == ["verified"], r.notes
+    assert any("training mode" in n for n in r.notes), r.notes
+    assert m.training and m[1].training
+
+
+# ------------------------------------------------ 4. torch.einsum with a constant matrix
+class _EinsumHead(nn.Module):
+    def __init__(self, eq="bi,ij->bj", scale=1.0, shift=0.0):
+        super().__init__()
+        self.eq = eq
+        self.register_buffer("W", torch.tensor([[scale, -scale]]))
+        self.shift = shift
+
+    def forward(self, x):
+        if self.eq == "bpi,ij->bpj":
+            return torch.einsum(self.eq, x[:, None], self.W)[:, 0] + torch.tensor([0.0, self.shift])
+        return torch.einsum(self.eq, x, self.W) + torch.tensor([0.0, self.shift])
+
+
+@pytest.mark.parametrize("eq", ["bi,ij->bj", "bpi,ij->bpj", "...i,ij->...j"])
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_einsum_with_a_constant_matrix_is_verified_at_every_batch_size(eq, n):
+    """einsum traces as a view to ``[1, n x rows, k]``, a bmm and a view back (the batch moved
+    into the rows of one product; at batch 1 other permutes): bounded as a dense op per sample."""
+    m = _EinsumHead(eq).eval()  # logits (x, -x): class 0 on x > 0
+    lo, hi = torch.full((n, 1), 0.1), torch.full((n, 1), 1.0)
+    r = verify_box(m, lo, hi, Prediction(torch.zeros(n, dtype=torch.long)), budget_s=3)
+    assert r.status == ["verified"] * n, r.notes
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_violation_at_the_edge_through_einsum_is_not_proved(n):
+    """einsum's ``(x, -x)``, then logits ``(0.5, 1000 (x - 1) + 0.501)``: class 1 wins only on
+    ``x > 1 - 1e-6``; on ``[0, 0.9]`` class 0 is proved."""
+    m = nn.Sequential(_EinsumHead().eval(), _Affine([[0.0, 0.0], [1000.0, 0.0]], [0.5, -999.499])).eval()
+    with torch.no_grad():
+        assert int(m(torch.ones(1, 1)).argmax(1)) == 1
+        assert int(m(torch.full((1, 1), 0.999)).argmax(1)) == 0
+    labels = torch.zeros(n, dtype=torch.long)
+    r = verify_box(m, torch.zeros(n, 1), torch.ones(n, 1), Prediction(labels), budget_s=3)
+    assert "verified" not in r.status, r.notes
+    assert not any("not supported" in x for x in r.notes), r.notes
+    r = verify_box(m, torch.zeros(n, 1), torch.full((n, 1), 0.9), Prediction(labels), budget_s=3)
+    assert r.status == ["verified"] * n, r.notes
+
+
+class _Affine(nn.Module):
+    def __init__(self, w, b):
+        super().__init__()
+        self.register_buffer("w", torch.tensor(w))
+        self.register_buffer("b", torch.tensor(b))
+
+    def forward(self, y):
+        return y @ self.w.T + self.b
+
+
+class _MixesSamplesAtBatch4(nn.Module):
+    """An einsum-shaped product whose rows, at batch 4 only, come from other samples: a view to
+    ``[2, 2, 1]``, a swap of those dims (pure layout ops) and the ``[1, 4, 1]`` operand. At batch 2
+    the same ops keep every sample's row."""
+
+    def __init__(self, where):
+        super().__init__()
+        self.where = where
+        self.register_buffer("W", torch.tensor([[[1.0, -1.0]]]))
+
+    def forward(self, x):
+        n = x.shape[0]
+        if self.where == "rows":  # the product's [1, 4, 1] operand
+            h = x.reshape(2, 2, 1).permute(1, 0, 2).reshape(1, 4, 1) if n == 4 else x.reshape(1, n, 1)
+            return torch.bmm(h, self.W).reshape(n, 2)
+        # "batch": each sample's 2 x 2 transposed, and at batch 4 the samples reordered too (a
+        # [4, 4] tensor with the same transpose in each row, but rows of other samples)
+        x4 = x.expand(n, 4)
+        if n == 4:
+            h = x4.reshape(2, 2, 2, 2).permute(1, 0, 3, 2).reshape(4, 4)
+        else:
+            h = x4.reshape(n, 2, 2).permute(0, 2, 1).reshape(n, 4)
+        return torch.cat([h[:, :1], -h[:, :1]], 1)
+
+
+@pytest.mark.parametrize("where", ["rows", "batch"])
+def test_a_batch_size_that_mixes_the_rows_of_an_einsum_product_is_refused(where):
+    """The collapsed layout chains keep the batch-size check: at batch 4 the chain moves rows
+    across samples (its index is no per-sample map), so the programs differ, and the boxes whose
+    rows come from samples of the other class are not proved."""
+    m = _MixesSamplesAtBatch4(where).eval()
+    x = torch.tensor([[1.0], [1.0], [-1.0], [-1.0]])
+    with torch.no_grad():
+        assert m(x)[1, 0] < 0  # box 1 gets sample 2's row: violated there
+    labels = torch.tensor([0, 0, 1, 1])
+    r = verify_box(m, x - 0.1, x + 0.1, Prediction(labels), budget_s=3)
+    assert r.status[1] != "verified" and r.status[2] != "verified", (r.status, r.notes)
+    assert any("batch size 4" in n for n in r.notes), r.notes
+    # the control: at batch 2 and 3 the rows stay each sample's, and the product is bounded
+    for k in (2, 3):
+        r = verify_box(m, x[:k] - 0.1, x[:k] + 0.1, Prediction(labels[:k]), budget_s=3)
+        assert r.status == ["verified"] * k, r.notes
+
+
+# ------------------------------------------------ 5. roll, channel shuffle, cumsum, amin / min(dim)
+class _Layout(nn.Module):
+    """``x [N, 1]`` spread to 4 features ``(x, 0, 0, 0)``, then ``op``; logits ``(0.5, 1000 (g - 1) +
+    0.501)`` with ``g`` the feature the op should carry ``x`` to: class 1 wins on ``x > 1 - 1e-6``."""
+
+    def __init__(self, op, pick):
+        super().__init__()
+        self.op, self.pick = op, pick
+        self.register_buffer("e", torch.tensor([1.0, 0.0, 0.0, 0.0]))
+
+    def forward(self, x):
+        h = self.op(x * self.e)
+        g = h.reshape(h.shape[0], -1)[:, self.pick:self.pick + 1]
+        return torch.cat([torch.full_like(g, 0.5), 1000 * (g - 1) + 0.501], 1)
+
+
+_LAYOUTS = {
+    "roll": (lambda h: torch.roll(h, 1, 1), 1),
+    "roll_2d": (lambda h: torch.roll(h.view(-1, 2, 2), (1, 1), (1, 2)), 3),
+    "channel_shuffle": (lambda h: nn.ChannelShuffle(2)(h.view(-1, 4, 1, 1)), 0),
+    "cumsum": (lambda h: torch.cumsum(h, 1), 3),
+    # amin of (x, x + 1, x + 2, x + 3) is x; min(dim) too
+    "amin": (lambda h: (h[:, :1] + torch.arange(4.0)).amin(1, keepdim=True), 0),
+    "min_dim": (lambda h: (h[:, :1] + torch.arange(4.0)).min(1, keepdim=True).values, 0),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_LAYOUTS))
+def test_a_violation_at_the_edge_through_a_layout_op_is_not_proved(kind):
+    m = _Layout(*_LAYOUTS[kind]).eval()
+    with torch.no_grad():
+        assert int(m(torch.ones(1, 1)).argmax(1)) == 1
+        assert int(m(torch.full((1, 1), 0.999)).argmax(1)) == 0
+    _not_proved(m, torch.zeros(1, 1), torch.ones(1, 1))
+
+
+@pytest.mark.parametrize("kind", sorted(_LAYOUTS))
+def test_a_layout_op_is_now_verified_on_an_easy_box(kind):
+    m = _Layout(*_LAYOUTS[kind]).eval()
+    _proved(m, torch.zeros(1, 1), torch.full((1, 1), 0.9))
+
+
+def test_roll_without_dims_stays_refused():
+    """``torch.roll(h, 1)`` rolls the flattened tensor: one sample's entry moves into the next."""
+    m = _Layout(lambda h: torch.roll(h, 1), 1).eval()
+    r = verify_box(m, torch.zeros(2, 1), torch.full((2, 1), 0.9), Prediction(torch.zeros(2, dtype=torch.long)),
+                   budget_s=2)
+    assert "verified" not in r.status
+    assert any("not supported" in n for n in r.notes), r.notes
