@@ -1,0 +1,129 @@
+"""Planted cases and property tests of the tenth adversarial soundness hunt: claims above one
+box (the test verdict over seeds, the certified radius, exact segments, the spec sheet's
+directions section and the deployment guard, shard merging). Each test named after a finding is
+a false claim, minimised; it fails on the code it was found on. The property tests guard the
+areas where the hunt found nothing (each fails with the rule it covers broken).
+
+Finding 1 (the range guard checked one direction's range in another direction's coordinates):
+records of one direction *name* can be about different bases: every unnamed
+``Direction.axis(i)`` is recorded as direction ``"axis"`` (``Direction.vector(v)`` as
+``"vector"``, a tensor as ``"custom"``), and two latent spaces (two conftests) may both name
+different axes ``"pose"``. ``directions_section`` took the direction's basis (``axis`` /
+``basis``) from the first record by node id and the operating range from the record proved at
+the largest eps, so ``deploy.in_spec`` projected codes on axis 3 and compared them with a range
+computed on axis 5: a code outside every proved range of both axes was reported in spec. Now a
+range is checked in the coordinates it was computed in (``deploy._range_basis``): a range whose
+record's basis differs from its direction's carries its own, the direction's basis is the
+operating range's, and ``bases=`` that disagree with the stored basis are a ``DeployError``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pytest_latentaudit.core.latent import Direction
+from pytest_latentaudit.sheet.deploy import DeployError, in_spec, latent_ranges, range_score
+from pytest_latentaudit.sheet.records import Counts, TestRecord
+from pytest_latentaudit.sheet.specsheet import SpecSheet, directions_section
+
+FP = "sha256:" + "ab" * 16
+
+
+def _rec(nodeid, axis_or_dir, eps, z, verdict="proved", direction="axis", model=FP, info=True):
+    d = axis_or_dir if isinstance(axis_or_dir, Direction) else Direction.axis(axis_or_dir)
+    n = z.shape[0]
+    counts = Counts(verified=n) if verdict == "proved" else Counts(unknown=n)
+    return TestRecord(nodeid=nodeid, direction=direction, eps=eps, verdict=verdict, counts=counts, n_seeds=n,
+                      verified_fraction=counts.verified / n, spec={"kind": "invariance", "at_least": 1.0},
+                      spec_text="Invariance(at_least=1)", model_fingerprint=model, model_key="fixture:head",
+                      direction_info=d.to_json() if info else None,
+                      latent_range=latent_ranges(z, eps, d, with_basis=True))
+
+
+def _two_axes():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(10, 8))
+    z[:, 3] = rng.normal(-3.0, 0.1, size=10)  # axis 3's range: about [-3.1, -2.9] at a small eps
+    z[:, 5] = rng.normal(+3.0, 0.1, size=10)  # axis 5's range: about [2.9, 3.1]
+    small = _rec("test_a.py::test_axis3", 3, 0.001, z)  # sorts first: its axis was the direction's
+    wide = _rec("test_a.py::test_axis5", 5, 0.05, z)  # the largest proved eps: its range was offered
+    return small, wide, z
+
+
+def _far_code():
+    """A code outside the proved range of both axes: 3.0 on axis 3, -3.0 on axis 5."""
+    x = np.zeros((1, 8))
+    x[0, 3], x[0, 5] = 3.0, -3.0
+    return x
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["rebuilt", "stored-section"])
+def test_range_guard_uses_the_basis_of_the_range_it_checks(stored):
+    small, wide, z = _two_axes()
+    sheet = SpecSheet.build([small, wide], tool_version="t", commit={}, machine={}).data if stored else \
+        {"tests": [small.to_json(), wide.to_json()]}
+    x = _far_code()
+    assert not bool(in_spec(sheet, x)["all"][0])  # the false claim: True before the fix
+    assert float(range_score(sheet, x)["axis"][0]) > 1.0
+    # a code in the offered range along the axis it was computed on is in spec
+    inside = np.zeros((1, 8))
+    inside[0, 5] = float(np.mean(z[:, 5]))
+    inside[0, 3] = 3.0  # whatever it is along the other axis
+    assert bool(in_spec(sheet, inside)["all"][0])
+    # at a radius: the range recorded there, in its own coordinates
+    assert not bool(in_spec(sheet, x, eps=0.001)["all"][0])
+    on3 = np.zeros((1, 8))
+    on3[0, 3] = float(np.mean(z[:, 3]))
+    assert bool(in_spec(sheet, on3, eps=0.001)["all"][0])
+    assert not bool(in_spec(sheet, inside, eps=0.001)["all"][0])
+
+
+def test_direction_basis_is_the_operating_range_s():
+    """An unproven record sorting first no longer sets the basis the proved range is read in."""
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(6, 4))
+    first = _rec("a.py::test_first", 0, 0.5, z, verdict="unproven")
+    proved = _rec("b.py::test_proved", 2, 0.1, z)
+    entry = directions_section([first, proved])["axis"]
+    assert entry["latent_range"]["nodeid"] == "b.py::test_proved"
+    assert entry.get("axis") == 2
+    x = np.zeros((1, 4))
+    x[0, 0] = float(np.mean(z[:, 2]))  # in range only if read on axis 0
+    x[0, 2] = 10.0
+    assert not bool(in_spec({"tests": [first.to_json(), proved.to_json()]}, x)["all"][0])
+
+
+def test_bases_that_disagree_with_the_stored_basis_are_refused():
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(6, 4))
+    v = np.array([1.0, 2.0, 0.0, 0.0])
+    rec = _rec("a.py::test_v", Direction.vector(v), 0.1, z, direction="light")
+    sheet = {"tests": [rec.to_json()]}
+    x = z[:1]
+    assert bool(in_spec(sheet, x)["all"][0]) == bool(in_spec(sheet, x, bases={"light": Direction.vector(2 * v)})["all"][0])
+    with pytest.raises(DeployError, match="basis"):
+        in_spec(sheet, x, bases={"light": Direction.vector(-v)})  # the opposite orientation mirrors the range
+    with pytest.raises(DeployError, match="basis"):
+        in_spec(sheet, x, bases={"light": Direction.axis(0)})
+
+
+def test_one_basis_per_direction_keeps_the_section_compact():
+    """Ranges of records in the direction's own coordinates carry no basis of their own."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(6, 16))
+    v = rng.normal(size=16)
+    recs = [_rec(f"a.py::test_{i}", Direction.vector(v), 0.1 * (i + 1), z, direction="light") for i in range(3)]
+    entry = directions_section(recs)["light"]
+    assert "basis" in entry
+    assert all("basis" not in g for g in entry["ranges"])
+
+
+def test_a_section_written_before_ranges_carried_their_basis_is_rebuilt():
+    small, wide, _ = _two_axes()
+    data = SpecSheet.build([small, wide], tool_version="t", commit={}, machine={}).data
+    entry = data["directions"]["axis"]
+    for g in entry["ranges"] + [entry["latent_range"]] + [m["latent_range"] for m in entry["models"].values()]:
+        for key in ("kind", "k", "axis", "basis"):
+            g.pop(key, None)
+    entry["axis"] = 3  # what the earlier writer stored: the first record's axis
+    assert not bool(in_spec(data, _far_code())["all"][0])
