@@ -15,11 +15,24 @@ computed on axis 5: a code outside every proved range of both axes was reported 
 range is checked in the coordinates it was computed in (``deploy._range_basis``): a range whose
 record's basis differs from its direction's carries its own, the direction's basis is the
 operating range's, and ``bases=`` that disagree with the stored basis are a ``DeployError``.
+
+Finding 2 (a test verdict of ``proved`` below its threshold): the verified fraction was compared
+with ``at_least - 1e-12``, so ``Accuracy(at_least=0.9000000000005)`` with 9 of 10 seeds verified
+was ``proved``, and the rule was written twice (``api.decide_verdict`` and ``stats._decide``,
+which decides ``estimated`` audits). ``vocab.reaches`` is the one comparison: exact, in
+rationals, with ``at_least`` read to within 4 units in its last place (``1 - 1/3`` still asks
+for 2 of 3 seeds, as meant); both verdict functions call ``vocab.decide_verdict``.
 """
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
+
+from pytest_latentaudit.api import decide_verdict
+from pytest_latentaudit.engines.stats import estimated_verdict
 
 from pytest_latentaudit.core.latent import Direction
 from pytest_latentaudit.sheet.deploy import DeployError, in_spec, latent_ranges, range_score
@@ -127,3 +140,40 @@ def test_a_section_written_before_ranges_carried_their_basis_is_rebuilt():
             g.pop(key, None)
     entry["axis"] = 3  # what the earlier writer stored: the first record's axis
     assert not bool(in_spec(data, _far_code())["all"][0])
+
+
+@pytest.mark.parametrize("decide", ["api", "estimated"])
+def test_a_verified_fraction_below_the_threshold_is_not_proved(decide):
+    def verdict(n, v, f, q):
+        if decide == "api":
+            return decide_verdict(n, v, f, q)
+        status = ["verified"] * v + ["falsified"] * f + ["unknown"] * (n - v - f)
+        return estimated_verdict(status, [None] * v + [0] * f + [1] * (n - v - f), 1, q)["verdict"]
+
+    assert verdict(10, 9, 0, 0.9000000000005) != "proved"  # 0.9 < 0.9000000000005: proved before the fix
+    assert verdict(10, 9, 0, 0.9) == "proved"
+    assert verdict(3, 2, 0, 1 - 1 / 3) == "proved"  # 2/3 as the user computes it, 1 ulp above
+    assert verdict(3, 2, 0, 2 / 3) == "proved"
+    assert verdict(20, 19, 1, 0.95) == "proved"
+    assert verdict(20, 18, 2, 0.95) == "violated"
+    assert verdict(10, 9, 1, 0.9000000000005) == "violated"
+
+
+@settings(max_examples=400, deadline=None)
+@given(n=st.integers(1, 400), data=st.data())
+def test_test_verdict_is_the_exact_rule(n, data):
+    """proved iff verified/n >= q, violated iff (n - falsified)/n < q, in exact rationals (q read
+    as the float it is, within 4 ulps); a fraction a few ulps off a seed fraction is tried too."""
+    v = data.draw(st.integers(0, n))
+    f = data.draw(st.integers(0, n - v))
+    j = data.draw(st.integers(0, n))
+    q = data.draw(st.one_of(st.floats(0, 1), st.just(j / n),
+                            st.sampled_from([j / n + d for d in (1e-13, -1e-13, 1e-15, 3e-16, -3e-16)])
+                            .filter(lambda x: 0 <= x <= 1)))
+    got = decide_verdict(n, v, f, q)
+    gap = 4 * Fraction(float(np.spacing(q)))
+    if Fraction(v, n) >= Fraction(q):
+        assert got == "proved"
+    elif Fraction(v, n) < Fraction(q) - gap:
+        assert got != "proved"
+        assert (got == "violated") == (Fraction(n - f, n) < Fraction(q) - gap)
