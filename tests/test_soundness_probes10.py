@@ -22,6 +22,14 @@ was ``proved``, and the rule was written twice (``api.decide_verdict`` and ``sta
 which decides ``estimated`` audits). ``vocab.reaches`` is the one comparison: exact, in
 rationals, with ``at_least`` read to within 4 units in its last place (``1 - 1/3`` still asks
 for 2 of 3 seeds, as meant); both verdict functions call ``vocab.decide_verdict``.
+
+Finding 3 (model cards called a sampling estimate "verified"): for an ``estimated`` point the
+exports wrote the sampling estimate (the fraction of sampled *points* where the spec held,
+``stats.DEFINITION``) as the value of the ``verified accuracy`` metric (MCT) and of
+``verified_accuracy`` (Hugging Face): 0 of 4 seeds verified was exported as "verified accuracy
+0.9". A ``verified ...`` metric now always carries the certified bracket ``[verified/n,
+(n - falsified)/n]`` (``exports._point_metrics``), and the estimate is its own ``estimated ...``
+metric with its confidence interval.
 """
 from __future__ import annotations
 
@@ -177,3 +185,37 @@ def test_test_verdict_is_the_exact_rule(n, data):
     elif Fraction(v, n) < Fraction(q) - gap:
         assert got != "proved"
         assert (got == "violated") == (Fraction(n - f, n) < Fraction(q) - gap)
+
+
+def _estimated_sheet():
+    est = {"verdict": "estimated", "fraction": 0.9, "lower": 0.8, "upper": 0.95, "confidence": 0.99, "samples": 400}
+    rec = {"nodeid": "t.py::test_hue", "direction": "hue", "eps": 1.0, "verdict": "estimated", "evidence": "estimated",
+           "spec": {"kind": "accuracy", "at_least": 0.75}, "spec_text": "Accuracy(at_least=0.75)", "n_seeds": 4,
+           "counts": {"verified": 0, "falsified": 1, "unknown": 3}, "verified_fraction": 0.0, "at_least": 0.75,
+           "estimate": est,
+           "sweep": [{"eps": 0.5, "verdict": "estimated", "evidence": "estimated", "verified_fraction": 0.25,
+                      "counts": {"verified": 1, "falsified": 0, "unknown": 3}, "estimate": dict(est, fraction=0.97)}]}
+    return {"schema_version": 1, "tool": {"name": "pytest-latentaudit", "version": "0"}, "tests": [rec]}
+
+
+def test_exports_never_call_a_sampling_estimate_verified():
+    from pytest_latentaudit.report import exports
+
+    sheet = _estimated_sheet()
+    bracket = {1.0: (0.0, 0.75), 0.5: (0.25, 1.0)}  # [verified / n, (n - falsified) / n]
+    card = exports.to_model_card(sheet)["quantitative_analysis"]["performance_metrics"]
+    verified = [m for m in card if m["type"].startswith("verified")]
+    assert {m["slice"] for m in verified} == {"hue@1", "hue@0.5"}
+    for m in verified:
+        lo, hi = bracket[float(m["slice"].split("@")[1])]
+        assert float(m["value"]) == lo  # 0.9 before the fix
+        assert (float(m["confidence_interval"]["lower_bound"]), float(m["confidence_interval"]["upper_bound"])) == (lo, hi)
+    est = {m["slice"]: m for m in card if m["type"] == "estimated accuracy"}
+    assert est["hue@1"]["value"] == "0.9" and est["hue@0.5"]["value"] == "0.97"
+    assert est["hue@1"]["confidence_interval"] == {"lower_bound": "0.8", "upper_bound": "0.95"}
+    idx = exports.to_model_index(sheet, "m", task_type="image-classification")
+    metrics = [m for r in idx["model-index"][0]["results"] for m in r["metrics"]]
+    for m in metrics:
+        if m["type"].startswith("verified"):
+            assert m["value"] == bracket[m["args"]["eps"]][0]
+    assert sorted(m["value"] for m in metrics if m["type"] == "estimated_accuracy") == [0.9, 0.97]
