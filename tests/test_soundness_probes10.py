@@ -219,3 +219,166 @@ def test_exports_never_call_a_sampling_estimate_verified():
         if m["type"].startswith("verified"):
             assert m["value"] == bracket[m["args"]["eps"]][0]
     assert sorted(m["value"] for m in metrics if m["type"] == "estimated_accuracy") == [0.9, 0.97]
+
+
+# ------------------------------------------------------------------ property tests (sound areas)
+def _direction(kind, rng, d):
+    if kind == "axis":
+        return Direction.axis(int(rng.integers(0, d)))
+    if kind == "vector":
+        return Direction.vector(rng.normal(size=d))
+    return Direction.subspace(rng.normal(size=(d, 2)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), kinds=st.lists(st.sampled_from(["axis", "vector", "subspace"]),
+                                                        min_size=1, max_size=4),
+       stored=st.booleans())
+def test_in_spec_is_the_range_checked_on_its_own_basis(seed, kinds, stored):
+    """Whatever directions share a name (and whichever records prove), ``in_spec`` answers
+    exactly "the code's coordinates on the operating range's own basis lie in its bounds"."""
+    rng = np.random.default_rng(seed)
+    d = 5
+    z = rng.normal(size=(8, d))
+    recs, truth = [], {}
+    for i, kind in enumerate(kinds):
+        D = _direction(kind, rng, d)
+        verdict = "proved" if rng.random() < 0.7 else "unproven"
+        eps = float(rng.choice([0.05, 0.1, 0.3, 0.6]))
+        r = _rec(f"t{int(rng.integers(0, 99)):02d}_{i}.py::test", D, eps, z, verdict=verdict, direction="same")
+        recs.append(r)
+        truth[r.nodeid] = D
+    sheet = SpecSheet.build(recs, tool_version="t", commit={}, machine={}).data if stored else \
+        {"tests": [r.to_json() for r in recs]}
+    best = [r for r in recs if r.verdict == "proved"]
+    x = rng.normal(size=(200, d)) * 1.5
+    if not best:
+        with pytest.raises(DeployError):
+            in_spec(sheet, x)
+        return
+    from pytest_latentaudit.sheet.deploy import project
+
+    def answers(eps):  # ties at one eps: the guard may offer any of them, each on its own basis
+        out = []
+        for r in best:
+            if abs(r.eps - eps) < 1e-12:
+                c = project(x, truth[r.nodeid])
+                lo, hi = np.asarray(r.latent_range["lower"]), np.asarray(r.latent_range["upper"])
+                out.append(((c >= lo) & (c <= hi)).all(1))
+        return out
+
+    got = in_spec(sheet, x)["same"]
+    assert any(np.array_equal(got, a) for a in answers(max(r.eps for r in best)))
+    for eps in {r.eps for r in best}:  # the range at each proved radius
+        got = in_spec(sheet, x, eps=eps)["same"]
+        assert any(np.array_equal(got, a) for a in answers(eps))
+
+
+def _random_head(g, d, width=12, depth=2, n_out=3, leaky=False):
+    import torch
+
+    layers, din = [], d
+    for _ in range(depth):
+        layers += [torch.nn.Linear(din, width), torch.nn.LeakyReLU(0.1) if leaky else torch.nn.ReLU()]
+        din = width
+    m = torch.nn.Sequential(*layers, torch.nn.Linear(din, n_out))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / (p.shape[-1] ** 0.5 if p.dim() > 1 else 1.0))
+    return m
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), k=st.integers(1, 2), accuracy=st.booleans())
+def test_certified_radius_is_proved_on_its_whole_box(seed, k, accuracy):
+    """Every seed's certified radius r: no point of ``z0 + V t``, ``t in [-r, r]^k`` (corners and
+    random points), breaks the spec under a plain forward pass."""
+    import torch
+
+    from pytest_latentaudit.api import certified_radius
+    from pytest_latentaudit.core.specs import Accuracy, Invariance, Prediction
+
+    g = torch.Generator().manual_seed(seed)
+    d, n = 6, 6
+    m = _random_head(g, d)
+    z = torch.randn(n, d, generator=g)
+    D = Direction.subspace(torch.randn(d, k, generator=g))
+    with torch.no_grad():
+        nominal = m(z).argmax(1)
+    labels = torch.where(torch.rand(n, generator=g) < 0.8, nominal, torch.randint(0, 3, (n,), generator=g))
+    spec = Accuracy() if accuracy else Invariance()
+    r = certified_radius(m, z, labels if accuracy else None, direction=D, spec=spec, eps_max=1.0, engine="linear",
+                         device="cpu")
+    B = D.basis(d, dtype=torch.float64).float()
+    target = labels if accuracy else nominal
+    some = False
+    with torch.no_grad():
+        for i in range(n):
+            ri = float(r[i])
+            if ri <= 0:
+                continue
+            some = True
+            t = torch.cat([(torch.rand(2000, k, generator=g) * 2 - 1) * ri,
+                           torch.cartesian_prod(*[torch.tensor([-ri, ri])] * k).reshape(-1, k)])
+            y = m(z[i][None] + t @ B.T)
+            assert bool(Prediction(int(target[i])).holds(y).all()), (i, ri)
+    if accuracy:
+        assert all(float(r[i]) == 0.0 for i in range(n) if int(labels[i]) != int(nominal[i]))
+    assert some or bool((r == 0).all())
+
+
+def _spike_head(d, v, z0, tstar, w, nrand, g, dtype=None):
+    """Class 1 wins only on ``|t - tstar| < w / 2`` along ``v`` (a triangle of height 1 against a
+    constant 0.5), plus ``nrand`` random kinks elsewhere."""
+    import torch
+
+    W1 = torch.zeros(3 + nrand, d, dtype=torch.float64)
+    b1 = torch.zeros(3 + nrand, dtype=torch.float64)
+    s0 = float(z0 @ v)
+    for j, off in enumerate([tstar - w, tstar, tstar + w]):
+        W1[j], b1[j] = v, -(s0 + off)
+    W1[3:] = torch.randn(nrand, d, generator=g, dtype=torch.float64)
+    b1[3:] = torch.randn(nrand, generator=g, dtype=torch.float64)
+    W2 = torch.zeros(2, 3 + nrand, dtype=torch.float64)
+    W2[1, :3] = torch.tensor([1 / w, -2 / w, 1 / w], dtype=torch.float64)
+    W2[:, 3:] = 0.01 * torch.randn(2, nrand, generator=g, dtype=torch.float64)
+    m = torch.nn.Sequential(torch.nn.Linear(d, 3 + nrand), torch.nn.ReLU(), torch.nn.Linear(3 + nrand, 2)).to(dtype)
+    with torch.no_grad():
+        m[0].weight.copy_(W1), m[0].bias.copy_(b1), m[2].weight.copy_(W2)
+        m[2].bias.copy_(torch.tensor([0.5, 0.0], dtype=torch.float64))
+    return m
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), f64=st.booleans(), log_w=st.floats(0, 1), nrand=st.integers(0, 30))
+def test_exact_segments_find_a_planted_narrow_spike(seed, f64, log_w, nrand):
+    """A violation of width down to 1e-5 (float32 models) or 1e-9 (float64) of a unit segment,
+    among random kinks, is never proved away by the exact engine; it is falsified, by a point in
+    the box that violates under a plain forward pass."""
+    import torch
+
+    from pytest_latentaudit import audit
+    from pytest_latentaudit.core.specs import Invariance, Prediction
+
+    g = torch.Generator().manual_seed(seed)
+    d = 5
+    v = torch.randn(d, generator=g, dtype=torch.float64)
+    v = v / v.norm()
+    z0 = torch.randn(1, d, generator=g, dtype=torch.float64)
+    tstar = float(torch.rand(1, generator=g)) * 1.6 - 0.8
+    dt = torch.float64 if f64 else torch.float32
+    log_w = -1 - log_w * (8 if f64 else 4)
+    m = _spike_head(d, v, z0[0], tstar, 10 ** log_w, nrand, g, dt)
+    z = z0.to(dt)
+    with torch.no_grad():
+        B = Direction.vector(v).basis(d, dtype=torch.float64).to(dt)
+        nominal = int(m(z).argmax(1))
+        assert not bool(Prediction(nominal).holds(m(z + torch.tensor([[tstar]], dtype=dt) @ B.T)).all())  # planted
+    r = audit(m, z, direction=Direction.vector(v), eps=1.0, spec=Invariance(), engine="exact", device="cpu")
+    assert r.status == ["falsified"]
+    c = r.counterexamples[0]
+    with torch.no_grad():
+        assert not bool(Prediction(nominal).holds(m(c.z[None])).all())
+    assert abs(float((c.z.double() - z[0].double()) @ B[:, 0].double())) <= 1.0 + 1e-6
+    if r.segment_fraction is not None:  # the exact engine ran (no attack found the spike first)
+        assert r.segment_fraction[0] < 1.0
