@@ -30,6 +30,13 @@ exports wrote the sampling estimate (the fraction of sampled *points* where the 
 0.9". A ``verified ...`` metric now always carries the certified bracket ``[verified/n,
 (n - falsified)/n]`` (``exports._point_metrics``), and the estimate is its own ``estimated ...``
 metric with its confidence interval.
+
+Finding 4 (a passing test whose second requirement was never checked): ``latent_audit`` read
+the closest ``latent`` marker only, so two markers on one test (stacked decorators, or a
+``pytest.param(..., marks=pytest.mark.latent(...))`` beside the function's own) audited one and
+dropped the other without a word: a test declaring ``pose`` at eps 10 (violated) and ``b``
+(proved) passed. Two ``latent`` markers on the test itself are now an error naming both (a class'
+or module's marker is still overridden by the test's own: pytest's closest-marker rule).
 """
 from __future__ import annotations
 
@@ -382,3 +389,40 @@ def test_exact_segments_find_a_planted_narrow_spike(seed, f64, log_w, nrand):
     assert abs(float((c.z.double() - z[0].double()) @ B[:, 0].double())) <= 1.0 + 1e-6
     if r.segment_fraction is not None:  # the exact engine ran (no attack found the spike first)
         assert r.segment_fraction[0] < 1.0
+
+
+TWO_MARKERS = """
+import pytest
+from pytest_latentaudit.core.specs import Accuracy
+
+pytestmark = pytest.mark.latent(direction="tilt", eps=0.1, spec=Accuracy(1.0), radius=False, validity=False)
+
+
+@pytest.mark.latent(direction="pose", eps=10.0, spec=Accuracy(1.0), radius=False, validity=False)
+@pytest.mark.latent(direction="light", eps=10.0, spec=Accuracy(1.0), radius=False, validity=False)
+def test_stacked(latent_audit, head, seeds):
+    latent_audit(head, seeds)
+
+
+@pytest.mark.parametrize("x", [pytest.param(1, marks=pytest.mark.latent(direction="pose", eps=10.0,
+                                                                         spec=Accuracy(1.0)))])
+@pytest.mark.latent(direction="light", eps=10.0, spec=Accuracy(1.0), radius=False, validity=False)
+def test_param_mark(latent_audit, head, seeds, x):
+    latent_audit(head, seeds)
+
+
+@pytest.mark.latent(direction="light", eps=10.0, spec=Accuracy(1.0), radius=False, validity=False)
+def test_own_over_module(latent_audit, head, seeds):
+    latent_audit(head, seeds)
+"""
+
+
+def test_two_latent_markers_on_one_test_are_an_error(pytester):
+    from conftest import write_project
+
+    write_project(pytester.path, {"test_two.py": TWO_MARKERS})
+    res = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rA")
+    out = res.stdout.str()
+    res.assert_outcomes(passed=1, failed=2)  # 3 passed before the fix, 'pose' (violated) unchecked
+    assert "PASSED test_two.py::test_own_over_module" in out
+    assert "2 @pytest.mark.latent markers on this test (direction='light'" in out
