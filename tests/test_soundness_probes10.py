@@ -37,6 +37,13 @@ the closest ``latent`` marker only, so two markers on one test (stacked decorato
 dropped the other without a word: a test declaring ``pose`` at eps 10 (violated) and ``b``
 (proved) passed. Two ``latent`` markers on the test itself are now an error naming both (a class'
 or module's marker is still overridden by the test's own: pytest's closest-marker rule).
+
+Finding 5 (a false counterexample from a replayed offset): ``audit(replay=[(i, t)])`` re-checks
+stored counterexamples first; a NaN offset stayed NaN through the clamp into the box, the model's
+NaN output failed the spec, and a provably robust seed was ``falsified`` (verdict ``violated``)
+by the point ``[nan, nan]``. The plugin's replay cache refuses non-finite offsets and a registered
+falsifier's were masked in ``ladder._checked``, but the public ``replay=`` went straight to
+``falsify.confirm``. ``confirm`` is now where a non-finite offset is no point, for every caller.
 """
 from __future__ import annotations
 
@@ -426,3 +433,22 @@ def test_two_latent_markers_on_one_test_are_an_error(pytester):
     res.assert_outcomes(passed=1, failed=2)  # 3 passed before the fix, 'pose' (violated) unchecked
     assert "PASSED test_two.py::test_own_over_module" in out
     assert "2 @pytest.mark.latent markers on this test (direction='light'" in out
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_replayed_offset_falsifies_nothing(bad):
+    import torch
+
+    from pytest_latentaudit import audit
+    from pytest_latentaudit.core.specs import Invariance
+
+    m = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+        m.bias.zero_()
+    z = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
+    r = audit(m, z, direction=Direction.axis(1), eps=0.5, spec=Invariance(), device="cpu",
+              replay=[(0, [bad]), (1, [0.25])])
+    assert r.verdict == "proved" and r.status == ["verified", "verified"]  # violated, [nan, nan], before the fix
+    for c in r.counterexamples:  # none; and never a point outside the box
+        assert torch.isfinite(c.z).all()
