@@ -57,7 +57,8 @@ def test_model_card_validates_against_the_vendored_mct_schema(sheet):
 def test_performance_metrics(sheet):
     metrics = exports.to_model_card(sheet)["quantitative_analysis"]["performance_metrics"]
     by_slice = {(m["type"], m["slice"]): m for m in metrics}
-    assert list(by_slice) == [("verified fraction (output_range)", "hue@1"), ("verified invariance", "light@0.3"),
+    assert list(by_slice) == [("verified fraction (output_range)", "hue@1"), ("estimated fraction (output_range)", "hue@1"),
+                              ("verified invariance", "light@0.3"),
                               ("verified accuracy", "pose@0.25"), ("verified accuracy", "pose@0.5"),
                               ("verified accuracy", "pose@2")]
     # certified bracket: [verified / n, (n - falsified) / n]
@@ -66,8 +67,11 @@ def test_performance_metrics(sheet):
                                                                                 "upper_bound": "0.5"}
     assert by_slice[("verified accuracy", "pose@0.5")]["confidence_interval"] == {"lower_bound": "0.75",
                                                                                  "upper_bound": "1"}
-    # the sampling estimate and its interval for an estimated result
+    # an estimated result: its certified bracket as the verified metric (0 of 4 seeds verified), and
+    # the sampling estimate with its interval as a metric of its own, never called verified
     hue = by_slice[("verified fraction (output_range)", "hue@1")]
+    assert hue["value"] == "0" and hue["confidence_interval"] == {"lower_bound": "0", "upper_bound": "1"}
+    hue = by_slice[("estimated fraction (output_range)", "hue@1")]
     assert hue["value"] == "0.9" and hue["confidence_interval"] == {"lower_bound": "0.8", "upper_bound": "0.95"}
     assert all(isinstance(m["value"], str) for m in metrics)  # MCT v0.0.2 types value as a string
 

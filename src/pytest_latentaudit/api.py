@@ -19,7 +19,8 @@ from .core.errors import LatentAuditError
 from .core.latent import Direction, LatentSpace
 from .core.specs import (Accuracy, ConfidentTargeted, Invariance, Linear, OutputRange, Prediction, PredictionNotIn,
                          Spec, as_spec, class_indices)
-from .core.vocab import ATTACKS, ESTIMATED, LIRPA_PREFIX, PROVED, UNPROVEN, VIOLATED, parse_budget  # noqa: F401
+from .core.vocab import (ATTACKS, ESTIMATED, LIRPA_PREFIX, PROVED, UNPROVEN, VIOLATED, decide_verdict,  # noqa: F401
+                         parse_budget)
 
 
 # ----------------------------------------------------------------------------- results
@@ -533,18 +534,6 @@ def check_budget(budget_s) -> Optional[float]:
         return parse_budget(budget_s)
     except ValueError as exc:
         raise LatentAuditError(f"budget_s: {exc}") from None
-
-
-def decide_verdict(n: int, verified: int, falsified: int, at_least: float) -> str:
-    """proved if the verified fraction reaches ``at_least``; violated if even with every
-    unknown seed fine the falsified ones push the fraction below it; else unproven."""
-    if n == 0:
-        return PROVED
-    if verified / n >= at_least - 1e-12:
-        return PROVED
-    if (n - falsified) / n < at_least - 1e-12:
-        return VIOLATED
-    return UNPROVEN
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The project's vocabulary as constants: verdicts, per-seed statuses, evidence kinds, engine,
-attack and device names, and the one verdict ranking every comparison uses.
+attack and device names, the one verdict ranking every comparison uses, and the one test-verdict
+rule (``decide_verdict``, through ``reaches``: a fraction of seeds against ``at_least``).
 
 Pure Python (no torch, no numpy): the plugin, the xdist controller, the CLI and the report
 all import it, and so do ``api.py``, ``engines/stats.py``, ``sheet/guard.py`` and the engines (``engines/ladder.py``
@@ -7,6 +8,8 @@ re-exports ``ENGINES`` and the statuses under their old names); no other module 
 """
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import Iterable, Optional
 
 # ------------------------------------------------------------------ test verdicts
@@ -55,6 +58,33 @@ def worst(verdicts: Iterable[str]) -> Optional[str]:
     """The worst of ``verdicts`` (None for none)."""
     vs = list(verdicts)
     return min(vs, key=verdict_rank) if vs else None
+
+
+# ------------------------------------------------------------------ the test verdict
+#: how many units in the last place of ``at_least`` a fraction may fall short of it and still
+#: reach it: the threshold as the user computed it (``1 - 1/3`` is 1 ulp above ``2/3``)
+AT_LEAST_ULPS = 4
+
+
+def reaches(count: int, n: int, at_least: float) -> bool:
+    """THE threshold comparison: ``count / n >= at_least``, exact (in rationals), with
+    ``at_least`` read to within ``AT_LEAST_ULPS`` units in its last place. Never a float
+    tolerance wider than that: a fraction below the threshold by more is below it."""
+    q = float(at_least)
+    if n <= 0:
+        return True
+    return Fraction(int(count), int(n)) >= Fraction(q) - AT_LEAST_ULPS * Fraction(math.ulp(q))
+
+
+def decide_verdict(n: int, verified: int, falsified: int, at_least: float) -> str:
+    """The test verdict over ``n`` seeds: ``proved`` if the verified fraction reaches
+    ``at_least``; ``violated`` if even with every unknown seed fine the falsified ones push the
+    fraction below it; else ``unproven`` (``reaches`` is the comparison). No seeds: ``proved``."""
+    if n == 0 or reaches(verified, n, at_least):
+        return PROVED
+    if not reaches(n - falsified, n, at_least):
+        return VIOLATED
+    return UNPROVEN
 
 
 # ------------------------------------------------------------------ values users pass

@@ -32,15 +32,19 @@ class Found:
 def confirm(problem: Problem, idx: torch.Tensor, t: torch.Tensor, tl: torch.Tensor, tu: torch.Tensor):
     """Re-evaluate candidate points with a plain forward pass; return (ok mask, x, margin, t).
 
-    ``t`` is clamped into the box first so a counterexample is always inside it. A point
+    ``t`` is clamped into the box first so a counterexample is always inside it; a row of ``t``
+    that is not finite is no point at all (clamping keeps a NaN a NaN): it falsifies nothing,
+    whoever proposed it (a replayed offset, a registered falsifier, an attack). A point
     counts only if it violates in the batch under ``no_grad`` and with autograd on, and on
     its own (a batch of one, as the user re-checks it).
     """
+    finite = torch.isfinite(t).all(1)
+    t = torch.where(torch.isfinite(t), t, (tl + tu) / 2)
     t = torch.maximum(torch.minimum(t, tu), tl)
     x = problem.point(idx, t)
     with torch.no_grad():
         y = problem.model_forward(x)
-        ok = ~problem.holds(y, idx)
+        ok = ~problem.holds(y, idx) & finite
         margin = problem.margin(y, idx)
     if bool(ok.any()):
         # and as a plain call runs it, autograd on: a forward that is another function in the

@@ -125,10 +125,7 @@ def _checked(attack_fn):
         if mask.numel() != n or t.shape != (n, k):
             raise ValueError(f"a registered falsifier returned a mask of {mask.numel()} rows and offsets "
                              f"shaped {tuple(t.shape)} for {n} boxes of {k} dimensions")
-        # a non-finite offset is no point (clamping nan keeps it nan)
-        mask = mask & torch.isfinite(t).all(1)
-        t = torch.where(torch.isfinite(t), t, (tl + tu) / 2)
-        ok, x, margin, t = falsify.confirm(problem, idx, t, tl, tu)
+        ok, x, margin, t = falsify.confirm(problem, idx, t, tl, tu)  # a non-finite offset is no point there
         return falsify.Found(mask & ok, t, x, margin)
 
     return attack

@@ -13,7 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..core.vocab import ESTIMATED, FALSIFIED, PROVED, UNKNOWN, UNPROVEN, VERIFIED, VIOLATED  # noqa: F401
+from ..core.vocab import (ESTIMATED, FALSIFIED, PROVED, UNKNOWN, UNPROVEN, VERIFIED, VIOLATED,  # noqa: F401
+                          decide_verdict)
 
 
 def beta_ppf(p, a, b) -> np.ndarray:
@@ -168,11 +169,9 @@ DEFINITION = ("A = mean over seeds of the fraction of the seed's box (by volume)
 
 
 def _decide(n, verified, falsified, at_least):
-    if n == 0 or verified / n >= at_least - 1e-12:
-        return PROVED
-    if (n - falsified) / n < at_least - 1e-12:
-        return VIOLATED
-    return None
+    """``vocab.decide_verdict``, with None where it says unproven (sampling may say more)."""
+    v = decide_verdict(n, verified, falsified, at_least)
+    return None if v == UNPROVEN else v
 
 
 def estimated_verdict(status: Sequence[str], holds: Sequence[Optional[int]], samples: int, at_least: float,

@@ -149,6 +149,14 @@ class LatentAudit:
         if marker and marker.args:
             pytest.fail("@pytest.mark.latent takes keyword arguments only (direction=..., eps=..., spec=...)",
                         pytrace=False)
+        own = [m for m in getattr(request.node, "own_markers", []) if m.name == "latent"]
+        if len(own) > 1:
+            # only the closest would run: the test would pass with the other's requirement unchecked
+            said = "; ".join(", ".join(f"{k}={v!r}" for k, v in m.kwargs.items() if k in ("direction", "eps", "spec"))
+                             for m in own)
+            pytest.fail(f"{len(own)} @pytest.mark.latent markers on this test ({said}): one test checks one "
+                        f"marker's requirement; write one test per requirement (or call latent_audit(model, seeds, "
+                        f"direction=..., eps=..., spec=...) once per requirement under one marker)", pytrace=False)
         name = session.settings.latent_space_fixture
         try:
             space = request.getfixturevalue(name)

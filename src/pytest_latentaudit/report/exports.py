@@ -7,8 +7,8 @@
   ``value``, ``slice`` = ``"<direction>@<eps>"`` and ``confidence_interval``. MCT v0.0.2 types
   ``value`` and the bounds as *strings*, so they are written as decimal strings.
   The interval is the certified bracket ``[verified/n, (n - falsified)/n]`` of the fraction
-  of seeds on which the spec holds (sound, not statistical), or the sampling estimate's
-  confidence interval for ``estimated`` results. Per direction with a certified-radius summary,
+  of seeds on which the spec holds (sound, not statistical); an ``estimated`` result adds an
+  ``"estimated accuracy"`` (...) metric with the sampling estimate and its confidence interval. Per direction with a certified-radius summary,
   a ``"median certified radius"`` metric (slice: the direction). Violated and unproven tests
   become ``considerations.limitations``; the verified latent ranges ``considerations.use_cases``.
 * ``to_model_index(sheet, ..., task_type=...)``: Hugging Face model-card metadata (the README's
@@ -46,30 +46,36 @@ def _sheet(sheet):
     return read_sheet(sheet)
 
 
-def metric_type(rec: Union[TestRecord, Mapping]) -> str:
-    """Human metric name of a record's verified fraction."""
+def metric_type(rec: Union[TestRecord, Mapping], estimated: bool = False) -> str:
+    """Human metric name of a record's verified fraction (``estimated``: of its sampling
+    estimate, which is no verified number)."""
     kind = rec.spec_kind if isinstance(rec, TestRecord) else spec_kind(rec.get("spec"))
+    word = "estimated" if estimated else "verified"
     if kind == "accuracy":
-        return "verified accuracy"
+        return f"{word} accuracy"
     if kind == "invariance":
-        return "verified invariance"
-    return f"verified fraction ({kind})"
+        return f"{word} invariance"
+    return f"{word} fraction ({kind})"
 
 
 def _num(x: float) -> str:
     return f"{float(x):.6g}"
 
 
-def _interval(p: Point):
-    """(value, lower, upper) for a point: the estimate when it is the evidence, else the
-    certified bracket from the seed counts."""
-    est = p.estimate
-    if est and (p.verdict == ESTIMATED or p.evidence == ESTIMATED):
-        return float(est["fraction"]), float(est["lower"]), float(est["upper"])
+def _point_metrics(p: Point):
+    """THE numbers a point exports: ``[(estimated, value, lower, upper)]``. First the certified
+    bracket of the fraction of seeds on which the spec holds, ``[verified/n, (n - falsified)/n]``
+    (the ``verified ...`` metric: sound, whatever the evidence); then, when sampling is the
+    evidence, the estimate and its confidence interval as an ``estimated ...`` metric (the
+    fraction of sampled points where the spec held, ``stats.DEFINITION``: never called verified)."""
     n = p.n_seeds if p.n_seeds else p.counts.total
     vf = p.verified_fraction
     upper = (n - p.counts.falsified) / n if n else 1.0
-    return vf, vf, upper
+    out = [(False, vf, vf, upper)]
+    est = p.estimate
+    if est and (p.verdict == ESTIMATED or p.evidence == ESTIMATED):
+        out.append((True, float(est["fraction"]), float(est["lower"]), float(est["upper"])))
+    return out
 
 
 def _radii(directions: Mapping[str, Mapping]):
@@ -109,9 +115,10 @@ def to_model_card(sheet, *, name: Optional[str] = None, overview: Optional[str] 
                 f"model ({r.model_fingerprint}) and not re-run: it says nothing about this model ({r.nodeid}).")})
             continue
         for p in r.points():
-            value, lo, hi = _interval(p)
-            metrics.append({"type": metric_type(r), "value": _num(value), "slice": _slice(r.direction, p.eps),
-                            "confidence_interval": {"lower_bound": _num(lo), "upper_bound": _num(hi)}})
+            for estimated, value, lo, hi in _point_metrics(p):
+                metrics.append({"type": metric_type(r, estimated), "value": _num(value),
+                                "slice": _slice(r.direction, p.eps),
+                                "confidence_interval": {"lower_bound": _num(lo), "upper_bound": _num(hi)}})
         if r.verdict in (VIOLATED, UNPROVEN):
             c = r.counts
             limitations.append({"description": (
@@ -172,8 +179,8 @@ def to_model_card(sheet, *, name: Optional[str] = None, overview: Optional[str] 
 
 
 # ------------------------------------------------------------------------ Hugging Face model-index
-def _metric_id(rec: TestRecord) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", metric_type(rec).lower()).strip("_")
+def _metric_id(rec: TestRecord, estimated: bool = False) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", metric_type(rec, estimated).lower()).strip("_")
 
 
 #: Hugging Face task ids a latent audit's classifier often has (for messages; any id is accepted)
@@ -208,15 +215,15 @@ def to_model_index(sheet, model_name: Optional[str] = None, *, task_type: Option
         if r.stale is not None:  # proved for an older model: no metric of this one
             continue
         for p in r.points():
-            value, _, _ = _interval(p)
-            by_dir.setdefault(r.direction, []).append({
-                "type": _metric_id(r),
-                "value": round(value, 6),
-                "name": f"{metric_type(r)} along {r.direction} at eps={p.eps:g}",
-                "verified": False,
-                "args": {"direction": r.direction, "eps": p.eps,
-                         "spec": str(r.spec_text or r.spec_kind), "verdict": p.verdict},
-            })
+            for estimated, value, _, _ in _point_metrics(p):
+                by_dir.setdefault(r.direction, []).append({
+                    "type": _metric_id(r, estimated),
+                    "value": round(value, 6),
+                    "name": f"{metric_type(r, estimated)} along {r.direction} at eps={p.eps:g}",
+                    "verified": False,
+                    "args": {"direction": r.direction, "eps": p.eps,
+                             "spec": str(r.spec_text or r.spec_kind), "verdict": p.verdict},
+                })
     for dname, med, cr in _radii(sh.direction_entries()):
         by_dir.setdefault(dname, []).append({
             "type": "median_certified_radius", "value": round(med, 6),

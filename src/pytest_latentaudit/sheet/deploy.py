@@ -296,12 +296,15 @@ def _coordinates(sheet, a: np.ndarray, directions, bases, eps, model=None):
     for name in names:
         entry = dirs[name]
         rng = _pick_range(name, entry, eps, model)
+        stored = _range_basis(entry, rng)
         if name in bases:
             V = bases[name]
-        elif "axis" in entry or "axis" in rng:
-            V = int(entry.get("axis", rng.get("axis")))
-        elif "basis" in entry or "basis" in rng:
-            V = np.asarray(entry.get("basis", rng.get("basis")), dtype=np.float64)
+            if stored is not None and not _same_projection(V, stored, a.shape[1]):
+                raise DeployError(f"direction {name!r}: bases={{{name!r}: ...}} is another direction than the basis "
+                                  f"its range was computed along ({_basis_text(stored)}, stored in the spec sheet): "
+                                  f"the range says nothing about codes projected on another basis")
+        elif stored is not None:
+            V = stored
         else:
             raise DeployError(f"direction {name!r} ({entry.get('kind', 'unknown kind')}) has no stored basis "
                               f"in the spec sheet: pass bases={{{name!r}: V}} (or use LatentSpace.in_spec)")
@@ -313,6 +316,33 @@ def _coordinates(sheet, a: np.ndarray, directions, bases, eps, model=None):
                               f"{c.shape[1]}")
         out.append((name, c, lo, hi))
     return out
+
+
+def _range_basis(entry: Mapping, rng: Mapping):
+    """THE coordinates a range is read in: the basis its record was tested along. A range that
+    carries its own (``specsheet._place_bases``: its record's direction differs from the
+    direction entry's) has it; else the entry's. An axis index or a ``[d, k]`` array; None when
+    the sheet stores neither (a vector or subspace direction of an older sheet)."""
+    src = rng if any(k in rng for k in ("kind", "axis", "basis")) else entry
+    if src.get("axis") is not None:
+        return int(src["axis"])
+    if src.get("basis") is not None:
+        return np.asarray(src["basis"], dtype=np.float64)
+    return None
+
+
+def _basis_text(V) -> str:
+    return f"axis {V}" if isinstance(V, int) else f"a [{V.shape[0]}, {V.shape[1] if V.ndim > 1 else 1}] basis"
+
+
+def _same_projection(V, stored, dim: int, tol: float = 1e-6) -> bool:
+    """Does direction ``V`` give the coordinates of ``stored`` (same vectors, same orientation)?"""
+    _, axis_a, A = _basis(V, dim)
+    _, axis_b, B = _basis(stored, dim)
+    eye = np.eye(dim)
+    A = eye[:, [axis_a]] if A is None else A
+    B = eye[:, [axis_b]] if B is None else B
+    return A.shape == B.shape and bool(np.allclose(A, B, rtol=0.0, atol=tol))
 
 
 def in_spec(sheet, z, directions: Optional[Sequence[str]] = None, *, bases: Optional[Mapping[str, Any]] = None,

@@ -270,14 +270,23 @@ def _section_current(dirs: Mapping, records: List[TestRecord]) -> bool:
     comes from a record that may not claim a proof (stale, vacuous: the records rule), or when it
     was written before the rule (its ranges do not say whether they ``prove``) and a direction
     holds such records; nor when it was written before ranges were kept per model (``models``)
-    and a direction has fingerprinted records. A section with nothing to doubt is kept as written."""
+    and a direction has fingerprinted records; nor when records of one direction name were
+    tested along different bases (a section written before ranges carried their own basis read
+    them all in one). A section with nothing to doubt is kept as written."""
     doubtful: Dict[str, set] = {}
     fingerprinted = set()
+    bases: Dict[str, list] = {}
     for r in records:
         if not r.claims_proof:
             doubtful.setdefault(r.direction, set()).add(r.nodeid)
         if r.model_fingerprint and r.stale is None:
             fingerprinted.add(r.direction)
+        b = record_basis(r)
+        seen = bases.setdefault(r.direction, [])
+        if b and not any(same_basis(b, o) for o in seen):
+            seen.append(b)
+    if any(len(seen) > 1 for seen in bases.values()):
+        return False  # one name, several directions: where each range is read is rebuilt (``_place_bases``)
     for name, entry in dirs.items():
         if isinstance(entry, Mapping) and name in fingerprinted and "models" not in entry:
             return False  # written before ranges were kept per model: one range may mix models
@@ -529,12 +538,10 @@ def directions_section(records: Iterable[Union[TestRecord, Mapping]],
         widest = widest_radius(group)
         if widest is not None:
             entry["certified_radius"] = dict(widest.certified_radius or {}, nodeid=widest.nodeid)
+        # until a range is offered (``_place_bases``): the first record's, one with a range first
+        entry["_basis"] = record_basis(next((r for r in group if r.latent_range), group[0]))
         for r in group:
             rng = r.latent_range
-            for src in (r.direction_info or {}, rng or {}):
-                for key in ("kind", "k", "axis", "basis"):
-                    if key in src and key not in entry:
-                        entry[key] = src[key]
             _add_validity(entry, r.validity)
             if not rng:
                 continue
@@ -559,6 +566,7 @@ def directions_section(records: Iterable[Union[TestRecord, Mapping]],
                 else:
                     continue
                 item.update(about, verdict=p.verdict, proves=p.claimed == PROVED)
+                item["_basis"] = record_basis(r)
                 entry["ranges"].append(item)
     for name, entry in out.items():
         entry["ranges"].sort(key=lambda g: (g["eps"], g["nodeid"], g.get("call") or 0))
@@ -576,7 +584,58 @@ def directions_section(records: Iterable[Union[TestRecord, Mapping]],
         if models:
             entry["models"] = models
         entry["latent_range"] = operating_range(entry["ranges"]) if len(models) <= 1 else None
+        _place_bases(entry)
     return dict(sorted(out.items()))
+
+
+#: the keys that say which coordinates a direction's ranges are in
+BASIS_KEYS = ("kind", "k", "axis", "basis")
+
+
+def record_basis(r: TestRecord) -> dict:
+    """The direction a record was tested along, as the sheet stores it: ``kind``, ``k`` and
+    ``axis`` or ``basis``, from its ``latent_range`` (the coordinates its range was computed in),
+    else from its ``direction_info``."""
+    out = {k: v for k, v in (r.direction_info or {}).items() if k in BASIS_KEYS}
+    out.update({k: v for k, v in (r.latent_range or {}).items() if k in BASIS_KEYS})
+    return out
+
+
+def same_basis(a: Mapping, b: Mapping) -> bool:
+    """Do two stored bases name the same coordinates? ``kind``, ``k`` and ``axis`` equal, and
+    ``basis`` equal within 1e-9 where both store one (a side without it cannot be told apart)."""
+    if any(a.get(k) != b.get(k) for k in ("kind", "k", "axis")):
+        return False
+    ba, bb = a.get("basis"), b.get("basis")
+    if ba is None or bb is None:
+        return True
+    try:
+        return len(ba) == len(bb) and all(len(ra) == len(rb) and all(abs(float(x) - float(y)) <= 1e-9
+                                                                     for x, y in zip(ra, rb))
+                                          for ra, rb in zip(ba, bb))
+    except (TypeError, ValueError):
+        return False
+
+
+def _place_bases(entry: dict) -> None:
+    """The direction's basis is its operating range's (else its first record's), and every range
+    whose record was tested along other coordinates (records of one direction *name* can be
+    about different axes: unnamed ``Direction.axis(i)`` are all ``"axis"``, two latent spaces
+    may name different axes alike) carries its own: ``deploy.in_spec`` reads a range in the
+    coordinates it was computed in (``deploy._range_basis``)."""
+    first = entry.pop("_basis", None) or {}
+    chosen = entry.get("latent_range")
+    if chosen is None:
+        offered = [sub.get("latent_range") for sub in (entry.get("models") or {}).values() if sub.get("latent_range")]
+        chosen = offered[0] if offered else None
+    base = chosen["_basis"] if chosen is not None and "_basis" in chosen else first
+    for key in BASIS_KEYS:
+        if key in base:
+            entry[key] = base[key]
+    for g in entry["ranges"]:
+        own = g.pop("_basis", None)
+        if own and not same_basis(own, base):
+            g.update({k: own[k] for k in BASIS_KEYS if k in own})
 
 
 #: the ``models`` key of ranges (and records) without a model fingerprint (plain callables)
