@@ -996,21 +996,25 @@ def _adaptive_max(ctx):
     return ctx.tuple_outputs({0: i}, refuse={1: "the indices of max pooling"})
 
 
-@register(*_ov(aten.amax, "default"), *_ov(aten.max, "dim"))
-def _amax(ctx):
-    if ctx.target in _ov(aten.max, "dim"):
-        dims = [ctx.arg("dim")]
-    else:
-        dims = list(ctx.arg("dim"))
-    dims, keep = _reduce_dims(ctx, dims), bool(ctx.arg("keepdim"))
-    rank = ctx.rank()
-    rest = [d for d in range(rank) if d not in dims]
+def _reduction_windows(ctx, dim_overload):
+    """``(windows, out_shape)`` of a max/min reduction (``amax``/``amin`` over ``dim``, or the
+    ``max.dim``/``min.dim`` overload): each output element's entries as the last dimension."""
+    dims = [ctx.arg("dim")] if ctx.target in dim_overload else list(ctx.arg("dim"))
+    dims = _reduce_dims(ctx, dims)
+    ctx.arg("keepdim")  # handled: the output's own shape says whether the dims are kept
+    rest = [d for d in range(ctx.rank()) if d not in dims]
     out_shape = tuple(ctx.out_value()[0].shape[1:] if ctx.returns_tuple() else ctx.out_shape())
 
     def windows(t):
         p = t.permute(*rest, *dims)
         return p.reshape(t.shape[0], *out_shape, -1)
 
+    return windows, out_shape
+
+
+@register(*_ov(aten.amax, "default"), *_ov(aten.max, "dim"))
+def _amax(ctx):
+    windows, out_shape = _reduction_windows(ctx, _ov(aten.max, "dim"))
     i = ctx.emit(ops.MaxPoolOp(ctx.name, windows, out_shape), [ctx.data_arg("self")])
     return ctx.tuple_outputs({0: i}, refuse={1: "argmax indices"}) if ctx.returns_tuple() else i
 
@@ -1018,19 +1022,7 @@ def _amax(ctx):
 @register(*_ov(aten.amin, "default"), *_ov(aten.min, "dim"))
 def _amin(ctx):
     """``amin`` / ``min(dim)``: ``-amax(-x)``, the negations exact, the max as ``_amax``'s."""
-    if ctx.target in _ov(aten.min, "dim"):
-        dims = [ctx.arg("dim")]
-    else:
-        dims = list(ctx.arg("dim"))
-    dims, keep = _reduce_dims(ctx, dims), bool(ctx.arg("keepdim"))
-    rank = ctx.rank()
-    rest = [d for d in range(rank) if d not in dims]
-    out_shape = tuple(ctx.out_value()[0].shape[1:] if ctx.returns_tuple() else ctx.out_shape())
-
-    def windows(t):
-        p = t.permute(*rest, *dims)
-        return p.reshape(t.shape[0], *out_shape, -1)
-
+    windows, out_shape = _reduction_windows(ctx, _ov(aten.min, "dim"))
     neg = ctx.emit(ops.NegOp(ctx.name + ".neg"), [ctx.data_arg("self")])
     mx = ctx.lw.emit(ops.MaxPoolOp(ctx.name + ".max", windows, out_shape), [neg], ctx.n)
     i = ctx.lw.emit(ops.NegOp(ctx.name), [mx], ctx.n)
