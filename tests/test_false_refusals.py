@@ -332,3 +332,68 @@ def test_roll_without_dims_stays_refused():
                    budget_s=2)
     assert "verified" not in r.status
     assert any("not supported" in n for n in r.notes), r.notes
+
+
+# ------------------------------------------------ 5. torch.where / masked_fill with a constant mask
+class _Masked(nn.Module):
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+        self.register_buffer("m", torch.tensor([True, False, True]))
+        self.register_buffer("c", torch.tensor([5.0, -7.0, 9.0]))
+
+    def forward(self, x):
+        return self.f(self, x.expand(x.shape[0], 3))[:, :1]
+
+
+_SELECTIONS = {
+    "where_buffer": lambda s, x: torch.where(s.m, x, s.c),
+    "where_literal": lambda s, x: torch.where(s.m, x, 0.25),
+    "where_other_side": lambda s, x: torch.where(~s.m, s.c, x),
+    "masked_fill": lambda s, x: x.masked_fill(~s.m, 3.0),
+    "masked_fill_tensor": lambda s, x: x.masked_fill(~s.m, torch.tensor(3.0)),
+    "where_two_data": lambda s, x: torch.where(s.m, x, x * 5 - 2),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_SELECTIONS))
+def test_a_violation_at_the_edge_through_a_constant_mask_is_not_proved(kind):
+    m = _Edge(_Masked(_SELECTIONS[kind])).eval()
+    with torch.no_grad():
+        assert int(m(torch.ones(1, 1)).argmax(1)) == 1
+        assert int(m(torch.full((1, 1), 0.99999)).argmax(1)) == 0
+    _not_proved(m, torch.zeros(1, 1), torch.ones(1, 1))
+
+
+@pytest.mark.parametrize("kind", sorted(_SELECTIONS))
+def test_a_constant_mask_is_now_verified_on_an_easy_box(kind):
+    m = _Edge(_Masked(_SELECTIONS[kind])).eval()
+    _proved(m, torch.zeros(1, 1), torch.full((1, 1), 0.9))
+
+
+def test_a_constant_fill_value_is_selected_exactly():
+    """Where the mask selects the constant, the output is that constant (rounded to float32 as
+    the kernel converts it): 0.1 in float64 is selected as float32's 0.1, a margin of 1.5e-9."""
+    c32 = float(torch.tensor(0.1, dtype=torch.float32))
+
+    class M(nn.Module):
+        def forward(self, x):
+            y = torch.where(torch.tensor([False]), x, torch.tensor(0.1, dtype=torch.float64))
+            return torch.cat([torch.full_like(y, c32), y], 1)
+
+    # class 0 ties class 1 exactly: never proved (a tie is a violation), falsified or unknown
+    r = verify_box(M(), torch.zeros(1, 1), torch.ones(1, 1), Prediction(0), budget_s=2)
+    assert r.status != ["verified"]
+    assert not any("not supported" in n for n in r.notes), r.notes
+
+
+@pytest.mark.parametrize("how", ["where", "masked_fill"])
+def test_a_data_dependent_mask_stays_refused(how):
+    def f(s, x):
+        mask = x > 0.5
+        return torch.where(mask, x, 0.0) if how == "where" else x.masked_fill(mask, 0.0)
+
+    m = _Edge(_Masked(f)).eval()
+    r = verify_box(m, torch.zeros(1, 1), torch.full((1, 1), 0.4), Prediction(0), budget_s=2)
+    assert r.status != ["verified"]
+    assert any("not supported" in n for n in r.notes), r.notes

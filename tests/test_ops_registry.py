@@ -70,6 +70,9 @@ EXAMPLES = {
     # maximum/minimum/clamp against constant tensors (a buffer, a float64 literal, limits that
     # broadcast the input up) and clamp with data limits: c + relu(x - c) and c - relu(c - x)
     "max_min_const": lambda: Fn(_MaxMinConst()),
+    # torch.where / masked_fill with a constant mask (a buffer, a literal; constant or data
+    # operands, broadcast up, a float64 0-dim fill value): an exact per-element selection
+    "where_const": lambda: Fn(_WhereConst()),
     "slices": lambda: Fn(L(lambda h: torch.cat([h[:, :2], h.narrow(1, 3, 2), h.select(1, 5)[:, None],
                                                 h.index_select(1, torch.tensor([0, 7]))], 1)), out_in=7),
     "split_chunk": lambda: Fn(L(lambda h: torch.cat([*h.split(3, dim=1)[:2], *h.chunk(2, dim=1)], 1)), out_in=14),
@@ -174,6 +177,20 @@ class _MaxMinConst(nn.Module):
         return (torch.maximum(h, c) - torch.minimum(torch.tensor(0.2, dtype=torch.float64), h)
                 + torch.clamp(h, min=c - 0.3, max=c + 0.3) + h.clamp_max(c) + h.clamp_min(c * 2)
                 + torch.maximum(h[:, :1], c) + torch.clamp(h, min=h.flip(1), max=c + 1))
+
+
+class _WhereConst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("m", torch.tensor([True, False, True, True, False, False, True, False]))
+        self.register_buffer("c", torch.linspace(-2.0, 2.0, 8))
+
+    def forward(self, h):
+        m, c = self.m, self.c
+        return (torch.where(m, h, c) + torch.where(m, 0.5, h) + torch.where(~m, h, 3.0)
+                + h.masked_fill(m, -1.5) + h.masked_fill(m[None], torch.tensor(0.25, dtype=torch.float64))
+                + torch.where(m, h, h.flip(1) * 2) + torch.where(m, h[:, :1], c)
+                + torch.where(torch.tensor([False, True, True, False, True, False, False, True]), F.relu(h), c))
 
 
 class _EinsumConst(nn.Module):

@@ -1297,9 +1297,101 @@ def _softmax(ctx):
     return ctx.emit(fin, [back, x])
 
 
+# ---------------------------------------------------------------- constant-mask selection
+def _const_mask(ctx, name):
+    """The boolean mask of a ``where``/``masked_fill`` (schema argument ``name``): a constant (a
+    buffer, a literal, a tensor built from constants), per sample. A mask computed from the
+    input (``x > 0``) is a data-dependent selection: refused (its comparison is refused first)."""
+    v = ctx.raw(name)
+    if ctx.is_data(v):
+        raise UnsupportedLayer(ctx.name, "torch.where / masked_fill with a data-dependent mask")
+    m = ctx.value_of(name)
+    if not (torch.is_tensor(m) and m.dtype == torch.bool):
+        raise UnsupportedLayer(ctx.name, "torch.where / masked_fill with a mask that is not a boolean tensor")
+    return _per_sample_const(ctx, m).detach().clone()
+
+
+def _select(ctx, mask, a, a_name, b, b_name):
+    """``where(mask, a, b)`` for a constant ``mask``, one or both of ``a``, ``b`` carrying the
+    input (the others constant tensors, schema arguments ``a_name``/``b_name``): an exact
+    per-element selection, no arithmetic in the model's kernel. Each data operand goes through
+    ``t -> where(mask, t, 0)`` (resp. ``where(mask, 0, t)``), a linear map with coefficients 0
+    and 1 (``LinearMapOp``, broadcasting the operand up to the output's shape), and the
+    constant operand, converted to the output's dtype as the kernel uses it, is added where it
+    is selected; ``t + 0`` is exact, so these steps charge no model rounding (``u = 0``)."""
+    out = ctx.out_value()
+    if not (torch.is_tensor(out) and out.is_floating_point()):
+        raise UnsupportedLayer(ctx.name, "torch.where / masked_fill with a non-float result")
+    dt, shape = out.dtype, tuple(out.shape[1:])
+    keep = {a_name: mask, b_name: ~mask}
+    parts, const = [], None
+    for node, nm in ((a, a_name), (b, b_name)):
+        sel = keep[nm]
+        if ctx.is_data(node):
+            v = ctx.lw.values[node]
+            if not (torch.is_tensor(v) and v.dtype == dt):
+                raise UnsupportedLayer(ctx.name, "torch.where / masked_fill with a dtype change")
+            if v.dim() != out.dim() or v.shape[0] != out.shape[0]:
+                raise UnsupportedLayer(ctx.name, "torch.where / masked_fill that broadcasts across the batch")
+
+            def fn(t, sel=sel):
+                s = sel.to(t.device)
+                return torch.where(s, t, torch.zeros((), dtype=t.dtype, device=t.device)).expand(t.shape[0], *shape)
+
+            op = ops.LinearMapOp(f"{ctx.name}.{nm}", fn, "where selection")
+            parts.append(ctx.lw.emit(op, [ctx.lw.index_of(node)], ctx.n))
+        else:
+            cv = ctx.value_of(nm)
+            if torch.is_tensor(cv):
+                if cv.is_complex() or not (cv.dtype == dt or cv.dim() == 0):
+                    raise UnsupportedLayer(ctx.name, "torch.where / masked_fill with a constant of another dtype")
+                _per_sample_const(ctx, cv)
+            elif not isinstance(cv, (int, float)) or isinstance(cv, bool):
+                raise UnsupportedLayer(ctx.name, f"torch.where / masked_fill with the value {cv!r}")
+            const = (nm, sel, ctx.const_ref(nm))
+    if len(parts) == 2:
+        op = ops.WeightedSumOp(ctx.name, 1.0, 1.0)
+        op.u = 0.0  # one term of each sum is 0: exact
+        return ctx.lw.emit(op, parts, ctx.n)
+    (i,) = parts
+    if const is None:
+        return i
+    nm, sel, cref = const
+
+    def bias(env, sel=sel, cref=cref):
+        c = cref(env)
+        c = _per_sample_const(ctx, c) if torch.is_tensor(c) else torch.tensor(float(c))
+        c = _as_double(c.to(dt))  # the kernel's value of the constant
+        s = sel.to(c.device)
+        return torch.where(s, c, torch.zeros((), dtype=c.dtype, device=c.device)).expand(shape)
+
+    add = ops.AddConstOp(ctx.name)
+    add.consts["bias"] = bias
+    add.u = 0.0  # x + 0 and 0 + c are exact: the kernel selects
+    return ctx.lw.emit(add, [i], ctx.n)
+
+
+@register(*_ov(aten.where, "self", "ScalarOther", "ScalarSelf", "Scalar"))
+def _where(ctx):
+    """``torch.where(mask, a, b)`` with a constant mask (``_select``)."""
+    mask = _const_mask(ctx, "condition")
+    a, b = ctx.raw("self"), ctx.raw("other")
+    if not (ctx.is_data(a) or ctx.is_data(b)):
+        raise UnsupportedLayer(ctx.name, "torch.where without a data operand")
+    return _select(ctx, mask, a, "self", b, "other")
+
+
+@register(*_ov(aten.masked_fill, "Scalar", "Tensor"), *_ov(aten.masked_fill_, "Scalar", "Tensor"))
+def _masked_fill(ctx):
+    """``x.masked_fill(mask, value)`` = ``where(mask, value, x)``, a constant mask; a value
+    that depends on the input is selected as data too."""
+    mask = _const_mask(ctx, "mask")
+    ctx.data_arg("self")
+    return _select(ctx, mask, ctx.raw("value"), "value", ctx.raw("self"), "self")
+
+
 # ------------------------------------------------------------------------ refusals
 _REFUSED = {
-    "where": "torch.where (data-dependent selection)",
     "native_dropout": "dropout in training mode (call model.eval())",
 }
 for _name, _why in _REFUSED.items():
