@@ -92,6 +92,10 @@ _EDGES = {
     "logsigmoid_scaled": lambda x: F.logsigmoid(20 * x - 5),
     # eval rrelu (slope 0.2 below 0): the sliver at x = 1 through its negative side
     "rrelu_eval": lambda x: -nn.RReLU(0.1, 0.3).eval()(-x),
+    # celu (ELU's operator, input_scale 1 / alpha): increasing, the edge on its curved side too
+    "celu": lambda x: F.celu(x, 0.5),
+    "celu_curved_side": lambda x: F.celu(x - 1.5, 0.3),
+    "celu_module": lambda x: nn.CELU(2.0)(3 * x - 2),
 }
 
 

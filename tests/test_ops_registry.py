@@ -58,6 +58,8 @@ EXAMPLES = {
     "sigmoid_tanh": lambda: Fn(L(lambda h: torch.sigmoid(h) * 2 + torch.tanh(h))),
     "gelu": lambda: Fn(L(lambda h: F.gelu(h) + F.gelu(h, approximate="tanh"))),
     "silu_elu_softplus": lambda: Fn(L(lambda h: F.silu(h) + F.elu(h, 0.7) + F.softplus(h, 2.0) + F.selu(h))),
+    # celu = elu(x, a, 1, 1 / a): small and large alpha, wide inputs
+    "celu": lambda: Fn(L(lambda h: torch.cat([F.celu(h, 0.3), F.celu(4 * h, 2.5), nn.CELU()(h)], 1)), out_in=24),
     "abs": lambda: Fn(L(lambda h: h.abs())),
     # log_sigmoid_forward (concave, increasing: chord below, tangent above), wide inputs too
     "logsigmoid": lambda: Fn(L(lambda h: torch.cat([F.logsigmoid(h), nn.LogSigmoid()(30 * h)], 1)), out_in=16),

@@ -725,6 +725,19 @@ def _elu(ctx):
                                        float(ctx.arg("input_scale"))))
 
 
+@register(*_ov(aten.celu, "default"), *_ov(aten.celu_, "default"))
+def _celu(ctx):
+    """``celu(x, a) = max(0, x) + min(0, a (exp(x / a) - 1))``: ATen's kernel is
+    ``elu(x, a, 1, 1 / a)`` (the reciprocal in double), bitwise on 1e6 float32 samples, within
+    2.8 ulps of ``|f|`` against float64 for ``a`` in 0.1 to 2 (``expm1``: relative near 0);
+    ELU's operator (8 ulps, ``f'' <= 1 / a``). ``a <= 0`` is refused (torch divides by it; a
+    negative one makes the curve grow without bound)."""
+    a = float(ctx.arg("alpha"))
+    if not a > 0:
+        raise UnsupportedLayer(ctx.name, f"celu with alpha={a!r}")
+    return _elementwise(ctx, ops.EluOp(ctx.name, a, 1.0, 1.0 / a))
+
+
 @register(*_ov(aten.softplus, "default"))
 def _softplus(ctx):
     return _elementwise(ctx, ops.SoftplusOp(ctx.name, float(ctx.arg("beta")), float(ctx.arg("threshold"))))
