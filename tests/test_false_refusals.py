@@ -96,6 +96,12 @@ _EDGES = {
     "celu": lambda x: F.celu(x, 0.5),
     "celu_curved_side": lambda x: F.celu(x - 1.5, 0.3),
     "celu_module": lambda x: nn.CELU(2.0)(3 * x - 2),
+    # expm1, exp2 (convex), log1p (concave, domain > -1), increasing
+    "expm1": torch.expm1,
+    "expm1_small": lambda x: 1e4 * torch.expm1(1e-4 * x),
+    "exp2": lambda x: torch.exp2(4 * x - 2),
+    "log1p": torch.log1p,
+    "log1p_near_the_pole": lambda x: 1e-3 * torch.log1p(x - 1 + 1e-3),
 }
 
 
@@ -401,3 +407,18 @@ def test_a_data_dependent_mask_stays_refused(how):
     r = verify_box(m, torch.zeros(1, 1), torch.full((1, 1), 0.4), Prediction(0), budget_s=2)
     assert r.status != ["verified"]
     assert any("not supported" in n for n in r.notes), r.notes
+
+
+def test_log1p_at_its_pole_is_not_proved():
+    """``-log1p(x - 1) = -log(x)`` is ``+inf`` at ``x = 0``: class 1 wins only below ``e^-20``
+    (a sliver at the edge of the box); the interval reaching -1 has no bound."""
+
+    class M(nn.Module):
+        def forward(self, x):
+            return torch.cat([torch.full_like(x, 20.0), -torch.log1p(x - 1)], 1)
+
+    m = M()
+    with torch.no_grad():
+        assert int(m(torch.zeros(1, 1)).argmax(1)) == 1
+    _not_proved(m, torch.zeros(1, 1), torch.full((1, 1), 0.3))
+    _proved(m, torch.full((1, 1), 0.01), torch.full((1, 1), 0.3))

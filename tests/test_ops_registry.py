@@ -127,6 +127,11 @@ EXAMPLES = {
     "exp_log_sqrt": lambda: Fn(L(lambda h: torch.cat([torch.exp(h), torch.log(F.softplus(h) + 0.1),
                                                        torch.sqrt(F.softplus(h)), torch.rsqrt(F.softplus(h) + 0.1),
                                                        torch.reciprocal(F.softplus(h) + 0.1)], 1)), out_in=40),
+    # expm1 and exp2 (convex, increasing), log1p (concave, increasing on > -1; here > -0.9)
+    "expm1_log1p_exp2": lambda: Fn(L(lambda h: torch.cat([torch.expm1(h), torch.log1p(F.softplus(h) - 0.9),
+                                                           torch.exp2(3 * h), torch.expm1(-20 * h.abs()),
+                                                           torch.log1p(1e-3 * h.abs())], 1)), out_in=40),
+    "log1p": lambda: Fn(L(lambda h: torch.log1p(h.abs() - 0.95))),
     "div_data": lambda: Fn(L(lambda h: torch.cat([h / (F.softplus(h) + 0.5), 2.0 / (torch.sigmoid(h) + 0.5)], 1)),
                            out_in=16),
     "layer_norm": lambda: Fn(nn.Sequential(nn.LayerNorm(8), nn.ReLU(), nn.LayerNorm(8, elementwise_affine=False))),

@@ -565,6 +565,21 @@ def _log(ctx):
     return _elementwise(ctx, ops.LogOp(ctx.name))
 
 
+@register(*_ov(aten.expm1, "default"), *_ov(aten.expm1_, "default"))
+def _expm1(ctx):
+    return _elementwise(ctx, ops.Expm1Op(ctx.name))
+
+
+@register(*_ov(aten.exp2, "default"), *_ov(aten.exp2_, "default"))
+def _exp2(ctx):
+    return _elementwise(ctx, ops.Exp2Op(ctx.name))
+
+
+@register(*_ov(aten.log1p, "default"), *_ov(aten.log1p_, "default"))
+def _log1p(ctx):
+    return _elementwise(ctx, ops.Log1pOp(ctx.name))
+
+
 @register(*_ov(aten.sqrt, "default"), *_ov(aten.sqrt_, "default"))
 def _sqrt(ctx):
     return _elementwise(ctx, ops.SqrtOp(ctx.name))
