@@ -102,6 +102,9 @@ _EDGES = {
     "exp2": lambda x: torch.exp2(4 * x - 2),
     "log1p": torch.log1p,
     "log1p_near_the_pole": lambda x: 1e-3 * torch.log1p(x - 1 + 1e-3),
+    # softshrink (non-decreasing, kinks at +-lambda): the edge on its sloped side, and a kink inside
+    "softshrink": lambda x: F.softshrink(x, 0.3),
+    "softshrink_module": lambda x: nn.Softshrink(0.5)(2 * x - 1),
 }
 
 

@@ -60,6 +60,10 @@ EXAMPLES = {
     "silu_elu_softplus": lambda: Fn(L(lambda h: F.silu(h) + F.elu(h, 0.7) + F.softplus(h, 2.0) + F.selu(h))),
     # celu = elu(x, a, 1, 1 / a): small and large alpha, wide inputs
     "celu": lambda: Fn(L(lambda h: torch.cat([F.celu(h, 0.3), F.celu(4 * h, 2.5), nn.CELU()(h)], 1)), out_in=24),
+    # softshrink: kinks at +-lambda, small, large and zero lambda
+    "softshrink": lambda: Fn(L(lambda h: torch.cat([F.softshrink(h, 0.3), nn.Softshrink(1.5)(3 * h),
+                                                    F.softshrink(h, 0.0)], 1)), out_in=24),
+    "softshrink_sum": lambda: Fn(L(lambda h: (F.softshrink(h, 0.3) - 0.6 * h).sum(1, keepdim=True)), out_in=1),
     "abs": lambda: Fn(L(lambda h: h.abs())),
     # log_sigmoid_forward (concave, increasing: chord below, tangent above), wide inputs too
     "logsigmoid": lambda: Fn(L(lambda h: torch.cat([F.logsigmoid(h), nn.LogSigmoid()(30 * h)], 1)), out_in=16),
@@ -311,3 +315,43 @@ def test_op_bounds_contain_the_model(name, seed, width, k):
         lo, hi = output_bounds(g, c, G, method="crown" if precise else method, precise=precise)
         assert bool((y >= lo.reshape(1, n, -1)).all()), (name, method, float((lo.reshape(1, n, -1) - y).max()))
         assert bool((y <= hi.reshape(1, n, -1)).all()), (name, method, float((y - hi.reshape(1, n, -1)).max()))
+
+
+# the elementwise ops bounded in place of a refusal, one at a time: (the model's call, the range
+# of interval ends drawn); their lines and interval bounds must contain the float32 kernel's values
+_KERNELS = {
+    "softshrink": (lambda x: F.softshrink(x, 0.3), (-1.0, 1.0)),
+    "softshrink_wide": (lambda x: F.softshrink(x, 1.5), (-4.0, 4.0)),
+    "softshrink_far": (lambda x: F.softshrink(x, 0.3), (-100.0, 100.0)),  # x -+ l rounded
+    "celu": (lambda x: F.celu(x, 0.3), (-3.0, 1.0)),
+    "celu_wide": (lambda x: F.celu(x, 2.5), (-40.0, 5.0)),
+    "expm1": (torch.expm1, (-3.0, 3.0)),
+    "expm1_small": (torch.expm1, (-1e-5, 1e-5)),
+    "exp2": (torch.exp2, (-20.0, 20.0)),
+    "log1p": (torch.log1p, (-0.999, 2.0)),
+    "log1p_small": (torch.log1p, (-1e-5, 1e-5)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_KERNELS))
+def test_new_elementwise_lines_contain_the_float32_kernel(name):
+    from pytest_latentaudit.engines import ops
+
+    fn, (a, b) = _KERNELS[name]
+    g = get_graph(L(fn), (4,), example=torch.zeros(2, 4))
+    op = g.nodes[-1].op
+    op.u, op.u_ours = ops.unit(torch.float32), ops.unit(torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    e = (a + (b - a) * torch.rand(2, 256, generator=gen, dtype=torch.float64)).float().double()
+    lo, hi = e.min(0).values, e.max(0).values
+    lo[:8] = hi[:8] = e[0, :8]  # points too
+    t = torch.rand(2000, 256, generator=gen, dtype=torch.float64)
+    x = (lo + (hi - lo) * t).float()
+    x = torch.cat([x, lo.float()[None], hi.float()[None]])
+    y = fn(x).double()  # the model's own float32 values
+    xd = x.double()
+    al, cl, au, cu = op.relaxed(lo, hi)
+    assert bool((y >= al * xd + cl).all()), float((al * xd + cl - y).max())
+    assert bool((y <= au * xd + cu).all()), float((y - au * xd - cu).max())
+    ilo, ihi = op.ibp((lo, hi))
+    assert bool((y >= ilo).all()) and bool((y <= ihi).all())
