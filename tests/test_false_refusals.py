@@ -105,6 +105,11 @@ _EDGES = {
     # softshrink (non-decreasing, kinks at +-lambda): the edge on its sloped side, and a kink inside
     "softshrink": lambda x: F.softshrink(x, 0.3),
     "softshrink_module": lambda x: nn.Softshrink(0.5)(2 * x - 1),
+    # integer powers: odd (increasing through the inflection at 0), even (increasing where x < 2)
+    "cube": lambda x: x ** 3,
+    "cube_across_zero": lambda x: torch.pow(2 * x - 1.2, 3),
+    "pow4_decreasing_side": lambda x: -((x - 2) ** 4),
+    "pow7": lambda x: (x + 0.5) ** 7,
 }
 
 
@@ -425,3 +430,11 @@ def test_log1p_at_its_pole_is_not_proved():
         assert int(m(torch.zeros(1, 1)).argmax(1)) == 1
     _not_proved(m, torch.zeros(1, 1), torch.full((1, 1), 0.3))
     _proved(m, torch.full((1, 1), 0.01), torch.full((1, 1), 0.3))
+
+
+@pytest.mark.parametrize("e", [2.5, 9, -1, 0.5])
+def test_other_powers_stay_refused(e):
+    m = _Edge(lambda x: (x + 1) ** e).eval()
+    r = verify_box(m, torch.zeros(1, 1), torch.full((1, 1), 0.5), Prediction(0), budget_s=2)
+    assert r.status != ["verified"]
+    assert any("not supported" in n for n in r.notes), r.notes

@@ -64,6 +64,9 @@ EXAMPLES = {
     "softshrink": lambda: Fn(L(lambda h: torch.cat([F.softshrink(h, 0.3), nn.Softshrink(1.5)(3 * h),
                                                     F.softshrink(h, 0.0)], 1)), out_in=24),
     "softshrink_sum": lambda: Fn(L(lambda h: (F.softshrink(h, 0.3) - 0.6 * h).sum(1, keepdim=True)), out_in=1),
+    # integer powers 3 to 8 (odd: increasing; even: convex), the curvature from the interval
+    "int_powers": lambda: Fn(L(lambda h: torch.cat([h ** 3, torch.pow(h, 4.0), (2 * h) ** 5, h.pow(6), h ** 7,
+                                                    (h / 2) ** 8], 1)), out_in=48),
     "abs": lambda: Fn(L(lambda h: h.abs())),
     # log_sigmoid_forward (concave, increasing: chord below, tangent above), wide inputs too
     "logsigmoid": lambda: Fn(L(lambda h: torch.cat([F.logsigmoid(h), nn.LogSigmoid()(30 * h)], 1)), out_in=16),
@@ -330,6 +333,11 @@ _KERNELS = {
     "exp2": (torch.exp2, (-20.0, 20.0)),
     "log1p": (torch.log1p, (-0.999, 2.0)),
     "log1p_small": (torch.log1p, (-1e-5, 1e-5)),
+    "cube": (lambda x: x ** 3, (-3.0, 3.0)),
+    "cube_far": (lambda x: x ** 3, (-1e4, 1e4)),
+    "pow4": (lambda x: torch.pow(x, 4), (-2.0, 2.0)),
+    "pow5_far": (lambda x: x ** 5, (-300.0, 300.0)),
+    "pow8": (lambda x: x ** 8, (-3.0, 3.0)),
 }
 
 

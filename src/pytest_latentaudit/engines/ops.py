@@ -1891,6 +1891,60 @@ class SquareOp(ActivationOp):
         return al, cl, au, cu
 
 
+class PowOp(SampledActivationOp):
+    """``x ** n`` for an integer ``n >= 3`` (the square is ``SquareOp``): odd ``n`` increasing
+    (convex above 0, concave below), even ``n`` convex with its minimum 0 at 0. The sampled
+    relaxation (chord slope, grid-and-kink intercepts with 0 as a kink), its curvature slack from
+    ``|f''| <= n (n - 1) M^(n-2)`` on the interval, ``M = max(|lo|, |hi|)``, and ``|f| <= M^n``,
+    ``|f'| <= n M^(n-1)`` there. The kernel computes ``x * x * x`` for ``n = 3`` (two roundings:
+    measured within 2 ulps of ``|f|``) and ``pow`` otherwise (within 1 ulp for n = 4 to 8),
+    against float64 on 1e6 float32 points of ``[-2, 2]`` to ``[-1e12, 1e12]``: 8 ulps of
+    ``M^n`` charged, and the underflow floor; an overflow leaves no bound."""
+
+    kinks = (0.0,)
+    ulps = 8.0
+
+    def __init__(self, name, n: int):
+        super().__init__(name)
+        self.n = int(n)
+        self.monotone = self.n % 2 == 1
+
+    def f(self, x):
+        return torch.pow(x, self.n)
+
+    def _m(self, lo, hi):
+        return torch.maximum(lo.abs(), hi.abs())
+
+    def f_err(self, lo, hi):
+        fm = self._m(lo, hi) ** self.n
+        return overflow_guard(self.ulps * (self.u + self.u_ours) * fm + 2 * max(tiny(lo.dtype), underflow(self.u)),
+                              fm, self.u)
+
+    def lipschitz_on(self, lo, hi):
+        L = self.n * self._m(lo, hi) ** (self.n - 1)
+        return L * (1 + 16 * self.u_ours)
+
+    def relax_slope(self, lo, hi, s):
+        # the base relaxation with this interval's curvature bound in place of a global f2
+        self.f2 = 0.0
+        al, cl, au, cu = super().relax_slope(lo, hi, s)
+        n = self.n
+        h = (hi - lo) / (self.GRID - 1)
+        slack = n * (n - 1) * self._m(lo, hi) ** (n - 2) * h * h / 8
+        slack = slack * (1 + 16 * self.u_ours)
+        return al, cl - slack, au, cu + slack
+
+    def ibp(self, b):
+        lo, hi = b
+        e = self.f_err(lo, hi)
+        flo, fhi = self.f(lo), self.f(hi)
+        if self.monotone:
+            return flo - e, fhi + e
+        top = torch.maximum(flo, fhi)
+        bot = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(lo), torch.minimum(flo, fhi))
+        return (bot - e).clamp(min=0), top + e
+
+
 class HardsigmoidOp(SampledActivationOp):
     """``hardsigmoid(x) = clamp(x + 3, 0, 6) / 6``: piecewise linear, kinks at -3 and 3. The
     kernel rounds ``x + 3`` and the scaling by 1/6 (relative errors of ``f``): 8 ulps."""

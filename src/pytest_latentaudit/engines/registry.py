@@ -484,14 +484,18 @@ def _data_product(ctx, a, b):
 
 @register(*_ov(aten.pow, "Tensor_Scalar"))
 def _pow(ctx):
+    """``x ** n``: the square (``SquareOp``), or ``PowOp`` for an integer ``n`` in 3 to 8 (the
+    exponents whose kernels were measured); other exponents are refused."""
     e = ctx.arg("exponent")
-    if isinstance(e, bool) or not isinstance(e, (int, float)) or float(e) != 2.0:
-        raise UnsupportedLayer(ctx.name, f"a power with exponent {e!r} (only the square is bounded)")
+    if isinstance(e, bool) or not isinstance(e, (int, float)) or float(e) not in (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0):
+        raise UnsupportedLayer(ctx.name, f"a power with exponent {e!r} (only integers 2 to 8 are bounded)")
     x = ctx.data_arg("self")
     v = ctx.lw.values[x]
     if not v.is_floating_point() or v.dtype != ctx.out_value().dtype:
         raise UnsupportedLayer(ctx.name, "a power of a non-float tensor")
-    return _elementwise_node(ctx, ops.SquareOp(ctx.name, ulps=8.0), x)
+    if int(e) == 2:
+        return _elementwise_node(ctx, ops.SquareOp(ctx.name, ulps=8.0), x)
+    return _elementwise_node(ctx, ops.PowOp(ctx.name, int(e)), x)
 
 
 @register(*_ov(aten.glu, "default"))
