@@ -110,6 +110,12 @@ _EDGES = {
     "cube_across_zero": lambda x: torch.pow(2 * x - 1.2, 3),
     "pow4_decreasing_side": lambda x: -((x - 2) ** 4),
     "pow7": lambda x: (x + 0.5) ** 7,
+    # addcmul / lerp with constant extra operands: affine, increasing in x here
+    "addcmul": lambda x: torch.addcmul(torch.tensor([0.25]), x, torch.tensor([3.0]), value=0.7),
+    "addcmul_self": lambda x: torch.addcmul(x, torch.tensor([2.0]), torch.tensor([-0.1])),
+    "lerp": lambda x: torch.lerp(x, torch.tensor([5.0]), 0.3),
+    "lerp_end": lambda x: torch.lerp(torch.tensor([-1.0]), x, torch.tensor([0.9])),
+    "lerp_extrapolating": lambda x: torch.lerp(torch.tensor([2.0]), x, 3.0),
 }
 
 
@@ -435,6 +441,17 @@ def test_log1p_at_its_pole_is_not_proved():
 @pytest.mark.parametrize("e", [2.5, 9, -1, 0.5])
 def test_other_powers_stay_refused(e):
     m = _Edge(lambda x: (x + 1) ** e).eval()
+    r = verify_box(m, torch.zeros(1, 1), torch.full((1, 1), 0.5), Prediction(0), budget_s=2)
+    assert r.status != ["verified"]
+    assert any("not supported" in n for n in r.notes), r.notes
+
+
+@pytest.mark.parametrize("how", ["addcmul", "lerp_weight", "lerp_weight_tensor"])
+def test_products_of_data_through_addcmul_and_lerp_stay_refused(how):
+    f = {"addcmul": lambda x: torch.addcmul(x, x, x),
+         "lerp_weight": lambda x: torch.lerp(torch.zeros_like(x), torch.ones_like(x), x),
+         "lerp_weight_tensor": lambda x: torch.lerp(x, 2 * x, torch.tensor([0.3]))}[how]
+    m = _Edge(f).eval()
     r = verify_box(m, torch.zeros(1, 1), torch.full((1, 1), 0.5), Prediction(0), budget_s=2)
     assert r.status != ["verified"]
     assert any("not supported" in n for n in r.notes), r.notes

@@ -82,6 +82,9 @@ EXAMPLES = {
     # torch.where / masked_fill with a constant mask (a buffer, a literal; constant or data
     # operands, broadcast up, a float64 0-dim fill value): an exact per-element selection
     "where_const": lambda: Fn(_WhereConst()),
+    # addcmul / lerp with constant extra operands (buffers, literals, weights of either sign and
+    # beyond [0, 1], a tensor weight, data on either side, two data ends): affine in the data
+    "addcmul_lerp": lambda: Fn(_AddcmulLerp()),
     "slices": lambda: Fn(L(lambda h: torch.cat([h[:, :2], h.narrow(1, 3, 2), h.select(1, 5)[:, None],
                                                 h.index_select(1, torch.tensor([0, 7]))], 1)), out_in=7),
     "split_chunk": lambda: Fn(L(lambda h: torch.cat([*h.split(3, dim=1)[:2], *h.chunk(2, dim=1)], 1)), out_in=14),
@@ -205,6 +208,19 @@ class _WhereConst(nn.Module):
                 + h.masked_fill(m, -1.5) + h.masked_fill(m[None], torch.tensor(0.25, dtype=torch.float64))
                 + torch.where(m, h, h.flip(1) * 2) + torch.where(m, h[:, :1], c)
                 + torch.where(torch.tensor([False, True, True, False, True, False, False, True]), F.relu(h), c))
+
+
+class _AddcmulLerp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("c", torch.linspace(-2.0, 3.0, 8))
+        self.register_buffer("w", torch.linspace(-0.8, 1.6, 8))
+
+    def forward(self, h):
+        c, w = self.c, self.w
+        return (torch.addcmul(c, h, c, value=0.3) + torch.addcmul(h, c, c, value=-1.7) + torch.addcmul(c, c, h)
+                + torch.lerp(h, c, 0.3) + torch.lerp(c, h, -0.7) + torch.lerp(h, c, 2.5) + torch.lerp(h, c, w)
+                + torch.lerp(c, h[:, :1], w) + torch.lerp(h, h.flip(1), 0.8) + torch.lerp(h, F.relu(h), -0.6))
 
 
 class _EinsumConst(nn.Module):
@@ -363,3 +379,43 @@ def test_new_elementwise_lines_contain_the_float32_kernel(name):
     assert bool((y <= au * xd + cu).all()), float((y - au * xd - cu).max())
     ilo, ihi = op.ibp((lo, hi))
     assert bool((y >= ilo).all()) and bool((y <= ihi).all())
+
+
+class _Affine8(nn.Module):
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+        g = torch.Generator().manual_seed(5)
+        self.register_buffer("c", (torch.randn(8, generator=g) * torch.exp(torch.randn(8, generator=g) * 4)))
+
+    def forward(self, x):
+        return self.f(self, x)
+
+
+_AFFINE_KERNELS = {
+    "lerp_near_1": lambda s, x: torch.lerp(x, s.c, 1 - 1e-7),
+    "lerp_minus_0.7": lambda s, x: torch.lerp(x, s.c, -0.7),
+    "lerp_end_data": lambda s, x: torch.lerp(s.c, x, 0.4999),
+    "lerp_tensor_weight": lambda s, x: torch.lerp(x, s.c, torch.linspace(-0.9, 1.9, 8)),
+    "lerp_two_data": lambda s, x: torch.lerp(x, x.flip(1) * 3, -0.7),
+    "addcmul": lambda s, x: torch.addcmul(s.c, x, s.c, value=0.3),
+    "addcmul_self_data": lambda s, x: torch.addcmul(x, s.c, s.c, value=-2.7),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_AFFINE_KERNELS))
+def test_addcmul_lerp_bounds_contain_the_float32_kernel_at_points(name):
+    """Zero-width boxes at 512 points of wide magnitudes (cancellation in ``(1 - w) x + w c``):
+    every bound holds the model's float32 value, so the kernel's rounding is charged."""
+    m = _Affine8(_AFFINE_KERNELS[name]).eval()
+    gen = torch.Generator().manual_seed(1)
+    c = (torch.randn(512, 8, generator=gen) * torch.exp(torch.randn(512, 8, generator=gen) * 4)).float()
+    G = torch.zeros(512, 1, 8)
+    g = get_graph(m, (8,), example=c[:2])
+    with torch.no_grad():
+        y = m(c).double()
+    for method in ("ibp", "linear", "crown", "crown64"):
+        precise = method == "crown64"
+        lo, hi = output_bounds(g, c, G, method="crown" if precise else method, precise=precise)
+        assert bool((y >= lo).all()), (name, method, float((lo - y).max()))
+        assert bool((y <= hi).all()), (name, method, float((y - hi).max()))
