@@ -455,3 +455,20 @@ def test_products_of_data_through_addcmul_and_lerp_stay_refused(how):
     r = verify_box(m, torch.zeros(1, 1), torch.full((1, 1), 0.5), Prediction(0), budget_s=2)
     assert r.status != ["verified"]
     assert any("not supported" in n for n in r.notes), r.notes
+
+
+@pytest.mark.parametrize("how", ["softshrink", "lerp", "addcmul"])
+def test_scalar_parameters_of_reduced_precision_kernels_stay_refused(how):
+    """float16 kernels take ``lambd``, ``weight`` and ``value`` in float32 (opmath), not in the
+    data's dtype: not modelled, refused."""
+    f = {"softshrink": lambda x: F.softshrink(x, 0.3), "lerp": lambda x: torch.lerp(x, torch.full_like(x, 2.0), 0.3),
+         "addcmul": lambda x: torch.addcmul(x, torch.tensor([2.0], dtype=x.dtype), torch.tensor([0.1], dtype=x.dtype),
+                                            value=0.3)}[how]
+
+    class M(nn.Module):
+        def forward(self, x):
+            return torch.cat([torch.full_like(x, 5.0), f(x)], 1)
+
+    r = verify_box(M().half(), torch.zeros(1, 1).half(), torch.full((1, 1), 0.5).half(), Prediction(0), budget_s=2)
+    assert r.status != ["verified"]
+    assert any("not supported" in n and "float16 tensor" in n for n in r.notes), r.notes

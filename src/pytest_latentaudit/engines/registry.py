@@ -763,6 +763,9 @@ def _softshrink(ctx):
     piecewise linear, non-decreasing, kinks at ``+-l`` (``l`` as the kernel uses it, in the data's
     dtype; torch refuses ``l < 0``). The kernel rounds ``x -+ l`` once: measured within 1 ulp of
     ``|f|`` on 1e6 float32 samples (exact zeros between the kinks), 2 charged."""
+    if ctx.in_value().dtype not in (torch.float32, torch.float64):
+        # reduced-precision kernels compute in float32 with lambd converted to float32, not to the data's dtype
+        raise UnsupportedLayer(ctx.name, f"softshrink of a {ctx.in_value().dtype} tensor")
     lam = _kernel_scalar(ctx, ctx.arg("lambd"))
     if not lam >= 0:
         raise UnsupportedLayer(ctx.name, f"softshrink with lambd={lam!r}")
@@ -1460,6 +1463,9 @@ def _data_of_out_dtype(ctx, node, what):
         raise UnsupportedLayer(ctx.name, f"{what} with a dtype change")
     if v.dim() != out.dim() or v.shape[0] != out.shape[0]:
         raise UnsupportedLayer(ctx.name, f"{what} that broadcasts across the batch dimension")
+    if out.dtype not in (torch.float32, torch.float64):
+        # reduced-precision kernels take their scalars in float32 (opmath), not in the data's dtype
+        raise UnsupportedLayer(ctx.name, f"{what} of a {out.dtype} tensor")
     return out.dtype
 
 
