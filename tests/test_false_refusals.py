@@ -92,6 +92,30 @@ _EDGES = {
     "logsigmoid_scaled": lambda x: F.logsigmoid(20 * x - 5),
     # eval rrelu (slope 0.2 below 0): the sliver at x = 1 through its negative side
     "rrelu_eval": lambda x: -nn.RReLU(0.1, 0.3).eval()(-x),
+    # celu (ELU's operator, input_scale 1 / alpha): increasing, the edge on its curved side too
+    "celu": lambda x: F.celu(x, 0.5),
+    "celu_curved_side": lambda x: F.celu(x - 1.5, 0.3),
+    "celu_module": lambda x: nn.CELU(2.0)(3 * x - 2),
+    # expm1, exp2 (convex), log1p (concave, domain > -1), increasing
+    "expm1": torch.expm1,
+    "expm1_small": lambda x: 1e4 * torch.expm1(1e-4 * x),
+    "exp2": lambda x: torch.exp2(4 * x - 2),
+    "log1p": torch.log1p,
+    "log1p_near_the_pole": lambda x: 1e-3 * torch.log1p(x - 1 + 1e-3),
+    # softshrink (non-decreasing, kinks at +-lambda): the edge on its sloped side, and a kink inside
+    "softshrink": lambda x: F.softshrink(x, 0.3),
+    "softshrink_module": lambda x: nn.Softshrink(0.5)(2 * x - 1),
+    # integer powers: odd (increasing through the inflection at 0), even (increasing where x < 2)
+    "cube": lambda x: x ** 3,
+    "cube_across_zero": lambda x: torch.pow(2 * x - 1.2, 3),
+    "pow4_decreasing_side": lambda x: -((x - 2) ** 4),
+    "pow7": lambda x: (x + 0.5) ** 7,
+    # addcmul / lerp with constant extra operands: affine, increasing in x here
+    "addcmul": lambda x: torch.addcmul(torch.tensor([0.25]), x, torch.tensor([3.0]), value=0.7),
+    "addcmul_self": lambda x: torch.addcmul(x, torch.tensor([2.0]), torch.tensor([-0.1])),
+    "lerp": lambda x: torch.lerp(x, torch.tensor([5.0]), 0.3),
+    "lerp_end": lambda x: torch.lerp(torch.tensor([-1.0]), x, torch.tensor([0.9])),
+    "lerp_extrapolating": lambda x: torch.lerp(torch.tensor([2.0]), x, 3.0),
 }
 
 
@@ -332,3 +356,119 @@ def test_roll_without_dims_stays_refused():
                    budget_s=2)
     assert "verified" not in r.status
     assert any("not supported" in n for n in r.notes), r.notes
+
+
+# ------------------------------------------------ 5. torch.where / masked_fill with a constant mask
+class _Masked(nn.Module):
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+        self.register_buffer("m", torch.tensor([True, False, True]))
+        self.register_buffer("c", torch.tensor([5.0, -7.0, 9.0]))
+
+    def forward(self, x):
+        return self.f(self, x.expand(x.shape[0], 3))[:, :1]
+
+
+_SELECTIONS = {
+    "where_buffer": lambda s, x: torch.where(s.m, x, s.c),
+    "where_literal": lambda s, x: torch.where(s.m, x, 0.25),
+    "where_other_side": lambda s, x: torch.where(~s.m, s.c, x),
+    "masked_fill": lambda s, x: x.masked_fill(~s.m, 3.0),
+    "masked_fill_tensor": lambda s, x: x.masked_fill(~s.m, torch.tensor(3.0)),
+    "where_two_data": lambda s, x: torch.where(s.m, x, x * 5 - 2),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_SELECTIONS))
+def test_a_violation_at_the_edge_through_a_constant_mask_is_not_proved(kind):
+    m = _Edge(_Masked(_SELECTIONS[kind])).eval()
+    with torch.no_grad():
+        assert int(m(torch.ones(1, 1)).argmax(1)) == 1
+        assert int(m(torch.full((1, 1), 0.99999)).argmax(1)) == 0
+    _not_proved(m, torch.zeros(1, 1), torch.ones(1, 1))
+
+
+@pytest.mark.parametrize("kind", sorted(_SELECTIONS))
+def test_a_constant_mask_is_now_verified_on_an_easy_box(kind):
+    m = _Edge(_Masked(_SELECTIONS[kind])).eval()
+    _proved(m, torch.zeros(1, 1), torch.full((1, 1), 0.9))
+
+
+def test_a_constant_fill_value_is_selected_exactly():
+    """Where the mask selects the constant, the output is that constant (rounded to float32 as
+    the kernel converts it): 0.1 in float64 is selected as float32's 0.1, a margin of 1.5e-9."""
+    c32 = float(torch.tensor(0.1, dtype=torch.float32))
+
+    class M(nn.Module):
+        def forward(self, x):
+            y = torch.where(torch.tensor([False]), x, torch.tensor(0.1, dtype=torch.float64))
+            return torch.cat([torch.full_like(y, c32), y], 1)
+
+    # class 0 ties class 1 exactly: never proved (a tie is a violation), falsified or unknown
+    r = verify_box(M(), torch.zeros(1, 1), torch.ones(1, 1), Prediction(0), budget_s=2)
+    assert r.status != ["verified"]
+    assert not any("not supported" in n for n in r.notes), r.notes
+
+
+@pytest.mark.parametrize("how", ["where", "masked_fill"])
+def test_a_data_dependent_mask_stays_refused(how):
+    def f(s, x):
+        mask = x > 0.5
+        return torch.where(mask, x, 0.0) if how == "where" else x.masked_fill(mask, 0.0)
+
+    m = _Edge(_Masked(f)).eval()
+    r = verify_box(m, torch.zeros(1, 1), torch.full((1, 1), 0.4), Prediction(0), budget_s=2)
+    assert r.status != ["verified"]
+    assert any("not supported" in n for n in r.notes), r.notes
+
+
+def test_log1p_at_its_pole_is_not_proved():
+    """``-log1p(x - 1) = -log(x)`` is ``+inf`` at ``x = 0``: class 1 wins only below ``e^-20``
+    (a sliver at the edge of the box); the interval reaching -1 has no bound."""
+
+    class M(nn.Module):
+        def forward(self, x):
+            return torch.cat([torch.full_like(x, 20.0), -torch.log1p(x - 1)], 1)
+
+    m = M()
+    with torch.no_grad():
+        assert int(m(torch.zeros(1, 1)).argmax(1)) == 1
+    _not_proved(m, torch.zeros(1, 1), torch.full((1, 1), 0.3))
+    _proved(m, torch.full((1, 1), 0.01), torch.full((1, 1), 0.3))
+
+
+@pytest.mark.parametrize("e", [2.5, 9, -1, 0.5])
+def test_other_powers_stay_refused(e):
+    m = _Edge(lambda x: (x + 1) ** e).eval()
+    r = verify_box(m, torch.zeros(1, 1), torch.full((1, 1), 0.5), Prediction(0), budget_s=2)
+    assert r.status != ["verified"]
+    assert any("not supported" in n for n in r.notes), r.notes
+
+
+@pytest.mark.parametrize("how", ["addcmul", "lerp_weight", "lerp_weight_tensor"])
+def test_products_of_data_through_addcmul_and_lerp_stay_refused(how):
+    f = {"addcmul": lambda x: torch.addcmul(x, x, x),
+         "lerp_weight": lambda x: torch.lerp(torch.zeros_like(x), torch.ones_like(x), x),
+         "lerp_weight_tensor": lambda x: torch.lerp(x, 2 * x, torch.tensor([0.3]))}[how]
+    m = _Edge(f).eval()
+    r = verify_box(m, torch.zeros(1, 1), torch.full((1, 1), 0.5), Prediction(0), budget_s=2)
+    assert r.status != ["verified"]
+    assert any("not supported" in n for n in r.notes), r.notes
+
+
+@pytest.mark.parametrize("how", ["softshrink", "lerp", "addcmul"])
+def test_scalar_parameters_of_reduced_precision_kernels_stay_refused(how):
+    """float16 kernels take ``lambd``, ``weight`` and ``value`` in float32 (opmath), not in the
+    data's dtype: not modelled, refused."""
+    f = {"softshrink": lambda x: F.softshrink(x, 0.3), "lerp": lambda x: torch.lerp(x, torch.full_like(x, 2.0), 0.3),
+         "addcmul": lambda x: torch.addcmul(x, torch.tensor([2.0], dtype=x.dtype), torch.tensor([0.1], dtype=x.dtype),
+                                            value=0.3)}[how]
+
+    class M(nn.Module):
+        def forward(self, x):
+            return torch.cat([torch.full_like(x, 5.0), f(x)], 1)
+
+    r = verify_box(M().half(), torch.zeros(1, 1).half(), torch.full((1, 1), 0.5).half(), Prediction(0), budget_s=2)
+    assert r.status != ["verified"]
+    assert any("not supported" in n and "float16 tensor" in n for n in r.notes), r.notes

@@ -58,6 +58,15 @@ EXAMPLES = {
     "sigmoid_tanh": lambda: Fn(L(lambda h: torch.sigmoid(h) * 2 + torch.tanh(h))),
     "gelu": lambda: Fn(L(lambda h: F.gelu(h) + F.gelu(h, approximate="tanh"))),
     "silu_elu_softplus": lambda: Fn(L(lambda h: F.silu(h) + F.elu(h, 0.7) + F.softplus(h, 2.0) + F.selu(h))),
+    # celu = elu(x, a, 1, 1 / a): small and large alpha, wide inputs
+    "celu": lambda: Fn(L(lambda h: torch.cat([F.celu(h, 0.3), F.celu(4 * h, 2.5), nn.CELU()(h)], 1)), out_in=24),
+    # softshrink: kinks at +-lambda, small, large and zero lambda
+    "softshrink": lambda: Fn(L(lambda h: torch.cat([F.softshrink(h, 0.3), nn.Softshrink(1.5)(3 * h),
+                                                    F.softshrink(h, 0.0)], 1)), out_in=24),
+    "softshrink_sum": lambda: Fn(L(lambda h: (F.softshrink(h, 0.3) - 0.6 * h).sum(1, keepdim=True)), out_in=1),
+    # integer powers 3 to 8 (odd: increasing; even: convex), the curvature from the interval
+    "int_powers": lambda: Fn(L(lambda h: torch.cat([h ** 3, torch.pow(h, 4.0), (2 * h) ** 5, h.pow(6), h ** 7,
+                                                    (h / 2) ** 8], 1)), out_in=48),
     "abs": lambda: Fn(L(lambda h: h.abs())),
     # log_sigmoid_forward (concave, increasing: chord below, tangent above), wide inputs too
     "logsigmoid": lambda: Fn(L(lambda h: torch.cat([F.logsigmoid(h), nn.LogSigmoid()(30 * h)], 1)), out_in=16),
@@ -70,6 +79,12 @@ EXAMPLES = {
     # maximum/minimum/clamp against constant tensors (a buffer, a float64 literal, limits that
     # broadcast the input up) and clamp with data limits: c + relu(x - c) and c - relu(c - x)
     "max_min_const": lambda: Fn(_MaxMinConst()),
+    # torch.where / masked_fill with a constant mask (a buffer, a literal; constant or data
+    # operands, broadcast up, a float64 0-dim fill value): an exact per-element selection
+    "where_const": lambda: Fn(_WhereConst()),
+    # addcmul / lerp with constant extra operands (buffers, literals, weights of either sign and
+    # beyond [0, 1], a tensor weight, data on either side, two data ends): affine in the data
+    "addcmul_lerp": lambda: Fn(_AddcmulLerp()),
     "slices": lambda: Fn(L(lambda h: torch.cat([h[:, :2], h.narrow(1, 3, 2), h.select(1, 5)[:, None],
                                                 h.index_select(1, torch.tensor([0, 7]))], 1)), out_in=7),
     "split_chunk": lambda: Fn(L(lambda h: torch.cat([*h.split(3, dim=1)[:2], *h.chunk(2, dim=1)], 1)), out_in=14),
@@ -122,6 +137,11 @@ EXAMPLES = {
     "exp_log_sqrt": lambda: Fn(L(lambda h: torch.cat([torch.exp(h), torch.log(F.softplus(h) + 0.1),
                                                        torch.sqrt(F.softplus(h)), torch.rsqrt(F.softplus(h) + 0.1),
                                                        torch.reciprocal(F.softplus(h) + 0.1)], 1)), out_in=40),
+    # expm1 and exp2 (convex, increasing), log1p (concave, increasing on > -1; here > -0.9)
+    "expm1_log1p_exp2": lambda: Fn(L(lambda h: torch.cat([torch.expm1(h), torch.log1p(F.softplus(h) - 0.9),
+                                                           torch.exp2(3 * h), torch.expm1(-20 * h.abs()),
+                                                           torch.log1p(1e-3 * h.abs())], 1)), out_in=40),
+    "log1p": lambda: Fn(L(lambda h: torch.log1p(h.abs() - 0.95))),
     "div_data": lambda: Fn(L(lambda h: torch.cat([h / (F.softplus(h) + 0.5), 2.0 / (torch.sigmoid(h) + 0.5)], 1)),
                            out_in=16),
     "layer_norm": lambda: Fn(nn.Sequential(nn.LayerNorm(8), nn.ReLU(), nn.LayerNorm(8, elementwise_affine=False))),
@@ -174,6 +194,33 @@ class _MaxMinConst(nn.Module):
         return (torch.maximum(h, c) - torch.minimum(torch.tensor(0.2, dtype=torch.float64), h)
                 + torch.clamp(h, min=c - 0.3, max=c + 0.3) + h.clamp_max(c) + h.clamp_min(c * 2)
                 + torch.maximum(h[:, :1], c) + torch.clamp(h, min=h.flip(1), max=c + 1))
+
+
+class _WhereConst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("m", torch.tensor([True, False, True, True, False, False, True, False]))
+        self.register_buffer("c", torch.linspace(-2.0, 2.0, 8))
+
+    def forward(self, h):
+        m, c = self.m, self.c
+        return (torch.where(m, h, c) + torch.where(m, 0.5, h) + torch.where(~m, h, 3.0)
+                + h.masked_fill(m, -1.5) + h.masked_fill(m[None], torch.tensor(0.25, dtype=torch.float64))
+                + torch.where(m, h, h.flip(1) * 2) + torch.where(m, h[:, :1], c)
+                + torch.where(torch.tensor([False, True, True, False, True, False, False, True]), F.relu(h), c))
+
+
+class _AddcmulLerp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("c", torch.linspace(-2.0, 3.0, 8))
+        self.register_buffer("w", torch.linspace(-0.8, 1.6, 8))
+
+    def forward(self, h):
+        c, w = self.c, self.w
+        return (torch.addcmul(c, h, c, value=0.3) + torch.addcmul(h, c, c, value=-1.7) + torch.addcmul(c, c, h)
+                + torch.lerp(h, c, 0.3) + torch.lerp(c, h, -0.7) + torch.lerp(h, c, 2.5) + torch.lerp(h, c, w)
+                + torch.lerp(c, h[:, :1], w) + torch.lerp(h, h.flip(1), 0.8) + torch.lerp(h, F.relu(h), -0.6))
 
 
 class _EinsumConst(nn.Module):
@@ -287,3 +334,88 @@ def test_op_bounds_contain_the_model(name, seed, width, k):
         lo, hi = output_bounds(g, c, G, method="crown" if precise else method, precise=precise)
         assert bool((y >= lo.reshape(1, n, -1)).all()), (name, method, float((lo.reshape(1, n, -1) - y).max()))
         assert bool((y <= hi.reshape(1, n, -1)).all()), (name, method, float((y - hi.reshape(1, n, -1)).max()))
+
+
+# the elementwise ops bounded in place of a refusal, one at a time: (the model's call, the range
+# of interval ends drawn); their lines and interval bounds must contain the float32 kernel's values
+_KERNELS = {
+    "softshrink": (lambda x: F.softshrink(x, 0.3), (-1.0, 1.0)),
+    "softshrink_wide": (lambda x: F.softshrink(x, 1.5), (-4.0, 4.0)),
+    "softshrink_far": (lambda x: F.softshrink(x, 0.3), (-100.0, 100.0)),  # x -+ l rounded
+    "celu": (lambda x: F.celu(x, 0.3), (-3.0, 1.0)),
+    "celu_wide": (lambda x: F.celu(x, 2.5), (-40.0, 5.0)),
+    "expm1": (torch.expm1, (-3.0, 3.0)),
+    "expm1_small": (torch.expm1, (-1e-5, 1e-5)),
+    "exp2": (torch.exp2, (-20.0, 20.0)),
+    "log1p": (torch.log1p, (-0.999, 2.0)),
+    "log1p_small": (torch.log1p, (-1e-5, 1e-5)),
+    "cube": (lambda x: x ** 3, (-3.0, 3.0)),
+    "cube_far": (lambda x: x ** 3, (-1e4, 1e4)),
+    "pow4": (lambda x: torch.pow(x, 4), (-2.0, 2.0)),
+    "pow5_far": (lambda x: x ** 5, (-300.0, 300.0)),
+    "pow8": (lambda x: x ** 8, (-3.0, 3.0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_KERNELS))
+def test_new_elementwise_lines_contain_the_float32_kernel(name):
+    from pytest_latentaudit.engines import ops
+
+    fn, (a, b) = _KERNELS[name]
+    g = get_graph(L(fn), (4,), example=torch.zeros(2, 4))
+    op = g.nodes[-1].op
+    op.u, op.u_ours = ops.unit(torch.float32), ops.unit(torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    e = (a + (b - a) * torch.rand(2, 256, generator=gen, dtype=torch.float64)).float().double()
+    lo, hi = e.min(0).values, e.max(0).values
+    lo[:8] = hi[:8] = e[0, :8]  # points too
+    t = torch.rand(2000, 256, generator=gen, dtype=torch.float64)
+    x = (lo + (hi - lo) * t).float()
+    x = torch.cat([x, lo.float()[None], hi.float()[None]])
+    y = fn(x).double()  # the model's own float32 values
+    xd = x.double()
+    al, cl, au, cu = op.relaxed(lo, hi)
+    assert bool((y >= al * xd + cl).all()), float((al * xd + cl - y).max())
+    assert bool((y <= au * xd + cu).all()), float((y - au * xd - cu).max())
+    ilo, ihi = op.ibp((lo, hi))
+    assert bool((y >= ilo).all()) and bool((y <= ihi).all())
+
+
+class _Affine8(nn.Module):
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+        g = torch.Generator().manual_seed(5)
+        self.register_buffer("c", (torch.randn(8, generator=g) * torch.exp(torch.randn(8, generator=g) * 4)))
+
+    def forward(self, x):
+        return self.f(self, x)
+
+
+_AFFINE_KERNELS = {
+    "lerp_near_1": lambda s, x: torch.lerp(x, s.c, 1 - 1e-7),
+    "lerp_minus_0.7": lambda s, x: torch.lerp(x, s.c, -0.7),
+    "lerp_end_data": lambda s, x: torch.lerp(s.c, x, 0.4999),
+    "lerp_tensor_weight": lambda s, x: torch.lerp(x, s.c, torch.linspace(-0.9, 1.9, 8)),
+    "lerp_two_data": lambda s, x: torch.lerp(x, x.flip(1) * 3, -0.7),
+    "addcmul": lambda s, x: torch.addcmul(s.c, x, s.c, value=0.3),
+    "addcmul_self_data": lambda s, x: torch.addcmul(x, s.c, s.c, value=-2.7),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_AFFINE_KERNELS))
+def test_addcmul_lerp_bounds_contain_the_float32_kernel_at_points(name):
+    """Zero-width boxes at 512 points of wide magnitudes (cancellation in ``(1 - w) x + w c``):
+    every bound holds the model's float32 value, so the kernel's rounding is charged."""
+    m = _Affine8(_AFFINE_KERNELS[name]).eval()
+    gen = torch.Generator().manual_seed(1)
+    c = (torch.randn(512, 8, generator=gen) * torch.exp(torch.randn(512, 8, generator=gen) * 4)).float()
+    G = torch.zeros(512, 1, 8)
+    g = get_graph(m, (8,), example=c[:2])
+    with torch.no_grad():
+        y = m(c).double()
+    for method in ("ibp", "linear", "crown", "crown64"):
+        precise = method == "crown64"
+        lo, hi = output_bounds(g, c, G, method="crown" if precise else method, precise=precise)
+        assert bool((y >= lo).all()), (name, method, float((lo - y).max()))
+        assert bool((y <= hi).all()), (name, method, float((y - hi).max()))

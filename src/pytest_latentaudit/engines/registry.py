@@ -484,14 +484,18 @@ def _data_product(ctx, a, b):
 
 @register(*_ov(aten.pow, "Tensor_Scalar"))
 def _pow(ctx):
+    """``x ** n``: the square (``SquareOp``), or ``PowOp`` for an integer ``n`` in 3 to 8 (the
+    exponents whose kernels were measured); other exponents are refused."""
     e = ctx.arg("exponent")
-    if isinstance(e, bool) or not isinstance(e, (int, float)) or float(e) != 2.0:
-        raise UnsupportedLayer(ctx.name, f"a power with exponent {e!r} (only the square is bounded)")
+    if isinstance(e, bool) or not isinstance(e, (int, float)) or float(e) not in (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0):
+        raise UnsupportedLayer(ctx.name, f"a power with exponent {e!r} (only integers 2 to 8 are bounded)")
     x = ctx.data_arg("self")
     v = ctx.lw.values[x]
     if not v.is_floating_point() or v.dtype != ctx.out_value().dtype:
         raise UnsupportedLayer(ctx.name, "a power of a non-float tensor")
-    return _elementwise_node(ctx, ops.SquareOp(ctx.name, ulps=8.0), x)
+    if int(e) == 2:
+        return _elementwise_node(ctx, ops.SquareOp(ctx.name, ulps=8.0), x)
+    return _elementwise_node(ctx, ops.PowOp(ctx.name, int(e)), x)
 
 
 @register(*_ov(aten.glu, "default"))
@@ -563,6 +567,21 @@ def _exp(ctx):
 @register(*_ov(aten.log, "default"), *_ov(aten.log_, "default"))
 def _log(ctx):
     return _elementwise(ctx, ops.LogOp(ctx.name))
+
+
+@register(*_ov(aten.expm1, "default"), *_ov(aten.expm1_, "default"))
+def _expm1(ctx):
+    return _elementwise(ctx, ops.Expm1Op(ctx.name))
+
+
+@register(*_ov(aten.exp2, "default"), *_ov(aten.exp2_, "default"))
+def _exp2(ctx):
+    return _elementwise(ctx, ops.Exp2Op(ctx.name))
+
+
+@register(*_ov(aten.log1p, "default"), *_ov(aten.log1p_, "default"))
+def _log1p(ctx):
+    return _elementwise(ctx, ops.Log1pOp(ctx.name))
 
 
 @register(*_ov(aten.sqrt, "default"), *_ov(aten.sqrt_, "default"))
@@ -723,6 +742,36 @@ def _cos(ctx):
 def _elu(ctx):
     return _elementwise(ctx, ops.EluOp(ctx.name, float(ctx.arg("alpha")), float(ctx.arg("scale")),
                                        float(ctx.arg("input_scale"))))
+
+
+@register(*_ov(aten.celu, "default"), *_ov(aten.celu_, "default"))
+def _celu(ctx):
+    """``celu(x, a) = max(0, x) + min(0, a (exp(x / a) - 1))``: ATen's kernel is
+    ``elu(x, a, 1, 1 / a)`` (the reciprocal in double), bitwise on 1e6 float32 samples, within
+    2.8 ulps of ``|f|`` against float64 for ``a`` in 0.1 to 2 (``expm1``: relative near 0);
+    ELU's operator (8 ulps, ``f'' <= 1 / a``). ``a <= 0`` is refused (torch divides by it; a
+    negative one makes the curve grow without bound)."""
+    a = float(ctx.arg("alpha"))
+    if not a > 0:
+        raise UnsupportedLayer(ctx.name, f"celu with alpha={a!r}")
+    return _elementwise(ctx, ops.EluOp(ctx.name, a, 1.0, 1.0 / a))
+
+
+@register(*_ov(aten.softshrink, "default"))
+def _softshrink(ctx):
+    """``softshrink(x, l)``: ``x - l`` above ``l``, ``x + l`` below ``-l``, 0 between; continuous,
+    piecewise linear, non-decreasing, kinks at ``+-l`` (``l`` as the kernel uses it, in the data's
+    dtype; torch refuses ``l < 0``). The kernel rounds ``x -+ l`` once: measured within 1 ulp of
+    ``|f|`` on 1e6 float32 samples (exact zeros between the kinks), 2 charged."""
+    if ctx.in_value().dtype not in (torch.float32, torch.float64):
+        # reduced-precision kernels compute in float32 with lambd converted to float32, not to the data's dtype
+        raise UnsupportedLayer(ctx.name, f"softshrink of a {ctx.in_value().dtype} tensor")
+    lam = _kernel_scalar(ctx, ctx.arg("lambd"))
+    if not lam >= 0:
+        raise UnsupportedLayer(ctx.name, f"softshrink with lambd={lam!r}")
+    op = ops._act("SoftshrinkOp", lambda s, x: F.softshrink(x, lam), f2=0.0, kinks=(-lam, lam), f0=0.0,
+                  ulps=2.0, pl=True)(ctx.name)
+    return _elementwise(ctx, op)
 
 
 @register(*_ov(aten.softplus, "default"))
@@ -1297,9 +1346,188 @@ def _softmax(ctx):
     return ctx.emit(fin, [back, x])
 
 
+# ---------------------------------------------------------------- constant-mask selection
+def _const_mask(ctx, name):
+    """The boolean mask of a ``where``/``masked_fill`` (schema argument ``name``): a constant (a
+    buffer, a literal, a tensor built from constants), per sample. A mask computed from the
+    input (``x > 0``) is a data-dependent selection: refused (its comparison is refused first)."""
+    v = ctx.raw(name)
+    if ctx.is_data(v):
+        raise UnsupportedLayer(ctx.name, "torch.where / masked_fill with a data-dependent mask")
+    m = ctx.value_of(name)
+    if not (torch.is_tensor(m) and m.dtype == torch.bool):
+        raise UnsupportedLayer(ctx.name, "torch.where / masked_fill with a mask that is not a boolean tensor")
+    return _per_sample_const(ctx, m).detach().clone()
+
+
+def _select(ctx, mask, a, a_name, b, b_name):
+    """``where(mask, a, b)`` for a constant ``mask``, one or both of ``a``, ``b`` carrying the
+    input (the others constant tensors, schema arguments ``a_name``/``b_name``): an exact
+    per-element selection, no arithmetic in the model's kernel. Each data operand goes through
+    ``t -> where(mask, t, 0)`` (resp. ``where(mask, 0, t)``), a linear map with coefficients 0
+    and 1 (``LinearMapOp``, broadcasting the operand up to the output's shape), and the
+    constant operand, converted to the output's dtype as the kernel uses it, is added where it
+    is selected; ``t + 0`` is exact, so these steps charge no model rounding (``u = 0``)."""
+    out = ctx.out_value()
+    if not (torch.is_tensor(out) and out.is_floating_point()):
+        raise UnsupportedLayer(ctx.name, "torch.where / masked_fill with a non-float result")
+    dt, shape = out.dtype, tuple(out.shape[1:])
+    keep = {a_name: mask, b_name: ~mask}
+    parts, const = [], None
+    for node, nm in ((a, a_name), (b, b_name)):
+        sel = keep[nm]
+        if ctx.is_data(node):
+            v = ctx.lw.values[node]
+            if not (torch.is_tensor(v) and v.dtype == dt):
+                raise UnsupportedLayer(ctx.name, "torch.where / masked_fill with a dtype change")
+            if v.dim() != out.dim() or v.shape[0] != out.shape[0]:
+                raise UnsupportedLayer(ctx.name, "torch.where / masked_fill that broadcasts across the batch")
+
+            def fn(t, sel=sel):
+                s = sel.to(t.device)
+                return torch.where(s, t, torch.zeros((), dtype=t.dtype, device=t.device)).expand(t.shape[0], *shape)
+
+            op = ops.LinearMapOp(f"{ctx.name}.{nm}", fn, "where selection")
+            parts.append(ctx.lw.emit(op, [ctx.lw.index_of(node)], ctx.n))
+        else:
+            cv = ctx.value_of(nm)
+            if torch.is_tensor(cv):
+                if cv.is_complex() or not (cv.dtype == dt or cv.dim() == 0):
+                    raise UnsupportedLayer(ctx.name, "torch.where / masked_fill with a constant of another dtype")
+                _per_sample_const(ctx, cv)
+            elif not isinstance(cv, (int, float)) or isinstance(cv, bool):
+                raise UnsupportedLayer(ctx.name, f"torch.where / masked_fill with the value {cv!r}")
+            const = (nm, sel, ctx.const_ref(nm))
+    if len(parts) == 2:
+        op = ops.WeightedSumOp(ctx.name, 1.0, 1.0)
+        op.u = 0.0  # one term of each sum is 0: exact
+        return ctx.lw.emit(op, parts, ctx.n)
+    (i,) = parts
+    if const is None:
+        return i
+    nm, sel, cref = const
+
+    def bias(env, sel=sel, cref=cref):
+        c = cref(env)
+        c = _per_sample_const(ctx, c) if torch.is_tensor(c) else torch.tensor(float(c))
+        c = _as_double(c.to(dt))  # the kernel's value of the constant
+        s = sel.to(c.device)
+        return torch.where(s, c, torch.zeros((), dtype=c.dtype, device=c.device)).expand(shape)
+
+    add = ops.AddConstOp(ctx.name)
+    add.consts["bias"] = bias
+    add.u = 0.0  # x + 0 and 0 + c are exact: the kernel selects
+    return ctx.lw.emit(add, [i], ctx.n)
+
+
+@register(*_ov(aten.where, "self", "ScalarOther", "ScalarSelf", "Scalar"))
+def _where(ctx):
+    """``torch.where(mask, a, b)`` with a constant mask (``_select``)."""
+    mask = _const_mask(ctx, "condition")
+    a, b = ctx.raw("self"), ctx.raw("other")
+    if not (ctx.is_data(a) or ctx.is_data(b)):
+        raise UnsupportedLayer(ctx.name, "torch.where without a data operand")
+    return _select(ctx, mask, a, "self", b, "other")
+
+
+@register(*_ov(aten.masked_fill, "Scalar", "Tensor"), *_ov(aten.masked_fill_, "Scalar", "Tensor"))
+def _masked_fill(ctx):
+    """``x.masked_fill(mask, value)`` = ``where(mask, value, x)``, a constant mask; a value
+    that depends on the input is selected as data too."""
+    mask = _const_mask(ctx, "mask")
+    ctx.data_arg("self")
+    return _select(ctx, mask, ctx.raw("value"), "value", ctx.raw("self"), "self")
+
+
+# ------------------------------------------------ addcmul / lerp with constant extra operands
+def _const_operand(ctx, name, dt):
+    """A constant tensor operand ``name`` as a function of the environment, per sample, in the
+    output's dtype ``dt`` as the kernel converts it, then float64 (a 0-dim float64 literal of a
+    float32 op is used in float32; another dtype of higher rank would change the result's)."""
+    v = ctx.value_of(name)
+    if torch.is_tensor(v):
+        if v.is_complex() or not (v.dtype == dt or v.dim() == 0):
+            raise UnsupportedLayer(ctx.name, f"a constant {name!r} of another dtype")
+        ctx.check_per_sample(name)
+        ref = ctx.const_ref(name)
+        return lambda env: _as_double(_per_sample_const(ctx, ref(env)).to(dt))
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise UnsupportedLayer(ctx.name, f"a constant {name!r} that is not a real number or tensor")
+    k = float(torch.tensor(float(v), dtype=dt))
+    return lambda env: _as_double(k)
+
+
+def _data_of_out_dtype(ctx, node, what):
+    v, out = ctx.lw.values[node], ctx.out_value()
+    if not (torch.is_tensor(out) and out.is_floating_point() and torch.is_tensor(v) and v.dtype == out.dtype):
+        raise UnsupportedLayer(ctx.name, f"{what} with a dtype change")
+    if v.dim() != out.dim() or v.shape[0] != out.shape[0]:
+        raise UnsupportedLayer(ctx.name, f"{what} that broadcasts across the batch dimension")
+    if out.dtype not in (torch.float32, torch.float64):
+        # reduced-precision kernels take their scalars in float32 (opmath), not in the data's dtype
+        raise UnsupportedLayer(ctx.name, f"{what} of a {out.dtype} tensor")
+    return out.dtype
+
+
+@register(*_ov(aten.addcmul, "default"), *_ov(aten.addcmul_, "default"))
+def _addcmul(ctx):
+    """``addcmul(s, t1, t2, value=v) = s + v t1 t2`` with one of ``s``, ``t1``, ``t2`` carrying the
+    input and the others constant: affine in the data (``ChannelAffineOp``; ``v`` in the data's
+    dtype, as the kernel converts it). The kernel rounds ``v t1``, the product and the sum (or
+    fuses them): measured within 2 ulps of ``|s| + |v t1 t2|`` on 1e6 float32 samples; 3
+    rounded operations are charged on that magnitude. Two data operands (a product of data)
+    are refused."""
+    names = ("self", "tensor1", "tensor2")
+    nodes = {k: ctx.raw(k) for k in names}
+    data = [k for k in names if ctx.is_data(nodes[k])]
+    if len(data) != 1:
+        raise UnsupportedLayer(ctx.name, "addcmul with more than one data operand (a product of data tensors)")
+    d = data[0]
+    dt = _data_of_out_dtype(ctx, nodes[d], "addcmul")
+    v = _kernel_scalar(ctx, ctx.arg("value"))
+    cs = {k: _const_operand(ctx, k, dt) for k in names if k != d}
+    if d == "self":
+        return _affine_const(ctx, nodes[d], lambda env: _as_double(1.0),
+                             lambda env: v * cs["tensor1"](env) * cs["tensor2"](env), 3)
+    other = "tensor2" if d == "tensor1" else "tensor1"
+    return _affine_const(ctx, nodes[d], lambda env: v * cs[other](env), lambda env: cs["self"](env), 3)
+
+
+@register(*_ov(aten.lerp, "Scalar", "Tensor"), *_ov(aten.lerp_, "Scalar", "Tensor"))
+def _lerp(ctx):
+    """``lerp(s, e, w) = s + w (e - s)`` with a constant weight (a number, or a constant tensor,
+    in the data's dtype as the kernel converts it): ``(1 - w) s + w e``, affine in the data. The
+    kernel (CPU and CUDA share ATen's ``lerp``) computes ``s + w (e - s)`` for ``|w| < 0.5`` and
+    ``e - (e - s)(1 - w)`` otherwise, so its error is a few roundings of ``|1 - w| |s| + |w|
+    |e|`` (at most 3 times that magnitude per rounding, for ``w <= -0.5``; measured within 4.4
+    ulps on 1e6 float32 samples for weights from -3 to 7): 12 rounded operations are charged on
+    it. Both ``s`` and ``e`` data with a number weight: a weighted sum; with a tensor weight, or
+    a weight that depends on the input (a product of data), refused."""
+    s_node, e_node, w_node = ctx.raw("self"), ctx.raw("end"), ctx.raw("weight")
+    if ctx.is_data(w_node):
+        raise UnsupportedLayer(ctx.name, "lerp with a data-dependent weight (a product of data tensors)")
+    ds, de = ctx.is_data(s_node), ctx.is_data(e_node)
+    x = s_node if ds else e_node
+    dt = _data_of_out_dtype(ctx, x, "lerp")
+    w = _const_operand(ctx, "weight", dt)
+    if ds and de:
+        _data_of_out_dtype(ctx, e_node, "lerp")
+        if torch.is_tensor(ctx.value_of("weight")):
+            raise UnsupportedLayer(ctx.name, "lerp of two data tensors with a tensor weight")
+        wv = float(w(None))
+        op = ops.WeightedSumOp(ctx.name, 1.0 - wv, wv)
+        op.u = ctx.u_elem
+        op.fan = 12
+        return ctx.emit(op, [s_node, e_node])
+    if ds:
+        c = _const_operand(ctx, "end", dt)
+        return _affine_const(ctx, x, lambda env: 1.0 - w(env), lambda env: w(env) * c(env), 12)
+    c = _const_operand(ctx, "self", dt)
+    return _affine_const(ctx, x, lambda env: w(env), lambda env: (1.0 - w(env)) * c(env), 12)
+
+
 # ------------------------------------------------------------------------ refusals
 _REFUSED = {
-    "where": "torch.where (data-dependent selection)",
     "native_dropout": "dropout in training mode (call model.eval())",
 }
 for _name, _why in _REFUSED.items():
