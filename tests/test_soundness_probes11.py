@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pytest_latentaudit import OutputRange, verify_box
+from pytest_latentaudit import OutputRange, Prediction, verify_box
 
 
 class Fn(nn.Module):
@@ -144,3 +144,52 @@ def test_property_todays_handlers_contain_the_model(name, method):
     lo = torch.randn(3, 4) * 0.5
     hi = lo + 0.8
     assert _contained(m, lo, hi, method) <= 0.0
+
+
+# ------------------------------------ 3. a planted spike through today's piecewise-linear ops
+_P, _W = 0.3137, 1e-3
+
+
+class _Spike(nn.Module):
+    """``1000 max(0, amin(x - p + w, p + w - x)) - 0.5`` against 0: class 0 wins only within
+    ``5e-4`` of ``p`` (an interior point, not a corner or the centre), through roll, cumsum,
+    channel_shuffle, amin / min(dim) and maximum / clamp against a constant buffer."""
+
+    def __init__(self, variant):
+        super().__init__()
+        self.variant = variant
+        self.register_buffer("z", torch.zeros(1))
+        self.register_buffer("pw", torch.tensor([-(_P - _W), _P + _W]))
+
+    def forward(self, x):
+        t = torch.cat([x, -x], 1) + self.pw
+        if self.variant == "roll":
+            t = torch.roll(t, 1, 1)
+        if self.variant == "cumsum":
+            t = torch.cat([t[:, :1], torch.cumsum(t, 1)[:, 1:] - t[:, :1]], 1)
+        if self.variant == "channel_shuffle":
+            t = F.channel_shuffle(t.view(-1, 2, 1), 2).flatten(1)
+        a = t.min(dim=1, keepdim=True).values if self.variant == "min.dim" else torch.amin(t, 1, keepdim=True)
+        s = torch.clamp(a, min=self.z, max=self.z + 1) if self.variant == "clamp" else torch.maximum(a, self.z)
+        return torch.cat([s * 1000 - 0.5, torch.zeros_like(s)], 1)
+
+
+@pytest.mark.parametrize("variant", ["maximum", "roll", "cumsum", "channel_shuffle", "min.dim", "clamp"])
+def test_property_a_planted_spike_through_todays_ops_is_never_proved(variant):
+    """The spike (1e-3 wide at x = 0.3137) is in the box: no engine proves class 1; branch and
+    bound finds it. Control: with the box ending 3.7e-3 before the spike every bound engine
+    proves it (so the ops are bounded, not refused)."""
+    m = _Spike(variant)
+    assert m(torch.tensor([[_P]])).argmax(1).item() == 0  # the spec fails there, in a plain call
+    label = torch.tensor([1])
+    lo = torch.full((1, 1), -1.0)
+    for engine in ("ibp", "linear", "auto", "bab", "exact"):
+        r = verify_box(m, lo, torch.full((1, 1), 1.5), Prediction(label), engine=engine, budget_s=5)
+        assert r.status != ["verified"], (engine, r.notes)
+        if engine == "bab":
+            assert r.status == ["falsified"], r.notes
+            x = r.counterexamples[0].reshape(1, 1)
+            assert -1.0 <= float(x) <= 1.5 and m(x).argmax(1).item() == 0
+    for engine in ("ibp", "linear", "auto", "bab"):
+        r = verify_box(m, lo, torch.full((1, 1), 0.31), Prediction(label), engine=engine, budget_s=5)
+        assert r.status == ["verified"], (engine, r.notes)
