@@ -75,6 +75,9 @@ _BATCH_LEADS = {
     "view(B, -1)": lambda s, x: x.view(x.shape[0], 2, 3).flatten(1) @ s.w6,
     "new_zeros(B, 6) + x": lambda s, x: (x.new_zeros(x.shape[0], 6) + x) @ s.w6,
     "einsum with a constant": lambda s, x: torch.einsum("bi,ij->bj", x, s.w6),
+    # an in-place op turns the layout-chain collapse off: einsum's [1, B x rows, k] view is then
+    # compared op by op, its rows entry scaled
+    "einsum, then an in-place relu": lambda s, x: F.relu(torch.einsum("bi,ij->bj", x, s.w6), inplace=True),
 }
 
 

@@ -1532,19 +1532,20 @@ def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: i
         return [tuple(t.shape) if isinstance(t, torch.Tensor) else ("value", repr(t)) for t in vs]
 
     def same_arg(u, v, sized) -> bool:
-        # sized: "lead" (a size list whose first entry, the batch, may scale), "bound" (a slice
-        # bound on dim 0) or False (the same value)
+        # sized: "lead" (a size list whose first entry, the batch, may scale), "rows" (einsum's
+        # [1, batch x rows, k]: the second), "bound" (a slice bound on dim 0) or False (the same)
         if isinstance(u, torch.fx.Node) or isinstance(v, torch.fx.Node):
             return isinstance(u, torch.fx.Node) and isinstance(v, torch.fx.Node) and pa.get(u) == pb.get(v) \
                 and pa.get(u) is not None
         if isinstance(u, (list, tuple)) and isinstance(v, (list, tuple)):
+            at = 1 if sized == "rows" else 0 if sized == "lead" else None
             return type(u) is type(v) and len(u) == len(v) and all(
-                same_arg(p, q, "bound" if sized == "lead" and i == 0 else False) for i, (p, q) in enumerate(zip(u, v)))
+                same_arg(p, q, "bound" if i == at else False) for i, (p, q) in enumerate(zip(u, v)))
         if sized == "bound" and type(u) is int and type(v) is int:
             return scaled(u, v)
         return type(u) is type(v) and _same(u, v)
 
-    def sized_as(n, name):
+    def sized_as(n, name, rows=False):
         # where a literal may scale with the batch: the batch entry (the first) of a size list
         # (view, reshape, expand, a factory), or a bound of a slice of dim 0. Anywhere else a
         # literal that is the batch size at one batch and another number at the other picks
@@ -1552,7 +1553,7 @@ def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: i
         if name not in _sizes_of(n.target._schema):
             return False
         if n.target in _BATCH_SIZED and name in ("size", "shape", "repeats"):
-            return "lead"
+            return "rows" if rows and n.target in _RESHAPES else "lead"
         if n.target is _aten.slice.Tensor and name in ("start", "end"):
             d = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
             return "bound" if d == 0 else False
@@ -1620,12 +1621,14 @@ def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: i
             continue
         if len(na.args) != len(nb.args) or set(na.kwargs) != set(nb.kwargs):
             return f"{na.target} with other arguments"
+        # einsum's [1, batch x rows, k] operand of one bmm, not collapsed (a graph that mutates)
+        rows = _rows_of_one_product(na, ra, reshape_a) and _rows_of_one_product(nb, rb, reshape_b)
         for i, (u, v) in enumerate(zip(na.args, nb.args)):
             arg = schema.arguments[i] if i < len(schema.arguments) else None
-            if not same_arg(u, v, arg is not None and sized_as(na, arg.name)):
+            if not same_arg(u, v, arg is not None and sized_as(na, arg.name, rows)):
                 return f"{na.target} with argument {arg.name if arg is not None else i} {u!r} against {v!r}"
         for k in na.kwargs:
-            if not same_arg(na.kwargs[k], nb.kwargs[k], sized_as(na, k)):
+            if not same_arg(na.kwargs[k], nb.kwargs[k], sized_as(na, k, rows)):
                 return f"{na.target} with {k}={na.kwargs[k]!r} against {nb.kwargs[k]!r}"
     return None
 
