@@ -1380,6 +1380,13 @@ def _batch_normal(gm: torch.fx.GraphModule):
     return keep, rep
 
 
+#: ops whose size list leads with the batch where it scales (``x.view(B, -1)``, ``w.expand(B, d)``)
+_BATCH_SIZED = {getattr(getattr(_aten, o), v) for o, v in (
+    ("view", "default"), ("_unsafe_view", "default"), ("reshape", "default"), ("expand", "default"),
+    ("repeat", "default"), ("zeros", "default"), ("ones", "default"), ("empty", "memory_format"),
+    ("full", "default"), ("new_zeros", "default"), ("new_ones", "default"), ("new_empty", "default"),
+    ("new_full", "default"), ("empty_strided", "default")) if hasattr(getattr(_aten, o, None), v)}
+
 _SQUEEZES = {getattr(_aten.squeeze, o) for o in ("default", "dim", "dims") if hasattr(_aten.squeeze, o)} | \
     {_aten.unsqueeze.default}
 #: layout ops a chain of which may collapse into one reshape (``_collapse_reshapes``)
@@ -1488,11 +1495,13 @@ def _rows_of_one_product(n, rep, ends) -> bool:
 def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: int) -> Optional[str]:
     """Why trace ``b`` (of batch size ``batch``) is not trace ``a`` (of ``TRACE_BATCH``) with the
     batch scaled, or None. The live nodes must pair up in order with the same targets and
-    inputs; an integer of a size argument (``SymInt``/``int[]`` in the op's schema: view and
-    expand sizes, slice bounds) and every dimension of a node's shape must be the same or
-    scaled with the batch (``a = TRACE_BATCH q``, ``b = batch q``), the leading dimension of a
-    node that carries the input scaled; every other literal (a scalar of a product, a flag)
-    and every constant the same. So ``y * x.shape[0]``, ``x.reshape(2, -1)`` and any branch on
+    inputs; the batch entry (the first) of a size list (view, reshape, expand, a factory) and a
+    bound of a slice of dim 0 must be the same or scaled with the batch (``a = TRACE_BATCH q``,
+    ``b = batch q``), as must every dimension of a node's shape, the leading dimension of a
+    node that carries the input scaled and a constant shaped like the batch kept so (not
+    reduced over it or moved off the leading dim); every other literal (a scalar of a product,
+    a flag, a roll's shift, a slice bound of another dim) and every constant the same. So
+    ``y * x.shape[0]``, ``x.reshape(2, -1)``, ``x[:, B]``, ``w[:B].sum(0)`` and any branch on
     the batch size that changes an op or a literal are caught, wherever in the box it acts."""
     def carries(gm):  # on the whole graph: a node behind a dropped clone carries the input too
         x_ = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
@@ -1523,14 +1532,32 @@ def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: i
         return [tuple(t.shape) if isinstance(t, torch.Tensor) else ("value", repr(t)) for t in vs]
 
     def same_arg(u, v, sized) -> bool:
+        # sized: "lead" (a size list whose first entry, the batch, may scale), "rows" (einsum's
+        # [1, batch x rows, k]: the second), "bound" (a slice bound on dim 0) or False (the same)
         if isinstance(u, torch.fx.Node) or isinstance(v, torch.fx.Node):
             return isinstance(u, torch.fx.Node) and isinstance(v, torch.fx.Node) and pa.get(u) == pb.get(v) \
                 and pa.get(u) is not None
         if isinstance(u, (list, tuple)) and isinstance(v, (list, tuple)):
-            return type(u) is type(v) and len(u) == len(v) and all(same_arg(p, q, sized) for p, q in zip(u, v))
-        if sized and type(u) is int and type(v) is int:
+            at = 1 if sized == "rows" else 0 if sized == "lead" else None
+            return type(u) is type(v) and len(u) == len(v) and all(
+                same_arg(p, q, "bound" if i == at else False) for i, (p, q) in enumerate(zip(u, v)))
+        if sized == "bound" and type(u) is int and type(v) is int:
             return scaled(u, v)
         return type(u) is type(v) and _same(u, v)
+
+    def sized_as(n, name, rows=False):
+        # where a literal may scale with the batch: the batch entry (the first) of a size list
+        # (view, reshape, expand, a factory), or a bound of a slice of dim 0. Anywhere else a
+        # literal that is the batch size at one batch and another number at the other picks
+        # other elements (``x[:, B]``, ``torch.roll(x, B, 1)``, ``w[:, :B] @ v[:B]``)
+        if name not in _sizes_of(n.target._schema):
+            return False
+        if n.target in _BATCH_SIZED and name in ("size", "shape", "repeats"):
+            return "rows" if rows and n.target in _RESHAPES else "lead"
+        if n.target is _aten.slice.Tensor and name in ("start", "end"):
+            d = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+            return "bound" if d == 0 else False
+        return False
 
     def target(n, reshapes):
         return "reshape" if n.target in _RESHAPES or n in reshapes else n.target
@@ -1539,6 +1566,13 @@ def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: i
         # [1, batch x rows, k]: the batch moved into the rows of one matrix product
         return len(p) == len(q) == 3 and p[0] == q[0] == 1 and isinstance(p[1], int) and isinstance(q[1], int) \
             and p[1] % TRACE_BATCH == 0 and p[1] * batch == q[1] * TRACE_BATCH and p[2] == q[2]
+
+    batch_led: Dict[torch.fx.Node, bool] = {}  # nodes of ``a`` whose leading dim is the batch
+
+    def kept(m):  # a dropped clone or layout op: the node it stands for
+        while m in ra:
+            m = ra[m]
+        return m
 
     for na, nb in zip(la, lb):
         if na.op != nb.op or target(na, reshape_a) != target(nb, reshape_b):
@@ -1556,6 +1590,13 @@ def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: i
             # times positions, ``_merged_batch_dense``; or the rows of one einsum product,
             # ``_merged_batch_bmm``), every other one per sample
             return f"{na.target} does not keep the batch dimension apart ({sa} against {sb})"
+        lead = batch_led[na] = any(p and q and isinstance(p[0], int) and p[0] != q[0] for p, q in zip(sa, sb))
+        ins = [reshape_a[na][0]] if na in reshape_a else na.all_input_nodes
+        if not data[na] and not lead and any(batch_led.get(kept(m), False) for m in ins):
+            # a constant shaped like the batch (``torch.ones(B, 1)``, ``w[:B]``) is one row per
+            # sample; reduced over the batch or moved off the leading dim it is a number that
+            # depends on the batch size (``w[:B].sum(0)``)
+            return f"{na.target} makes a constant of the batch size"
         if na in reshape_a or nb in reshape_b:
             # a collapsed chain of layout ops: its root's elements picked by an index that the
             # kind and key determine (``_collapse_reshapes``), the shapes checked above
@@ -1580,13 +1621,14 @@ def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: i
             continue
         if len(na.args) != len(nb.args) or set(na.kwargs) != set(nb.kwargs):
             return f"{na.target} with other arguments"
-        sym = _sizes_of(schema)
+        # einsum's [1, batch x rows, k] operand of one bmm, not collapsed (a graph that mutates)
+        rows = _rows_of_one_product(na, ra, reshape_a) and _rows_of_one_product(nb, rb, reshape_b)
         for i, (u, v) in enumerate(zip(na.args, nb.args)):
             arg = schema.arguments[i] if i < len(schema.arguments) else None
-            if not same_arg(u, v, arg is not None and arg.name in sym):
+            if not same_arg(u, v, arg is not None and sized_as(na, arg.name, rows)):
                 return f"{na.target} with argument {arg.name if arg is not None else i} {u!r} against {v!r}"
         for k in na.kwargs:
-            if not same_arg(na.kwargs[k], nb.kwargs[k], k in sym):
+            if not same_arg(na.kwargs[k], nb.kwargs[k], sized_as(na, k, rows)):
                 return f"{na.target} with {k}={na.kwargs[k]!r} against {nb.kwargs[k]!r}"
     return None
 
