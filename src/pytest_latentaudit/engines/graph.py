@@ -1387,6 +1387,8 @@ _BATCH_SIZED = {getattr(getattr(_aten, o), v) for o, v in (
     ("full", "default"), ("new_zeros", "default"), ("new_ones", "default"), ("new_empty", "default"),
     ("new_full", "default"), ("empty_strided", "default")) if hasattr(getattr(_aten, o, None), v)}
 
+_GROUP_NORM = getattr(getattr(_aten, "native_group_norm", None), "default", None)
+
 _SQUEEZES = {getattr(_aten.squeeze, o) for o in ("default", "dim", "dims") if hasattr(_aten.squeeze, o)} | \
     {_aten.unsqueeze.default}
 #: layout ops a chain of which may collapse into one reshape (``_collapse_reshapes``)
@@ -1533,7 +1535,8 @@ def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: i
 
     def same_arg(u, v, sized) -> bool:
         # sized: "lead" (a size list whose first entry, the batch, may scale), "rows" (einsum's
-        # [1, batch x rows, k]: the second), "bound" (a slice bound on dim 0) or False (the same)
+        # [1, batch x rows, k]: the second), "bound" (a slice bound on dim 0), "batch" (the batch
+        # size itself: group norm's N) or False (the same)
         if isinstance(u, torch.fx.Node) or isinstance(v, torch.fx.Node):
             return isinstance(u, torch.fx.Node) and isinstance(v, torch.fx.Node) and pa.get(u) == pb.get(v) \
                 and pa.get(u) is not None
@@ -1543,6 +1546,8 @@ def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: i
                 same_arg(p, q, "bound" if i == at else False) for i, (p, q) in enumerate(zip(u, v)))
         if sized == "bound" and type(u) is int and type(v) is int:
             return scaled(u, v)
+        if sized == "batch" and type(u) is int and type(v) is int:
+            return u == TRACE_BATCH and v == batch
         return type(u) is type(v) and _same(u, v)
 
     def sized_as(n, name, rows=False):
@@ -1554,6 +1559,8 @@ def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: i
             return False
         if n.target in _BATCH_SIZED and name in ("size", "shape", "repeats"):
             return "rows" if rows and n.target in _RESHAPES else "lead"
+        if n.target is _GROUP_NORM and name == "N":
+            return "batch"  # group norm's N is the batch size itself, at either trace
         if n.target is _aten.slice.Tensor and name in ("start", "end"):
             d = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
             return "bound" if d == 0 else False
