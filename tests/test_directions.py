@@ -267,3 +267,25 @@ def test_validity_report_with_one_seed_names_the_fix():
     space = LatentSpace(decoder=Generator(), directions={"A": Direction.axis(0)})
     with pytest.raises(LatentAuditError, match="at least 2 data latent codes.*data_latents"):
         Vd.validity_report(space, "A", 0.3, torch.zeros(1, 4), warn=False)
+
+
+def test_an_unnamed_axis_is_recorded_under_its_index():
+    """``direction_label`` is the one rule for a direction's recorded name: every unnamed
+    ``Direction.axis(i)`` was recorded as ``"axis"``, so the spec sheet mixed the ranges of
+    different axes under one name (``proved_eps`` per name, the guard's ranges)."""
+    from torch import nn
+
+    from pytest_latentaudit import audit
+    from pytest_latentaudit.core.latent import direction_label
+    from pytest_latentaudit.core.specs import Invariance
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 2)).eval()
+    z = torch.randn(2, 3)
+    names = {}
+    for key, d in {"axis1": Direction.axis(1), "axis2": Direction.axis(2), "pose": Direction.axis(1, "pose"),
+                   "vector": Direction.vector(torch.tensor([1.0, 0.0, 0.0])), "custom": torch.tensor([0.0, 1.0, 0.0])}.items():
+        r = audit(m, z, direction=d, eps=1e-3, spec=Invariance(), engine="ibp", budget_s=5)
+        names[key] = r.direction
+        assert r.direction == direction_label(d)
+    assert names == {k: k for k in names}

@@ -16,7 +16,7 @@ from .engines.ladder import ENGINES, FALSIFIED, UNKNOWN, VERIFIED, Ladder
 from .engines.ops import UnsupportedLayer
 from .engines.problem import Problem
 from .core.errors import LatentAuditError
-from .core.latent import Direction, LatentSpace
+from .core.latent import Direction, LatentSpace, direction_label
 from .core.specs import (Accuracy, ConfidentTargeted, Invariance, Linear, OutputRange, Prediction, PredictionNotIn,
                          Spec, as_spec, class_indices)
 from .core.vocab import (ATTACKS, ESTIMATED, LIRPA_PREFIX, PROVED, UNPROVEN, VIOLATED, decide_verdict,  # noqa: F401
@@ -511,11 +511,12 @@ def _direction_basis(direction, latent_space: Optional[LatentSpace], dim: int, d
         d = latent_space.direction(direction)
         return d.basis(dim, dtype=f64, device=dev), direction
     if isinstance(direction, Direction):
-        return direction.basis(dim, dtype=f64, device=dev), direction.name or direction.kind
+        return direction.basis(dim, dtype=f64, device=dev), direction_label(direction)
     if direction is None:
         raise LatentAuditError("audit needs a direction")
     V = torch.as_tensor(direction, dtype=f64)
-    return Direction.subspace(V if V.dim() == 2 else V.reshape(-1, 1)).basis(dim, dtype=f64, device=dev), "custom"
+    return Direction.subspace(V if V.dim() == 2 else V.reshape(-1, 1)).basis(dim, dtype=f64, device=dev), \
+        direction_label(direction)
 
 
 def check_eps(eps) -> float:

@@ -37,6 +37,11 @@ class Direction:
         return cls("subspace", V, name)
 
     @property
+    def label(self) -> str:
+        """The name a direction is recorded under (``direction_label``)."""
+        return direction_label(self)
+
+    @property
     def k(self) -> int:
         if self.kind == "subspace":
             import torch
@@ -78,6 +83,20 @@ class Direction:
         if self.kind == "axis":
             d["axis"] = self.data
         return d
+
+
+def direction_label(direction) -> str:
+    """THE name a test's direction is recorded under (spec sheet, JUnit properties, reports): a
+    string names itself; a ``Direction`` its ``name``, else ``axis<i>`` for an unnamed axis (every
+    unnamed axis was recorded as ``"axis"``, so records of different axes mixed under one name)
+    or its kind (``"vector"``, ``"subspace"``); a plain tensor ``"custom"``."""
+    if isinstance(direction, str):
+        return direction
+    if isinstance(direction, Direction):
+        if direction.name:
+            return direction.name
+        return f"axis{int(direction.data)}" if direction.kind == "axis" else direction.kind
+    return "custom"
 
 
 class LatentSpace:

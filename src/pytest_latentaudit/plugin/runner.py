@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from ..core.errors import CacheWarning, CounterexampleImageWarning
+from ..core.latent import direction_label
 from .options import MARKER_KEYWORDS, Settings
 from ..sheet.records import CounterexampleRecord, Counts, SweepPoint, TestRecord
 from ..core.vocab import ATTACKS, EXACT, LIRPA_PREFIX, NO_RADIUS_ENGINES, PROVED, UNKNOWN, UNPROVEN
@@ -613,7 +614,7 @@ class TestRunner:
             except (TypeError, ValueError, LatentAuditError):  # pragma: no cover
                 at_least = 1.0
             d = self.kw["direction"]
-            rec = TestRecord(nodeid=self.nodeid, direction=d if isinstance(d, str) else "custom", eps=eps,
+            rec = TestRecord(nodeid=self.nodeid, direction=direction_label(d), eps=eps,
                              verdict=UNPROVEN, counts=Counts(unknown=n), n_seeds=n, verified_fraction=0.0,
                              at_least=at_least, spec=self.spec.to_json(), spec_text=self.spec.describe(),
                              engine=self.settings.engine, budget=self.settings.budget, device=self.settings.device,
