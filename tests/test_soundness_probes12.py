@@ -104,3 +104,40 @@ def test_addcmul_lerp_easy_boxes_still_proved():
           c=torch.tensor([1.0]), t2=torch.tensor([2.0])).eval()
     r = pla.verify_box(m, torch.tensor([[-1.0]]), torch.tensor([[1.0]]), OutputRange(upper=3.8), engine="ibp", budget_s=10)
     assert r.status[0] == "verified"
+
+
+_NEAR_MAX = {
+    "lerp_w0.3": lambda s, x: torch.lerp(x, s.c, 0.3),
+    "lerp_w0.7_end_data": lambda s, x: torch.lerp(s.c, x, 0.7),
+    "lerp_two_data": lambda s, x: torch.lerp(x, -x.flip(1), 0.4),
+    "addcmul_t1": lambda s, x: torch.addcmul(s.c * 1e-30, x, s.c * 1e-40, value=30.0),
+    "addcmul_t2": lambda s, x: torch.addcmul(s.c * 1e-30, s.c * 1e-38, x, value=30.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_NEAR_MAX))
+def test_addcmul_lerp_bounds_hold_near_the_largest_float(name):
+    """Boxes of magnitudes 1e37 to 3e38 (zero-width and narrow): every bound within float32's
+    range holds the model's value, inf included (a finite bound of an inf value is a false
+    proof)."""
+    gen = torch.Generator().manual_seed(3)
+    cst = torch.sign(torch.randn(4, generator=gen)) * (1.0 + 2.3 * torch.rand(4, generator=gen)) * 1e38
+    m = M(_NEAR_MAX[name], c=cst).eval()
+    n = 256
+    c = (torch.sign(torch.randn(n, 4, generator=gen)) * 10 ** (37 + 1.5 * torch.rand(n, 4, generator=gen))).float()
+    c = c.clamp(-3.3e38, 3.3e38)
+    w = c.abs().double() * 10 ** (-8 * torch.rand(n, 4, generator=gen, dtype=torch.float64))
+    w[: n // 2] = 0
+    G = torch.diag_embed(w)
+    t = torch.rand(64, n, 4, generator=gen, dtype=torch.float64) * 2 - 1
+    x = (c.double()[None] + t * w[None]).float()
+    x = torch.maximum(torch.minimum(x, (c.double() + w).float()), (c.double() - w).float())
+    g = get_graph(m, (4,), example=c[:2])
+    with torch.no_grad():
+        y = m(x.reshape(-1, 4)).reshape(64, n, 4).double()
+    big = float(torch.finfo(torch.float32).max)
+    for method in ("ibp", "linear", "crown"):
+        lo, hi = output_bounds(g, c.double(), G, method=method)
+        bounded = (lo >= -big) & (hi <= big)  # both ends within range: a claimed bound
+        bad = bounded[None] & ~((y >= lo[None]) & (y <= hi[None]))
+        assert not bool(bad.any()), (name, method, int(bad.sum()))
