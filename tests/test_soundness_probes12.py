@@ -141,3 +141,18 @@ def test_addcmul_lerp_bounds_hold_near_the_largest_float(name):
         bounded = (lo >= -big) & (hi <= big)  # both ends within range: a claimed bound
         bad = bounded[None] & ~((y >= lo[None]) & (y <= hi[None]))
         assert not bool(bad.any()), (name, method, int(bad.sum()))
+
+
+def test_lerp_unfused_product_overflow_is_not_bounded():
+    """``w < -0.5``: ATen's ``e - (e - s)(1 - w)``; without a fused multiply-add (a build or
+    device that does not contract it) ``(e - s)(1 - w)`` = 3.6e38 overflows at ``x = 0.6``, where
+    ``(1 - w) s + w e`` = -2.4e38 (this CPU fuses it; the unfused formula, op by op, is -inf)."""
+    e = torch.tensor([1.2e38])
+    m = M(lambda s, x: torch.lerp(1e37 * (1 - _bump(x)), s.e, -2.0), e=e).eval()
+    s0 = 1e37 * (1 - _bump(torch.tensor([[0.6]])))
+    assert not bool(torch.isfinite(e - (e - s0) * (1 - torch.tensor(-2.0))).all())
+    g = get_graph(m, (1,), example=torch.zeros(2, 1))
+    big = float(torch.finfo(torch.float32).max)
+    for method in ("ibp", "linear", "crown"):
+        lo, hi = output_bounds(g, torch.zeros(1, 1), torch.ones(1, 1, 1), method=method)
+        assert not bool(((lo >= -big) & (hi <= big)).all()), (method, lo, hi)

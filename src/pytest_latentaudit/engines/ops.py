@@ -473,7 +473,8 @@ class ConvOp(AffineOp):
 class _LerpSpanGuard:
     """For ``lerp``'s operators: ATen's kernel (CPU and CUDA) forms ``e - s`` first (``s + w (e -
     s)`` or ``e - (e - s)(1 - w)``), which overflows to inf where ``|s| + |e|`` reaches the
-    largest number even when ``(1 - w) s + w e`` is far from it: no bound there."""
+    largest number even when ``(1 - w) s + w e`` is far from it, and without a fused
+    multiply-add so does ``(e - s)(1 - w)`` where ``|1 - w| (|s| + |e|)`` does: no bound there."""
 
     def radius(self, pre, ours: bool = True, ours_pre=None):
         R = super().radius(pre, ours, ours_pre)
@@ -524,7 +525,8 @@ class LerpAffineOp(_LerpSpanGuard, ChannelAffineOp):
         super().__init__(name, n_ops=n_ops)
 
     def lerp_span(self, pre):
-        return _mag(pre[0]) + self.other_abs
+        # (e - s) (1 - w) of the w >= 0.5 branch, unfused: |1 - w| > 1 for w < 0
+        return (_mag(pre[0]) + self.other_abs) * self.span_scale
 
 
 def _sum_to(t, shape):
@@ -591,7 +593,7 @@ class LerpSumOp(_LerpSpanGuard, WeightedSumOp):
     against the kernel's overflow of ``e - s``."""
 
     def lerp_span(self, pre):
-        return _mag(pre[0]) + _mag(pre[1])
+        return (_mag(pre[0]) + _mag(pre[1])) * max(1.0, abs(self.a))  # a = 1 - w
 
 
 class CatOp(BoundOp):

@@ -1547,6 +1547,7 @@ def _lerp(ctx):
         op.consts["weight"] = lambda env: w(env)
         op.consts["bias"] = lambda env: (1.0 - w(env)) * c(env)
     op.consts["other_abs"] = lambda env: c(env).abs()
+    op.consts["span_scale"] = lambda env: (1.0 - w(env)).abs().clamp(min=1.0)
     return ctx.emit(op, [x])
 
 
