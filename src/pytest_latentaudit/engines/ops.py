@@ -470,6 +470,20 @@ class ConvOp(AffineOp):
         self.fan = per * int(math.prod(w.shape[2:])) + (self.bias is not None)
 
 
+class _LerpSpanGuard:
+    """For ``lerp``'s operators: ATen's kernel (CPU and CUDA) forms ``e - s`` first (``s + w (e -
+    s)`` or ``e - (e - s)(1 - w)``), which overflows to inf where ``|s| + |e|`` reaches the
+    largest number even when ``(1 - w) s + w e`` is far from it, and without a fused
+    multiply-add so does ``(e - s)(1 - w)`` where ``|1 - w| (|s| + |e|)`` does: no bound there."""
+
+    def radius(self, pre, ours: bool = True, ours_pre=None):
+        R = super().radius(pre, ours, ours_pre)
+        if R is None:
+            return None
+        span = self.lerp_span(pre) * (1 + 4 * self.u_ours)
+        return overflow_guard(R, span, self.u)
+
+
 class ChannelAffineOp(AffineOp):
     """Elementwise ``x * s + t`` (BatchNorm in eval mode, per-channel scaling; ``s`` and
     ``t`` broadcast against the per-sample shape). ``fan`` is the number of float
@@ -501,6 +515,18 @@ class ChannelAffineOp(AffineOp):
         if self.bias is not None:
             const = (A * _like(self.bias, A)).reshape(A.shape[0], -1).sum(1)
         return [_sum_to(A_in, (A.shape[0], *in_shapes[0]))], const
+
+
+class LerpAffineOp(_LerpSpanGuard, ChannelAffineOp):
+    """``lerp`` with one data end and a constant other end (``other_abs``: its magnitude, per
+    sample): affine, guarded against the kernel's overflow of ``e - s``."""
+
+    def __init__(self, name, n_ops=12):
+        super().__init__(name, n_ops=n_ops)
+
+    def lerp_span(self, pre):
+        # (e - s) (1 - w) of the w >= 0.5 branch, unfused: |1 - w| > 1 for w < 0
+        return (_mag(pre[0]) + self.other_abs) * self.span_scale
 
 
 def _sum_to(t, shape):
@@ -560,6 +586,14 @@ class WeightedSumOp(BoundOp):
 
     def magnitude(self, m1, m2):
         return abs(self.a) * m1 + abs(self.b) * m2
+
+
+class LerpSumOp(_LerpSpanGuard, WeightedSumOp):
+    """``lerp(s, e, w)`` of two data ends and a number weight: ``(1 - w) s + w e``, guarded
+    against the kernel's overflow of ``e - s``."""
+
+    def lerp_span(self, pre):
+        return (_mag(pre[0]) + _mag(pre[1])) * max(1.0, abs(self.a))  # a = 1 - w
 
 
 class CatOp(BoundOp):

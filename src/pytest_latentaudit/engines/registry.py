@@ -1486,11 +1486,28 @@ def _addcmul(ctx):
     dt = _data_of_out_dtype(ctx, nodes[d], "addcmul")
     v = _kernel_scalar(ctx, ctx.arg("value"))
     cs = {k: _const_operand(ctx, k, dt) for k in names if k != d}
+
+    def v_t1(env):  # the kernel's fl(v * t1) of a constant t1, in the data's dtype
+        return _as_double(torch.tensor(v, dtype=dt) * cs["tensor1"](env).to(dt))
+
+    # the kernel evaluates s + (v * t1) * t2 in that order (CPU and CUDA): its intermediate
+    # v * t1 may overflow or be subnormal where v * t1 * t2 is neither; products of constants
+    # are formed as the kernel rounds them, and with the data in t1, v * t1 is its own op
     if d == "self":
         return _affine_const(ctx, nodes[d], lambda env: _as_double(1.0),
-                             lambda env: v * cs["tensor1"](env) * cs["tensor2"](env), 3)
-    other = "tensor2" if d == "tensor1" else "tensor1"
-    return _affine_const(ctx, nodes[d], lambda env: v * cs[other](env), lambda env: cs["self"](env), 3)
+                             lambda env: _as_double((v_t1(env).to(dt) * cs["tensor2"](env).to(dt))), 3)
+    if d == "tensor2":
+        return _affine_const(ctx, nodes[d], v_t1, lambda env: cs["self"](env), 3)
+    first = ops.ChannelAffineOp(f"{ctx.name}.value", n_ops=1)
+    first.u = ctx.u_elem
+    first.consts["weight"] = lambda env: _as_double(v)
+    first.consts["bias"] = lambda env: None
+    i = ctx.lw.emit(first, [ctx.lw.index_of(nodes[d])], ctx.n)
+    op = ops.ChannelAffineOp(ctx.name, n_ops=2)
+    op.u = ctx.u_elem
+    op.consts["weight"] = lambda env: cs["tensor2"](env)
+    op.consts["bias"] = lambda env: cs["self"](env)
+    return ctx.lw.emit(op, [i], ctx.n)
 
 
 @register(*_ov(aten.lerp, "Scalar", "Tensor"), *_ov(aten.lerp_, "Scalar", "Tensor"))
@@ -1515,15 +1532,23 @@ def _lerp(ctx):
         if torch.is_tensor(ctx.value_of("weight")):
             raise UnsupportedLayer(ctx.name, "lerp of two data tensors with a tensor weight")
         wv = float(w(None))
-        op = ops.WeightedSumOp(ctx.name, 1.0 - wv, wv)
+        op = ops.LerpSumOp(ctx.name, 1.0 - wv, wv)
         op.u = ctx.u_elem
         op.fan = 12
         return ctx.emit(op, [s_node, e_node])
+    # the kernel forms e - s first: LerpAffineOp has no bound where |s| + |e| may overflow
+    c = _const_operand(ctx, "end" if ds else "self", dt)
+    op = ops.LerpAffineOp(ctx.name, n_ops=12)
+    op.u = ctx.u_elem
     if ds:
-        c = _const_operand(ctx, "end", dt)
-        return _affine_const(ctx, x, lambda env: 1.0 - w(env), lambda env: w(env) * c(env), 12)
-    c = _const_operand(ctx, "self", dt)
-    return _affine_const(ctx, x, lambda env: w(env), lambda env: (1.0 - w(env)) * c(env), 12)
+        op.consts["weight"] = lambda env: 1.0 - w(env)
+        op.consts["bias"] = lambda env: w(env) * c(env)
+    else:
+        op.consts["weight"] = lambda env: w(env)
+        op.consts["bias"] = lambda env: (1.0 - w(env)) * c(env)
+    op.consts["other_abs"] = lambda env: c(env).abs()
+    op.consts["span_scale"] = lambda env: (1.0 - w(env)).abs().clamp(min=1.0)
+    return ctx.emit(op, [x])
 
 
 # ------------------------------------------------------------------------ refusals
