@@ -357,14 +357,7 @@ def _fx_nodes_needed(graph: torch.fx.Graph, out_node) -> set:
     """Nodes the output depends on (dead code, like unused hook results, is skipped). An eval
     ``rrelu_with_noise`` reads only its input: its ``noise`` (an ``empty_like`` the kernel
     neither reads nor writes outside training) is no ancestor."""
-    out, stack = set(), [out_node]
-    while stack:
-        n = stack.pop()
-        if n in out:
-            continue
-        out.add(n)
-        stack.extend(_read_inputs(n))
-    return out
+    return _ancestors([out_node], _read_inputs)
 
 
 def _eval_rrelu(n) -> bool:
@@ -498,9 +491,7 @@ def lower(model: nn.Module, example: torch.Tensor, other_batch: Optional[int] = 
 
     with torch.no_grad():
         _Recorder(gm).run(_detached(named), x)
-    depends: Dict[torch.fx.Node, bool] = {}
-    for n in graph.nodes:
-        depends[n] = n is x_ph or any(depends.get(a, False) for a in n.all_input_nodes)
+    depends = _carries_input(graph, x_ph)
     if not depends[outs]:
         raise UnsupportedLayer(type(model).__name__, "the output does not depend on the input")
     # the plain call runs in the grad-on trace's mode (the same program as ``gm`` up to
@@ -1481,6 +1472,13 @@ def _collapse_reshapes(live: list, rep: dict, data: dict, batch: int):
     return keep, rep, {n: e for n, e in ends.items() if n not in dropped}
 
 
+def _kept(rep: dict, m):
+    """The node a dropped clone or layout op ``m`` stands for (``rep``: dropped -> its source)."""
+    while m in rep:
+        m = rep[m]
+    return m
+
+
 def _rows_of_one_product(n, rep, ends) -> bool:
     """``n`` is einsum's ``[1, batch x rows, k]`` operand of a ``bmm`` (a reshape whose users are
     all that bmm's first argument) or that ``bmm`` itself (``_merged_batch_bmm``'s pattern)."""
@@ -1506,11 +1504,7 @@ def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: i
     ``y * x.shape[0]``, ``x.reshape(2, -1)``, ``x[:, B]``, ``w[:B].sum(0)`` and any branch on
     the batch size that changes an op or a literal are caught, wherever in the box it acts."""
     def carries(gm):  # on the whole graph: a node behind a dropped clone carries the input too
-        x_ = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
-        out: Dict[torch.fx.Node, bool] = {}
-        for n in gm.graph.nodes:
-            out[n] = n is x_ or any(out.get(m, False) for m in n.all_input_nodes)
-        return out
+        return _carries_input(gm.graph, [n for n in gm.graph.nodes if n.op == "placeholder"][-1])
 
     data, data_b = carries(a), carries(b)
     (la, ra), (lb, rb) = _batch_normal(a), _batch_normal(b)
@@ -1521,9 +1515,8 @@ def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: i
     pa, pb = {n: i for i, n in enumerate(la)}, {n: i for i, n in enumerate(lb)}
     for r, p in ((ra, pa), (rb, pb)):
         for n, src in r.items():
-            while src in r:  # a clone of a dropped layout op: to that chain's root
-                src = r[src]
-            p[n] = p[src]  # a dropped clone is its input, a dropped layout op its chain's root
+            # a dropped clone is its input, a dropped layout op (or a clone of one) its chain's root
+            p[n] = p[_kept(r, src)]
 
     def scaled(u, v) -> bool:
         return u == v or (u * batch == v * TRACE_BATCH and u % TRACE_BATCH == 0)
@@ -1576,11 +1569,6 @@ def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: i
 
     batch_led: Dict[torch.fx.Node, bool] = {}  # nodes of ``a`` whose leading dim is the batch
 
-    def kept(m):  # a dropped clone or layout op: the node it stands for
-        while m in ra:
-            m = ra[m]
-        return m
-
     for na, nb in zip(la, lb):
         if na.op != nb.op or target(na, reshape_a) != target(nb, reshape_b):
             return f"{na.target} against {nb.target}"
@@ -1599,7 +1587,7 @@ def _same_up_to_batch(a: torch.fx.GraphModule, b: torch.fx.GraphModule, batch: i
             return f"{na.target} does not keep the batch dimension apart ({sa} against {sb})"
         lead = batch_led[na] = any(p and q and isinstance(p[0], int) and p[0] != q[0] for p, q in zip(sa, sb))
         ins = [reshape_a[na][0]] if na in reshape_a else na.all_input_nodes
-        if not data[na] and not lead and any(batch_led.get(kept(m), False) for m in ins):
+        if not data[na] and not lead and any(batch_led.get(_kept(ra, m), False) for m in ins):
             # a constant shaped like the batch (``torch.ones(B, 1)``, ``w[:B]``) is one row per
             # sample; reduced over the batch or moved off the leading dim it is a number that
             # depends on the batch size (``w[:B].sum(0)``)
@@ -2031,14 +2019,23 @@ def _finish(lw, outs, graph, depends, param_ph, names, gm, named, x, dtype, devi
     return g
 
 
-def _ancestors(nodes) -> set:
+def _ancestors(nodes, inputs=lambda n: n.all_input_nodes) -> set:
+    """``nodes`` and every node they read, through ``inputs`` (a node's inputs)."""
     out, stack = set(), list(nodes)
     while stack:
         n = stack.pop()
         if n in out:
             continue
         out.add(n)
-        stack.extend(n.all_input_nodes)
+        stack.extend(inputs(n))
+    return out
+
+
+def _carries_input(graph: torch.fx.Graph, x_ph) -> Dict[torch.fx.Node, bool]:
+    """Per node of ``graph``: whether it depends on the input placeholder ``x_ph``."""
+    out: Dict[torch.fx.Node, bool] = {}
+    for n in graph.nodes:
+        out[n] = n is x_ph or any(out.get(a, False) for a in n.all_input_nodes)
     return out
 
 
