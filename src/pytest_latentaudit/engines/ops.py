@@ -1959,8 +1959,7 @@ class PowOp(SampledActivationOp):
         return L * (1 + 16 * self.u_ours)
 
     def relax_slope(self, lo, hi, s):
-        # the base relaxation with this interval's curvature bound in place of a global f2
-        self.f2 = 0.0
+        # the base relaxation (its global f2 is 0 here) widened by this interval's curvature bound
         al, cl, au, cu = super().relax_slope(lo, hi, s)
         n = self.n
         h = (hi - lo) / (self.GRID - 1)
