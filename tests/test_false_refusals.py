@@ -412,6 +412,32 @@ def test_a_constant_fill_value_is_selected_exactly():
 
 
 @pytest.mark.parametrize("how", ["where", "masked_fill"])
+def test_a_number_filled_into_a_float64_model_is_its_float64_value(how):
+    """A Python number selected by a constant mask of a float64 model is that number in float64
+    (the kernel's): the bounds were made of it converted to torch's default dtype first
+    (float32's -0.30000001192 for -0.3), so zero-width bounds excluded the model's own -0.3."""
+    from pytest_latentaudit.engines.bounds import output_bounds
+    from pytest_latentaudit.engines.graph import get_graph
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("m", torch.tensor([True, False, True]))
+
+        def forward(self, x):
+            return x.masked_fill(self.m, -0.3) if how == "masked_fill" else torch.where(self.m, -0.3, x)
+
+    m = M().double().eval()
+    g = get_graph(m, (3,), example=torch.zeros(2, 3, dtype=torch.float64))
+    c = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = m(c)
+    for method in ("ibp", "linear", "crown"):
+        lo, hi = output_bounds(g, c, torch.zeros(4, 1, 3, dtype=torch.float64), method=method)
+        assert bool((lo <= y).all() and (y <= hi).all()), (method, lo[0], y[0], hi[0])
+
+
+@pytest.mark.parametrize("how", ["where", "masked_fill"])
 def test_a_data_dependent_mask_stays_refused(how):
     def f(s, x):
         mask = x > 0.5

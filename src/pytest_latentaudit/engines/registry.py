@@ -417,8 +417,10 @@ def _bn(ctx):
     return _batch_norm(ctx, float(ctx.arg(key)))
 
 
-def _affine_const(ctx, x, w, b, n_ops):
-    op = ops.ChannelAffineOp(ctx.name, n_ops=n_ops)
+def _affine_const(ctx, x, w, b, n_ops, name=None):
+    """``x * w + b`` with constants ``w``, ``b`` (functions of the environment), ``x`` an fx node
+    or an index lowered already; ``name``: a step of a longer rewrite (default the op's)."""
+    op = ops.ChannelAffineOp(name or ctx.name, n_ops=n_ops)
     op.u = ctx.u_elem
     op.consts["weight"] = w
     op.consts["bias"] = b
@@ -834,23 +836,12 @@ def _extreme(ctx, x, other, other_name, is_max, name):
         raise UnsupportedLayer(name, "maximum/minimum/clamp with a limit that is not a real tensor of the data's "
                                "dtype after promotion")
     _per_sample_const(ctx, cval)
-    cref, dt = ctx.const_ref(other_name), out.dtype
-
-    def c_of(env):
-        return _as_double(_per_sample_const(ctx, cref(env)).to(dt))
-
+    c_of = _const_in_dtype(ctx, other_name, out.dtype)
     sign = 1.0 if is_max else -1.0
     # max: d = x - c, out = c + relu(d); min: d = c - x, out = c - relu(d)
-    pre = ops.ChannelAffineOp(name + ".diff", n_ops=1)
-    pre.consts["weight"] = lambda env: _as_double(sign)
-    pre.consts["bias"] = lambda env: -sign * c_of(env)
-    post = ops.ChannelAffineOp(name, n_ops=1)
-    post.consts["weight"] = lambda env: _as_double(sign)
-    post.consts["bias"] = c_of
-    pre.u = post.u = ctx.u_elem
-    d = lw.emit(pre, [xi], ctx.n)
+    d = _affine_const(ctx, xi, lambda env: _as_double(sign), lambda env: -sign * c_of(env), 1, name=name + ".diff")
     r = lw.emit(ops.ReLUOp(name + ".relu"), [d], ctx.n)
-    return lw.emit(post, [r], ctx.n)
+    return _affine_const(ctx, r, lambda env: _as_double(sign), c_of, 1, name=name)
 
 
 @register(*_ov(aten.clamp, "Tensor"), *_ov(aten.clamp_, "Tensor"), *_ov(aten.clamp_min, "Tensor"),
@@ -1377,11 +1368,7 @@ def _select(ctx, mask, a, a_name, b, b_name):
     for node, nm in ((a, a_name), (b, b_name)):
         sel = keep[nm]
         if ctx.is_data(node):
-            v = ctx.lw.values[node]
-            if not (torch.is_tensor(v) and v.dtype == dt):
-                raise UnsupportedLayer(ctx.name, "torch.where / masked_fill with a dtype change")
-            if v.dim() != out.dim() or v.shape[0] != out.shape[0]:
-                raise UnsupportedLayer(ctx.name, "torch.where / masked_fill that broadcasts across the batch")
+            _data_like_out(ctx, node, "torch.where / masked_fill")
 
             def fn(t, sel=sel):
                 s = sel.to(t.device)
@@ -1397,7 +1384,7 @@ def _select(ctx, mask, a, a_name, b, b_name):
                 _per_sample_const(ctx, cv)
             elif not isinstance(cv, (int, float)) or isinstance(cv, bool):
                 raise UnsupportedLayer(ctx.name, f"torch.where / masked_fill with the value {cv!r}")
-            const = (nm, sel, ctx.const_ref(nm))
+            const = (sel, _const_in_dtype(ctx, nm, dt))
     if len(parts) == 2:
         op = ops.WeightedSumOp(ctx.name, 1.0, 1.0)
         op.u = 0.0  # one term of each sum is 0: exact
@@ -1405,12 +1392,10 @@ def _select(ctx, mask, a, a_name, b, b_name):
     (i,) = parts
     if const is None:
         return i
-    nm, sel, cref = const
+    sel, c_of = const
 
-    def bias(env, sel=sel, cref=cref):
-        c = cref(env)
-        c = _per_sample_const(ctx, c) if torch.is_tensor(c) else torch.tensor(float(c))
-        c = _as_double(c.to(dt))  # the kernel's value of the constant
+    def bias(env, sel=sel, c_of=c_of):
+        c = c_of(env)  # the kernel's value of the constant
         s = sel.to(c.device)
         return torch.where(s, c, torch.zeros((), dtype=c.dtype, device=c.device)).expand(shape)
 
@@ -1449,20 +1434,39 @@ def _const_operand(ctx, name, dt):
         if v.is_complex() or not (v.dtype == dt or v.dim() == 0):
             raise UnsupportedLayer(ctx.name, f"a constant {name!r} of another dtype")
         ctx.check_per_sample(name)
-        ref = ctx.const_ref(name)
-        return lambda env: _as_double(_per_sample_const(ctx, ref(env)).to(dt))
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    elif isinstance(v, bool) or not isinstance(v, (int, float)):
         raise UnsupportedLayer(ctx.name, f"a constant {name!r} that is not a real number or tensor")
-    k = float(torch.tensor(float(v), dtype=dt))
-    return lambda env: _as_double(k)
+    return _const_in_dtype(ctx, name, dt)
 
 
-def _data_of_out_dtype(ctx, node, what):
+def _const_in_dtype(ctx, name, dt):
+    """THE value of constant argument ``name`` (a tensor, per sample, or a number) as the kernel
+    uses it: converted to the output's dtype ``dt``, then float64; a function of the environment."""
+    ref = ctx.const_ref(name)
+
+    def value(env):
+        c = ref(env)
+        c = _per_sample_const(ctx, c) if torch.is_tensor(c) else torch.tensor(float(c), dtype=dt)
+        return _as_double(c.to(dt))
+
+    return value
+
+
+def _data_like_out(ctx, node, what):
+    """The dtype of data operand ``node`` of an op whose float output it makes elementwise:
+    refused where the dtype changes or the operand broadcasts across the batch."""
     v, out = ctx.lw.values[node], ctx.out_value()
     if not (torch.is_tensor(out) and out.is_floating_point() and torch.is_tensor(v) and v.dtype == out.dtype):
         raise UnsupportedLayer(ctx.name, f"{what} with a dtype change")
     if v.dim() != out.dim() or v.shape[0] != out.shape[0]:
         raise UnsupportedLayer(ctx.name, f"{what} that broadcasts across the batch dimension")
+    return out.dtype
+
+
+def _data_of_out_dtype(ctx, node, what):
+    """``_data_like_out``, for kernels whose scalars were measured in float32 and float64 only."""
+    _data_like_out(ctx, node, what)
+    out = ctx.out_value()
     if out.dtype not in (torch.float32, torch.float64):
         # reduced-precision kernels take their scalars in float32 (opmath), not in the data's dtype
         raise UnsupportedLayer(ctx.name, f"{what} of a {out.dtype} tensor")
@@ -1498,16 +1502,8 @@ def _addcmul(ctx):
                              lambda env: _as_double((v_t1(env).to(dt) * cs["tensor2"](env).to(dt))), 3)
     if d == "tensor2":
         return _affine_const(ctx, nodes[d], v_t1, lambda env: cs["self"](env), 3)
-    first = ops.ChannelAffineOp(f"{ctx.name}.value", n_ops=1)
-    first.u = ctx.u_elem
-    first.consts["weight"] = lambda env: _as_double(v)
-    first.consts["bias"] = lambda env: None
-    i = ctx.lw.emit(first, [ctx.lw.index_of(nodes[d])], ctx.n)
-    op = ops.ChannelAffineOp(ctx.name, n_ops=2)
-    op.u = ctx.u_elem
-    op.consts["weight"] = lambda env: cs["tensor2"](env)
-    op.consts["bias"] = lambda env: cs["self"](env)
-    return ctx.lw.emit(op, [i], ctx.n)
+    i = _affine_const(ctx, nodes[d], lambda env: _as_double(v), lambda env: None, 1, name=f"{ctx.name}.value")
+    return _affine_const(ctx, i, lambda env: cs["tensor2"](env), lambda env: cs["self"](env), 2)
 
 
 @register(*_ov(aten.lerp, "Scalar", "Tensor"), *_ov(aten.lerp_, "Scalar", "Tensor"))
